@@ -1,0 +1,313 @@
+"""The torch-pruning adapter: dependency graphs, prunable layers and structural pruning of YOLO models.
+
+Nothing else in autoprune imports torch_pruning.
+
+Pruning a C2f/C3k2 block: its ``cv1`` output is ``chunk``-ed in two halves, which the
+dependency graph does not prune consistently.  For the duration of one prune step the
+block is swapped for :class:`C2fSplit` (two convs instead of one plus a chunk); both
+halves always get the same target count, so afterwards they are concatenated back into
+the block's own ``cv1`` and the model again consists only of ultralytics' classes (its
+checkpoints load anywhere ultralytics is installed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autoprune.errors import TrialError, UnsupportedVersionError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PrunableLayer", "C2fSplit", "prunable_layers", "prune_step", "count_params", "count_macs",
+           "channel_counts", "version", "importance"]
+
+
+def version() -> str:
+    return tp.__version__
+
+
+if not tp.__version__.startswith("1."):
+    raise UnsupportedVersionError(f"torch-pruning {tp.__version__} is not supported (need 1.x)")
+
+
+def _ultra():
+    from autoprune.adapters import ultra  # noqa: F401 - configures ultralytics offline before import
+    from ultralytics.nn.modules import C2f, Conv, Detect
+    from ultralytics.nn.modules.block import DFL, Attention
+
+    return C2f, Conv, Detect, DFL, Attention
+
+
+class C2fSplit(nn.Module):
+    """A C2f (or C3k2) whose ``cv1`` is two convolutions, one per half of its output."""
+
+    def __init__(self, src: nn.Module):
+        super().__init__()
+        _, Conv, _, _, _ = _ultra()
+        c = src.c
+        self.cv0 = _slice_conv(src.cv1, 0, c, Conv)
+        self.cv1 = _slice_conv(src.cv1, c, 2 * c, Conv)
+        self.m = src.m
+        self.cv2 = src.cv2
+        object.__setattr__(self, "_src", src)  # not a submodule: restored by merge()
+        for attr in ("f", "i", "type", "np"):
+            if hasattr(src, attr):
+                setattr(self, attr, getattr(src, attr))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv0(x), self.cv1(x)]
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+    def merge(self) -> nn.Module:
+        """Write the (pruned) halves back into the original block and return it."""
+        a, b = self.cv0, self.cv1
+        if a.conv.out_channels != b.conv.out_channels:
+            raise TrialError(f"C2f halves differ after pruning ({a.conv.out_channels} vs {b.conv.out_channels})")
+        src = self._src
+        src.cv1 = _cat_convs(a, b)
+        src.c = a.conv.out_channels
+        src.m = self.m
+        src.cv2 = self.cv2
+        return src
+
+
+def _slice_conv(conv_mod: nn.Module, lo: int, hi: int, Conv: type) -> nn.Module:
+    conv, bn = conv_mod.conv, conv_mod.bn
+    new = Conv(conv.in_channels, hi - lo, conv.kernel_size[0], conv.stride[0], g=conv.groups)
+    new.conv.padding, new.conv.dilation = conv.padding, conv.dilation
+    new.act = conv_mod.act
+    with torch.no_grad():
+        new.conv.weight.copy_(conv.weight[lo:hi])
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(new.bn, name).copy_(getattr(bn, name)[lo:hi])
+        new.bn.eps, new.bn.momentum = bn.eps, bn.momentum
+    return new.to(conv.weight.device)
+
+
+def _cat_convs(a: nn.Module, b: nn.Module) -> nn.Module:
+    """One Conv whose output is ``cat(a(x), b(x))``."""
+    import copy
+
+    merged = copy.deepcopy(a)
+    conv = nn.Conv2d(a.conv.in_channels, a.conv.out_channels + b.conv.out_channels, a.conv.kernel_size,
+                     a.conv.stride, a.conv.padding, a.conv.dilation, a.conv.groups, bias=False)
+    bn = nn.BatchNorm2d(conv.out_channels, eps=a.bn.eps, momentum=a.bn.momentum)
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([a.conv.weight, b.conv.weight]))
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(bn, name).copy_(torch.cat([getattr(a.bn, name), getattr(b.bn, name)]))
+    merged.conv, merged.bn = conv.to(a.conv.weight.device), bn.to(a.conv.weight.device)
+    return merged
+
+
+def _replace(model: nn.Module, pred: Callable[[nn.Module], bool], make: Callable[[nn.Module], nn.Module]) -> list[str]:
+    names = []
+    for name, mod in list(model.named_modules()):
+        if name and pred(mod):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, make(mod))
+            names.append(name)
+    return names
+
+
+def split_c2f(model: nn.Module) -> list[str]:
+    C2f, *_ = _ultra()
+    return _replace(model, lambda m: isinstance(m, C2f), C2fSplit)
+
+
+def merge_c2f(model: nn.Module) -> None:
+    _replace(model, lambda m: isinstance(m, C2fSplit), lambda m: m.merge())
+
+
+def _ignored_layers(model: nn.Module) -> list[nn.Module]:
+    _, _, Detect, DFL, Attention = _ultra()
+    ignored: list[nn.Module] = []
+    for mod in model.modules():
+        if isinstance(mod, Detect):
+            for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3", "cv4", "cv5"):
+                branches = getattr(mod, attr, None)
+                if isinstance(branches, nn.ModuleList):
+                    ignored.extend(branch[-1] for branch in branches)
+        elif isinstance(mod, DFL) or isinstance(mod, Attention) or "attn" in type(mod).__name__.lower():
+            ignored.extend(mod.modules())
+    return ignored
+
+
+@dataclass(frozen=True)
+class PrunableLayer:
+    """One searchable unit: the name policies use and its channel count in the unpruned model."""
+
+    name: str
+    channels: int
+
+
+class _Graph:
+    """A dependency graph over a model in its split form, with stable names for each prunable group."""
+
+    def __init__(self, model: nn.Module, imgsz: int):
+        self.model = model
+        self.split_names = split_c2f(model)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.train()
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for bn in bns:  # trace in train mode (raw head outputs) without touching BN statistics
+            bn.eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        try:
+            self.dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=torch.zeros(1, 3, imgsz, imgsz, device=device))
+        except Exception:
+            merge_c2f(model)
+            raise
+        finally:
+            model.train(was_training)
+        self.names = {m: n for n, m in model.named_modules()}
+        self.ignored = _ignored_layers(model)
+
+    def groups(self) -> Iterable[tuple[str, object]]:
+        for group in self.dg.get_all_groups(ignored_layers=self.ignored, root_module_types=[nn.Conv2d]):
+            yield self._name(group), group
+
+    def _name(self, group) -> str:  # noqa: ANN001 - torch-pruning's Group
+        root = group[0].dep.target.module
+        for dep, _ in group:
+            mod = dep.target.module
+            name = self.names.get(mod, "")
+            for split in self.split_names:  # both halves of a split C2f share the block's cv1 name
+                if name in (f"{split}.cv0.conv", f"{split}.cv1.conv") and self.dg.is_out_channel_pruning_fn(dep.handler):
+                    return f"{split}.cv1"
+        name = self.names[root]
+        return name[: -len(".conv")] if name.endswith(".conv") else name
+
+    def close(self) -> None:
+        merge_c2f(self.model)
+
+
+def prunable_layers(model: nn.Module, imgsz: int = 64) -> list[PrunableLayer]:
+    """The prunable units of ``model`` (not modified), in network order."""
+    import copy
+
+    m = copy.deepcopy(model).cpu()
+    g = _Graph(m, imgsz)
+    try:
+        seen: dict[str, int] = {}
+        for name, group in g.groups():
+            seen.setdefault(name, g.dg.get_out_channels(group[0].dep.target.module))
+        return [PrunableLayer(n, c) for n, c in seen.items()]
+    finally:
+        g.close()
+
+
+def importance(name: str, **kwargs) -> tp.importance.Importance:  # noqa: ANN003
+    """torch-pruning's importance object for one of autoprune's criterion presets."""
+    imp = tp.importance
+    table: dict[str, Callable[[], object]] = {
+        "l1": lambda: imp.GroupMagnitudeImportance(p=1),
+        "l2": lambda: imp.GroupMagnitudeImportance(p=2),
+        "bn_scale": lambda: imp.BNScaleImportance(),
+        "taylor": lambda: imp.GroupTaylorImportance(),
+        "lamp": lambda: imp.LAMPImportance(p=2),
+        "fpgm": lambda: imp.FPGMImportance(p=2),
+        "random": lambda: imp.RandomImportance(),
+        "group_norm": lambda: imp.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean"),
+    }
+    return table[name]()
+
+
+def group_norm_regularize(model: nn.Module, imgsz: int, batches: Iterable[dict], loss_fn: Callable,
+                          lr: float, reg: float) -> int:
+    """A short group-norm-regularised training phase (torch-pruning's GroupNormPruner.regularize).
+
+    Returns the number of optimisation steps taken.
+    """
+    g = _Graph(model, imgsz)
+    try:
+        pruner = tp.pruner.GroupNormPruner(
+            model, torch.zeros(1, 3, imgsz, imgsz, device=next(model.parameters()).device),
+            importance=tp.importance.GroupMagnitudeImportance(p=2), reg=reg, pruning_ratio=0.0,
+            ignored_layers=g.ignored, root_module_types=[nn.Conv2d])
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+        steps = 0
+        model.train()
+        for batch in batches:
+            opt.zero_grad()
+            loss_fn(model, batch).backward()
+            pruner.regularize(model)
+            opt.step()
+            steps += 1
+        opt.zero_grad(set_to_none=True)
+        return steps
+    finally:
+        g.close()
+
+
+def prune_step(model: nn.Module, keep: Mapping[str, int], imp: object, imgsz: int) -> dict[str, int]:
+    """Prune ``model`` in place so each named unit keeps ``keep[name]`` channels.
+
+    Units absent from ``keep`` are left alone.  Returns the channel count of every unit after pruning.
+    Gradient-based importances need ``.grad`` filled before the call.
+    """
+    g = _Graph(model, imgsz)
+    after: dict[str, int] = {}
+    try:
+        for name, group in g.groups():
+            root = group[0].dep.target.module
+            current = g.dg.get_out_channels(root)
+            target = keep.get(name, current)
+            if target < 1:
+                raise TrialError(f"layer {name} would be pruned to {target} channels")
+            n_prune = current - target
+            if n_prune > 0:
+                scores = imp(group)
+                if scores is None or not torch.isfinite(scores).all():
+                    raise TrialError(f"criterion gave non-finite importance for layer {name}")
+                idxs = torch.argsort(scores)[:n_prune].tolist()
+                pg = g.dg.get_pruning_group(root, group[0].dep.handler, idxs)
+                if not g.dg.check_pruning_group(pg):
+                    raise TrialError(f"layer {name}: torch-pruning refused to prune {n_prune} of {current} channels")
+                pg.prune()
+            after[name] = g.dg.get_out_channels(root)
+    finally:
+        g.close()
+    return after
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, imgsz: int) -> int:
+    """Multiply-accumulates of one forward pass at batch 1 (torch-pruning's counter, eval mode)."""
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    device = next(m.parameters()).device
+    macs, _ = tp.utils.count_ops_and_params(m, torch.zeros(1, 3, imgsz, imgsz, device=device))
+    return int(macs)
+
+
+def channel_counts(model: nn.Module, imgsz: int = 64) -> dict[str, int]:
+    """Current channel count of each prunable unit."""
+    return {layer.name: layer.channels for layer in prunable_layers(model, imgsz)}
+
+
+def target_keep(original: Mapping[str, int], ratios: Mapping[str, float], step: int, steps: int) -> dict[str, int]:
+    """Channels to keep per unit after prune step ``step`` of ``steps`` (linear schedule, at least 1)."""
+    keep = {}
+    for name, ratio in ratios.items():
+        if name not in original:
+            continue
+        c = original[name]
+        keep[name] = max(1, c - int(math.floor(c * ratio * step / steps + 1e-9)))
+    return keep

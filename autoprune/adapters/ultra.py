@@ -1,0 +1,230 @@
+"""The ultralytics adapter: loading models, fine-tuning without a rebuild, validating.
+
+Nothing else in autoprune imports ultralytics.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from autoprune import _offline
+from autoprune.errors import InputError, TrialError, UnsupportedVersionError
+
+_offline.configure()
+
+import ultralytics  # noqa: E402
+from ultralytics.cfg import get_cfg  # noqa: E402
+from ultralytics.data import build_dataloader, build_yolo_dataset  # noqa: E402
+from ultralytics.data.utils import check_det_dataset  # noqa: E402
+from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
+from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace  # noqa: E402
+from ultralytics.utils import torch_utils as _ul_torch_utils  # noqa: E402
+
+_offline.silence_settings()
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DetectionModel", "FinetuneConfig", "ValMetrics", "load_model", "finetune", "validate",
+    "training_batches", "compute_loss", "read_dataset", "checkpoint_param_count", "version",
+]
+
+_SUPPORTED_MAJOR_MINOR = ((8, 3), (8, 4))
+
+
+def version() -> str:
+    return ultralytics.__version__
+
+
+def _check_version() -> None:
+    major_minor = tuple(int(p) for p in ultralytics.__version__.split(".")[:2])
+    if major_minor not in _SUPPORTED_MAJOR_MINOR:
+        raise UnsupportedVersionError(
+            f"ultralytics {ultralytics.__version__} is not supported (need 8.3.x or 8.4.x)")
+
+
+_check_version()
+
+
+def set_threads(n: int) -> None:
+    """Pin torch's CPU thread count; ultralytics' select_device resets it to its NUM_THREADS."""
+    _ul_torch_utils.NUM_THREADS = n
+    torch.set_num_threads(n)
+
+
+def read_dataset(data: str | Path) -> dict[str, Any]:
+    """ultralytics' own data set check (no downloads: the offline flag is set)."""
+    try:
+        return check_det_dataset(str(data))
+    except Exception as e:  # ultralytics raises several types with multi-line text
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"data: {data}: {first}") from e
+
+
+def load_model(source: str | Path, nc: int | None = None) -> DetectionModel:
+    """A trainable fp32 DetectionModel from a checkpoint (.pt) or a model YAML."""
+    source = str(source)
+    if source.endswith((".yaml", ".yml")):
+        model = DetectionModel(source, nc=nc, verbose=False)
+        model.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)
+    else:
+        try:
+            model, _ = load_checkpoint(source)
+        except Exception as e:
+            raise InputError(f"model: {source}: not a loadable ultralytics checkpoint ({type(e).__name__})") from e
+        if not isinstance(model, DetectionModel):
+            raise InputError(f"model: {source}: holds a {type(model).__name__}, not a YOLO detection model")
+        args = model.args if isinstance(model.args, dict) else vars(model.args)
+        model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **args})
+    model = model.float().train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def model_nc(model: nn.Module) -> int:
+    return int(model.model[-1].nc)
+
+
+def model_names(model: nn.Module) -> dict[int, str]:
+    return dict(getattr(model, "names", {}) or {})
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    data: str
+    imgsz: int
+    epochs: int
+    lr: float
+    ema: bool
+    batch: int = 16
+    device: str = "cpu"
+    workers: int = 0
+    threads: int = 2
+    optimizer: str = "SGD"
+    warmup_epochs: float = 0.0
+    mosaic: float = 0.0
+    seed: int = 0
+    cos_lr: bool = False
+
+
+class _GivenModelTrainer(DetectionTrainer):
+    """A DetectionTrainer that trains the module it is handed instead of building one from YAML.
+
+    The stock trainer rebuilds from the model's YAML and copies the weights that fit,
+    which silently undoes structural pruning.
+    """
+
+    def __init__(self, model: nn.Module, overrides: dict[str, Any]):
+        self._given = model
+        super().__init__(overrides=overrides)
+        self.model = model  # setup_model() returns early for an nn.Module
+
+    def get_model(self, cfg=None, weights=None, verbose=True):  # noqa: ANN001 - ultralytics' signature
+        return self._given
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def checkpoint_param_count(path: str | Path) -> int:
+    """Parameter count of what ultralytics would load from ``path`` (it prefers ``ema``)."""
+    model, _ = load_checkpoint(str(path))
+    return _count(model)
+
+
+def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose: bool = False) -> DetectionModel:
+    """Fine-tune ``model`` in place with the ultralytics trainer and return it.
+
+    With ``cfg.ema`` the trained weights are the EMA's; without it the EMA decay is
+    forced to 0 so the trainer's EMA (which it uses for validation and checkpoints) is
+    the raw model.  The checkpoint the trainer wrote is reloaded and its parameter
+    count compared with the pruned model's: the EMA trap raises :class:`TrialError`.
+    """
+    workdir = Path(workdir)
+    overrides = dict(
+        model="autoprune-pruned.yaml", data=str(cfg.data), imgsz=cfg.imgsz, epochs=cfg.epochs, batch=cfg.batch,
+        device=cfg.device, workers=cfg.workers, lr0=cfg.lr, lrf=1.0 if cfg.epochs <= 1 else 0.1,
+        optimizer=cfg.optimizer, warmup_epochs=cfg.warmup_epochs, mosaic=cfg.mosaic, close_mosaic=0,
+        amp=False, plots=False, val=False, seed=cfg.seed, deterministic=False, cos_lr=cfg.cos_lr,
+        project=str(workdir.parent), name=workdir.name, exist_ok=True, verbose=verbose, patience=0,
+        pretrained=False,
+    )
+    set_threads(cfg.threads)
+    expected = _count(model)
+    trainer = _GivenModelTrainer(model, overrides)
+
+    def _pin(tr: DetectionTrainer) -> None:
+        set_threads(cfg.threads)
+        if not cfg.ema:
+            tr.ema.decay = lambda _x: 0.0
+
+    trainer.add_callback("on_train_start", _pin)
+    trainer.train()
+    trained = trainer.ema.ema
+    got = _count(trained)
+    if got != expected:
+        raise TrialError(f"EMA trap: the trainer's EMA has {got} parameters, the pruned model {expected}")
+    for ckpt in (trainer.last, trainer.best):
+        if Path(ckpt).exists():
+            n = checkpoint_param_count(ckpt)
+            if n != expected:
+                raise TrialError(f"EMA trap: {Path(ckpt).name} reloads with {n} parameters, expected {expected}")
+    model.load_state_dict(trained.float().state_dict())
+    set_threads(cfg.threads)
+    return model
+
+
+@dataclass(frozen=True)
+class ValMetrics:
+    map50: float
+    map50_95: float
+
+
+def validate(model: nn.Module, data: str, imgsz: int, device: str = "cpu", batch: int = 16,
+             threads: int = 2) -> ValMetrics:
+    """mAP50 and mAP50-95 from ultralytics' DetectionValidator, on a copy of ``model``."""
+    set_threads(threads)
+    args = dict(data=str(data), imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False,
+                half=False, workers=0, split="val", save_json=False)
+    validator = DetectionValidator(args=args)
+    m = copy.deepcopy(model).float().eval()
+    stats = validator(model=m)
+    set_threads(threads)
+    map50 = float(stats.get("metrics/mAP50(B)", float("nan")))
+    map5095 = float(stats.get("metrics/mAP50-95(B)", float("nan")))
+    if not (math.isfinite(map50) and math.isfinite(map5095)):
+        raise TrialError(f"validation returned a non-finite mAP ({map50}, {map5095})")
+    return ValMetrics(map50=map50, map50_95=map5095)
+
+
+def training_batches(data: str, imgsz: int, batch: int, n_batches: int, device: str = "cpu",
+                     seed: int = 0) -> Iterator[dict[str, Any]]:
+    """Up to ``n_batches`` preprocessed training batches (images in [0, 1]) for gradient-based criteria."""
+    info = read_dataset(data)
+    cfg = get_cfg(overrides=dict(imgsz=imgsz, mosaic=0.0, mixup=0.0, seed=seed, data=str(data)))
+    dataset = build_yolo_dataset(cfg, info["train"], batch, info, mode="train", stride=32)
+    loader = build_dataloader(dataset, batch, workers=0, shuffle=False, pin_memory=False)
+    for i, b in enumerate(loader):
+        if i >= n_batches:
+            break
+        b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
+        b["img"] = b["img"].float() / 255
+        yield b
+
+
+def compute_loss(model: DetectionModel, batch: dict[str, Any]) -> torch.Tensor:
+    """The detection training loss of ``model`` on ``batch`` (fresh criterion: shapes may have changed)."""
+    model.criterion = None
+    loss, _ = model.loss(batch)
+    return loss.sum()

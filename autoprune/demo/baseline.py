@@ -1,0 +1,51 @@
+"""The demo baseline: YOLOv8n trained from scratch on the synthetic shapes data set.
+
+Reproduce the committed checkpoint with ``autoprune demo-baseline --epochs 80``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from autoprune.demo.synthetic import SyntheticConfig, ensure_dataset
+from autoprune.paths import home
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PACKAGED_BASELINE", "DEMO_IMGSZ", "resolve_demo_model", "train_baseline"]
+
+PACKAGED_BASELINE = Path(__file__).with_name("yolov8n_shapes.pt")
+DEMO_IMGSZ = 160
+
+
+def train_baseline(out: Path, epochs: int = 80, threads: int = 2, seed: int = 0) -> Path:
+    """Train yolov8n.yaml from scratch on the demo data and write an ultralytics checkpoint to ``out``."""
+    from autoprune.adapters import ultra
+
+    data = ensure_dataset(SyntheticConfig())
+    model = ultra.load_model("yolov8n.yaml", nc=3)
+    cfg = ultra.FinetuneConfig(data=str(data), imgsz=DEMO_IMGSZ, epochs=epochs, lr=0.01, ema=True,
+                               warmup_epochs=1.0, threads=threads, seed=seed, batch=16)
+    logger.info("training the demo baseline (yolov8n, %d epochs) - a few minutes on 2 CPU cores", epochs)
+    with tempfile.TemporaryDirectory(prefix="autoprune-baseline-") as tmp:
+        workdir = Path(tmp) / "train"
+        ultra.finetune(model, cfg, workdir, verbose=True)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(workdir / "weights" / "last.pt", out)
+    metrics = ultra.validate(ultra.load_model(out), str(data), DEMO_IMGSZ, threads=threads)
+    logger.info("demo baseline written to %s: mAP50 %.3f, mAP50-95 %.3f", out, metrics.map50, metrics.map50_95)
+    return out
+
+
+def resolve_demo_model() -> Path:
+    """The packaged baseline, or one trained once and cached under autoprune's home."""
+    if PACKAGED_BASELINE.exists():
+        return PACKAGED_BASELINE
+    cached = home() / "demo" / PACKAGED_BASELINE.name
+    if not cached.exists():
+        train_baseline(cached)
+    return cached

@@ -1,0 +1,118 @@
+"""A deterministic synthetic detection data set (coloured shapes), written in YOLO format.
+
+Images and labels depend only on :class:`SyntheticConfig` (numpy's PCG64 stream and
+PIL drawing are stable), so a baseline trained on it stays valid on every machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw
+
+from autoprune.paths import data_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CLASS_NAMES", "SyntheticConfig", "ensure_dataset"]
+
+CLASS_NAMES = ("circle", "square", "triangle")
+_COLOURS = ((220, 50, 40), (40, 170, 60), (40, 80, 220))
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n_train: int = 200
+    n_val: int = 50
+    imgsz: int = 160
+    min_size: int = 28
+    max_size: int = 64
+    max_objects: int = 3
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        return f"shapes-{digest}"
+
+
+def _draw_image(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[Image.Image, list[tuple[int, float, float, float, float]]]:
+    s = cfg.imgsz
+    base = rng.integers(90, 170, size=3)
+    noise = rng.normal(0.0, 12.0, size=(s, s, 3))
+    arr = np.clip(base[None, None, :] + noise, 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    draw = ImageDraw.Draw(img)
+    boxes: list[tuple[int, int, int, int]] = []
+    labels: list[tuple[int, float, float, float, float]] = []
+    n = int(rng.integers(1, cfg.max_objects + 1))
+    for _ in range(n):
+        for _attempt in range(20):
+            w = int(rng.integers(cfg.min_size, cfg.max_size + 1))
+            x0 = int(rng.integers(0, s - w))
+            y0 = int(rng.integers(0, s - w))
+            box = (x0, y0, x0 + w, y0 + w)
+            if all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in boxes):
+                break
+        else:
+            continue
+        cls = int(rng.integers(0, len(CLASS_NAMES)))
+        jitter = rng.integers(-25, 26, size=3)
+        colour = tuple(int(c) for c in np.clip(np.array(_COLOURS[cls]) + jitter, 0, 255))
+        x0, y0, x1, y1 = box
+        if cls == 0:
+            draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=colour)
+        elif cls == 1:
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=colour)
+        else:
+            draw.polygon([((x0 + x1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=colour)
+        boxes.append(box)
+        labels.append((cls, (x0 + x1) / 2 / s, (y0 + y1) / 2 / s, w / s, w / s))
+    return img, labels
+
+
+def _write_split(root: Path, split: str, count: int, rng: np.random.Generator, cfg: SyntheticConfig) -> None:
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        img, labels = _draw_image(rng, cfg)
+        img.save(root / "images" / split / f"{i:05d}.png")
+        lines = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
+        (root / "labels" / split / f"{i:05d}.txt").write_text("\n".join(lines) + "\n")
+
+
+def ensure_dataset(cfg: SyntheticConfig | None = None, root: Path | None = None) -> Path:
+    """Generate the data set once (atomically) and return the path of its ultralytics YAML."""
+    cfg = cfg or SyntheticConfig()
+    parent = Path(root) if root is not None else data_dir()
+    target = parent / cfg.key
+    data_yaml = target / "data.yaml"
+    if data_yaml.exists():
+        return data_yaml
+    parent.mkdir(parents=True, exist_ok=True)
+    logger.info("generating synthetic data set %s (%d train, %d val images)", target, cfg.n_train, cfg.n_val)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+    try:
+        rng = np.random.default_rng(cfg.seed)
+        _write_split(tmp, "train", cfg.n_train, rng, cfg)
+        _write_split(tmp, "val", cfg.n_val, rng, cfg)
+        spec = {"path": str(target), "train": "images/train", "val": "images/val",
+                "names": dict(enumerate(CLASS_NAMES))}
+        (tmp / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        (tmp / "synthetic.json").write_text(json.dumps(asdict(cfg), indent=1))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race
+            if not data_yaml.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return data_yaml
