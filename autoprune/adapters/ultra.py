@@ -228,3 +228,20 @@ def compute_loss(model: DetectionModel, batch: dict[str, Any]) -> torch.Tensor:
     model.criterion = None
     loss, _ = model.loss(batch)
     return loss.sum()
+
+
+def deploy_copy(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` as it would be deployed: eval mode, Conv+BN fused."""
+    m = copy.deepcopy(model).float().eval()
+    if hasattr(m, "fuse"):
+        m = m.fuse(verbose=False) if "verbose" in m.fuse.__code__.co_varnames else m.fuse()
+    return m
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Save ``model`` in ultralytics' checkpoint layout (loadable by ``ultralytics.YOLO``)."""
+    path = Path(path)
+    args = model.args if isinstance(model.args, dict) else dict(vars(model.args))
+    torch.save({"model": copy.deepcopy(model).half(), "ema": None, "train_args": args, "date": None,
+                "version": ultralytics.__version__}, path)
+    return path

@@ -1,0 +1,3 @@
+from autoprune.cli import main
+
+raise SystemExit(main())

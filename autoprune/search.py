@@ -1,0 +1,139 @@
+"""``autoprune search``: validate inputs, open the study, measure the baseline once, run trials."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from autoprune.errors import InputError
+from autoprune.policy import Layer
+from autoprune.spec import SearchSpec
+from autoprune.study import (BASELINE_KEY, fail_stale_trials, get_storage, open_study, store_layers,
+                             stored_layers)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PreparedInputs", "prepare_inputs", "run_search", "SearchOutcome"]
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    spec: SearchSpec  # model and data resolved to absolute paths
+    nc: int
+
+
+def _resolve_data(data: str) -> Path:
+    if data == "demo":
+        from autoprune.demo.synthetic import ensure_dataset
+
+        return ensure_dataset()
+    p = Path(data).expanduser()
+    if not p.is_file():
+        raise InputError(f"data: {data}: data set YAML not found")
+    return p.resolve()
+
+
+def _resolve_model(model: str) -> str:
+    if model == "demo":
+        from autoprune.demo.baseline import resolve_demo_model
+
+        return str(resolve_demo_model())
+    p = Path(model).expanduser()
+    if p.is_file():
+        return str(p.resolve())
+    if model.endswith((".yaml", ".yml")) and "/" not in model:  # an ultralytics model config such as yolov8n.yaml
+        return model
+    raise InputError(f"model: {model}: file not found")
+
+
+def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
+    """Check the model and data set without writing to the study (data/demo files may be generated)."""
+    from autoprune.adapters import ultra
+
+    data = _resolve_data(spec.data)
+    info = ultra.read_dataset(str(data))
+    nc = int(info["nc"])
+    model_path = _resolve_model(spec.model)
+    if not model_path.endswith((".yaml", ".yml")):
+        model = ultra.load_model(model_path)
+        if ultra.model_nc(model) != nc:
+            raise InputError(f"model: {spec.model} predicts {ultra.model_nc(model)} classes but data {spec.data} "
+                             f"has {nc}")
+    else:
+        try:
+            ultra.load_model(model_path, nc=nc)
+        except Exception as e:
+            raise InputError(f"model: {model_path}: not a buildable ultralytics model config ({type(e).__name__})")
+    return PreparedInputs(spec=spec.replace(model=model_path, data=str(data)), nc=nc)
+
+
+def _materialise_yaml_model(spec: SearchSpec, nc: int) -> SearchSpec:
+    """A model YAML is built once with a fixed seed and saved, so every trial prunes the same weights."""
+    if not spec.model.endswith((".yaml", ".yml")):
+        return spec
+    import torch
+
+    from autoprune.adapters import ultra
+
+    path = spec.study_dir / "base.pt"
+    if not path.exists():
+        torch.manual_seed(spec.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ultra.save_checkpoint(ultra.load_model(spec.model, nc=nc), path)
+    return spec.replace(model=str(path))
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    study: optuna.Study
+    spec: SearchSpec
+    new_trials: int
+
+
+def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
+    from autoprune.adapters import tp, ultra
+    from autoprune.trial import TRACE_IMGSZ, measure_model
+
+    layers = stored_layers(study)
+    if layers is not None and BASELINE_KEY in study.user_attrs:
+        return layers
+    model = ultra.load_model(spec.model).to(spec.device)
+    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(model, TRACE_IMGSZ)]
+    logger.info("measuring the unpruned baseline (%d prunable layers)", len(layers))
+    m = measure_model(model, spec, spec.data)
+    baseline = {**m.metrics(), "latency": m.latency, "model": spec.model, "data": spec.data, "imgsz": spec.imgsz}
+    store_layers(study, layers)
+    study.set_user_attr(BASELINE_KEY, baseline)
+    logger.info("baseline: mAP50-95 %.3f, mAP50 %.3f, params %s, MACs %s, latency %.2f ms",
+                m.map50_95, m.map50, f"{m.params:,}", f"{m.macs:,}", m.latency_ms)
+    return layers
+
+
+def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address: str | None = None) -> SearchOutcome:
+    """Run (or continue) the spec's study.
+
+    Without ``max_new_trials`` the study is filled up to ``spec.trials`` completed trials;
+    with it, exactly that many new trials are started.
+    """
+    prepared = prepare_inputs(spec)
+    spec = prepared.spec
+    storage = get_storage(spec.storage_url)
+    study = open_study(spec, storage)
+    spec = _materialise_yaml_model(spec, prepared.nc)
+    fail_stale_trials(study)
+    layers = _ensure_baseline(study, spec)
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    n_new = max_new_trials if max_new_trials is not None else max(0, spec.trials - done)
+    if n_new == 0:
+        logger.info("study %s already has %d completed trials (budget %d): nothing to run", spec.name, done,
+                    spec.trials)
+    else:
+        from autoprune.executor import run_trials
+
+        logger.info("study %s: running %d new trial(s) (%d completed so far) with Ray Tune", spec.name, n_new, done)
+        run_trials(study, spec, layers, spec.data, n_new, ray_address=ray_address)
+    return SearchOutcome(study=study, spec=spec, new_trials=n_new)

@@ -1,0 +1,150 @@
+"""The Optuna study: storage, creation/continuation, baseline, stale trials, the Pareto front."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune import objectives
+from autoprune.errors import InputError, SpecError
+from autoprune.policy import Layer
+from autoprune.spec import SearchSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["get_storage", "open_study", "driver_id", "fail_stale_trials", "record_failure", "front",
+           "FrontRow", "BASELINE_KEY"]
+
+BASELINE_KEY = "baseline"
+FAIL_REASON = "fail_reason"
+
+
+def driver_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def get_storage(url: str) -> optuna.storages.RDBStorage:
+    """An RDB storage (SQLAlchemy) for ``url``; a one-line InputError when it cannot be opened."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_compatibility_check=False)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"storage: cannot open {url}: {first}") from None
+
+
+def _sampler(spec: SearchSpec, n_existing: int) -> optuna.samplers.BaseSampler:
+    # Offset the seed by the trials already there, so a continued study does not replay its first draws.
+    startup = max(4, min(10, spec.trials // 3))
+    return optuna.samplers.TPESampler(seed=spec.seed + n_existing, n_startup_trials=startup)
+
+
+def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    """Load the spec's study (checking its objectives match) or create it."""
+    wanted = list(spec.objectives)
+    directions = [objectives.get(n).direction for n in wanted]
+    try:
+        existing = optuna.load_study(study_name=spec.name, storage=storage)
+    except KeyError:
+        existing = None
+    if existing is not None:
+        have = existing.user_attrs.get("objectives")
+        if have != wanted:
+            raise SpecError(f"name: study {spec.name!r} exists with objectives {have}, not {wanted} "
+                            "(choose another --study-name)")
+        n = len(existing.trials)
+        return optuna.load_study(study_name=spec.name, storage=storage, sampler=_sampler(spec, n))
+    study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions,
+                                sampler=_sampler(spec, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([objectives.get(n).label for n in wanted])
+    study.set_user_attr("objectives", wanted)
+    return study
+
+
+def record_failure(study: optuna.Study, trial_id: int, reason: str) -> None:
+    storage = study._storage
+    storage.set_trial_user_attr(trial_id, FAIL_REASON, reason)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Mark FAILED the RUNNING trials whose driver process (on this host) is gone."""
+    failed = []
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = str(t.user_attrs.get("driver", ""))
+        o_host, _, o_pid = owner.rpartition(":")
+        if owner and (o_host != host or (o_pid.isdigit() and _pid_alive(int(o_pid)))):
+            continue
+        record_failure(study, t._trial_id, f"left RUNNING by autoprune process {owner or '?'} that is no longer running")
+        failed.append(t.number)
+    if failed:
+        logger.warning("marked %d stale RUNNING trial(s) FAILED: %s", len(failed), failed)
+    return failed
+
+
+def store_layers(study: optuna.Study, layers: Sequence[Layer]) -> None:
+    study.set_user_attr("layers", [[layer.name, layer.channels] for layer in layers])
+
+
+def stored_layers(study: optuna.Study) -> list[Layer] | None:
+    raw = study.user_attrs.get("layers")
+    return [Layer(n, int(c)) for n, c in raw] if raw else None
+
+
+@dataclass(frozen=True)
+class FrontRow:
+    number: int
+    values: dict[str, float]
+    criterion: str
+    ratios: dict[str, float]
+    attrs: dict[str, Any]
+
+
+def front(study: optuna.Study) -> list[FrontRow]:
+    """The study's Pareto front (Optuna's ``best_trials``), sorted by the first objective, best first."""
+    names = study.user_attrs.get("objectives") or list(objectives.DEFAULT)
+    rows = []
+    for t in study.best_trials:
+        rows.append(_row(t, names))
+    first = objectives.get(names[0])
+    rows.sort(key=lambda r: r.values[first.name], reverse=first.direction == "maximize")
+    return rows
+
+
+def _row(t: FrozenTrial, names: Sequence[str]) -> FrontRow:
+    metrics = dict(t.user_attrs.get("metrics", {}))
+    metrics.update(dict(zip(names, t.values)))
+    policy = t.user_attrs.get("policy", {})
+    return FrontRow(number=t.number, values=metrics, criterion=str(policy.get("criterion", "?")),
+                    ratios=dict(policy.get("ratios", {})), attrs=dict(t.user_attrs))
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

@@ -1,0 +1,163 @@
+"""One trial: prune the base model by a policy in k steps, fine-tune between steps, measure."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoprune import criteria
+from autoprune.errors import AutopruneError, TrialError
+from autoprune.measure import measure_latency
+from autoprune.policy import Layer, Policy
+from autoprune.spec import SearchSpec
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Measurement", "TrialResult", "measure_model", "run_trial", "run_trial_safely", "TRACE_IMGSZ"]
+
+TRACE_IMGSZ = 64  # input size for dependency-graph tracing; channel structure does not depend on it
+
+
+@dataclass(frozen=True)
+class Measurement:
+    map50_95: float
+    map50: float
+    params: int
+    macs: int
+    latency_ms: float
+    latency: dict[str, Any]
+
+    def metrics(self) -> dict[str, float]:
+        return {"map50_95": self.map50_95, "map50": self.map50, "params": float(self.params),
+                "macs": float(self.macs), "latency_ms": self.latency_ms}
+
+
+@dataclass
+class TrialResult:
+    ok: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+class _Phases:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def measure_model(model: torch.nn.Module, spec: SearchSpec, data: str, phases: _Phases | None = None) -> Measurement:
+    """mAP from ultralytics' validator, parameter and MAC counts, and measured latency."""
+    from autoprune.adapters import tp, ultra
+
+    phases = phases or _Phases()
+    with phases("validate"):
+        val = ultra.validate(model, data, spec.imgsz, device=spec.device, batch=spec.finetune.batch,
+                             threads=spec.latency.threads)
+    with phases("latency"):
+        deployed = ultra.deploy_copy(model)
+        lat = measure_latency(deployed, spec.imgsz, spec.device, spec.latency.warmup, spec.latency.runs,
+                              spec.latency.threads)
+        macs = tp.count_macs(model, spec.imgsz)
+    return Measurement(map50_95=val.map50_95, map50=val.map50, params=tp.count_params(model), macs=macs,
+                       latency_ms=lat.median_ms, latency={**asdict(lat), "spread": lat.spread})
+
+
+def _accumulate_gradients(model: torch.nn.Module, spec: SearchSpec, data: str) -> None:
+    from autoprune.adapters import ultra
+
+    model.train()
+    model.zero_grad(set_to_none=True)
+    for batch in ultra.training_batches(data, spec.imgsz, spec.finetune.batch, spec.finetune.gradient_batches,
+                                        spec.device, spec.seed):
+        loss = ultra.compute_loss(model, batch)
+        if not torch.isfinite(loss):
+            raise TrialError("training loss is not finite while computing gradients")
+        loss.backward()
+
+
+def run_trial(spec: SearchSpec, policy: Policy, layers: Sequence[Layer], data: str, workdir: Path) -> TrialResult:
+    """Run one trial for real; raises on failure (see :func:`run_trial_safely`)."""
+    from autoprune.adapters import tp, ultra
+
+    ultra.set_threads(spec.latency.threads)
+    torch.manual_seed(spec.seed)
+    phases = _Phases()
+    crit = criteria.get(policy.criterion)
+    original = {layer.name: layer.channels for layer in layers}
+    with phases("load"):
+        model = ultra.load_model(spec.model).to(spec.device)
+    channels: dict[str, int] = dict(original)
+    for step in range(1, policy.iterations + 1):
+        keep = tp.target_keep(original, policy.ratio_map, step, policy.iterations)
+        if crit.needs_gradients:
+            with phases("gradients"):
+                _accumulate_gradients(model, spec, data)
+        if crit.regularize:
+            with phases("regularize"):
+                batches = ultra.training_batches(data, spec.imgsz, spec.finetune.batch,
+                                                 spec.finetune.gradient_batches, spec.device, spec.seed + step)
+                tp.group_norm_regularize(model, TRACE_IMGSZ, batches, ultra.compute_loss, policy.lr, reg=1e-3)
+        with phases("prune"):
+            channels = tp.prune_step(model, keep, tp.importance(crit.name), TRACE_IMGSZ)
+            model.zero_grad(set_to_none=True)
+        empty = [n for n, c in channels.items() if c < 1]
+        if empty:
+            raise TrialError(f"layer {empty[0]} was pruned to nothing")
+        with phases("finetune"):
+            cfg = ultra.FinetuneConfig(data=data, imgsz=spec.imgsz, epochs=policy.epochs, lr=policy.lr,
+                                       ema=policy.ema, batch=spec.finetune.batch, device=spec.device,
+                                       workers=spec.finetune.workers, threads=spec.latency.threads,
+                                       optimizer=spec.finetune.optimizer, seed=spec.seed)
+            ultra.finetune(model, cfg, workdir / f"step{step}")
+    measurement = measure_model(model, spec, data, phases)
+    metrics = measurement.metrics()
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise TrialError(f"metric {bad[0]} is not finite")
+    checkpoint = workdir / f"step{policy.iterations}" / "weights" / "last.pt"
+    attrs = {
+        "policy": policy.to_dict(),
+        "channels": channels,
+        "latency": measurement.latency,
+        "seconds": phases.seconds,
+        "checkpoint": str(checkpoint) if checkpoint.exists() else None,
+    }
+    return TrialResult(ok=True, metrics=metrics, attrs=attrs)
+
+
+def run_trial_safely(spec: SearchSpec, policy: Policy, layers: Sequence[Layer], data: str,
+                     workdir: Path) -> TrialResult:
+    """Like :func:`run_trial`, but every failure becomes a failed result with a one-line reason."""
+    t0 = time.perf_counter()
+    try:
+        result = run_trial(spec, policy, layers, data, workdir)
+    except AutopruneError as e:
+        result = TrialResult(ok=False, reason=str(e))
+    except Exception as e:  # a trial must never take the study down
+        logger.debug("trial failed:\n%s", traceback.format_exc())
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        result = TrialResult(ok=False, reason=f"{type(e).__name__}: {msg}"[:500])
+    result.attrs.setdefault("policy", policy.to_dict())
+    result.attrs["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def metrics_from(mapping: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in mapping.items()}
