@@ -89,6 +89,9 @@ def _slice_conv(conv_mod: nn.Module, lo: int, hi: int, Conv: type) -> nn.Module:
         for name in ("weight", "bias", "running_mean", "running_var"):
             getattr(new.bn, name).copy_(getattr(bn, name)[lo:hi])
         new.bn.eps, new.bn.momentum = bn.eps, bn.momentum
+    for dst, src in ((new.conv.weight, conv.weight), (new.bn.weight, bn.weight), (new.bn.bias, bn.bias)):
+        if src.grad is not None:  # gradient-based criteria read .grad of the split halves
+            dst.grad = src.grad[lo:hi].clone()
     return new.to(conv.weight.device)
 
 
@@ -104,6 +107,10 @@ def _cat_convs(a: nn.Module, b: nn.Module) -> nn.Module:
         conv.weight.copy_(torch.cat([a.conv.weight, b.conv.weight]))
         for name in ("weight", "bias", "running_mean", "running_var"):
             getattr(bn, name).copy_(torch.cat([getattr(a.bn, name), getattr(b.bn, name)]))
+    for dst, pa, pb in ((conv.weight, a.conv.weight, b.conv.weight), (bn.weight, a.bn.weight, b.bn.weight),
+                        (bn.bias, a.bn.bias, b.bn.bias)):
+        if pa.grad is not None and pb.grad is not None:
+            dst.grad = torch.cat([pa.grad, pb.grad])
     merged.conv, merged.bn = conv.to(a.conv.weight.device), bn.to(a.conv.weight.device)
     return merged
 
@@ -204,7 +211,9 @@ def prunable_layers(model: nn.Module, imgsz: int = 64) -> list[PrunableLayer]:
         seen: dict[str, int] = {}
         for name, group in g.groups():
             seen.setdefault(name, g.dg.get_out_channels(group[0].dep.target.module))
-        return [PrunableLayer(n, c) for n, c in seen.items()]
+        order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+        ranked = sorted(seen.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+        return [PrunableLayer(n, c) for n, c in ranked]
     finally:
         g.close()
 
@@ -269,9 +278,7 @@ def prune_step(model: nn.Module, keep: Mapping[str, int], imp: object, imgsz: in
                 raise TrialError(f"layer {name} would be pruned to {target} channels")
             n_prune = current - target
             if n_prune > 0:
-                scores = imp(group)
-                if scores is None or not torch.isfinite(scores).all():
-                    raise TrialError(f"criterion gave non-finite importance for layer {name}")
+                scores = _scores(imp, group, name)
                 idxs = torch.argsort(scores)[:n_prune].tolist()
                 pg = g.dg.get_pruning_group(root, group[0].dep.handler, idxs)
                 if not g.dg.check_pruning_group(pg):
@@ -281,6 +288,19 @@ def prune_step(model: nn.Module, keep: Mapping[str, int], imp: object, imgsz: in
     finally:
         g.close()
     return after
+
+
+def _scores(imp: object, group: object, name: str) -> torch.Tensor:
+    """Channel scores of ``group``; where a criterion is undefined (e.g. all-zero gradients normalised by
+    their mean) the group falls back to its L2 magnitude."""
+    scores = imp(group)
+    if scores is not None and torch.isfinite(scores).all():
+        return scores
+    logger.debug("%s: %s gave non-finite scores; using L2 magnitude", name, type(imp).__name__)
+    scores = tp.importance.GroupMagnitudeImportance(p=2)(group)
+    if scores is None or not torch.isfinite(scores).all():
+        raise TrialError(f"criterion gave non-finite importance for layer {name}")
+    return scores
 
 
 def count_params(model: nn.Module) -> int:

@@ -143,13 +143,22 @@ def checkpoint_param_count(path: str | Path) -> int:
     return _count(model)
 
 
-def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose: bool = False) -> DetectionModel:
+def check_checkpoint(path: str | Path, expected_params: int) -> None:
+    """Raise :class:`TrialError` if ``path`` reloads with another parameter count (the EMA trap)."""
+    n = checkpoint_param_count(path)
+    if n != expected_params:
+        raise TrialError(f"EMA trap: {Path(path).name} reloads with {n} parameters, the pruned model has "
+                         f"{expected_params}")
+
+
+def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose: bool = False,
+             callbacks: dict[str, Any] | None = None) -> DetectionModel:
     """Fine-tune ``model`` in place with the ultralytics trainer and return it.
 
     With ``cfg.ema`` the trained weights are the EMA's; without it the EMA decay is
     forced to 0 so the trainer's EMA (which it uses for validation and checkpoints) is
-    the raw model.  The checkpoint the trainer wrote is reloaded and its parameter
-    count compared with the pruned model's: the EMA trap raises :class:`TrialError`.
+    the raw model.  The trainer's EMA and the checkpoints it wrote are compared with the
+    trained model's parameter count: a mismatch (the EMA trap) raises :class:`TrialError`.
     """
     workdir = Path(workdir)
     overrides = dict(
@@ -161,7 +170,6 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
         pretrained=False,
     )
     set_threads(cfg.threads)
-    expected = _count(model)
     trainer = _GivenModelTrainer(model, overrides)
 
     def _pin(tr: DetectionTrainer) -> None:
@@ -170,17 +178,17 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
             tr.ema.decay = lambda _x: 0.0
 
     trainer.add_callback("on_train_start", _pin)
+    for event, fn in (callbacks or {}).items():
+        trainer.add_callback(event, fn)
     trainer.train()
-    trained = trainer.ema.ema
-    got = _count(trained)
+    expected = _count(trainer.model)
+    got = _count(trainer.ema.ema)
     if got != expected:
-        raise TrialError(f"EMA trap: the trainer's EMA has {got} parameters, the pruned model {expected}")
+        raise TrialError(f"EMA trap: the trainer's EMA has {got} parameters, the trained model {expected}")
     for ckpt in (trainer.last, trainer.best):
         if Path(ckpt).exists():
-            n = checkpoint_param_count(ckpt)
-            if n != expected:
-                raise TrialError(f"EMA trap: {Path(ckpt).name} reloads with {n} parameters, expected {expected}")
-    model.load_state_dict(trained.float().state_dict())
+            check_checkpoint(ckpt, expected)
+    model.load_state_dict(trainer.ema.ema.float().state_dict())
     set_threads(cfg.threads)
     return model
 

@@ -1,0 +1,103 @@
+"""Failed trials end FAILED with a reason and never stay RUNNING.
+
+The searcher tests feed StudySearcher hand-made Ray Tune results (they fake Ray's
+result dicts, nothing else: the Optuna study and its SQLite storage are real).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoprune.executor import PAYLOAD_KEY, StudySearcher
+from autoprune.policy import Layer, Policy
+from autoprune.spec import parse_spec
+from autoprune.study import fail_stale_trials, get_storage, open_study
+
+LAYERS = [Layer("model.0", 16), Layer("model.1", 32)]
+GOOD = {"map50_95": 0.5, "map50": 0.8, "params": 1e6, "macs": 1e8, "latency_ms": 9.0}
+
+
+@pytest.fixture()
+def study_and_spec(tmp_path):
+    spec = parse_spec({"name": "t", "model": "m.pt", "data": "d.yaml", "storage": f"sqlite:///{tmp_path}/s.db"},
+                      "s.yaml", studies_dir=tmp_path)
+    return open_study(spec, get_storage(spec.storage_url)), spec
+
+
+def _payload(ok=True, metrics=None, reason=""):
+    return {PAYLOAD_KEY: json.dumps({"ok": ok, "metrics": metrics if metrics is not None else GOOD,
+                                     "attrs": {"seconds": {"prune": 0.1}}, "reason": reason})}
+
+
+def test_searcher_records_every_outcome(study_and_spec):
+    study, spec = study_and_spec
+    s = StudySearcher(study, spec, LAYERS, n_trials=7)
+    configs = {tid: s.suggest(tid) for tid in "abcdefg"}
+    assert s.suggest("h") == StudySearcher.FINISHED
+    assert set(configs["a"]["policy"]["ratios"]) == {"model.0", "model.1"}
+    Policy.from_dict(configs["a"]["policy"])  # round-trips
+    s.on_trial_complete("a", _payload())
+    s.on_trial_complete("b", _payload(metrics={**GOOD, "latency_ms": math.nan}))
+    s.on_trial_complete("c", _payload(ok=False, reason="TrialError: layer x was pruned to nothing"))
+    s.on_trial_complete("d", None, error=True)
+    s.on_trial_complete("e", _payload(metrics={"map50_95": 0.4}))
+    s.on_trial_complete("f", {"other": 1})
+    s.abandon_all("interrupted")  # "g" never reported
+    trials = {t.number: t for t in study.get_trials()}
+    states = [trials[configs[t]["number"]].state for t in "abcdefg"]
+    assert states == [TrialState.COMPLETE] + [TrialState.FAIL] * 6
+    a = trials[configs["a"]["number"]]
+    assert a.values == [0.5, 1e6, 9.0] and a.user_attrs["metrics"]["map50"] == 0.8
+    reasons = [trials[configs[t]["number"]].user_attrs.get("fail_reason", "") for t in "bcdefg"]
+    assert "latency_ms is not finite" in reasons[0]
+    assert reasons[1] == "TrialError: layer x was pruned to nothing"
+    assert "Ray trial errored" in reasons[2]
+    assert "metric params missing" in reasons[3]
+    assert "reported no result" in reasons[4]
+    assert reasons[5] == "interrupted"
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_stale_running_trials_of_dead_driver_fail(study_and_spec):
+    study, _ = study_and_spec
+    dead = study.ask()
+    dead.set_user_attr("driver", f"{__import__('socket').gethostname()}:999999")
+    alive = study.ask()
+    alive.set_user_attr("driver", f"{__import__('socket').gethostname()}:{__import__('os').getpid()}")
+    assert fail_stale_trials(study) == [dead.number]
+    t = study.get_trials()[dead.number]
+    assert t.state == TrialState.FAIL and "no longer running" in t.user_attrs["fail_reason"]
+    assert study.get_trials()[alive.number].state == TrialState.RUNNING
+
+
+def test_existing_study_with_other_objectives_is_refused(tmp_path):
+    from autoprune.errors import SpecError
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    a = parse_spec({"name": "t", "model": "m", "data": "d", "storage": url}, "s.yaml")
+    open_study(a, get_storage(url))
+    b = parse_spec({"name": "t", "model": "m", "data": "d", "storage": url, "objectives": ["map50", "macs"]}, "s.yaml")
+    with pytest.raises(SpecError, match="name: study 't' exists with objectives"):
+        open_study(b, get_storage(url))
+
+
+def test_metric_names_are_set(study_and_spec):
+    study, _ = study_and_spec
+    assert optuna.load_study(study_name="t", storage=study._storage).metric_names == ["mAP50-95", "params",
+                                                                                       "latency_ms"]
+
+
+def test_real_trial_failure_is_a_result_not_an_exception(tmp_path, tiny_data):
+    from autoprune.trial import run_trial_safely
+
+    spec = parse_spec({"name": "t", "model": str(tmp_path / "gone.pt"), "data": str(tiny_data), "imgsz": 64},
+                      "s.yaml")
+    policy = Policy(ratios=(("model.0", 0.5),), criterion="l1", iterations=1, lr=0.01, ema=True, epochs=1)
+    result = run_trial_safely(spec, policy, LAYERS, str(tiny_data), tmp_path / "w")
+    assert not result.ok and "gone.pt" in result.reason and "\n" not in result.reason
+    assert result.attrs["policy"]["criterion"] == "l1"

@@ -1,0 +1,72 @@
+"""Fine-tuning with the ultralytics trainer keeps pruned shapes; the EMA trap is caught."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoprune.adapters import tp, ultra
+from autoprune.errors import TrialError
+
+TINY = 64
+
+
+def _pruned(ratio=0.4):
+    torch.manual_seed(0)
+    model = ultra.load_model("yolov8n.yaml", nc=3)
+    original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TINY)}
+    tp.prune_step(model, tp.target_keep(original, {n: ratio for n in original}, 1, 1), tp.importance("l2"), TINY)
+    return model
+
+
+def _cfg(data, ema=True, epochs=1):
+    return ultra.FinetuneConfig(data=str(data), imgsz=TINY, epochs=epochs, lr=0.01, ema=ema, batch=8)
+
+
+@pytest.mark.parametrize("ema", [True, False])
+def test_finetune_keeps_pruned_shapes_and_checkpoints(tiny_data, tmp_path, ema):
+    model = _pruned()
+    channels = tp.channel_counts(model, TINY)
+    n = tp.count_params(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ultra.finetune(model, _cfg(tiny_data, ema=ema), tmp_path / "ft")
+    assert tp.count_params(model) == n
+    assert tp.channel_counts(model, TINY) == channels
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
+    for name in ("last.pt", "best.pt"):
+        assert ultra.checkpoint_param_count(tmp_path / "ft" / "weights" / name) == n  # never the unpruned model
+
+
+def test_ema_flag_off_takes_raw_weights(tiny_data, tmp_path):
+    """With ema=False the trainer's EMA is forced to track the raw model exactly."""
+    model = _pruned()
+    captured = {}
+
+    def grab(trainer):
+        captured["raw"] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    ultra.finetune(model, _cfg(tiny_data, ema=False), tmp_path / "ft", callbacks={"on_train_end": grab})
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, captured["raw"][k].float(), rtol=0, atol=1e-6)
+
+
+def test_pruning_inside_a_running_trainer_is_caught(tiny_data, tmp_path):
+    """The EMA trap: pruning inside the trainer (after its EMA cached its tensors) leaves a stale unpruned EMA,
+    which the trainer then validates and saves."""
+    model = ultra.load_model("yolov8n.yaml", nc=3)
+    original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TINY)}
+
+    def prune_mid_training(trainer):
+        tp.prune_step(trainer.model, tp.target_keep(original, {n: 0.5 for n in original}, 1, 1),
+                      tp.importance("l1"), TINY)
+
+    with pytest.raises(TrialError, match="EMA trap"):
+        ultra.finetune(model, _cfg(tiny_data), tmp_path / "ft", callbacks={"on_train_epoch_end": prune_mid_training})
+
+
+def test_checkpoint_check_rejects_unpruned_reload(tmp_path):
+    full = ultra.load_model("yolov8n.yaml", nc=3)
+    path = ultra.save_checkpoint(full, tmp_path / "full.pt")
+    with pytest.raises(TrialError, match=r"EMA trap: full.pt reloads with 3011\d+ parameters"):
+        ultra.check_checkpoint(path, tp.count_params(_pruned()))

@@ -1,0 +1,64 @@
+"""A real 2-trial study (Ray Tune + Optuna + SQLite) on tiny data, continued by a second run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+import sqlalchemy as sa
+import yaml
+from optuna.trial import TrialState
+
+
+def _run(args, cwd):
+    r = subprocess.run([sys.executable, "-m", "autoprune", *args], capture_output=True, text=True, cwd=cwd,
+                       timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow
+def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_model_pt):
+    spec = {
+        "name": "tiny", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 2, "seed": 1,
+        "space": {"ratio": {"low": 0.1, "high": 0.5}, "criteria": ["l1", "random"], "iterations": 1,
+                  "epochs": 1},
+        "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 5}, "resources": {"cpus": 1},
+    }
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    db = tmp_path / "studies" / "autoprune.db"
+    url = f"sqlite:///{db}"
+
+    first = _run(["search", str(spec_file)], tmp_path)
+    assert "Pareto front" in first.stdout and "base" in first.stdout
+    engine = sa.create_engine(url)
+    with engine.connect() as c:
+        per_trial = c.execute(sa.text(
+            "SELECT t.number, COUNT(v.trial_value_id) FROM trials t JOIN trial_values v USING (trial_id) "
+            "GROUP BY t.number ORDER BY t.number")).all()
+    assert per_trial == [(0, 3), (1, 3)]
+
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert study.metric_names == ["mAP50-95", "params", "latency_ms"]
+    base = study.user_attrs["baseline"]
+    assert base["params"] > 3_000_000 and "latency" in base
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE
+        assert set(t.user_attrs["policy"]) == {"ratios", "criterion", "iterations", "lr", "ema", "epochs"}
+        assert len(t.user_attrs["policy"]["ratios"]) == len(study.user_attrs["layers"])
+        assert t.values[1] < base["params"]  # pruned
+        assert {"prune", "finetune", "validate", "latency"} <= set(t.user_attrs["seconds"])
+        assert t.user_attrs["latency"]["runs"] == 5
+
+    _run(["search", str(spec_file), "--trials", "1"], tmp_path)  # continues the same study
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE and len(t.values) == 3 for t in study.trials)
+    assert study.user_attrs["baseline"] == base  # measured once
+
+    third = _run(["search", str(spec_file)], tmp_path)  # budget of 2 completed trials is reached
+    assert len(optuna.load_study(study_name="tiny", storage=url).trials) == 3
+    assert "Pareto front" in third.stdout
