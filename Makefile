@@ -1,0 +1,26 @@
+# Set-up is part of every target: a fresh machine needs only python3 (>= 3.10) and make.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast install clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/autoprune search search_spaces/demo.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) studies/*.db studies/*/
