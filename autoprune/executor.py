@@ -37,8 +37,10 @@ class StudySearcher(Searcher):
     """Hands out up to ``n_trials`` Optuna trials to Ray Tune and records their results."""
 
     def __init__(self, study: optuna.Study, spec: SearchSpec, layers: Sequence[Layer], n_trials: int,
-                 on_done: Callable[[optuna.trial.FrozenTrial], None] | None = None):
+                 on_done: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+                 baseline: dict[str, float] | None = None):
         super().__init__()
+        self._baseline = dict(baseline or {})
         self._study, self._spec, self._layers = study, spec, list(layers)
         self._n, self._asked = n_trials, 0
         self._live: dict[str, optuna.Trial] = {}
@@ -97,6 +99,8 @@ class StudySearcher(Searcher):
         for k, v in payload.get("attrs", {}).items():
             ot.set_user_attr(k, v)
         ot.set_user_attr("metrics", metrics)
+        if self._baseline:
+            ot.set_user_attr("baseline", self._baseline)
         self._study.tell(ot, values)
 
     def _fail(self, ot: optuna.Trial, reason: str) -> None:
@@ -148,7 +152,9 @@ def run_trials(study: optuna.Study, spec: SearchSpec, layers: Sequence[Layer], d
                  logging_level=logging.WARNING, configure_logging=False,
                  runtime_env={"env_vars": {k: os.environ[k] for k in ("AUTOPRUNE_HOME",) if k in os.environ}})
         started = True
-    searcher = StudySearcher(study, spec, layers, n_trials, on_done=_log_trial)
+    baseline = {k: v for k, v in study.user_attrs.get("baseline", {}).items() if isinstance(v, (int, float))}
+    searcher = StudySearcher(study, spec, layers, n_trials, on_done=_log_trial, baseline=baseline)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0
     trainable = tune.with_resources(
         tune.with_parameters(_tune_trial, spec=spec, layers=list(layers), data=data),
         resources={"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},

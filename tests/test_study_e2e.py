@@ -45,6 +45,7 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
     assert study.metric_names == ["mAP50-95", "params", "latency_ms"]
     base = study.user_attrs["baseline"]
     assert base["params"] > 3_000_000 and "latency" in base
+    assert study.trials[0].user_attrs["baseline"]["params"] == base["params"]
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
         assert set(t.user_attrs["policy"]) == {"ratios", "criterion", "iterations", "lr", "ema", "epochs"}

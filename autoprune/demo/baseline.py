@@ -32,7 +32,11 @@ def train_baseline(out: Path, epochs: int = 80, threads: int = 2, seed: int = 0)
     logger.info("training the demo baseline (yolov8n, %d epochs) - a few minutes on 2 CPU cores", epochs)
     with tempfile.TemporaryDirectory(prefix="autoprune-baseline-") as tmp:
         workdir = Path(tmp) / "train"
-        ultra.finetune(model, cfg, workdir, verbose=True)
+        def progress(trainer) -> None:  # noqa: ANN001 - ultralytics' trainer
+            loss = float(trainer.tloss.sum()) if trainer.tloss is not None else float("nan")
+            logger.info("baseline epoch %d/%d: train loss %.3f", trainer.epoch + 1, trainer.epochs, loss)
+
+        ultra.finetune(model, cfg, workdir, callbacks={"on_train_epoch_end": progress})
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(workdir / "weights" / "last.pt", out)
