@@ -35,6 +35,26 @@ def _nonneg_int(s: str) -> int:
     return v
 
 
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         sys.stderr.write(f"autoprune: error: {message}\n")
@@ -56,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="base model checkpoint (.pt) or model YAML")
     s.add_argument("--data", help="ultralytics data set YAML")
     s.add_argument("--studies-dir", type=Path, default=Path("studies"), help="home of study files (default studies/)")
-    s.add_argument("--ray-address", help="join this Ray cluster instead of starting a local one")
+    s.add_argument("--ray-address", help="join this Ray cluster (e.g. auto or ray://host:10001) instead of "
+                                         "starting a local one")
+    s.add_argument("--concurrent", type=_positive_int, help="trials run at once")
+    s.add_argument("--cpus-per-trial", type=_positive_float, help="CPUs Ray reserves per trial (fractions allowed)")
+    s.add_argument("--gpus-per-trial", type=_nonneg_float, help="GPUs Ray reserves per trial, e.g. 0.5")
 
     b = sub.add_parser("demo-baseline", help="(re)train the demo baseline checkpoint")
     b.add_argument("--epochs", type=_positive_int, default=80)
@@ -69,7 +93,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from autoprune.spec import Overrides, load_spec
 
     spec = load_spec(args.spec, Overrides(trials=None, storage=args.storage, study_name=args.study_name,
-                                          device=args.device, seed=args.seed, model=args.model, data=args.data),
+                                          device=args.device, seed=args.seed, model=args.model, data=args.data,
+                                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                                          concurrent=args.concurrent),
                      studies_dir=args.studies_dir)
     outcome = run_search(spec, max_new_trials=args.trials, ray_address=args.ray_address)
     from autoprune.report import front_table

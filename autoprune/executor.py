@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from ray.tune.search import Searcher
 from autoprune import objectives
 from autoprune.policy import Layer, Policy, ratio_summary, sample_policy
 from autoprune.spec import SearchSpec
-from autoprune.study import FAIL_REASON, driver_id, record_failure
+from autoprune.study import FAIL_REASON, driver_id, heartbeat, maybe_retry, record_failure
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,10 @@ class StudySearcher(Searcher):
         super().__init__()
         self._baseline = dict(baseline or {})
         self._study, self._spec, self._layers = study, spec, list(layers)
-        self._n, self._asked = n_trials, 0
+        self._n, self._asked = n_trials, 0  # _n grows by one for each retry granted
         self._live: dict[str, optuna.Trial] = {}
         self._on_done = on_done
-        self._driver = driver_id()
+        self.driver = driver_id()
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:  # noqa: ANN001 - Ray's signature
         return True
@@ -55,7 +56,7 @@ class StudySearcher(Searcher):
             return Searcher.FINISHED
         self._asked += 1
         ot = self._study.ask()
-        ot.set_user_attr("driver", self._driver)
+        ot.set_user_attr("driver", self.driver)
         ot.set_user_attr("ray_trial_id", trial_id)
         policy = sample_policy(ot, self._spec.space, self._layers)
         ot.set_user_attr("policy", policy.to_dict())
@@ -77,6 +78,8 @@ class StudySearcher(Searcher):
             reason = "the Ray trial errored (worker died or crashed before reporting)" if error \
                 else "the trial reported no result"
             self._fail(ot, reason)
+            if error and maybe_retry(self._study, self._study._storage.get_trial(ot._trial_id), self._spec.retries):
+                self._n += 1
         elif not payload.get("ok"):
             for k, v in payload.get("attrs", {}).items():
                 ot.set_user_attr(k, v)
@@ -129,6 +132,16 @@ def _tune_trial(config: dict[str, Any], spec: SearchSpec, layers: list[Layer], d
                                           "reason": result.reason}, default=str)})
 
 
+def _beat(study: optuna.Study, driver: str, stop: threading.Event, every_s: float = 30.0) -> None:
+    while True:
+        try:
+            heartbeat(study, driver)
+        except Exception as e:  # a missed heartbeat must not stop the search
+            logger.debug("heartbeat failed: %s", e)
+        if stop.wait(every_s):
+            return
+
+
 def _log_trial(t: optuna.trial.FrozenTrial) -> None:
     if t.state == optuna.trial.TrialState.COMPLETE:
         m = t.user_attrs.get("metrics", {})
@@ -161,13 +174,17 @@ def run_trials(study: optuna.Study, spec: SearchSpec, layers: Sequence[Layer], d
     )
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials * (1 + spec.retries),
                                     max_concurrent_trials=spec.resources.concurrent),
         run_config=tune.RunConfig(name=f"{spec.name}-ray", storage_path=str(spec.study_dir / "ray"), verbose=0),
     )
+    stop = threading.Event()
+    beat = threading.Thread(target=_beat, args=(study, searcher.driver, stop), daemon=True, name="autoprune-heartbeat")
+    beat.start()
     try:
         tuner.fit()
     finally:
+        stop.set()
         searcher.abandon_all("the search run ended before this trial reported (interrupted)")
         if started:
             ray.shutdown()

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import platform
+import re
+import socket
 import statistics
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["LatencyStats", "measure_latency"]
+__all__ = ["LatencyStats", "measure_latency", "device_lock", "device_name"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,9 @@ class LatencyStats:
     threads: int
     device: str
     imgsz: int
+    device_name: str = ""
+    host: str = ""
+    lock_wait_ms: float = 0.0
 
     @property
     def spread(self) -> float:
@@ -37,32 +48,67 @@ def _quantile(sorted_vals: list[float], q: float) -> float:
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (idx - lo)
 
 
+def device_name(device: str) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+@contextlib.contextmanager
+def device_lock(device: str) -> Iterator[float]:
+    """Hold this host's exclusive latency lock for ``device``; yields the seconds spent waiting.
+
+    Trials running side by side on one machine (Ray workers are processes) take turns, so
+    no two latency measurements on the same device overlap.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(torch.device(device)))
+    path = os.path.join(tempfile.gettempdir(), f"autoprune-latency-{name}.lock")
+    t0 = time.perf_counter()
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield time.perf_counter() - t0
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @torch.inference_mode()
 def measure_latency(model: nn.Module, imgsz: int, device: str = "cpu", warmup: int = 10, runs: int = 50,
                     threads: int = 2) -> LatencyStats:
     """Median of ``runs`` timed batch-1 forward passes after ``warmup`` untimed ones.
 
     ``model`` should be the deployable form (eval mode, BN fused); it is not modified.
+    The passes run under :func:`device_lock`, one measurement per device at a time.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    x = torch.rand(1, 3, imgsz, imgsz, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times = []
     try:
-        dev = torch.device(device)
-        model = model.to(dev).eval()
-        x = torch.rand(1, 3, imgsz, imgsz, device=dev)
-        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-        for _ in range(warmup):
-            model(x)
-        sync()
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            model(x)
+        with device_lock(device) as waited:
+            for _ in range(warmup):
+                model(x)
             sync()
-            times.append((time.perf_counter() - t0) * 1000.0)
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                model(x)
+                sync()
+                times.append((time.perf_counter() - t0) * 1000.0)
     finally:
         torch.set_num_threads(previous)
     s = sorted(times)
     return LatencyStats(median_ms=statistics.median(s), p10_ms=_quantile(s, 0.1), p90_ms=_quantile(s, 0.9),
                         mean_ms=statistics.fmean(s), std_ms=statistics.pstdev(s), runs=runs, warmup=warmup,
-                        threads=threads, device=str(device), imgsz=imgsz)
+                        threads=threads, device=str(device), imgsz=imgsz, device_name=device_name(device),
+                        host=socket.gethostname(), lock_wait_ms=round(waited * 1000.0, 3))

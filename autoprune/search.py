@@ -56,6 +56,7 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
 
     data = _resolve_data(spec.data)
     info = ultra.read_dataset(str(data))
+    ultra.check_dataset_files(spec.data, info)
     nc = int(info["nc"])
     model_path = _resolve_model(spec.model)
     if not model_path.endswith((".yaml", ".yml")):
@@ -124,7 +125,7 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
     storage = get_storage(spec.storage_url)
     study = open_study(spec, storage)
     spec = _materialise_yaml_model(spec, prepared.nc)
-    fail_stale_trials(study)
+    fail_stale_trials(study, spec.retries)
     layers = _ensure_baseline(study, spec)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     n_new = max_new_trials if max_new_trials is not None else max(0, spec.trials - done)

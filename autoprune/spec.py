@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,7 @@ class SearchSpec:
     finetune: FinetuneSettings = FinetuneSettings()
     latency: LatencySettings = LatencySettings()
     resources: Resources = Resources()
+    retries: int = 0  # times a trial that crashed (dead driver or Ray worker) is re-run with the same policy
     studies_dir: str = str(DEFAULT_STORAGE_DIR)
 
     @property
@@ -94,6 +95,11 @@ class SearchSpec:
         if self.storage:
             return self.storage
         return f"sqlite:///{(Path(self.studies_dir) / 'autoprune.db').resolve()}"
+
+    @property
+    def train_threads(self) -> int:
+        """CPU threads for pruning and fine-tuning: the CPUs Ray reserves per trial (at least one)."""
+        return max(1, int(self.resources.cpus))
 
     @property
     def study_dir(self) -> Path:
@@ -115,7 +121,9 @@ class Overrides:
     seed: int | None = None
     model: str | None = None
     data: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    concurrent: int | None = None
 
 
 # --- low-level readers: each names the field it complains about -------------------------------------------------
@@ -267,6 +275,11 @@ def _resources(v: Any) -> Resources:
     base = Resources()
     cpus = _float(d.get("cpus", base.cpus), "resources.cpus")
     gpus = _float(d.get("gpus", base.gpus), "resources.gpus")
+    if gpus > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SpecError(f"resources.gpus: {gpus:g} GPU(s) per trial requested but no CUDA device is available")
     if cpus <= 0:
         raise SpecError(f"resources.cpus: must be > 0, got {cpus:g}")
     if gpus < 0:
@@ -351,6 +364,11 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None, studie
     raw.update({k: v for k, v in {"trials": o.trials, "storage": o.storage, "name": o.study_name,
                                   "device": o.device, "seed": o.seed, "model": o.model, "data": o.data}.items()
                 if v is not None})
+    res = {k: v for k, v in {"cpus": o.cpus_per_trial, "gpus": o.gpus_per_trial,
+                             "concurrent": o.concurrent}.items() if v is not None}
+    if res:
+        base_res = raw.get("resources") if isinstance(raw.get("resources"), Mapping) else {}
+        raw["resources"] = {**base_res, **res}
     unknown = sorted(set(map(str, raw)) - _TOP_KEYS)
     if unknown:
         raise SpecError(f"{unknown[0]}: unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
@@ -379,6 +397,7 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None, studie
         finetune=_finetune(raw.get("finetune")),
         latency=_latency(raw.get("latency")),
         resources=_resources(raw.get("resources")),
+        retries=_int(raw.get("retries", 0), "retries", 0),
         studies_dir=str((studies_dir or DEFAULT_STORAGE_DIR).resolve()),
     )
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +34,11 @@ def driver_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def masked(url: str) -> str:
+    """``url`` with any password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
 def get_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage (SQLAlchemy) for ``url``; a one-line InputError when it cannot be opened."""
     if url.startswith("sqlite:///"):
@@ -39,12 +46,17 @@ def get_storage(url: str) -> optuna.storages.RDBStorage:
         if path and path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
-    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}}
+    elif url.startswith("postgresql"):
+        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    else:
+        kwargs = {"pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_compatibility_check=False)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"storage: cannot open {url}: {first}") from None
+        raise InputError(f"storage: cannot open {masked(url)}: {first}") from None
 
 
 def _sampler(spec: SearchSpec, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -93,20 +105,57 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Mark FAILED the RUNNING trials whose driver process (on this host) is gone."""
+HEARTBEAT_PREFIX = "heartbeat:"
+STALE_AFTER_S = 300.0  # a driver on another host is presumed dead after this long without a heartbeat
+
+
+def heartbeat(study: optuna.Study, driver: str) -> None:
+    study.set_user_attr(f"{HEARTBEAT_PREFIX}{driver}", time.time())
+
+
+def _driver_dead(owner: str, beats: dict[str, Any], started: float | None, now: float) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if not owner:
+        return True
+    if host == socket.gethostname() and pid.isdigit():
+        return not _pid_alive(int(pid))
+    last = beats.get(owner, started)
+    return last is None or now - float(last) > STALE_AFTER_S
+
+
+def fail_stale_trials(study: optuna.Study, retries: int = 0) -> list[int]:
+    """Mark FAILED the RUNNING trials whose driver is gone; re-enqueue their policies up to ``retries`` times.
+
+    A driver on this host is gone when its process is; one on another host when its
+    heartbeat is older than ``STALE_AFTER_S``.
+    """
     failed = []
-    host = socket.gethostname()
+    now = time.time()
+    attrs = study.user_attrs
+    beats = {k[len(HEARTBEAT_PREFIX):]: v for k, v in attrs.items() if k.startswith(HEARTBEAT_PREFIX)}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(t.user_attrs.get("driver", ""))
-        o_host, _, o_pid = owner.rpartition(":")
-        if owner and (o_host != host or (o_pid.isdigit() and _pid_alive(int(o_pid)))):
+        started = t.datetime_start.timestamp() if t.datetime_start else None
+        if not _driver_dead(owner, beats, started, now):
             continue
-        record_failure(study, t._trial_id, f"left RUNNING by autoprune process {owner or '?'} that is no longer running")
+        record_failure(study, t._trial_id, f"left RUNNING by autoprune process {owner or '?'} that is no longer "
+                                           "running (killed or crashed)")
         failed.append(t.number)
+        maybe_retry(study, t, retries)
     if failed:
         logger.warning("marked %d stale RUNNING trial(s) FAILED: %s", len(failed), failed)
     return failed
+
+
+def maybe_retry(study: optuna.Study, t: FrozenTrial, retries: int) -> bool:
+    """Enqueue ``t``'s policy again if it has retries left; returns whether it did."""
+    attempt = int(t.user_attrs.get("retry", 0))
+    if attempt >= retries or not t.params and t.user_attrs.get("policy") is None:
+        return False
+    study.enqueue_trial(dict(t.params), user_attrs={"retry_of": int(t.user_attrs.get("retry_of", t.number)),
+                                                    "retry": attempt + 1}, skip_if_exists=False)
+    logger.info("trial %d will be retried (attempt %d of %d)", t.number, attempt + 1, retries)
+    return True
 
 
 def store_layers(study: optuna.Study, layers: Sequence[Layer]) -> None:

@@ -69,7 +69,7 @@ def measure_model(model: torch.nn.Module, spec: SearchSpec, data: str, phases: _
     phases = phases or _Phases()
     with phases("validate"):
         val = ultra.validate(model, data, spec.imgsz, device=spec.device, batch=spec.finetune.batch,
-                             threads=spec.latency.threads)
+                             threads=spec.train_threads)
     with phases("latency"):
         deployed = ultra.deploy_copy(model)
         lat = measure_latency(deployed, spec.imgsz, spec.device, spec.latency.warmup, spec.latency.runs,
@@ -96,7 +96,7 @@ def run_trial(spec: SearchSpec, policy: Policy, layers: Sequence[Layer], data: s
     """Run one trial for real; raises on failure (see :func:`run_trial_safely`)."""
     from autoprune.adapters import tp, ultra
 
-    ultra.set_threads(spec.latency.threads)
+    ultra.set_threads(spec.train_threads)
     torch.manual_seed(spec.seed)
     phases = _Phases()
     crit = criteria.get(policy.criterion)
@@ -123,7 +123,7 @@ def run_trial(spec: SearchSpec, policy: Policy, layers: Sequence[Layer], data: s
         with phases("finetune"):
             cfg = ultra.FinetuneConfig(data=data, imgsz=spec.imgsz, epochs=policy.epochs, lr=policy.lr,
                                        ema=policy.ema, batch=spec.finetune.batch, device=spec.device,
-                                       workers=spec.finetune.workers, threads=spec.latency.threads,
+                                       workers=spec.finetune.workers, threads=spec.train_threads,
                                        optimizer=spec.finetune.optimizer, seed=spec.seed)
             ultra.finetune(model, cfg, workdir / f"step{step}")
     measurement = measure_model(model, spec, data, phases)

@@ -23,7 +23,7 @@ _offline.configure()
 import ultralytics  # noqa: E402
 from ultralytics.cfg import get_cfg  # noqa: E402
 from ultralytics.data import build_dataloader, build_yolo_dataset  # noqa: E402
-from ultralytics.data.utils import check_det_dataset  # noqa: E402
+from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace  # noqa: E402
@@ -68,6 +68,36 @@ def read_dataset(data: str | Path) -> dict[str, Any]:
     except Exception as e:  # ultralytics raises several types with multi-line text
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"data: {data}: {first}") from e
+
+
+def _images(path: str) -> list[str]:
+    p = Path(path)
+    if p.is_dir():
+        return sorted(str(x) for x in p.rglob("*") if x.suffix[1:].lower() in IMG_FORMATS)
+    if p.is_file() and p.suffix == ".txt":  # a list of image paths, relative to the list's folder
+        lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+        return [str((p.parent / ln).resolve()) if not Path(ln).is_absolute() else ln for ln in lines]
+    return []
+
+
+def check_dataset_files(data: str | Path, info: dict[str, Any]) -> dict[str, int]:
+    """Each of the train and val splits must have images and at least one label file.
+
+    Returns the number of images per split.
+    """
+    counts = {}
+    for split in ("train", "val"):
+        paths = info.get(split)
+        if not paths:
+            raise InputError(f"data: {data}: no '{split}' split")
+        images = [img for p in (paths if isinstance(paths, list) else [paths]) for img in _images(str(p))]
+        if not images:
+            raise InputError(f"data: {data}: no images in the {split} split ({paths})")
+        if not any(Path(lbl).is_file() for lbl in img2label_paths(images)):
+            label_dir = Path(img2label_paths(images[:1])[0]).parent
+            raise InputError(f"data: {data}: no label files for the {split} images (expected them in {label_dir})")
+        counts[split] = len(images)
+    return counts
 
 
 def load_model(source: str | Path, nc: int | None = None) -> DetectionModel:
