@@ -105,9 +105,8 @@ def test_malformed_yaml_reports_file_and_line(tmp_path):
 def test_shipped_specs_are_valid():
     demo = load_spec(REPO / "search_spaces" / "demo.yaml")
     assert demo.model == "demo" and demo.data == "demo" and demo.trials >= 8
-    voc = parse_spec(__import__("yaml").safe_load((REPO / "search_spaces" / "voc.yaml").read_text()) | {"device": "cpu"},
-                     "voc.yaml")
-    assert voc.imgsz == 640
+    voc = load_spec(REPO / "search_spaces" / "voc.yaml", Overrides(device="cpu", gpus_per_trial=0))
+    assert voc.imgsz == 640 and voc.resources.gpus == 0 and voc.resources.cpus == 4
 
 
 @pytest.mark.parametrize("content,needle", [

@@ -1,0 +1,78 @@
+"""kill -9 the search process mid-trial; the same command resumes the study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+
+def _states(url):
+    if not os.path.exists(url[len("sqlite:///"):]):
+        return []
+    try:
+        study = optuna.load_study(study_name="crash", storage=url)
+    except KeyError:
+        return []
+    return study.get_trials(deepcopy=False)
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume(tmp_path, tiny_data, tiny_model_pt):
+    spec = {
+        "name": "crash", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 3, "seed": 3,
+        "retries": 1,
+        "space": {"ratio": {"low": 0.1, "high": 0.4}, "criteria": ["l2"], "iterations": 1, "epochs": 3},
+        "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 5}, "resources": {"cpus": 1},
+    }
+    spec_file = tmp_path / "crash.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    url = f"sqlite:///{tmp_path / 'studies' / 'autoprune.db'}"
+    cmd = [sys.executable, "-m", "autoprune", "search", str(spec_file)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            trials = _states(url)
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            if done and running:
+                break
+            assert proc.poll() is None, "search ended before it could be killed"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no trial completed in time")
+        time.sleep(2)  # well inside the running trial (3 epochs)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever Ray left behind in that session
+        except ProcessLookupError:
+            pass
+    before = {t.number: (t.state, t.values) for t in _states(url)}
+    killed = [n for n, (s, _) in before.items() if s == TrialState.RUNNING]
+    completed = {n: v for n, (s, v) in before.items() if s == TrialState.COMPLETE}
+    assert killed and completed
+
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = {t.number: t for t in _states(url)}
+    for n, values in completed.items():  # completed trials intact
+        assert after[n].state == TrialState.COMPLETE and after[n].values == values
+    for n in killed:
+        assert after[n].state == TrialState.FAIL
+        assert "no longer running" in after[n].user_attrs["fail_reason"]
+        retries = [t for t in after.values() if t.user_attrs.get("retry_of") == n]
+        assert len(retries) == 1 and retries[0].params == after[n].params  # retried with the same policy
+        assert retries[0].state == TrialState.COMPLETE
+    assert not [t for t in after.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sum(t.state == TrialState.COMPLETE for t in after.values()) == 3  # the budget counts completed trials
