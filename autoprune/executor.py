@@ -62,7 +62,8 @@ class StudySearcher(Searcher):
         ot.set_user_attr("policy", policy.to_dict())
         self._live[trial_id] = ot
         workdir = self._spec.study_dir / "trials" / f"{ot.number:05d}"
-        return {"number": ot.number, "policy": policy.to_dict(), "workdir": str(workdir)}
+        return {"number": ot.number, "attempt": int(ot.user_attrs.get("retry", 0)), "policy": policy.to_dict(),
+                "workdir": str(workdir)}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot = self._live.pop(trial_id, None)
@@ -154,9 +155,15 @@ def _log_trial(t: optuna.trial.FrozenTrial) -> None:
         logger.warning("trial %d FAILED: %s", t.number, t.user_attrs.get(FAIL_REASON))
 
 
+TrialFn = Callable[..., None]
+
+
 def run_trials(study: optuna.Study, spec: SearchSpec, layers: Sequence[Layer], data: str, n_trials: int,
-               ray_address: str | None = None) -> None:
-    """Run ``n_trials`` new trials of ``study`` under Ray Tune (a local Ray unless ``ray_address``)."""
+               ray_address: str | None = None, trial_fn: TrialFn | None = None) -> None:
+    """Run ``n_trials`` new trials of ``study`` under Ray Tune (a local Ray unless ``ray_address``).
+
+    ``trial_fn(config, spec=, layers=, data=)`` is the Ray trainable; the default runs a real trial.
+    """
     import ray
 
     started = False
@@ -169,7 +176,7 @@ def run_trials(study: optuna.Study, spec: SearchSpec, layers: Sequence[Layer], d
     searcher = StudySearcher(study, spec, layers, n_trials, on_done=_log_trial, baseline=baseline)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0
     trainable = tune.with_resources(
-        tune.with_parameters(_tune_trial, spec=spec, layers=list(layers), data=data),
+        tune.with_parameters(trial_fn or _tune_trial, spec=spec, layers=list(layers), data=data),
         resources={"cpu": spec.resources.cpus, "gpu": spec.resources.gpus},
     )
     tuner = tune.Tuner(

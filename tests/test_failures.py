@@ -101,3 +101,81 @@ def test_real_trial_failure_is_a_result_not_an_exception(tmp_path, tiny_data):
     result = run_trial_safely(spec, policy, LAYERS, str(tiny_data), tmp_path / "w")
     assert not result.ok and "gone.pt" in result.reason and "\n" not in result.reason
     assert result.attrs["policy"]["criterion"] == "l1"
+
+
+def _fake_trial(config, spec, layers, data):
+    """Fakes the trial body only (no pruning); Ray Tune, the worker processes and the study are real."""
+    import os
+
+    from ray import tune
+
+    number, attempt = config["number"], config["attempt"]
+    good = {"ok": True, "metrics": GOOD, "attrs": {}, "reason": ""}
+    if number in (1, 5) and attempt == 0:
+        os._exit(3)  # the worker process dies
+    if number == 2:
+        raise RuntimeError("boom outside the trial guard")
+    if number == 3:
+        good = {**good, "metrics": {**GOOD, "map50_95": float("nan")}}
+    if number == 4:
+        good = {**good, "metrics": {"params": 1.0}}
+    tune.report({PAYLOAD_KEY: json.dumps(good)})
+
+
+@pytest.mark.slow
+def test_real_ray_worker_death_raise_nan_missing_each_fail_and_study_goes_on(study_and_spec):
+    import sys
+
+    import ray.cloudpickle
+
+    from autoprune.executor import run_trials
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    study, spec = study_and_spec
+    spec = spec.replace(resources=spec.resources.__class__(cpus=1, gpus=0, concurrent=1))
+    run_trials(study, spec, LAYERS, "unused", n_trials=5, trial_fn=_fake_trial)
+    by_number = {t.number: t for t in study.get_trials()}
+    assert [by_number[n].state for n in range(5)] == [TrialState.COMPLETE] + [TrialState.FAIL] * 4
+    reasons = [by_number[n].user_attrs["fail_reason"] for n in range(1, 5)]
+    assert "Ray trial errored" in reasons[0] and "Ray trial errored" in reasons[1]
+    assert "not finite" in reasons[2] and "missing" in reasons[3]
+
+    # with retries: the trial whose worker died (#5) is re-run once with the same policy (#6), then #7 runs
+    run_trials(study, spec.replace(retries=1), LAYERS, "unused", n_trials=2, trial_fn=_fake_trial)
+    by_number = {t.number: t for t in study.get_trials()}
+    assert len(by_number) == 8
+    assert by_number[5].state == TrialState.FAIL
+    assert by_number[6].user_attrs["retry_of"] == 5 and by_number[6].params == by_number[5].params
+    assert by_number[6].state == by_number[7].state == TrialState.COMPLETE
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def test_out_of_memory_becomes_a_failed_trial(tmp_path, monkeypatch, tiny_data):
+    """Fakes the OOM itself (run_trial raises torch.OutOfMemoryError); the guard is real."""
+    import torch
+
+    from autoprune import trial as trial_mod
+
+    def oom(*_a, **_k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(trial_mod, "run_trial", oom)
+    spec = parse_spec({"name": "t", "model": "m.pt", "data": str(tiny_data)}, "s.yaml")
+    policy = Policy(ratios=(("model.0", 0.5),), criterion="l1", iterations=1, lr=0.01, ema=True, epochs=1)
+    result = trial_mod.run_trial_safely(spec, policy, LAYERS, str(tiny_data), tmp_path)
+    assert not result.ok and result.reason == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def test_stale_trials_of_other_hosts_follow_their_heartbeat(study_and_spec):
+    import time
+
+    from autoprune.study import HEARTBEAT_PREFIX, STALE_AFTER_S
+
+    study, _ = study_and_spec
+    gone, alive = study.ask(), study.ask()
+    gone.set_user_attr("driver", "elsewhere-a:1")
+    alive.set_user_attr("driver", "elsewhere-b:1")
+    study.set_user_attr(f"{HEARTBEAT_PREFIX}elsewhere-a:1", time.time() - STALE_AFTER_S - 5)
+    study.set_user_attr(f"{HEARTBEAT_PREFIX}elsewhere-b:1", time.time())
+    assert fail_stale_trials(study) == [gone.number]
+    assert study.get_trials()[alive.number].state == TrialState.RUNNING
