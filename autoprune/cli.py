@@ -82,6 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-trial", type=_positive_float, help="CPUs Ray reserves per trial (fractions allowed)")
     s.add_argument("--gpus-per-trial", type=_nonneg_float, help="GPUs Ray reserves per trial, e.g. 0.5")
 
+    def study_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("spec", nargs="?", help="the search spec (gives the study name and storage)")
+        q.add_argument("--study", help="study name (default: the spec's, or the only study in the storage)")
+        q.add_argument("--storage", help="study storage URL (default: sqlite file under studies/)")
+        q.add_argument("--studies-dir", type=Path, default=Path("studies"))
+
+    f = sub.add_parser("front", help="print a study's Pareto front with the baseline for comparison")
+    study_args(f)
+    f.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
+    d.add_argument("--storage", help="study storage URL (default: sqlite file under studies/)")
+    d.add_argument("--studies-dir", type=Path, default=Path("studies"))
+    d.add_argument("--artifact-dir", type=Path, help="artifact store (default: STUDIES_DIR/artifacts)")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=_positive_int, default=8080)
+
+    r = sub.add_parser("report", help="write a self-contained plotly HTML report of a study")
+    study_args(r)
+    r.add_argument("--out", type=Path, help="HTML file (default: dashboards/STUDY.html)")
+
     b = sub.add_parser("demo-baseline", help="(re)train the demo baseline checkpoint")
     b.add_argument("--epochs", type=_positive_int, default=80)
     b.add_argument("--out", type=Path, help="where to write it (default: the packaged demo checkpoint)")
@@ -98,18 +119,66 @@ def _cmd_search(args: argparse.Namespace) -> int:
                                           concurrent=args.concurrent),
                      studies_dir=args.studies_dir)
     outcome = run_search(spec, max_new_trials=args.trials, ray_address=args.ray_address)
-    from autoprune.report import front_table
-    from autoprune.study import BASELINE_KEY, front
-
     study = outcome.study
-    rows = front(study)
-    states = {}
+    states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
+    from autoprune.study import masked
+
     print(f"study {study.study_name}: {', '.join(f'{v} {k.lower()}' for k, v in sorted(states.items()))}; "
-          f"storage {outcome.spec.storage_url}")
-    print(f"Pareto front ({len(rows)} trial(s)):")
-    print(front_table(rows, study.user_attrs.get(BASELINE_KEY)))
+          f"storage {masked(outcome.spec.storage_url)}")
+    _print_front(study, "table")
+    return 0
+
+
+def _print_front(study, fmt: str) -> None:  # noqa: ANN001 - optuna.Study
+    from autoprune.front import read_front, sync_front
+    from autoprune.report import front_records, render_front
+    from autoprune.study import BASELINE_KEY, engine_of
+
+    sync_front(study)
+    names = list(study.user_attrs.get("objectives") or [])
+    rows = read_front(engine_of(study), study.study_name)
+    records = front_records(rows, names, study.user_attrs.get(BASELINE_KEY))
+    if fmt == "table":
+        print(f"Pareto front of {study.study_name} ({len(rows)} trial(s)):")
+    print(render_front(records, names, fmt))
+
+
+def _existing_study(args: argparse.Namespace):  # noqa: ANN202 - optuna.Study
+    from autoprune.spec import SearchSpec, load_spec, Overrides
+    from autoprune.study import load_existing
+
+    if args.spec:
+        spec = load_spec(args.spec, Overrides(storage=args.storage, study_name=args.study),
+                         studies_dir=args.studies_dir)
+        return load_existing(spec.storage_url, spec.name)
+    url = args.storage or SearchSpec(name="x", model="x", data="x",
+                                     studies_dir=str(args.studies_dir.resolve())).storage_url
+    return load_existing(url, args.study)
+
+
+def _cmd_front(args: argparse.Namespace) -> int:
+    _print_front(_existing_study(args), args.format)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from autoprune.dashboards import write_report
+
+    study = _existing_study(args)
+    out = write_report(study, args.out or Path("dashboards") / f"{study.study_name}.html")
+    print(out)
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from autoprune.dashboards import serve_dashboard
+    from autoprune.spec import SearchSpec
+
+    url = args.storage or SearchSpec(name="x", model="x", data="x",
+                                     studies_dir=str(args.studies_dir.resolve())).storage_url
+    serve_dashboard(url, args.artifact_dir or args.studies_dir / "artifacts", args.host, args.port)
     return 0
 
 
@@ -128,9 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("ray", "ultralytics", "matplotlib", "PIL", "alembic", "optuna"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
-        if args.command == "search":
-            return _cmd_search(args)
-        return _cmd_demo_baseline(args)
+        commands = {"search": _cmd_search, "front": _cmd_front, "report": _cmd_report,
+                    "dashboard": _cmd_dashboard, "demo-baseline": _cmd_demo_baseline}
+        return commands[args.command](args)
     except AutopruneError as e:
         sys.stderr.write(f"autoprune: error: {e}\n")
         return EXIT_USAGE

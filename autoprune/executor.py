@@ -23,6 +23,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from autoprune import objectives
+from autoprune.front import sync_front
 from autoprune.policy import Layer, Policy, ratio_summary, sample_policy
 from autoprune.spec import SearchSpec
 from autoprune.study import FAIL_REASON, driver_id, heartbeat, maybe_retry, record_failure
@@ -42,6 +43,9 @@ class StudySearcher(Searcher):
                  baseline: dict[str, float] | None = None):
         super().__init__()
         self._baseline = dict(baseline or {})
+        from autoprune.artifacts import artifact_dir_of, artifact_store
+
+        self._store = artifact_store(artifact_dir_of(spec.studies_dir))
         self._study, self._spec, self._layers = study, spec, list(layers)
         self._n, self._asked = n_trials, 0  # _n grows by one for each retry granted
         self._live: dict[str, optuna.Trial] = {}
@@ -87,6 +91,10 @@ class StudySearcher(Searcher):
             self._fail(ot, payload.get("reason") or "unknown failure")
         else:
             self._complete(ot, payload)
+        try:
+            sync_front(self._study)
+        except Exception as e:  # the study itself is intact; the table is rebuilt after the next trial
+            logger.warning("could not update the front table: %s", e)
         if self._on_done:
             self._on_done(self._study._storage.get_trial(ot._trial_id))
 
@@ -100,12 +108,26 @@ class StudySearcher(Searcher):
         bad = [n for n, v in zip(names, values) if not math.isfinite(v)]
         if bad:
             return self._fail(ot, f"metric {bad[0]} is not finite ({metrics[bad[0]]})")
-        for k, v in payload.get("attrs", {}).items():
+        attrs = payload.get("attrs", {})
+        for k, v in attrs.items():
             ot.set_user_attr(k, v)
         ot.set_user_attr("metrics", metrics)
         if self._baseline:
             ot.set_user_attr("baseline", self._baseline)
+        self._upload(ot, metrics, attrs)
         self._study.tell(ot, values)
+
+    def _upload(self, ot: optuna.Trial, metrics: dict[str, float], attrs: dict[str, Any]) -> None:
+        from autoprune.artifacts import write_and_upload
+
+        trial_dir = self._spec.study_dir / "trials" / f"{ot.number:05d}"
+        document = {"trial": ot.number, "study": self._spec.name, "policy": attrs.get("policy"),
+                    "channels": attrs.get("channels"), "metrics": metrics, "baseline": self._baseline}
+        try:
+            write_and_upload(ot, self._store, trial_dir, document, attrs.get("checkpoint"))
+            ot.set_user_attr("artifact_dir", str(trial_dir))
+        except Exception as e:  # artifacts are a convenience: the trial's result stands without them
+            logger.warning("trial %d: artifact upload failed: %s", ot.number, e)
 
     def _fail(self, ot: optuna.Trial, reason: str) -> None:
         ot.set_user_attr(FAIL_REASON, reason)

@@ -1,31 +1,83 @@
-"""Text rendering of a study's Pareto front."""
+"""Text renderings of a study's Pareto front (table, JSON, CSV) with the baseline for comparison."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Sequence
 from typing import Any
 
+from autoprune import objectives
 from autoprune.policy import ratio_summary
-from autoprune.study import FrontRow
 
-__all__ = ["front_table"]
-
-_COLUMNS = (("trial", 6), ("mAP50-95", 9), ("mAP50", 7), ("params", 11), ("latency_ms", 11),
-            ("criterion", 10), ("ratios", 24))
+__all__ = ["front_records", "render_front", "relative_change"]
 
 
-def _fmt_row(cells: Sequence[str]) -> str:
-    return "  ".join(c.rjust(w) if i < 5 else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, _COLUMNS)))
+def relative_change(value: float, base: float | None) -> float | None:
+    if base is None or base == 0:
+        return None
+    return (value - base) / abs(base)
 
 
-def front_table(rows: Sequence[FrontRow], baseline: dict[str, Any] | None = None) -> str:
-    lines = [_fmt_row([c for c, _ in _COLUMNS])]
+def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
+                  baseline: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One flat record per front member (best first by the first objective), baseline first."""
+    first = objectives.get(names[0])
+    ordered = sorted(rows, key=lambda r: r["values"][first.name], reverse=first.direction == "maximize")
+    out = []
     if baseline:
-        lines.append(_fmt_row(["base", f"{baseline['map50_95']:.4f}", f"{baseline['map50']:.4f}",
-                               f"{int(baseline['params']):,}", f"{baseline['latency_ms']:.2f}", "-", "unpruned"]))
-    for r in rows:
-        v = r.values
-        lines.append(_fmt_row([str(r.number), f"{v.get('map50_95', float('nan')):.4f}",
-                               f"{v.get('map50', float('nan')):.4f}", f"{int(v.get('params', 0)):,}",
-                               f"{v.get('latency_ms', float('nan')):.2f}", r.criterion, ratio_summary(r.ratios)]))
+        rec: dict[str, Any] = {"trial": "baseline"}
+        for n in names:
+            rec[n] = baseline.get(n)
+            rec[f"{n}_change"] = 0.0
+        rec.update(criterion="", ratios="unpruned", joined_at="")
+        out.append(rec)
+    for r in ordered:
+        rec = {"trial": r["trial_number"]}
+        for n in names:
+            v = r["values"][n]
+            rec[n] = v
+            rec[f"{n}_change"] = relative_change(v, (baseline or {}).get(n))
+        policy = r.get("policy") or {}
+        rec.update(criterion=policy.get("criterion", ""), ratios=ratio_summary(policy.get("ratios", {})),
+                   joined_at=r.get("joined_at", ""))
+        out.append(rec)
+    return out
+
+
+def _fmt(name: str, v: Any) -> str:
+    if v is None:
+        return "-"
+    return objectives.get(name).format(v)
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"({v * 100:+.1f}%)"
+
+
+def render_front(records: Sequence[dict[str, Any]], names: Sequence[str], fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(list(records), indent=1, default=str)
+    if fmt == "csv":
+        buf = io.StringIO()
+        fields = ["trial", *[x for n in names for x in (n, f"{n}_change")], "criterion", "ratios", "joined_at"]
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(records)
+        return buf.getvalue().rstrip("\n")
+    header = ["trial", *[objectives.get(n).label for n in names], "criterion", "ratios"]
+    table = [header]
+    for r in records:
+        cells = [str(r["trial"])]
+        for n in names:
+            change = "" if r["trial"] == "baseline" else _pct(r.get(f"{n}_change"))
+            cells.append(f"{_fmt(n, r[n])} {change}".strip())
+        cells += [r["criterion"] or "-", r["ratios"]]
+        table.append(cells)
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = []
+    for row in table:
+        lines.append("  ".join(c.rjust(w) if 0 < i <= len(names) else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))).rstrip())
     return "\n".join(lines)

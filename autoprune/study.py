@@ -197,3 +197,29 @@ def _row(t: FrozenTrial, names: Sequence[str]) -> FrontRow:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
+
+
+def load_existing(url: str, name: str | None) -> optuna.Study:
+    """Open an existing study read-side; one-line InputError if the database or study is missing."""
+    if url.startswith("sqlite:///") and not os.path.isfile(url[len("sqlite:///"):]):
+        raise InputError(f"storage: no study database at {url[len('sqlite:///'):]} (run autoprune search first)")
+    storage = get_storage(url)
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name is None:
+        if len(names) != 1:
+            raise InputError(f"study: pass --study NAME ({len(names)} studies in {masked(url)}: "
+                             f"{', '.join(names) or 'none'})")
+        name = names[0]
+    if name not in names:
+        raise InputError(f"study: no study named {name!r} in {masked(url)} (have: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def engine_of(study: optuna.Study) -> Any:
+    """The SQLAlchemy engine of the study's RDB storage (Optuna wraps it in a cache layer)."""
+    storage = study._storage
+    storage = getattr(storage, "_backend", storage)
+    engine = getattr(storage, "engine", None)
+    if engine is None:
+        raise InputError("storage: the study is not in an SQL (RDB) storage")
+    return engine

@@ -89,3 +89,48 @@ def postgres_url():
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
+
+
+LAYERS = [["model.0", 16], ["model.1", 32], ["model.2.cv1", 32]]
+BASE = {"map50_95": 0.9, "map50": 0.99, "params": 3.0e6, "macs": 2.5e8, "latency_ms": 10.0}
+
+
+def make_study(tmp_path, n=40, seed=0, name="fake"):
+    """A real SQLite study whose trial results are made up (nothing is pruned); checks the front table as it goes."""
+    import random
+
+    from optuna.trial import TrialState
+
+    from autoprune.front import read_front, sync_front
+    from autoprune.spec import parse_spec
+    from autoprune.study import engine_of, get_storage, open_study
+
+    url = f"sqlite:///{tmp_path}/studies/autoprune.db"
+    spec = parse_spec({"name": name, "model": "m", "data": "d", "storage": url}, "s.yaml",
+                      studies_dir=tmp_path / "studies")
+    study = open_study(spec, get_storage(url))
+    study.set_user_attr("baseline", BASE)
+    study.set_user_attr("layers", LAYERS)
+    rng = random.Random(seed)
+    for i in range(n):
+        t = study.ask()
+        ratios = {lay: rng.uniform(0, 0.7) for lay, _ in LAYERS}
+        policy = {"ratios": ratios, "criterion": rng.choice(["l1", "l2", "taylor"]), "iterations": rng.randint(1, 3),
+                  "lr": 10 ** rng.uniform(-4, -2), "ema": rng.random() < 0.5, "epochs": 1}
+        t.set_user_attr("policy", policy)
+        if i % 7 == 3:
+            t.set_user_attr("fail_reason", "made up")
+            study.tell(t, state=TrialState.FAIL)
+        else:
+            mean = sum(ratios.values()) / 3
+            vals = [max(0.0, 0.9 - mean * rng.uniform(0.2, 1.2)), 3.0e6 * (1 - mean), 10.0 * (1 - 0.6 * mean)
+                    * rng.uniform(0.9, 1.1)]
+            t.set_user_attr("metrics", {"map50_95": vals[0], "map50": min(1.0, vals[0] + 0.1), "params": vals[1],
+                                        "macs": 2.5e8 * (1 - mean), "latency_ms": vals[2]})
+            study.tell(t, vals)
+        sync_front(study)
+        rows = read_front(engine_of(study), name)
+        assert sorted(r["trial_number"] for r in rows) == sorted(b.number for b in study.best_trials)
+    return study, url
+
+

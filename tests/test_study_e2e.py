@@ -60,6 +60,17 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
     assert all(t.state == TrialState.COMPLETE and len(t.values) == 3 for t in study.trials)
     assert study.user_attrs["baseline"] == base  # measured once
 
+    with engine.connect() as c:  # the front table follows the study
+        front = c.execute(sa.text("SELECT trial_number FROM autoprune_front WHERE study_name = 'tiny'")).scalars()
+        assert sorted(front) == sorted(t.number for t in study.best_trials)
+    from optuna.artifacts import get_all_artifact_meta
+
+    for t in study.trials:  # policy file and checkpoint downloadable from the dashboard
+        assert sorted(a.filename for a in get_all_artifact_meta(t, storage=study._storage)) == ["last.pt",
+                                                                                              "policy.yaml"]
+    out = _run(["front", str(spec_file), "--format", "json"], tmp_path)
+    assert len(__import__("json").loads(out.stdout)) == len(study.best_trials) + 1
+
     third = _run(["search", str(spec_file)], tmp_path)  # budget of 2 completed trials is reached
     assert len(optuna.load_study(study_name="tiny", storage=url).trials) == 3
     assert "Pareto front" in third.stdout

@@ -1,0 +1,156 @@
+"""Pure data functions behind every report figure: a study in, small frozen records out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune import objectives
+from autoprune.policy import ratio_summary
+
+__all__ = ["ParetoPoint", "ParetoData", "pareto_data", "RatioProfile", "ratio_profiles", "KnobRow", "knob_rows",
+           "HypervolumePoint", "hypervolume_history", "reference_point", "REFERENCE_MARGIN"]
+
+REFERENCE_MARGIN = 1.1  # minimised objectives: the reference point is 1.1x the baseline's value
+
+
+def _names(study: optuna.Study) -> list[str]:
+    return list(study.user_attrs.get("objectives") or objectives.DEFAULT)
+
+
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    number: int
+    values: tuple[float, ...]
+    on_front: bool
+    hover: str
+
+
+@dataclass(frozen=True)
+class ParetoData:
+    names: tuple[str, ...]
+    labels: tuple[str, ...]
+    points: tuple[ParetoPoint, ...]
+    baseline: tuple[float, ...] | None
+
+    def pairs(self) -> list[tuple[int, int]]:
+        n = len(self.names)
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+def _hover(t: FrozenTrial, names: Sequence[str]) -> str:
+    pol = t.user_attrs.get("policy", {})
+    vals = ", ".join(f"{objectives.get(n).label} {objectives.get(n).format(v)}" for n, v in zip(names, t.values))
+    return (f"trial {t.number}: {vals}<br>criterion {pol.get('criterion')}, iterations {pol.get('iterations')}, "
+            f"lr {pol.get('lr', float('nan')):.2g}, ema {pol.get('ema')}, epochs {pol.get('epochs')}<br>"
+            f"ratios {ratio_summary(pol.get('ratios', {}))}")
+
+
+def pareto_data(study: optuna.Study) -> ParetoData:
+    names = _names(study)
+    front = {t.number for t in study.best_trials}
+    points = tuple(ParetoPoint(t.number, tuple(float(v) for v in t.values), t.number in front, _hover(t, names))
+                   for t in _complete(study))
+    base = study.user_attrs.get("baseline")
+    baseline = tuple(float(base[n]) for n in names) if base and all(n in base for n in names) else None
+    return ParetoData(tuple(names), tuple(objectives.get(n).label for n in names), points, baseline)
+
+
+@dataclass(frozen=True)
+class RatioProfile:
+    number: int
+    layers: tuple[str, ...]  # in network order (depth)
+    ratios: tuple[float, ...]
+
+
+def ratio_profiles(study: optuna.Study) -> list[RatioProfile]:
+    """Per-layer prune ratios of each front member, along the network's depth."""
+    order = [name for name, _ in study.user_attrs.get("layers", [])]
+    out = []
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        ratios = t.user_attrs.get("policy", {}).get("ratios", {})
+        layers = order or list(ratios)
+        out.append(RatioProfile(t.number, tuple(layers), tuple(float(ratios.get(n, 0.0)) for n in layers)))
+    return out
+
+
+@dataclass(frozen=True)
+class KnobRow:
+    number: int
+    criterion: str
+    iterations: int
+    lr: float
+    ema: bool
+    epochs: int
+    mean_ratio: float
+    values: tuple[float, ...]
+    on_front: bool
+
+
+def knob_rows(study: optuna.Study) -> list[KnobRow]:
+    """The searched knobs and resulting objectives of every completed trial."""
+    front = {t.number for t in study.best_trials}
+    rows = []
+    for t in _complete(study):
+        p = t.user_attrs.get("policy", {})
+        ratios = list(p.get("ratios", {}).values())
+        rows.append(KnobRow(t.number, str(p.get("criterion", "?")), int(p.get("iterations", 0)),
+                            float(p.get("lr", float("nan"))), bool(p.get("ema", False)), int(p.get("epochs", 0)),
+                            float(np.mean(ratios)) if ratios else 0.0, tuple(float(v) for v in t.values),
+                            t.number in front))
+    return rows
+
+
+@dataclass(frozen=True)
+class HypervolumePoint:
+    number: int
+    hypervolume: float
+
+
+def reference_point(names: Sequence[str], baseline: dict[str, Any]) -> np.ndarray:
+    """In normalised minimisation space: maximised objectives as -value/baseline (reference 0),
+    minimised ones as value/baseline (reference ``REFERENCE_MARGIN``)."""
+    return np.array([0.0 if objectives.get(n).direction == "maximize" else REFERENCE_MARGIN for n in names])
+
+
+def _to_loss(values: Sequence[float], names: Sequence[str], baseline: dict[str, Any]) -> np.ndarray:
+    out = []
+    for v, n in zip(values, names):
+        b = float(baseline.get(n) or 1.0) or 1.0
+        out.append(-v / b if objectives.get(n).direction == "maximize" else v / b)
+    return np.array(out)
+
+
+def hypervolume(points: Sequence[Sequence[float]], names: Sequence[str], baseline: dict[str, Any]) -> float:
+    """Hypervolume of ``points`` (objective values) against the baseline-derived reference point."""
+    from optuna._hypervolume import compute_hypervolume
+
+    ref = reference_point(names, baseline)
+    losses = [_to_loss(p, names, baseline) for p in points]
+    inside = [x for x in losses if np.all(x < ref) and np.all(np.isfinite(x))]
+    if not inside:
+        return 0.0
+    return float(compute_hypervolume(np.array(inside), ref))
+
+
+def hypervolume_history(study: optuna.Study) -> list[HypervolumePoint]:
+    """Hypervolume of the completed trials so far, after each completed trial (in trial order)."""
+    names = _names(study)
+    baseline = study.user_attrs.get("baseline") or {}
+    seen: list[tuple[float, ...]] = []
+    out = []
+    for t in _complete(study):
+        if all(math.isfinite(v) for v in t.values):
+            seen.append(tuple(t.values))
+        out.append(HypervolumePoint(t.number, hypervolume(seen, names, baseline)))
+    return out

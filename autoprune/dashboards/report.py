@@ -1,0 +1,160 @@
+"""Thin plotly renderers over :mod:`autoprune.dashboards.data`, and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+from pathlib import Path
+
+import optuna
+
+from autoprune.dashboards.data import (hypervolume_history, knob_rows, pareto_data, ratio_profiles,
+                                       REFERENCE_MARGIN)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["build_figures", "write_report"]
+
+_FRONT, _OTHER, _BASE = "#d62728", "#9aa5b1", "#1f77b4"
+
+
+def _pareto_2d(data):  # noqa: ANN001, ANN202 - plotly figures
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    pairs = data.pairs()
+    fig = make_subplots(rows=1, cols=len(pairs), horizontal_spacing=0.08)
+    for k, (i, j) in enumerate(pairs, start=1):
+        for on_front, colour, name in ((False, _OTHER, "dominated"), (True, _FRONT, "Pareto front")):
+            pts = [p for p in data.points if p.on_front == on_front]
+            fig.add_trace(go.Scatter(x=[p.values[i] for p in pts], y=[p.values[j] for p in pts], mode="markers",
+                                     marker=dict(color=colour, size=9), name=name, legendgroup=name,
+                                     showlegend=k == 1, text=[p.hover for p in pts], hoverinfo="text"), 1, k)
+        if data.baseline:
+            fig.add_trace(go.Scatter(x=[data.baseline[i]], y=[data.baseline[j]], mode="markers",
+                                     marker=dict(color=_BASE, size=14, symbol="star"), name="baseline",
+                                     legendgroup="baseline", showlegend=k == 1, hovertext="baseline (unpruned)"), 1, k)
+        fig.update_xaxes(title_text=data.labels[i], row=1, col=k)
+        fig.update_yaxes(title_text=data.labels[j], row=1, col=k)
+    fig.update_layout(title="Pareto front: pairwise projections", height=420)
+    return fig
+
+
+def _pareto_3d(data):  # noqa: ANN001, ANN202
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for on_front, colour, name in ((False, _OTHER, "dominated"), (True, _FRONT, "Pareto front")):
+        pts = [p for p in data.points if p.on_front == on_front]
+        fig.add_trace(go.Scatter3d(x=[p.values[0] for p in pts], y=[p.values[1] for p in pts],
+                                   z=[p.values[2] for p in pts], mode="markers", name=name,
+                                   marker=dict(color=colour, size=5), text=[p.hover for p in pts], hoverinfo="text"))
+    if data.baseline:
+        fig.add_trace(go.Scatter3d(x=[data.baseline[0]], y=[data.baseline[1]], z=[data.baseline[2]], mode="markers",
+                                   name="baseline", marker=dict(color=_BASE, size=9, symbol="diamond")))
+    fig.update_layout(title="Pareto front (3-D)", height=560,
+                      scene=dict(xaxis_title=data.labels[0], yaxis_title=data.labels[1], zaxis_title=data.labels[2]))
+    return fig
+
+
+def _profiles(profiles):  # noqa: ANN001, ANN202
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for p in profiles:
+        fig.add_trace(go.Scatter(x=list(range(len(p.layers))), y=list(p.ratios), mode="lines+markers",
+                                 name=f"trial {p.number}", text=list(p.layers),
+                                 hovertemplate="%{text}: %{y:.2f}<extra>trial " + str(p.number) + "</extra>"))
+    layers = profiles[0].layers if profiles else ()
+    fig.update_layout(title="Per-layer prune ratios of the front, along the network depth", height=420,
+                      xaxis=dict(title="layer (network order)", tickmode="array", tickvals=list(range(len(layers))),
+                                 ticktext=list(layers), tickangle=-60, tickfont=dict(size=8)),
+                      yaxis=dict(title="fraction of channels removed", range=[0, 1]))
+    return fig
+
+
+def _parallel(rows, labels):  # noqa: ANN001, ANN202
+    import plotly.graph_objects as go
+
+    crits = sorted({r.criterion for r in rows})
+    dims = [
+        dict(label="criterion", values=[crits.index(r.criterion) for r in rows], tickvals=list(range(len(crits))),
+             ticktext=crits),
+        dict(label="iterations", values=[r.iterations for r in rows]),
+        dict(label="log10 lr", values=[math.log10(r.lr) if r.lr > 0 else 0 for r in rows]),
+        dict(label="ema", values=[int(r.ema) for r in rows], tickvals=[0, 1], ticktext=["off", "on"]),
+        dict(label="epochs", values=[r.epochs for r in rows]),
+        dict(label="mean ratio", values=[r.mean_ratio for r in rows]),
+    ] + [dict(label=lab, values=[r.values[i] for r in rows]) for i, lab in enumerate(labels)]
+    fig = go.Figure(go.Parcoords(line=dict(color=[r.values[0] for r in rows], colorscale="Viridis", showscale=True),
+                                 dimensions=dims))
+    fig.update_layout(title="Searched knobs and objectives (parallel coordinates; colour = first objective)",
+                      height=460)
+    return fig
+
+
+def _knob_effects(rows, labels):  # noqa: ANN001, ANN202
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=len(labels), cols=3, shared_yaxes=False, vertical_spacing=0.12,
+                        subplot_titles=[t for lab in labels for t in (f"{lab} by criterion", f"{lab} by EMA",
+                                                                       f"{lab} vs learning rate")])
+    for i, lab in enumerate(labels, start=1):
+        fig.add_trace(go.Box(x=[r.criterion for r in rows], y=[r.values[i - 1] for r in rows], boxpoints="all",
+                             name=lab, showlegend=False), i, 1)
+        fig.add_trace(go.Box(x=["on" if r.ema else "off" for r in rows], y=[r.values[i - 1] for r in rows],
+                             boxpoints="all", showlegend=False), i, 2)
+        fig.add_trace(go.Scatter(x=[r.lr for r in rows], y=[r.values[i - 1] for r in rows], mode="markers",
+                                 marker=dict(color=[_FRONT if r.on_front else _OTHER for r in rows]),
+                                 text=[f"trial {r.number}" for r in rows], showlegend=False), i, 3)
+        fig.update_xaxes(type="log", row=i, col=3)
+        fig.update_yaxes(title_text=lab, row=i, col=1)
+    fig.update_layout(title="How criterion, EMA and learning rate relate to the objectives", height=300 * len(labels))
+    return fig
+
+
+def _hypervolume(history):  # noqa: ANN001, ANN202
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=[h.number for h in history], y=[h.hypervolume for h in history],
+                               mode="lines+markers", name="hypervolume"))
+    fig.update_layout(title=f"Hypervolume over trials (objectives normalised by the baseline; reference: mAP 0, "
+                            f"others {REFERENCE_MARGIN}x baseline)", height=380,
+                      xaxis_title="trial", yaxis_title="hypervolume")
+    return fig
+
+
+def build_figures(study: optuna.Study) -> list[tuple[str, object]]:
+    """(section title, plotly figure) for every section of the report."""
+    data = pareto_data(study)
+    rows = knob_rows(study)
+    figs: list[tuple[str, object]] = [("Pareto front", _pareto_2d(data))]
+    if len(data.names) >= 3:
+        figs.append(("Pareto front in 3-D", _pareto_3d(data)))
+    figs.append(("Per-layer ratio profiles", _profiles(ratio_profiles(study))))
+    figs.append(("Searched knobs", _parallel(rows, data.labels)))
+    figs.append(("Knob effects", _knob_effects(rows, data.labels)))
+    figs.append(("Hypervolume", _hypervolume(hypervolume_history(study))))
+    return figs
+
+
+def write_report(study: optuna.Study, out: str | Path) -> Path:
+    """One self-contained HTML page (plotly.js inlined: works offline)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for k, (title, fig) in enumerate(build_figures(study)):
+        parts.append(f"<section><h2>{html.escape(title)}</h2>"
+                     + fig.to_html(full_html=False, include_plotlyjs=(k == 0), config={"displaylogo": False})
+                     + "</section>")
+    n = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    name = html.escape(study.study_name)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>autoprune: {name}</title>"
+            "<style>body{font-family:sans-serif;margin:24px;max-width:1400px}h2{margin-top:32px}</style></head>"
+            f"<body><h1>autoprune study {name}</h1><p>{n} completed trials, "
+            f"{len(study.best_trials)} on the Pareto front.</p>{''.join(parts)}</body></html>")
+    out.write_text(page, encoding="utf-8")
+    logger.info("report written to %s", out)
+    return out

@@ -1,0 +1,120 @@
+"""The Pareto front as a first-class SQL table, next to Optuna's tables in the same database.
+
+After every finished trial the study's front (Optuna's ``best_trials``: feasible,
+non-dominated COMPLETE trials) is synchronised into ``autoprune_front``, one row per
+front member.  Another tool reads it with one query::
+
+    SELECT trial_number, map50_95, params, latency_ms, policy_json, artifact_dir, joined_at
+    FROM autoprune_front WHERE study_name = 'demo' ORDER BY map50_95 DESC;
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from autoprune import objectives
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FrontRow", "FrontBase", "sync_front", "read_front", "ensure_schema", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+
+class FrontBase(DeclarativeBase):
+    pass
+
+
+class FrontRow(FrontBase):
+    __tablename__ = "autoprune_front"
+    __table_args__ = (sa.UniqueConstraint("study_name", "trial_number", name="uq_autoprune_front_trial"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    study_name: Mapped[str] = mapped_column(sa.String(512), index=True)
+    trial_number: Mapped[int] = mapped_column(sa.Integer)
+    trial_id: Mapped[int] = mapped_column(sa.Integer)
+    map50_95: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    map50: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    params: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    macs: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    latency_ms: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    values_json: Mapped[str] = mapped_column(sa.Text)  # the study's objective values, by objective name
+    policy_json: Mapped[str] = mapped_column(sa.Text)
+    artifact_dir: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    checkpoint: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    joined_at: Mapped[dt.datetime] = mapped_column(sa.DateTime)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"study_name": self.study_name, "trial_number": self.trial_number, "trial_id": self.trial_id,
+                "map50_95": self.map50_95, "map50": self.map50, "params": self.params, "macs": self.macs,
+                "latency_ms": self.latency_ms, "values": json.loads(self.values_json),
+                "policy": json.loads(self.policy_json), "artifact_dir": self.artifact_dir,
+                "checkpoint": self.checkpoint, "joined_at": self.joined_at.isoformat()}
+
+
+class SchemaVersion(FrontBase):
+    __tablename__ = "autoprune_schema"
+
+    component: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(sa.Integer)
+
+
+def ensure_schema(engine: sa.Engine) -> None:
+    """Create (or migrate) autoprune's tables; idempotent."""
+    FrontBase.metadata.create_all(engine)
+    with sa.orm.Session(engine) as s, s.begin():
+        row = s.get(SchemaVersion, "front")
+        if row is None:
+            s.add(SchemaVersion(component="front", version=SCHEMA_VERSION))
+        elif row.version != SCHEMA_VERSION:  # future migrations go here, oldest first
+            row.version = SCHEMA_VERSION
+
+
+def sync_front(study: optuna.Study, artifact_root: str | None = None) -> list[int]:
+    """Make ``autoprune_front`` equal to the study's current Pareto front; returns its trial numbers."""
+    from autoprune.study import engine_of
+
+    engine = engine_of(study)  # the same database as the study
+    ensure_schema(engine)
+    names = list(study.user_attrs.get("objectives") or objectives.DEFAULT)
+    best = {t.number: t for t in study.best_trials}
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    with sa.orm.Session(engine) as s, s.begin():
+        rows = {r.trial_number: r for r in s.scalars(sa.select(FrontRow).where(FrontRow.study_name == study.study_name))}
+        for number, row in rows.items():
+            if number not in best:
+                s.delete(row)
+        for number, t in best.items():
+            if number in rows:
+                continue
+            metrics = {**t.user_attrs.get("metrics", {}), **dict(zip(names, t.values))}
+            s.add(FrontRow(
+                study_name=study.study_name, trial_number=number, trial_id=t._trial_id,
+                map50_95=metrics.get("map50_95"), map50=metrics.get("map50"), params=metrics.get("params"),
+                macs=metrics.get("macs"), latency_ms=metrics.get("latency_ms"),
+                values_json=json.dumps(dict(zip(names, t.values))),
+                policy_json=json.dumps(t.user_attrs.get("policy", {}), sort_keys=True),
+                artifact_dir=t.user_attrs.get("artifact_dir"), checkpoint=t.user_attrs.get("checkpoint"),
+                joined_at=now))
+    return sorted(best)
+
+
+def read_front(engine: sa.Engine, study_name: str) -> list[dict[str, Any]]:
+    ensure_schema(engine)
+    with sa.orm.Session(engine) as s:
+        rows = s.scalars(sa.select(FrontRow).where(FrontRow.study_name == study_name)
+                         .order_by(FrontRow.trial_number)).all()
+        return [r.as_dict() for r in rows]
+
+
+def sort_rows(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
+    first = objectives.get(names[0])
+    return sorted(rows, key=lambda r: r["values"][first.name], reverse=first.direction == "maximize")

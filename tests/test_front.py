@@ -1,0 +1,108 @@
+"""The Pareto front table, `autoprune front`, and the report's data functions.
+
+Studies here are real Optuna studies in SQLite whose trial results are made up (no
+pruning runs): they fake the trial outcomes only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+
+import optuna
+import pytest
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from autoprune import cli
+from autoprune.dashboards import (hypervolume_history, knob_rows, pareto_data, ratio_profiles)
+from autoprune.dashboards.data import hypervolume
+from autoprune.front import read_front, sync_front
+from autoprune.spec import parse_spec
+from autoprune.study import engine_of, get_storage, open_study
+
+
+
+
+
+from conftest import BASE, make_study  # noqa: E402
+
+
+def test_front_table_always_equals_best_trials(tmp_path):
+    study, url = make_study(tmp_path, n=60)
+    assert len(study.best_trials) >= 3
+    assert any(t.state == TrialState.FAIL for t in study.trials)
+    # another tool, one SQL query
+    with sa.create_engine(url).connect() as c:
+        got = c.execute(sa.text("SELECT trial_number, map50_95, params, latency_ms FROM autoprune_front "
+                                "WHERE study_name = 'fake' ORDER BY map50_95 DESC")).all()
+    best = sorted(study.best_trials, key=lambda t: -t.values[0])
+    assert [g[0] for g in got] == [t.number for t in best]
+    assert [tuple(g[1:]) for g in got] == [tuple(t.values) for t in best]
+
+
+def test_joined_at_is_kept_while_a_trial_stays_on_the_front(tmp_path):
+    study, _ = make_study(tmp_path, n=10)
+    before = {r["trial_number"]: r["joined_at"] for r in read_front(engine_of(study), "fake")}
+    sync_front(study)
+    after = {r["trial_number"]: r["joined_at"] for r in read_front(engine_of(study), "fake")}
+    assert before == after
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_front_command_formats(tmp_path, capsys, fmt):
+    study, url = make_study(tmp_path, n=25)
+    rc = cli.main(["front", "--storage", url, "--study", "fake", "--format", fmt])
+    out = capsys.readouterr().out
+    assert rc == 0
+    n_front = len(study.best_trials)
+    if fmt == "json":
+        recs = json.loads(out)
+        assert recs[0]["trial"] == "baseline" and len(recs) == n_front + 1
+        r = recs[1]
+        assert r["params_change"] == pytest.approx((r["params"] - 3.0e6) / 3.0e6)
+        assert [x["map50_95"] for x in recs[1:]] == sorted((x["map50_95"] for x in recs[1:]), reverse=True)
+    elif fmt == "csv":
+        recs = list(csv.DictReader(io.StringIO(out)))
+        assert len(recs) == n_front + 1 and recs[0]["trial"] == "baseline"
+        assert set(recs[0]) >= {"map50_95", "map50_95_change", "params", "latency_ms_change", "criterion"}
+    else:
+        lines = out.strip().splitlines()
+        assert lines[0].startswith("Pareto front of fake") and "baseline" in lines[2]
+        assert len(lines) == 3 + n_front and "%)" in lines[3]
+
+
+def test_front_command_errors(tmp_path, capsys):
+    assert cli.main(["front", "--storage", f"sqlite:///{tmp_path}/none.db"]) == 2
+    assert "no study database" in capsys.readouterr().err
+    _, url = make_study(tmp_path, n=2)
+    assert cli.main(["front", "--storage", url, "--study", "other"]) == 2
+    assert "no study named 'other'" in capsys.readouterr().err
+
+
+def test_report_data_functions(tmp_path):
+    study, _ = make_study(tmp_path, n=30)
+    data = pareto_data(study)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(data.points) == len(complete)
+    assert {p.number for p in data.points if p.on_front} == {t.number for t in study.best_trials}
+    assert data.baseline == (0.9, 3.0e6, 10.0) and data.pairs() == [(0, 1), (0, 2), (1, 2)]
+    assert "criterion" in data.points[0].hover
+    profiles = ratio_profiles(study)
+    assert len(profiles) == len(study.best_trials)
+    assert all(p.layers == ("model.0", "model.1", "model.2.cv1") for p in profiles)
+    rows = knob_rows(study)
+    assert len(rows) == len(complete) and {r.criterion for r in rows} <= {"l1", "l2", "taylor"}
+    history = hypervolume_history(study)
+    hv = [h.hypervolume for h in history]
+    assert len(hv) == len(complete) and all(b >= a for a, b in zip(hv, hv[1:])) and hv[-1] > 0
+
+
+def test_hypervolume_against_the_baseline_reference():
+    names = ["map50_95", "params", "latency_ms"]
+    # mAP as the baseline, half its params and latency: box of 1 x (1.1-0.5) x (1.1-0.5)
+    assert hypervolume([(0.9, 1.5e6, 5.0)], names, BASE) == pytest.approx(0.36)
+    assert hypervolume([(0.9, 3.5e6, 5.0)], names, BASE) == 0.0  # larger than 1.1x baseline: outside
+    assert hypervolume([(0.9, 1.5e6, 5.0), (0.45, 1.5e6, 5.0)], names, BASE) == pytest.approx(0.36)
