@@ -103,6 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
     study_args(r)
     r.add_argument("--out", type=Path, help="HTML file (default: dashboards/STUDY.html)")
 
+    e = sub.add_parser("export", help="export a chosen trial: policy.yaml, pruned.pt, pruned.onnx, tp_ratios.yaml")
+    study_args(e)
+    pick = e.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--trial", type=_nonneg_int, help="this trial number")
+    pick.add_argument("--best", metavar="METRIC", help="the best completed trial by METRIC (e.g. map50_95)")
+    pick.add_argument("--knee", action="store_true", help="the front member closest to the ideal point")
+    e.add_argument("--where", action="append", default=[], metavar="COND",
+                   help="with --best: a condition such as 'latency_ms<=4' (repeatable)")
+    e.add_argument("--out", type=Path, required=True, help="output folder")
+    e.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its check")
+
+    a = sub.add_parser("apply", help="re-apply an exported policy to its base model")
+    a.add_argument("policy", help="policy.yaml from autoprune export")
+    a.add_argument("--model", required=True, help="the base model checkpoint (.pt)")
+    a.add_argument("--data", help="data set YAML (needed by --finetune and gradient criteria; also measures)")
+    a.add_argument("--finetune", action="store_true", help="repeat the trial's prune steps and fine-tuning")
+    a.add_argument("--force", action="store_true", help="apply even if the base model's fingerprint differs")
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--out", type=Path, required=True, help="pruned checkpoint to write (.pt)")
+
     b = sub.add_parser("demo-baseline", help="(re)train the demo baseline checkpoint")
     b.add_argument("--epochs", type=_positive_int, default=80)
     b.add_argument("--out", type=Path, help="where to write it (default: the packaged demo checkpoint)")
@@ -182,6 +202,42 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from autoprune.export import export_trial, select_trial
+
+    if args.where and not args.best:
+        raise_usage("--where needs --best METRIC")
+    study = _existing_study(args)
+    trial = select_trial(study, trial=args.trial, best=args.best, where=args.where, knee=args.knee)
+    res = export_trial(study, trial, args.out, onnx=not args.no_onnx,
+                       artifact_dir=args.studies_dir / "artifacts")
+    print(f"exported trial {res.trial} of {study.study_name} to {res.out_dir}")
+    for path in (res.policy, res.checkpoint, res.onnx, res.tp_ratios):
+        if path is not None:
+            print(f"  {path}")
+    if res.onnx_max_abs_diff is not None:
+        print(f"ONNX vs torch max abs difference: {res.onnx_max_abs_diff:.3g}")
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from autoprune.apply import apply_policy
+    from autoprune.spec import check_device
+
+    res = apply_policy(args.policy, args.model, args.out, data=args.data, finetune=args.finetune,
+                       force=args.force, device=check_device(args.device))
+    print(f"{res.out}: {res.params:,} parameters, {len(res.channels)} prunable layers at the policy's channels")
+    if res.metrics:
+        m = res.metrics
+        print(f"mAP50-95 {m['map50_95']:.4f}, mAP50 {m['map50']:.4f}, latency {m['latency_ms']:.2f} ms")
+    return 0
+
+
+def raise_usage(message: str) -> None:
+    sys.stderr.write(f"autoprune: error: {message}\n")
+    raise SystemExit(EXIT_USAGE)
+
+
 def _cmd_demo_baseline(args: argparse.Namespace) -> int:
     from autoprune.demo.baseline import PACKAGED_BASELINE, train_baseline
 
@@ -198,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         commands = {"search": _cmd_search, "front": _cmd_front, "report": _cmd_report,
-                    "dashboard": _cmd_dashboard, "demo-baseline": _cmd_demo_baseline}
+                    "dashboard": _cmd_dashboard, "export": _cmd_export, "apply": _cmd_apply,
+                    "demo-baseline": _cmd_demo_baseline}
         return commands[args.command](args)
     except AutopruneError as e:
         sys.stderr.write(f"autoprune: error: {e}\n")

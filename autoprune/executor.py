@@ -121,9 +121,11 @@ class StudySearcher(Searcher):
         from autoprune.artifacts import write_and_upload
 
         trial_dir = self._spec.study_dir / "trials" / f"{ot.number:05d}"
-        document = {"trial": ot.number, "study": self._spec.name, "policy": attrs.get("policy"),
-                    "channels": attrs.get("channels"), "metrics": metrics, "baseline": self._baseline}
         try:
+            from autoprune.policy_file import document_for_trial
+
+            document = document_for_trial(self._study.user_attrs, self._spec.name, ot.number, attrs,
+                                          metrics).to_dict()
             write_and_upload(ot, self._store, trial_dir, document, attrs.get("checkpoint"))
             ot.set_user_attr("artifact_dir", str(trial_dir))
         except Exception as e:  # artifacts are a convenience: the trial's result stands without them

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import optuna
@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from autoprune.errors import InputError
 from autoprune.policy import Layer
 from autoprune.spec import SearchSpec
-from autoprune.study import (BASELINE_KEY, fail_stale_trials, get_storage, open_study, store_layers,
+from autoprune.study import (BASELINE_KEY, SETTINGS_KEY, fail_stale_trials, get_storage, open_study, store_layers,
                              stored_layers)
 
 logger = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
     from autoprune.adapters import tp, ultra
     from autoprune.trial import TRACE_IMGSZ, measure_model
 
+    if SETTINGS_KEY not in study.user_attrs:  # what an exported policy needs to repeat a trial's fine-tuning
+        study.set_user_attr(SETTINGS_KEY, {"seed": spec.seed, "finetune": asdict(spec.finetune)})
     layers = stored_layers(study)
     if layers is not None and BASELINE_KEY in study.user_attrs:
         return layers
@@ -106,8 +108,12 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
     layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(model, TRACE_IMGSZ)]
     logger.info("measuring the unpruned baseline (%d prunable layers)", len(layers))
     m = measure_model(model, spec, spec.data)
+    from autoprune.policy_file import architecture, fingerprint
+
     baseline = {**m.metrics(), "latency": m.latency, "model": spec.model, "data": spec.data, "imgsz": spec.imgsz}
     store_layers(study, layers)
+    study.set_user_attr("model_fingerprint", fingerprint(model))
+    study.set_user_attr("architecture", architecture(model))
     study.set_user_attr(BASELINE_KEY, baseline)
     logger.info("baseline: mAP50-95 %.3f, mAP50 %.3f, params %s, MACs %s, latency %.2f ms",
                 m.map50_95, m.map50, f"{m.params:,}", f"{m.macs:,}", m.latency_ms)

@@ -27,6 +27,7 @@ __all__ = ["get_storage", "open_study", "driver_id", "fail_stale_trials", "recor
            "FrontRow", "BASELINE_KEY"]
 
 BASELINE_KEY = "baseline"
+SETTINGS_KEY = "trial_settings"
 FAIL_REASON = "fail_reason"
 
 

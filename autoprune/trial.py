@@ -131,15 +131,44 @@ def run_trial(spec: SearchSpec, policy: Policy, layers: Sequence[Layer], data: s
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
         raise TrialError(f"metric {bad[0]} is not finite")
-    checkpoint = workdir / f"step{policy.iterations}" / "weights" / "last.pt"
+    with phases("roundtrip"):
+        checkpoint = workdir / "pruned.pt"
+        roundtrip = verify_roundtrip(model, checkpoint, spec, data, measurement)
     attrs = {
         "policy": policy.to_dict(),
         "channels": channels,
         "latency": measurement.latency,
         "seconds": phases.seconds,
-        "checkpoint": str(checkpoint) if checkpoint.exists() else None,
+        "checkpoint": str(checkpoint),
+        "roundtrip": roundtrip,
     }
     return TrialResult(ok=True, metrics=metrics, attrs=attrs)
+
+
+ROUNDTRIP_TOLERANCE = 1e-3
+
+
+def verify_roundtrip(model: torch.nn.Module, path: Path, spec: SearchSpec, data: str,
+                     measured: Measurement) -> dict[str, float]:
+    """Save ``model`` as a plain ultralytics checkpoint, reload it and validate it again.
+
+    The trial's metrics count only if the reloaded checkpoint has the same parameter count
+    and mAP (within ``ROUNDTRIP_TOLERANCE``); otherwise :class:`TrialError`.
+    """
+    from autoprune.adapters import tp, ultra
+
+    ultra.save_checkpoint(model, path)
+    reloaded = ultra.load_model(path).to(spec.device)
+    params = tp.count_params(reloaded)
+    if params != measured.params:
+        raise TrialError(f"round trip: {path.name} reloads with {params} parameters, the trial measured "
+                         f"{measured.params}")
+    val = ultra.validate(reloaded, data, spec.imgsz, device=spec.device, batch=spec.finetune.batch,
+                         threads=spec.train_threads)
+    for name, got, want in (("mAP50-95", val.map50_95, measured.map50_95), ("mAP50", val.map50, measured.map50)):
+        if abs(got - want) > ROUNDTRIP_TOLERANCE:
+            raise TrialError(f"round trip: {path.name} validates to {name} {got:.4f}, the trial measured {want:.4f}")
+    return {"map50_95": val.map50_95, "map50": val.map50, "params": float(params)}
 
 
 def run_trial_safely(spec: SearchSpec, policy: Policy, layers: Sequence[Layer], data: str,

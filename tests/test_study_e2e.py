@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy as sa
 import yaml
 from optuna.trial import TrialState
+
+from autoprune.policy_file import load_policy_file
 
 
 def _run(args, cwd):
@@ -66,8 +69,10 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
     from optuna.artifacts import get_all_artifact_meta
 
     for t in study.trials:  # policy file and checkpoint downloadable from the dashboard
-        assert sorted(a.filename for a in get_all_artifact_meta(t, storage=study._storage)) == ["last.pt",
-                                                                                              "policy.yaml"]
+        assert sorted(a.filename for a in get_all_artifact_meta(t, storage=study._storage)) == ["policy.yaml",
+                                                                                              "pruned.pt"]
+        assert load_policy_file(Path(t.user_attrs["artifact_dir"]) / "policy.yaml").channels == t.user_attrs["channels"]
+        assert t.user_attrs["roundtrip"]["params"] == t.values[1]
     out = _run(["front", str(spec_file), "--format", "json"], tmp_path)
     assert len(__import__("json").loads(out.stdout)) == len(study.best_trials) + 1
 

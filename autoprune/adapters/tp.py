@@ -322,6 +322,24 @@ def channel_counts(model: nn.Module, imgsz: int = 64) -> dict[str, int]:
     return {layer.name: layer.channels for layer in prunable_layers(model, imgsz)}
 
 
+def torch_pruning_modules(model: nn.Module, units: Iterable[str]) -> dict[str, list[str]]:
+    """For each unit, the conv module name(s) it is rooted at in torch-pruning's C2f_v2 form.
+
+    A C2f's ``cv1`` unit is two convolutions there (``cv0`` and ``cv1``, one per half, as in the
+    torch-pruning YOLOv8 example and autoprune's own split form); every other unit is ``NAME.conv``.
+    """
+    C2f, *_ = _ultra()
+    c2f = {n for n, m in model.named_modules() if isinstance(m, C2f)}
+    out: dict[str, list[str]] = {}
+    for name in units:
+        parent, _, child = name.rpartition(".")
+        if parent in c2f and child == "cv1":
+            out[name] = [f"{parent}.cv0.conv", f"{parent}.cv1.conv"]
+        else:
+            out[name] = [name if isinstance(model.get_submodule(name), nn.Conv2d) else f"{name}.conv"]
+    return out
+
+
 def target_keep(original: Mapping[str, int], ratios: Mapping[str, float], step: int, steps: int) -> dict[str, int]:
     """Channels to keep per unit after prune step ``step`` of ``steps`` (linear schedule, at least 1)."""
     keep = {}

@@ -234,7 +234,7 @@ def validate(model: nn.Module, data: str, imgsz: int, device: str = "cpu", batch
     """mAP50 and mAP50-95 from ultralytics' DetectionValidator, on a copy of ``model``."""
     set_threads(threads)
     args = dict(data=str(data), imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False,
-                half=False, workers=0, split="val", save_json=False)
+                half=False, workers=0, split="val", save_json=False, rect=True)
     validator = DetectionValidator(args=args)
     m = copy.deepcopy(model).float().eval()
     stats = validator(model=m)
@@ -276,10 +276,36 @@ def deploy_copy(model: nn.Module) -> nn.Module:
     return m
 
 
-def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Save ``model`` in ultralytics' checkpoint layout (loadable by ``ultralytics.YOLO``)."""
+def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> Path:
+    """Save ``model`` in ultralytics' checkpoint layout, loadable by plain ``ultralytics.YOLO``.
+
+    fp32 by default, so that the reloaded model validates to exactly the same numbers.
+    """
     path = Path(path)
-    args = model.args if isinstance(model.args, dict) else dict(vars(model.args))
-    torch.save({"model": copy.deepcopy(model).half(), "ema": None, "train_args": args, "date": None,
+    m = copy.deepcopy(model).cpu()
+    m.criterion = None  # a loss object holds tensors of the old shapes and is rebuilt on demand
+    args = m.args if isinstance(m.args, dict) else dict(vars(m.args))
+    m.args = args
+    torch.save({"model": m.half() if half else m.float(), "ema": None, "train_args": args, "date": None,
                 "version": ultralytics.__version__}, path)
     return path
+
+
+def export_onnx(checkpoint: str | Path, imgsz: int, out: str | Path) -> Path:
+    """ONNX export through ultralytics' exporter (no onnxslim: it would try to pip-install)."""
+    from ultralytics import YOLO
+
+    produced = Path(YOLO(str(checkpoint)).export(format="onnx", imgsz=imgsz, simplify=False, dynamic=False,
+                                                 device="cpu", verbose=False))
+    out = Path(out)
+    if produced.resolve() != out.resolve():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        produced.replace(out)
+    return out
+
+
+def inference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The decoded detection output (what ONNX export returns) of a deployable model."""
+    with torch.inference_mode():
+        y = model(x)
+    return y[0] if isinstance(y, (tuple, list)) else y

@@ -1,0 +1,139 @@
+"""Re-applying an exported policy to its base model: the same channels, optionally the same fine-tuning."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from autoprune import criteria
+from autoprune.errors import InputError
+from autoprune.policy_file import PolicyDocument, fingerprint, load_policy_file
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ApplyResult", "apply_policy"]
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    out: Path
+    channels: dict[str, int]
+    params: int
+    metrics: dict[str, float] | None  # measured when data was given
+    fingerprint_matched: bool
+
+
+def _check_layers(doc: PolicyDocument, base_channels: dict[str, int]) -> None:
+    for name in list(doc.policy.ratio_map) + list(doc.channels):
+        if name not in base_channels:
+            raise InputError(f"policy layer {name!r} is not a prunable layer of the base model")
+    for name, c in doc.channels.items():
+        if c > base_channels[name]:
+            raise InputError(f"policy channels.{name} = {c} exceeds the base model's {base_channels[name]}")
+
+
+def _atomic_copy(src: Path, out: Path) -> None:
+    tmp = out.with_name(out.name + ".part")
+    shutil.copyfile(src, tmp)
+    tmp.replace(out)
+
+
+def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, data: str | None = None,
+                 finetune: bool = False, force: bool = False, device: str = "cpu") -> ApplyResult:
+    """Prune ``model`` by the policy file; with ``finetune`` repeat the trial (prune steps and fine-tuning).
+
+    Refuses a base model whose weights fingerprint differs from the policy's, unless ``force``.
+    The result always has exactly the channel counts recorded in the policy, or this raises.
+    """
+    from autoprune.adapters import tp, ultra
+    from autoprune.trial import TRACE_IMGSZ
+
+    doc = load_policy_file(policy_path)
+    out = Path(out)
+    if out.suffix != ".pt":
+        raise InputError(f"--out: {out} must be a .pt file")
+    if not Path(model).is_file():
+        raise InputError(f"--model: {model}: file not found")
+    if (finetune or criteria.get(doc.policy.criterion).needs_gradients) and not data:
+        why = "--finetune" if finetune else f"criterion {doc.policy.criterion} (gradients)"
+        raise InputError(f"--data: {why} needs a data set YAML")
+    base = ultra.load_model(model)
+    matched = fingerprint(base) == doc.fingerprint
+    if not matched and not force:
+        raise InputError(f"--model: {model} is not the policy's base model (fingerprint differs; --force to apply "
+                         "anyway)")
+    if not matched:
+        logger.warning("applying to a different base model than the policy's (forced)")
+    base_channels = tp.channel_counts(base, TRACE_IMGSZ)
+    _check_layers(doc, base_channels)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metrics = None
+    if finetune:
+        channels, metrics = _repeat_trial(doc, Path(model), str(data), out, base_channels, device)
+    else:
+        channels = _prune_only(doc, base, data, device)
+        if data:
+            from autoprune.spec import parse_spec
+            from autoprune.trial import measure_model
+
+            spec = parse_spec({"name": "apply", "model": str(model), "data": str(data), "imgsz": doc.imgsz,
+                               "device": device}, "apply")
+            metrics = measure_model(base, spec, str(data)).metrics()
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            _atomic_copy(ultra.save_checkpoint(base, Path(tmp) / "pruned.pt"), out)
+    wanted = {n: c for n, c in doc.channels.items()}
+    got = {n: channels[n] for n in wanted}
+    if got != wanted:
+        bad = next(n for n in wanted if got[n] != wanted[n])
+        out.unlink(missing_ok=True)
+        raise InputError(f"re-applied layer {bad} has {got[bad]} channels, the policy records {wanted[bad]}")
+    params = ultra.checkpoint_param_count(out)
+    logger.info("applied %s to %s: %s parameters -> %s", policy_path, model, f"{params:,}", out)
+    return ApplyResult(out=out, channels=channels, params=params, metrics=metrics, fingerprint_matched=matched)
+
+
+def _prune_only(doc: PolicyDocument, model: torch.nn.Module, data: str | None, device: str) -> dict[str, int]:
+    """One prune step straight to the recorded channel counts, by the policy's criterion."""
+    from autoprune.adapters import tp, ultra
+    from autoprune.trial import TRACE_IMGSZ
+
+    crit = criteria.get(doc.policy.criterion)
+    model.to(device)
+    torch.manual_seed(doc.seed)
+    if crit.needs_gradients:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        batch = int(doc.finetune.get("batch", 16))
+        for b in ultra.training_batches(str(data), doc.imgsz, batch, int(doc.finetune.get("gradient_batches", 4)),
+                                        device, doc.seed):
+            ultra.compute_loss(model, b).backward()
+    channels = tp.prune_step(model, dict(doc.channels), tp.importance(crit.name), TRACE_IMGSZ)
+    model.zero_grad(set_to_none=True)
+    model.cpu()
+    return channels
+
+
+def _repeat_trial(doc: PolicyDocument, model: Path, data: str, out: Path, base_channels: dict[str, int],
+                  device: str) -> tuple[dict[str, int], dict[str, float]]:
+    """Run the trial again: the same prune steps, criterion and fine-tuning settings."""
+    from autoprune.errors import TrialError
+    from autoprune.policy import Layer
+    from autoprune.spec import parse_spec
+    from autoprune.trial import run_trial
+
+    ft = {k: v for k, v in doc.finetune.items() if k in {"batch", "workers", "optimizer", "gradient_batches"}}
+    spec = parse_spec({"name": "apply", "model": str(model), "data": data, "imgsz": doc.imgsz, "seed": doc.seed,
+                       "device": device, "finetune": ft}, "apply")
+    layers = [Layer(n, c) for n, c in base_channels.items()]
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        try:
+            result = run_trial(spec, doc.policy, layers, data, Path(tmp))
+        except TrialError as e:
+            raise InputError(f"re-applying the policy failed: {e}") from e
+        _atomic_copy(Path(result.attrs["checkpoint"]), out)
+    return dict(result.attrs["channels"]), result.metrics

@@ -1,0 +1,198 @@
+"""Choosing a trial and exporting it for other tools; re-applying an exported policy."""
+
+from __future__ import annotations
+
+import logging
+import operator
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune import objectives
+from autoprune.errors import InputError
+from autoprune.policy_file import PolicyDocument, document_for_trial, dump_policy_file
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Condition", "parse_condition", "select_trial", "knee_trial", "export_trial", "ExportResult",
+           "tp_ratio_mapping"]
+
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
+_COND_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    metric: str
+    op: str
+    value: float
+
+    def holds(self, metrics: dict[str, float]) -> bool:
+        v = metrics.get(self.metric)
+        return v is not None and _OPS[self.op](float(v), self.value)
+
+
+def parse_condition(text: str) -> Condition:
+    m = _COND_RE.match(text)
+    if not m:
+        raise InputError(f"--where: {text!r} is not METRIC OP NUMBER (OP one of <=, >=, <, >, ==)")
+    metric, op, value = m.groups()
+    objectives.get(metric)  # raises a SpecError listing the choices
+    try:
+        return Condition(metric, op, float(value))
+    except ValueError:
+        raise InputError(f"--where: {value!r} is not a number") from None
+
+
+def knee_trial(study: optuna.Study) -> FrozenTrial:
+    """The front member closest to the ideal point, objectives min-max normalised over the front."""
+    front = study.best_trials
+    if not front:
+        raise InputError(f"study {study.study_name!r} has no completed trial")
+    names = list(study.user_attrs.get("objectives") or objectives.DEFAULT)
+    vals = np.array([t.values for t in front], dtype=float)
+    signs = np.array([-1.0 if objectives.get(n).direction == "maximize" else 1.0 for n in names])
+    loss = vals * signs
+    lo, hi = loss.min(axis=0), loss.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    dist = np.linalg.norm((loss - lo) / span, axis=1)
+    return front[int(np.argmin(dist))]
+
+
+def select_trial(study: optuna.Study, trial: int | None = None, best: str | None = None,
+                 where: Sequence[str] = (), knee: bool = False) -> FrozenTrial:
+    """Exactly one of ``trial``, ``best`` (with optional ``where`` conditions) or ``knee``."""
+    if sum(x is not None and x is not False for x in (trial, best, knee or None)) != 1:
+        raise InputError("choose one of --trial N, --best METRIC or --knee")
+    if trial is not None:
+        found = [t for t in study.get_trials(deepcopy=False) if t.number == trial]
+        if not found:
+            raise InputError(f"--trial: study {study.study_name!r} has no trial {trial}")
+        if found[0].state != TrialState.COMPLETE:
+            raise InputError(f"--trial: trial {trial} is {found[0].state.name}, not COMPLETE")
+        return found[0]
+    if knee:
+        return knee_trial(study)
+    objective = objectives.get(best)
+    conditions = [parse_condition(w) for w in where]
+    candidates = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if best in t.user_attrs.get("metrics", {}) and all(c.holds(t.user_attrs["metrics"]) for c in conditions)]
+    if not candidates:
+        cond = " and ".join(where) or "no condition"
+        raise InputError(f"--best {best}: no completed trial matches ({cond})")
+    key = (lambda t: t.user_attrs["metrics"][best])
+    return max(candidates, key=key) if objective.direction == "maximize" else min(candidates, key=key)
+
+
+def tp_ratio_mapping(modules: dict[str, list[str]], original: dict[str, int],
+                     channels: dict[str, int]) -> dict[str, float]:
+    """``{conv module name: ratio}`` for torch-pruning's ``pruning_ratio_dict`` (C2f_v2 form).
+
+    torch-pruning keeps ``int(c * (1 - ratio))`` channels; the ratio written is
+    ``(c - keep - 0.5) / c`` (at least 0), so that rounding gives exactly the policy's ``keep``.
+    """
+    out: dict[str, float] = {}
+    for unit, names in modules.items():
+        c, keep = original[unit], channels.get(unit, original[unit])
+        ratio = max(0.0, (c - keep - 0.5) / c)
+        for name in names:
+            out[name] = round(ratio, 9)
+    return out
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    trial: int
+    out_dir: Path
+    policy: Path
+    checkpoint: Path
+    onnx: Path | None
+    tp_ratios: Path
+    onnx_max_abs_diff: float | None
+
+
+def _document(study: optuna.Study, t: FrozenTrial) -> PolicyDocument:
+    return document_for_trial(study.user_attrs, study.study_name, t.number, t.user_attrs,
+                              t.user_attrs.get("metrics", {}))
+
+
+def onnx_max_abs_diff(checkpoint: Path, onnx_path: Path, imgsz: int, seed: int = 0) -> float:
+    """Run the same input through the pruned torch model and onnxruntime; the largest absolute difference."""
+    import onnxruntime as ort
+    import torch
+
+    from autoprune.adapters import ultra
+
+    torch.manual_seed(seed)
+    x = torch.rand(1, 3, imgsz, imgsz)
+    model = ultra.deploy_copy(ultra.load_model(checkpoint))
+    want = ultra.inference_output(model, x).numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    if got.shape != want.shape:
+        raise InputError(f"ONNX output shape {got.shape} differs from torch {want.shape}")
+    return float(np.abs(got - want).max())
+
+
+def _checkpoint_of(study: optuna.Study, t: FrozenTrial, artifact_dir: Path | None, dest: Path) -> Path:
+    """The trial's pruned checkpoint: its recorded path, else its copy in the artifact store."""
+    src = t.user_attrs.get("checkpoint")
+    if src and Path(src).is_file():
+        shutil.copyfile(src, dest)
+        return dest
+    if artifact_dir is not None and artifact_dir.is_dir():
+        from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+
+        for meta in get_all_artifact_meta(t, storage=study._storage):
+            if meta.filename == Path(src or "pruned.pt").name:
+                download_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)),
+                                  artifact_id=meta.artifact_id, file_path=str(dest))
+                return dest
+    raise InputError(f"trial {t.number}: its checkpoint {src} is missing and not in the artifact store")
+
+
+def export_trial(study: optuna.Study, t: FrozenTrial, out_dir: str | Path, onnx: bool = True,
+                 artifact_dir: str | Path | None = None) -> ExportResult:
+    """Write policy.yaml, pruned.pt, tp_ratios.yaml and (optionally) pruned.onnx of trial ``t`` into ``out_dir``.
+
+    Files are staged in a temporary folder and moved into ``out_dir`` only when all of them were made.
+    """
+    from autoprune.adapters import tp, ultra
+
+    if t.state != TrialState.COMPLETE:
+        raise InputError(f"trial {t.number} is {t.state.name}, not COMPLETE")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {out} exists and is not a folder")
+    doc = _document(study, t)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        stage = Path(tmp)
+        checkpoint = _checkpoint_of(study, t, Path(artifact_dir) if artifact_dir else None, stage / "pruned.pt")
+        params = tp.count_params(ultra.load_model(checkpoint))
+        if params != int(doc.metrics.get("params", params)):
+            raise InputError(f"trial {t.number}: checkpoint has {params} parameters, the trial recorded "
+                             f"{int(doc.metrics['params'])}")
+        dump_policy_file(doc, stage / "policy.yaml")
+        original = {name: c for name, c in (study.user_attrs.get("layers") or [])}
+        modules = tp.torch_pruning_modules(ultra.load_model(checkpoint), list(original))
+        (stage / "tp_ratios.yaml").write_text(yaml.safe_dump(tp_ratio_mapping(modules, original, dict(doc.channels)),
+                                                             sort_keys=False))
+        diff = None
+        if onnx:
+            ultra.export_onnx(checkpoint, doc.imgsz, stage / "pruned.onnx")
+            diff = onnx_max_abs_diff(checkpoint, stage / "pruned.onnx", doc.imgsz)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(stage.iterdir()):
+            f.replace(out / f.name)
+    logger.info("exported trial %d to %s", t.number, out)
+    return ExportResult(t.number, out, out / "policy.yaml", out / "pruned.pt", out / "pruned.onnx" if onnx else None,
+                        out / "tp_ratios.yaml", diff)

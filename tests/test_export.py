@@ -1,0 +1,206 @@
+"""Export and re-apply, on a real 2-trial study of the packaged demo baseline (nonzero mAP).
+
+Nothing is faked here: the study runs through the CLI (Ray Tune, Optuna, SQLite), the
+exported checkpoint is loaded by plain ultralytics in a fresh interpreter where autoprune
+cannot be imported, ONNX runs in onnxruntime, and apply prunes with torch-pruning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+
+DEMO_IMGSZ = 160
+
+
+def _cli(args, cwd, ok=True):
+    r = subprocess.run([sys.executable, "-m", "autoprune", *map(str, args)], capture_output=True, text=True,
+                       cwd=cwd, timeout=900)
+    if ok:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def demo_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    spec = {"name": "exp", "model": "demo", "data": "demo", "imgsz": DEMO_IMGSZ, "trials": 2, "seed": 0,
+            "space": {"ratio": {"low": 0.1, "high": 0.3}, "criteria": ["l1"], "iterations": 1, "epochs": 1},
+            "finetune": {"batch": 16}, "latency": {"warmup": 1, "runs": 5}, "resources": {"cpus": 2}}
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    _cli(["search", "spec.yaml"], root)
+    study = optuna.load_study(study_name="exp", storage=f"sqlite:///{root}/studies/autoprune.db")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    return root, study
+
+
+@pytest.fixture(scope="module")
+def exported(demo_study):
+    root, study = demo_study
+    limit = max(t.user_attrs["metrics"]["params"] for t in study.trials) + 1
+    r = _cli(["export", "spec.yaml", "--best", "map50_95", "--where", f"params<={limit}", "--out", "out"], root)
+    best = max(study.trials, key=lambda t: t.user_attrs["metrics"]["map50_95"])
+    return root / "out", best, r.stdout
+
+
+def test_export_writes_policy_checkpoint_onnx_and_mapping(demo_study, exported):
+    from autoprune.adapters import ultra
+    from autoprune.demo.baseline import PACKAGED_BASELINE
+    from autoprune.export import onnx_max_abs_diff
+    from autoprune.policy_file import fingerprint, load_policy_file
+
+    root, study = demo_study
+    out, best, stdout = exported
+    assert f"exported trial {best.number}" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["policy.yaml", "pruned.onnx", "pruned.pt", "tp_ratios.yaml"]
+    raw = yaml.safe_load((out / "policy.yaml").read_text())
+    assert raw["schema"] == "autoprune.policy" and raw["version"] == 1
+    assert set(raw["versions"]) == {"torch", "ultralytics", "torch_pruning", "autoprune"}
+    doc = load_policy_file(out / "policy.yaml")
+    assert doc.fingerprint == fingerprint(ultra.load_model(PACKAGED_BASELINE))
+    assert doc.architecture == "yolov8n.yaml" and doc.imgsz == DEMO_IMGSZ
+    assert doc.policy.to_dict() == best.user_attrs["policy"]
+    assert dict(doc.channels) == best.user_attrs["channels"]
+    assert doc.metrics == pytest.approx(best.user_attrs["metrics"])
+    assert doc.baseline["params"] == study.user_attrs["baseline"]["params"]
+    assert doc.finetune["batch"] == 16 and doc.source["trial"] == best.number
+    assert ultra.checkpoint_param_count(out / "pruned.pt") == int(best.user_attrs["metrics"]["params"])
+    line = next(ln for ln in stdout.splitlines() if "max abs difference" in ln)
+    assert float(line.rsplit(" ", 1)[1]) < 1e-3
+    assert onnx_max_abs_diff(out / "pruned.pt", out / "pruned.onnx", DEMO_IMGSZ) < 1e-3
+
+
+def test_checkpoint_loads_in_plain_ultralytics_without_autoprune(tmp_path, demo_study, exported):
+    """YOLO('pruned.pt').val/.predict in a fresh interpreter where `import autoprune` fails."""
+    from autoprune.demo import ensure_dataset
+
+    out, best, _ = exported
+    data = ensure_dataset()
+    image = sorted((data.parent / "images" / "val").iterdir())[0]
+    script = tmp_path / "check.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys
+        sys.modules["autoprune"] = None  # an installed autoprune must not be needed
+        try:
+            import autoprune  # noqa: F401
+            raise SystemExit("autoprune is importable")
+        except ImportError:
+            pass
+        from ultralytics import YOLO
+        ckpt, data, imgsz, image = sys.argv[1:5]
+        model = YOLO(ckpt)
+        params = sum(p.numel() for p in model.model.parameters())
+        r = model.val(data=data, imgsz=int(imgsz), batch=16, plots=False, device="cpu", workers=0, verbose=False)
+        pred = model.predict(image, imgsz=int(imgsz), device="cpu", save=False, verbose=False)[0]
+        print(json.dumps({"params": params, "map50_95": float(r.box.map), "map50": float(r.box.map50),
+                          "boxes": len(pred.boxes), "classes": sorted({int(c) for c in pred.boxes.cls})}))
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOPRUNE", "YOLO", "PYTHONPATH"))}
+    env.update(YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(tmp_path / "cfg"), MPLCONFIGDIR=str(tmp_path / "mpl"))
+    r = subprocess.run([sys.executable, str(script), str(out / "pruned.pt"), str(data), str(DEMO_IMGSZ), str(image)],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    want = best.user_attrs["metrics"]
+    assert got["params"] == int(want["params"])
+    assert abs(got["map50_95"] - want["map50_95"]) <= 1e-3 and abs(got["map50"] - want["map50"]) <= 1e-3
+    assert got["boxes"] >= 1 and all(0 <= c < 3 for c in got["classes"])
+
+
+def test_tp_ratios_reproduce_the_channels_with_torch_pruning(exported):
+    """The README's example: tp_ratios.yaml as torch-pruning's pruning_ratio_dict on the C2f_v2 form."""
+    import torch
+    import torch_pruning as tp
+
+    from autoprune.adapters import tp as atp
+    from autoprune.adapters import ultra
+    from autoprune.demo.baseline import PACKAGED_BASELINE
+    from autoprune.policy_file import load_policy_file
+
+    out, best, _ = exported
+    model = ultra.load_model(PACKAGED_BASELINE)
+    atp.split_c2f(model)  # the same layout as torch-pruning's YOLOv8 example's C2f_v2
+    mapping = yaml.safe_load((out / "tp_ratios.yaml").read_text())
+    ratio_dict = {model.get_submodule(name): r for name, r in mapping.items()}
+    assert all(isinstance(m, torch.nn.Conv2d) for m in ratio_dict)
+    detect = model.model[-1]
+    ignored = [detect.dfl] + [branch[-1] for branch in (*detect.cv2, *detect.cv3)]
+    pruner = tp.pruner.MetaPruner(model, torch.zeros(1, 3, DEMO_IMGSZ, DEMO_IMGSZ),
+                                  importance=tp.importance.GroupMagnitudeImportance(p=1), pruning_ratio=0.0,
+                                  pruning_ratio_dict=ratio_dict, ignored_layers=ignored)
+    pruner.step()
+    atp.merge_c2f(model)
+    assert atp.channel_counts(model) == dict(load_policy_file(out / "policy.yaml").channels)
+    assert atp.count_params(model) == int(best.user_attrs["metrics"]["params"])
+
+
+def test_apply_reproduces_channels_and_checks_the_base(tmp_path, demo_study, exported, tiny_model_pt):
+    from autoprune.adapters import tp, ultra
+    from autoprune.demo.baseline import PACKAGED_BASELINE
+
+    out, best, _ = exported
+    r = _cli(["apply", out / "policy.yaml", "--model", PACKAGED_BASELINE, "--out", "re/pruned.pt"], tmp_path)
+    assert "at the policy's channels" in r.stdout
+    model = ultra.load_model(tmp_path / "re" / "pruned.pt")
+    assert tp.channel_counts(model) == best.user_attrs["channels"]
+    assert tp.count_params(model) == int(best.user_attrs["metrics"]["params"])
+
+    other = _cli(["apply", out / "policy.yaml", "--model", tiny_model_pt, "--out", "x/other.pt"], tmp_path, ok=False)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert other.stderr.count("\n") == 1 and "fingerprint differs" in other.stderr
+    assert not (tmp_path / "x" / "other.pt").exists()
+
+    forced = _cli(["apply", out / "policy.yaml", "--model", tiny_model_pt, "--out", "x/forced.pt", "--force"],
+                  tmp_path)
+    assert tp.channel_counts(ultra.load_model(tmp_path / "x" / "forced.pt")) == best.user_attrs["channels"]
+
+    again = _cli(["apply", out / "policy.yaml", "--model", out / "pruned.pt", "--out", "again.pt", "--force"],
+                 tmp_path)  # re-applying to the pruned model changes nothing
+    assert tp.count_params(ultra.load_model(tmp_path / "again.pt")) == int(best.user_attrs["metrics"]["params"])
+
+    raw = yaml.safe_load((out / "policy.yaml").read_text())
+    raw["channels"]["model.0"] = 999
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump(raw))
+    wide = _cli(["apply", "wide.yaml", "--model", PACKAGED_BASELINE, "--out", "y.pt"], tmp_path, ok=False)
+    assert wide.returncode == 2 and "channels.model.0 = 999 exceeds the base model's 16" in wide.stderr
+    assert not (tmp_path / "y.pt").exists()
+
+
+def test_apply_finetune_repeats_the_trial(tmp_path, exported):
+    from autoprune.demo import ensure_dataset
+    from autoprune.demo.baseline import PACKAGED_BASELINE
+
+    out, best, _ = exported
+    r = _cli(["apply", out / "policy.yaml", "--model", PACKAGED_BASELINE, "--data", ensure_dataset(), "--finetune",
+              "--out", "ft.pt"], tmp_path)
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("mAP50-95"))
+    got = float(line.split()[1].rstrip(","))
+    assert abs(got - best.user_attrs["metrics"]["map50_95"]) <= 0.02  # same policy, seed and settings on CPU
+    assert (tmp_path / "ft.pt").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--trial", "99"], "has no trial 99"),
+    (["--best", "map50_95", "--where", "params<=1"], "no completed trial matches"),
+    (["--best", "map50_95", "--where", "params<<1"], "is not METRIC OP NUMBER"),
+    (["--best", "nope"], "nope"),
+    (["--knee", "--where", "params<=1"], "--where needs --best"),
+    (["--trial", "0", "--knee"], "not allowed with"),
+])
+def test_export_selection_errors(demo_study, args, message):
+    root, _ = demo_study
+    r = _cli(["export", "spec.yaml", *args, "--out", "bad"], root, ok=False)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1
+    assert not (root / "bad").exists()

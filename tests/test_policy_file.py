@@ -1,0 +1,137 @@
+"""Policy files (safe, versioned), trial selection for export, and the per-trial checkpoint round trip."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from autoprune.errors import InputError, TrialError
+from autoprune.export import knee_trial, parse_condition, select_trial, tp_ratio_mapping
+from autoprune.policy import Policy
+from autoprune.policy_file import PolicyDocument, dump_policy_file, fingerprint, load_policy_file
+from conftest import make_study  # noqa: E402
+
+POLICY = Policy(ratios=(("model.0", 0.25), ("model.2.cv1", 0.5)), criterion="l1", iterations=2, lr=0.01, ema=False,
+                epochs=1)
+
+
+def _doc() -> PolicyDocument:
+    return PolicyDocument(fingerprint="sha256:00", architecture="yolov8n.yaml", imgsz=160, policy=POLICY,
+                          channels={"model.0": 12, "model.2.cv1": 16}, metrics={"map50_95": 0.5},
+                          baseline={"map50_95": 0.6}, source={"study": "s", "trial": 3},
+                          versions={"torch": "2"}, seed=4, finetune={"batch": 8})
+
+
+def test_policy_file_round_trips(tmp_path):
+    path = dump_policy_file(_doc(), tmp_path / "policy.yaml")
+    assert load_policy_file(path) == _doc()
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.update(schema="other"), "not an autoprune policy file"),
+    (lambda d: d.update(version=2), "version 2 is not supported"),
+    (lambda d: d.pop("channels"), "missing 'channels'"),
+    (lambda d: d["ratios"].update({"model.0": 1.5}), "ratios.model.0"),
+    (lambda d: d["channels"].update({"model.0": 0}), "channels.model.0"),
+    (lambda d: d["policy"].update(ema="yes"), "'ema' has the wrong type"),
+    (lambda d: d["base_model"].pop("fingerprint"), "missing 'fingerprint'"),
+])
+def test_bad_policy_files_are_refused(tmp_path, edit, message):
+    raw = _doc().to_dict()
+    edit(raw)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError, match=message):
+        load_policy_file(path)
+
+
+def test_loading_a_policy_never_executes_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"!!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(InputError, match="not a valid policy file"):
+        load_policy_file(path)
+    assert not marker.exists()
+
+
+def test_fingerprint_follows_the_weights(yolov8n):
+    import torch
+
+    a = fingerprint(yolov8n)
+    assert a == fingerprint(yolov8n) and a.startswith("sha256:")
+    with torch.no_grad():
+        yolov8n.model[0].conv.weight[0, 0, 0, 0] += 1e-3
+    assert fingerprint(yolov8n) != a
+
+
+def test_selection_by_trial_best_where_and_knee(tmp_path):
+    study, _ = make_study(tmp_path, n=30)
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    with pytest.raises(InputError, match="FAIL, not COMPLETE"):
+        select_trial(study, trial=failed.number)
+    with pytest.raises(InputError, match="choose one of"):
+        select_trial(study, trial=0, knee=True)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    best = select_trial(study, best="map50_95")
+    assert best.user_attrs["metrics"]["map50_95"] == max(t.user_attrs["metrics"]["map50_95"] for t in complete)
+    limit = sorted(t.user_attrs["metrics"]["params"] for t in complete)[len(complete) // 2]
+    chosen = select_trial(study, best="map50_95", where=["params<=%s" % limit, "map50 >= 0"])
+    assert chosen.user_attrs["metrics"]["params"] <= limit
+    assert chosen.user_attrs["metrics"]["map50_95"] == max(
+        t.user_attrs["metrics"]["map50_95"] for t in complete if t.user_attrs["metrics"]["params"] <= limit)
+    smallest = select_trial(study, best="params")
+    assert smallest.user_attrs["metrics"]["params"] == min(t.user_attrs["metrics"]["params"] for t in complete)
+    knee = knee_trial(study)
+    assert knee.number in {t.number for t in study.best_trials}
+
+
+@pytest.mark.parametrize("text", ["params", "params<=x", "unknown<=1", "params=<1"])
+def test_bad_conditions(text):
+    with pytest.raises(Exception, match="params|unknown|METRIC OP NUMBER|not a number"):
+        parse_condition(text)
+
+
+def test_tp_mapping_rounds_to_the_exact_channels():
+    original = {"a": 16, "b.cv1": 64, "c": 3}
+    keep = {"a": 13, "b.cv1": 40, "c": 3}
+    modules = {"a": ["a.conv"], "b.cv1": ["b.cv0.conv", "b.cv1.conv"], "c": ["c.conv"]}
+    mapping = tp_ratio_mapping(modules, original, keep)
+    assert set(mapping) == {"a.conv", "b.cv0.conv", "b.cv1.conv", "c.conv"}
+    half = {"a": 16, "b.cv1": 32, "c": 3}  # each half of a split C2f cv1 is half the unit
+    for unit, names in modules.items():
+        for name in names:  # torch-pruning keeps int(c * (1 - ratio)) channels
+            c = half[unit] if name.startswith("b.") else original[unit]
+            want = keep[unit] // 2 if name.startswith("b.") else keep[unit]
+            assert int(c * (1 - mapping[name])) == want
+    assert mapping["c.conv"] == 0.0
+
+
+def test_roundtrip_check_catches_a_checkpoint_that_is_not_the_pruned_model(tmp_path, tiny_data, tiny_model_pt,
+                                                                             monkeypatch):
+    """Fakes the classic bug: the saver writes the unpruned base instead of the pruned model."""
+    from autoprune.adapters import tp, ultra
+    from autoprune.spec import parse_spec
+    from autoprune.trial import TRACE_IMGSZ, measure_model, verify_roundtrip
+
+    spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
+                       "latency": {"warmup": 1, "runs": 3}, "finetune": {"batch": 8}}, "s.yaml")
+    model = ultra.load_model(tiny_model_pt)
+    keep = {layer.name: max(1, layer.channels // 2) for layer in tp.prunable_layers(model, TRACE_IMGSZ)}
+    tp.prune_step(model, keep, tp.importance("l2"), TRACE_IMGSZ)
+    measured = measure_model(model, spec, str(tiny_data))
+    ok = verify_roundtrip(model, tmp_path / "ok.pt", spec, str(tiny_data), measured)
+    assert ok["params"] == measured.params and abs(ok["map50_95"] - measured.map50_95) <= 1e-3
+
+    real_save = ultra.save_checkpoint
+    monkeypatch.setattr(ultra, "save_checkpoint", lambda m, path, **kw: real_save(ultra.load_model(tiny_model_pt), path))
+    with pytest.raises(TrialError, match="round trip: bad.pt reloads with"):
+        verify_roundtrip(model, tmp_path / "bad.pt", spec, str(tiny_data), measured)
+
+    from autoprune.policy import Layer
+    from autoprune.trial import run_trial_safely
+
+    layers = [Layer(n, c) for n, c in tp.channel_counts(ultra.load_model(tiny_model_pt)).items()]
+    policy = Policy(ratios=tuple((layer.name, 0.25) for layer in layers), criterion="l1", iterations=1, lr=0.001,
+                    ema=False, epochs=1)
+    result = run_trial_safely(spec, policy, layers, str(tiny_data), tmp_path / "trial")
+    assert not result.ok and "round trip" in result.reason
