@@ -30,7 +30,7 @@ from autoprune.study import FAIL_REASON, driver_id, heartbeat, maybe_retry, reco
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StudySearcher", "run_trials", "PAYLOAD_KEY"]
+__all__ = ["StudySearcher", "run_trials", "init_ray", "screen_trial", "PAYLOAD_KEY"]
 
 PAYLOAD_KEY = "autoprune"
 
@@ -182,6 +182,24 @@ def _log_trial(t: optuna.trial.FrozenTrial) -> None:
 TrialFn = Callable[..., None]
 
 
+def init_ray(address: str | None) -> None:
+    """Start a local Ray (or join ``address``), quietly, passing autoprune's home to the workers."""
+    import ray
+
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             configure_logging=False,
+             runtime_env={"env_vars": {k: os.environ[k] for k in ("AUTOPRUNE_HOME",) if k in os.environ}})
+
+
+def screen_trial(config: dict[str, Any], spec: SearchSpec, layers: list[Layer], data: str) -> None:
+    """The Ray trainable of a screening trial (adaptive-BN screen, no fine-tuning)."""
+    from autoprune.screening import screen_trial_payload
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    payload = screen_trial_payload(spec, Policy.from_dict(config["policy"]), layers, data, Path(config["workdir"]))
+    tune.report({PAYLOAD_KEY: json.dumps(payload, default=str)})
+
+
 def run_trials(study: optuna.Study, spec: SearchSpec, layers: Sequence[Layer], data: str, n_trials: int,
                ray_address: str | None = None, trial_fn: TrialFn | None = None) -> None:
     """Run ``n_trials`` new trials of ``study`` under Ray Tune (a local Ray unless ``ray_address``).
@@ -192,9 +210,7 @@ def run_trials(study: optuna.Study, spec: SearchSpec, layers: Sequence[Layer], d
 
     started = False
     if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, configure_logging=False,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in ("AUTOPRUNE_HOME",) if k in os.environ}})
+        init_ray(ray_address)
         started = True
     baseline = {k: v for k, v in study.user_attrs.get("baseline", {}).items() if isinstance(v, (int, float))}
     searcher = StudySearcher(study, spec, layers, n_trials, on_done=_log_trial, baseline=baseline)
@@ -206,7 +222,7 @@ def run_trials(study: optuna.Study, spec: SearchSpec, layers: Sequence[Layer], d
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials * (1 + spec.retries),
-                                    max_concurrent_trials=spec.resources.concurrent),
+                                    max_concurrent_trials=spec.resources.concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"{spec.name}-ray", storage_path=str(spec.study_dir / "ray"), verbose=0),
     )
     stop = threading.Event()

@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune import objectives
 from autoprune.errors import InputError
+from autoprune.study import stored_layers
 from autoprune.policy_file import PolicyDocument, document_for_trial, dump_policy_file
 
 logger = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ def export_trial(study: optuna.Study, t: FrozenTrial, out_dir: str | Path, onnx:
             raise InputError(f"trial {t.number}: checkpoint has {params} parameters, the trial recorded "
                              f"{int(doc.metrics['params'])}")
         dump_policy_file(doc, stage / "policy.yaml")
-        original = {name: c for name, c in (study.user_attrs.get("layers") or [])}
+        original = {layer.name: layer.channels for layer in stored_layers(study) or []}
         modules = tp.torch_pruning_modules(ultra.load_model(checkpoint), list(original))
         (stage / "tp_ratios.yaml").write_text(yaml.safe_dump(tp_ratio_mapping(modules, original, dict(doc.channels)),
                                                              sort_keys=False))

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["LatencyStats", "measure_latency", "device_lock", "device_name"]
+__all__ = ["LatencyStats", "InterleavedLatency", "measure_latency", "measure_interleaved", "device_lock",
+           "device_name"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,73 @@ def measure_latency(model: nn.Module, imgsz: int, device: str = "cpu", warmup: i
                         mean_ms=statistics.fmean(s), std_ms=statistics.pstdev(s), runs=runs, warmup=warmup,
                         threads=threads, device=str(device), imgsz=imgsz, device_name=device_name(device),
                         host=socket.gethostname(), lock_wait_ms=round(waited * 1000.0, 3))
+
+
+@dataclass(frozen=True)
+class InterleavedLatency:
+    """A candidate timed alternately with a reference model (the unpruned baseline)."""
+
+    candidate: LatencyStats
+    reference: LatencyStats
+    ratio: float  # median over rounds of candidate median / reference median
+    ratio_cv: float  # coefficient of variation of the per-round ratios
+    ratio_p10: float
+    ratio_p90: float
+    rounds: int
+
+
+def _stats(times: list[float], runs: int, warmup: int, threads: int, device: str, imgsz: int,
+           waited: float) -> LatencyStats:
+    s = sorted(times)
+    return LatencyStats(median_ms=statistics.median(s), p10_ms=_quantile(s, 0.1), p90_ms=_quantile(s, 0.9),
+                        mean_ms=statistics.fmean(s), std_ms=statistics.pstdev(s), runs=runs, warmup=warmup,
+                        threads=threads, device=str(device), imgsz=imgsz, device_name=device_name(device),
+                        host=socket.gethostname(), lock_wait_ms=round(waited * 1000.0, 3))
+
+
+@torch.inference_mode()
+def measure_interleaved(candidate: nn.Module, reference: nn.Module, imgsz: int, device: str = "cpu",
+                        warmup: int = 10, runs: int = 50, rounds: int = 10, threads: int = 2) -> InterleavedLatency:
+    """Time ``candidate`` and ``reference`` in alternating rounds (A B, then B A, ...).
+
+    Each round times ``max(1, runs // rounds)`` passes of each model; a round's ratio is
+    candidate median / reference median, so slow drifts of a shared machine cancel out.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    models = {"c": candidate.to(dev).eval(), "r": reference.to(dev).eval()}
+    x = torch.rand(1, 3, imgsz, imgsz, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    rounds = max(1, min(rounds, runs))
+    per_round = max(1, runs // rounds)
+    times: dict[str, list[float]] = {"c": [], "r": []}
+    ratios: list[float] = []
+    try:
+        with device_lock(device) as waited:
+            for m in models.values():
+                for _ in range(warmup):
+                    m(x)
+            sync()
+            for i in range(rounds):
+                med = {}
+                for key in ("c", "r") if i % 2 == 0 else ("r", "c"):
+                    ts = []
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        models[key](x)
+                        sync()
+                        ts.append((time.perf_counter() - t0) * 1000.0)
+                    times[key].extend(ts)
+                    med[key] = statistics.median(ts)
+                ratios.append(med["c"] / med["r"])
+    finally:
+        torch.set_num_threads(previous)
+    n = per_round * rounds
+    mean = statistics.fmean(ratios)
+    rs = sorted(ratios)
+    return InterleavedLatency(
+        candidate=_stats(times["c"], n, warmup, threads, device, imgsz, waited),
+        reference=_stats(times["r"], n, warmup, threads, device, imgsz, waited),
+        ratio=statistics.median(ratios), ratio_cv=statistics.pstdev(ratios) / mean if mean else float("nan"),
+        ratio_p10=_quantile(rs, 0.1), ratio_p90=_quantile(rs, 0.9), rounds=rounds)

@@ -47,5 +47,6 @@ register(Objective("map50", "maximize", "mAP50"))
 register(Objective("params", "minimize", "params", "{:,.0f}"))
 register(Objective("macs", "minimize", "MACs", "{:,.0f}"))
 register(Objective("latency_ms", "minimize", "latency_ms", "{:.2f}"))
+register(Objective("latency_ratio", "minimize", "latency ratio", "{:.3f}"))  # vs the baseline, timed interleaved
 
 DEFAULT: tuple[str, ...] = ("map50_95", "params", "latency_ms")

@@ -105,12 +105,16 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
     if layers is not None and BASELINE_KEY in study.user_attrs:
         return layers
     model = ultra.load_model(spec.model).to(spec.device)
-    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(model, TRACE_IMGSZ)]
+    layers = [Layer(p.name, p.channels, ultra.layer_stage(model, p.name))
+              for p in tp.prunable_layers(model, TRACE_IMGSZ)]
     logger.info("measuring the unpruned baseline (%d prunable layers)", len(layers))
     m = measure_model(model, spec, spec.data)
     from autoprune.policy_file import architecture, fingerprint
 
-    baseline = {**m.metrics(), "latency": m.latency, "model": spec.model, "data": spec.data, "imgsz": spec.imgsz}
+    metrics = m.metrics()
+    if "latency_ratio" in metrics:
+        metrics["latency_ratio"] = 1.0  # by definition; the measured self-ratio stays in "latency"
+    baseline = {**metrics, "latency": m.latency, "model": spec.model, "data": spec.data, "imgsz": spec.imgsz}
     store_layers(study, layers)
     study.set_user_attr("model_fingerprint", fingerprint(model))
     study.set_user_attr("architecture", architecture(model))
@@ -138,9 +142,33 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
     if n_new == 0:
         logger.info("study %s already has %d completed trials (budget %d): nothing to run", spec.name, done,
                     spec.trials)
-    else:
-        from autoprune.executor import run_trials
+        return SearchOutcome(study=study, spec=spec, new_trials=0)
+    import ray
 
+    from autoprune.executor import run_trials
+    from autoprune.warmstart import warm_start
+
+    started = False
+    if not ray.is_initialized():  # one Ray session for the screen and the main trials
+        from autoprune.executor import init_ray
+
+        init_ray(ray_address)
+        started = True
+    try:
+        fingerprint = study.user_attrs.get("model_fingerprint")
+        if spec.screening.factor:
+            from autoprune.screening import screen_and_promote
+
+            screen_and_promote(study, spec, layers, n_new, fingerprint, ray_address)
+        else:
+            warm_start(study, spec, layers, fingerprint)
         logger.info("study %s: running %d new trial(s) (%d completed so far) with Ray Tune", spec.name, n_new, done)
         run_trials(study, spec, layers, spec.data, n_new, ray_address=ray_address)
+        if spec.screening.factor:
+            from autoprune.screening import record_screening
+
+            record_screening(study, spec)
+    finally:
+        if started:
+            ray.shutdown()
     return SearchOutcome(study=study, spec=spec, new_trials=n_new)

@@ -20,8 +20,10 @@ from autoprune import criteria, objectives
 from autoprune.errors import SpecError
 
 __all__ = ["FloatRange", "IntRange", "Space", "FinetuneSettings", "LatencySettings", "Resources", "SearchSpec",
+           "SamplerSettings", "WarmStart", "Screening", "SHAPES",
            "load_spec", "parse_spec", "Overrides"]
 
+SHAPES = ("layer", "stage", "global")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_STORAGE_DIR = Path("studies")
 
@@ -48,6 +50,9 @@ class Space:
     lr: FloatRange = FloatRange(1e-4, 1e-2, log=True)
     ema: tuple[bool, ...] = (True, False)
     epochs: IntRange = IntRange(1, 1)
+    shape: str = "layer"  # layer | stage | global: how per-layer ratios are parameterised
+    multiplier: FloatRange = FloatRange(0.5, 1.5)  # shape global: per-layer factor on the global ratio
+    round_to: tuple[int, ...] = (1,)  # channel rounding choices (torch-pruning's round_to)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,26 @@ class LatencySettings:
     warmup: int = 10
     runs: int = 50
     threads: int = 2
+    interleave: bool = True  # time the baseline and the candidate alternately (A/B/B/A...)
+    rounds: int = 10  # interleaved rounds; the latency ratio is the median of the per-round ratios
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    name: str = "tpe"  # see autoprune.samplers: tpe, nsga2, gp, random
+    seed: int | None = None  # default: the spec's seed
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    uniform: int = 0  # enqueue this many uniform-ratio policies spread over the ratio range
+    from_fronts: bool = False  # enqueue the fronts of earlier studies on the same base model (fingerprint)
+
+
+@dataclass(frozen=True)
+class Screening:
+    factor: int = 0  # screen factor x trials candidates with adaptive BN; fine-tune the best 1/factor (0: off)
+    batches: int = 8  # training batches used to re-estimate BatchNorm statistics
 
 
 @dataclass(frozen=True)
@@ -88,6 +113,9 @@ class SearchSpec:
     latency: LatencySettings = LatencySettings()
     resources: Resources = Resources()
     retries: int = 0  # times a trial that crashed (dead driver or Ray worker) is re-run with the same policy
+    sampler: SamplerSettings = SamplerSettings()
+    warm_start: WarmStart = WarmStart()
+    screening: Screening = Screening()
     studies_dir: str = str(DEFAULT_STORAGE_DIR)
 
     @property
@@ -243,7 +271,57 @@ def _space(v: Any) -> Space:
         lr=_float_range(d.get("lr"), "space.lr", base.lr, 1e-8, 1.0),
         ema=tuple(dict.fromkeys(ema)),
         epochs=_int_range(d.get("epochs"), "space.epochs", base.epochs, 1),
+        shape=_choice(d.get("shape", base.shape), "space.shape", SHAPES),
+        multiplier=_float_range(d.get("multiplier"), "space.multiplier", base.multiplier, 0.0, 10.0),
+        round_to=_round_to(d.get("round_to", list(base.round_to))),
     )
+
+
+def _choice(v: Any, where: str, choices: tuple[str, ...]) -> str:
+    v = _str(v, where)
+    if v not in choices:
+        raise SpecError(f"{where}: {v!r} is not one of {', '.join(choices)}")
+    return v
+
+
+def _bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise SpecError(f"{where}: expected true or false, got {_type_name(v)} {v!r}")
+    return v
+
+
+def _round_to(v: Any) -> tuple[int, ...]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise SpecError(f"space.round_to: expected a non-empty list of integers, got {_type_name(v)} {v!r}")
+    return tuple(dict.fromkeys(_int(x, "space.round_to", 1) for x in v))
+
+
+def _sampler(v: Any) -> SamplerSettings:
+    from autoprune import samplers
+
+    if isinstance(v, str):
+        v = {"name": v}
+    d = _mapping(v, "sampler", {f.name for f in dataclasses.fields(SamplerSettings)})
+    name = _str(d.get("name", "tpe"), "sampler.name")
+    samplers.get(name)
+    seed = d.get("seed")
+    return SamplerSettings(name=name, seed=None if seed is None else _int(seed, "sampler.seed", 0))
+
+
+def _warm_start(v: Any) -> WarmStart:
+    d = _mapping(v, "warm_start", {f.name for f in dataclasses.fields(WarmStart)})
+    return WarmStart(uniform=_int(d.get("uniform", 0), "warm_start.uniform", 0),
+                     from_fronts=_bool(d.get("from_fronts", False), "warm_start.from_fronts"))
+
+
+def _screening(v: Any) -> Screening:
+    d = _mapping(v, "screening", {f.name for f in dataclasses.fields(Screening)})
+    factor = _int(d.get("factor", 0), "screening.factor", 0)
+    if factor == 1:
+        raise SpecError("screening.factor: 1 screens nothing out (use 0 for off, or >= 2)")
+    return Screening(factor=factor, batches=_int(d.get("batches", 8), "screening.batches", 1))
 
 
 def _finetune(v: Any) -> FinetuneSettings:
@@ -267,6 +345,8 @@ def _latency(v: Any) -> LatencySettings:
         warmup=_int(d.get("warmup", base.warmup), "latency.warmup", 0),
         runs=_int(d.get("runs", base.runs), "latency.runs", 3),
         threads=_int(d.get("threads", base.threads), "latency.threads", 1),
+        interleave=_bool(d.get("interleave", base.interleave), "latency.interleave"),
+        rounds=_int(d.get("rounds", base.rounds), "latency.rounds", 1),
     )
 
 
@@ -398,6 +478,9 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None, studie
         latency=_latency(raw.get("latency")),
         resources=_resources(raw.get("resources")),
         retries=_int(raw.get("retries", 0), "retries", 0),
+        sampler=_sampler(raw.get("sampler")),
+        warm_start=_warm_start(raw.get("warm_start")),
+        screening=_screening(raw.get("screening")),
         studies_dir=str((studies_dir or DEFAULT_STORAGE_DIR).resolve()),
     )
 

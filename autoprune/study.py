@@ -62,8 +62,11 @@ def get_storage(url: str) -> optuna.storages.RDBStorage:
 
 def _sampler(spec: SearchSpec, n_existing: int) -> optuna.samplers.BaseSampler:
     # Offset the seed by the trials already there, so a continued study does not replay its first draws.
+    from autoprune import samplers
+
     startup = max(4, min(10, spec.trials // 3))
-    return optuna.samplers.TPESampler(seed=spec.seed + n_existing, n_startup_trials=startup)
+    seed = spec.sampler.seed if spec.sampler.seed is not None else spec.seed
+    return samplers.make(spec.sampler.name, seed + n_existing, startup)
 
 
 def open_study(spec: SearchSpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -160,12 +163,12 @@ def maybe_retry(study: optuna.Study, t: FrozenTrial, retries: int) -> bool:
 
 
 def store_layers(study: optuna.Study, layers: Sequence[Layer]) -> None:
-    study.set_user_attr("layers", [[layer.name, layer.channels] for layer in layers])
+    study.set_user_attr("layers", [[layer.name, layer.channels, layer.stage] for layer in layers])
 
 
 def stored_layers(study: optuna.Study) -> list[Layer] | None:
     raw = study.user_attrs.get("layers")
-    return [Layer(n, int(c)) for n, c in raw] if raw else None
+    return [Layer(str(item[0]), int(item[1]), *(str(x) for x in item[2:3])) for item in raw] if raw else None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 
 from autoprune import criteria
 from autoprune.errors import AutopruneError, TrialError
-from autoprune.measure import measure_latency
+from autoprune.measure import measure_interleaved, measure_latency
 from autoprune.policy import Layer, Policy
 from autoprune.spec import SearchSpec
 
@@ -35,10 +35,14 @@ class Measurement:
     macs: int
     latency_ms: float
     latency: dict[str, Any]
+    latency_ratio: float | None = None  # candidate / baseline, timed interleaved (None when not measured)
 
     def metrics(self) -> dict[str, float]:
-        return {"map50_95": self.map50_95, "map50": self.map50, "params": float(self.params),
-                "macs": float(self.macs), "latency_ms": self.latency_ms}
+        m = {"map50_95": self.map50_95, "map50": self.map50, "params": float(self.params),
+             "macs": float(self.macs), "latency_ms": self.latency_ms}
+        if self.latency_ratio is not None:
+            m["latency_ratio"] = self.latency_ratio
+        return m
 
 
 @dataclass
@@ -62,21 +66,37 @@ class _Phases:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
-def measure_model(model: torch.nn.Module, spec: SearchSpec, data: str, phases: _Phases | None = None) -> Measurement:
-    """mAP from ultralytics' validator, parameter and MAC counts, and measured latency."""
+def measure_model(model: torch.nn.Module, spec: SearchSpec, data: str, phases: _Phases | None = None,
+                  reference: torch.nn.Module | None = None) -> Measurement:
+    """mAP from ultralytics' validator, parameter and MAC counts, and measured latency.
+
+    With ``spec.latency.interleave`` the latency is timed alternately with ``reference`` (the
+    unpruned base; ``model`` itself when None, giving a ratio near 1) and the ratio is reported.
+    """
     from autoprune.adapters import tp, ultra
 
     phases = phases or _Phases()
     with phases("validate"):
         val = ultra.validate(model, data, spec.imgsz, device=spec.device, batch=spec.finetune.batch,
                              threads=spec.train_threads)
+    ratio = None
     with phases("latency"):
         deployed = ultra.deploy_copy(model)
-        lat = measure_latency(deployed, spec.imgsz, spec.device, spec.latency.warmup, spec.latency.runs,
-                              spec.latency.threads)
+        lat_cfg = spec.latency
+        if lat_cfg.interleave:
+            ref = ultra.deploy_copy(reference if reference is not None else model)
+            il = measure_interleaved(deployed, ref, spec.imgsz, spec.device, lat_cfg.warmup, lat_cfg.runs,
+                                     lat_cfg.rounds, lat_cfg.threads)
+            lat, ratio = il.candidate, il.ratio
+            latency = {**asdict(lat), "spread": lat.spread, "ratio": il.ratio, "ratio_cv": il.ratio_cv,
+                       "ratio_p10": il.ratio_p10, "ratio_p90": il.ratio_p90, "rounds": il.rounds,
+                       "reference_median_ms": il.reference.median_ms}
+        else:
+            lat = measure_latency(deployed, spec.imgsz, spec.device, lat_cfg.warmup, lat_cfg.runs, lat_cfg.threads)
+            latency = {**asdict(lat), "spread": lat.spread}
         macs = tp.count_macs(model, spec.imgsz)
     return Measurement(map50_95=val.map50_95, map50=val.map50, params=tp.count_params(model), macs=macs,
-                       latency_ms=lat.median_ms, latency={**asdict(lat), "spread": lat.spread})
+                       latency_ms=lat.median_ms, latency=latency, latency_ratio=ratio)
 
 
 def _accumulate_gradients(model: torch.nn.Module, spec: SearchSpec, data: str) -> None:
@@ -105,7 +125,7 @@ def run_trial(spec: SearchSpec, policy: Policy, layers: Sequence[Layer], data: s
         model = ultra.load_model(spec.model).to(spec.device)
     channels: dict[str, int] = dict(original)
     for step in range(1, policy.iterations + 1):
-        keep = tp.target_keep(original, policy.ratio_map, step, policy.iterations)
+        keep = tp.target_keep(original, policy.ratio_map, step, policy.iterations, policy.round_to)
         if crit.needs_gradients:
             with phases("gradients"):
                 _accumulate_gradients(model, spec, data)
@@ -126,7 +146,8 @@ def run_trial(spec: SearchSpec, policy: Policy, layers: Sequence[Layer], data: s
                                        workers=spec.finetune.workers, threads=spec.train_threads,
                                        optimizer=spec.finetune.optimizer, seed=spec.seed)
             ultra.finetune(model, cfg, workdir / f"step{step}")
-    measurement = measure_model(model, spec, data, phases)
+    reference = ultra.load_model(spec.model) if spec.latency.interleave else None
+    measurement = measure_model(model, spec, data, phases, reference=reference)
     metrics = measurement.metrics()
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
@@ -171,18 +192,23 @@ def verify_roundtrip(model: torch.nn.Module, path: Path, spec: SearchSpec, data:
     return {"map50_95": val.map50_95, "map50": val.map50, "params": float(params)}
 
 
+def failure_reason(e: BaseException) -> str:
+    """The one-line reason a failed trial records."""
+    if isinstance(e, AutopruneError):
+        return str(e)
+    logger.debug("trial failed:\n%s", traceback.format_exc())
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}"[:500]
+
+
 def run_trial_safely(spec: SearchSpec, policy: Policy, layers: Sequence[Layer], data: str,
                      workdir: Path) -> TrialResult:
     """Like :func:`run_trial`, but every failure becomes a failed result with a one-line reason."""
     t0 = time.perf_counter()
     try:
         result = run_trial(spec, policy, layers, data, workdir)
-    except AutopruneError as e:
-        result = TrialResult(ok=False, reason=str(e))
     except Exception as e:  # a trial must never take the study down
-        logger.debug("trial failed:\n%s", traceback.format_exc())
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        result = TrialResult(ok=False, reason=f"{type(e).__name__}: {msg}"[:500])
+        result = TrialResult(ok=False, reason=failure_reason(e))
     result.attrs.setdefault("policy", policy.to_dict())
     result.attrs["wall_seconds"] = round(time.perf_counter() - t0, 3)
     return result

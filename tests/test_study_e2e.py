@@ -51,7 +51,7 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
     assert study.trials[0].user_attrs["baseline"]["params"] == base["params"]
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
-        assert set(t.user_attrs["policy"]) == {"ratios", "criterion", "iterations", "lr", "ema", "epochs"}
+        assert set(t.user_attrs["policy"]) == {"ratios", "criterion", "iterations", "lr", "ema", "epochs", "round_to"}
         assert len(t.user_attrs["policy"]["ratios"]) == len(study.user_attrs["layers"])
         assert t.values[1] < base["params"]  # pruned
         assert {"prune", "finetune", "validate", "latency"} <= set(t.user_attrs["seconds"])
@@ -79,3 +79,39 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
     third = _run(["search", str(spec_file)], tmp_path)  # budget of 2 completed trials is reached
     assert len(optuna.load_study(study_name="tiny", storage=url).trials) == 3
     assert "Pareto front" in third.stdout
+
+
+@pytest.mark.slow
+def test_screened_warm_started_search(tmp_path, tiny_data, tiny_model_pt):
+    """Adaptive-BN screening in a side study, promotion of the best, warm start, stage shape, round_to, NSGA-II."""
+    spec = {
+        "name": "mf", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 2, "seed": 2,
+        "objectives": ["map50_95", "params", "latency_ratio"], "sampler": {"name": "nsga2"},
+        "space": {"ratio": {"low": 0.1, "high": 0.5}, "shape": "stage", "round_to": [8], "criteria": ["l1", "l2"],
+                  "iterations": 1, "epochs": 1},
+        "warm_start": {"uniform": 1}, "screening": {"factor": 2, "batches": 2},
+        "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 6, "rounds": 3}, "resources": {"cpus": 1},
+    }
+    (tmp_path / "mf.yaml").write_text(yaml.safe_dump(spec))
+    out = _run(["search", "mf.yaml"], tmp_path)
+    assert "latency ratio" in out.stdout
+    url = f"sqlite:///{tmp_path}/studies/autoprune.db"
+    screen = optuna.load_study(study_name="mf-screen", storage=url)
+    assert [t.state for t in screen.trials] == [TrialState.COMPLETE] * 4
+    assert screen.trials[0].user_attrs["warm_start"] == "uniform ratio 0.300"
+    assert {k for k in screen.trials[1].params if k.startswith("ratio/")} == {"ratio/backbone", "ratio/neck",
+                                                                              "ratio/head"}
+    study = optuna.load_study(study_name="mf", storage=url)
+    layers = {name: c for name, c, _ in study.user_attrs["layers"]}
+    assert len(study.trials) == 2
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE
+        src = screen.trials[t.user_attrs["screen"]["trial"]]
+        assert t.params == src.params  # promoted with the screened policy
+        assert t.user_attrs["policy"]["round_to"] == 8
+        for name, c in t.user_attrs["channels"].items():
+            assert c % 8 == 0 or layers[name] < 8
+        assert 0 < t.user_attrs["metrics"]["latency_ratio"] and "ratio_cv" in t.user_attrs["latency"]
+    summary = study.user_attrs["screening"]
+    assert summary["pairs"] == 2 and summary["screened"] == 4 and summary["kendall_tau"] in (-1.0, 1.0, None)
+    assert study.user_attrs["baseline"]["latency_ratio"] == 1.0

@@ -13,7 +13,7 @@ from autoprune.trial import TRACE_IMGSZ, run_trial
 @pytest.mark.parametrize("criterion,iterations", [("l2", 2), ("taylor", 1)])
 def test_trial_prunes_to_policy_and_measures(tmp_path, tiny_data, tiny_model_pt, criterion, iterations):
     spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
-                       "latency": {"warmup": 1, "runs": 5}, "finetune": {"batch": 8}}, "s.yaml")
+                       "latency": {"warmup": 1, "runs": 10}, "finetune": {"batch": 8}}, "s.yaml")
     base = ultra.load_model(tiny_model_pt)
     layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(base, TRACE_IMGSZ)]
     ratios = tuple((lay.name, 0.5 if i % 2 else 0.2) for i, lay in enumerate(layers))
@@ -23,10 +23,13 @@ def test_trial_prunes_to_policy_and_measures(tmp_path, tiny_data, tiny_model_pt,
     expected = tp.target_keep({lay.name: lay.channels for lay in layers}, dict(ratios), 1, 1)
     assert result.attrs["channels"] == expected
     m = result.metrics
-    assert set(m) == {"map50_95", "map50", "params", "macs", "latency_ms"}
+    assert set(m) == {"map50_95", "map50", "params", "macs", "latency_ms", "latency_ratio"}
+    lat = result.attrs["latency"]  # interleaved with the unpruned base (A/B/B/A...)
+    assert lat["rounds"] == 10 and lat["reference_median_ms"] > 0 and lat["ratio_cv"] >= 0
+    assert m["latency_ratio"] == lat["ratio"] and lat["ratio_p10"] <= m["latency_ratio"] <= lat["ratio_p90"]
     assert 0.0 <= m["map50_95"] <= m["map50"] <= 1.0
     assert m["params"] < tp.count_params(base) * 0.8 and m["macs"] > 0 and m["latency_ms"] > 0
-    assert result.attrs["latency"]["runs"] == 5 and result.attrs["latency"]["p10_ms"] <= m["latency_ms"]
+    assert result.attrs["latency"]["runs"] == 10 and result.attrs["latency"]["p10_ms"] <= m["latency_ms"]
     seconds = result.attrs["seconds"]
     assert {"load", "prune", "finetune", "validate", "latency"} <= set(seconds)
     assert ("gradients" in seconds) == (criterion == "taylor")

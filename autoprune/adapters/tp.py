@@ -340,12 +340,21 @@ def torch_pruning_modules(model: nn.Module, units: Iterable[str]) -> dict[str, l
     return out
 
 
-def target_keep(original: Mapping[str, int], ratios: Mapping[str, float], step: int, steps: int) -> dict[str, int]:
-    """Channels to keep per unit after prune step ``step`` of ``steps`` (linear schedule, at least 1)."""
+def target_keep(original: Mapping[str, int], ratios: Mapping[str, float], step: int, steps: int,
+                round_to: int = 1) -> dict[str, int]:
+    """Channels to keep per unit after prune step ``step`` of ``steps`` (linear schedule, at least 1).
+
+    With ``round_to`` > 1 the count is rounded to the nearest multiple of it (at least one
+    multiple, never more than the unit has); a unit with fewer channels than ``round_to`` is
+    rounded as if ``round_to`` were 1.
+    """
     keep = {}
     for name, ratio in ratios.items():
         if name not in original:
             continue
         c = original[name]
-        keep[name] = max(1, c - int(math.floor(c * ratio * step / steps + 1e-9)))
+        k = max(1, c - int(math.floor(c * ratio * step / steps + 1e-9)))
+        if round_to > 1 and c >= round_to:
+            k = min(c, max(round_to, int(math.floor(k / round_to + 0.5)) * round_to))
+        keep[name] = k
     return keep

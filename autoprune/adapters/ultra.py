@@ -121,6 +121,22 @@ def load_model(source: str | Path, nc: int | None = None) -> DetectionModel:
     return model
 
 
+def layer_stage(model: nn.Module, name: str) -> str:
+    """``backbone``, ``neck`` or ``head`` for a module path ``model.N...`` of a YOLO model.
+
+    The backbone is the model YAML's ``backbone`` section; the head is the final (Detect) module;
+    everything between is the neck.
+    """
+    parts = name.split(".")
+    if len(parts) < 2 or parts[0] != "model" or not parts[1].isdigit():
+        return "neck"
+    index = int(parts[1])
+    n_backbone = len((getattr(model, "yaml", None) or {}).get("backbone", []))
+    if index == len(model.model) - 1:
+        return "head"
+    return "backbone" if index < n_backbone else "neck"
+
+
 def model_nc(model: nn.Module) -> int:
     return int(model.model[-1].nc)
 

@@ -75,7 +75,7 @@ class RatioProfile:
 
 def ratio_profiles(study: optuna.Study) -> list[RatioProfile]:
     """Per-layer prune ratios of each front member, along the network's depth."""
-    order = [name for name, _ in study.user_attrs.get("layers", [])]
+    order = [item[0] for item in study.user_attrs.get("layers", [])]
     out = []
     for t in sorted(study.best_trials, key=lambda t: t.number):
         ratios = t.user_attrs.get("policy", {}).get("ratios", {})
