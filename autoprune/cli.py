@@ -148,6 +148,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"study {study.study_name}: {', '.join(f'{v} {k.lower()}' for k, v in sorted(states.items()))}; "
           f"storage {masked(outcome.spec.storage_url)}")
     _print_front(study, "table")
+    screening = study.user_attrs.get("screening")
+    if screening:
+        tau = screening.get("kendall_tau")
+        print(f"screening: {screening['screened']} candidates screened; Kendall tau of screen vs final mAP50-95 "
+              f"{'n/a' if tau is None else f'{tau:.2f}'} over {screening['pairs']} promoted trials")
     return 0
 
 

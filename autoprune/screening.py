@@ -165,9 +165,9 @@ _COPIED_ATTRS = ("baseline", "layers", "model_fingerprint", "architecture", "tri
 
 
 def screen_and_promote(study: Any, spec: SearchSpec, layers: Sequence[Layer], n_promote: int,
-                       fingerprint: str | None, ray_address: str | None = None) -> Any:
+                       fingerprint: str | None, ray_address: str | None = None) -> tuple[Any, set[int]]:
     """Screen ``factor x n_promote`` candidates in the side study, enqueue the best ``n_promote``
-    (not promoted before) into ``study``.  Returns the side study."""
+    (not promoted before) into ``study``.  Returns the side study and the numbers of its new trials."""
     from optuna.trial import TrialState
 
     from autoprune.executor import run_trials, screen_trial
@@ -180,6 +180,7 @@ def screen_and_promote(study: Any, spec: SearchSpec, layers: Sequence[Layer], n_
         if key in study.user_attrs and key not in screen.user_attrs:
             screen.set_user_attr(key, study.user_attrs[key])
     warm_start(screen, spec, layers, fingerprint)
+    before = {t.number for t in screen.get_trials(deepcopy=False)}
     n_screen = spec.screening.factor * n_promote
     logger.info("screening %d candidate policies with adaptive BatchNorm (%d batches each)", n_screen,
                 spec.screening.batches)
@@ -198,7 +199,7 @@ def screen_and_promote(study: Any, spec: SearchSpec, layers: Sequence[Layer], n_
             "seconds": t.user_attrs.get("wall_seconds")}})
     logger.info("promoted %d of %d screened candidates to fine-tuning: screen trials %s", len(chosen),
                 len(candidates), [t.number for t in chosen])
-    return screen
+    return screen, {t.number for t in screen.get_trials(deepcopy=False)} - before
 
 
 def record_screening(study: Any, spec: SearchSpec) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,6 +125,12 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
     return layers
 
 
+def _trial_seconds(study: optuna.Study, numbers: set[int]) -> float:
+    """Sum of the trials' own wall time (measured inside the trial), for the orchestration overhead."""
+    return float(sum(t.user_attrs.get("wall_seconds", 0.0) for t in study.get_trials(deepcopy=False)
+                     if t.number in numbers))
+
+
 def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address: str | None = None) -> SearchOutcome:
     """Run (or continue) the spec's study.
 
@@ -148,22 +155,37 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
     from autoprune.executor import run_trials
     from autoprune.warmstart import warm_start
 
+    t0 = time.perf_counter()
     started = False
     if not ray.is_initialized():  # one Ray session for the screen and the main trials
         from autoprune.executor import init_ray
 
         init_ray(ray_address)
         started = True
+    run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "ray_init_s": time.perf_counter() - t0,
+           "screen_run_s": 0.0, "screen_trial_s": 0.0}
+    before = {t.number for t in study.get_trials(deepcopy=False)}
     try:
         fingerprint = study.user_attrs.get("model_fingerprint")
         if spec.screening.factor:
             from autoprune.screening import screen_and_promote
 
-            screen_and_promote(study, spec, layers, n_new, fingerprint, ray_address)
+            t0 = time.perf_counter()
+            screen, screened = screen_and_promote(study, spec, layers, n_new, fingerprint, ray_address)
+            run["screen_run_s"] = time.perf_counter() - t0
+            run["screen_trial_s"] = _trial_seconds(screen, screened)
         else:
             warm_start(study, spec, layers, fingerprint)
         logger.info("study %s: running %d new trial(s) (%d completed so far) with Ray Tune", spec.name, n_new, done)
+        t0 = time.perf_counter()
         run_trials(study, spec, layers, spec.data, n_new, ray_address=ray_address)
+        run["run_s"] = time.perf_counter() - t0
+        new = {t.number for t in study.get_trials(deepcopy=False)} - before
+        run["trials"] = len(new)
+        run["trial_s"] = _trial_seconds(study, new)
+        work = run["trial_s"] + run["screen_trial_s"]
+        run["overhead_share"] = (run["run_s"] + run["screen_run_s"] - work) / work if work else None
+        study.set_user_attr("runs", [*study.user_attrs.get("runs", []), run][-20:])
         if spec.screening.factor:
             from autoprune.screening import record_screening
 

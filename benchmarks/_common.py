@@ -1,0 +1,60 @@
+"""Shared helpers of the benchmark scripts: run a spec as a study, read fronts, hypervolume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autoprune.dashboards.data import hypervolume
+from autoprune.search import run_search
+from autoprune.spec import parse_spec
+
+logger = logging.getLogger("benchmarks")
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    from autoprune.measure import device_name
+
+    return {"cpu": device_name("cpu"), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": str(torch.__version__), "cuda": torch.cuda.is_available()}
+
+
+def run_arm(workdir: Path, raw: dict[str, Any]) -> tuple[optuna.Study, float]:
+    """Run the spec ``raw`` (a dict) to its trial budget in ``workdir``; returns the study and wall seconds."""
+    spec = parse_spec(raw, f"{raw['name']}.yaml", studies_dir=workdir / "studies")
+    t0 = time.perf_counter()
+    outcome = run_search(spec)
+    return outcome.study, time.perf_counter() - t0
+
+
+def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def front_hypervolume(study: optuna.Study) -> float:
+    names = list(study.user_attrs["objectives"])
+    return hypervolume([t.values for t in complete(study)], names, study.user_attrs["baseline"])
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=float))
+    logger.info("wrote %s", path)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("ray", "ultralytics", "optuna", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

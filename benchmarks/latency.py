@@ -1,0 +1,102 @@
+"""Real speed: latency reduction vs MACs reduction at imgsz 640 on this machine, and how stable
+the interleaved latency ratio is compared with plain repeated medians.
+
+Pruned models are made from policies (a study's front, or uniform ratios with and without
+round_to=8) by pruning the demo base to their channel counts; fine-tuning does not change
+latency, so none is done here.
+
+    python benchmarks/latency.py --imgsz 640 --out benchmarks/results/latency.json
+    python benchmarks/latency.py --storage sqlite:///studies/autoprune.db --study demo   # a front
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import logger, machine, setup_logging, write_json  # noqa: E402
+
+
+def _cv(xs: list[float]) -> float:
+    return statistics.pstdev(xs) / statistics.fmean(xs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--runs", type=int, default=20, help="timed passes per model per measurement")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5, help="repeated measurements for the spread")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--storage", help="take the policies from this study storage's front ...")
+    p.add_argument("--study", help="... of this study")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/latency.json"))
+    args = p.parse_args(argv)
+    setup_logging()
+
+    from autoprune.adapters import tp, ultra
+    from autoprune.demo.baseline import resolve_demo_model
+    from autoprune.measure import measure_interleaved, measure_latency
+    from autoprune.trial import TRACE_IMGSZ
+
+    base_path = resolve_demo_model()
+    base = ultra.load_model(base_path)
+    original = tp.channel_counts(base, TRACE_IMGSZ)
+    policies: list[tuple[str, dict[str, int]]] = []
+    if args.storage and args.study:
+        import optuna
+
+        study = optuna.load_study(study_name=args.study, storage=args.storage)
+        policies += [(f"front trial {t.number}", t.user_attrs["channels"]) for t in study.best_trials]
+    else:
+        for ratio in (0.2, 0.3, 0.5):
+            for round_to in (1, 8):
+                keep = tp.target_keep(original, {n: ratio for n in original}, 1, 1, round_to)
+                policies.append((f"uniform {ratio:.1f} round_to {round_to}", keep))
+    base_deployed = ultra.deploy_copy(base)
+    base_macs = tp.count_macs(base, args.imgsz)
+    rows = []
+    pruned_models = []
+    for label, keep in policies:
+        model = ultra.load_model(base_path)
+        tp.prune_step(model, keep, tp.importance("l2"), TRACE_IMGSZ)
+        deployed = ultra.deploy_copy(model)
+        pruned_models.append(deployed)
+        il = measure_interleaved(deployed, base_deployed, args.imgsz, warmup=3, runs=args.runs, rounds=args.rounds,
+                                 threads=args.threads)
+        macs = tp.count_macs(model, args.imgsz)
+        row = {"policy": label, "macs_ratio": macs / base_macs, "latency_ratio": il.ratio,
+               "latency_ms": il.candidate.median_ms, "baseline_ms": il.reference.median_ms,
+               "ratio_cv_within": il.ratio_cv}
+        row["latency_reduction_per_macs_reduction"] = (1 - il.ratio) / (1 - row["macs_ratio"])
+        rows.append(row)
+        logger.info("%s: MACs x%.3f, latency x%.3f (%.1f vs %.1f ms)", label, row["macs_ratio"], il.ratio,
+                    il.candidate.median_ms, il.reference.median_ms)
+    # Stability: the same candidate measured `repeats` times, interleaved ratio vs plain medians.
+    probe = pruned_models[len(pruned_models) // 2]
+    ratios, plain = [], []
+    for _ in range(args.repeats):
+        ratios.append(measure_interleaved(probe, base_deployed, args.imgsz, warmup=3, runs=args.runs,
+                                          rounds=args.rounds, threads=args.threads).ratio)
+        plain.append(measure_latency(probe, args.imgsz, warmup=3, runs=args.runs, threads=args.threads).median_ms)
+    result = {
+        "machine": machine(), "imgsz": args.imgsz, "runs": args.runs, "rounds": args.rounds, "rows": rows,
+        "mean_latency_reduction_per_macs_reduction": statistics.fmean(
+            r["latency_reduction_per_macs_reduction"] for r in rows),
+        "stability": {"policy": policies[len(policies) // 2][0], "interleaved_ratios": ratios,
+                      "interleaved_ratio_cv": _cv(ratios), "plain_medians_ms": plain, "plain_median_cv": _cv(plain),
+                      "plain_median_spread": (max(plain) - min(plain)) / min(plain)},
+    }
+    write_json(args.out, result)
+    print(f"latency reduction / MACs reduction: mean {result['mean_latency_reduction_per_macs_reduction']:.2f}; "
+          f"interleaved ratio CV {result['stability']['interleaved_ratio_cv']:.1%} vs plain median CV "
+          f"{result['stability']['plain_median_cv']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

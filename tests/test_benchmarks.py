@@ -1,0 +1,52 @@
+"""The benchmark scripts run end to end on a tiny budget (their numbers are not checked here:
+benchmarks are measurements, not tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _bench(tmp_path, script, *args):
+    out = tmp_path / f"{script}.json"
+    r = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), *args, "--out", str(out)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return json.loads(out.read_text()), r.stdout
+
+
+def test_search_efficiency_benchmark(tmp_path):
+    res, stdout = _bench(tmp_path, "search_efficiency", "--trials", "2", "--imgsz", "64", "--workdir",
+                         str(tmp_path / "w"))
+    arms = res["seeds"]["0"]
+    for arm in ("uniform", "random", "autoprune"):
+        assert arms[arm]["completed"] == 2 and arms[arm]["finetune_epochs"] == 2  # equal compute
+        assert arms[arm]["hypervolume"] >= 0 and arms[arm]["front_size"] >= 1
+    assert arms["autoprune"]["screening"]["screened"] == 6
+    assert "ratio_vs_uniform" in arms and "ratio_vs_random" in arms and "autoprune HV" in stdout
+
+
+def test_screening_benchmark(tmp_path):
+    res, _ = _bench(tmp_path, "screening", "--candidates", "2", "--imgsz", "64", "--epochs", "1", "--batches", "2")
+    assert len(res["rows"]) == 2 and res["compute_saved_x"] > 0
+    assert all(0 <= r["screen_map50_95"] <= 1 and 0 <= r["final_map50_95"] <= 1 for r in res["rows"])
+
+
+def test_latency_benchmark(tmp_path):
+    res, _ = _bench(tmp_path, "latency", "--imgsz", "64", "--runs", "3", "--rounds", "3", "--repeats", "2",
+                    "--threads", "1")
+    assert len(res["rows"]) == 6 and all(0 < r["macs_ratio"] < 1 for r in res["rows"])
+    assert len(res["stability"]["interleaved_ratios"]) == 2
+
+
+def test_overhead_benchmark(tmp_path):
+    res, stdout = _bench(tmp_path, "overhead", "--trials", "2", "--imgsz", "64")
+    assert res["trials"] == 2 and res["trial_s"] > 0 and res["run_s"] >= res["trial_s"]
+    assert "overhead" in stdout
