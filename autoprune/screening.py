@@ -171,17 +171,22 @@ def screen_and_promote(study: Any, spec: SearchSpec, layers: Sequence[Layer], n_
     from optuna.trial import TrialState
 
     from autoprune.executor import run_trials, screen_trial
-    from autoprune.study import open_study
+    from autoprune.study import fail_stale_trials, open_study
     from autoprune.warmstart import warm_start
 
     sspec = screen_spec(spec)
     screen = open_study(sspec, study._storage)
+    fail_stale_trials(screen, 0)  # screens left RUNNING by a dead driver
     for key in _COPIED_ATTRS:
         if key in study.user_attrs and key not in screen.user_attrs:
             screen.set_user_attr(key, study.user_attrs[key])
-    warm_start(screen, spec, layers, fingerprint)
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # e.g. retries
+    n_promote = max(0, n_promote - waiting)
     before = {t.number for t in screen.get_trials(deepcopy=False)}
+    if n_promote == 0:
+        return screen, set()
     n_screen = spec.screening.factor * n_promote
+    warm_start(screen, spec, layers, fingerprint, limit=n_screen)
     logger.info("screening %d candidate policies with adaptive BatchNorm (%d batches each)", n_screen,
                 spec.screening.batches)
     run_trials(screen, sspec, layers, spec.data, n_screen, ray_address=ray_address, trial_fn=screen_trial)

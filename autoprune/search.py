@@ -175,7 +175,8 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
             run["screen_run_s"] = time.perf_counter() - t0
             run["screen_trial_s"] = _trial_seconds(screen, screened)
         else:
-            warm_start(study, spec, layers, fingerprint)
+            waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            warm_start(study, spec, layers, fingerprint, limit=max(0, n_new - waiting))
         logger.info("study %s: running %d new trial(s) (%d completed so far) with Ray Tune", spec.name, n_new, done)
         t0 = time.perf_counter()
         run_trials(study, spec, layers, spec.data, n_new, ray_address=ray_address)

@@ -50,9 +50,9 @@ class Space:
     lr: FloatRange = FloatRange(1e-4, 1e-2, log=True)
     ema: tuple[bool, ...] = (True, False)
     epochs: IntRange = IntRange(1, 1)
-    shape: str = "layer"  # layer | stage | global: how per-layer ratios are parameterised
+    shape: str = "stage"  # layer | stage | global: how per-layer ratios are parameterised
     multiplier: FloatRange = FloatRange(0.5, 1.5)  # shape global: per-layer factor on the global ratio
-    round_to: tuple[int, ...] = (1,)  # channel rounding choices (torch-pruning's round_to)
+    round_to: tuple[int, ...] = (1, 8)  # channel rounding choices (torch-pruning's round_to)
 
 
 @dataclass(frozen=True)
@@ -80,13 +80,13 @@ class SamplerSettings:
 
 @dataclass(frozen=True)
 class WarmStart:
-    uniform: int = 0  # enqueue this many uniform-ratio policies spread over the ratio range
-    from_fronts: bool = False  # enqueue the fronts of earlier studies on the same base model (fingerprint)
+    uniform: int = 2  # enqueue this many uniform-ratio policies spread over the ratio range
+    from_fronts: bool = True  # enqueue the fronts of earlier studies on the same base model (fingerprint)
 
 
 @dataclass(frozen=True)
 class Screening:
-    factor: int = 0  # screen factor x trials candidates with adaptive BN; fine-tune the best 1/factor (0: off)
+    factor: int = 2  # screen factor x trials candidates with adaptive BN; fine-tune the best 1/factor (0: off)
     batches: int = 8  # training batches used to re-estimate BatchNorm statistics
 
 
@@ -312,16 +312,18 @@ def _sampler(v: Any) -> SamplerSettings:
 
 def _warm_start(v: Any) -> WarmStart:
     d = _mapping(v, "warm_start", {f.name for f in dataclasses.fields(WarmStart)})
-    return WarmStart(uniform=_int(d.get("uniform", 0), "warm_start.uniform", 0),
-                     from_fronts=_bool(d.get("from_fronts", False), "warm_start.from_fronts"))
+    base = WarmStart()
+    return WarmStart(uniform=_int(d.get("uniform", base.uniform), "warm_start.uniform", 0),
+                     from_fronts=_bool(d.get("from_fronts", base.from_fronts), "warm_start.from_fronts"))
 
 
 def _screening(v: Any) -> Screening:
     d = _mapping(v, "screening", {f.name for f in dataclasses.fields(Screening)})
-    factor = _int(d.get("factor", 0), "screening.factor", 0)
+    base = Screening()
+    factor = _int(d.get("factor", base.factor), "screening.factor", 0)
     if factor == 1:
         raise SpecError("screening.factor: 1 screens nothing out (use 0 for off, or >= 2)")
-    return Screening(factor=factor, batches=_int(d.get("batches", 8), "screening.batches", 1))
+    return Screening(factor=factor, batches=_int(d.get("batches", base.batches), "screening.batches", 1))
 
 
 def _finetune(v: Any) -> FinetuneSettings:

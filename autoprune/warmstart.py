@@ -38,19 +38,22 @@ def _earlier_fronts(study: optuna.Study, fingerprint: str) -> list[tuple[str, op
     return out
 
 
-def warm_start(study: optuna.Study, spec: SearchSpec, layers: Sequence[Layer], fingerprint: str | None) -> int:
-    """Enqueue the spec's warm-start policies into ``study`` once; returns how many were enqueued."""
+def warm_start(study: optuna.Study, spec: SearchSpec, layers: Sequence[Layer], fingerprint: str | None,
+               limit: int | None = None) -> int:
+    """Enqueue the spec's warm-start policies into ``study`` once (at most ``limit``, the trials this
+    run will start, so none is left waiting); returns how many were enqueued."""
     ws = spec.warm_start
-    if (not ws.uniform and not ws.from_fronts) or study.user_attrs.get(_DONE_ATTR):
+    if (not ws.uniform and not ws.from_fronts) or study.user_attrs.get(_DONE_ATTR) is not None:
         return 0
+    limit = 10**9 if limit is None else limit
     n = 0
     r = spec.space.ratio
-    for ratio in uniform_levels(r.low, r.high, ws.uniform):
+    for ratio in uniform_levels(r.low, r.high, min(ws.uniform, limit)):
         params = uniform_params(spec.space, layers, ratio)
         study.enqueue_trial(params, user_attrs={WARM_ATTR: f"uniform ratio {ratio:.3f}"}, skip_if_exists=True)
         n += 1
     if ws.from_fronts and fingerprint:
-        for name, t in _earlier_fronts(study, fingerprint):
+        for name, t in _earlier_fronts(study, fingerprint)[: max(0, limit - n)]:
             params = params_for_policy(spec.space, layers, t.user_attrs["policy"])
             study.enqueue_trial(params, user_attrs={WARM_ATTR: f"front of study {name}, trial {t.number}"},
                                 skip_if_exists=True)

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="autoprune-overhead-"))
     raw = {"name": "bench-overhead", "model": "demo", "data": "demo", "imgsz": args.imgsz, "trials": args.trials,
            "space": {"ratio": {"low": 0.1, "high": 0.5}, "criteria": ["l1", "l2"], "iterations": 1, "epochs": 1},
-           "finetune": {"batch": 16}, "latency": {"warmup": 5, "runs": 30}, "resources": {"cpus": 2}}
+           "finetune": {"batch": 16}, "latency": {"warmup": 5, "runs": 30}, "resources": {"cpus": 2},
+           "screening": {"factor": 0}, "warm_start": {"uniform": 0, "from_fronts": False}}
     if args.storage:
         raw["storage"] = args.storage
     study, wall = run_arm(workdir, raw)

@@ -29,19 +29,20 @@ def arms(trials: int, seed: int, imgsz: int) -> dict[str, dict]:
               "latency": {"warmup": 5, "runs": 30, "rounds": 10}, "resources": {"cpus": 2}}
     full_space = {"ratio": {"low": 0.0, "high": 0.7, "step": 0.05}, "criteria": ALL_CRITERIA, "iterations": 1,
                   "epochs": 1, "lr": {"low": 0.0005, "high": 0.02, "log": True}, "ema": [True, False],
-                  "round_to": [1, 8]}
+                  }
     return {
         # torch-pruning's example recipe: one global ratio for every layer, magnitude importance, fine-tune.
-        "uniform": {**common, "name": f"bench-uniform-s{seed}",
+        "uniform": {**common, "name": f"bench-uniform-s{seed}", "screening": {"factor": 0},
                     "space": {"ratio": {"low": 0.0, "high": 0.7}, "shape": "global",
                               "multiplier": {"low": 1.0, "high": 1.0}, "criteria": ["l2"], "iterations": 1,
                               "epochs": 1, "lr": 0.005, "ema": [True], "round_to": [1]},
-                    "warm_start": {"uniform": trials}},
+                    "warm_start": {"uniform": trials, "from_fronts": False}},
         "random": {**common, "name": f"bench-random-s{seed}", "sampler": {"name": "random"},
-                   "space": {**full_space, "shape": "layer"}},
-        "autoprune": {**common, "name": f"bench-autoprune-s{seed}", "sampler": {"name": "tpe"},
-                      "space": {**full_space, "shape": "stage"}, "warm_start": {"uniform": 2},
-                      "screening": {"factor": 3, "batches": 8}},
+                   "space": {**full_space, "shape": "layer"}, "screening": {"factor": 0},
+                   "warm_start": {"uniform": 0, "from_fronts": False}},
+        # autoprune's defaults (sampler, shape, round_to, warm start, screening), on the same space.
+        "autoprune": {**common, "name": f"bench-autoprune-s{seed}", "space": full_space,
+                      "warm_start": {"from_fronts": False}},  # each arm starts cold: no earlier fronts
     }
 
 

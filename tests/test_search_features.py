@@ -84,7 +84,7 @@ def test_global_shape_multiplies_and_clips():
 
 
 def test_layer_shape_and_round_to_choice():
-    _, [(t, pol)] = _sample({"round_to": [1, 8, 16]})
+    _, [(t, pol)] = _sample({"shape": "layer", "round_to": [1, 8, 16]})
     assert len([k for k in t.params if k.startswith("ratio/")]) == len(LAYERS)
     assert pol.round_to in (1, 8, 16) and t.params["round_to"] == pol.round_to
 

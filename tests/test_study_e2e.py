@@ -41,7 +41,7 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
     with engine.connect() as c:
         per_trial = c.execute(sa.text(
             "SELECT t.number, COUNT(v.trial_value_id) FROM trials t JOIN trial_values v USING (trial_id) "
-            "GROUP BY t.number ORDER BY t.number")).all()
+            "JOIN studies s USING (study_id) WHERE s.study_name = 'tiny' GROUP BY t.number ORDER BY t.number")).all()
     assert per_trial == [(0, 3), (1, 3)]
 
     study = optuna.load_study(study_name="tiny", storage=url)
