@@ -86,7 +86,7 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
             metrics = measure_model(base, spec, str(data)).metrics()
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             _atomic_copy(ultra.save_checkpoint(base, Path(tmp) / "pruned.pt"), out)
-    wanted = {n: c for n, c in doc.channels.items()}
+    wanted = dict(doc.channels)
     got = {n: channels[n] for n in wanted}
     if got != wanted:
         bad = next(n for n in wanted if got[n] != wanted[n])

@@ -15,44 +15,25 @@ logger = logging.getLogger("autoprune")
 EXIT_USAGE = 2
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+def _checked(convert: type, expected: str, ok, bound: str):  # noqa: ANN001, ANN202
+    """An argparse type: ``convert`` the text, then require ``ok(value)`` (else 'must be BOUND, got TEXT')."""
+
+    def parse(s: str):  # noqa: ANN202
+        try:
+            v = convert(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {s}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-    return v
-
-
-def _nonneg_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
+_positive_int = _checked(int, "a positive integer", lambda v: v >= 1, ">= 1")
+_nonneg_int = _checked(int, "an integer", lambda v: v >= 0, ">= 0")
+_positive_float = _checked(float, "a number", lambda v: v > 0, "> 0")
+_nonneg_float = _checked(float, "a number", lambda v: v >= 0, ">= 0")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -196,7 +196,7 @@ def screen_trial(config: dict[str, Any], spec: SearchSpec, layers: list[Layer], 
     from autoprune.screening import screen_trial_payload
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    payload = screen_trial_payload(spec, Policy.from_dict(config["policy"]), layers, data, Path(config["workdir"]))
+    payload = screen_trial_payload(spec, Policy.from_dict(config["policy"]), layers, data)
     tune.report({PAYLOAD_KEY: json.dumps(payload, default=str)})
 
 

@@ -15,7 +15,6 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -148,8 +147,7 @@ def screen_spec(spec: SearchSpec) -> SearchSpec:
     return spec.replace(name=f"{spec.name}-screen", latency=lat, retries=0)
 
 
-def screen_trial_payload(spec: SearchSpec, policy: Policy, layers: Sequence[Layer], data: str,
-                         workdir: Path) -> dict[str, Any]:
+def screen_trial_payload(spec: SearchSpec, policy: Policy, layers: Sequence[Layer], data: str) -> dict[str, Any]:
     from autoprune.trial import failure_reason
 
     t0 = time.perf_counter()
