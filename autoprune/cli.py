@@ -5,20 +5,29 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from autoprune.errors import AutopruneError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autoprune.search.study import Opened
+
+T = TypeVar("T", int, float)
 
 logger = logging.getLogger("autoprune")
 
 EXIT_USAGE = 2
 
 
-def _checked(convert: type, expected: str, ok, bound: str):  # noqa: ANN001, ANN202
+def _checked(convert: Callable[[str], T], expected: str, ok: Callable[[T], bool],
+             bound: str) -> Callable[[str], T]:
     """An argparse type: ``convert`` the text, then require ``ok(value)`` (else 'must be BOUND, got TEXT')."""
 
-    def parse(s: str):  # noqa: ANN202
+    def parse(s: str) -> T:
         try:
             v = convert(s)
         except ValueError:
@@ -37,7 +46,7 @@ _nonneg_float = _checked(float, "a number", lambda v: v >= 0, ">= 0")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         sys.stderr.write(f"autoprune: error: {message}\n")
         sys.exit(EXIT_USAGE)
 
@@ -111,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from autoprune.search import run_search
-    from autoprune.spec import Overrides, load_spec
+    from autoprune.config.spec import Overrides, load_spec
+    from autoprune.search.run import run_search
 
     spec = load_spec(args.spec, Overrides(trials=None, storage=args.storage, study_name=args.study_name,
                                           device=args.device, seed=args.seed, model=args.model, data=args.data,
@@ -124,12 +133,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    from autoprune.study import masked
+    from autoprune.model import records
+    from autoprune.search.study import masked
 
     print(f"study {study.study_name}: {', '.join(f'{v} {k.lower()}' for k, v in sorted(states.items()))}; "
           f"storage {masked(outcome.spec.storage_url)}")
-    _print_front(study, "table")
-    screening = study.user_attrs.get("screening")
+    _print_front(study, outcome.store, "table")
+    screening = records.screening(study)
     if screening:
         tau = screening.get("kendall_tau")
         print(f"screening: {screening['screened']} candidates screened; Kendall tau of screen vs final mAP50-95 "
@@ -137,65 +147,68 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_front(study, fmt: str) -> None:  # noqa: ANN001 - optuna.Study
-    from autoprune.front import read_front, sync_front
-    from autoprune.report import front_records, render_front
-    from autoprune.study import BASELINE_KEY, engine_of
+def _print_front(study: optuna.Study, store: Any, fmt: str) -> None:
+    from autoprune.model import records
+    from autoprune.search.front import read_front, sync_front
+    from autoprune.views.text import front_records, render_front
 
-    sync_front(study)
-    names = list(study.user_attrs.get("objectives") or [])
-    rows = read_front(engine_of(study), study.study_name)
-    records = front_records(rows, names, study.user_attrs.get(BASELINE_KEY))
+    sync_front(study, store)
+    names = records.study_objectives(study)
+    rows = read_front(store.engine, study.study_name)
+    records_ = front_records(rows, names, records.baseline(study) or None)
     if fmt == "table":
         print(f"Pareto front of {study.study_name} ({len(rows)} trial(s)):")
-    print(render_front(records, names, fmt))
+    print(render_front(records_, names, fmt))
 
 
-def _existing_study(args: argparse.Namespace):  # noqa: ANN202 - optuna.Study
-    from autoprune.spec import SearchSpec, load_spec, Overrides
-    from autoprune.study import load_existing
+def _storage_url(args: argparse.Namespace) -> str:
+    from autoprune.config.spec import default_storage_url
 
-    if args.spec:
+    return str(args.storage or default_storage_url(args.studies_dir))
+
+
+def _existing_study(args: argparse.Namespace) -> Opened:
+    from autoprune.config.spec import Overrides, load_spec
+    from autoprune.search.study import load_existing
+
+    if args.spec:  # only the study's name and storage are used: no device or file checks
         spec = load_spec(args.spec, Overrides(storage=args.storage, study_name=args.study),
                          studies_dir=args.studies_dir)
         return load_existing(spec.storage_url, spec.name)
-    url = args.storage or SearchSpec(name="x", model="x", data="x",
-                                     studies_dir=str(args.studies_dir.resolve())).storage_url
-    return load_existing(url, args.study)
+    return load_existing(_storage_url(args), args.study)
 
 
 def _cmd_front(args: argparse.Namespace) -> int:
-    _print_front(_existing_study(args), args.format)
+    study, store = _existing_study(args)
+    _print_front(study, store, args.format)
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from autoprune.dashboards import write_report
+    from autoprune.views import write_report
 
-    study = _existing_study(args)
+    study, _ = _existing_study(args)
     out = write_report(study, args.out or Path("dashboards") / f"{study.study_name}.html")
     print(out)
     return 0
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from autoprune.dashboards import serve_dashboard
-    from autoprune.spec import SearchSpec
+    from autoprune.views.dashboard import serve_dashboard
 
-    url = args.storage or SearchSpec(name="x", model="x", data="x",
-                                     studies_dir=str(args.studies_dir.resolve())).storage_url
-    serve_dashboard(url, args.artifact_dir or args.studies_dir / "artifacts", args.host, args.port)
+    print(f"optuna-dashboard: http://{args.host}:{args.port}/", flush=True)
+    serve_dashboard(_storage_url(args), args.artifact_dir or args.studies_dir / "artifacts", args.host, args.port)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from autoprune.export import export_trial, select_trial
+    from autoprune.deploy.export import export_trial, select_trial
 
     if args.where and not args.best:
         raise_usage("--where needs --best METRIC")
-    study = _existing_study(args)
+    study, store = _existing_study(args)
     trial = select_trial(study, trial=args.trial, best=args.best, where=args.where, knee=args.knee)
-    res = export_trial(study, trial, args.out, onnx=not args.no_onnx,
+    res = export_trial(study, store, trial, args.out, onnx=not args.no_onnx,
                        artifact_dir=args.studies_dir / "artifacts")
     print(f"exported trial {res.trial} of {study.study_name} to {res.out_dir}")
     for path in (res.policy, res.checkpoint, res.onnx, res.tp_ratios):
@@ -207,8 +220,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from autoprune.apply import apply_policy
-    from autoprune.spec import check_device
+    from autoprune.deploy.apply import apply_policy
+    from autoprune.engine.devices import check_device
 
     res = apply_policy(args.policy, args.model, args.out, data=args.data, finetune=args.finetune,
                        force=args.force, device=check_device(args.device))
@@ -219,7 +232,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def raise_usage(message: str) -> None:
+def raise_usage(message: str) -> NoReturn:
     sys.stderr.write(f"autoprune: error: {message}\n")
     raise SystemExit(EXIT_USAGE)
 

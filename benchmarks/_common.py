@@ -12,9 +12,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from autoprune.dashboards.data import hypervolume
-from autoprune.search import run_search
-from autoprune.spec import parse_spec
+from autoprune.config.spec import parse_spec
+from autoprune.model.pareto import baseline_hypervolume as hypervolume
+from autoprune.search.run import run_search
 
 logger = logging.getLogger("benchmarks")
 
@@ -24,7 +24,7 @@ def machine() -> dict[str, Any]:
 
     import torch
 
-    from autoprune.measure import device_name
+    from autoprune.engine.latency import device_name
 
     return {"cpu": device_name("cpu"), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": str(torch.__version__), "cuda": torch.cuda.is_available()}

@@ -20,6 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import logger, machine, setup_logging, write_json  # noqa: E402
 
+from autoprune.model import criteria
+from autoprune.model.shapes import target_keep
+
 
 def _cv(xs: list[float]) -> float:
     return statistics.pstdev(xs) / statistics.fmean(xs)
@@ -40,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from autoprune.adapters import tp, ultra
     from autoprune.demo.baseline import resolve_demo_model
-    from autoprune.measure import measure_interleaved, measure_latency
-    from autoprune.trial import TRACE_IMGSZ
+    from autoprune.engine.latency import measure_interleaved, measure_latency
+    from autoprune.engine.pipeline import TRACE_IMGSZ
 
     base_path = resolve_demo_model()
     base = ultra.load_model(base_path)
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for ratio in (0.2, 0.3, 0.5):
             for round_to in (1, 8):
-                keep = tp.target_keep(original, {n: ratio for n in original}, 1, 1, round_to)
+                keep = target_keep(original, {n: ratio for n in original}, 1, 1, round_to)
                 policies.append((f"uniform {ratio:.1f} round_to {round_to}", keep))
     base_deployed = ultra.deploy_copy(base)
     base_macs = tp.count_macs(base, args.imgsz)
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     pruned_models = []
     for label, keep in policies:
         model = ultra.load_model(base_path)
-        tp.prune_step(model, keep, tp.importance("l2"), TRACE_IMGSZ)
+        tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TRACE_IMGSZ)
         deployed = ultra.deploy_copy(model)
         pruned_models.append(deployed)
         il = measure_interleaved(deployed, base_deployed, args.imgsz, warmup=3, runs=args.runs, rounds=args.rounds,

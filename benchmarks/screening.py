@@ -39,11 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from autoprune.adapters import tp, ultra
-    from autoprune.policy import Layer, sample_policy
-    from autoprune.screening import kendall_tau, screen_policy
-    from autoprune.search import prepare_inputs
-    from autoprune.spec import parse_spec
-    from autoprune.trial import TRACE_IMGSZ, run_trial
+    from autoprune.model import Layer
+    from autoprune.model.shapes import sample_policy
+    from autoprune.engine.screen import screen_policy
+    from autoprune.model.pareto import kendall_tau
+    from autoprune.search.run import prepare_inputs
+    from autoprune.config.spec import parse_spec
+    from autoprune.engine.pipeline import TRACE_IMGSZ
+from autoprune.engine.trial import run_trial
+from autoprune.model.shapes import target_keep
 
     raw = {"name": "bench-screen", "model": "demo", "data": "demo", "imgsz": args.imgsz, "seed": args.seed,
            "space": {"ratio": {"low": 0.0, "high": 0.7, "step": 0.05}, "shape": "stage",
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         screened = screen_policy(spec, policy, layers, spec.data, args.batches)
         t0 = time.perf_counter()  # prune only, no BN recalibration
         model = ultra.load_model(spec.model)
-        keep = tp.target_keep({la.name: la.channels for la in layers}, policy.ratio_map, 1, 1, policy.round_to)
+        keep = target_keep({la.name: la.channels for la in layers}, policy.ratio_map, 1, 1, policy.round_to)
         torch.manual_seed(spec.seed)
         tp.prune_step(model, keep, tp.importance(policy.criterion), TRACE_IMGSZ)
         plain = ultra.validate(model, spec.data, spec.imgsz, batch=16, threads=spec.train_threads).map50_95

@@ -17,7 +17,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import complete, front_hypervolume, logger, machine, run_arm, setup_logging, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    complete,
+    front_hypervolume,
+    logger,
+    machine,
+    run_arm,
+    setup_logging,
+    write_json,
+)
 
 OBJECTIVES = ["map50_95", "params", "latency_ratio"]
 ALL_CRITERIA = ["l1", "l2", "bn_scale", "taylor", "lamp", "fpgm", "random", "group_norm"]

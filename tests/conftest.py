@@ -101,14 +101,15 @@ def make_study(tmp_path, n=40, seed=0, name="fake"):
 
     from optuna.trial import TrialState
 
-    from autoprune.front import read_front, sync_front
-    from autoprune.spec import parse_spec
-    from autoprune.study import engine_of, get_storage, open_study
+    from autoprune.config.spec import parse_spec
+    from autoprune.search.front import read_front, sync_front
+    from autoprune.search.study import get_storage, open_study_for
 
     url = f"sqlite:///{tmp_path}/studies/autoprune.db"
     spec = parse_spec({"name": name, "model": "m", "data": "d", "storage": url}, "s.yaml",
                       studies_dir=tmp_path / "studies")
-    study = open_study(spec, get_storage(url))
+    store = get_storage(url)
+    study = open_study_for(spec, store)
     study.set_user_attr("baseline", BASE)
     study.set_user_attr("layers", LAYERS)
     rng = random.Random(seed)
@@ -128,8 +129,8 @@ def make_study(tmp_path, n=40, seed=0, name="fake"):
             t.set_user_attr("metrics", {"map50_95": vals[0], "map50": min(1.0, vals[0] + 0.1), "params": vals[1],
                                         "macs": 2.5e8 * (1 - mean), "latency_ms": vals[2]})
             study.tell(t, vals)
-        sync_front(study)
-        rows = read_front(engine_of(study), name)
+        sync_front(study, store)
+        rows = read_front(store.engine, name)
         assert sorted(r["trial_number"] for r in rows) == sorted(b.number for b in study.best_trials)
     return study, url
 

@@ -119,8 +119,9 @@ def _build(name: str, tmp: Path, good: dict, data: Path, model: Path, pg_url: st
         torch.save({"weights": torch.zeros(3)}, tmp / "plain.pt")
         spec["model"] = str(tmp / "plain.pt")
     elif name == "classifier_checkpoint":
-        from autoprune.adapters import ultra
         from ultralytics.nn.tasks import ClassificationModel
+
+        from autoprune.adapters import ultra
 
         cls = ClassificationModel("yolov8n-cls.yaml", nc=3, verbose=False)
         cls.args = {}
@@ -139,14 +140,14 @@ def _build(name: str, tmp: Path, good: dict, data: Path, model: Path, pg_url: st
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory, tiny_data, tiny_model_pt):
-    from autoprune.spec import parse_spec
-    from autoprune.study import get_storage, open_study
+    from autoprune.config.spec import parse_spec
+    from autoprune.search.study import get_storage, open_study_for
 
     tmp = tmp_path_factory.mktemp("bad")
     good = {"name": "ok", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 1}
     studies = tmp / "studies"
     taken = parse_spec({**good, "name": "taken"}, "s.yaml", studies_dir=studies)
-    pre = open_study(taken, get_storage(taken.storage_url))  # an existing study with the default objectives
+    pre = open_study_for(taken, get_storage(taken.storage_url))  # an existing study with the default objectives
     pre.set_user_attr("marker", 1)
     jobs = {}
     for name in CASES:

@@ -50,8 +50,8 @@ class _Quiet(WSGIRequestHandler):
 def dashboard(tmp_path):
     from optuna.artifacts import get_all_artifact_meta
 
-    from autoprune.artifacts import artifact_store, write_and_upload
-    from autoprune.dashboards.server import dashboard_app
+    from autoprune.search.artifacts import artifact_store, write_and_upload
+    from autoprune.views.dashboard import dashboard_app
 
     study, url = make_study(tmp_path, n=20, name="dash-study")
     store_dir = tmp_path / "studies" / "artifacts"
@@ -101,7 +101,7 @@ def test_dashboard_renders_in_chromium(dashboard, chromium, tmp_path):
 
 
 def test_report_is_self_contained_and_renders(tmp_path, chromium):
-    from autoprune.dashboards import write_report
+    from autoprune.views import write_report
 
     study, _ = make_study(tmp_path, n=25, name="rep")
     out = write_report(study, tmp_path / "dashboards" / "rep.html")

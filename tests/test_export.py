@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import optuna
 import pytest
@@ -57,8 +56,9 @@ def exported(demo_study):
 def test_export_writes_policy_checkpoint_onnx_and_mapping(demo_study, exported):
     from autoprune.adapters import ultra
     from autoprune.demo.baseline import PACKAGED_BASELINE
-    from autoprune.export import onnx_max_abs_diff
-    from autoprune.policy_file import fingerprint, load_policy_file
+    from autoprune.deploy.export import onnx_max_abs_diff
+    from autoprune.engine.identity import fingerprint
+    from autoprune.model.document import load_policy_file
 
     root, study = demo_study
     out, best, stdout = exported
@@ -126,7 +126,7 @@ def test_tp_ratios_reproduce_the_channels_with_torch_pruning(exported):
     from autoprune.adapters import tp as atp
     from autoprune.adapters import ultra
     from autoprune.demo.baseline import PACKAGED_BASELINE
-    from autoprune.policy_file import load_policy_file
+    from autoprune.model.document import load_policy_file
 
     out, best, _ = exported
     model = ultra.load_model(PACKAGED_BASELINE)
@@ -142,7 +142,7 @@ def test_tp_ratios_reproduce_the_channels_with_torch_pruning(exported):
     pruner.step()
     atp.merge_c2f(model)
     assert atp.channel_counts(model) == dict(load_policy_file(out / "policy.yaml").channels)
-    assert atp.count_params(model) == int(best.user_attrs["metrics"]["params"])
+    assert aultra.count_params(model) == int(best.user_attrs["metrics"]["params"])
 
 
 def test_apply_reproduces_channels_and_checks_the_base(tmp_path, demo_study, exported, tiny_model_pt):
@@ -154,7 +154,7 @@ def test_apply_reproduces_channels_and_checks_the_base(tmp_path, demo_study, exp
     assert "at the policy's channels" in r.stdout
     model = ultra.load_model(tmp_path / "re" / "pruned.pt")
     assert tp.channel_counts(model) == best.user_attrs["channels"]
-    assert tp.count_params(model) == int(best.user_attrs["metrics"]["params"])
+    assert ultra.count_params(model) == int(best.user_attrs["metrics"]["params"])
 
     other = _cli(["apply", out / "policy.yaml", "--model", tiny_model_pt, "--out", "x/other.pt"], tmp_path, ok=False)
     assert other.returncode == 2 and "Traceback" not in other.stderr
@@ -167,7 +167,7 @@ def test_apply_reproduces_channels_and_checks_the_base(tmp_path, demo_study, exp
 
     again = _cli(["apply", out / "policy.yaml", "--model", out / "pruned.pt", "--out", "again.pt", "--force"],
                  tmp_path)  # re-applying to the pruned model changes nothing
-    assert tp.count_params(ultra.load_model(tmp_path / "again.pt")) == int(best.user_attrs["metrics"]["params"])
+    assert ultra.count_params(ultra.load_model(tmp_path / "again.pt")) == int(best.user_attrs["metrics"]["params"])
 
     raw = yaml.safe_load((out / "policy.yaml").read_text())
     raw["channels"]["model.0"] = 999

@@ -13,10 +13,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autoprune.executor import PAYLOAD_KEY, StudySearcher
-from autoprune.policy import Layer, Policy
-from autoprune.spec import parse_spec
-from autoprune.study import fail_stale_trials, get_storage, open_study
+from autoprune.config.spec import parse_spec
+from autoprune.model import Layer, Policy
+from autoprune.search.executor import PAYLOAD_KEY, StudySearcher
+from autoprune.search.study import fail_stale_trials, get_storage, open_study_for
 
 LAYERS = [Layer("model.0", 16), Layer("model.1", 32)]
 GOOD = {"map50_95": 0.5, "map50": 0.8, "params": 1e6, "macs": 1e8, "latency_ms": 9.0}
@@ -26,7 +26,17 @@ GOOD = {"map50_95": 0.5, "map50": 0.8, "params": 1e6, "macs": 1e8, "latency_ms":
 def study_and_spec(tmp_path):
     spec = parse_spec({"name": "t", "model": "m.pt", "data": "d.yaml", "storage": f"sqlite:///{tmp_path}/s.db"},
                       "s.yaml", studies_dir=tmp_path)
-    return open_study(spec, get_storage(spec.storage_url)), spec
+    return open_study_for(spec, get_storage(spec.storage_url)), spec
+
+
+def _store(study_and_spec):
+    return get_storage(study_and_spec[1].storage_url)
+
+
+def _job(spec):
+    from autoprune.search.run import main_job
+
+    return main_job(spec, LAYERS)
 
 
 def _payload(ok=True, metrics=None, reason=""):
@@ -36,7 +46,7 @@ def _payload(ok=True, metrics=None, reason=""):
 
 def test_searcher_records_every_outcome(study_and_spec):
     study, spec = study_and_spec
-    s = StudySearcher(study, spec, LAYERS, n_trials=7)
+    s = StudySearcher(study, get_storage(spec.storage_url), _job(spec), n_trials=7)
     configs = {tid: s.suggest(tid) for tid in "abcdefg"}
     assert s.suggest("h") == StudySearcher.FINISHED
     assert set(configs["a"]["policy"]["ratios"]) == {"model.0", "model.1"}
@@ -69,7 +79,7 @@ def test_stale_running_trials_of_dead_driver_fail(study_and_spec):
     dead.set_user_attr("driver", f"{__import__('socket').gethostname()}:999999")
     alive = study.ask()
     alive.set_user_attr("driver", f"{__import__('socket').gethostname()}:{__import__('os').getpid()}")
-    assert fail_stale_trials(study) == [dead.number]
+    assert fail_stale_trials(study, _store(study_and_spec)) == [dead.number]
     t = study.get_trials()[dead.number]
     assert t.state == TrialState.FAIL and "no longer running" in t.user_attrs["fail_reason"]
     assert study.get_trials()[alive.number].state == TrialState.RUNNING
@@ -80,30 +90,30 @@ def test_existing_study_with_other_objectives_is_refused(tmp_path):
 
     url = f"sqlite:///{tmp_path}/s.db"
     a = parse_spec({"name": "t", "model": "m", "data": "d", "storage": url}, "s.yaml")
-    open_study(a, get_storage(url))
+    open_study_for(a, get_storage(url))
     b = parse_spec({"name": "t", "model": "m", "data": "d", "storage": url, "objectives": ["map50", "macs"]}, "s.yaml")
     with pytest.raises(SpecError, match="name: study 't' exists with objectives"):
-        open_study(b, get_storage(url))
+        open_study_for(b, get_storage(url))
 
 
 def test_metric_names_are_set(study_and_spec):
     study, _ = study_and_spec
-    assert optuna.load_study(study_name="t", storage=study._storage).metric_names == ["mAP50-95", "params",
+    assert optuna.load_study(study_name="t", storage=_store(study_and_spec).rdb).metric_names == ["mAP50-95", "params",
                                                                                        "latency_ms"]
 
 
 def test_real_trial_failure_is_a_result_not_an_exception(tmp_path, tiny_data):
-    from autoprune.trial import run_trial_safely
+    from autoprune.engine.trial import run_trial_safely
 
     spec = parse_spec({"name": "t", "model": str(tmp_path / "gone.pt"), "data": str(tiny_data), "imgsz": 64},
                       "s.yaml")
     policy = Policy(ratios=(("model.0", 0.5),), criterion="l1", iterations=1, lr=0.01, ema=True, epochs=1)
-    result = run_trial_safely(spec, policy, LAYERS, str(tiny_data), tmp_path / "w")
+    result = run_trial_safely(spec.trial_settings, policy, LAYERS, tmp_path / "w")
     assert not result.ok and "gone.pt" in result.reason and "\n" not in result.reason
     assert result.attrs["policy"]["criterion"] == "l1"
 
 
-def _fake_trial(config, spec, layers, data):
+def _fake_trial(config, job):
     """Fakes the trial body only (no pruning); Ray Tune, the worker processes and the study are real."""
     import os
 
@@ -128,12 +138,12 @@ def test_real_ray_worker_death_raise_nan_missing_each_fail_and_study_goes_on(stu
 
     import ray.cloudpickle
 
-    from autoprune.executor import run_trials
+    from autoprune.search.executor import run_trials
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     study, spec = study_and_spec
     spec = spec.replace(resources=spec.resources.__class__(cpus=1, gpus=0, concurrent=1))
-    run_trials(study, spec, LAYERS, "unused", n_trials=5, trial_fn=_fake_trial)
+    run_trials(study, _store(study_and_spec), _job(spec), n_trials=5, trial_fn=_fake_trial)
     by_number = {t.number: t for t in study.get_trials()}
     assert [by_number[n].state for n in range(5)] == [TrialState.COMPLETE] + [TrialState.FAIL] * 4
     reasons = [by_number[n].user_attrs["fail_reason"] for n in range(1, 5)]
@@ -141,7 +151,7 @@ def test_real_ray_worker_death_raise_nan_missing_each_fail_and_study_goes_on(stu
     assert "not finite" in reasons[2] and "missing" in reasons[3]
 
     # with retries: the trial whose worker died (#5) is re-run once with the same policy (#6), then #7 runs
-    run_trials(study, spec.replace(retries=1), LAYERS, "unused", n_trials=2, trial_fn=_fake_trial)
+    run_trials(study, _store(study_and_spec), _job(spec.replace(retries=1)), n_trials=2, trial_fn=_fake_trial)
     by_number = {t.number: t for t in study.get_trials()}
     assert len(by_number) == 8
     assert by_number[5].state == TrialState.FAIL
@@ -154,7 +164,7 @@ def test_out_of_memory_becomes_a_failed_trial(tmp_path, monkeypatch, tiny_data):
     """Fakes the OOM itself (run_trial raises torch.OutOfMemoryError); the guard is real."""
     import torch
 
-    from autoprune import trial as trial_mod
+    from autoprune.engine import trial as trial_mod
 
     def oom(*_a, **_k):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
@@ -162,14 +172,15 @@ def test_out_of_memory_becomes_a_failed_trial(tmp_path, monkeypatch, tiny_data):
     monkeypatch.setattr(trial_mod, "run_trial", oom)
     spec = parse_spec({"name": "t", "model": "m.pt", "data": str(tiny_data)}, "s.yaml")
     policy = Policy(ratios=(("model.0", 0.5),), criterion="l1", iterations=1, lr=0.01, ema=True, epochs=1)
-    result = trial_mod.run_trial_safely(spec, policy, LAYERS, str(tiny_data), tmp_path)
+    result = trial_mod.run_trial_safely(spec.trial_settings, policy, LAYERS, tmp_path)
     assert not result.ok and result.reason == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
 def test_stale_trials_of_other_hosts_follow_their_heartbeat(study_and_spec):
     import time
 
-    from autoprune.study import HEARTBEAT_PREFIX, STALE_AFTER_S
+    from autoprune.model.records import HEARTBEAT_PREFIX
+    from autoprune.search.study import STALE_AFTER_S
 
     study, _ = study_and_spec
     gone, alive = study.ask(), study.ask()
@@ -177,5 +188,5 @@ def test_stale_trials_of_other_hosts_follow_their_heartbeat(study_and_spec):
     alive.set_user_attr("driver", "elsewhere-b:1")
     study.set_user_attr(f"{HEARTBEAT_PREFIX}elsewhere-a:1", time.time() - STALE_AFTER_S - 5)
     study.set_user_attr(f"{HEARTBEAT_PREFIX}elsewhere-b:1", time.time())
-    assert fail_stale_trials(study) == [gone.number]
+    assert fail_stale_trials(study, _store(study_and_spec)) == [gone.number]
     assert study.get_trials()[alive.number].state == TrialState.RUNNING

@@ -7,6 +7,8 @@ import torch
 
 from autoprune.adapters import tp, ultra
 from autoprune.errors import TrialError
+from autoprune.model import criteria
+from autoprune.model.shapes import target_keep
 
 TINY = 64
 
@@ -15,7 +17,7 @@ def _pruned(ratio=0.4):
     torch.manual_seed(0)
     model = ultra.load_model("yolov8n.yaml", nc=3)
     original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TINY)}
-    tp.prune_step(model, tp.target_keep(original, {n: ratio for n in original}, 1, 1), tp.importance("l2"), TINY)
+    tp.prune_step(model, target_keep(original, {n: ratio for n in original}, 1, 1), tp.importance(criteria.get("l2")), TINY)
     return model
 
 
@@ -27,10 +29,10 @@ def _cfg(data, ema=True, epochs=1):
 def test_finetune_keeps_pruned_shapes_and_checkpoints(tiny_data, tmp_path, ema):
     model = _pruned()
     channels = tp.channel_counts(model, TINY)
-    n = tp.count_params(model)
+    n = ultra.count_params(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ultra.finetune(model, _cfg(tiny_data, ema=ema), tmp_path / "ft")
-    assert tp.count_params(model) == n
+    assert ultra.count_params(model) == n
     assert tp.channel_counts(model, TINY) == channels
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
     for name in ("last.pt", "best.pt"):
@@ -58,8 +60,8 @@ def test_pruning_inside_a_running_trainer_is_caught(tiny_data, tmp_path):
     original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TINY)}
 
     def prune_mid_training(trainer):
-        tp.prune_step(trainer.model, tp.target_keep(original, {n: 0.5 for n in original}, 1, 1),
-                      tp.importance("l1"), TINY)
+        tp.prune_step(trainer.model, target_keep(original, {n: 0.5 for n in original}, 1, 1),
+                      tp.importance(criteria.get("l1")), TINY)
 
     with pytest.raises(TrialError, match="EMA trap"):
         ultra.finetune(model, _cfg(tiny_data), tmp_path / "ft", callbacks={"on_train_epoch_end": prune_mid_training})
@@ -69,4 +71,4 @@ def test_checkpoint_check_rejects_unpruned_reload(tmp_path):
     full = ultra.load_model("yolov8n.yaml", nc=3)
     path = ultra.save_checkpoint(full, tmp_path / "full.pt")
     with pytest.raises(TrialError, match=r"EMA trap: full.pt reloads with 3011\d+ parameters"):
-        ultra.check_checkpoint(path, tp.count_params(_pruned()))
+        ultra.check_checkpoint(path, ultra.count_params(_pruned()))

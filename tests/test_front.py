@@ -9,25 +9,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
 
-import optuna
 import pytest
 import sqlalchemy as sa
+from conftest import BASE, make_study  # noqa: E402
 from optuna.trial import TrialState
 
 from autoprune import cli
-from autoprune.dashboards import (hypervolume_history, knob_rows, pareto_data, ratio_profiles)
-from autoprune.dashboards.data import hypervolume
-from autoprune.front import read_front, sync_front
-from autoprune.spec import parse_spec
-from autoprune.study import engine_of, get_storage, open_study
-
-
-
-
-
-from conftest import BASE, make_study  # noqa: E402
+from autoprune.model.pareto import baseline_hypervolume as hypervolume
+from autoprune.search.front import read_front, sync_front
+from autoprune.search.study import get_storage
+from autoprune.views import hypervolume_history, knob_rows, pareto_data, ratio_profiles
 
 
 def test_front_table_always_equals_best_trials(tmp_path):
@@ -44,10 +36,11 @@ def test_front_table_always_equals_best_trials(tmp_path):
 
 
 def test_joined_at_is_kept_while_a_trial_stays_on_the_front(tmp_path):
-    study, _ = make_study(tmp_path, n=10)
-    before = {r["trial_number"]: r["joined_at"] for r in read_front(engine_of(study), "fake")}
-    sync_front(study)
-    after = {r["trial_number"]: r["joined_at"] for r in read_front(engine_of(study), "fake")}
+    study, url = make_study(tmp_path, n=10)
+    store = get_storage(url)
+    before = {r["trial_number"]: r["joined_at"] for r in read_front(store.engine, "fake")}
+    sync_front(study, store)
+    after = {r["trial_number"]: r["joined_at"] for r in read_front(store.engine, "fake")}
     assert before == after
 
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
-from autoprune.errors import InputError, TrialError
-from autoprune.export import knee_trial, parse_condition, select_trial, tp_ratio_mapping
-from autoprune.policy import Policy
-from autoprune.policy_file import PolicyDocument, dump_policy_file, fingerprint, load_policy_file
 from conftest import make_study  # noqa: E402
+
+from autoprune.deploy.export import (
+    knee_trial,
+    parse_condition,
+    select_trial,
+    tp_ratio_mapping,
+)
+from autoprune.engine.identity import fingerprint
+from autoprune.errors import InputError, TrialError
+from autoprune.model import Policy, criteria
+from autoprune.model.document import PolicyDocument, dump_policy_file, load_policy_file
 
 POLICY = Policy(ratios=(("model.0", 0.25), ("model.2.cv1", 0.5)), criterion="l1", iterations=2, lr=0.01, ema=False,
                 epochs=1)
@@ -110,28 +116,30 @@ def test_roundtrip_check_catches_a_checkpoint_that_is_not_the_pruned_model(tmp_p
                                                                              monkeypatch):
     """Fakes the classic bug: the saver writes the unpruned base instead of the pruned model."""
     from autoprune.adapters import tp, ultra
-    from autoprune.spec import parse_spec
-    from autoprune.trial import TRACE_IMGSZ, measure_model, verify_roundtrip
+    from autoprune.config.spec import parse_spec
+    from autoprune.engine.measure import measure_model
+    from autoprune.engine.pipeline import TRACE_IMGSZ
+    from autoprune.engine.trial import verify_roundtrip
 
     spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
                        "latency": {"warmup": 1, "runs": 3}, "finetune": {"batch": 8}}, "s.yaml")
     model = ultra.load_model(tiny_model_pt)
     keep = {layer.name: max(1, layer.channels // 2) for layer in tp.prunable_layers(model, TRACE_IMGSZ)}
-    tp.prune_step(model, keep, tp.importance("l2"), TRACE_IMGSZ)
-    measured = measure_model(model, spec, str(tiny_data))
-    ok = verify_roundtrip(model, tmp_path / "ok.pt", spec, str(tiny_data), measured)
+    tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TRACE_IMGSZ)
+    measured = measure_model(model, spec.trial_settings)
+    ok = verify_roundtrip(model, tmp_path / "ok.pt", spec.trial_settings, measured)
     assert ok["params"] == measured.params and abs(ok["map50_95"] - measured.map50_95) <= 1e-3
 
     real_save = ultra.save_checkpoint
     monkeypatch.setattr(ultra, "save_checkpoint", lambda m, path, **kw: real_save(ultra.load_model(tiny_model_pt), path))
     with pytest.raises(TrialError, match="round trip: bad.pt reloads with"):
-        verify_roundtrip(model, tmp_path / "bad.pt", spec, str(tiny_data), measured)
+        verify_roundtrip(model, tmp_path / "bad.pt", spec.trial_settings, measured)
 
-    from autoprune.policy import Layer
-    from autoprune.trial import run_trial_safely
+    from autoprune.engine.trial import run_trial_safely
+    from autoprune.model import Layer
 
     layers = [Layer(n, c) for n, c in tp.channel_counts(ultra.load_model(tiny_model_pt)).items()]
     policy = Policy(ratios=tuple((layer.name, 0.25) for layer in layers), criterion="l1", iterations=1, lr=0.001,
                     ema=False, epochs=1)
-    result = run_trial_safely(spec, policy, layers, str(tiny_data), tmp_path / "trial")
+    result = run_trial_safely(spec.trial_settings, policy, layers, tmp_path / "trial")
     assert not result.ok and "round trip" in result.reason

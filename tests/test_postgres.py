@@ -11,13 +11,13 @@ import sqlalchemy as sa
 import yaml
 from optuna.trial import TrialState
 
-from autoprune.spec import parse_spec
-from autoprune.study import get_storage, open_study
+from autoprune.config.spec import parse_spec
+from autoprune.search.study import get_storage, open_study_for
 
 
 def test_study_round_trip_on_postgres(postgres_url):
     spec = parse_spec({"name": "pg-unit", "model": "m", "data": "d", "storage": postgres_url}, "s.yaml")
-    study = open_study(spec, get_storage(postgres_url))
+    study = open_study_for(spec, get_storage(postgres_url))
     t = study.ask()
     study.tell(t, [0.5, 1e6, 3.0])
     again = optuna.load_study(study_name="pg-unit", storage=postgres_url)

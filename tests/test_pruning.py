@@ -7,6 +7,8 @@ import torch
 
 from autoprune.adapters import tp, ultra
 from autoprune.errors import TrialError
+from autoprune.model import criteria
+from autoprune.model.shapes import target_keep
 
 TRACE = 64
 
@@ -38,13 +40,13 @@ def test_per_layer_ratios_change_channel_counts_as_asked(yolov8n):
     layers = tp.prunable_layers(yolov8n, TRACE)
     original = {lay.name: lay.channels for lay in layers}
     ratios = {name: (0.5 if i % 3 == 0 else 0.25 if i % 3 == 1 else 0.0) for i, name in enumerate(original)}
-    keep = tp.target_keep(original, ratios, 1, 1)
+    keep = target_keep(original, ratios, 1, 1)
     shape = _forward_shape(yolov8n)
-    before = tp.count_params(yolov8n)
-    after = tp.prune_step(yolov8n, keep, tp.importance("l1"), TRACE)
+    before = ultra.count_params(yolov8n)
+    after = tp.prune_step(yolov8n, keep, tp.importance(criteria.get("l1")), TRACE)
     assert after == keep
     assert tp.channel_counts(yolov8n, TRACE) == keep  # re-derived from the pruned graph
-    assert tp.count_params(yolov8n) < before
+    assert ultra.count_params(yolov8n) < before
     assert _forward_shape(yolov8n) == shape
     detect = yolov8n.model[-1]
     assert [b[-1].out_channels for b in detect.cv2] == [64] * 3
@@ -55,7 +57,7 @@ def test_c2f_is_merged_back_into_ultralytics_classes(yolov8n):
     from ultralytics.nn.modules import C2f
 
     original = {lay.name: lay.channels for lay in tp.prunable_layers(yolov8n, TRACE)}
-    tp.prune_step(yolov8n, tp.target_keep(original, {"model.2.cv1": 0.5}, 1, 1), tp.importance("l2"), TRACE)
+    tp.prune_step(yolov8n, target_keep(original, {"model.2.cv1": 0.5}, 1, 1), tp.importance(criteria.get("l2")), TRACE)
     assert not any(isinstance(m, tp.C2fSplit) for m in yolov8n.modules())
     block = yolov8n.model[2]
     assert type(block) is C2f
@@ -67,15 +69,15 @@ def test_c2f_is_merged_back_into_ultralytics_classes(yolov8n):
 def test_iterative_schedule_reaches_target():
     original = {"a": 64, "b": 10}
     ratios = {"a": 0.5, "b": 0.35}
-    steps = [tp.target_keep(original, ratios, s, 3) for s in (1, 2, 3)]
+    steps = [target_keep(original, ratios, s, 3) for s in (1, 2, 3)]
     assert [s["a"] for s in steps] == [54, 43, 32]
     assert steps[-1]["b"] == 10 - 3
-    assert tp.target_keep({"a": 2}, {"a": 0.99}, 1, 1) == {"a": 1}  # never below one channel
+    assert target_keep({"a": 2}, {"a": 0.99}, 1, 1) == {"a": 1}  # never below one channel
 
 
 def test_pruning_to_zero_channels_fails(yolov8n):
     with pytest.raises(TrialError, match="model.0 would be pruned to 0 channels"):
-        tp.prune_step(yolov8n, {"model.0": 0}, tp.importance("l1"), TRACE)
+        tp.prune_step(yolov8n, {"model.0": 0}, tp.importance(criteria.get("l1")), TRACE)
 
 
 def test_yolo11_prunes_with_attention_untouched():
@@ -86,11 +88,11 @@ def test_yolo11_prunes_with_attention_untouched():
     layers = tp.prunable_layers(model, TRACE)
     assert not any(".attn." in lay.name for lay in layers)
     original = {lay.name: lay.channels for lay in layers}
-    keep = tp.target_keep(original, {n: 0.3 for n in original}, 1, 1)
+    keep = target_keep(original, {n: 0.3 for n in original}, 1, 1)
     shape = _forward_shape(model)
-    before = tp.count_params(model)
-    assert tp.prune_step(model, keep, tp.importance("l2"), TRACE) == keep
-    assert tp.count_params(model) < 0.7 * before
+    before = ultra.count_params(model)
+    assert tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TRACE) == keep
+    assert ultra.count_params(model) < 0.7 * before
     assert _forward_shape(model) == shape
     assert {n: p.shape for n, p in model.named_parameters() if ".attn." in n} == attn_before
     assert any(isinstance(m, C3k2) for m in model.modules()) and any(isinstance(m, C2PSA) for m in model.modules())
@@ -98,9 +100,9 @@ def test_yolo11_prunes_with_attention_untouched():
 
 def test_pruned_model_checkpoint_reloads_with_plain_ultralytics(yolov8n, tmp_path):
     original = {lay.name: lay.channels for lay in tp.prunable_layers(yolov8n, TRACE)}
-    tp.prune_step(yolov8n, tp.target_keep(original, {n: 0.4 for n in original}, 1, 1), tp.importance("l1"), TRACE)
+    tp.prune_step(yolov8n, target_keep(original, {n: 0.4 for n in original}, 1, 1), tp.importance(criteria.get("l1")), TRACE)
     path = ultra.save_checkpoint(yolov8n, tmp_path / "p.pt")
-    assert ultra.checkpoint_param_count(path) == tp.count_params(yolov8n)
+    assert ultra.checkpoint_param_count(path) == ultra.count_params(yolov8n)
 
 
 def test_undefined_criterion_scores_fall_back_to_magnitude(yolov8n):
@@ -108,5 +110,5 @@ def test_undefined_criterion_scores_fall_back_to_magnitude(yolov8n):
     for p in yolov8n.parameters():
         p.grad = torch.zeros_like(p)
     original = {lay.name: lay.channels for lay in tp.prunable_layers(yolov8n, TRACE)}
-    keep = tp.target_keep(original, {"model.22.cv2.2.1": 0.5}, 1, 1)
-    assert tp.prune_step(yolov8n, keep, tp.importance("taylor"), TRACE)["model.22.cv2.2.1"] == 32
+    keep = target_keep(original, {"model.22.cv2.2.1": 0.5}, 1, 1)
+    assert tp.prune_step(yolov8n, keep, tp.importance(criteria.get("taylor")), TRACE)["model.22.cv2.2.1"] == 32

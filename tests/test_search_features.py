@@ -11,14 +11,21 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune import samplers
-from autoprune.adapters.tp import target_keep
+from autoprune.config.spec import parse_spec
+from autoprune.engine.latency import measure_interleaved
+from autoprune.engine.screen import recalibrate_bn
 from autoprune.errors import SpecError
-from autoprune.measure import measure_interleaved
-from autoprune.policy import Layer, Policy, params_for_policy, sample_policy, uniform_params
-from autoprune.screening import kendall_tau, promotion_order, recalibrate_bn
-from autoprune.spec import parse_spec
-from autoprune.warmstart import uniform_levels, warm_start
+from autoprune.model import Layer, Policy
+from autoprune.model.pareto import kendall_tau, promotion_order
+from autoprune.model.shapes import (
+    params_for_policy,
+    sample_policy,
+    target_keep,
+    uniform_levels,
+    uniform_params,
+)
+from autoprune.search import samplers
+from autoprune.search.warmstart import warm_start
 
 LAYERS = [Layer("model.0", 16, "backbone"), Layer("model.2.cv1", 32, "backbone"), Layer("model.12.cv1", 32, "neck"),
           Layer("model.22.cv2.0.0", 64, "head")]
@@ -123,30 +130,30 @@ def test_uniform_levels():
 
 
 def test_warm_start_enqueues_uniform_policies_and_earlier_fronts(tmp_path):
-    from autoprune.study import get_storage, open_study
+    from autoprune.search.study import get_storage, open_study_for
 
     url = f"sqlite:///{tmp_path}/w.db"
     storage = get_storage(url)
     old_spec = _spec(name="old", storage=url, space={"shape": "layer", "ratio": {"low": 0.0, "high": 0.6}})
-    old = open_study(old_spec, storage)
+    old = open_study_for(old_spec, storage)
     old.set_user_attr("model_fingerprint", "sha256:same")
     for i in range(6):
         t = old.ask()
         pol = sample_policy(t, old_spec.space, LAYERS)
         t.set_user_attr("policy", pol.to_dict())
         old.tell(t, [0.5 + 0.05 * i, 1e6 * (1 + i), 10.0 - i])  # all non-dominated
-    other = open_study(_spec(name="other", storage=url), storage)
+    other = open_study_for(_spec(name="other", storage=url), storage)
     other.set_user_attr("model_fingerprint", "sha256:different")
 
     spec = _spec(name="new", storage=url, space={"shape": "stage", "ratio": {"low": 0.0, "high": 0.6}},
                  warm_start={"uniform": 3, "from_fronts": True})
-    new = open_study(spec, storage)
-    assert warm_start(new, spec, LAYERS, "sha256:same") == 3 + len(old.best_trials)
+    new = open_study_for(spec, storage)
+    assert warm_start(new, storage, spec.space, spec.warm_start, LAYERS, "sha256:same") == 3 + len(old.best_trials)
     waiting = new.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert len(waiting) == 3 + 6
     sources = [t.user_attrs["warm_start"] for t in waiting]
     assert sum(s.startswith("uniform") for s in sources) == 3 and sum("front of study old" in s for s in sources) == 6
-    assert warm_start(new, spec, LAYERS, "sha256:same") == 0  # once per study
+    assert warm_start(new, storage, spec.space, spec.warm_start, LAYERS, "sha256:same") == 0  # once per study
     t = new.ask()
     pol = sample_policy(t, spec.space, LAYERS)
     assert list(pol.ratio_map.values()) == pytest.approx([0.1] * len(LAYERS))  # first uniform level of [0, 0.6]

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import yaml
 from optuna.trial import TrialState
 
-from autoprune.policy_file import load_policy_file
+from autoprune.model.document import load_policy_file
 
 
 def _run(args, cwd):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from autoprune.adapters import tp, ultra
-from autoprune.policy import Layer, Policy
-from autoprune.spec import parse_spec
-from autoprune.trial import TRACE_IMGSZ, run_trial
+from autoprune.config.spec import parse_spec
+from autoprune.engine.pipeline import TRACE_IMGSZ
+from autoprune.engine.trial import run_trial
+from autoprune.model import Layer, Policy
+from autoprune.model.shapes import target_keep
 
 
 @pytest.mark.parametrize("criterion,iterations", [("l2", 2), ("taylor", 1)])
@@ -18,9 +20,9 @@ def test_trial_prunes_to_policy_and_measures(tmp_path, tiny_data, tiny_model_pt,
     layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(base, TRACE_IMGSZ)]
     ratios = tuple((lay.name, 0.5 if i % 2 else 0.2) for i, lay in enumerate(layers))
     policy = Policy(ratios=ratios, criterion=criterion, iterations=iterations, lr=0.005, ema=True, epochs=1)
-    result = run_trial(spec, policy, layers, str(tiny_data), tmp_path)
+    result = run_trial(spec.trial_settings, policy, layers, tmp_path)
     assert result.ok
-    expected = tp.target_keep({lay.name: lay.channels for lay in layers}, dict(ratios), 1, 1)
+    expected = target_keep({lay.name: lay.channels for lay in layers}, dict(ratios), 1, 1)
     assert result.attrs["channels"] == expected
     m = result.metrics
     assert set(m) == {"map50_95", "map50", "params", "macs", "latency_ms", "latency_ratio"}
@@ -28,7 +30,7 @@ def test_trial_prunes_to_policy_and_measures(tmp_path, tiny_data, tiny_model_pt,
     assert lat["rounds"] == 10 and lat["reference_median_ms"] > 0 and lat["ratio_cv"] >= 0
     assert m["latency_ratio"] == lat["ratio"] and lat["ratio_p10"] <= m["latency_ratio"] <= lat["ratio_p90"]
     assert 0.0 <= m["map50_95"] <= m["map50"] <= 1.0
-    assert m["params"] < tp.count_params(base) * 0.8 and m["macs"] > 0 and m["latency_ms"] > 0
+    assert m["params"] < ultra.count_params(base) * 0.8 and m["macs"] > 0 and m["latency_ms"] > 0
     assert result.attrs["latency"]["runs"] == 10 and result.attrs["latency"]["p10_ms"] <= m["latency_ms"]
     seconds = result.attrs["seconds"]
     assert {"load", "prune", "finetune", "validate", "latency"} <= set(seconds)

@@ -12,8 +12,8 @@ checkpoints load anywhere ultralytics is installed).
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -22,11 +22,12 @@ import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import TrialError, UnsupportedVersionError
+from autoprune.model.criteria import Criterion
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PrunableLayer", "C2fSplit", "prunable_layers", "prune_step", "count_params", "count_macs",
-           "channel_counts", "version", "importance"]
+__all__ = ["PrunableLayer", "C2fSplit", "prunable_layers", "prune_step", "count_macs", "channel_counts", "version",
+           "importance", "group_norm_regularize", "torch_pruning_modules", "IMPORTANCE_CLASSES"]
 
 
 def version() -> str:
@@ -38,9 +39,10 @@ if not tp.__version__.startswith("1."):
 
 
 def _ultra():
-    from autoprune.adapters import ultra  # noqa: F401 - configures ultralytics offline before import
     from ultralytics.nn.modules import C2f, Conv, Detect
     from ultralytics.nn.modules.block import DFL, Attention
+
+    from autoprune.adapters import ultra  # noqa: F401 - configures ultralytics offline before import
 
     return C2f, Conv, Detect, DFL, Attention
 
@@ -97,8 +99,6 @@ def _slice_conv(conv_mod: nn.Module, lo: int, hi: int, Conv: type) -> nn.Module:
 
 def _cat_convs(a: nn.Module, b: nn.Module) -> nn.Module:
     """One Conv whose output is ``cat(a(x), b(x))``."""
-    import copy
-
     merged = copy.deepcopy(a)
     conv = nn.Conv2d(a.conv.in_channels, a.conv.out_channels + b.conv.out_channels, a.conv.kernel_size,
                      a.conv.stride, a.conv.padding, a.conv.dilation, a.conv.groups, bias=False)
@@ -203,8 +203,6 @@ class _Graph:
 
 def prunable_layers(model: nn.Module, imgsz: int = 64) -> list[PrunableLayer]:
     """The prunable units of ``model`` (not modified), in network order."""
-    import copy
-
     m = copy.deepcopy(model).cpu()
     g = _Graph(m, imgsz)
     try:
@@ -218,20 +216,15 @@ def prunable_layers(model: nn.Module, imgsz: int = 64) -> list[PrunableLayer]:
         g.close()
 
 
-def importance(name: str, **kwargs) -> tp.importance.Importance:  # noqa: ANN003
-    """torch-pruning's importance object for one of autoprune's criterion presets."""
-    imp = tp.importance
-    table: dict[str, Callable[[], object]] = {
-        "l1": lambda: imp.GroupMagnitudeImportance(p=1),
-        "l2": lambda: imp.GroupMagnitudeImportance(p=2),
-        "bn_scale": lambda: imp.BNScaleImportance(),
-        "taylor": lambda: imp.GroupTaylorImportance(),
-        "lamp": lambda: imp.LAMPImportance(p=2),
-        "fpgm": lambda: imp.FPGMImportance(p=2),
-        "random": lambda: imp.RandomImportance(),
-        "group_norm": lambda: imp.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean"),
-    }
-    return table[name]()
+IMPORTANCE_CLASSES = ("GroupMagnitudeImportance", "BNScaleImportance", "GroupTaylorImportance", "LAMPImportance",
+                      "FPGMImportance", "RandomImportance")
+
+
+def importance(crit: Criterion) -> tp.importance.Importance:
+    """torch-pruning's importance object for a criterion (its class name and constructor arguments)."""
+    if crit.importance not in IMPORTANCE_CLASSES:
+        raise UnsupportedVersionError(f"criterion {crit.name}: unknown torch-pruning importance {crit.importance}")
+    return getattr(tp.importance, crit.importance)(**dict(crit.options))
 
 
 def group_norm_regularize(model: nn.Module, imgsz: int, batches: Iterable[dict], loss_fn: Callable,
@@ -303,14 +296,8 @@ def _scores(imp: object, group: object, name: str) -> torch.Tensor:
     return scores
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def count_macs(model: nn.Module, imgsz: int) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (torch-pruning's counter, eval mode)."""
-    import copy
-
     m = copy.deepcopy(model).eval()
     device = next(m.parameters()).device
     macs, _ = tp.utils.count_ops_and_params(m, torch.zeros(1, 3, imgsz, imgsz, device=device))
@@ -338,23 +325,3 @@ def torch_pruning_modules(model: nn.Module, units: Iterable[str]) -> dict[str, l
         else:
             out[name] = [name if isinstance(model.get_submodule(name), nn.Conv2d) else f"{name}.conv"]
     return out
-
-
-def target_keep(original: Mapping[str, int], ratios: Mapping[str, float], step: int, steps: int,
-                round_to: int = 1) -> dict[str, int]:
-    """Channels to keep per unit after prune step ``step`` of ``steps`` (linear schedule, at least 1).
-
-    With ``round_to`` > 1 the count is rounded to the nearest multiple of it (at least one
-    multiple, never more than the unit has); a unit with fewer channels than ``round_to`` is
-    rounded as if ``round_to`` were 1.
-    """
-    keep = {}
-    for name, ratio in ratios.items():
-        if name not in original:
-            continue
-        c = original[name]
-        k = max(1, c - int(math.floor(c * ratio * step / steps + 1e-9)))
-        if round_to > 1 and c >= round_to:
-            k = min(c, max(round_to, int(math.floor(k / round_to + 0.5)) * round_to))
-        keep[name] = k
-    return keep

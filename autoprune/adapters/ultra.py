@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from autoprune import _offline
+from autoprune.adapters import _offline
 from autoprune.errors import InputError, TrialError, UnsupportedVersionError
 
 _offline.configure()
@@ -35,7 +35,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DetectionModel", "FinetuneConfig", "ValMetrics", "load_model", "finetune", "validate",
-    "training_batches", "compute_loss", "read_dataset", "checkpoint_param_count", "version",
+    "training_batches", "compute_loss", "read_dataset", "checkpoint_param_count", "version", "count_params",
+    "set_threads", "check_dataset_files", "layer_stage", "model_nc", "model_names", "check_checkpoint",
+    "deploy_copy", "save_checkpoint", "export_onnx", "inference_output", "total_loss",
 ]
 
 _SUPPORTED_MAJOR_MINOR = ((8, 3), (8, 4))
@@ -179,14 +181,14 @@ class _GivenModelTrainer(DetectionTrainer):
         return self._given
 
 
-def _count(model: nn.Module) -> int:
+def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def checkpoint_param_count(path: str | Path) -> int:
     """Parameter count of what ultralytics would load from ``path`` (it prefers ``ema``)."""
     model, _ = load_checkpoint(str(path))
-    return _count(model)
+    return count_params(model)
 
 
 def check_checkpoint(path: str | Path, expected_params: int) -> None:
@@ -227,8 +229,8 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
     for event, fn in (callbacks or {}).items():
         trainer.add_callback(event, fn)
     trainer.train()
-    expected = _count(trainer.model)
-    got = _count(trainer.ema.ema)
+    expected = count_params(trainer.model)
+    got = count_params(trainer.ema.ema)
     if got != expected:
         raise TrialError(f"EMA trap: the trainer's EMA has {got} parameters, the trained model {expected}")
     for ckpt in (trainer.last, trainer.best):
@@ -275,6 +277,16 @@ def training_batches(data: str, imgsz: int, batch: int, n_batches: int, device: 
         b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
         b["img"] = b["img"].float() / 255
         yield b
+
+
+def total_loss(trainer: Any) -> float:
+    """The trainer's mean training loss of the epoch (``tloss`` is a tensor in 8.3, a dict of items in 8.4)."""
+    tloss = getattr(trainer, "tloss", None)
+    if tloss is None:
+        return float("nan")
+    if isinstance(tloss, dict):
+        return float(sum(float(v) for v in tloss.values()))
+    return float(tloss.sum())
 
 
 def compute_loss(model: DetectionModel, batch: dict[str, Any]) -> torch.Tensor:

@@ -9,6 +9,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from autoprune.demo.synthetic import SyntheticConfig, ensure_dataset
 from autoprune.paths import home
@@ -32,9 +33,9 @@ def train_baseline(out: Path, epochs: int = 80, threads: int = 2, seed: int = 0)
     logger.info("training the demo baseline (yolov8n, %d epochs) - a few minutes on 2 CPU cores", epochs)
     with tempfile.TemporaryDirectory(prefix="autoprune-baseline-") as tmp:
         workdir = Path(tmp) / "train"
-        def progress(trainer) -> None:  # noqa: ANN001 - ultralytics' trainer
-            loss = float(trainer.tloss.sum()) if trainer.tloss is not None else float("nan")
-            logger.info("baseline epoch %d/%d: train loss %.3f", trainer.epoch + 1, trainer.epochs, loss)
+        def progress(trainer: Any) -> None:  # ultralytics' trainer
+            logger.info("baseline epoch %d/%d: train loss %.3f", trainer.epoch + 1, trainer.epochs,
+                        ultra.total_loss(trainer))
 
         ultra.finetune(model, cfg, workdir, callbacks={"on_train_epoch_end": progress})
         out = Path(out)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import optuna
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from autoprune import objectives
+from autoprune.model import records
+from autoprune.search.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +78,12 @@ def ensure_schema(engine: sa.Engine) -> None:
             row.version = SCHEMA_VERSION
 
 
-def sync_front(study: optuna.Study, artifact_root: str | None = None) -> list[int]:
+def sync_front(study: optuna.Study, store: StudyStorage) -> list[int]:
     """Make ``autoprune_front`` equal to the study's current Pareto front; returns its trial numbers."""
-    from autoprune.study import engine_of
-
-    engine = engine_of(study)  # the same database as the study
+    engine = store.engine  # the same database as the study
     ensure_schema(engine)
-    names = list(study.user_attrs.get("objectives") or objectives.DEFAULT)
+    names = records.study_objectives(study)
+    sid = store.rdb.get_study_id_from_name(study.study_name)
     best = {t.number: t for t in study.best_trials}
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     with sa.orm.Session(engine) as s, s.begin():
@@ -95,14 +94,16 @@ def sync_front(study: optuna.Study, artifact_root: str | None = None) -> list[in
         for number, t in best.items():
             if number in rows:
                 continue
-            metrics = {**t.user_attrs.get("metrics", {}), **dict(zip(names, t.values))}
+            rec = records.trial(t)
+            metrics = {**rec.metrics, **dict(zip(names, t.values))}
             s.add(FrontRow(
-                study_name=study.study_name, trial_number=number, trial_id=t._trial_id,
+                study_name=study.study_name, trial_number=number,
+                trial_id=store.rdb.get_trial_id_from_study_id_trial_number(sid, number),
                 map50_95=metrics.get("map50_95"), map50=metrics.get("map50"), params=metrics.get("params"),
                 macs=metrics.get("macs"), latency_ms=metrics.get("latency_ms"),
                 values_json=json.dumps(dict(zip(names, t.values))),
-                policy_json=json.dumps(t.user_attrs.get("policy", {}), sort_keys=True),
-                artifact_dir=t.user_attrs.get("artifact_dir"), checkpoint=t.user_attrs.get("checkpoint"),
+                policy_json=json.dumps(rec.policy or {}, sort_keys=True),
+                artifact_dir=rec.artifact_dir, checkpoint=rec.checkpoint,
                 joined_at=now))
     return sorted(best)
 
@@ -114,7 +115,3 @@ def read_front(engine: sa.Engine, study_name: str) -> list[dict[str, Any]]:
                          .order_by(FrontRow.trial_number)).all()
         return [r.as_dict() for r in rows]
 
-
-def sort_rows(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[dict[str, Any]]:
-    first = objectives.get(names[0])
-    return sorted(rows, key=lambda r: r["values"][first.name], reverse=first.direction == "maximize")

@@ -8,8 +8,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from autoprune import objectives
-from autoprune.policy import ratio_summary
+from autoprune.model import objectives
+from autoprune.model.policy import ratio_summary
 
 __all__ = ["front_records", "render_front", "relative_change"]
 

@@ -5,23 +5,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune import objectives
-from autoprune.policy import ratio_summary
+from autoprune.model import objectives, records
+from autoprune.model.pareto import baseline_hypervolume
+from autoprune.model.policy import ratio_summary
 
 __all__ = ["ParetoPoint", "ParetoData", "pareto_data", "RatioProfile", "ratio_profiles", "KnobRow", "knob_rows",
-           "HypervolumePoint", "hypervolume_history", "reference_point", "REFERENCE_MARGIN"]
-
-REFERENCE_MARGIN = 1.1  # minimised objectives: the reference point is 1.1x the baseline's value
+           "HypervolumePoint", "hypervolume_history"]
 
 
 def _names(study: optuna.Study) -> list[str]:
-    return list(study.user_attrs.get("objectives") or objectives.DEFAULT)
+    return records.study_objectives(study)
 
 
 def _complete(study: optuna.Study) -> list[FrozenTrial]:
@@ -49,7 +47,7 @@ class ParetoData:
 
 
 def _hover(t: FrozenTrial, names: Sequence[str]) -> str:
-    pol = t.user_attrs.get("policy", {})
+    pol = records.trial(t).policy or {}
     vals = ", ".join(f"{objectives.get(n).label} {objectives.get(n).format(v)}" for n, v in zip(names, t.values))
     return (f"trial {t.number}: {vals}<br>criterion {pol.get('criterion')}, iterations {pol.get('iterations')}, "
             f"lr {pol.get('lr', float('nan')):.2g}, ema {pol.get('ema')}, epochs {pol.get('epochs')}<br>"
@@ -61,7 +59,7 @@ def pareto_data(study: optuna.Study) -> ParetoData:
     front = {t.number for t in study.best_trials}
     points = tuple(ParetoPoint(t.number, tuple(float(v) for v in t.values), t.number in front, _hover(t, names))
                    for t in _complete(study))
-    base = study.user_attrs.get("baseline")
+    base = records.baseline(study)
     baseline = tuple(float(base[n]) for n in names) if base and all(n in base for n in names) else None
     return ParetoData(tuple(names), tuple(objectives.get(n).label for n in names), points, baseline)
 
@@ -75,10 +73,10 @@ class RatioProfile:
 
 def ratio_profiles(study: optuna.Study) -> list[RatioProfile]:
     """Per-layer prune ratios of each front member, along the network's depth."""
-    order = [item[0] for item in study.user_attrs.get("layers", [])]
+    order = [layer.name for layer in records.layers(study) or []]
     out = []
     for t in sorted(study.best_trials, key=lambda t: t.number):
-        ratios = t.user_attrs.get("policy", {}).get("ratios", {})
+        ratios = (records.trial(t).policy or {}).get("ratios", {})
         layers = order or list(ratios)
         out.append(RatioProfile(t.number, tuple(layers), tuple(float(ratios.get(n, 0.0)) for n in layers)))
     return out
@@ -102,7 +100,7 @@ def knob_rows(study: optuna.Study) -> list[KnobRow]:
     front = {t.number for t in study.best_trials}
     rows = []
     for t in _complete(study):
-        p = t.user_attrs.get("policy", {})
+        p = records.trial(t).policy or {}
         ratios = list(p.get("ratios", {}).values())
         rows.append(KnobRow(t.number, str(p.get("criterion", "?")), int(p.get("iterations", 0)),
                             float(p.get("lr", float("nan"))), bool(p.get("ema", False)), int(p.get("epochs", 0)),
@@ -117,40 +115,14 @@ class HypervolumePoint:
     hypervolume: float
 
 
-def reference_point(names: Sequence[str], baseline: dict[str, Any]) -> np.ndarray:
-    """In normalised minimisation space: maximised objectives as -value/baseline (reference 0),
-    minimised ones as value/baseline (reference ``REFERENCE_MARGIN``)."""
-    return np.array([0.0 if objectives.get(n).direction == "maximize" else REFERENCE_MARGIN for n in names])
-
-
-def _to_loss(values: Sequence[float], names: Sequence[str], baseline: dict[str, Any]) -> np.ndarray:
-    out = []
-    for v, n in zip(values, names):
-        b = float(baseline.get(n) or 1.0) or 1.0
-        out.append(-v / b if objectives.get(n).direction == "maximize" else v / b)
-    return np.array(out)
-
-
-def hypervolume(points: Sequence[Sequence[float]], names: Sequence[str], baseline: dict[str, Any]) -> float:
-    """Hypervolume of ``points`` (objective values) against the baseline-derived reference point."""
-    from optuna._hypervolume import compute_hypervolume
-
-    ref = reference_point(names, baseline)
-    losses = [_to_loss(p, names, baseline) for p in points]
-    inside = [x for x in losses if np.all(x < ref) and np.all(np.isfinite(x))]
-    if not inside:
-        return 0.0
-    return float(compute_hypervolume(np.array(inside), ref))
-
-
 def hypervolume_history(study: optuna.Study) -> list[HypervolumePoint]:
     """Hypervolume of the completed trials so far, after each completed trial (in trial order)."""
     names = _names(study)
-    baseline = study.user_attrs.get("baseline") or {}
+    baseline = records.baseline(study)
     seen: list[tuple[float, ...]] = []
     out = []
     for t in _complete(study):
         if all(math.isfinite(v) for v in t.values):
             seen.append(tuple(t.values))
-        out.append(HypervolumePoint(t.number, hypervolume(seen, names, baseline)))
+        out.append(HypervolumePoint(t.number, baseline_hypervolume(seen, names, baseline)))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -9,10 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from autoprune import criteria
-from autoprune.errors import InputError
-from autoprune.policy_file import PolicyDocument, fingerprint, load_policy_file
+from autoprune.config.spec import FinetuneSettings, TrialSettings
+from autoprune.errors import InputError, TrialError
+from autoprune.model import criteria
+from autoprune.model.document import PolicyDocument, load_policy_file
+from autoprune.model.space import Layer
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +55,8 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
     The result always has exactly the channel counts recorded in the policy, or this raises.
     """
     from autoprune.adapters import tp, ultra
-    from autoprune.trial import TRACE_IMGSZ
+    from autoprune.engine.identity import fingerprint
+    from autoprune.engine.pipeline import TRACE_IMGSZ
 
     doc = load_policy_file(policy_path)
     out = Path(out)
@@ -72,18 +77,16 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
     base_channels = tp.channel_counts(base, TRACE_IMGSZ)
     _check_layers(doc, base_channels)
     out.parent.mkdir(parents=True, exist_ok=True)
+    settings = _settings(doc, Path(model), data, device)
     metrics = None
     if finetune:
-        channels, metrics = _repeat_trial(doc, Path(model), str(data), out, base_channels, device)
+        channels, metrics = _repeat_trial(doc, settings, out, base_channels)
     else:
-        channels = _prune_only(doc, base, data, device)
+        channels = _prune_only(doc, base, settings)
         if data:
-            from autoprune.spec import parse_spec
-            from autoprune.trial import measure_model
+            from autoprune.engine.measure import measure_model
 
-            spec = parse_spec({"name": "apply", "model": str(model), "data": str(data), "imgsz": doc.imgsz,
-                               "device": device}, "apply")
-            metrics = measure_model(base, spec, str(data)).metrics()
+            metrics = measure_model(base, settings).metrics()
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             _atomic_copy(ultra.save_checkpoint(base, Path(tmp) / "pruned.pt"), out)
     wanted = dict(doc.channels)
@@ -97,42 +100,33 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
     return ApplyResult(out=out, channels=channels, params=params, metrics=metrics, fingerprint_matched=matched)
 
 
-def _prune_only(doc: PolicyDocument, model: torch.nn.Module, data: str | None, device: str) -> dict[str, int]:
-    """One prune step straight to the recorded channel counts, by the policy's criterion."""
-    from autoprune.adapters import tp, ultra
-    from autoprune.trial import TRACE_IMGSZ
+def _settings(doc: PolicyDocument, model: Path, data: str | None, device: str) -> TrialSettings:
+    """The trial's settings as the policy file records them (its seed, image size, fine-tune settings)."""
+    ft = {k: v for k, v in doc.finetune.items() if k in {f.name for f in dataclasses.fields(FinetuneSettings)}}
+    return TrialSettings(model=str(model), data=str(data or ""), imgsz=doc.imgsz, device=device, seed=doc.seed,
+                         finetune=FinetuneSettings(**ft))
 
-    crit = criteria.get(doc.policy.criterion)
-    model.to(device)
+
+def _prune_only(doc: PolicyDocument, model: nn.Module, settings: TrialSettings) -> dict[str, int]:
+    """One prune step straight to the recorded channel counts, by the policy's criterion."""
+    from autoprune.engine.pipeline import prune_once
+
+    model.to(settings.device)
     torch.manual_seed(doc.seed)
-    if crit.needs_gradients:
-        model.train()
-        model.zero_grad(set_to_none=True)
-        batch = int(doc.finetune.get("batch", 16))
-        for b in ultra.training_batches(str(data), doc.imgsz, batch, int(doc.finetune.get("gradient_batches", 4)),
-                                        device, doc.seed):
-            ultra.compute_loss(model, b).backward()
-    channels = tp.prune_step(model, dict(doc.channels), tp.importance(crit.name), TRACE_IMGSZ)
-    model.zero_grad(set_to_none=True)
+    channels = prune_once(model, settings, doc.policy.criterion, dict(doc.channels), regularize=False)
     model.cpu()
     return channels
 
 
-def _repeat_trial(doc: PolicyDocument, model: Path, data: str, out: Path, base_channels: dict[str, int],
-                  device: str) -> tuple[dict[str, int], dict[str, float]]:
+def _repeat_trial(doc: PolicyDocument, settings: TrialSettings, out: Path,
+                  base_channels: dict[str, int]) -> tuple[dict[str, int], dict[str, float]]:
     """Run the trial again: the same prune steps, criterion and fine-tuning settings."""
-    from autoprune.errors import TrialError
-    from autoprune.policy import Layer
-    from autoprune.spec import parse_spec
-    from autoprune.trial import run_trial
+    from autoprune.engine.trial import run_trial
 
-    ft = {k: v for k, v in doc.finetune.items() if k in {"batch", "workers", "optimizer", "gradient_batches"}}
-    spec = parse_spec({"name": "apply", "model": str(model), "data": data, "imgsz": doc.imgsz, "seed": doc.seed,
-                       "device": device, "finetune": ft}, "apply")
     layers = [Layer(n, c) for n, c in base_channels.items()]
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         try:
-            result = run_trial(spec, doc.policy, layers, data, Path(tmp))
+            result = run_trial(settings, doc.policy, layers, Path(tmp))
         except TrialError as e:
             raise InputError(f"re-applying the policy failed: {e}") from e
         _atomic_copy(Path(result.attrs["checkpoint"]), out)

@@ -16,10 +16,17 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune import objectives
 from autoprune.errors import InputError
-from autoprune.study import stored_layers
-from autoprune.policy_file import PolicyDocument, document_for_trial, dump_policy_file
+from autoprune.model import objectives, records
+from autoprune.model.document import (
+    PolicyDocument,
+    document_for_trial,
+    dump_policy_file,
+)
+from autoprune.model.objectives import Objective
+from autoprune.model.pareto import knee_index
+from autoprune.registry import UnknownName
+from autoprune.search.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +53,18 @@ def parse_condition(text: str) -> Condition:
     if not m:
         raise InputError(f"--where: {text!r} is not METRIC OP NUMBER (OP one of <=, >=, <, >, ==)")
     metric, op, value = m.groups()
-    objectives.get(metric)  # raises a SpecError listing the choices
+    _objective(metric, "--where")
     try:
         return Condition(metric, op, float(value))
     except ValueError:
         raise InputError(f"--where: {value!r} is not a number") from None
+
+
+def _objective(name: str, flag: str) -> Objective:
+    try:
+        return objectives.get(name)
+    except UnknownName as e:
+        raise InputError(f"{flag}: {e}") from None
 
 
 def knee_trial(study: optuna.Study) -> FrozenTrial:
@@ -58,14 +72,7 @@ def knee_trial(study: optuna.Study) -> FrozenTrial:
     front = study.best_trials
     if not front:
         raise InputError(f"study {study.study_name!r} has no completed trial")
-    names = list(study.user_attrs.get("objectives") or objectives.DEFAULT)
-    vals = np.array([t.values for t in front], dtype=float)
-    signs = np.array([-1.0 if objectives.get(n).direction == "maximize" else 1.0 for n in names])
-    loss = vals * signs
-    lo, hi = loss.min(axis=0), loss.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    dist = np.linalg.norm((loss - lo) / span, axis=1)
-    return front[int(np.argmin(dist))]
+    return front[knee_index([t.values for t in front], records.study_objectives(study))]
 
 
 def select_trial(study: optuna.Study, trial: int | None = None, best: str | None = None,
@@ -82,15 +89,15 @@ def select_trial(study: optuna.Study, trial: int | None = None, best: str | None
         return found[0]
     if knee:
         return knee_trial(study)
-    objective = objectives.get(best)
+    assert best is not None
+    objective = _objective(best, "--best")
     conditions = [parse_condition(w) for w in where]
-    candidates = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if best in t.user_attrs.get("metrics", {}) and all(c.holds(t.user_attrs["metrics"]) for c in conditions)]
+    scored = [(t, records.trial(t).metrics) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    candidates = [(t, m) for t, m in scored if best in m and all(c.holds(m) for c in conditions)]
     if not candidates:
         cond = " and ".join(where) or "no condition"
         raise InputError(f"--best {best}: no completed trial matches ({cond})")
-    key = (lambda t: t.user_attrs["metrics"][best])
-    return max(candidates, key=key) if objective.direction == "maximize" else min(candidates, key=key)
+    return min(candidates, key=lambda tm: objective.sign * tm[1][best])[0]
 
 
 def tp_ratio_mapping(modules: dict[str, list[str]], original: dict[str, int],
@@ -121,8 +128,9 @@ class ExportResult:
 
 
 def _document(study: optuna.Study, t: FrozenTrial) -> PolicyDocument:
-    return document_for_trial(study.user_attrs, study.study_name, t.number, t.user_attrs,
-                              t.user_attrs.get("metrics", {}))
+    from autoprune.engine.identity import versions
+
+    return document_for_trial(study, study.study_name, t.number, t, versions())
 
 
 def onnx_max_abs_diff(checkpoint: Path, onnx_path: Path, imgsz: int, seed: int = 0) -> float:
@@ -143,16 +151,20 @@ def onnx_max_abs_diff(checkpoint: Path, onnx_path: Path, imgsz: int, seed: int =
     return float(np.abs(got - want).max())
 
 
-def _checkpoint_of(study: optuna.Study, t: FrozenTrial, artifact_dir: Path | None, dest: Path) -> Path:
+def _checkpoint_of(store: StudyStorage, t: FrozenTrial, artifact_dir: Path | None, dest: Path) -> Path:
     """The trial's pruned checkpoint: its recorded path, else its copy in the artifact store."""
-    src = t.user_attrs.get("checkpoint")
+    src = records.trial(t).checkpoint
     if src and Path(src).is_file():
         shutil.copyfile(src, dest)
         return dest
     if artifact_dir is not None and artifact_dir.is_dir():
-        from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+        from optuna.artifacts import (
+            FileSystemArtifactStore,
+            download_artifact,
+            get_all_artifact_meta,
+        )
 
-        for meta in get_all_artifact_meta(t, storage=study._storage):
+        for meta in get_all_artifact_meta(t, storage=store.rdb):
             if meta.filename == Path(src or "pruned.pt").name:
                 download_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)),
                                   artifact_id=meta.artifact_id, file_path=str(dest))
@@ -160,7 +172,7 @@ def _checkpoint_of(study: optuna.Study, t: FrozenTrial, artifact_dir: Path | Non
     raise InputError(f"trial {t.number}: its checkpoint {src} is missing and not in the artifact store")
 
 
-def export_trial(study: optuna.Study, t: FrozenTrial, out_dir: str | Path, onnx: bool = True,
+def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_dir: str | Path, onnx: bool = True,
                  artifact_dir: str | Path | None = None) -> ExportResult:
     """Write policy.yaml, pruned.pt, tp_ratios.yaml and (optionally) pruned.onnx of trial ``t`` into ``out_dir``.
 
@@ -177,13 +189,13 @@ def export_trial(study: optuna.Study, t: FrozenTrial, out_dir: str | Path, onnx:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         stage = Path(tmp)
-        checkpoint = _checkpoint_of(study, t, Path(artifact_dir) if artifact_dir else None, stage / "pruned.pt")
-        params = tp.count_params(ultra.load_model(checkpoint))
+        checkpoint = _checkpoint_of(store, t, Path(artifact_dir) if artifact_dir else None, stage / "pruned.pt")
+        params = ultra.count_params(ultra.load_model(checkpoint))
         if params != int(doc.metrics.get("params", params)):
             raise InputError(f"trial {t.number}: checkpoint has {params} parameters, the trial recorded "
                              f"{int(doc.metrics['params'])}")
         dump_policy_file(doc, stage / "policy.yaml")
-        original = {layer.name: layer.channels for layer in stored_layers(study) or []}
+        original = {layer.name: layer.channels for layer in records.layers(study) or []}
         modules = tp.torch_pruning_modules(ultra.load_model(checkpoint), list(original))
         (stage / "tp_ratios.yaml").write_text(yaml.safe_dump(tp_ratio_mapping(modules, original, dict(doc.channels)),
                                                              sort_keys=False))

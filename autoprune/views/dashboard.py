@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from autoprune.artifacts import artifact_store
-from autoprune.study import get_storage, masked
+from autoprune.search.artifacts import artifact_store
+from autoprune.search.study import get_storage, masked
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ __all__ = ["dashboard_app", "serve_dashboard"]
 def dashboard_app(storage_url: str, artifact_dir: str | Path):  # noqa: ANN201 - a WSGI application
     from optuna_dashboard import wsgi
 
-    return wsgi(get_storage(storage_url), artifact_store=artifact_store(artifact_dir))
+    return wsgi(get_storage(storage_url).rdb, artifact_store=artifact_store(artifact_dir))
 
 
 def serve_dashboard(storage_url: str, artifact_dir: str | Path, host: str = "127.0.0.1", port: int = 8080) -> None:
@@ -26,5 +26,4 @@ def serve_dashboard(storage_url: str, artifact_dir: str | Path, host: str = "127
     app = dashboard_app(storage_url, artifact_dir)
     with make_server(host, port, app) as httpd:
         logger.info("optuna-dashboard for %s at http://%s:%d/ (Ctrl-C to stop)", masked(storage_url), host, port)
-        print(f"optuna-dashboard: http://{host}:{port}/", flush=True)
         httpd.serve_forever()

@@ -1,8 +1,8 @@
 """Make ultralytics run fully offline with files kept under autoprune's own home.
 
 Must run before ``ultralytics`` is first imported: ultralytics reads its config
-directory and offline flag at import time.  Only the adapter module imports
-ultralytics, and it calls :func:`configure` first.
+directory and offline flag at import time.  Only the ultralytics adapter imports
+it, and it calls :func:`configure` first.
 """
 
 from __future__ import annotations

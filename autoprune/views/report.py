@@ -1,4 +1,4 @@
-"""Thin plotly renderers over :mod:`autoprune.dashboards.data`, and the self-contained HTML report."""
+"""Thin plotly renderers over :mod:`autoprune.views.report_data`, and the self-contained HTML report."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from pathlib import Path
 
 import optuna
 
-from autoprune.dashboards.data import (hypervolume_history, knob_rows, pareto_data, ratio_profiles,
-                                       REFERENCE_MARGIN)
+from autoprune.model.pareto import REFERENCE_MARGIN
+from autoprune.views.report_data import (
+    hypervolume_history,
+    knob_rows,
+    pareto_data,
+    ratio_profiles,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from autoprune.errors import SpecError
+from autoprune.registry import Registry
 
-__all__ = ["Objective", "register", "get", "names", "DEFAULT"]
+__all__ = ["Objective", "REGISTRY", "register", "get", "names", "DEFAULT", "signs"]
 
 
 @dataclass(frozen=True)
@@ -20,26 +21,18 @@ class Objective:
     def format(self, value: float) -> str:
         return self.fmt.format(value)
 
-
-_REGISTRY: dict[str, Objective] = {}
-
-
-def register(objective: Objective) -> Objective:
-    if objective.name in _REGISTRY:
-        raise ValueError(f"objective {objective.name!r} is registered already")
-    _REGISTRY[objective.name] = objective
-    return objective
+    @property
+    def sign(self) -> float:
+        """Multiplies a value into a loss (smaller is better): -1 for maximised objectives."""
+        return -1.0 if self.direction == "maximize" else 1.0
 
 
-def get(name: str) -> Objective:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise SpecError(f"objectives: unknown objective {name!r} (choose from {', '.join(names())})") from None
+REGISTRY: Registry[Objective] = Registry("objective")
+register, get, names = REGISTRY.register, REGISTRY.get, REGISTRY.names
 
 
-def names() -> list[str]:
-    return list(_REGISTRY)
+def signs(objective_names: Sequence[str]) -> list[float]:
+    return [get(n).sign for n in objective_names]
 
 
 register(Objective("map50_95", "maximize", "mAP50-95"))

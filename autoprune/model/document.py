@@ -19,7 +19,6 @@ Schema (version 1)::
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,43 +27,13 @@ from typing import Any
 import yaml
 
 from autoprune.errors import InputError
-from autoprune.policy import Policy
+from autoprune.model import records
+from autoprune.model.policy import Policy
 
-__all__ = ["SCHEMA", "VERSION", "PolicyDocument", "fingerprint", "load_policy_file", "dump_policy_file",
-           "versions", "document_for_trial"]
+__all__ = ["SCHEMA", "VERSION", "PolicyDocument", "load_policy_file", "dump_policy_file", "document_for_trial"]
 
 SCHEMA = "autoprune.policy"
 VERSION = 1
-
-
-def fingerprint(model: Any) -> str:
-    """sha256 over the model's state (names, shapes, dtypes, values in float32): same weights, same print."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        if t.is_floating_point():
-            t = t.detach().float()
-        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.numel() else b"")
-    del torch
-    return "sha256:" + h.hexdigest()
-
-
-def architecture(model: Any) -> str:
-    yml = getattr(model, "yaml", None) or {}
-    return str(yml.get("yaml_file") or type(model).__name__)
-
-
-def versions() -> dict[str, str]:
-    import torch
-
-    import autoprune
-    from autoprune.adapters import tp, ultra
-
-    return {"torch": str(torch.__version__), "ultralytics": str(ultra.version()), "torch_pruning": str(tp.version()),
-            "autoprune": str(autoprune.__version__)}
 
 
 @dataclass(frozen=True)
@@ -101,22 +70,24 @@ class PolicyDocument:
         }
 
 
-def document_for_trial(study_attrs: Mapping[str, Any], study_name: str, number: int,
-                       trial_attrs: Mapping[str, Any], metrics: Mapping[str, float]) -> PolicyDocument:
-    """The policy document of one trial, from the study's and the trial's user attributes."""
-    base = dict(study_attrs.get("baseline") or {})
-    settings = dict(study_attrs.get("trial_settings") or {})
-    fp = study_attrs.get("model_fingerprint")
+def document_for_trial(study: records.Attrs, study_name: str, number: int, trial: records.Attrs,
+                       versions: Mapping[str, str]) -> PolicyDocument:
+    """The policy document of one trial, from the study's and the trial's records."""
+    base = records.baseline(study)
+    settings = records.trial_settings(study)
+    fp = records.fingerprint(study)
     if not fp:
         raise InputError(f"study {study_name!r} has no base-model fingerprint (made by an older autoprune)")
+    rec = records.trial(trial)
+    if rec.policy is None:
+        raise InputError(f"trial {number} of study {study_name!r} has no policy")
     return PolicyDocument(
-        fingerprint=str(fp), architecture=str(study_attrs.get("architecture", "")),
+        fingerprint=str(fp), architecture=records.architecture(study),
         base_path=str(base.get("model", "")), imgsz=int(base.get("imgsz", 640)),
-        policy=Policy.from_dict(trial_attrs["policy"]), channels=dict(trial_attrs.get("channels") or {}),
-        metrics={k: float(v) for k, v in metrics.items()},
-        baseline={k: float(v) for k, v in base.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        policy=Policy.from_dict(rec.policy), channels=rec.channels,
+        metrics={k: float(v) for k, v in rec.metrics.items()}, baseline={k: float(v) for k, v in records.baseline_metrics(study).items()},
         source={"study": study_name, "trial": number, "data": base.get("data")},
-        versions=versions(), seed=int(settings.get("seed", 0)), finetune=dict(settings.get("finetune") or {}))
+        versions=dict(versions), seed=int(settings.get("seed", 0)), finetune=dict(settings.get("finetune") or {}))
 
 
 def dump_policy_file(doc: PolicyDocument, path: str | Path) -> Path:

@@ -1,29 +1,39 @@
-"""``autoprune search``: validate inputs, open the study, measure the baseline once, run trials."""
+"""``autoprune search``: validate inputs, open the study, measure the baseline once, run trials.
+
+This module owns Ray's lifetime for a search (one Ray session for the screen and the main trials).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from autoprune.config.spec import SearchSpec
 from autoprune.errors import InputError
-from autoprune.policy import Layer
-from autoprune.spec import SearchSpec
-from autoprune.study import (BASELINE_KEY, SETTINGS_KEY, fail_stale_trials, get_storage, open_study, store_layers,
-                             stored_layers)
+from autoprune.model import records
+from autoprune.model.space import Layer
+from autoprune.search.executor import Job, ray_session, run_trials
+from autoprune.search.study import (
+    StudyStorage,
+    fail_stale_trials,
+    get_storage,
+    open_study_for,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreparedInputs", "prepare_inputs", "run_search", "SearchOutcome"]
+__all__ = ["PreparedInputs", "prepare_inputs", "run_search", "SearchOutcome", "main_job"]
 
 
 @dataclass(frozen=True)
 class PreparedInputs:
-    spec: SearchSpec  # model and data resolved to absolute paths
+    spec: SearchSpec  # model and data resolved to absolute paths, device checked and canonical
     nc: int
 
 
@@ -52,9 +62,12 @@ def _resolve_model(model: str) -> str:
 
 
 def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
-    """Check the model and data set without writing to the study (data/demo files may be generated)."""
+    """Check the devices, the model and the data set without writing to the study (demo files may be generated)."""
     from autoprune.adapters import ultra
+    from autoprune.engine.devices import check_device, check_gpus
 
+    spec = spec.replace(device=check_device(spec.device))
+    check_gpus(spec.resources.gpus)
     data = _resolve_data(spec.data)
     info = ultra.read_dataset(str(data))
     ultra.check_dataset_files(spec.data, info)
@@ -69,7 +82,8 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
         try:
             ultra.load_model(model_path, nc=nc)
         except Exception as e:
-            raise InputError(f"model: {model_path}: not a buildable ultralytics model config ({type(e).__name__})")
+            raise InputError(f"model: {model_path}: not a buildable ultralytics model config "
+                             f"({type(e).__name__})") from None
     return PreparedInputs(spec=spec.replace(model=model_path, data=str(data)), nc=nc)
 
 
@@ -94,32 +108,32 @@ class SearchOutcome:
     study: optuna.Study
     spec: SearchSpec
     new_trials: int
+    store: StudyStorage
 
 
 def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
     from autoprune.adapters import tp, ultra
-    from autoprune.trial import TRACE_IMGSZ, measure_model
+    from autoprune.engine.identity import architecture, fingerprint
+    from autoprune.engine.measure import measure_model
+    from autoprune.engine.pipeline import TRACE_IMGSZ
 
-    if SETTINGS_KEY not in study.user_attrs:  # what an exported policy needs to repeat a trial's fine-tuning
-        study.set_user_attr(SETTINGS_KEY, {"seed": spec.seed, "finetune": asdict(spec.finetune)})
-    layers = stored_layers(study)
-    if layers is not None and BASELINE_KEY in study.user_attrs:
+    if not records.trial_settings(study):  # what an exported policy needs to repeat a trial's fine-tuning
+        records.set_trial_settings(study, spec.seed, dataclasses.asdict(spec.finetune))
+    layers = records.layers(study)
+    if layers is not None and records.baseline(study):
         return layers
     model = ultra.load_model(spec.model).to(spec.device)
     layers = [Layer(p.name, p.channels, ultra.layer_stage(model, p.name))
               for p in tp.prunable_layers(model, TRACE_IMGSZ)]
     logger.info("measuring the unpruned baseline (%d prunable layers)", len(layers))
-    m = measure_model(model, spec, spec.data)
-    from autoprune.policy_file import architecture, fingerprint
-
+    m = measure_model(model, spec.trial_settings)
     metrics = m.metrics()
     if "latency_ratio" in metrics:
         metrics["latency_ratio"] = 1.0  # by definition; the measured self-ratio stays in "latency"
-    baseline = {**metrics, "latency": m.latency, "model": spec.model, "data": spec.data, "imgsz": spec.imgsz}
-    store_layers(study, layers)
-    study.set_user_attr("model_fingerprint", fingerprint(model))
-    study.set_user_attr("architecture", architecture(model))
-    study.set_user_attr(BASELINE_KEY, baseline)
+    records.set_layers(study, layers)
+    records.set_identity(study, fingerprint(model), architecture(model))
+    records.set_baseline(study, {**metrics, "latency": m.latency, "model": spec.model, "data": spec.data,
+                                 "imgsz": spec.imgsz})
     logger.info("baseline: mAP50-95 %.3f, mAP50 %.3f, params %s, MACs %s, latency %.2f ms",
                 m.map50_95, m.map50, f"{m.params:,}", f"{m.macs:,}", m.latency_ms)
     return layers
@@ -127,8 +141,13 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
 
 def _trial_seconds(study: optuna.Study, numbers: set[int]) -> float:
     """Sum of the trials' own wall time (measured inside the trial), for the orchestration overhead."""
-    return float(sum(t.user_attrs.get("wall_seconds", 0.0) for t in study.get_trials(deepcopy=False)
-                     if t.number in numbers))
+    return float(sum(records.trial(t).wall_seconds for t in study.get_trials(deepcopy=False) if t.number in numbers))
+
+
+def main_job(spec: SearchSpec, layers: list[Layer]) -> Job:
+    return Job(kind="trial", settings=spec.trial_settings, space=spec.space, layers=tuple(layers),
+               objectives=spec.objectives, study_dir=spec.study_dir, artifact_dir=Path(spec.studies_dir) / "artifacts",
+               resources=spec.resources, retries=spec.retries)
 
 
 def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address: str | None = None) -> SearchOutcome:
@@ -139,59 +158,45 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
     """
     prepared = prepare_inputs(spec)
     spec = prepared.spec
-    storage = get_storage(spec.storage_url)
-    study = open_study(spec, storage)
+    store = get_storage(spec.storage_url)
+    study = open_study_for(spec, store)
     spec = _materialise_yaml_model(spec, prepared.nc)
-    fail_stale_trials(study, spec.retries)
+    fail_stale_trials(study, store, spec.retries)
     layers = _ensure_baseline(study, spec)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     n_new = max_new_trials if max_new_trials is not None else max(0, spec.trials - done)
     if n_new == 0:
         logger.info("study %s already has %d completed trials (budget %d): nothing to run", spec.name, done,
                     spec.trials)
-        return SearchOutcome(study=study, spec=spec, new_trials=0)
-    import ray
-
-    from autoprune.executor import run_trials
-    from autoprune.warmstart import warm_start
+        return SearchOutcome(study=study, spec=spec, new_trials=0, store=store)
+    from autoprune.search.warmstart import warm_start
 
     t0 = time.perf_counter()
-    started = False
-    if not ray.is_initialized():  # one Ray session for the screen and the main trials
-        from autoprune.executor import init_ray
-
-        init_ray(ray_address)
-        started = True
-    run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "ray_init_s": time.perf_counter() - t0,
-           "screen_run_s": 0.0, "screen_trial_s": 0.0}
-    before = {t.number for t in study.get_trials(deepcopy=False)}
-    try:
-        fingerprint = study.user_attrs.get("model_fingerprint")
+    with ray_session(ray_address):  # one Ray session for the screen and the main trials
+        run = records.RunTimings(started=time.strftime("%Y-%m-%dT%H:%M:%S"), ray_init_s=time.perf_counter() - t0)
+        before = {t.number for t in study.get_trials(deepcopy=False)}
+        fingerprint = records.fingerprint(study)
         if spec.screening.factor:
-            from autoprune.screening import screen_and_promote
+            from autoprune.search.promotion import screen_and_promote
 
             t0 = time.perf_counter()
-            screen, screened = screen_and_promote(study, spec, layers, n_new, fingerprint, ray_address)
-            run["screen_run_s"] = time.perf_counter() - t0
-            run["screen_trial_s"] = _trial_seconds(screen, screened)
+            screen, screened = screen_and_promote(study, store, spec, layers, n_new, fingerprint, ray_address)
+            run = dataclasses.replace(run, screen_run_s=time.perf_counter() - t0,
+                                      screen_trial_s=_trial_seconds(screen, screened))
         else:
             waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-            warm_start(study, spec, layers, fingerprint, limit=max(0, n_new - waiting))
+            warm_start(study, store, spec.space, spec.warm_start, layers, fingerprint, limit=max(0, n_new - waiting))
         logger.info("study %s: running %d new trial(s) (%d completed so far) with Ray Tune", spec.name, n_new, done)
         t0 = time.perf_counter()
-        run_trials(study, spec, layers, spec.data, n_new, ray_address=ray_address)
-        run["run_s"] = time.perf_counter() - t0
+        run_trials(study, store, main_job(spec, layers), n_new, ray_address=ray_address)
         new = {t.number for t in study.get_trials(deepcopy=False)} - before
-        run["trials"] = len(new)
-        run["trial_s"] = _trial_seconds(study, new)
-        work = run["trial_s"] + run["screen_trial_s"]
-        run["overhead_share"] = (run["run_s"] + run["screen_run_s"] - work) / work if work else None
-        study.set_user_attr("runs", [*study.user_attrs.get("runs", []), run][-20:])
+        run = dataclasses.replace(run, run_s=time.perf_counter() - t0, trials=len(new),
+                                  trial_s=_trial_seconds(study, new))
+        work = run.trial_s + run.screen_trial_s
+        run = dataclasses.replace(run, overhead_share=(run.run_s + run.screen_run_s - work) / work if work else None)
+        records.append_run(study, study, run)
         if spec.screening.factor:
-            from autoprune.screening import record_screening
+            from autoprune.search.promotion import record_screening
 
-            record_screening(study, spec)
-    finally:
-        if started:
-            ray.shutdown()
-    return SearchOutcome(study=study, spec=spec, new_trials=n_new)
+            record_screening(study, store, spec)
+    return SearchOutcome(study=study, spec=spec, new_trials=n_new, store=store)

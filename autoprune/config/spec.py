@@ -1,0 +1,366 @@
+"""Search specs: parsed and validated once into frozen, typed objects.
+
+A spec file is YAML. A plain ultralytics data set YAML is accepted too (with defaults for
+everything else; the model then comes from ``--model``). Every error is a
+:class:`SpecError` whose one-line message starts with the offending field. Parsing checks
+the text only: whether a device exists is checked by the commands that use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoprune.config._read import (
+    bounds,
+    choice,
+    float_range,
+    int_range,
+    mapping,
+    read_int,
+    read_section,
+    read_str,
+    type_name,
+)
+from autoprune.errors import SpecError
+from autoprune.model import criteria, objectives, samplers, shapes
+from autoprune.model.space import Space
+from autoprune.registry import Registry, UnknownName
+
+__all__ = ["FinetuneSettings", "LatencySettings", "Resources", "SearchSpec", "SamplerSettings", "WarmStart",
+           "Screening", "TrialSettings", "Overrides", "load_spec", "parse_spec", "check_name", "check_storage",
+           "check_device_text", "registered", "DEFAULT_STUDIES_DIR", "default_storage_url"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+DEFAULT_STUDIES_DIR = Path("studies")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    batch: int = field(default=16, metadata=bounds(min=1))
+    workers: int = field(default=0, metadata=bounds(min=0))
+    optimizer: str = field(default="SGD", metadata=bounds(choices=("SGD", "Adam", "AdamW")))
+    gradient_batches: int = field(default=4, metadata=bounds(min=1))  # batches for gradient criteria, regularising
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    warmup: int = field(default=10, metadata=bounds(min=0))
+    runs: int = field(default=50, metadata=bounds(min=3))
+    threads: int = field(default=2, metadata=bounds(min=1))
+    interleave: bool = True  # time the baseline and the candidate alternately (A/B/B/A...)
+    rounds: int = field(default=10, metadata=bounds(min=1))  # interleaved rounds; ratio = median per-round ratio
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    name: str = "tpe"  # see autoprune.model.samplers: tpe, nsga2, gp, random
+    seed: int | None = field(default=None, metadata=bounds(min=0))  # default: the spec's seed
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    uniform: int = field(default=2, metadata=bounds(min=0))  # uniform-ratio policies spread over the range
+    from_fronts: bool = True  # enqueue the fronts of earlier studies on the same base model (fingerprint)
+
+
+@dataclass(frozen=True)
+class Screening:
+    factor: int = field(default=2, metadata=bounds(min=0))  # screen factor x trials candidates (0: off)
+    batches: int = field(default=8, metadata=bounds(min=1))  # training batches that re-estimate BN statistics
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = field(default=2.0, metadata=bounds(gt=0))
+    gpus: float = field(default=0.0, metadata=bounds(min=0))
+    concurrent: int = field(default=1, metadata=bounds(min=1))
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What the engine needs to run one trial, screen or re-application (not the whole spec)."""
+
+    model: str
+    data: str
+    imgsz: int
+    device: str = "cpu"
+    seed: int = 0
+    threads: int = 2  # CPU threads for pruning and fine-tuning
+    finetune: FinetuneSettings = FinetuneSettings()
+    latency: LatencySettings = LatencySettings()
+
+    def replace(self, **changes: Any) -> TrialSettings:
+        return dataclasses.replace(self, **changes)
+
+
+def default_storage_url(studies_dir: str | Path) -> str:
+    return f"sqlite:///{(Path(studies_dir) / 'autoprune.db').resolve()}"
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    name: str
+    model: str
+    data: str
+    imgsz: int = 640
+    device: str = "cpu"
+    objectives: tuple[str, ...] = objectives.DEFAULT
+    space: Space = Space()
+    trials: int = 20
+    seed: int = 0
+    storage: str | None = None
+    finetune: FinetuneSettings = FinetuneSettings()
+    latency: LatencySettings = LatencySettings()
+    resources: Resources = Resources()
+    retries: int = 0  # times a trial that crashed (dead driver or Ray worker) is re-run with the same policy
+    sampler: SamplerSettings = SamplerSettings()
+    warm_start: WarmStart = WarmStart()
+    screening: Screening = Screening()
+    studies_dir: str = str(DEFAULT_STUDIES_DIR)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or default_storage_url(self.studies_dir)
+
+    @property
+    def train_threads(self) -> int:
+        """CPU threads for pruning and fine-tuning: the CPUs Ray reserves per trial (at least one)."""
+        return max(1, int(self.resources.cpus))
+
+    @property
+    def study_dir(self) -> Path:
+        """Where this study's files go; the name is validated so it cannot escape ``studies_dir``."""
+        return (Path(self.studies_dir) / self.name).resolve()
+
+    @property
+    def trial_settings(self) -> TrialSettings:
+        return TrialSettings(model=self.model, data=self.data, imgsz=self.imgsz, device=self.device, seed=self.seed,
+                             threads=self.train_threads, finetune=self.finetune, latency=self.latency)
+
+    def replace(self, **changes: Any) -> SearchSpec:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """CLI overrides applied on top of a spec file."""
+
+    trials: int | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    device: str | None = None
+    seed: int | None = None
+    model: str | None = None
+    data: str | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    concurrent: int | None = None
+
+
+def registered(registry: Registry[Any], name: str, where: str) -> None:
+    """A registry look-up at config time: an unknown name becomes a SpecError naming ``where``."""
+    try:
+        registry.get(name)
+    except UnknownName as e:
+        raise SpecError(f"{where}: {e}") from None
+
+
+def _criteria(v: Any, where: str) -> tuple[str, ...]:
+    crit = [v] if isinstance(v, str) else v
+    if not isinstance(crit, list):
+        raise SpecError(f"{where}: expected a list of names, got {type_name(crit)}")
+    if not crit:
+        raise SpecError(f"{where}: empty list (choose from {', '.join(criteria.names())})")
+    for c in crit:
+        if not isinstance(c, str):
+            raise SpecError(f"{where}: expected names, got {type_name(c)} {c!r}")
+        registered(criteria.REGISTRY, c, where)
+    return tuple(dict.fromkeys(crit))
+
+
+def _ema(v: Any, where: str) -> tuple[bool, ...]:
+    ema = [v] if isinstance(v, bool) else v
+    if not isinstance(ema, list) or not ema or not all(isinstance(e, bool) for e in ema):
+        raise SpecError(f"{where}: expected a non-empty list of true/false, got {ema!r}")
+    return tuple(dict.fromkeys(ema))
+
+
+def _round_to(v: Any, where: str) -> tuple[int, ...]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise SpecError(f"{where}: expected a non-empty list of integers, got {type_name(v)} {v!r}")
+    return tuple(dict.fromkeys(read_int(x, where, 1) for x in v))
+
+
+def _space(v: Any) -> Space:
+    base = Space()
+    custom: dict[str, Callable[[Any, str], Any]] = {
+        "ratio": lambda x, w: float_range(x, w, base.ratio, 0.0, 1.0, hi_open=True),
+        "criteria": _criteria,
+        "iterations": lambda x, w: int_range(x, w, base.iterations, 1),
+        "lr": lambda x, w: float_range(x, w, base.lr, 1e-8, 1.0),
+        "ema": _ema,
+        "epochs": lambda x, w: int_range(x, w, base.epochs, 1),
+        "shape": lambda x, w: choice(x, w, tuple(shapes.names())),
+        "multiplier": lambda x, w: float_range(x, w, base.multiplier, 0.0, 10.0),
+        "round_to": _round_to,
+    }
+    return read_section(Space, v, "space", custom)
+
+
+def _sampler(v: Any) -> SamplerSettings:
+    def name(x: Any, w: str) -> str:
+        n = read_str(x, w)
+        registered(samplers.REGISTRY, n, w)
+        return n
+
+    return read_section(SamplerSettings, {"name": v} if isinstance(v, str) else v, "sampler", {"name": name})
+
+
+def _screening(v: Any) -> Screening:
+    s = read_section(Screening, v, "screening")
+    if s.factor == 1:
+        raise SpecError("screening.factor: 1 screens nothing out (use 0 for off, or >= 2)")
+    return s
+
+
+def _objectives(v: Any, latency: LatencySettings) -> tuple[str, ...]:
+    if v is None:
+        return objectives.DEFAULT
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise SpecError("objectives: expected a non-empty list of objective names")
+    out: list[str] = []
+    for item in v:
+        if isinstance(item, Mapping):  # {name: map50, direction: maximize} is accepted if direction matches
+            item = dict(item)
+            name = read_str(item.get("name"), "objectives.name")
+            registered(objectives.REGISTRY, name, "objectives")
+            want = objectives.get(name).direction
+            if "direction" in item and item["direction"] != want:
+                raise SpecError(f"objectives.{name}.direction: must be {want}")
+        else:
+            name = read_str(item, "objectives")
+            registered(objectives.REGISTRY, name, "objectives")
+        if name in out:
+            raise SpecError(f"objectives: {name!r} listed twice")
+        out.append(name)
+    if len(out) < 2:
+        raise SpecError("objectives: a multi-objective study needs at least two objectives")
+    if "latency_ratio" in out and not latency.interleave:
+        raise SpecError("objectives: latency_ratio needs latency.interleave: true (it is the interleaved ratio)")
+    return tuple(out)
+
+
+def check_name(name: str, where: str = "name") -> str:
+    if not _NAME_RE.match(name):
+        raise SpecError(f"{where}: {name!r} must be 1-100 letters, digits, '.', '_' or '-' "
+                        "and start with a letter or digit")
+    if name in {".", ".."} or ".." in name:
+        raise SpecError(f"{where}: {name!r} may not contain '..'")
+    return name
+
+
+def check_device_text(device: str) -> str:
+    """'cpu', 'cuda', 'gpu', 'cuda:N' or 'N' (whether it exists is checked where it is used)."""
+    d = device.strip().lower()
+    if d == "cpu" or d in {"cuda", "gpu"} or re.fullmatch(r"(?:cuda:?)?\d+", d):
+        return device.strip()
+    raise SpecError(f"device: {device!r} is not 'cpu', 'cuda' or 'cuda:N'")
+
+
+def check_storage(url: str) -> str:
+    if not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
+        raise SpecError(f"storage: {url!r} is not a supported URL (sqlite:///PATH or postgresql+psycopg://...)")
+    return url
+
+
+_TOP_KEYS = {f.name for f in dataclasses.fields(SearchSpec)} - {"studies_dir"}
+
+
+def _looks_like_dataset(d: Mapping[str, Any]) -> bool:
+    return "names" in d and ("train" in d or "val" in d) and "space" not in d and "model" not in d
+
+
+def _apply_overrides(raw: dict[str, Any], o: Overrides) -> dict[str, Any]:
+    raw.update({k: v for k, v in {"trials": o.trials, "storage": o.storage, "name": o.study_name,
+                                  "device": o.device, "seed": o.seed, "model": o.model, "data": o.data}.items()
+                if v is not None})
+    res = {k: v for k, v in {"cpus": o.cpus_per_trial, "gpus": o.gpus_per_trial,
+                             "concurrent": o.concurrent}.items() if v is not None}
+    if res:
+        base_res = raw.get("resources") if isinstance(raw.get("resources"), Mapping) else {}
+        raw["resources"] = {**base_res, **res}
+    return raw
+
+
+def parse_spec(raw: Any, source: str, overrides: Overrides | None = None, studies_dir: Path | None = None) -> SearchSpec:
+    """Validate ``raw`` (the YAML document) and apply ``overrides``."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{source}: expected a YAML mapping at the top level, got {type_name(raw)}")
+    raw = dict(raw)
+    if _looks_like_dataset(raw):  # `autoprune search VOC.yaml`
+        raw = {"name": Path(source).stem, "data": source}
+    raw = _apply_overrides(raw, overrides or Overrides())
+    mapping(raw, "", _TOP_KEYS)
+    if "model" not in raw:
+        raise SpecError("model: missing (a checkpoint .pt, a model YAML, or 'demo'; or pass --model)")
+    if "data" not in raw:
+        raise SpecError("data: missing (an ultralytics data set YAML, or 'demo')")
+    name = check_name(read_str(raw.get("name", Path(source).stem), "name"))
+    imgsz = read_int(raw.get("imgsz", 640), "imgsz", 32)
+    if imgsz % 32:
+        raise SpecError(f"imgsz: {imgsz} is not a multiple of 32")
+    storage = raw.get("storage")
+    if storage is not None:
+        storage = check_storage(read_str(storage, "storage"))
+    latency = read_section(LatencySettings, raw.get("latency"), "latency")
+    return SearchSpec(
+        name=name,
+        model=read_str(raw["model"], "model"),
+        data=read_str(raw["data"], "data"),
+        imgsz=imgsz,
+        device=check_device_text(read_str(str(raw.get("device", "cpu")), "device")),
+        objectives=_objectives(raw.get("objectives"), latency),
+        space=_space(raw.get("space")),
+        trials=read_int(raw.get("trials", 20), "trials", 1),
+        seed=read_int(raw.get("seed", 0), "seed", 0),
+        storage=storage,
+        finetune=read_section(FinetuneSettings, raw.get("finetune"), "finetune"),
+        latency=latency,
+        resources=read_section(Resources, raw.get("resources"), "resources"),
+        retries=read_int(raw.get("retries", 0), "retries", 0),
+        sampler=_sampler(raw.get("sampler")),
+        warm_start=read_section(WarmStart, raw.get("warm_start"), "warm_start"),
+        screening=_screening(raw.get("screening")),
+        studies_dir=str((studies_dir or DEFAULT_STUDIES_DIR).resolve()),
+    )
+
+
+def load_spec(path: str | Path, overrides: Overrides | None = None, studies_dir: Path | None = None) -> SearchSpec:
+    """Read and validate a spec (or a data set YAML) from ``path``."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file") from None
+    spec = parse_spec(raw, str(p), overrides, studies_dir)
+    if _looks_like_dataset(raw if isinstance(raw, Mapping) else {}):
+        spec = spec.replace(data=str(p.resolve()))
+    return spec

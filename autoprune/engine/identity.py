@@ -1,0 +1,35 @@
+"""A base model's identity (weights fingerprint, architecture) and the library versions a result came from."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+__all__ = ["fingerprint", "architecture", "versions"]
+
+
+def fingerprint(model: nn.Module) -> str:
+    """sha256 over the model's state (names, shapes, dtypes, values in float32): same weights, same print."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        if t.is_floating_point():
+            t = t.detach().float()
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def architecture(model: nn.Module) -> str:
+    yml = getattr(model, "yaml", None) or {}
+    return str(yml.get("yaml_file") or type(model).__name__)
+
+
+def versions() -> dict[str, str]:
+    import autoprune
+    from autoprune.adapters import tp, ultra
+
+    return {"torch": str(torch.__version__), "ultralytics": str(ultra.version()), "torch_pruning": str(tp.version()),
+            "autoprune": str(autoprune.__version__)}

@@ -1,0 +1,82 @@
+"""Measuring a model: mAP from ultralytics' validator, parameters, MACs and latency."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from autoprune.config.spec import TrialSettings
+from autoprune.engine.latency import measure_interleaved, measure_latency
+
+__all__ = ["Measurement", "Phases", "measure_model"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    map50_95: float
+    map50: float
+    params: int
+    macs: int
+    latency_ms: float
+    latency: dict[str, Any]
+    latency_ratio: float | None = None  # candidate / baseline, timed interleaved (None when not measured)
+
+    def metrics(self) -> dict[str, float]:
+        m = {"map50_95": self.map50_95, "map50": self.map50, "params": float(self.params),
+             "macs": float(self.macs), "latency_ms": self.latency_ms}
+        if self.latency_ratio is not None:
+            m["latency_ratio"] = self.latency_ratio
+        return m
+
+
+class Phases:
+    """Seconds spent per named phase of a trial."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | None = None,
+                  reference: nn.Module | None = None) -> Measurement:
+    """mAP from ultralytics' validator, parameter and MAC counts, and measured latency.
+
+    With ``settings.latency.interleave`` the latency is timed alternately with ``reference`` (the
+    unpruned base; ``model`` itself when None, giving a ratio near 1) and the ratio is reported.
+    """
+    from autoprune.adapters import tp, ultra
+
+    s = settings
+    phases = phases or Phases()
+    with phases("validate"):
+        val = ultra.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
+    ratio = None
+    with phases("latency"):
+        deployed = ultra.deploy_copy(model)
+        lat_cfg = s.latency
+        if lat_cfg.interleave:
+            ref = ultra.deploy_copy(reference if reference is not None else model)
+            il = measure_interleaved(deployed, ref, s.imgsz, s.device, lat_cfg.warmup, lat_cfg.runs,
+                                     lat_cfg.rounds, lat_cfg.threads)
+            lat, ratio = il.candidate, il.ratio
+            latency = {**asdict(lat), "spread": lat.spread, "ratio": il.ratio, "ratio_cv": il.ratio_cv,
+                       "ratio_p10": il.ratio_p10, "ratio_p90": il.ratio_p90, "rounds": il.rounds,
+                       "reference_median_ms": il.reference.median_ms}
+        else:
+            lat = measure_latency(deployed, s.imgsz, s.device, lat_cfg.warmup, lat_cfg.runs, lat_cfg.threads)
+            latency = {**asdict(lat), "spread": lat.spread}
+        macs = tp.count_macs(model, s.imgsz)
+    return Measurement(map50_95=val.map50_95, map50=val.map50, params=ultra.count_params(model), macs=macs,
+                       latency_ms=lat.median_ms, latency=latency, latency_ratio=ratio)

@@ -1,0 +1,79 @@
+"""Cheap screening of a candidate policy: adaptive BatchNorm (as in EagleEye), no fine-tuning.
+
+A screened candidate is pruned straight to its final channel counts, its BatchNorm
+statistics are re-estimated on a few training batches (no gradient step), and it is
+validated: seconds instead of a fine-tune.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.config.spec import TrialSettings
+from autoprune.engine.measure import measure_model
+from autoprune.engine.pipeline import prune_once
+from autoprune.engine.trial import TrialResult, failure_reason
+from autoprune.model.policy import Policy
+from autoprune.model.shapes import target_keep
+from autoprune.model.space import Layer
+
+__all__ = ["recalibrate_bn", "screen_policy", "screen_safely"]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[dict[str, Any]]) -> int:
+    """Adaptive BatchNorm: reset every BN's running statistics and re-estimate them (cumulative
+    average) from forward passes in train mode.  Weights are not changed.  Returns the batch count."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average over the calibration batches
+    was_training = model.training
+    model.train()
+    n = 0
+    try:
+        for batch in batches:
+            model(batch["img"])
+            n += 1
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        model.train(was_training)
+    return n
+
+
+def screen_policy(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], batches: int) -> TrialResult:
+    """Prune to the policy's final channels, recalibrate BN, measure."""
+    from autoprune.adapters import ultra
+
+    s = settings
+    t0 = time.perf_counter()
+    ultra.set_threads(s.threads)
+    torch.manual_seed(s.seed)
+    model = ultra.load_model(s.model).to(s.device)
+    original = {layer.name: layer.channels for layer in layers}
+    keep = target_keep(original, policy.ratio_map, 1, 1, policy.round_to)
+    channels = prune_once(model, s, policy.criterion, keep, regularize=False)
+    n = recalibrate_bn(model, ultra.training_batches(s.data, s.imgsz, s.finetune.batch, batches, s.device, s.seed))
+    reference = ultra.load_model(s.model) if s.latency.interleave else None
+    m = measure_model(model, s, reference=reference)
+    return TrialResult(ok=True, metrics=m.metrics(), attrs={
+        "policy": policy.to_dict(), "channels": channels, "latency": m.latency, "bn_batches": n,
+        "screen_seconds": round(time.perf_counter() - t0, 3)})
+
+
+def screen_safely(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], batches: int) -> TrialResult:
+    """Like :func:`screen_policy`, but a failure becomes a failed result (a failed candidate, never a stopped search)."""
+    t0 = time.perf_counter()
+    try:
+        result = screen_policy(settings, policy, layers, batches)
+        result.attrs["wall_seconds"] = round(time.perf_counter() - t0, 3)
+        return result
+    except Exception as e:
+        return TrialResult(ok=False, attrs={"policy": policy.to_dict()}, reason=failure_reason(e))

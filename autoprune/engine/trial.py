@@ -1,0 +1,124 @@
+"""One trial: prune the base model by a policy in k steps, fine-tune between steps, measure, round-trip."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.config.spec import TrialSettings
+from autoprune.engine.measure import Measurement, Phases, measure_model
+from autoprune.engine.pipeline import prune_once
+from autoprune.errors import AutopruneError, TrialError
+from autoprune.model.policy import Policy
+from autoprune.model.shapes import target_keep
+from autoprune.model.space import Layer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrialResult", "run_trial", "run_trial_safely", "verify_roundtrip", "failure_reason",
+           "ROUNDTRIP_TOLERANCE"]
+
+ROUNDTRIP_TOLERANCE = 1e-3
+
+
+@dataclass
+class TrialResult:
+    """What a trial (or a screen) reports: its metrics and the attributes its study records."""
+
+    ok: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], workdir: Path) -> TrialResult:
+    """Run one trial for real; raises on failure (see :func:`run_trial_safely`)."""
+    from autoprune.adapters import ultra
+
+    s = settings
+    ultra.set_threads(s.threads)
+    torch.manual_seed(s.seed)
+    phases = Phases()
+    original = {layer.name: layer.channels for layer in layers}
+    with phases("load"):
+        model = ultra.load_model(s.model).to(s.device)
+    channels: dict[str, int] = dict(original)
+    for step in range(1, policy.iterations + 1):
+        keep = target_keep(original, policy.ratio_map, step, policy.iterations, policy.round_to)
+        channels = prune_once(model, s, policy.criterion, keep, lr=policy.lr, step=step, phases=phases)
+        with phases("finetune"):
+            cfg = ultra.FinetuneConfig(data=s.data, imgsz=s.imgsz, epochs=policy.epochs, lr=policy.lr,
+                                       ema=policy.ema, batch=s.finetune.batch, device=s.device,
+                                       workers=s.finetune.workers, threads=s.threads,
+                                       optimizer=s.finetune.optimizer, seed=s.seed)
+            ultra.finetune(model, cfg, workdir / f"step{step}")
+    reference = ultra.load_model(s.model) if s.latency.interleave else None
+    measurement = measure_model(model, s, phases, reference=reference)
+    metrics = measurement.metrics()
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise TrialError(f"metric {bad[0]} is not finite")
+    with phases("roundtrip"):
+        checkpoint = workdir / "pruned.pt"
+        roundtrip = verify_roundtrip(model, checkpoint, s, measurement)
+    attrs = {
+        "policy": policy.to_dict(),
+        "channels": channels,
+        "latency": measurement.latency,
+        "seconds": phases.seconds,
+        "checkpoint": str(checkpoint),
+        "roundtrip": roundtrip,
+    }
+    return TrialResult(ok=True, metrics=metrics, attrs=attrs)
+
+
+def verify_roundtrip(model: nn.Module, path: Path, settings: TrialSettings, measured: Measurement) -> dict[str, float]:
+    """Save ``model`` as a plain ultralytics checkpoint, reload it and validate it again.
+
+    The trial's metrics count only if the reloaded checkpoint has the same parameter count
+    and mAP (within ``ROUNDTRIP_TOLERANCE``); otherwise :class:`TrialError`.
+    """
+    from autoprune.adapters import ultra
+
+    s = settings
+    ultra.save_checkpoint(model, path)
+    reloaded = ultra.load_model(path).to(s.device)
+    params = ultra.count_params(reloaded)
+    if params != measured.params:
+        raise TrialError(f"round trip: {path.name} reloads with {params} parameters, the trial measured "
+                         f"{measured.params}")
+    val = ultra.validate(reloaded, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
+    for name, got, want in (("mAP50-95", val.map50_95, measured.map50_95), ("mAP50", val.map50, measured.map50)):
+        if abs(got - want) > ROUNDTRIP_TOLERANCE:
+            raise TrialError(f"round trip: {path.name} validates to {name} {got:.4f}, the trial measured {want:.4f}")
+    return {"map50_95": val.map50_95, "map50": val.map50, "params": float(params)}
+
+
+def failure_reason(e: BaseException) -> str:
+    """The one-line reason a failed trial records."""
+    if isinstance(e, AutopruneError):
+        return str(e)
+    logger.debug("trial failed:\n%s", traceback.format_exc())
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}"[:500]
+
+
+def run_trial_safely(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], workdir: Path) -> TrialResult:
+    """Like :func:`run_trial`, but every failure becomes a failed result with a one-line reason."""
+    t0 = time.perf_counter()
+    try:
+        result = run_trial(settings, policy, layers, workdir)
+    except Exception as e:  # a trial must never take the study down
+        result = TrialResult(ok=False, reason=failure_reason(e))
+    result.attrs.setdefault("policy", policy.to_dict())
+    result.attrs["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    return result

@@ -1,0 +1,43 @@
+"""The registry of channel-importance criteria a policy can use.
+
+A criterion is a small frozen record. Its ``importance`` names one of torch-pruning's
+importance classes and ``options`` its constructor arguments; the torch-pruning adapter
+maps the class name to the class, so adding a criterion is one :func:`register` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoprune.registry import Registry
+
+__all__ = ["Criterion", "REGISTRY", "register", "get", "names"]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    description: str
+    importance: str  # torch-pruning importance class (see adapters.tp.IMPORTANCE_CLASSES)
+    options: tuple[tuple[str, object], ...] = ()  # its constructor arguments
+    needs_gradients: bool = False  # importance reads .grad from a real training loss
+    regularize: bool = False  # a short group-norm-regularised training phase precedes pruning
+
+
+REGISTRY: Registry[Criterion] = Registry("criterion")
+register, get, names = REGISTRY.register, REGISTRY.get, REGISTRY.names
+
+register(Criterion("l1", "L1 norm of each channel's weights across its dependency group",
+                   "GroupMagnitudeImportance", (("p", 1),)))
+register(Criterion("l2", "L2 norm of each channel's weights across its dependency group",
+                   "GroupMagnitudeImportance", (("p", 2),)))
+register(Criterion("bn_scale", "|gamma| of the BatchNorm after each conv (network slimming)", "BNScaleImportance"))
+register(Criterion("taylor", "first-order Taylor: |w * dL/dw| from real training-loss gradients",
+                   "GroupTaylorImportance", needs_gradients=True))
+register(Criterion("lamp", "layer-adaptive magnitude pruning score", "LAMPImportance", (("p", 2),)))
+register(Criterion("fpgm", "filter pruning via geometric median (redundancy of each filter)", "FPGMImportance",
+                   (("p", 2),)))
+register(Criterion("random", "random channel choice (a baseline)", "RandomImportance"))
+register(Criterion("group_norm", "group L2 norm after a short group-norm-regularised training phase",
+                   "GroupMagnitudeImportance", (("p", 2), ("group_reduction", "mean"), ("normalizer", "mean")),
+                   regularize=True))

@@ -1,0 +1,42 @@
+"""A pruning policy: what one trial does to the base model, and its one dict codec."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["Policy", "ratio_summary"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    ratios: tuple[tuple[str, float], ...]  # (layer name, fraction of its channels to remove)
+    criterion: str
+    iterations: int
+    lr: float
+    ema: bool
+    epochs: int
+    round_to: int = 1  # kept channels are rounded to a multiple of this (where the layer has that many)
+
+    @property
+    def ratio_map(self) -> dict[str, float]:
+        return dict(self.ratios)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ratios"] = self.ratio_map
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Policy:
+        return cls(ratios=tuple((str(k), float(v)) for k, v in dict(d["ratios"]).items()),
+                   criterion=str(d["criterion"]), iterations=int(d["iterations"]), lr=float(d["lr"]),
+                   ema=bool(d["ema"]), epochs=int(d["epochs"]), round_to=int(d.get("round_to", 1)))
+
+
+def ratio_summary(ratios: Mapping[str, float]) -> str:
+    if not ratios:
+        return "-"
+    vals = list(ratios.values())
+    return f"mean {sum(vals) / len(vals):.2f} [{min(vals):.2f}..{max(vals):.2f}]"

@@ -1,0 +1,242 @@
+"""Typed views of what a study stores in Optuna's user attributes: the only code that knows the keys.
+
+Readers take anything with a ``user_attrs`` mapping (``optuna.Study``, ``optuna.Trial``,
+``FrozenTrial``, a study summary); writers anything with ``set_user_attr`` (a study or a
+live trial). Nothing here imports Optuna.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from autoprune.model import objectives
+from autoprune.model.space import Layer
+
+__all__ = ["Attrs", "Writer", "study_objectives", "baseline", "baseline_metrics", "layers", "fingerprint",
+           "architecture", "trial_settings", "warm_started", "screening", "runs", "heartbeats", "is_side_study",
+           "RunTimings", "ScreenScore", "TrialRecord", "trial", "HEARTBEAT_PREFIX", "set_objectives",
+           "set_baseline", "set_identity", "set_layers", "set_trial_settings", "mark_warm_started",
+           "set_screening", "append_run", "set_heartbeat", "set_role", "start_trial", "set_policy",
+           "set_fail_reason", "write_result", "set_screen_score", "retry_attrs", "warm_start_attrs",
+           "screen_source_attrs", "set_artifact_dir", "copy_study_attrs"]
+
+HEARTBEAT_PREFIX = "heartbeat:"
+_ROLE = "autoprune_role"  # "screen" on an internal side study
+_SIDE_SUFFIX = "-screen"  # side studies made before the role attribute existed
+
+
+class Attrs(Protocol):
+    @property
+    def user_attrs(self) -> Mapping[str, Any]: ...
+
+
+class Writer(Protocol):
+    def set_user_attr(self, key: str, value: Any) -> None: ...
+
+
+# --- study -------------------------------------------------------------------------------------------------------
+
+def study_objectives(s: Attrs) -> list[str]:
+    return list(s.user_attrs.get("objectives") or objectives.DEFAULT)
+
+
+def baseline(s: Attrs) -> dict[str, Any]:
+    """The baseline record (metrics, latency statistics, model, data, imgsz); empty if not measured."""
+    return dict(s.user_attrs.get("baseline") or {})
+
+
+def baseline_metrics(s: Attrs) -> dict[str, float]:
+    return {k: v for k, v in baseline(s).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def layers(s: Attrs) -> list[Layer] | None:
+    raw = s.user_attrs.get("layers")
+    return [Layer(str(item[0]), int(item[1]), *(str(x) for x in item[2:3])) for item in raw] if raw else None
+
+
+def fingerprint(s: Attrs) -> str | None:
+    return s.user_attrs.get("model_fingerprint")
+
+
+def architecture(s: Attrs) -> str:
+    return str(s.user_attrs.get("architecture", ""))
+
+
+def trial_settings(s: Attrs) -> dict[str, Any]:
+    return dict(s.user_attrs.get("trial_settings") or {})
+
+
+def warm_started(s: Attrs) -> int | None:
+    return s.user_attrs.get("warm_started")
+
+
+def screening(s: Attrs) -> dict[str, Any] | None:
+    return s.user_attrs.get("screening")
+
+
+def runs(s: Attrs) -> list[dict[str, Any]]:
+    return list(s.user_attrs.get("runs") or [])
+
+
+def heartbeats(s: Attrs) -> dict[str, float]:
+    return {k[len(HEARTBEAT_PREFIX):]: float(v) for k, v in s.user_attrs.items() if k.startswith(HEARTBEAT_PREFIX)}
+
+
+def is_side_study(name: str, s: Attrs) -> bool:
+    role = s.user_attrs.get(_ROLE)
+    return role is not None and role != "main" or role is None and name.endswith(_SIDE_SUFFIX)
+
+
+def set_objectives(s: Writer, names: Sequence[str]) -> None:
+    s.set_user_attr("objectives", list(names))
+
+
+def set_baseline(s: Writer, record: Mapping[str, Any]) -> None:
+    s.set_user_attr("baseline", dict(record))
+
+
+def set_identity(s: Writer, fingerprint: str, architecture: str) -> None:
+    s.set_user_attr("model_fingerprint", fingerprint)
+    s.set_user_attr("architecture", architecture)
+
+
+def set_layers(s: Writer, layers: Sequence[Layer]) -> None:
+    s.set_user_attr("layers", [[layer.name, layer.channels, layer.stage] for layer in layers])
+
+
+def set_trial_settings(s: Writer, seed: int, finetune: Mapping[str, Any]) -> None:
+    s.set_user_attr("trial_settings", {"seed": seed, "finetune": dict(finetune)})
+
+
+def mark_warm_started(s: Writer, n: int) -> None:
+    s.set_user_attr("warm_started", n)
+
+
+def set_screening(s: Writer, summary: Mapping[str, Any]) -> None:
+    s.set_user_attr("screening", dict(summary))
+
+
+def set_heartbeat(s: Writer, driver: str, when: float) -> None:
+    s.set_user_attr(f"{HEARTBEAT_PREFIX}{driver}", when)
+
+
+def set_role(s: Writer, role: str) -> None:
+    s.set_user_attr(_ROLE, role)
+
+
+_SHARED = ("baseline", "layers", "model_fingerprint", "architecture", "trial_settings")
+
+
+def copy_study_attrs(src: Attrs, dst: Writer, have: Attrs) -> None:
+    """Copy the base-model records (baseline, layers, identity, settings) that ``have`` lacks."""
+    for key in _SHARED:
+        if key in src.user_attrs and key not in have.user_attrs:
+            dst.set_user_attr(key, src.user_attrs[key])
+
+
+@dataclass(frozen=True)
+class RunTimings:
+    """One ``autoprune search`` run's orchestration timing (kept in the study's ``runs`` list)."""
+
+    started: str
+    ray_init_s: float
+    screen_run_s: float = 0.0
+    screen_trial_s: float = 0.0
+    run_s: float = 0.0
+    trials: int = 0
+    trial_s: float = 0.0
+    overhead_share: float | None = None
+
+
+def append_run(s: Attrs, w: Writer, run: RunTimings, keep: int = 20) -> None:
+    w.set_user_attr("runs", [*runs(s), dataclasses.asdict(run)][-keep:])
+
+
+# --- trial -------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScreenScore:
+    """On a promoted trial: the screen trial it came from and its adaptive-BN scores."""
+
+    trial: int
+    map50_95: float
+    map50: float
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    policy: dict[str, Any] | None
+    metrics: dict[str, float]
+    fail_reason: str | None
+    driver: str
+    retry: int
+    retry_of: int | None
+    screen: ScreenScore | None
+    wall_seconds: float
+    checkpoint: str | None
+    artifact_dir: str | None
+    channels: dict[str, int]
+
+
+def trial(t: Attrs) -> TrialRecord:
+    a = t.user_attrs
+    sc = a.get("screen")
+    return TrialRecord(
+        policy=a.get("policy"), metrics=dict(a.get("metrics") or {}), fail_reason=a.get("fail_reason"),
+        driver=str(a.get("driver", "")), retry=int(a.get("retry", 0)),
+        retry_of=int(a["retry_of"]) if "retry_of" in a else None,
+        screen=ScreenScore(int(sc["trial"]), float(sc["map50_95"]), float(sc["map50"]), sc.get("seconds"))
+        if sc else None,
+        wall_seconds=float(a.get("wall_seconds", 0.0) or 0.0), checkpoint=a.get("checkpoint"),
+        artifact_dir=a.get("artifact_dir"), channels=dict(a.get("channels") or {}))
+
+
+def start_trial(t: Writer, driver: str, ray_trial_id: str) -> None:
+    t.set_user_attr("driver", driver)
+    t.set_user_attr("ray_trial_id", ray_trial_id)
+
+
+def set_policy(t: Writer, policy: Mapping[str, Any]) -> None:
+    t.set_user_attr("policy", dict(policy))
+
+
+def set_fail_reason(t: Writer, reason: str) -> None:
+    t.set_user_attr("fail_reason", reason)
+
+
+def write_result(t: Writer, attrs: Mapping[str, Any], metrics: Mapping[str, float] | None = None,
+                 baseline: Mapping[str, float] | None = None) -> None:
+    """A trial's result record: the engine's attributes, then its metrics and the baseline's."""
+    for k, v in attrs.items():
+        t.set_user_attr(k, v)
+    if metrics is not None:
+        t.set_user_attr("metrics", dict(metrics))
+    if baseline:
+        t.set_user_attr("baseline", dict(baseline))
+
+
+def set_artifact_dir(t: Writer, path: str) -> None:
+    t.set_user_attr("artifact_dir", path)
+
+
+def set_screen_score(t: Writer, score: ScreenScore) -> None:
+    t.set_user_attr("screen", dataclasses.asdict(score))
+
+
+def retry_attrs(t: Attrs) -> dict[str, Any]:
+    """User attributes of a retry of ``t`` (which attempt, and the first trial of the chain)."""
+    a = t.user_attrs
+    attempt = int(a.get("retry", 0))
+    return {"retry_of": int(a.get("retry_of", getattr(t, "number", 0))), "retry": attempt + 1}
+
+
+def warm_start_attrs(source: str) -> dict[str, Any]:
+    return {"warm_start": source}
+
+
+def screen_source_attrs(score: ScreenScore) -> dict[str, Any]:
+    return {"screen": dataclasses.asdict(score)}

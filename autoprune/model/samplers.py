@@ -1,0 +1,38 @@
+"""The registry of Optuna samplers a spec can choose, as data (``sampler: {name: tpe, seed: 0}``).
+
+Each entry names an ``optuna.samplers`` class and its constructor arguments; ``"$seed"`` and
+``"$startup"`` stand for the study's seed and its number of start-up trials. The search layer
+builds the sampler (``autoprune.search.samplers.make``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoprune.registry import Registry
+
+__all__ = ["SamplerChoice", "REGISTRY", "get", "names"]
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    name: str
+    doc: str
+    optuna_class: str
+    args: tuple[tuple[str, object], ...]
+
+
+REGISTRY: Registry[SamplerChoice] = Registry("sampler")
+get, names = REGISTRY.get, REGISTRY.names
+
+REGISTRY.register(SamplerChoice("tpe", "multivariate TPE (default): good with few trials and many parameters",
+                                "TPESampler", (("seed", "$seed"), ("n_startup_trials", "$startup"),
+                                               ("multivariate", True), ("group", True))))
+REGISTRY.register(SamplerChoice("nsga2", "NSGA-II: a genetic algorithm; needs several generations of "
+                                "population_size trials", "NSGAIISampler",
+                                (("seed", "$seed"), ("population_size", "$startup"))))
+REGISTRY.register(SamplerChoice("gp", "Gaussian-process Bayesian optimisation; slow with many parameters "
+                                "(use shape: stage or global)", "GPSampler",
+                                (("seed", "$seed"), ("n_startup_trials", "$startup"))))
+REGISTRY.register(SamplerChoice("random", "independent uniform sampling: the baseline for search efficiency",
+                                "RandomSampler", (("seed", "$seed"),)))

@@ -1,0 +1,1 @@
+"""The search: study storage, Ray Tune execution, screening and promotion, warm starts, the front table."""

@@ -1,0 +1,268 @@
+"""Ray Tune executes the trials; an Optuna study (ask/tell) decides what they are.
+
+:class:`StudySearcher` is a Ray Tune ``Searcher`` that asks the Optuna study for each new
+trial and tells it the outcome. Everything written to the study goes through the driver;
+Ray workers only run a :class:`Job` (a real trial, or an adaptive-BN screen) and report one
+JSON payload (:func:`encode` / :func:`decode`), so a missing metric, a NaN or a dead worker
+becomes a FAILED trial with its reason and never a RUNNING zombie.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from ray import tune
+from ray.tune.search import Searcher
+
+from autoprune.config.spec import Resources, TrialSettings
+from autoprune.engine.trial import TrialResult
+from autoprune.model import objectives, records
+from autoprune.model.policy import Policy, ratio_summary
+from autoprune.model.shapes import sample_policy
+from autoprune.model.space import Layer, Space
+from autoprune.search.front import sync_front
+from autoprune.search.study import (
+    StudyStorage,
+    driver_id,
+    fail_trial,
+    heartbeat,
+    maybe_retry,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Job", "StudySearcher", "run_trials", "ray_session", "trainable", "encode", "decode", "PAYLOAD_KEY"]
+
+PAYLOAD_KEY = "autoprune"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the trials of one Ray Tune run do, and where their files go."""
+
+    kind: Literal["trial", "screen"]
+    settings: TrialSettings
+    space: Space
+    layers: tuple[Layer, ...]
+    objectives: tuple[str, ...]
+    study_dir: Path  # trial files: study_dir/trials/NNNNN
+    artifact_dir: Path  # the Optuna artifact store offered by optuna-dashboard
+    resources: Resources = Resources()
+    retries: int = 0
+    screen_batches: int = 8
+
+
+def encode(result: TrialResult) -> dict[str, str]:
+    """The one payload a Ray worker reports."""
+    return {PAYLOAD_KEY: json.dumps({"ok": result.ok, "metrics": result.metrics, "attrs": result.attrs,
+                                     "reason": result.reason}, default=str)}
+
+
+def decode(report: dict[str, Any] | None) -> TrialResult | None:
+    """The worker's result, or None when the report holds no readable payload."""
+    if not report or PAYLOAD_KEY not in report:
+        return None
+    try:
+        d = json.loads(report[PAYLOAD_KEY])
+        return TrialResult(ok=bool(d.get("ok")), metrics=dict(d.get("metrics") or {}),
+                           attrs=dict(d.get("attrs") or {}), reason=str(d.get("reason") or ""))
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+class StudySearcher(Searcher):
+    """Hands out up to ``n_trials`` Optuna trials to Ray Tune and records their results."""
+
+    def __init__(self, study: optuna.Study, store: StudyStorage, job: Job, n_trials: int,
+                 on_done: Callable[[optuna.trial.FrozenTrial], None] | None = None):
+        super().__init__()
+        from autoprune.search.artifacts import artifact_store
+
+        self._baseline = records.baseline_metrics(study)
+        self._store = artifact_store(job.artifact_dir)
+        self._study, self._storage, self._job = study, store, job
+        self._n, self._asked = n_trials, 0  # _n grows by one for each retry granted
+        self._live: dict[str, optuna.Trial] = {}
+        self._on_done = on_done
+        self.driver = driver_id()
+
+    def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._asked >= self._n:
+            return Searcher.FINISHED
+        self._asked += 1
+        ot = self._study.ask()
+        records.start_trial(ot, self.driver, trial_id)
+        policy = sample_policy(ot, self._job.space, self._job.layers)
+        records.set_policy(ot, policy.to_dict())
+        self._live[trial_id] = ot
+        return {"number": ot.number, "attempt": records.trial(ot).retry, "policy": policy.to_dict(),
+                "workdir": str(self._trial_dir(ot.number))}
+
+    def _trial_dir(self, number: int) -> Path:
+        return self._job.study_dir / "trials" / f"{number:05d}"
+
+    def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        return next(t for t in self._study.get_trials(deepcopy=False) if t.number == number)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        ot = self._live.pop(trial_id, None)
+        if ot is None:
+            return
+        payload = decode(result)
+        if error or payload is None:
+            reason = "the Ray trial errored (worker died or crashed before reporting)" if error \
+                else "the trial reported no result"
+            fail_trial(self._study, ot, reason)
+            if error and maybe_retry(self._study, self._frozen(ot.number), self._job.retries):
+                self._n += 1
+        elif not payload.ok:
+            records.write_result(ot, payload.attrs)
+            fail_trial(self._study, ot, payload.reason or "unknown failure")
+        else:
+            self._complete(ot, payload)
+        try:
+            sync_front(self._study, self._storage)
+        except Exception as e:  # the study itself is intact; the table is rebuilt after the next trial
+            logger.warning("could not update the front table: %s", e)
+        if self._on_done:
+            self._on_done(self._frozen(ot.number))
+
+    def _complete(self, ot: optuna.Trial, payload: TrialResult) -> None:
+        metrics = payload.metrics
+        names = list(self._job.objectives)
+        missing = [n for n in names if n not in metrics]
+        if missing:
+            return fail_trial(self._study, ot, f"metric {missing[0]} missing from the trial's result")
+        values = [float(metrics[n]) for n in names]
+        bad = [n for n, v in zip(names, values) if not math.isfinite(v)]
+        if bad:
+            return fail_trial(self._study, ot, f"metric {bad[0]} is not finite ({metrics[bad[0]]})")
+        records.write_result(ot, payload.attrs, metrics, self._baseline)
+        self._upload(ot, payload.attrs)
+        self._study.tell(ot, values)
+
+    def _upload(self, ot: optuna.Trial, attrs: dict[str, Any]) -> None:
+        from autoprune.engine.identity import versions
+        from autoprune.model.document import document_for_trial
+        from autoprune.search.artifacts import write_and_upload
+
+        trial_dir = self._trial_dir(ot.number)
+        try:
+            document = document_for_trial(self._study, self._study.study_name, ot.number, ot, versions()).to_dict()
+            write_and_upload(ot, self._store, trial_dir, document, attrs.get("checkpoint"))
+            records.set_artifact_dir(ot, str(trial_dir))
+        except Exception as e:  # artifacts are a convenience: the trial's result stands without them
+            logger.warning("trial %d: artifact upload failed: %s", ot.number, e)
+
+    def save(self, checkpoint_path: str) -> None:  # state lives in the Optuna storage
+        return None
+
+    def restore(self, checkpoint_path: str) -> None:
+        return None
+
+    def abandon_all(self, reason: str) -> None:
+        """Mark every trial still handed out as FAILED (the run ended before they reported)."""
+        for trial_id in list(self._live):
+            fail_trial(self._study, self._live.pop(trial_id), reason)
+
+
+def trainable(config: dict[str, Any], job: Job) -> None:
+    """The Ray trainable: run the job's trial (or screen) for one policy and report its payload."""
+    from autoprune.engine.screen import screen_safely
+    from autoprune.engine.trial import run_trial_safely
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    policy = Policy.from_dict(config["policy"])
+    if job.kind == "screen":
+        result = screen_safely(job.settings, policy, job.layers, job.screen_batches)
+    else:
+        result = run_trial_safely(job.settings, policy, job.layers, Path(config["workdir"]))
+    tune.report(encode(result))
+
+
+def _beat(study: optuna.Study, driver: str, stop: threading.Event, every_s: float = 30.0) -> None:
+    while True:
+        try:
+            heartbeat(study, driver)
+        except Exception as e:  # a missed heartbeat must not stop the search
+            logger.debug("heartbeat failed: %s", e)
+        if stop.wait(every_s):
+            return
+
+
+def _log_trial(t: optuna.trial.FrozenTrial) -> None:
+    rec = records.trial(t)
+    if t.state == optuna.trial.TrialState.COMPLETE:
+        m, pol = rec.metrics, rec.policy or {}
+        logger.info("trial %d done in %.0fs: mAP50-95 %.3f, mAP50 %.3f, params %s, latency %.2f ms (%s, %s)",
+                    t.number, rec.wall_seconds, m.get("map50_95", float("nan")), m.get("map50", float("nan")),
+                    f"{int(m.get('params', 0)):,}", m.get("latency_ms", float("nan")), pol.get("criterion"),
+                    ratio_summary(pol.get("ratios", {})))
+    else:
+        logger.warning("trial %d FAILED: %s", t.number, rec.fail_reason)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[bool]:
+    """Ray for the duration of the block: a local Ray (or ``address``), quietly, unless one is up already.
+
+    Yields whether this block started it (and so shuts it down).
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             configure_logging=False,
+             runtime_env={"env_vars": {k: os.environ[k] for k in ("AUTOPRUNE_HOME",) if k in os.environ}})
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+
+
+TrialFn = Callable[..., None]
+
+
+def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int, ray_address: str | None = None,
+               trial_fn: TrialFn | None = None) -> None:
+    """Run ``n_trials`` new trials of ``study`` under Ray Tune (a local Ray unless one is up or ``ray_address``).
+
+    ``trial_fn(config, job=)`` is the Ray trainable; the default is :func:`trainable`.
+    """
+    searcher = StudySearcher(study, store, job, n_trials, on_done=_log_trial)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0
+    stop = threading.Event()
+    beat = threading.Thread(target=_beat, args=(study, searcher.driver, stop), daemon=True, name="autoprune-heartbeat")
+    with ray_session(ray_address):
+        trainable_ = tune.with_resources(tune.with_parameters(trial_fn or trainable, job=job),
+                                         resources={"cpu": job.resources.cpus, "gpu": job.resources.gpus})
+        tuner = tune.Tuner(
+            trainable_,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials * (1 + job.retries),
+                                        max_concurrent_trials=job.resources.concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name=f"{study.study_name}-ray", storage_path=str(job.study_dir / "ray"),
+                                      verbose=0),
+        )
+        beat.start()
+        try:
+            tuner.fit()
+        finally:
+            stop.set()
+            searcher.abandon_all("the search run ended before this trial reported (interrupted)")
+    logger.info("%d trial(s) run; objectives: %s", n_trials, ", ".join(objectives.get(n).label for n in job.objectives))
+

@@ -1,0 +1,114 @@
+"""Multi-fidelity search: screen candidates cheaply in a side study, promote the best into the main study.
+
+Screening runs as an internal side study ``NAME-screen`` (marked as such) in the same
+storage: each candidate is pruned to its final channels and adaptive-BN screened (see
+:mod:`autoprune.engine.screen`). The best-ranked candidates (non-dominated sorting on the
+study's objectives, then screen mAP) are enqueued into the main study with their parameters
+and fine-tuned there. How well the screen ranked the final mAP is recorded as Kendall's tau
+in the main study's ``screening`` record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autoprune.config.spec import SearchSpec
+from autoprune.model import records
+from autoprune.model.pareto import kendall_tau, promotion_order
+from autoprune.model.space import Layer
+from autoprune.search.executor import Job, run_trials
+from autoprune.search.study import (
+    StudyOptions,
+    StudyStorage,
+    fail_stale_trials,
+    open_study,
+)
+from autoprune.search.warmstart import warm_start
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["screen_job", "screening_summary", "screen_and_promote", "record_screening", "SIDE_SUFFIX"]
+
+SIDE_SUFFIX = "-screen"
+
+
+def screen_job(spec: SearchSpec, layers: Sequence[Layer]) -> Job:
+    """The side study's job: the spec's space and objectives, adaptive-BN screens, short latency timing."""
+    lat = spec.latency
+    short = dataclasses.replace(lat, warmup=min(lat.warmup, 2), runs=min(lat.runs, 10), rounds=min(lat.rounds, 5))
+    name = f"{spec.name}{SIDE_SUFFIX}"
+    return Job(kind="screen", settings=spec.trial_settings.replace(latency=short), space=spec.space,
+               layers=tuple(layers), objectives=spec.objectives, study_dir=spec.study_dir.parent / name,
+               artifact_dir=spec.study_dir.parent / "artifacts", resources=spec.resources, retries=0,
+               screen_batches=spec.screening.batches)
+
+
+def _open_screen(spec: SearchSpec, store: StudyStorage) -> optuna.Study:
+    return open_study(dataclasses.replace(StudyOptions.of(spec), name=f"{spec.name}{SIDE_SUFFIX}", role="screen"),
+                      store)
+
+
+def screening_summary(trials: Sequence[optuna.trial.FrozenTrial], screen_seconds: Sequence[float]) -> dict[str, Any]:
+    """Kendall tau of screen mAP vs final mAP over promoted, completed trials, and the compute ratio."""
+    recs = [records.trial(t) for t in trials]
+    pairs = [(r.screen.map50_95, r.metrics["map50_95"]) for r in recs if r.screen and "map50_95" in r.metrics]
+    full = [r.wall_seconds for r in recs if r.screen and r.wall_seconds > 0]
+    tau = kendall_tau([p[0] for p in pairs], [p[1] for p in pairs]) if len(pairs) >= 2 else float("nan")
+    mean_screen = sum(screen_seconds) / len(screen_seconds) if screen_seconds else float("nan")
+    mean_full = sum(full) / len(full) if full else float("nan")
+    return {"kendall_tau": tau, "pairs": len(pairs), "screened": len(screen_seconds),
+            "screen_seconds_mean": mean_screen, "full_seconds_mean": mean_full,
+            "compute_saved_x": mean_full / mean_screen if mean_screen and mean_screen == mean_screen else float("nan")}
+
+
+def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer],
+                       n_promote: int, fingerprint: str | None,
+                       ray_address: str | None = None) -> tuple[optuna.Study, set[int]]:
+    """Screen ``factor x n_promote`` candidates in the side study, enqueue the best ``n_promote``
+    (not promoted before) into ``study``.  Returns the side study and the numbers of its new trials."""
+    screen = _open_screen(spec, store)
+    fail_stale_trials(screen, store, 0)  # screens left RUNNING by a dead driver
+    records.copy_study_attrs(study, screen, screen)
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # e.g. retries
+    n_promote = max(0, n_promote - waiting)
+    before = {t.number for t in screen.get_trials(deepcopy=False)}
+    if n_promote == 0:
+        return screen, set()
+    n_screen = spec.screening.factor * n_promote
+    warm_start(screen, store, spec.space, spec.warm_start, layers, fingerprint, limit=n_screen)
+    logger.info("screening %d candidate policies with adaptive BatchNorm (%d batches each)", n_screen,
+                spec.screening.batches)
+    run_trials(screen, store, screen_job(spec, layers), n_screen, ray_address=ray_address)
+    promoted = {r.screen.trial for r in map(records.trial, study.get_trials(deepcopy=False)) if r.screen}
+    candidates = [t for t in screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if t.number not in promoted and records.trial(t).metrics]
+    metrics = [records.trial(t).metrics for t in candidates]
+    names = [n for n in spec.objectives if all(n in m for m in metrics)]
+    order = promotion_order(metrics, names) if candidates else []
+    chosen = [candidates[i] for i in order[:n_promote]]
+    for t in chosen:
+        rec = records.trial(t)
+        score = records.ScreenScore(t.number, rec.metrics["map50_95"], rec.metrics["map50"], rec.wall_seconds or None)
+        study.enqueue_trial(t.params, user_attrs=records.screen_source_attrs(score))
+    logger.info("promoted %d of %d screened candidates to fine-tuning: screen trials %s", len(chosen),
+                len(candidates), [t.number for t in chosen])
+    return screen, {t.number for t in screen.get_trials(deepcopy=False)} - before
+
+
+def record_screening(study: optuna.Study, store: StudyStorage, spec: SearchSpec) -> dict[str, Any]:
+    """Store (and return) the study's ``screening`` record: Kendall tau of screen vs final mAP."""
+    screen = _open_screen(spec, store)
+    seconds = [records.trial(t).wall_seconds for t in screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    summary = screening_summary(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                                [s for s in seconds if s > 0])
+    summary = {k: (None if isinstance(v, float) and v != v else v) for k, v in summary.items()}
+    records.set_screening(study, summary)
+    logger.info("screening: Kendall tau %s over %d promoted trials; a screen costs 1/%s of a trial",
+                summary["kendall_tau"], summary["pairs"], summary["compute_saved_x"])
+    return summary

@@ -1,0 +1,238 @@
+"""The study storage and the Optuna study: open or create, stale trials, retries, heartbeats.
+
+Storage is opened from its URL once (:class:`StudyStorage`); everything that needs more than
+the public ``optuna.Study`` API (trial handles by number, the study list, an SQL engine for
+the front table) goes through it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, NamedTuple
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune.config.spec import SamplerSettings, SearchSpec
+from autoprune.errors import InputError, SpecError
+from autoprune.model import objectives, records
+from autoprune.search import samplers
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["StudyStorage", "get_storage", "masked", "StudyOptions", "open_study", "open_study_for", "load_existing",
+           "Opened", "driver_id", "heartbeat", "fail_trial", "fail_stale_trials", "maybe_retry", "STALE_AFTER_S"]
+
+STALE_AFTER_S = 300.0  # a driver on another host is presumed dead after this long without a heartbeat
+
+
+def masked(url: str) -> str:
+    """``url`` with any password replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    if url.startswith("postgresql"):
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    return {"pool_pre_ping": True}
+
+
+class StudyStorage:
+    """An Optuna RDB storage opened from ``url``, with the few storage-level operations autoprune needs."""
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///"):]
+            if path and path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        try:
+            self.rdb = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url),
+                                                  skip_compatibility_check=False)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"storage: cannot open {masked(url)}: {first}") from None
+
+    @cached_property
+    def engine(self) -> sa.Engine:
+        """autoprune's own SQLAlchemy engine on the same database (for the front table)."""
+        return sa.create_engine(self.url, **_engine_kwargs(self.url))
+
+    def study_names(self, include_side: bool = True) -> list[str]:
+        out = []
+        for s in self.rdb.get_all_studies():
+            if include_side or not records.is_side_study(s.study_name, s):
+                out.append(s.study_name)
+        return out
+
+    def load(self, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+        return optuna.load_study(study_name=name, storage=self.rdb, sampler=sampler)
+
+    def trial(self, study: optuna.Study, number: int) -> optuna.Trial:
+        """A live handle on trial ``number`` of ``study`` (to record on, or tell)."""
+        sid = self.rdb.get_study_id_from_name(study.study_name)
+        return optuna.Trial(study, self.rdb.get_trial_id_from_study_id_trial_number(sid, number))
+
+
+def get_storage(url: str) -> StudyStorage:
+    """The study storage at ``url``; a one-line InputError when it cannot be opened."""
+    return StudyStorage(url)
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    name: str
+    objectives: tuple[str, ...]
+    sampler: SamplerSettings = SamplerSettings()
+    seed: int = 0
+    trials: int = 20  # the budget: sets the sampler's start-up trials
+    role: str | None = None  # "screen" for an internal side study
+
+    @classmethod
+    def of(cls, spec: SearchSpec) -> StudyOptions:
+        return cls(spec.name, spec.objectives, spec.sampler, spec.seed, spec.trials)
+
+
+def _sampler(o: StudyOptions, n_existing: int) -> optuna.samplers.BaseSampler:
+    # Offset the seed by the trials already there, so a continued study does not replay its first draws.
+    startup = max(4, min(10, o.trials // 3))
+    seed = o.sampler.seed if o.sampler.seed is not None else o.seed
+    return samplers.make(o.sampler.name, seed + n_existing, startup)
+
+
+def open_study(options: StudyOptions, store: StudyStorage) -> optuna.Study:
+    """Load the study (checking its objectives match) or create it."""
+    wanted = list(options.objectives)
+    try:
+        existing = store.load(options.name)
+    except KeyError:
+        existing = None
+    if existing is not None:
+        have = existing.user_attrs.get("objectives")
+        if have != wanted:
+            raise SpecError(f"name: study {options.name!r} exists with objectives {have}, not {wanted} "
+                            "(choose another --study-name)")
+        return store.load(options.name, sampler=_sampler(options, len(existing.trials)))
+    directions = [objectives.get(n).direction for n in wanted]
+    study = optuna.create_study(study_name=options.name, storage=store.rdb, directions=directions,
+                                sampler=_sampler(options, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([objectives.get(n).label for n in wanted])
+    records.set_objectives(study, wanted)
+    if options.role:
+        records.set_role(study, options.role)
+    return study
+
+
+def open_study_for(spec: SearchSpec, store: StudyStorage) -> optuna.Study:
+    return open_study(StudyOptions.of(spec), store)
+
+
+class Opened(NamedTuple):
+    study: optuna.Study
+    store: StudyStorage
+
+
+def load_existing(url: str, name: str | None) -> Opened:
+    """Open an existing user study; one-line InputError if the database or study is missing.
+
+    Without ``name`` the storage must hold exactly one user study (internal side studies don't count).
+    """
+    if url.startswith("sqlite:///") and not os.path.isfile(url[len("sqlite:///"):]):
+        raise InputError(f"storage: no study database at {url[len('sqlite:///'):]} (run autoprune search first)")
+    store = get_storage(url)
+    names = store.study_names()
+    if name is None:
+        users = store.study_names(include_side=False)
+        if len(users) != 1:
+            raise InputError(f"study: pass --study NAME ({len(users)} studies in {masked(url)}: "
+                             f"{', '.join(users) or 'none'})")
+        name = users[0]
+    if name not in names:
+        raise InputError(f"study: no study named {name!r} in {masked(url)} (have: {', '.join(names) or 'none'})")
+    return Opened(store.load(name), store)
+
+
+def driver_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def heartbeat(study: optuna.Study, driver: str) -> None:
+    records.set_heartbeat(study, driver, time.time())
+
+
+def fail_trial(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Record ``reason`` and tell the study the trial FAILED."""
+    records.set_fail_reason(trial, reason)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _driver_dead(owner: str, beats: dict[str, float], started: float | None, now: float) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if not owner:
+        return True
+    if host == socket.gethostname() and pid.isdigit():
+        return not _pid_alive(int(pid))
+    last = beats.get(owner, started)
+    return last is None or now - float(last) > STALE_AFTER_S
+
+
+def fail_stale_trials(study: optuna.Study, store: StudyStorage, retries: int = 0) -> list[int]:
+    """Mark FAILED the RUNNING trials whose driver is gone; re-enqueue their policies up to ``retries`` times.
+
+    A driver on this host is gone when its process is; one on another host when its
+    heartbeat is older than ``STALE_AFTER_S``.
+    """
+    failed = []
+    now = time.time()
+    beats = records.heartbeats(study)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = records.trial(t).driver
+        started = t.datetime_start.timestamp() if t.datetime_start else None
+        if not _driver_dead(owner, beats, started, now):
+            continue
+        fail_trial(study, store.trial(study, t.number),
+                   f"left RUNNING by autoprune process {owner or '?'} that is no longer running (killed or crashed)")
+        failed.append(t.number)
+        maybe_retry(study, t, retries)
+    if failed:
+        logger.warning("marked %d stale RUNNING trial(s) FAILED: %s", len(failed), failed)
+    return failed
+
+
+def maybe_retry(study: optuna.Study, t: FrozenTrial, retries: int) -> bool:
+    """Enqueue ``t``'s policy again if it has retries left; returns whether it did."""
+    rec = records.trial(t)
+    if rec.retry >= retries or not t.params and rec.policy is None:
+        return False
+    attrs = records.retry_attrs(t)
+    study.enqueue_trial(dict(t.params), user_attrs=attrs, skip_if_exists=False)
+    logger.info("trial %d will be retried (attempt %d of %d)", t.number, attrs["retry"], retries)
+    return True
+
+
+def complete_trials(study: optuna.Study, numbers: Sequence[int] | None = None) -> list[FrozenTrial]:
+    ts = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return ts if numbers is None else [t for t in ts if t.number in set(numbers)]

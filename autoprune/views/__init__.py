@@ -1,0 +1,18 @@
+"""Views of a study: the front as text, the plotly report (pure data functions and thin renderers), and
+optuna-dashboard serving."""
+
+from autoprune.views.report import build_figures, write_report
+from autoprune.views.report_data import (
+                                         HypervolumePoint,
+                                         KnobRow,
+                                         ParetoData,
+                                         ParetoPoint,
+                                         RatioProfile,
+                                         hypervolume_history,
+                                         knob_rows,
+                                         pareto_data,
+                                         ratio_profiles,
+)
+
+__all__ = ["HypervolumePoint", "KnobRow", "ParetoData", "ParetoPoint", "RatioProfile", "hypervolume_history",
+           "knob_rows", "pareto_data", "ratio_profiles", "build_figures", "write_report"]
