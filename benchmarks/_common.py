@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoprune.config.spec import parse_spec
+from autoprune.model import records
 from autoprune.model.pareto import baseline_hypervolume as hypervolume
 from autoprune.search.run import run_search
 
@@ -43,8 +44,7 @@ def complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def front_hypervolume(study: optuna.Study) -> float:
-    names = list(study.user_attrs["objectives"])
-    return hypervolume([t.values for t in complete(study)], names, study.user_attrs["baseline"])
+    return hypervolume([t.values for t in complete(study)], records.study_objectives(study), records.baseline(study))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

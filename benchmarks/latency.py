@@ -19,9 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import logger, machine, setup_logging, write_json  # noqa: E402
-
-from autoprune.model import criteria
-from autoprune.model.shapes import target_keep
+from autoprune.model import criteria  # noqa: E402
+from autoprune.model.shapes import target_keep  # noqa: E402
 
 
 def _cv(xs: list[float]) -> float:
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for ratio in (0.2, 0.3, 0.5):
             for round_to in (1, 8):
-                keep = target_keep(original, {n: ratio for n in original}, 1, 1, round_to)
+                keep = target_keep(original, dict.fromkeys(original, ratio), 1, 1, round_to)
                 policies.append((f"uniform {ratio:.1f} round_to {round_to}", keep))
     base_deployed = ultra.deploy_copy(base)
     base_macs = tp.count_macs(base, args.imgsz)

@@ -39,15 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from autoprune.adapters import tp, ultra
-    from autoprune.model import Layer
-    from autoprune.model.shapes import sample_policy
-    from autoprune.engine.screen import screen_policy
-    from autoprune.model.pareto import kendall_tau
-    from autoprune.search.run import prepare_inputs
     from autoprune.config.spec import parse_spec
     from autoprune.engine.pipeline import TRACE_IMGSZ
-from autoprune.engine.trial import run_trial
-from autoprune.model.shapes import target_keep
+    from autoprune.engine.screen import screen_policy
+    from autoprune.engine.trial import run_trial
+    from autoprune.model import Layer, criteria
+    from autoprune.model.pareto import kendall_tau
+    from autoprune.model.shapes import sample_policy, target_keep
+    from autoprune.search.run import prepare_inputs
 
     raw = {"name": "bench-screen", "model": "demo", "data": "demo", "imgsz": args.imgsz, "seed": args.seed,
            "space": {"ratio": {"low": 0.0, "high": 0.7, "step": 0.05}, "shape": "stage",
@@ -64,20 +63,20 @@ from autoprune.model.shapes import target_keep
     workdir = Path(tempfile.mkdtemp(prefix="autoprune-screen-bench-"))
     for i in range(args.candidates):
         policy = sample_policy(sampler_study.ask(), spec.space, layers)
-        screened = screen_policy(spec, policy, layers, spec.data, args.batches)
+        screened = screen_policy(spec.trial_settings, policy, layers, args.batches)
         t0 = time.perf_counter()  # prune only, no BN recalibration
         model = ultra.load_model(spec.model)
         keep = target_keep({la.name: la.channels for la in layers}, policy.ratio_map, 1, 1, policy.round_to)
         torch.manual_seed(spec.seed)
-        tp.prune_step(model, keep, tp.importance(policy.criterion), TRACE_IMGSZ)
+        tp.prune_step(model, keep, tp.importance(criteria.get(policy.criterion)), TRACE_IMGSZ)
         plain = ultra.validate(model, spec.data, spec.imgsz, batch=16, threads=spec.train_threads).map50_95
         plain_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        full = run_trial(spec, policy, layers, spec.data, workdir / f"c{i}")
+        full = run_trial(spec.trial_settings, policy, layers, workdir / f"c{i}")
         full_s = time.perf_counter() - t0
         row = {"criterion": policy.criterion, "round_to": policy.round_to,
                "mean_ratio": statistics.fmean(policy.ratio_map.values()),
-               "screen_map50_95": screened["metrics"]["map50_95"], "screen_s": screened["attrs"]["screen_seconds"],
+               "screen_map50_95": screened.metrics["map50_95"], "screen_s": screened.attrs["screen_seconds"],
                "no_bn_map50_95": plain, "no_bn_s": plain_s,
                "final_map50_95": full.metrics["map50_95"], "full_s": full_s}
         rows.append(row)

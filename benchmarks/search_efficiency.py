@@ -87,13 +87,16 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("seed %d %s: hypervolume %.4f, front %d, wall %.0fs", seed, arm,
                         per_seed[arm]["hypervolume"], per_seed[arm]["front_size"], wall)
         if {"uniform", "autoprune"} <= set(per_seed):
-            per_seed["ratio_vs_uniform"] = per_seed["autoprune"]["hypervolume"] / max(per_seed["uniform"]["hypervolume"], 1e-12)
+            hv = per_seed["autoprune"]["hypervolume"]
+            per_seed["ratio_vs_uniform"] = hv / max(per_seed["uniform"]["hypervolume"], 1e-12)
         if {"random", "autoprune"} <= set(per_seed):
-            per_seed["ratio_vs_random"] = per_seed["autoprune"]["hypervolume"] / max(per_seed["random"]["hypervolume"], 1e-12)
+            hv = per_seed["autoprune"]["hypervolume"]
+            per_seed["ratio_vs_random"] = hv / max(per_seed["random"]["hypervolume"], 1e-12)
         results["seeds"][str(seed)] = per_seed
     write_json(args.out, results)
     for seed, r in results["seeds"].items():
-        print(f"seed {seed}: " + ", ".join(f"{k} HV {v['hypervolume']:.4f}" for k, v in r.items() if isinstance(v, dict))
+        hvs = ", ".join(f"{k} HV {v['hypervolume']:.4f}" for k, v in r.items() if isinstance(v, dict))
+        print(f"seed {seed}: " + hvs
               + "".join(f", {k} {v:.2f}x" for k, v in r.items() if k.startswith("ratio")))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -54,10 +55,8 @@ def test_kill_minus_9_then_resume(tmp_path, tiny_data, tiny_model_pt):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever Ray left behind in that session
-        except ProcessLookupError:
-            pass
     before = {t.number: (t.state, t.values) for t in _states(url)}
     killed = [n for n, (s, _) in before.items() if s == TrialState.RUNNING]
     completed = {n: v for n, (s, v) in before.items() if s == TrialState.COMPLETE}

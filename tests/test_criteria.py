@@ -19,7 +19,7 @@ def test_every_criterion_prunes_and_model_still_runs(name, tiny_data):
     model = ultra.load_model("yolov8n.yaml", nc=3)
     crit = criteria.get(name)
     original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TINY_IMGSZ)}
-    keep = target_keep(original, {n: 0.3 for n in original}, 1, 1)
+    keep = target_keep(original, dict.fromkeys(original, 0.3), 1, 1)
     if crit.needs_gradients:
         for batch in ultra.training_batches(str(tiny_data), TINY_IMGSZ, 4, 1):
             ultra.compute_loss(model, batch).backward()

@@ -142,7 +142,7 @@ def test_tp_ratios_reproduce_the_channels_with_torch_pruning(exported):
     pruner.step()
     atp.merge_c2f(model)
     assert atp.channel_counts(model) == dict(load_policy_file(out / "policy.yaml").channels)
-    assert aultra.count_params(model) == int(best.user_attrs["metrics"]["params"])
+    assert ultra.count_params(model) == int(best.user_attrs["metrics"]["params"])
 
 
 def test_apply_reproduces_channels_and_checks_the_base(tmp_path, demo_study, exported, tiny_model_pt):
@@ -161,11 +161,11 @@ def test_apply_reproduces_channels_and_checks_the_base(tmp_path, demo_study, exp
     assert other.stderr.count("\n") == 1 and "fingerprint differs" in other.stderr
     assert not (tmp_path / "x" / "other.pt").exists()
 
-    forced = _cli(["apply", out / "policy.yaml", "--model", tiny_model_pt, "--out", "x/forced.pt", "--force"],
+    _cli(["apply", out / "policy.yaml", "--model", tiny_model_pt, "--out", "x/forced.pt", "--force"],
                   tmp_path)
     assert tp.channel_counts(ultra.load_model(tmp_path / "x" / "forced.pt")) == best.user_attrs["channels"]
 
-    again = _cli(["apply", out / "policy.yaml", "--model", out / "pruned.pt", "--out", "again.pt", "--force"],
+    _cli(["apply", out / "policy.yaml", "--model", out / "pruned.pt", "--out", "again.pt", "--force"],
                  tmp_path)  # re-applying to the pruned model changes nothing
     assert ultra.count_params(ultra.load_model(tmp_path / "again.pt")) == int(best.user_attrs["metrics"]["params"])
 

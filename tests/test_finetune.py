@@ -17,7 +17,8 @@ def _pruned(ratio=0.4):
     torch.manual_seed(0)
     model = ultra.load_model("yolov8n.yaml", nc=3)
     original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TINY)}
-    tp.prune_step(model, target_keep(original, {n: ratio for n in original}, 1, 1), tp.importance(criteria.get("l2")), TINY)
+    keep = target_keep(original, dict.fromkeys(original, ratio), 1, 1)
+    tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TINY)
     return model
 
 
@@ -60,7 +61,7 @@ def test_pruning_inside_a_running_trainer_is_caught(tiny_data, tmp_path):
     original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TINY)}
 
     def prune_mid_training(trainer):
-        tp.prune_step(trainer.model, target_keep(original, {n: 0.5 for n in original}, 1, 1),
+        tp.prune_step(trainer.model, target_keep(original, dict.fromkeys(original, 0.5), 1, 1),
                       tp.importance(criteria.get("l1")), TINY)
 
     with pytest.raises(TrialError, match="EMA trap"):

@@ -12,7 +12,6 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from conftest import BASE, make_study  # noqa: E402
 from optuna.trial import TrialState
 
 from autoprune import cli
@@ -20,6 +19,7 @@ from autoprune.model.pareto import baseline_hypervolume as hypervolume
 from autoprune.search.front import read_front, sync_front
 from autoprune.search.study import get_storage
 from autoprune.views import hypervolume_history, knob_rows, pareto_data, ratio_profiles
+from conftest import BASE, make_study  # noqa: E402
 
 
 def test_front_table_always_equals_best_trials(tmp_path):

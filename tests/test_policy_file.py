@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import make_study  # noqa: E402
 
 from autoprune.deploy.export import (
     knee_trial,
@@ -16,6 +15,7 @@ from autoprune.engine.identity import fingerprint
 from autoprune.errors import InputError, TrialError
 from autoprune.model import Policy, criteria
 from autoprune.model.document import PolicyDocument, dump_policy_file, load_policy_file
+from conftest import make_study  # noqa: E402
 
 POLICY = Policy(ratios=(("model.0", 0.25), ("model.2.cv1", 0.5)), criterion="l1", iterations=2, lr=0.01, ema=False,
                 epochs=1)
@@ -81,7 +81,7 @@ def test_selection_by_trial_best_where_and_knee(tmp_path):
     best = select_trial(study, best="map50_95")
     assert best.user_attrs["metrics"]["map50_95"] == max(t.user_attrs["metrics"]["map50_95"] for t in complete)
     limit = sorted(t.user_attrs["metrics"]["params"] for t in complete)[len(complete) // 2]
-    chosen = select_trial(study, best="map50_95", where=["params<=%s" % limit, "map50 >= 0"])
+    chosen = select_trial(study, best="map50_95", where=[f"params<={limit}", "map50 >= 0"])
     assert chosen.user_attrs["metrics"]["params"] <= limit
     assert chosen.user_attrs["metrics"]["map50_95"] == max(
         t.user_attrs["metrics"]["map50_95"] for t in complete if t.user_attrs["metrics"]["params"] <= limit)
@@ -131,7 +131,8 @@ def test_roundtrip_check_catches_a_checkpoint_that_is_not_the_pruned_model(tmp_p
     assert ok["params"] == measured.params and abs(ok["map50_95"] - measured.map50_95) <= 1e-3
 
     real_save = ultra.save_checkpoint
-    monkeypatch.setattr(ultra, "save_checkpoint", lambda m, path, **kw: real_save(ultra.load_model(tiny_model_pt), path))
+    monkeypatch.setattr(ultra, "save_checkpoint",
+                        lambda m, path, **kw: real_save(ultra.load_model(tiny_model_pt), path))
     with pytest.raises(TrialError, match="round trip: bad.pt reloads with"):
         verify_roundtrip(model, tmp_path / "bad.pt", spec.trial_settings, measured)
 

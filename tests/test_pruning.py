@@ -88,7 +88,7 @@ def test_yolo11_prunes_with_attention_untouched():
     layers = tp.prunable_layers(model, TRACE)
     assert not any(".attn." in lay.name for lay in layers)
     original = {lay.name: lay.channels for lay in layers}
-    keep = target_keep(original, {n: 0.3 for n in original}, 1, 1)
+    keep = target_keep(original, dict.fromkeys(original, 0.3), 1, 1)
     shape = _forward_shape(model)
     before = ultra.count_params(model)
     assert tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TRACE) == keep
@@ -100,7 +100,8 @@ def test_yolo11_prunes_with_attention_untouched():
 
 def test_pruned_model_checkpoint_reloads_with_plain_ultralytics(yolov8n, tmp_path):
     original = {lay.name: lay.channels for lay in tp.prunable_layers(yolov8n, TRACE)}
-    tp.prune_step(yolov8n, target_keep(original, {n: 0.4 for n in original}, 1, 1), tp.importance(criteria.get("l1")), TRACE)
+    keep = target_keep(original, dict.fromkeys(original, 0.4), 1, 1)
+    tp.prune_step(yolov8n, keep, tp.importance(criteria.get("l1")), TRACE)
     path = ultra.save_checkpoint(yolov8n, tmp_path / "p.pt")
     assert ultra.checkpoint_param_count(path) == ultra.count_params(yolov8n)
 

@@ -81,7 +81,7 @@ def test_defaults_are_frozen_and_complete():
     assert set(spec.space.criteria) == set(criteria.names())
     assert spec.storage_url.startswith("sqlite:///") and spec.storage_url.endswith("studies/autoprune.db")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        spec.trials = 3  # type: ignore[misc]
+        spec.trials = 3  # type: ignore[misc,unused-ignore]
 
 
 def test_overrides_replace_spec_values():

@@ -111,7 +111,7 @@ def test_screened_warm_started_search(tmp_path, tiny_data, tiny_model_pt):
         assert t.user_attrs["policy"]["round_to"] == 8
         for name, c in t.user_attrs["channels"].items():
             assert c % 8 == 0 or layers[name] < 8
-        assert 0 < t.user_attrs["metrics"]["latency_ratio"] and "ratio_cv" in t.user_attrs["latency"]
+        assert t.user_attrs["metrics"]["latency_ratio"] > 0 and "ratio_cv" in t.user_attrs["latency"]
     summary = study.user_attrs["screening"]
     assert summary["pairs"] == 2 and summary["screened"] == 4 and summary["kendall_tau"] in (-1.0, 1.0, None)
     assert study.user_attrs["baseline"]["latency_ratio"] == 1.0

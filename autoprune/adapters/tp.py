@@ -16,6 +16,7 @@ import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -38,11 +39,12 @@ if not tp.__version__.startswith("1."):
     raise UnsupportedVersionError(f"torch-pruning {tp.__version__} is not supported (need 1.x)")
 
 
-def _ultra():
+def _ultra() -> tuple[Any, Any, Any, Any, Any]:
+    # isort: off
+    from autoprune.adapters import ultra  # noqa: F401 - configures ultralytics offline before its first import
     from ultralytics.nn.modules import C2f, Conv, Detect
     from ultralytics.nn.modules.block import DFL, Attention
-
-    from autoprune.adapters import ultra  # noqa: F401 - configures ultralytics offline before import
+    # isort: on
 
     return C2f, Conv, Detect, DFL, Attention
 
@@ -144,7 +146,7 @@ def _ignored_layers(model: nn.Module) -> list[nn.Module]:
                 branches = getattr(mod, attr, None)
                 if isinstance(branches, nn.ModuleList):
                     ignored.extend(branch[-1] for branch in branches)
-        elif isinstance(mod, DFL) or isinstance(mod, Attention) or "attn" in type(mod).__name__.lower():
+        elif isinstance(mod, (DFL, Attention)) or "attn" in type(mod).__name__.lower():
             ignored.extend(mod.modules())
     return ignored
 
@@ -186,13 +188,14 @@ class _Graph:
         for group in self.dg.get_all_groups(ignored_layers=self.ignored, root_module_types=[nn.Conv2d]):
             yield self._name(group), group
 
-    def _name(self, group) -> str:  # noqa: ANN001 - torch-pruning's Group
+    def _name(self, group: Any) -> str:  # torch-pruning's Group
         root = group[0].dep.target.module
         for dep, _ in group:
             mod = dep.target.module
             name = self.names.get(mod, "")
             for split in self.split_names:  # both halves of a split C2f share the block's cv1 name
-                if name in (f"{split}.cv0.conv", f"{split}.cv1.conv") and self.dg.is_out_channel_pruning_fn(dep.handler):
+                halves = (f"{split}.cv0.conv", f"{split}.cv1.conv")
+                if name in halves and self.dg.is_out_channel_pruning_fn(dep.handler):
                     return f"{split}.cv1"
         name = self.names[root]
         return name[: -len(".conv")] if name.endswith(".conv") else name

@@ -8,9 +8,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -177,7 +178,7 @@ class _GivenModelTrainer(DetectionTrainer):
         super().__init__(overrides=overrides)
         self.model = model  # setup_model() returns early for an nn.Module
 
-    def get_model(self, cfg=None, weights=None, verbose=True):  # noqa: ANN001 - ultralytics' signature
+    def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         return self._given
 
 

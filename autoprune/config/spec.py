@@ -298,12 +298,13 @@ def _apply_overrides(raw: dict[str, Any], o: Overrides) -> dict[str, Any]:
     res = {k: v for k, v in {"cpus": o.cpus_per_trial, "gpus": o.gpus_per_trial,
                              "concurrent": o.concurrent}.items() if v is not None}
     if res:
-        base_res = raw.get("resources") if isinstance(raw.get("resources"), Mapping) else {}
-        raw["resources"] = {**base_res, **res}
+        given = raw.get("resources")
+        raw["resources"] = {**(given if isinstance(given, Mapping) else {}), **res}
     return raw
 
 
-def parse_spec(raw: Any, source: str, overrides: Overrides | None = None, studies_dir: Path | None = None) -> SearchSpec:
+def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
+               studies_dir: Path | None = None) -> SearchSpec:
     """Validate ``raw`` (the YAML document) and apply ``overrides``."""
     if not isinstance(raw, Mapping):
         raise SpecError(f"{source}: expected a YAML mapping at the top level, got {type_name(raw)}")

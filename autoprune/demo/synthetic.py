@@ -44,7 +44,10 @@ class SyntheticConfig:
         return f"shapes-{digest}"
 
 
-def _draw_image(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[Image.Image, list[tuple[int, float, float, float, float]]]:
+Label = tuple[int, float, float, float, float]
+
+
+def _draw_image(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[Image.Image, list[Label]]:
     s = cfg.imgsz
     base = rng.integers(90, 170, size=3)
     noise = rng.normal(0.0, 12.0, size=(s, s, 3))

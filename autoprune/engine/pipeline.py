@@ -7,6 +7,7 @@ and ``autoprune apply`` (one step to a policy's recorded channels).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ __all__ = ["TRACE_IMGSZ", "accumulate_gradients", "prune_once"]
 TRACE_IMGSZ = 64  # input size for dependency-graph tracing; channel structure does not depend on it
 
 
-def accumulate_gradients(model: nn.Module, settings: TrialSettings) -> None:
+def accumulate_gradients(model: Any, settings: TrialSettings) -> None:
     """Fill ``.grad`` from the training loss on ``finetune.gradient_batches`` real training batches."""
     from autoprune.adapters import ultra
 
@@ -37,7 +38,8 @@ def accumulate_gradients(model: nn.Module, settings: TrialSettings) -> None:
 
 
 def prune_once(model: nn.Module, settings: TrialSettings, criterion: str, keep: Mapping[str, int], *,
-               lr: float = 0.01, step: int = 1, regularize: bool = True, phases: Phases | None = None) -> dict[str, int]:
+               lr: float = 0.01, step: int = 1, regularize: bool = True,
+               phases: Phases | None = None) -> dict[str, int]:
     """Prune ``model`` in place so each unit keeps ``keep[name]`` channels, ranking channels by ``criterion``.
 
     Gradient criteria get gradients from real training batches first; with ``regularize`` a

@@ -69,7 +69,7 @@ def screen_policy(settings: TrialSettings, policy: Policy, layers: Sequence[Laye
 
 
 def screen_safely(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], batches: int) -> TrialResult:
-    """Like :func:`screen_policy`, but a failure becomes a failed result (a failed candidate, never a stopped search)."""
+    """Like :func:`screen_policy`, but a failure is a failed result: a failed candidate, never a stopped search."""
     t0 = time.perf_counter()
     try:
         result = screen_policy(settings, policy, layers, batches)

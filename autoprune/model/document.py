@@ -85,7 +85,8 @@ def document_for_trial(study: records.Attrs, study_name: str, number: int, trial
         fingerprint=str(fp), architecture=records.architecture(study),
         base_path=str(base.get("model", "")), imgsz=int(base.get("imgsz", 640)),
         policy=Policy.from_dict(rec.policy), channels=rec.channels,
-        metrics={k: float(v) for k, v in rec.metrics.items()}, baseline={k: float(v) for k, v in records.baseline_metrics(study).items()},
+        metrics={k: float(v) for k, v in rec.metrics.items()},
+        baseline={k: float(v) for k, v in records.baseline_metrics(study).items()},
         source={"study": study_name, "trial": number, "data": base.get("data")},
         versions=dict(versions), seed=int(settings.get("seed", 0)), finetune=dict(settings.get("finetune") or {}))
 

@@ -99,9 +99,9 @@ class StudySearcher(Searcher):
     def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
         return True
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:  # or Searcher.FINISHED
         if self._asked >= self._n:
-            return Searcher.FINISHED
+            return Searcher.FINISHED  # type: ignore[return-value]  # Ray's sentinel string
         self._asked += 1
         ot = self._study.ask()
         records.start_trial(ot, self.driver, trial_id)

@@ -87,7 +87,8 @@ def sync_front(study: optuna.Study, store: StudyStorage) -> list[int]:
     best = {t.number: t for t in study.best_trials}
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     with sa.orm.Session(engine) as s, s.begin():
-        rows = {r.trial_number: r for r in s.scalars(sa.select(FrontRow).where(FrontRow.study_name == study.study_name))}
+        query = sa.select(FrontRow).where(FrontRow.study_name == study.study_name)
+        rows = {r.trial_number: r for r in s.scalars(query)}
         for number, row in rows.items():
             if number not in best:
                 s.delete(row)

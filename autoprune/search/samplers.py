@@ -18,4 +18,4 @@ def make(name: str, seed: int, startup: int) -> optuna.samplers.BaseSampler:
     kwargs = {k: fill.get(v, v) if isinstance(v, str) else v for k, v in choice.args}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return getattr(optuna.samplers, choice.optuna_class)(**kwargs)  # type: ignore[no-any-return]
+        return getattr(optuna.samplers, choice.optuna_class)(**kwargs)

@@ -21,7 +21,7 @@ __all__ = ["warm_start"]
 
 def _earlier_fronts(study: optuna.Study, store: StudyStorage,
                     fingerprint: str) -> list[tuple[str, optuna.trial.FrozenTrial]]:
-    out = []
+    out: list[tuple[str, optuna.trial.FrozenTrial]] = []
     for name in store.study_names(include_side=False):
         if name == study.study_name:
             continue

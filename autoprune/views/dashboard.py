@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from autoprune.search.artifacts import artifact_store
 from autoprune.search.study import get_storage, masked
@@ -13,7 +14,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["dashboard_app", "serve_dashboard"]
 
 
-def dashboard_app(storage_url: str, artifact_dir: str | Path):  # noqa: ANN201 - a WSGI application
+def dashboard_app(storage_url: str, artifact_dir: str | Path) -> Any:  # a WSGI application
     from optuna_dashboard import wsgi
 
     return wsgi(get_storage(storage_url).rdb, artifact_store=artifact_store(artifact_dir))

@@ -6,6 +6,7 @@ import html
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -24,7 +25,7 @@ __all__ = ["build_figures", "write_report"]
 _FRONT, _OTHER, _BASE = "#d62728", "#9aa5b1", "#1f77b4"
 
 
-def _pareto_2d(data):  # noqa: ANN001, ANN202 - plotly figures
+def _pareto_2d(data: Any) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -46,7 +47,7 @@ def _pareto_2d(data):  # noqa: ANN001, ANN202 - plotly figures
     return fig
 
 
-def _pareto_3d(data):  # noqa: ANN001, ANN202
+def _pareto_3d(data: Any) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -63,7 +64,7 @@ def _pareto_3d(data):  # noqa: ANN001, ANN202
     return fig
 
 
-def _profiles(profiles):  # noqa: ANN001, ANN202
+def _profiles(profiles: Any) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -79,7 +80,7 @@ def _profiles(profiles):  # noqa: ANN001, ANN202
     return fig
 
 
-def _parallel(rows, labels):  # noqa: ANN001, ANN202
+def _parallel(rows: Any, labels: Any) -> Any:
     import plotly.graph_objects as go
 
     crits = sorted({r.criterion for r in rows})
@@ -99,7 +100,7 @@ def _parallel(rows, labels):  # noqa: ANN001, ANN202
     return fig
 
 
-def _knob_effects(rows, labels):  # noqa: ANN001, ANN202
+def _knob_effects(rows: Any, labels: Any) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -120,7 +121,7 @@ def _knob_effects(rows, labels):  # noqa: ANN001, ANN202
     return fig
 
 
-def _hypervolume(history):  # noqa: ANN001, ANN202
+def _hypervolume(history: Any) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure(go.Scatter(x=[h.number for h in history], y=[h.hypervolume for h in history],
@@ -131,11 +132,11 @@ def _hypervolume(history):  # noqa: ANN001, ANN202
     return fig
 
 
-def build_figures(study: optuna.Study) -> list[tuple[str, object]]:
+def build_figures(study: optuna.Study) -> list[tuple[str, Any]]:
     """(section title, plotly figure) for every section of the report."""
     data = pareto_data(study)
     rows = knob_rows(study)
-    figs: list[tuple[str, object]] = [("Pareto front", _pareto_2d(data))]
+    figs: list[tuple[str, Any]] = [("Pareto front", _pareto_2d(data))]
     if len(data.names) >= 3:
         figs.append(("Pareto front in 3-D", _pareto_3d(data)))
     figs.append(("Per-layer ratio profiles", _profiles(ratio_profiles(study))))
