@@ -204,3 +204,22 @@ def test_export_selection_errors(demo_study, args, message):
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1
     assert not (root / "bad").exists()
+
+
+def test_front_report_export_work_on_a_cuda_spec_without_cuda(demo_study):
+    """A spec that names a GPU: browsing and exporting its study needs none; only search and apply check devices."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    root, _ = demo_study
+    spec = yaml.safe_load((root / "spec.yaml").read_text())
+    spec.update(device="cuda", resources={"cpus": 2, "gpus": 1})
+    (root / "cuda.yaml").write_text(yaml.safe_dump(spec))
+    assert "Pareto front of exp" in _cli(["front", "cuda.yaml"], root).stdout
+    _cli(["report", "cuda.yaml", "--out", "cuda.html"], root)
+    assert (root / "cuda.html").stat().st_size > 10_000
+    _cli(["export", "cuda.yaml", "--knee", "--no-onnx", "--out", "cuda-export"], root)
+    assert (root / "cuda-export" / "pruned.pt").is_file() and (root / "cuda-export" / "policy.yaml").is_file()
+    r = _cli(["search", "cuda.yaml"], root, ok=False)
+    assert r.returncode == 2 and "device: 'cuda' requested but no CUDA device is available" in r.stderr

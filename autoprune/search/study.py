@@ -64,6 +64,11 @@ class StudyStorage:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"storage: cannot open {masked(url)}: {first}") from None
 
+    def __getstate__(self) -> dict[str, Any]:  # Ray Tune pickles its searcher, which holds this
+        state = dict(self.__dict__)
+        state.pop("engine", None)  # an Engine does not pickle; it is made again on demand
+        return state
+
     @cached_property
     def engine(self) -> sa.Engine:
         """autoprune's own SQLAlchemy engine on the same database (for the front table)."""
