@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from autoprune.model import objectives
 from autoprune.model.space import Layer
 
-__all__ = ["Attrs", "Writer", "study_objectives", "baseline", "baseline_metrics", "layers", "fingerprint",
+__all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline", "baseline_metrics", "layers", "fingerprint",
            "architecture", "trial_settings", "warm_started", "screening", "runs", "heartbeats", "is_side_study",
            "RunTimings", "ScreenScore", "TrialRecord", "trial", "HEARTBEAT_PREFIX", "set_objectives",
            "set_baseline", "set_identity", "set_layers", "set_trial_settings", "mark_warm_started",
@@ -41,6 +41,12 @@ class Writer(Protocol):
 
 def study_objectives(s: Attrs) -> list[str]:
     return list(s.user_attrs.get("objectives") or objectives.DEFAULT)
+
+
+def stored_objectives(s: Attrs) -> list[str] | None:
+    """The objectives the study was created with (None for a study autoprune did not create)."""
+    raw = s.user_attrs.get("objectives")
+    return list(raw) if raw is not None else None
 
 
 def baseline(s: Attrs) -> dict[str, Any]:

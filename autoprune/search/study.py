@@ -124,7 +124,7 @@ def open_study(options: StudyOptions, store: StudyStorage) -> optuna.Study:
     except KeyError:
         existing = None
     if existing is not None:
-        have = existing.user_attrs.get("objectives")
+        have = records.stored_objectives(existing)
         if have != wanted:
             raise SpecError(f"name: study {options.name!r} exists with objectives {have}, not {wanted} "
                             "(choose another --study-name)")
