@@ -15,8 +15,8 @@ from typing import Any, Protocol
 from autoprune.model import objectives
 from autoprune.model.space import Layer
 
-__all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline", "baseline_metrics", "layers", "fingerprint",
-           "architecture", "trial_settings", "warm_started", "screening", "runs", "heartbeats", "is_side_study",
+__all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline", "baseline_metrics", "layers",
+           "fingerprint", "architecture", "trial_settings", "warm_started", "screening", "runs", "heartbeats", "is_side_study",
            "RunTimings", "ScreenScore", "TrialRecord", "trial", "HEARTBEAT_PREFIX", "set_objectives",
            "set_baseline", "set_identity", "set_layers", "set_trial_settings", "mark_warm_started",
            "set_screening", "append_run", "set_heartbeat", "set_role", "start_trial", "set_policy",
