@@ -16,8 +16,8 @@ from autoprune.model import objectives
 from autoprune.model.space import Layer
 
 __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline", "baseline_metrics", "layers",
-           "fingerprint", "architecture", "trial_settings", "warm_started", "screening", "runs", "heartbeats", "is_side_study",
-           "RunTimings", "ScreenScore", "TrialRecord", "trial", "HEARTBEAT_PREFIX", "set_objectives",
+           "fingerprint", "architecture", "trial_settings", "warm_started", "screening", "runs", "heartbeats",
+           "is_side_study", "RunTimings", "ScreenScore", "TrialRecord", "trial", "HEARTBEAT_PREFIX", "set_objectives",
            "set_baseline", "set_identity", "set_layers", "set_trial_settings", "mark_warm_started",
            "set_screening", "append_run", "set_heartbeat", "set_role", "start_trial", "set_policy",
            "set_fail_reason", "write_result", "set_screen_score", "retry_attrs", "warm_start_attrs",
