@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = {"name": "bench-screen", "model": "demo", "data": "demo", "imgsz": args.imgsz, "seed": args.seed,
            "space": {"ratio": {"low": 0.0, "high": 0.7, "step": 0.05}, "shape": "stage",
-                     "criteria": ["l1", "l2", "bn_scale", "lamp", "fpgm", "random"],
+                     "criteria": ["l1", "l2", "bn_scale", "fpgm", "random"],
                      "iterations": args.iterations, "epochs": args.epochs, "round_to": [1, 8]},
            "finetune": {"batch": 16}, "latency": {"warmup": 2, "runs": 10, "rounds": 5}, "resources": {"cpus": 2}}
     spec = prepare_inputs(parse_spec(raw, "bench.yaml")).spec

@@ -28,7 +28,7 @@ from _common import (  # noqa: E402
 )
 
 OBJECTIVES = ["map50_95", "params", "latency_ratio"]
-ALL_CRITERIA = ["l1", "l2", "bn_scale", "taylor", "lamp", "fpgm", "random", "group_norm"]
+ALL_CRITERIA = ["l1", "l2", "bn_scale", "taylor", "fpgm"]
 
 
 def arms(trials: int, seed: int, imgsz: int) -> dict[str, dict]:

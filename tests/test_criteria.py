@@ -39,7 +39,8 @@ def test_every_criterion_prunes_and_model_still_runs(name, tiny_data):
 
 
 def test_registry_lists_the_documented_criteria():
-    assert criteria.names() == ["l1", "l2", "bn_scale", "taylor", "lamp", "fpgm", "random", "group_norm"]
+    assert criteria.names() == ["l1", "l2", "bn_scale", "taylor", "fpgm", "random", "group_norm"]
+    assert criteria.DEFAULT == ("l1", "l2", "bn_scale", "taylor", "fpgm")  # distinct selections only
     assert criteria.get("taylor").needs_gradients and criteria.get("group_norm").regularize
 
 

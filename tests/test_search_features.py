@@ -156,7 +156,8 @@ def test_warm_start_enqueues_uniform_policies_and_earlier_fronts(tmp_path):
     assert warm_start(new, storage, spec.space, spec.warm_start, LAYERS, "sha256:same") == 0  # once per study
     t = new.ask()
     pol = sample_policy(t, spec.space, LAYERS)
-    assert list(pol.ratio_map.values()) == pytest.approx([0.1] * len(LAYERS))  # first uniform level of [0, 0.6]
+    # first uniform level: bin centres over the lighter half [0, 0.3] of the range, with the recipe's knobs
+    assert list(pol.ratio_map.values()) == pytest.approx([0.05] * len(LAYERS))
 
 
 def test_kendall_tau():

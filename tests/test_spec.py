@@ -78,7 +78,7 @@ def test_cuda_on_cpu_machine_is_rejected():
 def test_defaults_are_frozen_and_complete():
     spec = _parse()
     assert spec.objectives == ("map50_95", "params", "latency_ms")
-    assert set(spec.space.criteria) == set(criteria.names())
+    assert set(spec.space.criteria) == set(criteria.DEFAULT) and set(criteria.DEFAULT) < set(criteria.names())
     assert spec.storage_url.startswith("sqlite:///") and spec.storage_url.endswith("studies/autoprune.db")
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.trials = 3  # type: ignore[misc,unused-ignore]

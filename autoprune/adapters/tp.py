@@ -28,7 +28,8 @@ from autoprune.model.criteria import Criterion
 logger = logging.getLogger(__name__)
 
 __all__ = ["PrunableLayer", "C2fSplit", "prunable_layers", "prune_step", "count_macs", "channel_counts", "version",
-           "importance", "group_norm_regularize", "torch_pruning_modules", "IMPORTANCE_CLASSES"]
+           "importance", "group_norm_regularize", "torch_pruning_modules", "IMPORTANCE_CLASSES",
+           "kept_channels"]
 
 
 def version() -> str:
@@ -219,8 +220,8 @@ def prunable_layers(model: nn.Module, imgsz: int = 64) -> list[PrunableLayer]:
         g.close()
 
 
-IMPORTANCE_CLASSES = ("GroupMagnitudeImportance", "BNScaleImportance", "GroupTaylorImportance", "LAMPImportance",
-                      "FPGMImportance", "RandomImportance")
+IMPORTANCE_CLASSES = ("GroupMagnitudeImportance", "BNScaleImportance", "GroupTaylorImportance", "FPGMImportance",
+                      "RandomImportance")
 
 
 def importance(crit: Criterion) -> tp.importance.Importance:
@@ -284,6 +285,22 @@ def prune_step(model: nn.Module, keep: Mapping[str, int], imp: object, imgsz: in
     finally:
         g.close()
     return after
+
+
+def kept_channels(model: nn.Module, keep: Mapping[str, int], imp: object, imgsz: int) -> dict[str, list[int]]:
+    """The channel indices of each unit in ``keep`` that ``imp`` would keep; ``model`` is not pruned."""
+    g = _Graph(model, imgsz)
+    out: dict[str, list[int]] = {}
+    try:
+        for name, group in g.groups():
+            current = g.dg.get_out_channels(group[0].dep.target.module)
+            target = keep.get(name, current)
+            if name in keep and name not in out:
+                scores = _scores(imp, group, name)
+                out[name] = sorted(torch.argsort(scores, descending=True)[:target].tolist())
+    finally:
+        g.close()
+    return out
 
 
 def _scores(imp: object, group: object, name: str) -> torch.Tensor:

@@ -35,7 +35,7 @@ _offline.silence_settings()
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DetectionModel", "FinetuneConfig", "ValMetrics", "load_model", "finetune", "validate",
+    "DetectionModel", "FinetuneConfig", "FinetuneStats", "ValMetrics", "load_model", "finetune", "validate",
     "training_batches", "compute_loss", "read_dataset", "checkpoint_param_count", "version", "count_params",
     "set_threads", "check_dataset_files", "layer_stage", "model_nc", "model_names", "check_checkpoint",
     "deploy_copy", "save_checkpoint", "export_onnx", "inference_output", "total_loss",
@@ -160,10 +160,12 @@ class FinetuneConfig:
     workers: int = 0
     threads: int = 2
     optimizer: str = "SGD"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.0  # the trainer caps it to epochs - 1 (the last epoch is never warm-up)
     mosaic: float = 0.0
     seed: int = 0
     cos_lr: bool = False
+    lrf: float = 0.1  # final learning rate as a fraction of lr
+    nbs: int | None = None  # nominal batch: gradients accumulate over nbs / batch batches (None: batch, one step each)
 
 
 class _GivenModelTrainer(DetectionTrainer):
@@ -200,8 +202,15 @@ def check_checkpoint(path: str | Path, expected_params: int) -> None:
                          f"{expected_params}")
 
 
+@dataclass(frozen=True)
+class FinetuneStats:
+    epochs: int
+    batches: int  # training batches seen
+    optimizer_steps: int  # gradient steps taken (batches / accumulation)
+
+
 def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose: bool = False,
-             callbacks: dict[str, Any] | None = None) -> DetectionModel:
+             callbacks: dict[str, Any] | None = None) -> FinetuneStats:
     """Fine-tune ``model`` in place with the ultralytics trainer and return it.
 
     With ``cfg.ema`` the trained weights are the EMA's; without it the EMA decay is
@@ -212,7 +221,7 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
     workdir = Path(workdir)
     overrides = dict(
         model="autoprune-pruned.yaml", data=str(cfg.data), imgsz=cfg.imgsz, epochs=cfg.epochs, batch=cfg.batch,
-        device=cfg.device, workers=cfg.workers, lr0=cfg.lr, lrf=1.0 if cfg.epochs <= 1 else 0.1,
+        device=cfg.device, workers=cfg.workers, lr0=cfg.lr, lrf=cfg.lrf, nbs=cfg.nbs or cfg.batch,
         optimizer=cfg.optimizer, warmup_epochs=cfg.warmup_epochs, mosaic=cfg.mosaic, close_mosaic=0,
         amp=False, plots=False, val=False, seed=cfg.seed, deterministic=False, cos_lr=cfg.cos_lr,
         project=str(workdir.parent), name=workdir.name, exist_ok=True, verbose=verbose, patience=0,
@@ -239,7 +248,10 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
             check_checkpoint(ckpt, expected)
     model.load_state_dict(trainer.ema.ema.float().state_dict())
     set_threads(cfg.threads)
-    return model
+    nb = len(trainer.train_loader)
+    accumulate = max(1, int(trainer.accumulate))
+    return FinetuneStats(epochs=cfg.epochs, batches=nb * cfg.epochs,
+                         optimizer_steps=math.ceil(nb / accumulate) * cfg.epochs)
 
 
 @dataclass(frozen=True)

@@ -11,93 +11,34 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from autoprune.config._read import (
-    bounds,
-    choice,
-    float_range,
-    int_range,
-    mapping,
-    read_int,
-    read_section,
-    read_str,
-    type_name,
+from autoprune.config._read import choice, float_range, int_range, mapping, read_int, read_section, read_str, type_name
+from autoprune.config.sections import (
+    Constraints,
+    FinetuneSettings,
+    LatencySettings,
+    Resources,
+    SamplerSettings,
+    Screening,
+    TrialSettings,
+    WarmStart,
 )
 from autoprune.errors import SpecError
 from autoprune.model import criteria, objectives, samplers, shapes
 from autoprune.model.space import Space
 from autoprune.registry import Registry, UnknownName
 
-__all__ = ["FinetuneSettings", "LatencySettings", "Resources", "SearchSpec", "SamplerSettings", "WarmStart",
-           "Screening", "TrialSettings", "Overrides", "load_spec", "parse_spec", "check_name", "check_storage",
-           "check_device_text", "registered", "DEFAULT_STUDIES_DIR", "default_storage_url"]
+__all__ = ["Constraints", "FinetuneSettings", "LatencySettings", "Resources", "SearchSpec", "SamplerSettings",
+           "WarmStart", "Screening", "TrialSettings", "Overrides", "load_spec", "parse_spec", "check_name",
+           "check_storage", "check_device_text", "registered", "DEFAULT_STUDIES_DIR", "default_storage_url"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_STUDIES_DIR = Path("studies")
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    batch: int = field(default=16, metadata=bounds(min=1))
-    workers: int = field(default=0, metadata=bounds(min=0))
-    optimizer: str = field(default="SGD", metadata=bounds(choices=("SGD", "Adam", "AdamW")))
-    gradient_batches: int = field(default=4, metadata=bounds(min=1))  # batches for gradient criteria, regularising
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    warmup: int = field(default=10, metadata=bounds(min=0))
-    runs: int = field(default=50, metadata=bounds(min=3))
-    threads: int = field(default=2, metadata=bounds(min=1))
-    interleave: bool = True  # time the baseline and the candidate alternately (A/B/B/A...)
-    rounds: int = field(default=10, metadata=bounds(min=1))  # interleaved rounds; ratio = median per-round ratio
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    name: str = "tpe"  # see autoprune.model.samplers: tpe, nsga2, gp, random
-    seed: int | None = field(default=None, metadata=bounds(min=0))  # default: the spec's seed
-
-
-@dataclass(frozen=True)
-class WarmStart:
-    uniform: int = field(default=2, metadata=bounds(min=0))  # uniform-ratio policies spread over the range
-    from_fronts: bool = True  # enqueue the fronts of earlier studies on the same base model (fingerprint)
-
-
-@dataclass(frozen=True)
-class Screening:
-    factor: int = field(default=2, metadata=bounds(min=0))  # screen factor x trials candidates (0: off)
-    batches: int = field(default=8, metadata=bounds(min=1))  # training batches that re-estimate BN statistics
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpus: float = field(default=2.0, metadata=bounds(gt=0))
-    gpus: float = field(default=0.0, metadata=bounds(min=0))
-    concurrent: int = field(default=1, metadata=bounds(min=1))
-
-
-@dataclass(frozen=True)
-class TrialSettings:
-    """What the engine needs to run one trial, screen or re-application (not the whole spec)."""
-
-    model: str
-    data: str
-    imgsz: int
-    device: str = "cpu"
-    seed: int = 0
-    threads: int = 2  # CPU threads for pruning and fine-tuning
-    finetune: FinetuneSettings = FinetuneSettings()
-    latency: LatencySettings = LatencySettings()
-
-    def replace(self, **changes: Any) -> TrialSettings:
-        return dataclasses.replace(self, **changes)
 
 
 def default_storage_url(studies_dir: str | Path) -> str:
@@ -123,6 +64,7 @@ class SearchSpec:
     sampler: SamplerSettings = SamplerSettings()
     warm_start: WarmStart = WarmStart()
     screening: Screening = Screening()
+    constraints: Constraints = Constraints()
     studies_dir: str = str(DEFAULT_STUDIES_DIR)
 
     @property
@@ -200,6 +142,16 @@ def _round_to(v: Any, where: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(read_int(x, where, 1) for x in v))
 
 
+SCHEDULES = ("cosine", "linear")
+
+
+def _schedule(v: Any, where: str) -> tuple[str, ...]:
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not items:
+        raise SpecError(f"{where}: expected a non-empty list of {' or '.join(SCHEDULES)}, got {items!r}")
+    return tuple(dict.fromkeys(choice(x, where, SCHEDULES) for x in items))
+
+
 def _space(v: Any) -> Space:
     base = Space()
     custom: dict[str, Callable[[Any, str], Any]] = {
@@ -212,6 +164,7 @@ def _space(v: Any) -> Space:
         "shape": lambda x, w: choice(x, w, tuple(shapes.names())),
         "multiplier": lambda x, w: float_range(x, w, base.multiplier, 0.0, 10.0),
         "round_to": _round_to,
+        "schedule": _schedule,
     }
     return read_section(Space, v, "space", custom)
 
@@ -230,6 +183,15 @@ def _screening(v: Any) -> Screening:
     if s.factor == 1:
         raise SpecError("screening.factor: 1 screens nothing out (use 0 for off, or >= 2)")
     return s
+
+
+def _constraints(v: Any, latency: LatencySettings) -> Constraints:
+    c = read_section(Constraints, v, "constraints")
+    if c.map_floor > 1:
+        raise SpecError(f"constraints.map_floor: {c.map_floor:g} is a fraction of the baseline's mAP50-95 (0 to 1)")
+    if c.latency_ratio is not None and not latency.interleave:
+        raise SpecError("constraints.latency_ratio: needs latency.interleave: true")
+    return c
 
 
 def _objectives(v: Any, latency: LatencySettings) -> tuple[str, ...]:
@@ -343,6 +305,7 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         sampler=_sampler(raw.get("sampler")),
         warm_start=read_section(WarmStart, raw.get("warm_start"), "warm_start"),
         screening=_screening(raw.get("screening")),
+        constraints=_constraints(raw.get("constraints"), latency),
         studies_dir=str((studies_dir or DEFAULT_STUDIES_DIR).resolve()),
     )
 

@@ -29,7 +29,8 @@ def train_baseline(out: Path, epochs: int = 80, threads: int = 2, seed: int = 0)
     data = ensure_dataset(SyntheticConfig())
     model = ultra.load_model("yolov8n.yaml", nc=3)
     cfg = ultra.FinetuneConfig(data=str(data), imgsz=DEMO_IMGSZ, epochs=epochs, lr=0.01, ema=True,
-                               warmup_epochs=1.0, threads=threads, seed=seed, batch=16)
+                               warmup_epochs=1.0, threads=threads, seed=seed, batch=16,
+                               nbs=64, lrf=0.1)  # the settings the packaged checkpoint was trained with
     logger.info("training the demo baseline (yolov8n, %d epochs) - a few minutes on 2 CPU cores", epochs)
     with tempfile.TemporaryDirectory(prefix="autoprune-baseline-") as tmp:
         workdir = Path(tmp) / "train"

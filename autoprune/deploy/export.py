@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import InputError
 from autoprune.model import objectives, records
+from autoprune.model.constraints import feasible
 from autoprune.model.document import (
     PolicyDocument,
     document_for_trial,
@@ -92,11 +93,12 @@ def select_trial(study: optuna.Study, trial: int | None = None, best: str | None
     assert best is not None
     objective = _objective(best, "--best")
     conditions = [parse_condition(w) for w in where]
-    scored = [(t, records.trial(t).metrics) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    scored = [(t, records.trial(t).metrics) for t in complete if feasible(t.constraints)]
     candidates = [(t, m) for t, m in scored if best in m and all(c.holds(m) for c in conditions)]
     if not candidates:
         cond = " and ".join(where) or "no condition"
-        raise InputError(f"--best {best}: no completed trial matches ({cond})")
+        raise InputError(f"--best {best}: no completed trial matches ({cond}; infeasible trials left out)")
     return min(candidates, key=lambda tm: objective.sign * tm[1][best])[0]
 
 

@@ -52,6 +52,7 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
     with phases("load"):
         model = ultra.load_model(s.model).to(s.device)
     channels: dict[str, int] = dict(original)
+    trained = {"epochs": 0, "batches": 0, "optimizer_steps": 0}
     for step in range(1, policy.iterations + 1):
         keep = target_keep(original, policy.ratio_map, step, policy.iterations, policy.round_to)
         channels = prune_once(model, s, policy.criterion, keep, lr=policy.lr, step=step, phases=phases)
@@ -59,8 +60,12 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
             cfg = ultra.FinetuneConfig(data=s.data, imgsz=s.imgsz, epochs=policy.epochs, lr=policy.lr,
                                        ema=policy.ema, batch=s.finetune.batch, device=s.device,
                                        workers=s.finetune.workers, threads=s.threads,
-                                       optimizer=s.finetune.optimizer, seed=s.seed)
-            ultra.finetune(model, cfg, workdir / f"step{step}")
+                                       optimizer=s.finetune.optimizer, seed=s.seed, nbs=s.finetune.nbs,
+                                       warmup_epochs=s.finetune.warmup_epochs, lrf=s.finetune.lrf,
+                                       cos_lr=policy.schedule == "cosine")
+            stats = ultra.finetune(model, cfg, workdir / f"step{step}")
+        for key in trained:
+            trained[key] += getattr(stats, key)
     reference = ultra.load_model(s.model) if s.latency.interleave else None
     measurement = measure_model(model, s, phases, reference=reference)
     metrics = measurement.metrics()
@@ -77,6 +82,7 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
         "seconds": phases.seconds,
         "checkpoint": str(checkpoint),
         "roundtrip": roundtrip,
+        "finetune": trained,
     }
     return TrialResult(ok=True, metrics=metrics, attrs=attrs)
 

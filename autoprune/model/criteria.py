@@ -1,6 +1,8 @@
 """The registry of channel-importance criteria a policy can use.
 
-A criterion is a small frozen record. Its ``importance`` names one of torch-pruning's
+A criterion is a small frozen record. Criteria that keep the same channels are one knob: ``lamp``
+was dropped (benchmarks/criteria_overlap.py: its per-unit selection equals ``l2``'s, Jaccard 1.0).
+The default space holds the distinct ones (:data:`DEFAULT`). Its ``importance`` names one of torch-pruning's
 importance classes and ``options`` its constructor arguments; the torch-pruning adapter
 maps the class name to the class, so adding a criterion is one :func:`register` call.
 """
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 from autoprune.registry import Registry
 
-__all__ = ["Criterion", "REGISTRY", "register", "get", "names"]
+__all__ = ["Criterion", "REGISTRY", "register", "get", "names", "DEFAULT"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,12 @@ register(Criterion("l2", "L2 norm of each channel's weights across its dependenc
 register(Criterion("bn_scale", "|gamma| of the BatchNorm after each conv (network slimming)", "BNScaleImportance"))
 register(Criterion("taylor", "first-order Taylor: |w * dL/dw| from real training-loss gradients",
                    "GroupTaylorImportance", needs_gradients=True))
-register(Criterion("lamp", "layer-adaptive magnitude pruning score", "LAMPImportance", (("p", 2),)))
 register(Criterion("fpgm", "filter pruning via geometric median (redundancy of each filter)", "FPGMImportance",
                    (("p", 2),)))
-register(Criterion("random", "random channel choice (a baseline)", "RandomImportance"))
-register(Criterion("group_norm", "group L2 norm after a short group-norm-regularised training phase",
+register(Criterion("random", "random channel choice: a control, not in the default space", "RandomImportance"))
+register(Criterion("group_norm", "group L2 norm after a short group-norm-regularised training phase (without the "
+                   "phase, as in a screen, it keeps the same channels as l2; not in the default space)",
                    "GroupMagnitudeImportance", (("p", 2), ("group_reduction", "mean"), ("normalizer", "mean")),
                    regularize=True))
+
+DEFAULT: tuple[str, ...] = ("l1", "l2", "bn_scale", "taylor", "fpgm")  # distinct selections; random is a control

@@ -13,8 +13,9 @@ from typing import Any
 
 from autoprune.model import objectives
 
-__all__ = ["losses", "dominates", "nondominated_ranks", "promotion_order", "knee_index", "hypervolume",
-           "normalised_loss", "reference_point", "baseline_hypervolume", "kendall_tau", "REFERENCE_MARGIN"]
+__all__ = ["losses", "dominates", "nondominated_ranks", "promotion_order", "contribution_order", "knee_index",
+           "hypervolume", "normalised_loss", "reference_point", "baseline_hypervolume", "kendall_tau",
+           "REFERENCE_MARGIN"]
 
 REFERENCE_MARGIN = 1.1  # minimised objectives: the reference point is 1.1x the baseline's value
 
@@ -115,6 +116,30 @@ def baseline_hypervolume(points: Sequence[Sequence[float]], names: Sequence[str]
                          baseline: Mapping[str, Any]) -> float:
     """Hypervolume of objective values ``points`` normalised by the baseline's (see :func:`reference_point`)."""
     return hypervolume([normalised_loss(p, names, baseline) for p in points], reference_point(names))
+
+
+def contribution_order(candidates: Sequence[Sequence[float]], front: Sequence[Sequence[float]],
+                       ref: Sequence[float]) -> list[int]:
+    """Greedy hypervolume-contribution order: indices of the loss vectors in ``candidates`` that add
+    hypervolume to ``front`` (plus the ones picked before them), largest gain first. Candidates that add
+    nothing (dominated, or outside ``ref`` such as a collapsed model under an mAP floor) are left out."""
+    current = [list(p) for p in front]
+    base = hypervolume(current, ref)
+    remaining = set(range(len(candidates)))
+    order: list[int] = []
+    while remaining:
+        best, gain = -1, 1e-12
+        for i in sorted(remaining):
+            g = hypervolume([*current, list(candidates[i])], ref) - base
+            if g > gain:
+                best, gain = i, g
+        if best < 0:
+            break
+        order.append(best)
+        current.append(list(candidates[best]))
+        base += gain
+        remaining.discard(best)
+    return order
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:

@@ -18,6 +18,7 @@ class Policy:
     ema: bool
     epochs: int
     round_to: int = 1  # kept channels are rounded to a multiple of this (where the layer has that many)
+    schedule: str = "linear"  # fine-tune learning rate: linear or cosine decay to finetune.lrf
 
     @property
     def ratio_map(self) -> dict[str, float]:
@@ -32,7 +33,8 @@ class Policy:
     def from_dict(cls, d: Mapping[str, Any]) -> Policy:
         return cls(ratios=tuple((str(k), float(v)) for k, v in dict(d["ratios"]).items()),
                    criterion=str(d["criterion"]), iterations=int(d["iterations"]), lr=float(d["lr"]),
-                   ema=bool(d["ema"]), epochs=int(d["epochs"]), round_to=int(d.get("round_to", 1)))
+                   ema=bool(d["ema"]), epochs=int(d["epochs"]), round_to=int(d.get("round_to", 1)),
+                   schedule=str(d.get("schedule", "linear")))
 
 
 def ratio_summary(ratios: Mapping[str, float]) -> str:

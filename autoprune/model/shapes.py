@@ -7,6 +7,7 @@ back onto its parameters, so warm starts and promotions reproduce a policy exact
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +19,7 @@ from autoprune.model.space import STAGES, FloatRange, IntRange, Layer, Space
 from autoprune.registry import Registry
 
 __all__ = ["Suggester", "Shape", "REGISTRY", "get", "names", "sample_policy", "params_for_policy", "uniform_params",
-           "uniform_levels", "target_keep"]
+           "uniform_levels", "target_keep", "screen_visible", "screen_space", "recipe_params", "RECIPE"]
 
 
 class Suggester(Protocol):
@@ -55,7 +56,7 @@ def _clip(v: float, low: float, high: float) -> float:
 
 def _snap(v: float, rng: FloatRange) -> float:
     if rng.step and not rng.log:
-        v = rng.low + round((v - rng.low) / rng.step) * rng.step
+        v = rng.low + math.floor((v - rng.low) / rng.step + 0.5 + 1e-9) * rng.step
     return _clip(round(v, 10), rng.low, rng.high)
 
 
@@ -126,6 +127,7 @@ def sample_policy(trial: Suggester, space: Space, layers: Sequence[Layer]) -> Po
         ema=_choice(trial, "ema", space.ema),
         epochs=_int(trial, "epochs", space.epochs),
         round_to=_choice(trial, "round_to", space.round_to),
+        schedule=_choice(trial, "schedule", space.schedule),
     )
 
 
@@ -160,6 +162,7 @@ def params_for_policy(space: Space, layers: Sequence[Layer], policy: Mapping[str
     choice("ema", space.ema)
     integer("epochs", space.epochs)
     choice("round_to", space.round_to)
+    choice("schedule", space.schedule)
     return params
 
 
@@ -167,6 +170,46 @@ def uniform_params(space: Space, layers: Sequence[Layer], ratio: float) -> dict[
     """Fixed parameters of the uniform-ratio policy at ``ratio`` (every layer the same), other knobs at
     their first choice / the middle of their range."""
     return params_for_policy(space, layers, {"ratios": {layer.name: ratio for layer in layers}})
+
+
+SCREEN_VISIBLE = ("ratio/", "mult/", "criterion", "round_to")  # what an adaptive-BN screen can judge
+
+
+def screen_visible(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters a screen can judge (channel choice); fine-tune knobs are decided by the main study."""
+    return {k: v for k, v in params.items() if k.startswith(SCREEN_VISIBLE)}
+
+
+def screen_space(space: Space) -> Space:
+    """``space`` with the fine-tune knobs fixed, so a screening sampler spends no dimension on them."""
+    return dataclasses.replace(space, iterations=IntRange(1, 1), lr=FloatRange(space.lr.high, space.lr.high),
+                               ema=space.ema[:1], epochs=IntRange(space.epochs.low, space.epochs.low),
+                               schedule=space.schedule[:1])
+
+
+RECIPE: dict[str, Any] = {"criterion": "l2", "lr": 0.01, "ema": True, "schedule": "cosine", "round_to": 8}
+
+
+FINETUNE_KNOBS = ("lr", "ema", "iterations", "epochs", "schedule")
+
+
+def recipe_params(space: Space, keys: Sequence[str] = FINETUNE_KNOBS) -> dict[str, Any]:
+    """The hand-tuned recipe's knobs (torch-pruning's YOLOv8 example: group L2, one prune step, SGD at lr 0.01
+    with EMA, cosine decay, the longest fine-tune allowed), projected onto ``space``; only searched ``keys``."""
+    params: dict[str, Any] = {}
+    for key in keys:
+        if key == "lr" and space.lr.low != space.lr.high:
+            params["lr"] = _clip(RECIPE["lr"], space.lr.low, space.lr.high)
+        elif key == "iterations" and space.iterations.low != space.iterations.high:
+            params["iterations"] = space.iterations.low
+        elif key == "epochs" and space.epochs.low != space.epochs.high:
+            params["epochs"] = space.epochs.high
+        else:
+            choices = {"ema": space.ema, "schedule": space.schedule, "criterion": space.criteria,
+                       "round_to": space.round_to}.get(key, ())
+            if len(choices) > 1:
+                params[key] = RECIPE[key] if RECIPE[key] in choices else choices[0]
+    return params
 
 
 def uniform_levels(low: float, high: float, n: int) -> list[float]:

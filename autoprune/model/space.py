@@ -28,7 +28,7 @@ class IntRange:
 @dataclass(frozen=True)
 class Space:
     ratio: FloatRange = FloatRange(0.0, 0.6)
-    criteria: tuple[str, ...] = tuple(criteria.names())
+    criteria: tuple[str, ...] = criteria.DEFAULT
     iterations: IntRange = IntRange(1, 3)
     lr: FloatRange = FloatRange(1e-4, 1e-2, log=True)
     ema: tuple[bool, ...] = (True, False)
@@ -36,6 +36,7 @@ class Space:
     shape: str = "stage"  # a name in autoprune.model.shapes: how per-layer ratios are parameterised
     multiplier: FloatRange = FloatRange(0.5, 1.5)  # shape global: per-layer factor on the global ratio
     round_to: tuple[int, ...] = (1, 8)  # channel rounding choices (torch-pruning's round_to)
+    schedule: tuple[str, ...] = ("cosine", "linear")  # fine-tune learning-rate schedule
 
 
 @dataclass(frozen=True)

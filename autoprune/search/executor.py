@@ -24,9 +24,10 @@ import optuna
 from ray import tune
 from ray.tune.search import Searcher
 
-from autoprune.config.spec import Resources, TrialSettings
+from autoprune.config.spec import Constraints, Resources, TrialSettings
 from autoprune.engine.trial import TrialResult
 from autoprune.model import objectives, records
+from autoprune.model.constraints import constraint_values, feasible
 from autoprune.model.policy import Policy, ratio_summary
 from autoprune.model.shapes import sample_policy
 from autoprune.model.space import Layer, Space
@@ -60,6 +61,7 @@ class Job:
     resources: Resources = Resources()
     retries: int = 0
     screen_batches: int = 8
+    constraints: Constraints = Constraints()
 
 
 def encode(result: TrialResult) -> dict[str, str]:
@@ -151,6 +153,9 @@ class StudySearcher(Searcher):
         if bad:
             return fail_trial(self._study, ot, f"metric {bad[0]} is not finite ({metrics[bad[0]]})")
         records.write_result(ot, payload.attrs, metrics, self._baseline)
+        c = self._job.constraints
+        for key, value in constraint_values(metrics, self._baseline, c.map_floor, c.budgets).items():
+            ot.set_constraint(key, value)
         self._upload(ot, payload.attrs)
         self._study.tell(ot, values)
 
@@ -207,8 +212,9 @@ def _log_trial(t: optuna.trial.FrozenTrial) -> None:
     rec = records.trial(t)
     if t.state == optuna.trial.TrialState.COMPLETE:
         m, pol = rec.metrics, rec.policy or {}
-        logger.info("trial %d done in %.0fs: mAP50-95 %.3f, mAP50 %.3f, params %s, latency %.2f ms (%s, %s)",
-                    t.number, rec.wall_seconds, m.get("map50_95", float("nan")), m.get("map50", float("nan")),
+        logger.info("trial %d done in %.0fs%s: mAP50-95 %.3f, mAP50 %.3f, params %s, latency %.2f ms (%s, %s)",
+                    t.number, rec.wall_seconds, "" if feasible(t.constraints) else " (infeasible)",
+                    m.get("map50_95", float("nan")), m.get("map50", float("nan")),
                     f"{int(m.get('params', 0)):,}", m.get("latency_ms", float("nan")), pol.get("criterion"),
                     ratio_summary(pol.get("ratios", {})))
     else:

@@ -2,10 +2,12 @@
 
 Screening runs as an internal side study ``NAME-screen`` (marked as such) in the same
 storage: each candidate is pruned to its final channels and adaptive-BN screened (see
-:mod:`autoprune.engine.screen`). The best-ranked candidates (non-dominated sorting on the
-study's objectives, then screen mAP) are enqueued into the main study with their parameters
-and fine-tuned there. How well the screen ranked the final mAP is recorded as Kendall's tau
-in the main study's ``screening`` record.
+:mod:`autoprune.engine.screen`); the screen's sampler searches channel choices only. Candidates
+within the budgets are promoted by their hypervolume contribution to the main study's fine-tuned
+front (mAP floor as the reference, screen mAP raised by the recovery fine-tuning showed so far),
+enqueued into the main study with their channel choices and fine-tuned there. A run does this in
+rounds, so fine-tuned results steer the next round. How well the screen ranked the final mAP is
+recorded as Kendall's tau in the main study's ``screening`` record.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from optuna.trial import TrialState
 
 from autoprune.config.spec import SearchSpec
 from autoprune.model import records
-from autoprune.model.pareto import kendall_tau, promotion_order
+from autoprune.model.constraints import feasible
+from autoprune.model.pareto import REFERENCE_MARGIN, contribution_order, kendall_tau, normalised_loss, promotion_order
+from autoprune.model.shapes import recipe_params, screen_space, screen_visible
 from autoprune.model.space import Layer
 from autoprune.search.executor import Job, run_trials
 from autoprune.search.study import (
@@ -33,25 +37,62 @@ from autoprune.search.warmstart import warm_start
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["screen_job", "screening_summary", "screen_and_promote", "record_screening", "SIDE_SUFFIX"]
+__all__ = ["screen_job", "screening_summary", "screen_and_promote", "record_screening", "SIDE_SUFFIX",
+           "promotion_choice", "recovery_gain"]
 
 SIDE_SUFFIX = "-screen"
 
 
 def screen_job(spec: SearchSpec, layers: Sequence[Layer]) -> Job:
-    """The side study's job: the spec's space and objectives, adaptive-BN screens, short latency timing."""
+    """The side study's job: channel choices only (fine-tune knobs fixed), adaptive-BN screens, short latency
+    timing, the spec's budgets (the mAP floor is the reference of promotion, not a screen's constraint)."""
     lat = spec.latency
     short = dataclasses.replace(lat, warmup=min(lat.warmup, 2), runs=min(lat.runs, 10), rounds=min(lat.rounds, 5))
     name = f"{spec.name}{SIDE_SUFFIX}"
-    return Job(kind="screen", settings=spec.trial_settings.replace(latency=short), space=spec.space,
+    return Job(kind="screen", settings=spec.trial_settings.replace(latency=short), space=screen_space(spec.space),
                layers=tuple(layers), objectives=spec.objectives, study_dir=spec.study_dir.parent / name,
                artifact_dir=spec.study_dir.parent / "artifacts", resources=spec.resources, retries=0,
-               screen_batches=spec.screening.batches)
+               screen_batches=spec.screening.batches,
+               constraints=dataclasses.replace(spec.constraints, map_floor=0.0))
 
 
 def _open_screen(spec: SearchSpec, store: StudyStorage) -> optuna.Study:
     return open_study(dataclasses.replace(StudyOptions.of(spec), name=f"{spec.name}{SIDE_SUFFIX}", role="screen"),
                       store)
+
+
+PROMOTION_OBJECTIVES = ("map50_95", "params", "macs")  # deterministic costs: no timing noise in the choice
+
+
+def recovery_gain(trials: Sequence[optuna.trial.FrozenTrial]) -> float:
+    """Median of (fine-tuned - screen) mAP50-95 over the study's completed promoted trials (0 without any)."""
+    gains = sorted(r.metrics["map50_95"] - r.screen.map50_95 for r in map(records.trial, trials)
+                   if r.screen and "map50_95" in r.metrics)
+    if not gains:
+        return 0.0
+    mid = len(gains) // 2
+    return gains[mid] if len(gains) % 2 else (gains[mid - 1] + gains[mid]) / 2
+
+
+def promotion_choice(candidates: Sequence[dict[str, float]], front: Sequence[dict[str, float]],
+                     baseline: dict[str, float], map_floor: float, gain: float, n: int) -> list[int]:
+    """Which ``n`` screened candidates (metric dicts) to fine-tune.
+
+    First by hypervolume contribution to the study's fine-tuned front, in baseline-normalised
+    (mAP50-95, params, MACs) space with the mAP floor as the reference point; a candidate's screen
+    mAP is raised by ``gain``, what fine-tuning has recovered so far (the feedback of fine-tuned
+    results). Candidates that add nothing (collapsed, dominated) come after, in non-dominated order.
+    """
+    names = [k for k in PROMOTION_OBJECTIVES if all(k in c for c in candidates) and k in baseline]
+    ref = [-map_floor if k == "map50_95" else REFERENCE_MARGIN for k in names]
+
+    def point(m: dict[str, float], extra: float) -> list[float]:
+        return normalised_loss([m[k] + (extra if k == "map50_95" else 0.0) for k in names], names, baseline)
+
+    pts = [point(c, gain) for c in candidates]
+    first = contribution_order(pts, [point(f, 0.0) for f in front if all(k in f for k in names)], ref)
+    rest = [i for i in promotion_order(candidates, names) if i not in first] if names else list(range(len(candidates)))
+    return (first + rest)[:n]
 
 
 def screening_summary(trials: Sequence[optuna.trial.FrozenTrial], screen_seconds: Sequence[float]) -> dict[str, Any]:
@@ -68,10 +109,12 @@ def screening_summary(trials: Sequence[optuna.trial.FrozenTrial], screen_seconds
 
 
 def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer],
-                       n_promote: int, fingerprint: str | None,
-                       ray_address: str | None = None) -> tuple[optuna.Study, set[int]]:
-    """Screen ``factor x n_promote`` candidates in the side study, enqueue the best ``n_promote``
-    (not promoted before) into ``study``.  Returns the side study and the numbers of its new trials."""
+                       n_promote: int, fingerprint: str | None, ray_address: str | None = None,
+                       recipe_knobs: bool = False) -> tuple[optuna.Study, set[int]]:
+    """Screen ``factor x n_promote`` candidates in the side study, enqueue the best ``n_promote`` (not promoted
+    before, within the budgets) into ``study``.  Promoted trials fix only what the screen judged (channel
+    choice); their fine-tune knobs are the recipe's with ``recipe_knobs``, else the main study's sampler's.
+    Returns the side study and the numbers of its new trials."""
     screen = _open_screen(spec, store)
     fail_stale_trials(screen, store, 0)  # screens left RUNNING by a dead driver
     records.copy_study_attrs(study, screen, screen)
@@ -81,23 +124,27 @@ def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpe
     if n_promote == 0:
         return screen, set()
     n_screen = spec.screening.factor * n_promote
-    warm_start(screen, store, spec.space, spec.warm_start, layers, fingerprint, limit=n_screen)
+    job = screen_job(spec, layers)
+    warm_start(screen, store, job.space, spec.warm_start, layers, fingerprint, limit=n_screen)
     logger.info("screening %d candidate policies with adaptive BatchNorm (%d batches each)", n_screen,
                 spec.screening.batches)
-    run_trials(screen, store, screen_job(spec, layers), n_screen, ray_address=ray_address)
+    run_trials(screen, store, job, n_screen, ray_address=ray_address)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     promoted = {r.screen.trial for r in map(records.trial, study.get_trials(deepcopy=False)) if r.screen}
     candidates = [t for t in screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.number not in promoted and records.trial(t).metrics]
-    metrics = [records.trial(t).metrics for t in candidates]
-    names = [n for n in spec.objectives if all(n in m for m in metrics)]
-    order = promotion_order(metrics, names) if candidates else []
-    chosen = [candidates[i] for i in order[:n_promote]]
+                  if t.number not in promoted and records.trial(t).metrics and feasible(t.constraints)]
+    gain = recovery_gain(done)
+    front = [records.trial(t).metrics for t in study.best_trials]
+    order = promotion_choice([records.trial(t).metrics for t in candidates], front, records.baseline_metrics(study),
+                             spec.constraints.map_floor, gain, n_promote)
+    chosen = [candidates[i] for i in order]
+    knobs = recipe_params(spec.space) if recipe_knobs else {}
     for t in chosen:
         rec = records.trial(t)
         score = records.ScreenScore(t.number, rec.metrics["map50_95"], rec.metrics["map50"], rec.wall_seconds or None)
-        study.enqueue_trial(t.params, user_attrs=records.screen_source_attrs(score))
-    logger.info("promoted %d of %d screened candidates to fine-tuning: screen trials %s", len(chosen),
-                len(candidates), [t.number for t in chosen])
+        study.enqueue_trial({**screen_visible(t.params), **knobs}, user_attrs=records.screen_source_attrs(score))
+    logger.info("promoted %d of %d screened candidates to fine-tuning (recovery so far %+.3f mAP): screen trials %s",
+                len(chosen), len(candidates), gain, [t.number for t in chosen])
     return screen, {t.number for t in screen.get_trials(deepcopy=False)} - before
 
 

@@ -28,7 +28,7 @@ from autoprune.search.study import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreparedInputs", "prepare_inputs", "run_search", "SearchOutcome", "main_job"]
+__all__ = ["PreparedInputs", "prepare_inputs", "run_search", "SearchOutcome", "main_job", "round_sizes"]
 
 
 @dataclass(frozen=True)
@@ -144,10 +144,16 @@ def _trial_seconds(study: optuna.Study, numbers: set[int]) -> float:
     return float(sum(records.trial(t).wall_seconds for t in study.get_trials(deepcopy=False) if t.number in numbers))
 
 
+def round_sizes(n: int, rounds: int) -> list[int]:
+    """``n`` trials split into at most ``rounds`` rounds as equal as possible (larger rounds first)."""
+    rounds = max(1, min(rounds, n))
+    return [n // rounds + (1 if i < n % rounds else 0) for i in range(rounds)]
+
+
 def main_job(spec: SearchSpec, layers: list[Layer]) -> Job:
     return Job(kind="trial", settings=spec.trial_settings, space=spec.space, layers=tuple(layers),
                objectives=spec.objectives, study_dir=spec.study_dir, artifact_dir=Path(spec.studies_dir) / "artifacts",
-               resources=spec.resources, retries=spec.retries)
+               resources=spec.resources, retries=spec.retries, constraints=spec.constraints)
 
 
 def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address: str | None = None) -> SearchOutcome:
@@ -176,22 +182,31 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
         run = records.RunTimings(started=time.strftime("%Y-%m-%dT%H:%M:%S"), ray_init_s=time.perf_counter() - t0)
         before = {t.number for t in study.get_trials(deepcopy=False)}
         fingerprint = records.fingerprint(study)
+        job = main_job(spec, layers)
         if spec.screening.factor:
             from autoprune.search.promotion import screen_and_promote
 
-            t0 = time.perf_counter()
-            screen, screened = screen_and_promote(study, store, spec, layers, n_new, fingerprint, ray_address)
-            run = dataclasses.replace(run, screen_run_s=time.perf_counter() - t0,
-                                      screen_trial_s=_trial_seconds(screen, screened))
+            first = not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            for k, size in enumerate(round_sizes(n_new, spec.screening.rounds)):
+                t0 = time.perf_counter()
+                screen, screened = screen_and_promote(study, store, spec, layers, size, fingerprint, ray_address,
+                                                      recipe_knobs=first and k == 0)
+                run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0,
+                                          screen_trial_s=run.screen_trial_s + _trial_seconds(screen, screened))
+                logger.info("study %s, round %d: fine-tuning %d promoted trial(s)", spec.name, k + 1, size)
+                t0 = time.perf_counter()
+                run_trials(study, store, job, size, ray_address=ray_address)
+                run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
         else:
             waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
             warm_start(study, store, spec.space, spec.warm_start, layers, fingerprint, limit=max(0, n_new - waiting))
-        logger.info("study %s: running %d new trial(s) (%d completed so far) with Ray Tune", spec.name, n_new, done)
-        t0 = time.perf_counter()
-        run_trials(study, store, main_job(spec, layers), n_new, ray_address=ray_address)
+            logger.info("study %s: running %d new trial(s) (%d completed so far) with Ray Tune", spec.name, n_new,
+                        done)
+            t0 = time.perf_counter()
+            run_trials(study, store, job, n_new, ray_address=ray_address)
+            run = dataclasses.replace(run, run_s=time.perf_counter() - t0)
         new = {t.number for t in study.get_trials(deepcopy=False)} - before
-        run = dataclasses.replace(run, run_s=time.perf_counter() - t0, trials=len(new),
-                                  trial_s=_trial_seconds(study, new))
+        run = dataclasses.replace(run, trials=len(new), trial_s=_trial_seconds(study, new))
         work = run.trial_s + run.screen_trial_s
         run = dataclasses.replace(run, overhead_share=(run.run_s + run.screen_run_s - work) / work if work else None)
         records.append_run(study, study, run)

@@ -10,7 +10,7 @@ import optuna
 
 from autoprune.config.spec import WarmStart
 from autoprune.model import records
-from autoprune.model.shapes import params_for_policy, uniform_levels, uniform_params
+from autoprune.model.shapes import FINETUNE_KNOBS, params_for_policy, recipe_params, uniform_levels, uniform_params
 from autoprune.model.space import Layer, Space
 from autoprune.search.study import StudyStorage
 
@@ -34,15 +34,17 @@ def _earlier_fronts(study: optuna.Study, store: StudyStorage,
 
 def warm_start(study: optuna.Study, store: StudyStorage, space: Space, ws: WarmStart, layers: Sequence[Layer],
                fingerprint: str | None, limit: int | None = None) -> int:
-    """Enqueue the warm-start policies into ``study`` once (at most ``limit``, the trials this run will
+    """Enqueue the warm-start policies into ``study`` once (uniform ratios over the lighter half of the range,
+    with the hand-tuned recipe's knobs; the fronts of earlier studies) (at most ``limit``, the trials this run will
     start, so none is left waiting); returns how many were enqueued."""
     if (not ws.uniform and not ws.from_fronts) or records.warm_started(study) is not None:
         return 0
     limit = 10**9 if limit is None else limit
     n = 0
     r = space.ratio
-    for ratio in uniform_levels(r.low, r.high, min(ws.uniform, limit)):
-        params = uniform_params(space, layers, ratio)
+    recipe = recipe_params(space, ("criterion", "round_to", *FINETUNE_KNOBS))
+    for ratio in uniform_levels(r.low, (r.low + r.high) / 2, min(ws.uniform, limit)):  # the lighter half
+        params = {**uniform_params(space, layers, ratio), **recipe}
         study.enqueue_trial(params, user_attrs=records.warm_start_attrs(f"uniform ratio {ratio:.3f}"),
                             skip_if_exists=True)
         n += 1

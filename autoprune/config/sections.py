@@ -1,0 +1,93 @@
+"""The sections of a search spec (fine-tuning, latency, sampler, warm start, screening, resources,
+constraints) and the settings one trial runs with: frozen dataclasses whose fields carry their own
+defaults and bounds (read by :func:`autoprune.config._read.read_section`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from autoprune.config._read import bounds
+
+__all__ = ["FinetuneSettings", "LatencySettings", "SamplerSettings", "WarmStart", "Screening", "Resources",
+           "Constraints", "TrialSettings"]
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    batch: int = field(default=16, metadata=bounds(min=1))
+    workers: int = field(default=0, metadata=bounds(min=0))
+    optimizer: str = field(default="SGD", metadata=bounds(choices=("SGD", "Adam", "AdamW")))
+    gradient_batches: int = field(default=4, metadata=bounds(min=1))  # batches for gradient criteria, regularising
+    nbs: int | None = field(default=None, metadata=bounds(min=1))  # nominal batch; None: one optimizer step a batch
+    warmup_epochs: float = field(default=1.0, metadata=bounds(min=0))  # capped at epochs - 1 by the trainer
+    lrf: float = field(default=0.01, metadata=bounds(gt=0))  # final learning rate as a fraction of the initial
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    warmup: int = field(default=10, metadata=bounds(min=0))
+    runs: int = field(default=50, metadata=bounds(min=3))
+    threads: int = field(default=2, metadata=bounds(min=1))
+    interleave: bool = True  # time the baseline and the candidate alternately (A/B/B/A...)
+    rounds: int = field(default=10, metadata=bounds(min=1))  # interleaved rounds; ratio = median per-round ratio
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    name: str = "tpe"  # see autoprune.model.samplers: tpe, nsga2, gp, random
+    seed: int | None = field(default=None, metadata=bounds(min=0))  # default: the spec's seed
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    uniform: int = field(default=2, metadata=bounds(min=0))  # uniform-ratio policies spread over the range
+    from_fronts: bool = True  # enqueue the fronts of earlier studies on the same base model (fingerprint)
+
+
+@dataclass(frozen=True)
+class Screening:
+    factor: int = field(default=2, metadata=bounds(min=0))  # screen factor x trials candidates (0: off)
+    batches: int = field(default=8, metadata=bounds(min=1))  # training batches that re-estimate BN statistics
+    rounds: int = field(default=2, metadata=bounds(min=1))  # screen -> promote -> fine-tune rounds per run
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = field(default=2.0, metadata=bounds(gt=0))
+    gpus: float = field(default=0.0, metadata=bounds(min=0))
+    concurrent: int = field(default=1, metadata=bounds(min=1))
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Infeasible trials stay in the study but never reach the front, exports or promotion."""
+
+    map_floor: float = field(default=0.5, metadata=bounds(min=0))  # keep >= this fraction of the baseline mAP50-95
+    params: float | None = field(default=None, metadata=bounds(gt=0))  # at most this many parameters
+    macs: float | None = field(default=None, metadata=bounds(gt=0))
+    latency_ms: float | None = field(default=None, metadata=bounds(gt=0))
+    latency_ratio: float | None = field(default=None, metadata=bounds(gt=0))  # vs the baseline, timed interleaved
+
+    @property
+    def budgets(self) -> dict[str, float]:
+        return {k: v for k, v in (("params", self.params), ("macs", self.macs), ("latency_ms", self.latency_ms),
+                                  ("latency_ratio", self.latency_ratio)) if v is not None}
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What the engine needs to run one trial, screen or re-application (not the whole spec)."""
+
+    model: str
+    data: str
+    imgsz: int
+    device: str = "cpu"
+    seed: int = 0
+    threads: int = 2  # CPU threads for pruning and fine-tuning
+    finetune: FinetuneSettings = FinetuneSettings()
+    latency: LatencySettings = LatencySettings()
+
+    def replace(self, **changes: Any) -> TrialSettings:
+        return dataclasses.replace(self, **changes)
