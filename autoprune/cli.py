@@ -104,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True, help="output folder")
     e.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its check")
 
+    z = sub.add_parser("finalize", help="fine-tune a chosen trial with the full budget, report val/test mAP, export it")
+    study_args(z)
+    pick = z.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--trial", type=_nonneg_int, help="this trial number")
+    pick.add_argument("--best", metavar="METRIC", help="the best feasible completed trial by METRIC")
+    pick.add_argument("--knee", action="store_true", help="the front member closest to the ideal point")
+    z.add_argument("--where", action="append", default=[], metavar="COND", help="with --best: e.g. 'params<=1.5e6'")
+    z.add_argument("--epochs", type=_positive_int, required=True, help="fine-tune epochs (the full budget)")
+    z.add_argument("--lr", type=_positive_float, help="initial learning rate (default: the trial's)")
+    z.add_argument("--data", help="data set YAML (default: the study's); its test split is reported when present")
+    z.add_argument("--device", default="cpu")
+    z.add_argument("--out", type=Path, required=True, help="output folder")
+    z.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its check")
+
     a = sub.add_parser("apply", help="re-apply an exported policy to its base model")
     a.add_argument("policy", help="policy.yaml from autoprune export")
     a.add_argument("--model", required=True, help="the base model checkpoint (.pt)")
@@ -219,6 +233,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finalize(args: argparse.Namespace) -> int:
+    from autoprune.deploy.export import select_trial
+    from autoprune.deploy.finalize import FinalizeSettings, finalize_trial
+    from autoprune.engine.devices import check_device
+    from autoprune.model.document import load_policy_file
+
+    if args.where and not args.best:
+        raise_usage("--where needs --best METRIC")
+    settings = FinalizeSettings(epochs=args.epochs, lr=args.lr, data=args.data, device=check_device(args.device))
+    study, store = _existing_study(args)
+    trial = select_trial(study, trial=args.trial, best=args.best, where=args.where, knee=args.knee)
+    res = finalize_trial(study, store, trial, args.out, settings, onnx=not args.no_onnx,
+                         artifact_dir=args.studies_dir / "artifacts")
+    fin = load_policy_file(res.policy).finalize
+    print(f"finalized trial {res.trial} of {study.study_name} ({fin['epochs']} epochs, {fin['optimizer_steps']} "
+          f"optimizer steps) to {res.out_dir}")
+    base = fin.get("baseline_map50_95")
+    for split, m in fin["after"].items():
+        was = fin["before"][split]["map50_95"]
+        print(f"  {split}: mAP50-95 {was:.4f} -> {m['map50_95']:.4f}" + (f" (base {base:.4f} on val)" if base and
+                                                                            split == "val" else ""))
+    return 0
+
+
 def _cmd_apply(args: argparse.Namespace) -> int:
     from autoprune.deploy.apply import apply_policy
     from autoprune.engine.devices import check_device
@@ -253,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         commands = {"search": _cmd_search, "front": _cmd_front, "report": _cmd_report,
-                    "dashboard": _cmd_dashboard, "export": _cmd_export, "apply": _cmd_apply,
+                    "dashboard": _cmd_dashboard, "export": _cmd_export, "apply": _cmd_apply, "finalize": _cmd_finalize,
                     "demo-baseline": _cmd_demo_baseline}
         return commands[args.command](args)
     except AutopruneError as e:

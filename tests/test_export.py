@@ -223,3 +223,25 @@ def test_front_report_export_work_on_a_cuda_spec_without_cuda(demo_study):
     assert (root / "cuda-export" / "pruned.pt").is_file() and (root / "cuda-export" / "policy.yaml").is_file()
     r = _cli(["search", "cuda.yaml"], root, ok=False)
     assert r.returncode == 2 and "device: 'cuda' requested but no CUDA device is available" in r.stderr
+
+
+def test_finalize_fine_tunes_a_front_member_and_reports_val_and_test(demo_study):
+    """The full-budget fine-tune of a chosen member, measured on the val split and on a test split the search
+    never selected on (the demo data set's test images come from their own random stream)."""
+    from autoprune.adapters import ultra
+
+    root, study = demo_study
+    r = _cli(["finalize", "spec.yaml", "--knee", "--epochs", "2", "--no-onnx", "--out", "fin"], root)
+    fin = yaml.safe_load((root / "fin" / "policy.yaml").read_text())["finalize"]
+    assert fin["epochs"] == 2 and fin["optimizer_steps"] == 2 * 13  # 200 images, batch 16: one step a batch
+    assert set(fin["before"]) == set(fin["after"]) == {"val", "test"}
+    assert "  val: mAP50-95" in r.stdout and "  test: mAP50-95" in r.stdout
+    knee = next(t for t in study.trials if t.number == fin_trial(root))
+    final = ultra.load_model(root / "fin" / "pruned.pt")
+    assert ultra.count_params(final) == int(knee.user_attrs["metrics"]["params"])  # same structure, new weights
+    assert abs(fin["before"]["val"]["map50_95"] - knee.user_attrs["metrics"]["map50_95"]) < 1e-3
+    assert fin["after"]["val"]["map50_95"] != fin["before"]["val"]["map50_95"]
+
+
+def fin_trial(root):
+    return yaml.safe_load((root / "fin" / "policy.yaml").read_text())["source"]["trial"]

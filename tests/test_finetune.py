@@ -73,3 +73,13 @@ def test_checkpoint_check_rejects_unpruned_reload(tmp_path):
     path = ultra.save_checkpoint(full, tmp_path / "full.pt")
     with pytest.raises(TrialError, match=r"EMA trap: full.pt reloads with 3011\d+ parameters"):
         ultra.check_checkpoint(path, ultra.count_params(_pruned()))
+
+
+def test_each_batch_is_an_optimizer_step_unless_a_nominal_batch_is_set(tiny_data, tmp_path):
+    """ultralytics accumulates gradients over nbs / batch batches (nbs 64 by default); autoprune's fine-tune takes
+    one optimizer step per batch, and counts the steps."""
+    one = ultra.finetune(_pruned(), _cfg(tiny_data, epochs=2), tmp_path / "a")
+    assert one.epochs == 2 and one.batches == 4 and one.optimizer_steps == 4  # 16 images, batch 8: 2 a epoch
+    stock = ultra.finetune(_pruned(), ultra.FinetuneConfig(data=str(tiny_data), imgsz=TINY, epochs=2, lr=0.01,
+                                                           ema=True, batch=8, nbs=64), tmp_path / "b")
+    assert stock.batches == 4 and stock.optimizer_steps < stock.batches

@@ -261,11 +261,11 @@ class ValMetrics:
 
 
 def validate(model: nn.Module, data: str, imgsz: int, device: str = "cpu", batch: int = 16,
-             threads: int = 2) -> ValMetrics:
-    """mAP50 and mAP50-95 from ultralytics' DetectionValidator, on a copy of ``model``."""
+             threads: int = 2, split: str = "val") -> ValMetrics:
+    """mAP50 and mAP50-95 from ultralytics' DetectionValidator on ``split``, on a copy of ``model``."""
     set_threads(threads)
     args = dict(data=str(data), imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False,
-                half=False, workers=0, split="val", save_json=False, rect=True)
+                half=False, workers=0, split=split, save_json=False, rect=True)
     validator = DetectionValidator(args=args)
     m = copy.deepcopy(model).float().eval()
     stats = validator(model=m)

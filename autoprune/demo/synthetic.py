@@ -32,6 +32,7 @@ _COLOURS = ((220, 50, 40), (40, 170, 60), (40, 80, 220))
 class SyntheticConfig:
     n_train: int = 200
     n_val: int = 50
+    n_test: int = 50  # drawn from its own random stream: a split the search never selects on
     imgsz: int = 160
     min_size: int = 28
     max_size: int = 64
@@ -101,14 +102,18 @@ def ensure_dataset(cfg: SyntheticConfig | None = None, root: Path | None = None)
     if data_yaml.exists():
         return data_yaml
     parent.mkdir(parents=True, exist_ok=True)
-    logger.info("generating synthetic data set %s (%d train, %d val images)", target, cfg.n_train, cfg.n_val)
+    logger.info("generating synthetic data set %s (%d train, %d val, %d test images)", target, cfg.n_train,
+                cfg.n_val, cfg.n_test)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
     try:
         rng = np.random.default_rng(cfg.seed)
         _write_split(tmp, "train", cfg.n_train, rng, cfg)
         _write_split(tmp, "val", cfg.n_val, rng, cfg)
-        spec = {"path": str(target), "train": "images/train", "val": "images/val",
-                "names": dict(enumerate(CLASS_NAMES))}
+        spec: dict[str, object] = {"path": str(target), "train": "images/train", "val": "images/val"}
+        if cfg.n_test:
+            _write_split(tmp, "test", cfg.n_test, np.random.default_rng([cfg.seed, 7919]), cfg)
+            spec["test"] = "images/test"
+        spec["names"] = dict(enumerate(CLASS_NAMES))
         (tmp / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         (tmp / "synthetic.json").write_text(json.dumps(asdict(cfg), indent=1))
         try:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -174,11 +176,16 @@ def _checkpoint_of(store: StudyStorage, t: FrozenTrial, artifact_dir: Path | Non
     raise InputError(f"trial {t.number}: its checkpoint {src} is missing and not in the artifact store")
 
 
+Prepare = Callable[[Path, PolicyDocument], dict[str, Any]]
+
+
 def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_dir: str | Path, onnx: bool = True,
-                 artifact_dir: str | Path | None = None) -> ExportResult:
+                 artifact_dir: str | Path | None = None, prepare: Prepare | None = None) -> ExportResult:
     """Write policy.yaml, pruned.pt, tp_ratios.yaml and (optionally) pruned.onnx of trial ``t`` into ``out_dir``.
 
-    Files are staged in a temporary folder and moved into ``out_dir`` only when all of them were made.
+    ``prepare(checkpoint, document)`` may change the staged checkpoint in place (``autoprune finalize``
+    fine-tunes it) and returns a record stored as the policy file's ``finalize`` section. Files are staged
+    in a temporary folder and moved into ``out_dir`` only when all of them were made.
     """
     from autoprune.adapters import tp, ultra
 
@@ -196,6 +203,8 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
         if params != int(doc.metrics.get("params", params)):
             raise InputError(f"trial {t.number}: checkpoint has {params} parameters, the trial recorded "
                              f"{int(doc.metrics['params'])}")
+        if prepare is not None:
+            doc = dataclasses.replace(doc, finalize=prepare(checkpoint, doc))
         dump_policy_file(doc, stage / "policy.yaml")
         original = {layer.name: layer.channels for layer in records.layers(study) or []}
         modules = tp.torch_pruning_modules(ultra.load_model(checkpoint), list(original))

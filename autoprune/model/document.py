@@ -50,6 +50,7 @@ class PolicyDocument:
     base_path: str = ""
     seed: int = 0
     finetune: Mapping[str, Any] = field(default_factory=dict)  # batch, optimizer, workers, gradient_batches
+    finalize: Mapping[str, Any] = field(default_factory=dict)  # autoprune finalize: its fine-tune and metrics
 
     def to_dict(self) -> dict[str, Any]:
         p = self.policy
@@ -67,6 +68,7 @@ class PolicyDocument:
             "baseline": dict(self.baseline),
             "source": dict(self.source),
             "versions": dict(self.versions),
+            **({"finalize": dict(self.finalize)} if self.finalize else {}),
         }
 
 
@@ -148,4 +150,5 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
         channels={str(k): int(v) for k, v in channels.items()},
         metrics=dict(raw.get("metrics") or {}), baseline=dict(raw.get("baseline") or {}),
         source=dict(raw.get("source") or {}), versions=dict(raw.get("versions") or {}),
-        seed=int(_need(raw, "seed", int, where)) if "seed" in raw else 0, finetune=finetune)
+        seed=int(_need(raw, "seed", int, where)) if "seed" in raw else 0, finetune=finetune,
+        finalize=dict(raw.get("finalize") or {}) if isinstance(raw.get("finalize") or {}, Mapping) else {})
