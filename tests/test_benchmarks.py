@@ -23,14 +23,17 @@ def _bench(tmp_path, script, *args):
 
 
 def test_search_efficiency_benchmark(tmp_path):
-    res, stdout = _bench(tmp_path, "search_efficiency", "--trials", "2", "--imgsz", "64", "--workdir",
-                         str(tmp_path / "w"))
-    arms = res["seeds"]["0"]
-    for arm in ("uniform", "random", "autoprune"):
-        assert arms[arm]["completed"] == 2 and arms[arm]["finetune_epochs"] == 2  # equal compute
-        assert arms[arm]["hypervolume"] >= 0 and arms[arm]["front_size"] >= 1
-    assert arms["autoprune"]["screening"]["screened"] == 4  # the default screening factor 2
-    assert "ratio_vs_uniform" in arms and "ratio_vs_random" in arms and "autoprune HV" in stdout
+    res, stdout = _bench(tmp_path, "search_efficiency", "--task", "demo", "--seeds", "0", "1", "--budget", "1",
+                         "--arms", "uniform", "autoprune", "--step", "1", "--imgsz", "64",
+                         "--workdir", str(tmp_path / "w"))
+    assert res["task"] == "demo" and res["budget_s"] == 1 and res["seeds"] == [0, 1]
+    for arm in ("uniform", "autoprune"):
+        rec = res["arms"][arm]
+        assert len(rec["hv"]) == len(rec["hv_half"]) == 2 and all(v >= 0 for v in rec["hv"])
+        assert rec["trials"] == [1, 1] and all(w > 0 for w in rec["wall_s"])  # one step each: budget spent
+    assert set(res["summary"]) == {"autoprune/uniform"}
+    s = res["summary"]["autoprune/uniform"]
+    assert s["lo95"] <= s["hi95"] and "autoprune: HV" in stdout
 
 
 def test_screening_benchmark(tmp_path):

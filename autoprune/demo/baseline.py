@@ -22,16 +22,19 @@ PACKAGED_BASELINE = Path(__file__).with_name("yolov8n_shapes.pt")
 DEMO_IMGSZ = 160
 
 
-def train_baseline(out: Path, epochs: int = 80, threads: int = 2, seed: int = 0) -> Path:
-    """Train yolov8n.yaml from scratch on the demo data and write an ultralytics checkpoint to ``out``."""
+def train_baseline(out: Path, epochs: int = 80, threads: int = 2, seed: int = 0, model_yaml: str = "yolov8n.yaml",
+                   data_cfg: SyntheticConfig | None = None, data_root: Path | None = None,
+                   imgsz: int = DEMO_IMGSZ) -> Path:
+    """Train ``model_yaml`` from scratch on a synthetic data set (the demo's by default) and write an ultralytics
+    checkpoint to ``out``."""
     from autoprune.adapters import ultra
 
-    data = ensure_dataset(SyntheticConfig())
-    model = ultra.load_model("yolov8n.yaml", nc=3)
-    cfg = ultra.FinetuneConfig(data=str(data), imgsz=DEMO_IMGSZ, epochs=epochs, lr=0.01, ema=True,
+    data = ensure_dataset(data_cfg or SyntheticConfig(), data_root)
+    model = ultra.load_model(model_yaml, nc=3)
+    cfg = ultra.FinetuneConfig(data=str(data), imgsz=imgsz, epochs=epochs, lr=0.01, ema=True,
                                warmup_epochs=1.0, threads=threads, seed=seed, batch=16,
                                nbs=64, lrf=0.1)  # the settings the packaged checkpoint was trained with
-    logger.info("training the demo baseline (yolov8n, %d epochs) - a few minutes on 2 CPU cores", epochs)
+    logger.info("training a baseline (%s, %d epochs) - minutes on 2 CPU cores", model_yaml, epochs)
     with tempfile.TemporaryDirectory(prefix="autoprune-baseline-") as tmp:
         workdir = Path(tmp) / "train"
         def progress(trainer: Any) -> None:  # ultralytics' trainer
@@ -42,7 +45,7 @@ def train_baseline(out: Path, epochs: int = 80, threads: int = 2, seed: int = 0)
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(workdir / "weights" / "last.pt", out)
-    metrics = ultra.validate(ultra.load_model(out), str(data), DEMO_IMGSZ, threads=threads)
+    metrics = ultra.validate(ultra.load_model(out), str(data), imgsz, threads=threads)
     logger.info("demo baseline written to %s: mAP50 %.3f, mAP50-95 %.3f", out, metrics.map50, metrics.map50_95)
     return out
 
