@@ -208,8 +208,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from autoprune.search.study import check_database
     from autoprune.views.dashboard import serve_dashboard
 
+    check_database(_storage_url(args))
     print(f"optuna-dashboard: http://{args.host}:{args.port}/", flush=True)
     serve_dashboard(_storage_url(args), args.artifact_dir or args.studies_dir / "artifacts", args.host, args.port)
     return 0

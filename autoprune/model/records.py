@@ -18,7 +18,7 @@ from autoprune.model.space import Layer
 __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline", "baseline_metrics", "layers",
            "fingerprint", "architecture", "trial_settings", "warm_started", "screening", "runs", "heartbeats",
            "is_side_study", "RunTimings", "ScreenScore", "TrialRecord", "trial", "HEARTBEAT_PREFIX", "set_objectives",
-           "set_baseline", "set_identity", "set_layers", "set_trial_settings", "mark_warm_started",
+           "set_baseline", "role", "set_identity", "set_layers", "set_trial_settings", "mark_warm_started",
            "set_screening", "append_run", "set_heartbeat", "set_role", "start_trial", "set_policy",
            "set_fail_reason", "write_result", "set_screen_score", "retry_attrs", "warm_start_attrs",
            "screen_source_attrs", "set_artifact_dir", "copy_study_attrs"]
@@ -127,6 +127,11 @@ def set_screening(s: Writer, summary: Mapping[str, Any]) -> None:
 
 def set_heartbeat(s: Writer, driver: str, when: float) -> None:
     s.set_user_attr(f"{HEARTBEAT_PREFIX}{driver}", when)
+
+
+def role(s: Attrs) -> str | None:
+    """"main" (a user study), "screen" (an internal side study), or None (made by an older autoprune)."""
+    return s.user_attrs.get(_ROLE)
 
 
 def set_role(s: Writer, role: str) -> None:

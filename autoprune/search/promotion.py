@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoprune.config.spec import SearchSpec
+from autoprune.errors import SpecError
 from autoprune.model import records
 from autoprune.model.constraints import feasible
 from autoprune.model.pareto import REFERENCE_MARGIN, contribution_order, kendall_tau, normalised_loss, promotion_order
@@ -38,7 +39,7 @@ from autoprune.search.warmstart import warm_start
 logger = logging.getLogger(__name__)
 
 __all__ = ["screen_job", "screening_summary", "screen_and_promote", "record_screening", "SIDE_SUFFIX",
-           "promotion_choice", "recovery_gain"]
+           "promotion_choice", "recovery_gain", "check_side_study"]
 
 SIDE_SUFFIX = "-screen"
 
@@ -54,6 +55,14 @@ def screen_job(spec: SearchSpec, layers: Sequence[Layer]) -> Job:
                artifact_dir=spec.study_dir.parent / "artifacts", resources=spec.resources, retries=0,
                screen_batches=spec.screening.batches,
                constraints=dataclasses.replace(spec.constraints, map_floor=0.0))
+
+
+def check_side_study(store: StudyStorage, spec: SearchSpec) -> None:
+    """Refuse to screen when the side study's name belongs to a user study."""
+    name = f"{spec.name}{SIDE_SUFFIX}"
+    if name in store.study_names() and records.role(store.load(name)) == "main":
+        raise SpecError(f"name: screening study {name!r} would be the user study of that name; rename one of them "
+                        "or set screening.factor: 0")
 
 
 def _open_screen(spec: SearchSpec, store: StudyStorage) -> optuna.Study:

@@ -165,6 +165,10 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
     prepared = prepare_inputs(spec)
     spec = prepared.spec
     store = get_storage(spec.storage_url)
+    if spec.screening.factor:  # the side study's name must not be a user study's (checked before writing)
+        from autoprune.search.promotion import check_side_study
+
+        check_side_study(store, spec)
     study = open_study_for(spec, store)
     spec = _materialise_yaml_model(spec, prepared.nc)
     fail_stale_trials(study, store, spec.retries)

@@ -30,14 +30,34 @@ from autoprune.search import samplers
 logger = logging.getLogger(__name__)
 
 __all__ = ["StudyStorage", "get_storage", "masked", "StudyOptions", "open_study", "open_study_for", "load_existing",
-           "Opened", "driver_id", "heartbeat", "fail_trial", "fail_stale_trials", "maybe_retry", "STALE_AFTER_S"]
+           "Opened", "driver_id", "heartbeat", "check_database", "fail_trial", "fail_stale_trials", "maybe_retry",
+           "STALE_AFTER_S"]
 
 STALE_AFTER_S = 300.0  # a driver on another host is presumed dead after this long without a heartbeat
 
 
 def masked(url: str) -> str:
-    """``url`` with any password replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """``url`` with any password replaced by *** (up to the last '@' before the host: passwords may hold '@')."""
+    return re.sub(r"(://[^:/@]+:)[^/]*@", r"\1***@", url)
+
+
+def _check_sqlite_database(path: str) -> None:
+    """A read-only command's SQLite file must exist and be an Optuna (autoprune) database: refuse anything else
+    before SQLAlchemy or Optuna can create a table in it."""
+    import sqlite3
+
+    if not os.path.isfile(path):
+        raise InputError(f"storage: no study database at {path} (run autoprune search first)")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise InputError(f"storage: {path} is not an SQLite database ({e})") from None
+    if not {"studies", "trials", "version_info"} <= tables:
+        raise InputError(f"storage: {path} is not an Optuna/autoprune study database (no Optuna tables)")
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
@@ -124,6 +144,7 @@ def open_study(options: StudyOptions, store: StudyStorage) -> optuna.Study:
     except KeyError:
         existing = None
     if existing is not None:
+        _check_role(existing, options)
         have = records.stored_objectives(existing)
         if have != wanted:
             raise SpecError(f"name: study {options.name!r} exists with objectives {have}, not {wanted} "
@@ -136,9 +157,17 @@ def open_study(options: StudyOptions, store: StudyStorage) -> optuna.Study:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([objectives.get(n).label for n in wanted])
     records.set_objectives(study, wanted)
-    if options.role:
-        records.set_role(study, options.role)
+    records.set_role(study, options.role or "main")
     return study
+
+
+def _check_role(study: optuna.Study, options: StudyOptions) -> None:
+    """A user study is never taken over as a side study, nor a side study opened as a user study."""
+    role = records.role(study)
+    want = options.role or "main"
+    if role is not None and role != want:
+        what = "autoprune's internal screening study" if role == "screen" else "a user study"
+        raise SpecError(f"name: study {study.study_name!r} is {what}; choose another --study-name")
 
 
 def open_study_for(spec: SearchSpec, store: StudyStorage) -> optuna.Study:
@@ -155,8 +184,8 @@ def load_existing(url: str, name: str | None) -> Opened:
 
     Without ``name`` the storage must hold exactly one user study (internal side studies don't count).
     """
-    if url.startswith("sqlite:///") and not os.path.isfile(url[len("sqlite:///"):]):
-        raise InputError(f"storage: no study database at {url[len('sqlite:///'):]} (run autoprune search first)")
+    if url.startswith("sqlite:///"):
+        _check_sqlite_database(url[len("sqlite:///"):])
     store = get_storage(url)
     names = store.study_names()
     if name is None:
@@ -168,6 +197,12 @@ def load_existing(url: str, name: str | None) -> Opened:
     if name not in names:
         raise InputError(f"study: no study named {name!r} in {masked(url)} (have: {', '.join(names) or 'none'})")
     return Opened(store.load(name), store)
+
+
+def check_database(url: str) -> None:
+    """For commands that only read: the database must already exist and be a study database."""
+    if url.startswith("sqlite:///"):
+        _check_sqlite_database(url[len("sqlite:///"):])
 
 
 def driver_id() -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.search.artifacts import artifact_store
-from autoprune.search.study import get_storage, masked
+from autoprune.search.study import check_database, get_storage, masked
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +17,7 @@ __all__ = ["dashboard_app", "serve_dashboard"]
 def dashboard_app(storage_url: str, artifact_dir: str | Path) -> Any:  # a WSGI application
     from optuna_dashboard import wsgi
 
+    check_database(storage_url)  # serve an existing study database; never create one at a mistyped path
     return wsgi(get_storage(storage_url).rdb, artifact_store=artifact_store(artifact_dir))
 
 

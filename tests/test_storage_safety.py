@@ -1,0 +1,77 @@
+"""Issue 13's storage cases through the real CLI and real SQLite: read-only commands create nothing and refuse
+a database that is not a study database, side studies cannot take over user studies, passwords stay masked."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from autoprune import cli
+from autoprune.config.spec import parse_spec
+from autoprune.errors import SpecError
+from autoprune.search.study import StudyOptions, get_storage, masked, open_study, open_study_for
+
+
+@pytest.mark.parametrize("url,want", [
+    ("postgresql+psycopg://bob:secret@db:5432/x", "postgresql+psycopg://bob:***@db:5432/x"),
+    ("postgresql+psycopg://bob:P@W@db:5432/x", "postgresql+psycopg://bob:***@db:5432/x"),  # a raw '@' in it
+    ("sqlite:////tmp/a@b/s.db", "sqlite:////tmp/a@b/s.db"),
+])
+def test_masked_hides_the_whole_password(url, want):
+    assert masked(url) == want and "secret" not in masked(url) and "W@db" not in masked(url).split("***")[0]
+
+
+def test_read_only_commands_leave_a_foreign_sqlite_file_alone(tmp_path, capsys):
+    other = tmp_path / "app.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE studies (id INTEGER)")  # another program's tables, one of them named like Optuna's
+    con.execute("CREATE TABLE trials (id INTEGER)")
+    con.commit()
+    con.close()
+    before = other.read_bytes()
+    for args in (["front", "--storage", f"sqlite:///{other}"], ["report", "--storage", f"sqlite:///{other}"],
+                 ["export", "--storage", f"sqlite:///{other}", "--knee", "--out", str(tmp_path / "x")]):
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not an Optuna/autoprune study database" in err[0]
+    assert other.read_bytes() == before and not (tmp_path / "x").exists()
+
+
+def test_dashboard_on_a_mistyped_path_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "typo" / "studies.db"
+    assert cli.main(["dashboard", "--storage", f"sqlite:///{missing}", "--port", "1"]) == 2
+    assert "no study database" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+
+
+def test_a_user_study_is_never_taken_over_as_a_side_study(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    store = get_storage(url)
+    user = parse_spec({"name": "x-screen", "model": "m", "data": "d", "storage": url}, "s.yaml")
+    open_study_for(user, store)  # a user study that happens to be named like x's side study
+    with pytest.raises(SpecError, match="'x-screen' is a user study"):
+        open_study(StudyOptions("x-screen", user.objectives, role="screen"), store)
+    side = open_study(StudyOptions("y-screen", user.objectives, role="screen"), store)
+    with pytest.raises(SpecError, match="'y-screen' is autoprune's internal screening study"):
+        open_study_for(parse_spec({"name": "y-screen", "model": "m", "data": "d", "storage": url}, "s.yaml"), store)
+    assert store.study_names(include_side=False) == ["x-screen"] and side.study_name in store.study_names()
+
+
+def test_screened_search_refuses_a_user_study_named_like_its_side_study(tmp_path, tiny_data, tiny_model_pt, capsys):
+    url = f"sqlite:///{tmp_path}/s.db"
+    store = get_storage(url)
+    open_study_for(parse_spec({"name": "x-screen", "model": "m", "data": "d", "storage": url}, "s.yaml"), store)
+    spec = tmp_path / "x.yaml"
+    spec.write_text(f"name: x\nmodel: {tiny_model_pt}\ndata: {tiny_data}\nimgsz: 64\nstorage: {url}\n")
+    assert cli.main(["search", str(spec), "--studies-dir", str(tmp_path / "studies")]) == 2
+    assert "screening study 'x-screen' would be the user study" in capsys.readouterr().err
+    assert store.study_names() == ["x-screen"]  # nothing written: no study x, no baseline
+
+
+def test_internal_side_studies_do_not_count_as_user_studies(tmp_path, capsys):
+    from conftest import make_study
+
+    study, url = make_study(tmp_path, n=8, name="demo")
+    open_study(StudyOptions("demo-screen", ("map50_95", "params", "latency_ms"), role="screen"), get_storage(url))
+    assert cli.main(["front", "--storage", url]) == 0  # no "pass --study NAME (2 studies ...)"
+    assert "Pareto front of demo " in capsys.readouterr().out
