@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--concurrent", type=_positive_int, help="trials run at once")
     s.add_argument("--cpus-per-trial", type=_positive_float, help="CPUs Ray reserves per trial (fractions allowed)")
     s.add_argument("--gpus-per-trial", type=_nonneg_float, help="GPUs Ray reserves per trial, e.g. 0.5")
+    s.add_argument("--trust-checkpoint", action="store_true", help="load the model with plain pickle (runs any code "
+                   "in it; default: only ultralytics' and torch's classes are accepted)")
 
     def study_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("spec", nargs="?", help="the search spec (gives the study name and storage)")
@@ -125,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--finetune", action="store_true", help="repeat the trial's prune steps and fine-tuning")
     a.add_argument("--force", action="store_true", help="apply even if the base model's fingerprint differs")
     a.add_argument("--device", default="cpu")
+    a.add_argument("--trust-checkpoint", action="store_true", help="load the model with plain pickle (see search)")
     a.add_argument("--out", type=Path, required=True, help="pruned checkpoint to write (.pt)")
 
     b = sub.add_parser("demo-baseline", help="(re)train the demo baseline checkpoint")
@@ -291,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("ray", "ultralytics", "matplotlib", "PIL", "alembic", "optuna"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    if getattr(args, "trust_checkpoint", False):  # before ultralytics is first imported (it reads this once)
+        os.environ["ULTRALYTICS_SAFE_LOAD"] = "0"
     try:
         commands = {"search": _cmd_search, "front": _cmd_front, "report": _cmd_report,
                     "dashboard": _cmd_dashboard, "export": _cmd_export, "apply": _cmd_apply, "finalize": _cmd_finalize,

@@ -75,3 +75,69 @@ def test_internal_side_studies_do_not_count_as_user_studies(tmp_path, capsys):
     open_study(StudyOptions("demo-screen", ("map50_95", "params", "latency_ms"), role="screen"), get_storage(url))
     assert cli.main(["front", "--storage", url]) == 0  # no "pass --study NAME (2 studies ...)"
     assert "Pareto front of demo " in capsys.readouterr().out
+
+
+class _Pwn:
+    """A pickle payload that would create a file when unpickled (the attack a checkpoint can carry)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+def _evil_checkpoint(tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Pwn(marker), "train_args": {}}, path)
+    return path, marker
+
+
+def test_a_checkpoint_that_carries_code_is_refused_unrun(tmp_path, tiny_data, capsys):
+    evil, marker = _evil_checkpoint(tmp_path)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: e\nmodel: {evil}\ndata: {tiny_data}\nimgsz: 64\n")
+    assert cli.main(["search", str(spec), "--studies-dir", str(tmp_path / "studies")]) == 2
+    err = capsys.readouterr().err
+    assert "holds objects outside ultralytics' own classes; refused unloaded" in err and "Traceback" not in err
+    assert not marker.exists() and not (tmp_path / "studies").exists()
+
+
+def test_apply_checks_the_base_file_before_unpickling_it(tmp_path, tiny_model_pt, capsys):
+    from autoprune.engine.identity import file_sha256
+    from autoprune.model import Policy
+    from autoprune.model.document import PolicyDocument, dump_policy_file
+
+    doc = PolicyDocument(fingerprint="sha256:x", architecture="yolov8n.yaml", imgsz=64,
+                         policy=Policy(ratios=(("model.0", 0.5),), criterion="l1", iterations=1, lr=0.01, ema=True,
+                                       epochs=1),
+                         channels={"model.0": 8}, metrics={}, baseline={}, source={}, versions={},
+                         base_file_sha256=file_sha256(tiny_model_pt))
+    policy = dump_policy_file(doc, tmp_path / "policy.yaml")
+    evil, marker = _evil_checkpoint(tmp_path)
+    assert cli.main(["apply", str(policy), "--model", str(evil), "--out", str(tmp_path / "o.pt")]) == 2
+    assert "file fingerprint differs" in capsys.readouterr().err and not marker.exists()
+    assert cli.main(["apply", str(policy), "--model", str(evil), "--out", str(tmp_path / "o.pt"), "--force"]) == 2
+    assert "refused unloaded" in capsys.readouterr().err and not marker.exists()  # forced: still never unpickled
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_what_ray_persists_of_the_searcher_holds_no_storage_url(tmp_path):
+    import ray.cloudpickle
+
+    from autoprune.model import Layer
+    from autoprune.search.executor import StudySearcher
+    from autoprune.search.run import main_job
+
+    url = f"sqlite:///{tmp_path}/pw-secret-path.db"  # stands for postgresql://user:PASSWORD@host/db
+    spec = parse_spec({"name": "t", "model": "m", "data": "d", "storage": url}, "s.yaml", studies_dir=tmp_path)
+    store = get_storage(url)
+    s = StudySearcher(open_study_for(spec, store), store, main_job(spec, [Layer("model.0", 16)]), n_trials=1)
+    s.suggest("a")
+    blob = ray.cloudpickle.dumps(s)
+    assert b"pw-secret-path" not in blob and b"sqlite" not in blob

@@ -32,6 +32,9 @@ def configure() -> None:
     os.environ.setdefault("YOLO_VERBOSE", "False")
     os.environ.setdefault("MPLCONFIGDIR", str(cfg / "matplotlib"))
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # A checkpoint is a pickle: load it with torch's weights_only unpickler and ultralytics' allow-list of its
+    # own classes, so a file cannot run code (`--trust-checkpoint` sets this to 0 for a file the user trusts).
+    os.environ.setdefault("ULTRALYTICS_SAFE_LOAD", "1")
     _install_fonts(cfg / "Ultralytics")
     _DONE = True
 

@@ -113,6 +113,9 @@ def load_model(source: str | Path, nc: int | None = None) -> DetectionModel:
         try:
             model, _ = load_checkpoint(source)
         except Exception as e:
+            if "outside the supported Ultralytics checkpoint format" in str(e):
+                raise InputError(f"model: {source}: holds objects outside ultralytics' own classes; refused unloaded "
+                                 "(pass --trust-checkpoint only for a file you trust: loading runs its code)") from None
             raise InputError(f"model: {source}: not a loadable ultralytics checkpoint ({type(e).__name__})") from e
         if not isinstance(model, DetectionModel):
             raise InputError(f"model: {source}: holds a {type(model).__name__}, not a YOLO detection model")

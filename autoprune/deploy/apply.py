@@ -55,7 +55,7 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
     The result always has exactly the channel counts recorded in the policy, or this raises.
     """
     from autoprune.adapters import tp, ultra
-    from autoprune.engine.identity import fingerprint
+    from autoprune.engine.identity import file_sha256, fingerprint
     from autoprune.engine.pipeline import TRACE_IMGSZ
 
     doc = load_policy_file(policy_path)
@@ -67,6 +67,9 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
     if (finetune or criteria.get(doc.policy.criterion).needs_gradients) and not data:
         why = "--finetune" if finetune else f"criterion {doc.policy.criterion} (gradients)"
         raise InputError(f"--data: {why} needs a data set YAML")
+    if doc.base_file_sha256 and not force and file_sha256(model) != doc.base_file_sha256:
+        raise InputError(f"--model: {model} is not the policy's base checkpoint (file fingerprint differs, sha256; "
+                         "not loaded; --force to apply anyway)")
     base = ultra.load_model(model)
     matched = fingerprint(base) == doc.fingerprint
     if not matched and not force:

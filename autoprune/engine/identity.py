@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["fingerprint", "architecture", "versions"]
+__all__ = ["fingerprint", "file_sha256", "architecture", "versions"]
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -19,6 +20,15 @@ def fingerprint(model: nn.Module) -> str:
         if t.is_floating_point():
             t = t.detach().float()
         h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes: compared before a checkpoint is unpickled."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return "sha256:" + h.hexdigest()
 
 

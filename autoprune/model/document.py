@@ -48,6 +48,7 @@ class PolicyDocument:
     source: Mapping[str, Any]
     versions: Mapping[str, str]
     base_path: str = ""
+    base_file_sha256: str = ""  # of the base checkpoint's bytes: checked before it is unpickled
     seed: int = 0
     finetune: Mapping[str, Any] = field(default_factory=dict)  # batch, optimizer, workers, gradient_batches
     finalize: Mapping[str, Any] = field(default_factory=dict)  # autoprune finalize: its fine-tune and metrics
@@ -56,7 +57,8 @@ class PolicyDocument:
         p = self.policy
         return {
             "schema": SCHEMA, "version": VERSION,
-            "base_model": {"fingerprint": self.fingerprint, "architecture": self.architecture, "path": self.base_path},
+            "base_model": {"fingerprint": self.fingerprint, "architecture": self.architecture, "path": self.base_path,
+                           **({"file_sha256": self.base_file_sha256} if self.base_file_sha256 else {})},
             "imgsz": self.imgsz,
             "seed": self.seed,
             "finetune": dict(self.finetune),
@@ -86,6 +88,7 @@ def document_for_trial(study: records.Attrs, study_name: str, number: int, trial
     return PolicyDocument(
         fingerprint=str(fp), architecture=records.architecture(study),
         base_path=str(base.get("model", "")), imgsz=int(base.get("imgsz", 640)),
+        base_file_sha256=records.model_file_sha256(study) or "",
         policy=Policy.from_dict(rec.policy), channels=rec.channels,
         metrics={k: float(v) for k, v in rec.metrics.items()},
         baseline={k: float(v) for k, v in records.baseline_metrics(study).items()},
@@ -146,6 +149,7 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
     return PolicyDocument(
         fingerprint=str(_need(base, "fingerprint", str, f"{where}: base_model")),
         architecture=str(base.get("architecture", "")), base_path=str(base.get("path", "")),
+        base_file_sha256=str(base.get("file_sha256", "")),
         imgsz=int(_need(raw, "imgsz", int, where)), policy=policy,
         channels={str(k): int(v) for k, v in channels.items()},
         metrics=dict(raw.get("metrics") or {}), baseline=dict(raw.get("baseline") or {}),

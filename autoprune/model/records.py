@@ -17,11 +17,11 @@ from autoprune.model.space import Layer
 
 __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline", "baseline_metrics", "layers",
            "fingerprint", "architecture", "trial_settings", "warm_started", "screening", "runs", "heartbeats",
-           "is_side_study", "RunTimings", "ScreenScore", "TrialRecord", "trial", "HEARTBEAT_PREFIX", "set_objectives",
-           "set_baseline", "role", "set_identity", "set_layers", "set_trial_settings", "mark_warm_started",
-           "set_screening", "append_run", "set_heartbeat", "set_role", "start_trial", "set_policy",
-           "set_fail_reason", "write_result", "set_screen_score", "retry_attrs", "warm_start_attrs",
-           "screen_source_attrs", "set_artifact_dir", "copy_study_attrs"]
+           "is_side_study", "RunTimings", "ScreenScore", "TrialRecord", "trial", "HEARTBEAT_PREFIX",
+           "set_objectives", "set_baseline", "role", "set_identity", "model_file_sha256", "set_layers",
+           "set_trial_settings", "mark_warm_started", "set_screening", "append_run", "set_heartbeat", "set_role",
+           "start_trial", "set_policy", "set_fail_reason", "write_result", "set_screen_score", "retry_attrs",
+           "warm_start_attrs", "screen_source_attrs", "set_artifact_dir", "copy_study_attrs"]
 
 HEARTBEAT_PREFIX = "heartbeat:"
 _ROLE = "autoprune_role"  # "screen" on an internal side study
@@ -104,9 +104,15 @@ def set_baseline(s: Writer, record: Mapping[str, Any]) -> None:
     s.set_user_attr("baseline", dict(record))
 
 
-def set_identity(s: Writer, fingerprint: str, architecture: str) -> None:
+def set_identity(s: Writer, fingerprint: str, architecture: str, file_sha256: str | None = None) -> None:
     s.set_user_attr("model_fingerprint", fingerprint)
     s.set_user_attr("architecture", architecture)
+    if file_sha256:
+        s.set_user_attr("model_file_sha256", file_sha256)
+
+
+def model_file_sha256(s: Attrs) -> str | None:
+    return s.user_attrs.get("model_file_sha256")
 
 
 def set_layers(s: Writer, layers: Sequence[Layer]) -> None:
@@ -138,7 +144,7 @@ def set_role(s: Writer, role: str) -> None:
     s.set_user_attr(_ROLE, role)
 
 
-_SHARED = ("baseline", "layers", "model_fingerprint", "architecture", "trial_settings")
+_SHARED = ("baseline", "layers", "model_fingerprint", "model_file_sha256", "architecture", "trial_settings")
 
 
 def copy_study_attrs(src: Attrs, dst: Writer, have: Attrs) -> None:

@@ -172,6 +172,12 @@ class StudySearcher(Searcher):
         except Exception as e:  # artifacts are a convenience: the trial's result stands without them
             logger.warning("trial %d: artifact upload failed: %s", ot.number, e)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What Ray Tune persists of the searcher (its experiment state, tuner.pkl): never the study or its storage,
+        whose URL may hold a password. The study state lives in the storage; nothing here is needed to resume."""
+        hidden = {"_study", "_storage", "_store", "_live", "_on_done", "_baseline"}
+        return {k: v for k, v in self.__dict__.items() if k not in hidden}
+
     def save(self, checkpoint_path: str) -> None:  # state lives in the Optuna storage
         return None
 
@@ -234,7 +240,8 @@ def ray_session(address: str | None) -> Iterator[bool]:
         return
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              configure_logging=False,
-             runtime_env={"env_vars": {k: os.environ[k] for k in ("AUTOPRUNE_HOME",) if k in os.environ}})
+             runtime_env={"env_vars": {k: os.environ[k] for k in ("AUTOPRUNE_HOME", "ULTRALYTICS_SAFE_LOAD")
+                                       if k in os.environ}})
     try:
         yield True
     finally:

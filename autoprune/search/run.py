@@ -113,7 +113,7 @@ class SearchOutcome:
 
 def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
     from autoprune.adapters import tp, ultra
-    from autoprune.engine.identity import architecture, fingerprint
+    from autoprune.engine.identity import architecture, file_sha256, fingerprint
     from autoprune.engine.measure import measure_model
     from autoprune.engine.pipeline import TRACE_IMGSZ
 
@@ -131,7 +131,7 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
     if "latency_ratio" in metrics:
         metrics["latency_ratio"] = 1.0  # by definition; the measured self-ratio stays in "latency"
     records.set_layers(study, layers)
-    records.set_identity(study, fingerprint(model), architecture(model))
+    records.set_identity(study, fingerprint(model), architecture(model), file_sha256(spec.model))
     records.set_baseline(study, {**metrics, "latency": m.latency, "model": spec.model, "data": spec.data,
                                  "imgsz": spec.imgsz})
     logger.info("baseline: mAP50-95 %.3f, mAP50 %.3f, params %s, MACs %s, latency %.2f ms",
