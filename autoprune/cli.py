@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --best: a condition such as 'latency_ms<=4' (repeatable)")
     e.add_argument("--out", type=Path, required=True, help="output folder")
     e.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its check")
+    e.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
 
     z = sub.add_parser("finalize", help="fine-tune a chosen trial with the full budget, report val/test mAP, export it")
     study_args(z)
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--device", default="cpu")
     z.add_argument("--out", type=Path, required=True, help="output folder")
     z.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its check")
+    z.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
 
     a = sub.add_parser("apply", help="re-apply an exported policy to its base model")
     a.add_argument("policy", help="policy.yaml from autoprune export")
@@ -228,7 +230,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise_usage("--where needs --best METRIC")
     study, store = _existing_study(args)
     trial = select_trial(study, trial=args.trial, best=args.best, where=args.where, knee=args.knee)
-    res = export_trial(study, store, trial, args.out, onnx=not args.no_onnx,
+    res = export_trial(study, store, trial, args.out, onnx=not args.no_onnx, force=args.force,
                        artifact_dir=args.studies_dir / "artifacts")
     print(f"exported trial {res.trial} of {study.study_name} to {res.out_dir}")
     for path in (res.policy, res.checkpoint, res.onnx, res.tp_ratios):
@@ -250,7 +252,7 @@ def _cmd_finalize(args: argparse.Namespace) -> int:
     settings = FinalizeSettings(epochs=args.epochs, lr=args.lr, data=args.data, device=check_device(args.device))
     study, store = _existing_study(args)
     trial = select_trial(study, trial=args.trial, best=args.best, where=args.where, knee=args.knee)
-    res = finalize_trial(study, store, trial, args.out, settings, onnx=not args.no_onnx,
+    res = finalize_trial(study, store, trial, args.out, settings, onnx=not args.no_onnx, force=args.force,
                          artifact_dir=args.studies_dir / "artifacts")
     fin = load_policy_file(res.policy).finalize
     print(f"finalized trial {res.trial} of {study.study_name} ({fin['epochs']} epochs, {fin['optimizer_steps']} "

@@ -96,11 +96,39 @@ def check_dataset_files(data: str | Path, info: dict[str, Any]) -> dict[str, int
         images = [img for p in (paths if isinstance(paths, list) else [paths]) for img in _images(str(p))]
         if not images:
             raise InputError(f"data: {data}: no images in the {split} split ({paths})")
-        if not any(Path(lbl).is_file() for lbl in img2label_paths(images)):
-            label_dir = Path(img2label_paths(images[:1])[0]).parent
+        labels = [Path(lbl) for lbl in img2label_paths(images)]
+        if not any(lbl.is_file() for lbl in labels):
+            label_dir = labels[0].parent
             raise InputError(f"data: {data}: no label files for the {split} images (expected them in {label_dir})")
+        good, bad = _count_labels(labels, int(info.get("nc", 0)))
+        if good == 0:
+            raise InputError(f"data: {data}: none of the {split} split's {bad} label line(s) is valid "
+                             "(class index, then x y w h in [0, 1])")
+        if bad:
+            logger.warning("data %s: %d of %d label lines of the %s split are invalid and will be dropped", data,
+                           bad, good + bad, split)
         counts[split] = len(images)
     return counts
+
+
+def _count_labels(labels: list[Path], nc: int) -> tuple[int, int]:
+    """(valid, invalid) detection label lines: ``class x y w h`` (more numbers for polygons), class in [0, nc)."""
+    good = bad = 0
+    for path in labels:
+        if not path.is_file():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                cls, *xy = (float(p) for p in parts)
+            except ValueError:
+                bad += 1
+                continue
+            ok = len(xy) >= 4 and cls.is_integer() and 0 <= cls < max(nc, 1) and all(0.0 <= v <= 1.0 for v in xy)
+            good, bad = (good + 1, bad) if ok else (good, bad + 1)
+    return good, bad
 
 
 def load_model(source: str | Path, nc: int | None = None) -> DetectionModel:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -17,26 +18,37 @@ from typing import Any, TypeVar
 from autoprune.errors import SpecError
 from autoprune.model.space import FloatRange, IntRange
 
-__all__ = ["bounds", "type_name", "read_int", "read_float", "read_str", "read_bool", "mapping", "choice",
+__all__ = ["bounds", "shown", "type_name", "read_int", "read_float", "read_str", "read_bool", "mapping", "choice",
            "float_range", "int_range", "read_section"]
 
 T = TypeVar("T")
 
 
 def bounds(**kw: Any) -> dict[str, Any]:
-    """Field metadata for :func:`read_section`: ``min`` (>=), ``gt`` (>), ``choices``."""
+    """Field metadata for :func:`read_section`: ``min`` (>=), ``max`` (<=, integers), ``gt`` (>), ``choices``."""
     return kw
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 6, 6, 2
+
+
+def shown(v: Any) -> str:
+    """A bounded repr for error messages: a huge value (or a YAML alias bomb) never becomes a huge message."""
+    return _REPR.repr(v)
 
 
 def type_name(v: Any) -> str:
     return "null" if v is None else type(v).__name__
 
 
-def read_int(v: Any, where: str, minimum: int | None = None) -> int:
+def read_int(v: Any, where: str, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise SpecError(f"{where}: expected an integer, got {type_name(v)} {v!r}")
+        raise SpecError(f"{where}: expected an integer, got {type_name(v)} {shown(v)}")
     if minimum is not None and v < minimum:
         raise SpecError(f"{where}: must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise SpecError(f"{where}: must be <= {maximum}, got {v}")
     return v
 
 
@@ -47,33 +59,35 @@ def read_float(v: Any, where: str, minimum: float | None = None, gt: float | Non
                 return read_float(float(v), where, minimum, gt)
             except ValueError:
                 pass
-        raise SpecError(f"{where}: expected a number, got {type_name(v)} {v!r}")
+        raise SpecError(f"{where}: expected a number, got {type_name(v)} {shown(v)}")
     x = float(v)
+    if math.isnan(x):
+        raise SpecError(f"{where}: expected a number, got nan")
+    if math.isinf(x):
+        raise SpecError(f"{where}: expected a finite number, got {x}")
     if gt is not None and not x > gt:
         raise SpecError(f"{where}: must be > {gt:g}, got {x:g}")
     if minimum is not None and not x >= minimum:
         raise SpecError(f"{where}: must be >= {minimum:g}, got {x:g}")
-    if math.isnan(x):
-        raise SpecError(f"{where}: expected a number, got nan")
     return x
 
 
 def read_str(v: Any, where: str) -> str:
     if not isinstance(v, str) or not v.strip():
-        raise SpecError(f"{where}: expected a non-empty string, got {type_name(v)} {v!r}")
+        raise SpecError(f"{where}: expected a non-empty string, got {type_name(v)} {shown(v)}")
     return v.strip()
 
 
 def read_bool(v: Any, where: str) -> bool:
     if not isinstance(v, bool):
-        raise SpecError(f"{where}: expected true or false, got {type_name(v)} {v!r}")
+        raise SpecError(f"{where}: expected true or false, got {type_name(v)} {shown(v)}")
     return v
 
 
 def choice(v: Any, where: str, choices: tuple[str, ...]) -> str:
     v = read_str(v, where)
     if v not in choices:
-        raise SpecError(f"{where}: {v!r} is not one of {', '.join(choices)}")
+        raise SpecError(f"{where}: {shown(v)} is not one of {', '.join(choices)}")
     return v
 
 
@@ -107,7 +121,7 @@ def float_range(v: Any, where: str, default: FloatRange, lo: float, hi: float, h
         raise SpecError(f"{where}: low ({low:g}) is greater than high ({high:g})")
     log = d.get("log", default.log)
     if not isinstance(log, bool):
-        raise SpecError(f"{where}.log: expected true or false, got {log!r}")
+        raise SpecError(f"{where}.log: expected true or false, got {shown(log)}")
     if log and low <= 0:
         raise SpecError(f"{where}.low: must be > 0 for a log range")
     step = d.get("step", default.step)
@@ -116,7 +130,7 @@ def float_range(v: Any, where: str, default: FloatRange, lo: float, hi: float, h
     return FloatRange(low, high, log, step)
 
 
-def int_range(v: Any, where: str, default: IntRange, minimum: int) -> IntRange:
+def int_range(v: Any, where: str, default: IntRange, minimum: int, maximum: int | None = None) -> IntRange:
     if v is None:
         return default
     if isinstance(v, int) and not isinstance(v, bool):
@@ -124,8 +138,8 @@ def int_range(v: Any, where: str, default: IntRange, minimum: int) -> IntRange:
     if isinstance(v, (list, tuple)) and len(v) == 2:
         v = {"low": v[0], "high": v[1]}
     d = mapping(v, where, {"low", "high"})
-    low = read_int(d.get("low", default.low), f"{where}.low", minimum)
-    high = read_int(d.get("high", default.high), f"{where}.high", minimum)
+    low = read_int(d.get("low", default.low), f"{where}.low", minimum, maximum)
+    high = read_int(d.get("high", default.high), f"{where}.high", minimum, maximum)
     if low > high:
         raise SpecError(f"{where}: low ({low}) is greater than high ({high})")
     return IntRange(low, high)
@@ -140,7 +154,7 @@ def _read_field(t: Any, v: Any, where: str, meta: Mapping[str, Any]) -> Any:
     if t is bool:
         return read_bool(v, where)
     if t is int:
-        return read_int(v, where, meta.get("min"))
+        return read_int(v, where, meta.get("min"), meta.get("max"))
     if t is float:
         return read_float(v, where, meta.get("min"), meta.get("gt"))
     if t is str:

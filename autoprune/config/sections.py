@@ -16,22 +16,25 @@ __all__ = ["FinetuneSettings", "LatencySettings", "SamplerSettings", "WarmStart"
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    batch: int = field(default=16, metadata=bounds(min=1))
-    workers: int = field(default=0, metadata=bounds(min=0))
+    batch: int = field(default=16, metadata=bounds(min=1, max=4096))
+    workers: int = field(default=0, metadata=bounds(min=0, max=256))
     optimizer: str = field(default="SGD", metadata=bounds(choices=("SGD", "Adam", "AdamW")))
-    gradient_batches: int = field(default=4, metadata=bounds(min=1))  # batches for gradient criteria, regularising
-    nbs: int | None = field(default=None, metadata=bounds(min=1))  # nominal batch; None: one optimizer step a batch
+    # batches for gradient criteria, regularising
+    gradient_batches: int = field(default=4, metadata=bounds(min=1, max=10_000))
+    # nominal batch; None: one optimizer step a batch
+    nbs: int | None = field(default=None, metadata=bounds(min=1, max=65_536))
     warmup_epochs: float = field(default=1.0, metadata=bounds(min=0))  # capped at epochs - 1 by the trainer
     lrf: float = field(default=0.01, metadata=bounds(gt=0))  # final learning rate as a fraction of the initial
 
 
 @dataclass(frozen=True)
 class LatencySettings:
-    warmup: int = field(default=10, metadata=bounds(min=0))
-    runs: int = field(default=50, metadata=bounds(min=3))
-    threads: int = field(default=2, metadata=bounds(min=1))
+    warmup: int = field(default=10, metadata=bounds(min=0, max=100_000))
+    runs: int = field(default=50, metadata=bounds(min=3, max=100_000))
+    threads: int = field(default=2, metadata=bounds(min=1, max=1024))
     interleave: bool = True  # time the baseline and the candidate alternately (A/B/B/A...)
-    rounds: int = field(default=10, metadata=bounds(min=1))  # interleaved rounds; ratio = median per-round ratio
+    # interleaved rounds; ratio = median per-round ratio
+    rounds: int = field(default=10, metadata=bounds(min=1, max=10_000))
 
 
 @dataclass(frozen=True)
@@ -42,22 +45,23 @@ class SamplerSettings:
 
 @dataclass(frozen=True)
 class WarmStart:
-    uniform: int = field(default=2, metadata=bounds(min=0))  # uniform-ratio policies spread over the range
+    uniform: int = field(default=2, metadata=bounds(min=0, max=1000))  # uniform-ratio policies spread over the range
     from_fronts: bool = True  # enqueue the fronts of earlier studies on the same base model (fingerprint)
 
 
 @dataclass(frozen=True)
 class Screening:
-    factor: int = field(default=2, metadata=bounds(min=0))  # screen factor x trials candidates (0: off)
-    batches: int = field(default=8, metadata=bounds(min=1))  # training batches that re-estimate BN statistics
-    rounds: int = field(default=2, metadata=bounds(min=1))  # screen -> promote -> fine-tune rounds per run
+    factor: int = field(default=2, metadata=bounds(min=0, max=100))  # screen factor x trials candidates (0: off)
+    # training batches that re-estimate BN statistics
+    batches: int = field(default=8, metadata=bounds(min=1, max=10_000))
+    rounds: int = field(default=2, metadata=bounds(min=1, max=100))  # screen -> promote -> fine-tune rounds per run
 
 
 @dataclass(frozen=True)
 class Resources:
     cpus: float = field(default=2.0, metadata=bounds(gt=0))
     gpus: float = field(default=0.0, metadata=bounds(min=0))
-    concurrent: int = field(default=1, metadata=bounds(min=1))
+    concurrent: int = field(default=1, metadata=bounds(min=1, max=1024))
 
 
 @dataclass(frozen=True)

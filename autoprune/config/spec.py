@@ -17,7 +17,18 @@ from typing import Any
 
 import yaml
 
-from autoprune.config._read import choice, float_range, int_range, mapping, read_int, read_section, read_str, type_name
+from autoprune import yamlsafe
+from autoprune.config._read import (
+    choice,
+    float_range,
+    int_range,
+    mapping,
+    read_int,
+    read_section,
+    read_str,
+    shown,
+    type_name,
+)
 from autoprune.config.sections import (
     Constraints,
     FinetuneSettings,
@@ -122,7 +133,7 @@ def _criteria(v: Any, where: str) -> tuple[str, ...]:
         raise SpecError(f"{where}: empty list (choose from {', '.join(criteria.names())})")
     for c in crit:
         if not isinstance(c, str):
-            raise SpecError(f"{where}: expected names, got {type_name(c)} {c!r}")
+            raise SpecError(f"{where}: expected names, got {type_name(c)} {shown(c)}")
         registered(criteria.REGISTRY, c, where)
     return tuple(dict.fromkeys(crit))
 
@@ -130,7 +141,7 @@ def _criteria(v: Any, where: str) -> tuple[str, ...]:
 def _ema(v: Any, where: str) -> tuple[bool, ...]:
     ema = [v] if isinstance(v, bool) else v
     if not isinstance(ema, list) or not ema or not all(isinstance(e, bool) for e in ema):
-        raise SpecError(f"{where}: expected a non-empty list of true/false, got {ema!r}")
+        raise SpecError(f"{where}: expected a non-empty list of true/false, got {shown(ema)}")
     return tuple(dict.fromkeys(ema))
 
 
@@ -138,8 +149,8 @@ def _round_to(v: Any, where: str) -> tuple[int, ...]:
     if isinstance(v, int) and not isinstance(v, bool):
         v = [v]
     if not isinstance(v, list) or not v:
-        raise SpecError(f"{where}: expected a non-empty list of integers, got {type_name(v)} {v!r}")
-    return tuple(dict.fromkeys(read_int(x, where, 1) for x in v))
+        raise SpecError(f"{where}: expected a non-empty list of integers, got {type_name(v)} {shown(v)}")
+    return tuple(dict.fromkeys(read_int(x, where, 1, 1024) for x in v))
 
 
 SCHEDULES = ("cosine", "linear")
@@ -148,7 +159,7 @@ SCHEDULES = ("cosine", "linear")
 def _schedule(v: Any, where: str) -> tuple[str, ...]:
     items = [v] if isinstance(v, str) else v
     if not isinstance(items, list) or not items:
-        raise SpecError(f"{where}: expected a non-empty list of {' or '.join(SCHEDULES)}, got {items!r}")
+        raise SpecError(f"{where}: expected a non-empty list of {' or '.join(SCHEDULES)}, got {shown(items)}")
     return tuple(dict.fromkeys(choice(x, where, SCHEDULES) for x in items))
 
 
@@ -157,10 +168,10 @@ def _space(v: Any) -> Space:
     custom: dict[str, Callable[[Any, str], Any]] = {
         "ratio": lambda x, w: float_range(x, w, base.ratio, 0.0, 1.0, hi_open=True),
         "criteria": _criteria,
-        "iterations": lambda x, w: int_range(x, w, base.iterations, 1),
+        "iterations": lambda x, w: int_range(x, w, base.iterations, 1, 20),
         "lr": lambda x, w: float_range(x, w, base.lr, 1e-8, 1.0),
         "ema": _ema,
-        "epochs": lambda x, w: int_range(x, w, base.epochs, 1),
+        "epochs": lambda x, w: int_range(x, w, base.epochs, 1, 1000),
         "shape": lambda x, w: choice(x, w, tuple(shapes.names())),
         "multiplier": lambda x, w: float_range(x, w, base.multiplier, 0.0, 10.0),
         "round_to": _round_to,
@@ -237,12 +248,12 @@ def check_device_text(device: str) -> str:
     d = device.strip().lower()
     if d == "cpu" or d in {"cuda", "gpu"} or re.fullmatch(r"(?:cuda:?)?\d+", d):
         return device.strip()
-    raise SpecError(f"device: {device!r} is not 'cpu', 'cuda' or 'cuda:N'")
+    raise SpecError(f"device: {shown(device)} is not 'cpu', 'cuda' or 'cuda:N'")
 
 
 def check_storage(url: str) -> str:
     if not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
-        raise SpecError(f"storage: {url!r} is not a supported URL (sqlite:///PATH or postgresql+psycopg://...)")
+        raise SpecError(f"storage: {shown(url)} is not a supported URL (sqlite:///PATH or postgresql+psycopg://...)")
     return url
 
 
@@ -280,7 +291,7 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
     if "data" not in raw:
         raise SpecError("data: missing (an ultralytics data set YAML, or 'demo')")
     name = check_name(read_str(raw.get("name", Path(source).stem), "name"))
-    imgsz = read_int(raw.get("imgsz", 640), "imgsz", 32)
+    imgsz = read_int(raw.get("imgsz", 640), "imgsz", 32, 4096)
     if imgsz % 32:
         raise SpecError(f"imgsz: {imgsz} is not a multiple of 32")
     storage = raw.get("storage")
@@ -295,13 +306,13 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         device=check_device_text(read_str(str(raw.get("device", "cpu")), "device")),
         objectives=_objectives(raw.get("objectives"), latency),
         space=_space(raw.get("space")),
-        trials=read_int(raw.get("trials", 20), "trials", 1),
+        trials=read_int(raw.get("trials", 20), "trials", 1, 1_000_000),
         seed=read_int(raw.get("seed", 0), "seed", 0),
         storage=storage,
         finetune=read_section(FinetuneSettings, raw.get("finetune"), "finetune"),
         latency=latency,
         resources=read_section(Resources, raw.get("resources"), "resources"),
-        retries=read_int(raw.get("retries", 0), "retries", 0),
+        retries=read_int(raw.get("retries", 0), "retries", 0, 100),
         sampler=_sampler(raw.get("sampler")),
         warm_start=read_section(WarmStart, raw.get("warm_start"), "warm_start"),
         screening=_screening(raw.get("screening")),
@@ -316,7 +327,7 @@ def load_spec(path: str | Path, overrides: Overrides | None = None, studies_dir:
     if not p.is_file():
         raise SpecError(f"{path}: spec file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yamlsafe.load(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -180,7 +180,8 @@ Prepare = Callable[[Path, PolicyDocument], dict[str, Any]]
 
 
 def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_dir: str | Path, onnx: bool = True,
-                 artifact_dir: str | Path | None = None, prepare: Prepare | None = None) -> ExportResult:
+                 artifact_dir: str | Path | None = None, prepare: Prepare | None = None,
+                 force: bool = False) -> ExportResult:
     """Write policy.yaml, pruned.pt, tp_ratios.yaml and (optionally) pruned.onnx of trial ``t`` into ``out_dir``.
 
     ``prepare(checkpoint, document)`` may change the staged checkpoint in place (``autoprune finalize``
@@ -194,6 +195,10 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"--out: {out} is not empty (--force replaces the files an export writes there)")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise InputError(f"--out: {out} lies under a file")
     doc = _document(study, t)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:

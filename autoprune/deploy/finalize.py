@@ -49,7 +49,8 @@ def _split_metrics(model: Any, data: str, imgsz: int, s: FinalizeSettings, batch
 
 
 def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_dir: str | Path,
-                   settings: FinalizeSettings, onnx: bool = True, artifact_dir: str | Path | None = None) -> Any:
+                   settings: FinalizeSettings, onnx: bool = True, artifact_dir: str | Path | None = None,
+                   force: bool = False) -> Any:
     """Fine-tune trial ``t``'s pruned model with the full budget and export it (see module doc)."""
     from autoprune.adapters import ultra
     from autoprune.deploy.export import export_trial
@@ -80,4 +81,4 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
                 "warmup_epochs": 1.0, "ema": True, "data": data, "before": before, "after": after,
                 "baseline_map50_95": records.baseline(study).get("map50_95")}
 
-    return export_trial(study, store, t, out_dir, onnx=onnx, artifact_dir=artifact_dir, prepare=prepare)
+    return export_trial(study, store, t, out_dir, onnx=onnx, artifact_dir=artifact_dir, prepare=prepare, force=force)

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from autoprune import yamlsafe
 from autoprune.errors import InputError
 from autoprune.model import records
 from autoprune.model.policy import Policy
@@ -117,7 +118,7 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
     if not p.is_file():
         raise InputError(f"{path}: policy file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yamlsafe.load(p.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not a valid policy file ({type(e).__name__})") from None
     where = str(path)

@@ -66,6 +66,9 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     from autoprune.adapters import ultra
     from autoprune.engine.devices import check_device, check_gpus
 
+    studies = Path(spec.studies_dir)
+    if studies.exists() and not studies.is_dir():
+        raise InputError(f"--studies-dir: {studies} exists and is not a folder")
     spec = spec.replace(device=check_device(spec.device))
     check_gpus(spec.resources.gpus)
     data = _resolve_data(spec.data)

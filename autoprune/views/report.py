@@ -10,6 +10,7 @@ from typing import Any
 
 import optuna
 
+from autoprune.errors import InputError
 from autoprune.model.pareto import REFERENCE_MARGIN
 from autoprune.views.report_data import (
     hypervolume_history,
@@ -149,6 +150,10 @@ def build_figures(study: optuna.Study) -> list[tuple[str, Any]]:
 def write_report(study: optuna.Study, out: str | Path) -> Path:
     """One self-contained HTML page (plotly.js inlined: works offline)."""
     out = Path(out)
+    if out.is_dir():
+        raise InputError(f"--out: {out} is a folder (name the HTML file to write)")
+    if any(p.exists() and not p.is_dir() for p in out.parents):
+        raise InputError(f"--out: {out} lies under a file")
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = []
     for k, (title, fig) in enumerate(build_figures(study)):
