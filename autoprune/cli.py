@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,18 @@ T = TypeVar("T", int, float)
 logger = logging.getLogger("autoprune")
 
 EXIT_USAGE = 2
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+RESUME = "completed trials are kept; run the same command again to resume"
+
+
+_TERMINATED: list[int] = []  # set by the SIGTERM handler
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM unwinds the main thread exactly as Ctrl-C does (KeyboardInterrupt is what Ray's compiled code
+    passes through cleanly); the CLI then reports it as SIGTERM."""
+    _TERMINATED.append(signum)
+    raise KeyboardInterrupt
 
 
 def _checked(convert: Callable[[str], T], expected: str, ok: Callable[[T], bool],
@@ -297,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("ray", "ultralytics", "matplotlib", "PIL", "alembic", "optuna"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     if getattr(args, "trust_checkpoint", False):  # before ultralytics is first imported (it reads this once)
         os.environ["ULTRALYTICS_SAFE_LOAD"] = "0"
     try:
@@ -308,8 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"autoprune: error: {e}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        sys.stderr.write("autoprune: interrupted\n")
-        return 130
+        if _TERMINATED:
+            sys.stderr.write(f"autoprune: terminated (SIGTERM): trials in flight are FAILED; {RESUME}\n")
+            return EXIT_SIGTERM
+        sys.stderr.write(f"autoprune: interrupted (SIGINT): trials in flight are FAILED; {RESUME}\n")
+        return EXIT_SIGINT
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from ray.tune.search import Searcher
 
 from autoprune.config.spec import Constraints, Resources, TrialSettings
 from autoprune.engine.trial import TrialResult
+from autoprune.errors import InputError, SpecError
 from autoprune.model import objectives, records
 from autoprune.model.constraints import constraint_values, feasible
 from autoprune.model.policy import Policy, ratio_summary
@@ -42,7 +43,8 @@ from autoprune.search.study import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Job", "StudySearcher", "run_trials", "ray_session", "trainable", "encode", "decode", "PAYLOAD_KEY"]
+__all__ = ["Job", "StudySearcher", "run_trials", "ray_session", "check_ray_address", "check_cluster_resources",
+           "trainable", "encode", "decode", "PAYLOAD_KEY"]
 
 PAYLOAD_KEY = "autoprune"
 
@@ -233,19 +235,55 @@ def ray_session(address: str | None) -> Iterator[bool]:
 
     Yields whether this block started it (and so shuts it down).
     """
+    import signal
+    import threading
+
     import ray
 
     if ray.is_initialized():
         yield False
         return
+    check_ray_address(address)
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C interrupts the search; the CLI says so
+    main = threading.current_thread() is threading.main_thread()
+    on_term = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              configure_logging=False,
              runtime_env={"env_vars": {k: os.environ[k] for k in ("AUTOPRUNE_HOME", "ULTRALYTICS_SAFE_LOAD")
                                        if k in os.environ}})
+    if main and on_term is not None:
+        signal.signal(signal.SIGTERM, on_term)  # ray.init replaces it with sys.exit(15)
     try:
         yield True
     finally:
         ray.shutdown()
+
+
+def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """A Ray head given as ``host:port`` or ``ray://host:port`` must answer, or ray.init would wait for minutes."""
+    import socket
+
+    if not address or address == "auto" or address.startswith("local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray-address: {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise InputError(f"--ray-address: no Ray cluster answers at {hostport} ({e.strerror or e})") from None
+
+
+def check_cluster_resources(resources: Resources) -> None:
+    """One trial's CPUs and GPUs must fit the Ray cluster, or Ray Tune would wait forever."""
+    import ray
+
+    have = ray.cluster_resources()
+    for key, want, field in (("CPU", resources.cpus, "cpus"), ("GPU", resources.gpus, "gpus")):
+        if want > float(have.get(key, 0.0)):
+            raise SpecError(f"resources.{field}: {want:g} {key}(s) per trial requested but the Ray cluster has "
+                            f"{float(have.get(key, 0.0)):g}")
 
 
 TrialFn = Callable[..., None]
@@ -276,6 +314,6 @@ def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int
             tuner.fit()
         finally:
             stop.set()
-            searcher.abandon_all("the search run ended before this trial reported (interrupted)")
+            searcher.abandon_all("interrupted: the search run ended before this trial reported")
     logger.info("%d trial(s) run; objectives: %s", n_trials, ", ".join(objectives.get(n).label for n in job.objectives))
 

@@ -18,7 +18,7 @@ from autoprune.config.spec import SearchSpec
 from autoprune.errors import InputError
 from autoprune.model import records
 from autoprune.model.space import Layer
-from autoprune.search.executor import Job, ray_session, run_trials
+from autoprune.search.executor import Job, check_cluster_resources, ray_session, run_trials
 from autoprune.search.study import (
     StudyStorage,
     fail_stale_trials,
@@ -167,13 +167,22 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
     """
     prepared = prepare_inputs(spec)
     spec = prepared.spec
-    store = get_storage(spec.storage_url)
-    if spec.screening.factor:  # the side study's name must not be a user study's (checked before writing)
-        from autoprune.search.promotion import check_side_study
+    t0 = time.perf_counter()
+    with ray_session(ray_address):  # one Ray session for the screen and the main trials
+        check_cluster_resources(spec.resources)  # before any storage is created
+        ray_init_s = time.perf_counter() - t0
+        store = get_storage(spec.storage_url)
+        if spec.screening.factor:  # the side study's name must not be a user study's (checked before writing)
+            from autoprune.search.promotion import check_side_study
 
-        check_side_study(store, spec)
+            check_side_study(store, spec)
+        return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s)
+
+
+def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int | None, ray_address: str | None,
+            ray_init_s: float) -> SearchOutcome:
     study = open_study_for(spec, store)
-    spec = _materialise_yaml_model(spec, prepared.nc)
+    spec = _materialise_yaml_model(spec, nc)
     fail_stale_trials(study, store, spec.retries)
     layers = _ensure_baseline(study, spec)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -184,41 +193,39 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
         return SearchOutcome(study=study, spec=spec, new_trials=0, store=store)
     from autoprune.search.warmstart import warm_start
 
-    t0 = time.perf_counter()
-    with ray_session(ray_address):  # one Ray session for the screen and the main trials
-        run = records.RunTimings(started=time.strftime("%Y-%m-%dT%H:%M:%S"), ray_init_s=time.perf_counter() - t0)
-        before = {t.number for t in study.get_trials(deepcopy=False)}
-        fingerprint = records.fingerprint(study)
-        job = main_job(spec, layers)
-        if spec.screening.factor:
-            from autoprune.search.promotion import screen_and_promote
+    run = records.RunTimings(started=time.strftime("%Y-%m-%dT%H:%M:%S"), ray_init_s=ray_init_s)
+    before = {t.number for t in study.get_trials(deepcopy=False)}
+    fingerprint = records.fingerprint(study)
+    job = main_job(spec, layers)
+    if spec.screening.factor:
+        from autoprune.search.promotion import screen_and_promote
 
-            first = not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            for k, size in enumerate(round_sizes(n_new, spec.screening.rounds)):
-                t0 = time.perf_counter()
-                screen, screened = screen_and_promote(study, store, spec, layers, size, fingerprint, ray_address,
-                                                      recipe_knobs=first and k == 0)
-                run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0,
-                                          screen_trial_s=run.screen_trial_s + _trial_seconds(screen, screened))
-                logger.info("study %s, round %d: fine-tuning %d promoted trial(s)", spec.name, k + 1, size)
-                t0 = time.perf_counter()
-                run_trials(study, store, job, size, ray_address=ray_address)
-                run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
-        else:
-            waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-            warm_start(study, store, spec.space, spec.warm_start, layers, fingerprint, limit=max(0, n_new - waiting))
-            logger.info("study %s: running %d new trial(s) (%d completed so far) with Ray Tune", spec.name, n_new,
-                        done)
+        first = not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        for k, size in enumerate(round_sizes(n_new, spec.screening.rounds)):
             t0 = time.perf_counter()
-            run_trials(study, store, job, n_new, ray_address=ray_address)
-            run = dataclasses.replace(run, run_s=time.perf_counter() - t0)
-        new = {t.number for t in study.get_trials(deepcopy=False)} - before
-        run = dataclasses.replace(run, trials=len(new), trial_s=_trial_seconds(study, new))
-        work = run.trial_s + run.screen_trial_s
-        run = dataclasses.replace(run, overhead_share=(run.run_s + run.screen_run_s - work) / work if work else None)
-        records.append_run(study, study, run)
-        if spec.screening.factor:
-            from autoprune.search.promotion import record_screening
+            screen, screened = screen_and_promote(study, store, spec, layers, size, fingerprint, ray_address,
+                                                  recipe_knobs=first and k == 0)
+            run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0,
+                                      screen_trial_s=run.screen_trial_s + _trial_seconds(screen, screened))
+            logger.info("study %s, round %d: fine-tuning %d promoted trial(s)", spec.name, k + 1, size)
+            t0 = time.perf_counter()
+            run_trials(study, store, job, size, ray_address=ray_address)
+            run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
+    else:
+        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        warm_start(study, store, spec.space, spec.warm_start, layers, fingerprint, limit=max(0, n_new - waiting))
+        logger.info("study %s: running %d new trial(s) (%d completed so far) with Ray Tune", spec.name, n_new,
+                    done)
+        t0 = time.perf_counter()
+        run_trials(study, store, job, n_new, ray_address=ray_address)
+        run = dataclasses.replace(run, run_s=time.perf_counter() - t0)
+    new = {t.number for t in study.get_trials(deepcopy=False)} - before
+    run = dataclasses.replace(run, trials=len(new), trial_s=_trial_seconds(study, new))
+    work = run.trial_s + run.screen_trial_s
+    run = dataclasses.replace(run, overhead_share=(run.run_s + run.screen_run_s - work) / work if work else None)
+    records.append_run(study, study, run)
+    if spec.screening.factor:
+        from autoprune.search.promotion import record_screening
 
-            record_screening(study, store, spec)
+        record_screening(study, store, spec)
     return SearchOutcome(study=study, spec=spec, new_trials=n_new, store=store)
