@@ -186,7 +186,8 @@ def test_bad_input(name, outcomes):
         import optuna
 
         study = optuna.load_study(study_name="taken", storage=outcomes["_taken_url"])
-        assert study.user_attrs == {"objectives": ["map50_95", "params", "latency_ms"], "marker": 1}
+        assert study.user_attrs == {"objectives": ["map50_95", "params", "latency_ms"], "marker": 1,
+                                    "autoprune_role": "main"}  # what creation wrote: the refused search wrote nothing
         assert study.trials == []
     else:
         assert not (studies / "autoprune.db").exists()

@@ -30,7 +30,7 @@ def test_kill_minus_9_then_resume(tmp_path, tiny_data, tiny_model_pt):
     spec = {
         "name": "crash", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 3, "seed": 3,
         "retries": 1,
-        "space": {"ratio": {"low": 0.1, "high": 0.4}, "criteria": ["l2"], "iterations": 1, "epochs": 3},
+        "space": {"ratio": {"low": 0.1, "high": 0.4}, "criteria": ["l2"], "iterations": 1, "epochs": 6},
         "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 5}, "resources": {"cpus": 1},
     }
     spec_file = tmp_path / "crash.yaml"
@@ -51,7 +51,7 @@ def test_kill_minus_9_then_resume(tmp_path, tiny_data, tiny_model_pt):
             time.sleep(0.5)
         else:
             pytest.fail("no trial completed in time")
-        time.sleep(2)  # well inside the running trial (3 epochs)
+        time.sleep(2)  # well inside the running trial (6 epochs)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

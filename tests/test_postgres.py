@@ -31,7 +31,7 @@ def test_four_concurrent_trials_on_postgres(tmp_path, postgres_url, tiny_data, t
         "name": "pg4", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 4, "seed": 2,
         "space": {"ratio": {"low": 0.1, "high": 0.5}, "criteria": ["l1", "l2"], "iterations": 1, "epochs": 1},
         "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 5, "threads": 1},
-        "resources": {"cpus": 0.5, "concurrent": 4},
+        "resources": {"cpus": 0.5, "concurrent": 4}, "screening": {"rounds": 1},  # all 4 in one round
     }
     spec_file = tmp_path / "pg4.yaml"
     spec_file.write_text(yaml.safe_dump(spec))

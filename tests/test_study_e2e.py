@@ -13,6 +13,7 @@ import yaml
 from optuna.trial import TrialState
 
 from autoprune.model.document import load_policy_file
+from autoprune.model.shapes import screen_visible
 
 
 def _run(args, cwd):
@@ -51,7 +52,8 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
     assert study.trials[0].user_attrs["baseline"]["params"] == base["params"]
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
-        assert set(t.user_attrs["policy"]) == {"ratios", "criterion", "iterations", "lr", "ema", "epochs", "round_to"}
+        assert set(t.user_attrs["policy"]) == {"ratios", "criterion", "iterations", "lr", "ema", "epochs", "round_to",
+                                               "schedule"}
         assert len(t.user_attrs["policy"]["ratios"]) == len(study.user_attrs["layers"])
         assert t.values[1] < base["params"]  # pruned
         assert {"prune", "finetune", "validate", "latency"} <= set(t.user_attrs["seconds"])
@@ -98,7 +100,7 @@ def test_screened_warm_started_search(tmp_path, tiny_data, tiny_model_pt):
     url = f"sqlite:///{tmp_path}/studies/autoprune.db"
     screen = optuna.load_study(study_name="mf-screen", storage=url)
     assert [t.state for t in screen.trials] == [TrialState.COMPLETE] * 4
-    assert screen.trials[0].user_attrs["warm_start"] == "uniform ratio 0.300"
+    assert screen.trials[0].user_attrs["warm_start"] == "uniform ratio 0.200"  # centre of the lighter half
     assert {k for k in screen.trials[1].params if k.startswith("ratio/")} == {"ratio/backbone", "ratio/neck",
                                                                               "ratio/head"}
     study = optuna.load_study(study_name="mf", storage=url)
@@ -107,7 +109,8 @@ def test_screened_warm_started_search(tmp_path, tiny_data, tiny_model_pt):
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
         src = screen.trials[t.user_attrs["screen"]["trial"]]
-        assert t.params == src.params  # promoted with the screened policy
+        assert screen_visible(t.params) == src.params  # promoted with the screened channel choice; the fine-tune
+        assert set(t.params) - set(src.params) <= {"schedule", "lr", "ema", "iterations", "epochs"}  # knobs: main's
         assert t.user_attrs["policy"]["round_to"] == 8
         for name, c in t.user_attrs["channels"].items():
             assert c % 8 == 0 or layers[name] < 8

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,11 +140,14 @@ def load_model(source: str | Path, nc: int | None = None) -> DetectionModel:
         model.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)
     else:
         try:
-            model, _ = load_checkpoint(source)
+            with warnings.catch_warnings():  # torch's weights_only unpickler warns about pickle protocols
+                warnings.simplefilter("ignore", UserWarning)
+                model, _ = load_checkpoint(source)
         except Exception as e:
             if "outside the supported Ultralytics checkpoint format" in str(e):
-                raise InputError(f"model: {source}: holds objects outside ultralytics' own classes; refused unloaded "
-                                 "(pass --trust-checkpoint only for a file you trust: loading runs its code)") from None
+                raise InputError(f"model: {source}: not a loadable ultralytics checkpoint: damaged, or holds objects "
+                                 "outside ultralytics' own classes; refused unloaded (pass --trust-checkpoint only "
+                                 "for a file you trust: loading runs its code)") from None
             raise InputError(f"model: {source}: not a loadable ultralytics checkpoint ({type(e).__name__})") from e
         if not isinstance(model, DetectionModel):
             raise InputError(f"model: {source}: holds a {type(model).__name__}, not a YOLO detection model")
