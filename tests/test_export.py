@@ -245,3 +245,25 @@ def test_finalize_fine_tunes_a_front_member_and_reports_val_and_test(demo_study)
 
 def fin_trial(root):
     return yaml.safe_load((root / "fin" / "policy.yaml").read_text())["source"]["trial"]
+
+
+def test_export_falls_back_to_the_artifact_store_when_the_trial_file_was_overwritten(demo_study):
+    """Another study of the same name (other storage) overwrote the trial's pruned.pt: export checks the
+    parameter count and takes the intact copy from the artifact store instead of failing."""
+    import shutil
+
+    from autoprune.adapters import ultra
+    from autoprune.demo.baseline import PACKAGED_BASELINE
+
+    root, study = demo_study
+    t = study.trials[0]
+    path = t.user_attrs["checkpoint"]
+    keep = root / "kept.pt"
+    shutil.copyfile(path, keep)
+    shutil.copyfile(PACKAGED_BASELINE, path)  # the unpruned model now sits where the trial's file was
+    try:
+        _cli(["export", "spec.yaml", "--trial", str(t.number), "--no-onnx", "--out", "fallback"], root)
+        got = ultra.count_params(ultra.load_model(root / "fallback" / "pruned.pt"))
+        assert got == int(t.user_attrs["metrics"]["params"])
+    finally:
+        shutil.copyfile(keep, path)

@@ -155,24 +155,33 @@ def onnx_max_abs_diff(checkpoint: Path, onnx_path: Path, imgsz: int, seed: int =
     return float(np.abs(got - want).max())
 
 
-def _checkpoint_of(store: StudyStorage, t: FrozenTrial, artifact_dir: Path | None, dest: Path) -> Path:
-    """The trial's pruned checkpoint: its recorded path, else its copy in the artifact store."""
+def _checkpoint_of(store: StudyStorage, t: FrozenTrial, artifact_dir: Path | None, dest: Path,
+                   params: int) -> Path:
+    """The trial's pruned checkpoint: its recorded path if it still holds the trial's model (``params``
+    parameters; another study of the same name may have overwritten it), else its copy in the artifact store."""
+    from autoprune.adapters import ultra
+
     src = records.trial(t).checkpoint
+    found = None
     if src and Path(src).is_file():
         shutil.copyfile(src, dest)
-        return dest
+        found = ultra.count_params(ultra.load_model(dest))
+        if found == params:
+            return dest
+        logger.warning("trial %d: %s holds %d parameters, the trial recorded %d; trying the artifact store",
+                       t.number, src, found, params)
     if artifact_dir is not None and artifact_dir.is_dir():
-        from optuna.artifacts import (
-            FileSystemArtifactStore,
-            download_artifact,
-            get_all_artifact_meta,
-        )
+        from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 
         for meta in get_all_artifact_meta(t, storage=store.rdb):
             if meta.filename == Path(src or "pruned.pt").name:
                 download_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)),
                                   artifact_id=meta.artifact_id, file_path=str(dest))
-                return dest
+                if ultra.count_params(ultra.load_model(dest)) == params:
+                    return dest
+    if found is not None:
+        raise InputError(f"trial {t.number}: checkpoint has {found} parameters, the trial recorded {params} "
+                         "(and the artifact store has no intact copy)")
     raise InputError(f"trial {t.number}: its checkpoint {src} is missing and not in the artifact store")
 
 
@@ -203,11 +212,8 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         stage = Path(tmp)
-        checkpoint = _checkpoint_of(store, t, Path(artifact_dir) if artifact_dir else None, stage / "pruned.pt")
-        params = ultra.count_params(ultra.load_model(checkpoint))
-        if params != int(doc.metrics.get("params", params)):
-            raise InputError(f"trial {t.number}: checkpoint has {params} parameters, the trial recorded "
-                             f"{int(doc.metrics['params'])}")
+        checkpoint = _checkpoint_of(store, t, Path(artifact_dir) if artifact_dir else None, stage / "pruned.pt",
+                                    int(doc.metrics.get("params", -1)))
         if prepare is not None:
             doc = dataclasses.replace(doc, finalize=prepare(checkpoint, doc))
         dump_policy_file(doc, stage / "policy.yaml")
