@@ -93,3 +93,26 @@ def test_output_paths_that_are_folders_or_lie_under_files_or_are_not_empty(tmp_p
         assert rc == 2 and len(err) == 1 and needle in err[0]
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_a_data_set_yaml_as_spec_takes_the_checkpoints_training_size(tmp_path, tiny_data, caplog):
+    """`autoprune search data.yaml --model best.pt`: the image size comes from the checkpoint (it was trained at
+    96 here), not the generic 640, and the run says what it inferred."""
+    import logging
+
+    import torch
+
+    from autoprune.adapters import ultra
+    from autoprune.config.spec import Overrides, load_spec
+    from autoprune.search.run import prepare_inputs
+
+    torch.manual_seed(0)
+    model = ultra.load_model("yolov8n.yaml", nc=3)
+    model.args = {**vars(model.args), "imgsz": 96}
+    best = ultra.save_checkpoint(model, tmp_path / "best.pt")
+    spec = load_spec(tiny_data, Overrides(model=str(best)), studies_dir=tmp_path / "studies")
+    with caplog.at_level(logging.INFO, logger="autoprune"):
+        prepared = prepare_inputs(spec)
+    assert prepared.spec.imgsz == 96 and "imgsz 96: the size" in caplog.text
+    explicit = load_spec(tiny_data, Overrides(model=str(best)), studies_dir=tmp_path / "studies").replace(imgsz=64)
+    assert prepare_inputs(explicit).spec.imgsz == 64  # a size the spec sets wins

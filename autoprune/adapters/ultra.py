@@ -39,7 +39,7 @@ __all__ = [
     "DetectionModel", "FinetuneConfig", "FinetuneStats", "ValMetrics", "load_model", "finetune", "validate",
     "training_batches", "compute_loss", "read_dataset", "checkpoint_param_count", "version", "count_params",
     "set_threads", "check_dataset_files", "layer_stage", "model_nc", "model_names", "check_checkpoint",
-    "deploy_copy", "save_checkpoint", "export_onnx", "inference_output", "total_loss",
+    "deploy_copy", "save_checkpoint", "export_onnx", "inference_output", "total_loss", "trained_imgsz",
 ]
 
 _SUPPORTED_MAJOR_MINOR = ((8, 3), (8, 4))
@@ -177,6 +177,13 @@ def layer_stage(model: nn.Module, name: str) -> str:
 
 def model_nc(model: nn.Module) -> int:
     return int(model.model[-1].nc)
+
+
+def trained_imgsz(model: nn.Module) -> int | None:
+    """The image size a checkpoint was trained at (its ``train_args.imgsz``), if it records one."""
+    args = getattr(model, "args", None)
+    v = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
 
 
 def model_names(model: nn.Module) -> dict[int, str]:

@@ -50,6 +50,8 @@ __all__ = ["Constraints", "FinetuneSettings", "LatencySettings", "Resources", "S
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_STUDIES_DIR = Path("studies")
+AUTO_IMGSZ = 0  # "the checkpoint's training image size" (resolved when the model is read)
+DEFAULT_IMGSZ = 640
 
 
 def default_storage_url(studies_dir: str | Path) -> str:
@@ -61,7 +63,7 @@ class SearchSpec:
     name: str
     model: str
     data: str
-    imgsz: int = 640
+    imgsz: int = DEFAULT_IMGSZ  # AUTO_IMGSZ: the checkpoint's training size
     device: str = "cpu"
     objectives: tuple[str, ...] = objectives.DEFAULT
     space: Space = Space()
@@ -291,7 +293,8 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
     if "data" not in raw:
         raise SpecError("data: missing (an ultralytics data set YAML, or 'demo')")
     name = check_name(read_str(raw.get("name", Path(source).stem), "name"))
-    imgsz = read_int(raw.get("imgsz", 640), "imgsz", 32, 4096)
+    # no imgsz: 0, resolved by `autoprune search` to the checkpoint's training size (else 640)
+    imgsz = read_int(raw["imgsz"], "imgsz", 32, 4096) if "imgsz" in raw else AUTO_IMGSZ
     if imgsz % 32:
         raise SpecError(f"imgsz: {imgsz} is not a multiple of 32")
     storage = raw.get("storage")

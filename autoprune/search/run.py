@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from autoprune.config.spec import SearchSpec
+from autoprune.config.spec import AUTO_IMGSZ, DEFAULT_IMGSZ, SearchSpec
 from autoprune.errors import InputError
 from autoprune.model import records
 from autoprune.model.space import Layer
@@ -76,18 +76,28 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     ultra.check_dataset_files(spec.data, info)
     nc = int(info["nc"])
     model_path = _resolve_model(spec.model)
+    imgsz = spec.imgsz or DEFAULT_IMGSZ
     if not model_path.endswith((".yaml", ".yml")):
         model = ultra.load_model(model_path)
         if ultra.model_nc(model) != nc:
             raise InputError(f"model: {spec.model} predicts {ultra.model_nc(model)} classes but data {spec.data} "
                              f"has {nc}")
+        trained = ultra.trained_imgsz(model)
+        if spec.imgsz == AUTO_IMGSZ and trained and trained % 32 == 0:
+            imgsz = trained
+            logger.info("imgsz %d: the size %s was trained at (set imgsz in the spec to override)", imgsz, spec.model)
+        names = ultra.model_names(model)
+        data_names = dict(enumerate(info["names"])) if isinstance(info.get("names"), list) else dict(info["names"])
+        if names and {int(k): str(v) for k, v in names.items()} != {int(k): str(v) for k, v in data_names.items()}:
+            logger.warning("the model's class names %s differ from the data set's %s (same count: going on)",
+                           list(names.values())[:5], list(data_names.values())[:5])
     else:
         try:
             ultra.load_model(model_path, nc=nc)
         except Exception as e:
             raise InputError(f"model: {model_path}: not a buildable ultralytics model config "
                              f"({type(e).__name__})") from None
-    return PreparedInputs(spec=spec.replace(model=model_path, data=str(data)), nc=nc)
+    return PreparedInputs(spec=spec.replace(model=model_path, data=str(data), imgsz=imgsz), nc=nc)
 
 
 def _materialise_yaml_model(spec: SearchSpec, nc: int) -> SearchSpec:
