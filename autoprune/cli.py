@@ -161,7 +161,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
                                           cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                                           concurrent=args.concurrent),
                      studies_dir=args.studies_dir)
-    outcome = run_search(spec, max_new_trials=args.trials, ray_address=args.ray_address)
+    from autoprune.views.progress import ProgressBar
+
+    bar = ProgressBar()
+    try:
+        outcome = run_search(spec, max_new_trials=args.trials, ray_address=args.ray_address, progress=bar)
+    finally:
+        bar.close()
     study = outcome.study
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):

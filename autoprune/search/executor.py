@@ -290,12 +290,19 @@ TrialFn = Callable[..., None]
 
 
 def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int, ray_address: str | None = None,
-               trial_fn: TrialFn | None = None) -> None:
+               trial_fn: TrialFn | None = None,
+               on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None) -> None:
     """Run ``n_trials`` new trials of ``study`` under Ray Tune (a local Ray unless one is up or ``ray_address``).
 
-    ``trial_fn(config, job=)`` is the Ray trainable; the default is :func:`trainable`.
+    ``trial_fn(config, job=)`` is the Ray trainable; the default is :func:`trainable`. ``on_trial`` is called
+    with each finished trial (after it is recorded).
     """
-    searcher = StudySearcher(study, store, job, n_trials, on_done=_log_trial)
+    def done(t: optuna.trial.FrozenTrial) -> None:
+        _log_trial(t)
+        if on_trial is not None:
+            on_trial(t)
+
+    searcher = StudySearcher(study, store, job, n_trials, on_done=done)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0
     stop = threading.Event()
     beat = threading.Thread(target=_beat, args=(study, searcher.driver, stop), daemon=True, name="autoprune-heartbeat")

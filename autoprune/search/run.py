@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import optuna
 from optuna.trial import TrialState
@@ -169,7 +170,18 @@ def main_job(spec: SearchSpec, layers: list[Layer]) -> Job:
                resources=spec.resources, retries=spec.retries, constraints=spec.constraints)
 
 
-def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address: str | None = None) -> SearchOutcome:
+class Progress(Protocol):
+    """Told what a search is doing (the CLI shows it as a progress bar)."""
+
+    def start(self, study: optuna.Study, total: int) -> None: ...
+
+    def phase(self, text: str) -> None: ...
+
+    def trial_done(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
+
+
+def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address: str | None = None,
+               progress: Progress | None = None) -> SearchOutcome:
     """Run (or continue) the spec's study.
 
     Without ``max_new_trials`` the study is filled up to ``spec.trials`` completed trials;
@@ -186,11 +198,11 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
             from autoprune.search.promotion import check_side_study
 
             check_side_study(store, spec)
-        return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s)
+        return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s, progress)
 
 
 def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int | None, ray_address: str | None,
-            ray_init_s: float) -> SearchOutcome:
+            ray_init_s: float, progress: Progress | None = None) -> SearchOutcome:
     study = open_study_for(spec, store)
     spec = _materialise_yaml_model(spec, nc)
     fail_stale_trials(study, store, spec.retries)
@@ -204,6 +216,13 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
     from autoprune.search.warmstart import warm_start
 
     run = records.RunTimings(started=time.strftime("%Y-%m-%dT%H:%M:%S"), ray_init_s=ray_init_s)
+    if progress is not None:
+        progress.start(study, n_new)
+    on_trial = (lambda t: progress.trial_done(study, t)) if progress is not None else None
+
+    def phase(text: str) -> None:
+        if progress is not None:
+            progress.phase(text)
     before = {t.number for t in study.get_trials(deepcopy=False)}
     fingerprint = records.fingerprint(study)
     job = main_job(spec, layers)
@@ -213,13 +232,15 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
         first = not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         for k, size in enumerate(round_sizes(n_new, spec.screening.rounds)):
             t0 = time.perf_counter()
+            phase(f"round {k + 1}: screening")
             screen, screened = screen_and_promote(study, store, spec, layers, size, fingerprint, ray_address,
                                                   recipe_knobs=first and k == 0)
             run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0,
                                       screen_trial_s=run.screen_trial_s + _trial_seconds(screen, screened))
             logger.info("study %s, round %d: fine-tuning %d promoted trial(s)", spec.name, k + 1, size)
             t0 = time.perf_counter()
-            run_trials(study, store, job, size, ray_address=ray_address)
+            phase(f"round {k + 1}: fine-tuning")
+            run_trials(study, store, job, size, ray_address=ray_address, on_trial=on_trial)
             run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
     else:
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -227,7 +248,8 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
         logger.info("study %s: running %d new trial(s) (%d completed so far) with Ray Tune", spec.name, n_new,
                     done)
         t0 = time.perf_counter()
-        run_trials(study, store, job, n_new, ray_address=ray_address)
+        phase("fine-tuning")
+        run_trials(study, store, job, n_new, ray_address=ray_address, on_trial=on_trial)
         run = dataclasses.replace(run, run_s=time.perf_counter() - t0)
     new = {t.number for t in study.get_trials(deepcopy=False)} - before
     run = dataclasses.replace(run, trials=len(new), trial_s=_trial_seconds(study, new))
