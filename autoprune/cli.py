@@ -316,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("ray", "ultralytics", "matplotlib", "PIL", "alembic", "optuna"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    if not args.verbose:  # Ray's start-up banners (token auth, ...) are not the user's business unless -v
+        logging.getLogger("ray").setLevel(logging.ERROR)
     signal.signal(signal.SIGTERM, _on_sigterm)
     if getattr(args, "trust_checkpoint", False):  # before ultralytics is first imported (it reads this once)
         os.environ["ULTRALYTICS_SAFE_LOAD"] = "0"

@@ -175,6 +175,7 @@ def _checkpoint_of(store: StudyStorage, t: FrozenTrial, artifact_dir: Path | Non
 
         for meta in get_all_artifact_meta(t, storage=store.rdb):
             if meta.filename == Path(src or "pruned.pt").name:
+                dest.unlink(missing_ok=True)
                 download_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)),
                                   artifact_id=meta.artifact_id, file_path=str(dest))
                 if ultra.count_params(ultra.load_model(dest)) == params:

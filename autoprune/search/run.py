@@ -87,9 +87,12 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
         if spec.imgsz == AUTO_IMGSZ and trained and trained % 32 == 0:
             imgsz = trained
             logger.info("imgsz %d: the size %s was trained at (set imgsz in the spec to override)", imgsz, spec.model)
-        names = ultra.model_names(model)
-        data_names = dict(enumerate(info["names"])) if isinstance(info.get("names"), list) else dict(info["names"])
-        if names and {int(k): str(v) for k, v in names.items()} != {int(k): str(v) for k, v in data_names.items()}:
+        names = {int(k): str(v) for k, v in ultra.model_names(model).items()}
+        raw_names = info.get("names") or {}
+        data_names = {int(k): str(v) for k, v in (enumerate(raw_names) if isinstance(raw_names, list)
+                                                 else raw_names.items())}
+        named = any(v != str(k) for k, v in names.items())  # a model built from a YAML is named 0, 1, 2...
+        if named and names != data_names:
             logger.warning("the model's class names %s differ from the data set's %s (same count: going on)",
                            list(names.values())[:5], list(data_names.values())[:5])
     else:
