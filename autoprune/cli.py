@@ -109,32 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
     study_args(r)
     r.add_argument("--out", type=Path, help="HTML file (default: dashboards/STUDY.html)")
 
-    e = sub.add_parser("export", help="export a chosen trial: policy.yaml, pruned.pt, pruned.onnx, tp_ratios.yaml")
-    study_args(e)
-    pick = e.add_mutually_exclusive_group(required=True)
-    pick.add_argument("--trial", type=_nonneg_int, help="this trial number")
-    pick.add_argument("--best", metavar="METRIC", help="the best completed trial by METRIC (e.g. map50_95)")
-    pick.add_argument("--knee", action="store_true", help="the front member closest to the ideal point")
-    e.add_argument("--where", action="append", default=[], metavar="COND",
-                   help="with --best: a condition such as 'latency_ms<=4' (repeatable)")
-    e.add_argument("--out", type=Path, required=True, help="output folder")
-    e.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its check")
-    e.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
+    def chosen_trial_args(q: argparse.ArgumentParser) -> None:
+        """The study, which trial (--trial, --best with --where, or --knee) and where its export goes."""
+        study_args(q)
+        pick = q.add_mutually_exclusive_group(required=True)
+        pick.add_argument("--trial", type=_nonneg_int, help="this trial number")
+        pick.add_argument("--best", metavar="METRIC", help="the best feasible completed trial by METRIC")
+        pick.add_argument("--knee", action="store_true", help="the front member closest to the ideal point")
+        q.add_argument("--where", action="append", default=[], metavar="COND",
+                       help="with --best: a condition such as 'latency_ms<=4' (repeatable)")
+        q.add_argument("--out", type=Path, required=True, help="output folder")
+        q.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its check")
+        q.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
 
+    chosen_trial_args(sub.add_parser("export", help="export a chosen trial: policy.yaml, pruned.pt, pruned.onnx, "
+                                                    "tp_ratios.yaml"))
     z = sub.add_parser("finalize", help="fine-tune a chosen trial with the full budget, report val/test mAP, export it")
-    study_args(z)
-    pick = z.add_mutually_exclusive_group(required=True)
-    pick.add_argument("--trial", type=_nonneg_int, help="this trial number")
-    pick.add_argument("--best", metavar="METRIC", help="the best feasible completed trial by METRIC")
-    pick.add_argument("--knee", action="store_true", help="the front member closest to the ideal point")
-    z.add_argument("--where", action="append", default=[], metavar="COND", help="with --best: e.g. 'params<=1.5e6'")
+    chosen_trial_args(z)
     z.add_argument("--epochs", type=_positive_int, required=True, help="fine-tune epochs (the full budget)")
     z.add_argument("--lr", type=_positive_float, help="initial learning rate (default: the trial's)")
     z.add_argument("--data", help="data set YAML (default: the study's); its test split is reported when present")
     z.add_argument("--device", default="cpu")
-    z.add_argument("--out", type=Path, required=True, help="output folder")
-    z.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its check")
-    z.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
 
     a = sub.add_parser("apply", help="re-apply an exported policy to its base model")
     a.add_argument("policy", help="policy.yaml from autoprune export")
@@ -242,13 +237,19 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from autoprune.deploy.export import export_trial, select_trial
+def _chosen_trial(args: argparse.Namespace) -> tuple[optuna.Study, Any, optuna.trial.FrozenTrial]:
+    from autoprune.deploy.export import select_trial
 
     if args.where and not args.best:
         raise_usage("--where needs --best METRIC")
     study, store = _existing_study(args)
-    trial = select_trial(study, trial=args.trial, best=args.best, where=args.where, knee=args.knee)
+    return study, store, select_trial(study, trial=args.trial, best=args.best, where=args.where, knee=args.knee)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from autoprune.deploy.export import export_trial
+
+    study, store, trial = _chosen_trial(args)
     res = export_trial(study, store, trial, args.out, onnx=not args.no_onnx, force=args.force,
                        artifact_dir=args.studies_dir / "artifacts")
     print(f"exported trial {res.trial} of {study.study_name} to {res.out_dir}")
@@ -261,16 +262,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_finalize(args: argparse.Namespace) -> int:
-    from autoprune.deploy.export import select_trial
     from autoprune.deploy.finalize import FinalizeSettings, finalize_trial
     from autoprune.engine.devices import check_device
     from autoprune.model.document import load_policy_file
 
-    if args.where and not args.best:
-        raise_usage("--where needs --best METRIC")
     settings = FinalizeSettings(epochs=args.epochs, lr=args.lr, data=args.data, device=check_device(args.device))
-    study, store = _existing_study(args)
-    trial = select_trial(study, trial=args.trial, best=args.best, where=args.where, knee=args.knee)
+    study, store, trial = _chosen_trial(args)
     res = finalize_trial(study, store, trial, args.out, settings, onnx=not args.no_onnx, force=args.force,
                          artifact_dir=args.studies_dir / "artifacts")
     fin = load_policy_file(res.policy).finalize

@@ -13,7 +13,6 @@ import re
 import socket
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -272,7 +271,3 @@ def maybe_retry(study: optuna.Study, t: FrozenTrial, retries: int) -> bool:
     logger.info("trial %d will be retried (attempt %d of %d)", t.number, attrs["retry"], retries)
     return True
 
-
-def complete_trials(study: optuna.Study, numbers: Sequence[int] | None = None) -> list[FrozenTrial]:
-    ts = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return ts if numbers is None else [t for t in ts if t.number in set(numbers)]
