@@ -122,7 +122,7 @@ def test_screens_fix_only_channel_choices_and_recipe_knobs_are_the_recipes(tmp_p
     study = optuna.create_study(directions=["maximize", "minimize"])
     t = study.ask()
     sample_policy(t, ss, LAYERS)
-    assert set(t.params) <= {"ratio/backbone", "ratio/neck", "criterion", "round_to"}  # no fine-tune knob
+    assert set(t.params) <= {"ratio/model.0", "ratio/model.12", "criterion", "round_to"}  # no fine-tune knob
     visible = screen_visible({**t.params, "lr": 0.1, "ema": False})
     assert "lr" not in visible and "ema" not in visible and "criterion" in visible
     assert recipe_params(spec.space) == {"lr": 0.01, "ema": True, "iterations": 1, "epochs": 3, "schedule": "cosine"}

@@ -84,7 +84,7 @@ def test_registry_rejects_duplicates_and_unknown_names():
     ("space", {"criteria": ["nope"]}, "space.criteria: unknown criterion 'nope'"),
     ("objectives", ["map50_95", "nope"], "objectives: unknown objective 'nope'"),
     ("sampler", {"name": "nope"}, "sampler.name: unknown sampler 'nope'"),
-    ("space", {"shape": "nope"}, "space.shape: 'nope' is not one of layer, stage, global"),
+    ("space", {"shape": "nope"}, "space.shape: 'nope' is not one of block, layer, stage, global"),
     ("objectives", ["map50_95", "latency_ratio"], None),
 ])
 def test_registry_misses_become_spec_errors_naming_the_field(field, value, message):

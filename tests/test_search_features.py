@@ -39,7 +39,7 @@ def _spec(**over):
 @pytest.mark.parametrize("field,value,message", [
     ("sampler", {"name": "cmaes"}, "sampler.name: unknown sampler 'cmaes'"),
     ("sampler", {"seed": -1}, "sampler.seed: must be >= 0"),
-    ("space", {"shape": "blocks"}, "space.shape: 'blocks' is not one of layer, stage, global"),
+    ("space", {"shape": "blocks"}, "space.shape: 'blocks' is not one of block, layer, stage, global"),
     ("space", {"round_to": [0]}, "space.round_to: must be >= 1"),
     ("space", {"round_to": []}, "space.round_to: expected a non-empty list"),
     ("screening", {"factor": 1}, "screening.factor: 1 screens nothing out"),

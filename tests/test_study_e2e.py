@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from autoprune.model.document import load_policy_file
 from autoprune.model.shapes import screen_visible
+from autoprune.model.space import Layer, block_of
 
 
 def _run(args, cwd):
@@ -118,3 +119,43 @@ def test_screened_warm_started_search(tmp_path, tiny_data, tiny_model_pt):
     summary = study.user_attrs["screening"]
     assert summary["pairs"] == 2 and summary["screened"] == 4 and summary["kendall_tau"] in (-1.0, 1.0, None)
     assert study.user_attrs["baseline"]["latency_ratio"] == 1.0
+
+
+@pytest.mark.slow
+def test_sensitivity_scan_is_cached_per_base_model_and_seeds_the_first_round(tmp_path, tiny_data, tiny_model_pt):
+    """The default search: a per-block scan (a side study keyed by the base model), allocated candidates screened
+    first; a second study on the same base model and data screens no probe again."""
+    spec = {
+        "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 2, "seed": 3,
+        "space": {"ratio": {"low": 0.0, "high": 0.5, "step": 0.05}, "iterations": 1, "epochs": 1,
+                  "criteria": ["l1", "l2"]},
+        "screening": {"factor": 2, "batches": 2, "rounds": 1}, "sensitivity": {"probes": 1, "sweep": 2},
+        "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 3, "rounds": 1}, "resources": {"cpus": 1},
+    }
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({**spec, "name": "a"}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({**spec, "name": "b", "seed": 4}))
+    _run(["search", "a.yaml"], tmp_path)
+    url = f"sqlite:///{tmp_path}/studies/autoprune.db"
+    names = [s.study_name for s in optuna.get_all_study_summaries(url)]
+    scans = [n for n in names if n.startswith("sensitivity-")]
+    assert len(scans) == 1 and set(names) == {"a", "a-screen", scans[0]}
+    scan = optuna.load_study(study_name=scans[0], storage=url)
+    assert scan.user_attrs["autoprune_role"] == "sensitivity"
+    a = optuna.load_study(study_name="a", storage=url)
+    block_names = {block_of(Layer(n, c, s)) for n, c, s in a.user_attrs["layers"]}
+    n_blocks = len(block_names)
+    probes = [t.user_attrs["probe"] for t in scan.trials]
+    assert len(probes) == 1 + n_blocks + 2 and all(t.state == TrialState.COMPLETE for t in scan.trials)
+    assert {p["ratio"] for p in probes if p["block"] not in "*-"} == {0.5}  # probes: the top of the range
+    assert sorted(p["ratio"] for p in probes if p["block"] == "*") == [0.25, 0.5]  # the uniform sweep
+    screen = optuna.load_study(study_name="a-screen", storage=url)
+    sources = [t.user_attrs.get("warm_start", "") for t in screen.trials]
+    assert sources[0].startswith("allocation: params -")  # allocated candidates are screened first
+    ratio_params = {k for k in screen.trials[0].params if k.startswith("ratio/")}
+    assert ratio_params == {f"ratio/{b}" for b in block_names}  # the block shape is the default
+    front = _run(["front", "--storage", url], tmp_path)  # side studies are not user studies: no --study needed
+    assert "Pareto front" in front.stdout
+
+    second = _run(["-v", "search", "b.yaml"], tmp_path)
+    assert len(optuna.load_study(study_name=scans[0], storage=url).trials) == len(probes)  # nothing re-screened
+    assert f"all {len(probes)} probes cached" in second.stderr

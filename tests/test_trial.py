@@ -38,3 +38,37 @@ def test_trial_prunes_to_policy_and_measures(tmp_path, tiny_data, tiny_model_pt,
     assert ultra.checkpoint_param_count(result.attrs["checkpoint"]) == int(m["params"])
     for step in range(1, iterations + 1):
         assert (tmp_path / f"step{step}" / "weights" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_a_fine_tune_that_makes_the_model_worse_is_not_kept(tmp_path, tiny_data, monkeypatch, keep_best):
+    """Fakes ultralytics' fine-tune with one that destroys the model (zeroes every convolution), to show the trial
+    keeps the pruned, adaptive-BN-recalibrated model instead when finetune.keep_best is on (the default)."""
+    import torch
+
+    from autoprune.demo.baseline import resolve_demo_model
+
+    def destroy(model, cfg, workdir, **kw):
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.zero_()
+        return ultra.FinetuneStats(epochs=1, batches=1, optimizer_steps=1)
+
+    monkeypatch.setattr(ultra, "finetune", destroy)
+    model_pt = resolve_demo_model()
+    spec = parse_spec({"name": "t", "model": str(model_pt), "data": str(tiny_data), "imgsz": 64,
+                       "latency": {"warmup": 0, "runs": 3, "rounds": 1},
+                       "finetune": {"batch": 8, "keep_best": keep_best}}, "s.yaml")
+    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(ultra.load_model(model_pt), TRACE_IMGSZ)]
+    policy = Policy(ratios=tuple((lay.name, 0.2) for lay in layers), criterion="l1", iterations=1, lr=0.01, ema=True,
+                    epochs=1)
+    result = run_trial(spec.trial_settings, policy, layers, tmp_path)
+    assert result.ok
+    trained = result.attrs["finetune"]
+    if keep_best:
+        assert trained["kept"] == "adaptive_bn" and trained["map50_95_before"] > 0.05
+        assert result.metrics["map50_95"] == pytest.approx(trained["map50_95_before"], abs=1e-3)
+        assert "keep_best" in result.attrs["seconds"]
+    else:
+        assert "kept" not in trained and result.metrics["map50_95"] < 0.01

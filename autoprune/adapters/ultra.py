@@ -208,6 +208,7 @@ class FinetuneConfig:
     cos_lr: bool = False
     lrf: float = 0.1  # final learning rate as a fraction of lr
     nbs: int | None = None  # nominal batch: gradients accumulate over nbs / batch batches (None: batch, one step each)
+    warmup_bias_lr: float | None = None  # bias lr at the start of warm-up (None: lr; the trainer's 0.1 hurts recovery)
 
 
 class _GivenModelTrainer(DetectionTrainer):
@@ -264,7 +265,8 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
     overrides = dict(
         model="autoprune-pruned.yaml", data=str(cfg.data), imgsz=cfg.imgsz, epochs=cfg.epochs, batch=cfg.batch,
         device=cfg.device, workers=cfg.workers, lr0=cfg.lr, lrf=cfg.lrf, nbs=cfg.nbs or cfg.batch,
-        optimizer=cfg.optimizer, warmup_epochs=cfg.warmup_epochs, mosaic=cfg.mosaic, close_mosaic=0,
+        optimizer=cfg.optimizer, warmup_epochs=cfg.warmup_epochs,
+        warmup_bias_lr=cfg.lr if cfg.warmup_bias_lr is None else cfg.warmup_bias_lr, mosaic=cfg.mosaic, close_mosaic=0,
         amp=False, plots=False, val=False, seed=cfg.seed, deterministic=False, cos_lr=cfg.cos_lr,
         project=str(workdir.parent), name=workdir.name, exist_ok=True, verbose=verbose, patience=0,
         pretrained=False,

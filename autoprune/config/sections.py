@@ -10,8 +10,8 @@ from typing import Any
 
 from autoprune.config._read import bounds
 
-__all__ = ["FinetuneSettings", "LatencySettings", "SamplerSettings", "WarmStart", "Screening", "Resources",
-           "Constraints", "TrialSettings"]
+__all__ = ["FinetuneSettings", "LatencySettings", "SamplerSettings", "WarmStart", "Screening", "Sensitivity",
+           "Resources", "Constraints", "TrialSettings"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class FinetuneSettings:
     nbs: int | None = field(default=None, metadata=bounds(min=1, max=65_536))
     warmup_epochs: float = field(default=1.0, metadata=bounds(min=0))  # capped at epochs - 1 by the trainer
     lrf: float = field(default=0.01, metadata=bounds(gt=0))  # final learning rate as a fraction of the initial
+    # keep the adaptive-BN model when the last fine-tune leaves it worse on the val split (best.pt with an epoch 0)
+    keep_best: bool = True
+    bn_batches: int = field(default=8, metadata=bounds(min=1, max=10_000))  # adaptive-BN batches for keep_best
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,15 @@ class Screening:
     # training batches that re-estimate BN statistics
     batches: int = field(default=8, metadata=bounds(min=1, max=10_000))
     rounds: int = field(default=2, metadata=bounds(min=1, max=100))  # screen -> promote -> fine-tune rounds per run
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """The sensitivity scan and its allocated candidates (with screening on)."""
+
+    probes: int = field(default=2, metadata=bounds(min=0, max=20))  # ratios each block is probed at (0: off)
+    sweep: int = field(default=5, metadata=bounds(min=0, max=100))  # uniform ratios screened (the cost range)
+    share: float = field(default=0.5, metadata=bounds(min=0))  # of the first round's screens: allocated (<= 1)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from autoprune.config.sections import (
     Resources,
     SamplerSettings,
     Screening,
+    Sensitivity,
     TrialSettings,
     WarmStart,
 )
@@ -45,8 +46,9 @@ from autoprune.model.space import Space
 from autoprune.registry import Registry, UnknownName
 
 __all__ = ["Constraints", "FinetuneSettings", "LatencySettings", "Resources", "SearchSpec", "SamplerSettings",
-           "WarmStart", "Screening", "TrialSettings", "Overrides", "load_spec", "parse_spec", "check_name",
-           "check_storage", "check_device_text", "registered", "DEFAULT_STUDIES_DIR", "default_storage_url"]
+           "WarmStart", "Screening", "Sensitivity", "TrialSettings", "Overrides", "load_spec", "parse_spec",
+           "check_name", "check_storage", "check_device_text", "registered", "DEFAULT_STUDIES_DIR",
+           "default_storage_url"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_STUDIES_DIR = Path("studies")
@@ -77,6 +79,7 @@ class SearchSpec:
     sampler: SamplerSettings = SamplerSettings()
     warm_start: WarmStart = WarmStart()
     screening: Screening = Screening()
+    sensitivity: Sensitivity = Sensitivity()
     constraints: Constraints = Constraints()
     studies_dir: str = str(DEFAULT_STUDIES_DIR)
 
@@ -189,6 +192,13 @@ def _sampler(v: Any) -> SamplerSettings:
         return n
 
     return read_section(SamplerSettings, {"name": v} if isinstance(v, str) else v, "sampler", {"name": name})
+
+
+def _sensitivity(v: Any) -> Sensitivity:
+    s = read_section(Sensitivity, v, "sensitivity")
+    if s.share > 1:
+        raise SpecError(f"sensitivity.share: must be <= 1 (a share of the first round's screens), got {s.share}")
+    return s
 
 
 def _screening(v: Any) -> Screening:
@@ -319,6 +329,7 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         sampler=_sampler(raw.get("sampler")),
         warm_start=read_section(WarmStart, raw.get("warm_start"), "warm_start"),
         screening=_screening(raw.get("screening")),
+        sensitivity=_sensitivity(raw.get("sensitivity")),
         constraints=_constraints(raw.get("constraints"), latency),
         studies_dir=str((studies_dir or DEFAULT_STUDIES_DIR).resolve()),
     )

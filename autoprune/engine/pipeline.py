@@ -6,7 +6,7 @@ and ``autoprune apply`` (one step to a policy's recorded channels).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from autoprune.engine.measure import Phases
 from autoprune.errors import TrialError
 from autoprune.model import criteria
 
-__all__ = ["TRACE_IMGSZ", "accumulate_gradients", "prune_once"]
+__all__ = ["TRACE_IMGSZ", "accumulate_gradients", "prune_once", "recalibrate_bn"]
 
 TRACE_IMGSZ = 64  # input size for dependency-graph tracing; channel structure does not depend on it
 
@@ -66,3 +66,26 @@ def prune_once(model: nn.Module, settings: TrialSettings, criterion: str, keep: 
     if empty:
         raise TrialError(f"layer {empty[0]} was pruned to nothing")
     return channels
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[dict[str, Any]]) -> int:
+    """Adaptive BatchNorm: reset every BN's running statistics and re-estimate them (cumulative
+    average) from forward passes in train mode.  Weights are not changed.  Returns the batch count."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average over the calibration batches
+    was_training = model.training
+    model.train()
+    n = 0
+    try:
+        for batch in batches:
+            model(batch["img"])
+            n += 1
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        model.train(was_training)
+    return n

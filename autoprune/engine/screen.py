@@ -8,44 +8,19 @@ validated: seconds instead of a fine-tune.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from autoprune.config.spec import TrialSettings
 from autoprune.engine.measure import measure_model
-from autoprune.engine.pipeline import prune_once
+from autoprune.engine.pipeline import prune_once, recalibrate_bn
 from autoprune.engine.trial import TrialResult, failure_reason
 from autoprune.model.policy import Policy
 from autoprune.model.shapes import target_keep
 from autoprune.model.space import Layer
 
-__all__ = ["recalibrate_bn", "screen_policy", "screen_safely"]
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable[dict[str, Any]]) -> int:
-    """Adaptive BatchNorm: reset every BN's running statistics and re-estimate them (cumulative
-    average) from forward passes in train mode.  Weights are not changed.  Returns the batch count."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average over the calibration batches
-    was_training = model.training
-    model.train()
-    n = 0
-    try:
-        for batch in batches:
-            model(batch["img"])
-            n += 1
-    finally:
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
-        model.train(was_training)
-    return n
+__all__ = ["recalibrate_bn", "screen_policy", "screen_safely"]  # recalibrate_bn: from engine.pipeline
 
 
 def screen_policy(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], batches: int) -> TrialResult:

@@ -16,7 +16,7 @@ from torch import nn
 
 from autoprune.config.spec import TrialSettings
 from autoprune.engine.measure import Measurement, Phases, measure_model
-from autoprune.engine.pipeline import prune_once
+from autoprune.engine.pipeline import prune_once, recalibrate_bn
 from autoprune.errors import AutopruneError, TrialError
 from autoprune.model.policy import Policy
 from autoprune.model.shapes import target_keep
@@ -52,10 +52,14 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
     with phases("load"):
         model = ultra.load_model(s.model).to(s.device)
     channels: dict[str, int] = dict(original)
-    trained = {"epochs": 0, "batches": 0, "optimizer_steps": 0}
+    trained: dict[str, Any] = {"epochs": 0, "batches": 0, "optimizer_steps": 0}
+    before: _Snapshot | None = None
     for step in range(1, policy.iterations + 1):
         keep = target_keep(original, policy.ratio_map, step, policy.iterations, policy.round_to)
         channels = prune_once(model, s, policy.criterion, keep, lr=policy.lr, step=step, phases=phases)
+        if step == policy.iterations and s.finetune.keep_best:
+            with phases("keep_best"):
+                before = _adaptive_bn_state(model, s)
         with phases("finetune"):
             cfg = ultra.FinetuneConfig(data=s.data, imgsz=s.imgsz, epochs=policy.epochs, lr=policy.lr,
                                        ema=policy.ema, batch=s.finetune.batch, device=s.device,
@@ -68,6 +72,13 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
             trained[key] += getattr(stats, key)
     reference = ultra.load_model(s.model) if s.latency.interleave else None
     measurement = measure_model(model, s, phases, reference=reference)
+    if before is not None:
+        trained["map50_95_before"] = before.map50_95
+        trained["kept"] = "finetuned"
+        if measurement.map50_95 < before.map50_95:  # fine-tuning made it worse: keep the adaptive-BN weights
+            model.load_state_dict(before.state)
+            measurement = measure_model(model, s, phases, reference=reference)
+            trained["kept"] = "adaptive_bn"
     metrics = measurement.metrics()
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
@@ -85,6 +96,24 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
         "finetune": trained,
     }
     return TrialResult(ok=True, metrics=metrics, attrs=attrs)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    map50_95: float
+    state: dict[str, torch.Tensor]
+
+
+def _adaptive_bn_state(model: nn.Module, settings: TrialSettings) -> _Snapshot:
+    """The pruned model with re-estimated BN statistics (adaptive BN, no gradient step), validated: what the last
+    fine-tune must beat on the val split."""
+    from autoprune.adapters import ultra
+
+    s = settings
+    recalibrate_bn(model, ultra.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.bn_batches, s.device,
+                                                 s.seed))
+    val = ultra.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
+    return _Snapshot(val.map50_95, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
 
 def verify_roundtrip(model: nn.Module, path: Path, settings: TrialSettings, measured: Measurement) -> dict[str, float]:

@@ -21,10 +21,11 @@ __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline
            "set_objectives", "set_baseline", "role", "set_identity", "model_file_sha256", "set_layers",
            "set_trial_settings", "mark_warm_started", "set_screening", "append_run", "set_heartbeat", "set_role",
            "start_trial", "set_policy", "set_fail_reason", "write_result", "set_screen_score", "retry_attrs",
-           "warm_start_attrs", "screen_source_attrs", "set_artifact_dir", "copy_study_attrs"]
+           "warm_start_attrs", "screen_source_attrs", "set_artifact_dir", "copy_study_attrs", "probe_attrs", "probe",
+           "set_scan_key", "scan_key"]
 
 HEARTBEAT_PREFIX = "heartbeat:"
-_ROLE = "autoprune_role"  # "screen" on an internal side study
+_ROLE = "autoprune_role"  # "screen" / "sensitivity" on an internal side study
 _SIDE_SUFFIX = "-screen"  # side studies made before the role attribute existed
 
 
@@ -144,6 +145,15 @@ def set_role(s: Writer, role: str) -> None:
     s.set_user_attr(_ROLE, role)
 
 
+def set_scan_key(s: Writer, key: Mapping[str, Any]) -> None:
+    """On a sensitivity study: what its probes depend on (base model, data, imgsz, criterion, rounding...)."""
+    s.set_user_attr("scan_key", dict(key))
+
+
+def scan_key(s: Attrs) -> dict[str, Any]:
+    return dict(s.user_attrs.get("scan_key") or {})
+
+
 _SHARED = ("baseline", "layers", "model_fingerprint", "model_file_sha256", "architecture", "trial_settings")
 
 
@@ -257,3 +267,13 @@ def warm_start_attrs(source: str) -> dict[str, Any]:
 
 def screen_source_attrs(score: ScreenScore) -> dict[str, Any]:
     return {"screen": dataclasses.asdict(score)}
+
+
+def probe_attrs(block: str, ratio: float) -> dict[str, Any]:
+    """User attributes of a sensitivity probe: which block (or the uniform sweep / the reference) at which ratio."""
+    return {"probe": {"block": block, "ratio": ratio}}
+
+
+def probe(t: Attrs) -> tuple[str, float] | None:
+    p = t.user_attrs.get("probe")
+    return (str(p["block"]), float(p["ratio"])) if p else None

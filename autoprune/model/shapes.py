@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from autoprune.model.policy import Policy
-from autoprune.model.space import STAGES, FloatRange, IntRange, Layer, Space
+from autoprune.model.space import STAGES, FloatRange, IntRange, Layer, Space, blocks
 from autoprune.registry import Registry
 
 __all__ = ["Suggester", "Shape", "REGISTRY", "get", "names", "sample_policy", "params_for_policy", "uniform_params",
@@ -83,6 +83,16 @@ def _stage_project(space: Space, layers: Sequence[Layer], per_layer: dict[str, f
     return params
 
 
+def _block_sample(trial: Suggester, space: Space, layers: Sequence[Layer]) -> Ratios:
+    per_block = {b: _float(trial, f"ratio/{b}", space.ratio) for b in blocks(list(layers))}
+    return tuple((layer.name, per_block[b]) for b, members in blocks(list(layers)).items() for layer in members)
+
+
+def _block_project(space: Space, layers: Sequence[Layer], per_layer: dict[str, float]) -> dict[str, float]:
+    return {f"ratio/{b}": _snap(statistics.fmean(per_layer[layer.name] for layer in members), space.ratio)
+            for b, members in blocks(list(layers)).items()}
+
+
 def _global_sample(trial: Suggester, space: Space, layers: Sequence[Layer]) -> Ratios:
     r = space.ratio
     g = _float(trial, "ratio/global", r)
@@ -101,6 +111,9 @@ def _global_project(space: Space, layers: Sequence[Layer], per_layer: dict[str, 
 
 REGISTRY: Registry[Shape] = Registry("shape")
 get, names = REGISTRY.get, REGISTRY.names
+REGISTRY.register(Shape("block", "one ratio per block (ratio/model.4; the head's box and class branches apart): "
+                        "the default, the grain of the sensitivity scan and its allocation", _block_sample,
+                        _block_project))
 REGISTRY.register(Shape("layer", "one ratio per prunable layer (ratio/NAME): the most expressive, needs many trials",
                         _layer_sample, _layer_project))
 REGISTRY.register(Shape("stage", "one ratio per stage (ratio/backbone, ratio/neck, ratio/head): 3 parameters",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from autoprune.model import criteria
 
-__all__ = ["FloatRange", "IntRange", "Space", "Layer", "STAGES"]
+__all__ = ["FloatRange", "IntRange", "Space", "Layer", "STAGES", "block_of", "blocks"]
 
 STAGES = ("backbone", "neck", "head")
 
@@ -33,7 +33,7 @@ class Space:
     lr: FloatRange = FloatRange(1e-4, 1e-2, log=True)
     ema: tuple[bool, ...] = (True, False)
     epochs: IntRange = IntRange(1, 1)
-    shape: str = "stage"  # a name in autoprune.model.shapes: how per-layer ratios are parameterised
+    shape: str = "block"  # a name in autoprune.model.shapes: how per-layer ratios are parameterised
     multiplier: FloatRange = FloatRange(0.5, 1.5)  # shape global: per-layer factor on the global ratio
     round_to: tuple[int, ...] = (1, 8)  # channel rounding choices (torch-pruning's round_to)
     schedule: tuple[str, ...] = ("cosine", "linear")  # fine-tune learning-rate schedule
@@ -46,3 +46,18 @@ class Layer:
     name: str
     channels: int
     stage: str = "backbone"  # backbone | neck | head (the model YAML's sections; head = the Detect module)
+
+
+def block_of(layer: Layer) -> str:
+    """The block a layer belongs to: its top-level module (``model.4``), or for the head one branch of it
+    (``model.22.cv2``: box regression, ``model.22.cv3``: classification), so each block is pruned as a unit."""
+    parts = layer.name.split(".")
+    return ".".join(parts[:3] if layer.stage == "head" and len(parts) > 3 else parts[:2])
+
+
+def blocks(layers: list[Layer] | tuple[Layer, ...]) -> dict[str, list[Layer]]:
+    """The layers grouped by :func:`block_of`, in model order."""
+    out: dict[str, list[Layer]] = {}
+    for layer in layers:
+        out.setdefault(block_of(layer), []).append(layer)
+    return out

@@ -25,7 +25,7 @@ from autoprune.errors import SpecError
 from autoprune.model import records
 from autoprune.model.constraints import feasible
 from autoprune.model.pareto import REFERENCE_MARGIN, contribution_order, kendall_tau, normalised_loss, promotion_order
-from autoprune.model.shapes import recipe_params, screen_space, screen_visible
+from autoprune.model.shapes import params_for_policy, recipe_params, screen_space, screen_visible
 from autoprune.model.space import Layer
 from autoprune.search.executor import Job, run_trials
 from autoprune.search.study import (
@@ -119,10 +119,12 @@ def screening_summary(trials: Sequence[optuna.trial.FrozenTrial], screen_seconds
 
 def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer],
                        n_promote: int, fingerprint: str | None, ray_address: str | None = None,
-                       recipe_knobs: bool = False) -> tuple[optuna.Study, set[int]]:
+                       recipe_knobs: bool = False,
+                       seeds: Sequence[tuple[dict[str, Any], str]] = ()) -> tuple[optuna.Study, set[int]]:
     """Screen ``factor x n_promote`` candidates in the side study, enqueue the best ``n_promote`` (not promoted
     before, within the budgets) into ``study``.  Promoted trials fix only what the screen judged (channel
     choice); their fine-tune knobs are the recipe's with ``recipe_knobs``, else the main study's sampler's.
+    ``seeds`` (policy dicts and where they come from, e.g. the sensitivity allocation) are screened first.
     Returns the side study and the numbers of its new trials."""
     screen = _open_screen(spec, store)
     fail_stale_trials(screen, store, 0)  # screens left RUNNING by a dead driver
@@ -134,7 +136,9 @@ def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpe
         return screen, set()
     n_screen = spec.screening.factor * n_promote
     job = screen_job(spec, layers)
-    warm_start(screen, store, job.space, spec.warm_start, layers, fingerprint, limit=n_screen)
+    for policy, source in seeds[:n_screen]:
+        screen.enqueue_trial(params_for_policy(job.space, layers, policy), user_attrs=records.warm_start_attrs(source))
+    warm_start(screen, store, job.space, spec.warm_start, layers, fingerprint, limit=max(0, n_screen - len(seeds)))
     logger.info("screening %d candidate policies with adaptive BatchNorm (%d batches each)", n_screen,
                 spec.screening.batches)
     run_trials(screen, store, job, n_screen, ray_address=ray_address)

@@ -204,6 +204,22 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
         return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s, progress)
 
 
+def _allocate(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: list[Layer], first_round: int,
+              ray_address: str | None, run: records.RunTimings) -> tuple[list[tuple[dict[str, object], str]],
+                                                                         records.RunTimings]:
+    """The sensitivity scan (cached) and the first round's allocated candidates, as screening seeds."""
+    from autoprune.search.sensitivity import allocated_candidates, ensure_scan, scan_knobs
+
+    sens, ran, scan = ensure_scan(study, store, spec, layers, ray_address)
+    run = dataclasses.replace(run, screen_trial_s=run.screen_trial_s + _trial_seconds(scan, ran))
+    n = round(spec.sensitivity.share * spec.screening.factor * first_round)
+    criterion, round_to = scan_knobs(spec.space)
+    found = allocated_candidates(sens, spec.space, layers, n)
+    logger.info("sensitivity allocation: %d candidate(s) over the cost range (reference screen mAP50-95 %.3f)",
+                len(found), sens.reference_map)
+    return [({"ratios": c.ratios, "criterion": criterion, "round_to": round_to}, c.source) for c in found], run
+
+
 def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int | None, ray_address: str | None,
             ray_init_s: float, progress: Progress | None = None) -> SearchOutcome:
     study = open_study_for(spec, store)
@@ -233,11 +249,18 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
         from autoprune.search.promotion import screen_and_promote
 
         first = not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        for k, size in enumerate(round_sizes(n_new, spec.screening.rounds)):
+        sizes = round_sizes(n_new, spec.screening.rounds)
+        seeds: list[tuple[dict[str, object], str]] = []
+        if first and spec.sensitivity.probes:
+            t0 = time.perf_counter()
+            phase("sensitivity scan")
+            seeds, run = _allocate(study, store, spec, layers, sizes[0], ray_address, run)
+            run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0)
+        for k, size in enumerate(sizes):
             t0 = time.perf_counter()
             phase(f"round {k + 1}: screening")
             screen, screened = screen_and_promote(study, store, spec, layers, size, fingerprint, ray_address,
-                                                  recipe_knobs=first and k == 0)
+                                                  recipe_knobs=first and k == 0, seeds=seeds if k == 0 else ())
             run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0,
                                       screen_trial_s=run.screen_trial_s + _trial_seconds(screen, screened))
             logger.info("study %s, round %d: fine-tuning %d promoted trial(s)", spec.name, k + 1, size)

@@ -1,0 +1,189 @@
+"""The sensitivity scan, cached per base model, and the allocated candidates it yields.
+
+Each block (see :func:`autoprune.model.space.block_of`) is pruned alone at ``sensitivity.probes``
+ratios, the whole model at ``sensitivity.sweep`` uniform ratios and not at all (the reference),
+every probe adaptive-BN screened like a screening candidate (recipe criterion and rounding, no
+latency timing: the cost is parameters). The probes are trials of an internal side study
+``sensitivity-<key>`` whose key is the base model's weights fingerprint, the data set, imgsz,
+criterion, rounding and the screen's batches: a later study on the same base model and data
+finds the probes done and screens only what is missing. :func:`allocated_candidates` turns the
+scan into per-layer ratios at cost targets spread over the sweep's range
+(:mod:`autoprune.model.allocation`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autoprune.config.spec import SearchSpec
+from autoprune.model import records
+from autoprune.model.allocation import (
+    REFERENCE,
+    UNIFORM,
+    Probe,
+    Sensitivity,
+    allocate,
+    block_options,
+    calibrated,
+    cost_targets,
+)
+from autoprune.model.shapes import recipe_params, screen_space
+from autoprune.model.space import Layer, Space, blocks
+from autoprune.search.executor import Job, run_trials
+from autoprune.search.study import StudyOptions, StudyStorage, fail_stale_trials, open_study
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SCAN_OBJECTIVES", "scan_knobs", "scan_levels", "scan_name", "scan_job", "probe_params", "ensure_scan",
+           "read_scan", "Candidate", "allocated_candidates", "grid"]
+
+SCAN_OBJECTIVES = ("map50_95", "params", "macs")  # deterministic costs: a probe is not timed
+
+
+def scan_knobs(space: Space) -> tuple[str, int]:
+    """The criterion and channel rounding probes use: the recipe's where the space offers them."""
+    knobs = recipe_params(space, ("criterion", "round_to"))
+    return str(knobs.get("criterion", space.criteria[0])), int(knobs.get("round_to", space.round_to[0]))
+
+
+def grid(space: Space) -> list[float]:
+    """The ratios the space allows (its step, else 0.05), from its low to its high end."""
+    r = space.ratio
+    step = r.step or 0.05
+    n = int((r.high - r.low) / step + 1e-9)
+    return [round(r.low + i * step, 10) for i in range(n + 1)]
+
+
+def scan_levels(space: Space, n: int) -> list[float]:
+    """``n`` ratios evenly up to the top of the space (k/n of its high end, on its grid), above 0."""
+    g = [x for x in grid(space) if x > 0]
+    if not g or n <= 0:
+        return []
+    return sorted({min(g, key=lambda x: abs(x - space.ratio.high * k / n)) for k in range(1, n + 1)})
+
+
+def _key(spec: SearchSpec, fingerprint: str) -> dict[str, Any]:
+    criterion, round_to = scan_knobs(spec.space)
+    return {"fingerprint": fingerprint, "data": spec.data, "imgsz": spec.imgsz, "criterion": criterion,
+            "round_to": round_to, "bn_batches": spec.screening.batches, "batch": spec.finetune.batch,
+            "seed": spec.seed}
+
+
+def scan_name(spec: SearchSpec, fingerprint: str) -> str:
+    digest = hashlib.sha256(json.dumps(_key(spec, fingerprint), sort_keys=True).encode()).hexdigest()
+    return f"sensitivity-{digest[:16]}"
+
+
+def scan_job(spec: SearchSpec, layers: Sequence[Layer], name: str) -> Job:
+    """Adaptive-BN screens of fixed per-layer policies: recipe criterion and rounding, no latency timing."""
+    criterion, round_to = scan_knobs(spec.space)
+    space = dataclasses.replace(screen_space(spec.space), shape="layer", criteria=(criterion,), round_to=(round_to,))
+    untimed = dataclasses.replace(spec.latency, warmup=0, runs=3, rounds=1, interleave=False)
+    folder = spec.study_dir.parent / name
+    return Job(kind="screen", settings=spec.trial_settings.replace(latency=untimed), space=space,
+               layers=tuple(layers), objectives=SCAN_OBJECTIVES, study_dir=folder,
+               artifact_dir=spec.study_dir.parent / "artifacts", resources=spec.resources, retries=0,
+               screen_batches=spec.screening.batches,
+               constraints=dataclasses.replace(spec.constraints, map_floor=0.0, params=None, macs=None,
+                                               latency_ms=None, latency_ratio=None))
+
+
+def probe_params(layers: Sequence[Layer], block: str, ratio: float) -> dict[str, float]:
+    """The fixed per-layer parameters of one probe (layer shape)."""
+    members = {layer.name for layer in blocks(list(layers)).get(block, [])}
+    return {f"ratio/{layer.name}": ratio if block == UNIFORM or layer.name in members else 0.0 for layer in layers}
+
+
+def _wanted(spec: SearchSpec, layers: Sequence[Layer]) -> list[tuple[str, float]]:
+    s = spec.sensitivity
+    out = [(REFERENCE, 0.0)]
+    out += [(b, r) for b in blocks(list(layers)) for r in scan_levels(spec.space, s.probes)]
+    out += [(UNIFORM, r) for r in scan_levels(spec.space, s.sweep)]
+    return out
+
+
+def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer],
+                ray_address: str | None = None) -> tuple[Sensitivity, set[int], optuna.Study]:
+    """Screen the probes the cached scan lacks; return the scan, the numbers of the trials run now and its study."""
+    fingerprint = records.fingerprint(study) or ""
+    name = scan_name(spec, fingerprint)
+    scan = open_study(StudyOptions(name, SCAN_OBJECTIVES, spec.sampler, spec.seed, spec.trials, role="sensitivity"),
+                      store)
+    records.copy_study_attrs(study, scan, scan)
+    if not records.scan_key(scan):
+        records.set_scan_key(scan, _key(spec, fingerprint))
+    fail_stale_trials(scan, store, 0)
+    have = {records.probe(t) for t in scan.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING)}
+    missing = [p for p in _wanted(spec, layers) if p not in have]
+    for block, ratio in missing:
+        scan.enqueue_trial(probe_params(layers, block, ratio), user_attrs=records.probe_attrs(block, ratio))
+    waiting = len(scan.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    before = {t.number for t in scan.get_trials(deepcopy=False)}
+    if waiting:
+        logger.info("sensitivity scan: screening %d probe(s) (%d cached in %s)", waiting,
+                    len(_wanted(spec, layers)) - len(missing), name)
+        run_trials(scan, store, scan_job(spec, layers, name), waiting, ray_address=ray_address)
+    else:
+        logger.info("sensitivity scan: all %d probes cached in %s", len(_wanted(spec, layers)), name)
+    return read_scan(scan, records.baseline_metrics(study).get("params", 0.0)), \
+        {t.number for t in scan.get_trials(deepcopy=False)} - before, scan
+
+
+def read_scan(scan: optuna.Study, base_params: float) -> Sensitivity:
+    """The scan's probes (a failed probe has no mAP); the reference mAP from the reference probe."""
+    probes, sweep, reference = [], [], None
+    for t in scan.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        key = records.probe(t)
+        if key is None:
+            continue
+        m = records.trial(t).metrics
+        ok = t.state == TrialState.COMPLETE and "map50_95" in m
+        p = Probe(key[0], key[1], float(m["map50_95"]) if ok else None, float(m.get("params", base_params)))
+        if p.block == REFERENCE:
+            reference = p.map50_95 if p.map50_95 is not None else reference
+        elif p.block == UNIFORM:
+            sweep.append(p)
+        else:
+            probes.append(p)
+    if reference is None:
+        reference = max((p.map50_95 for p in probes if p.map50_95 is not None), default=0.0)
+    return Sensitivity(reference, base_params, tuple(probes), tuple(sweep))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    ratios: dict[str, float]  # per layer
+    target: float  # the share of the base model's parameters it was allocated to remove
+    predicted_map: float  # predicted adaptive-BN mAP50-95
+
+    @property
+    def source(self) -> str:
+        return f"allocation: params -{self.target:.0%}, predicted screen mAP50-95 {self.predicted_map:.3f}"
+
+
+def allocated_candidates(sens: Sensitivity, space: Space, layers: Sequence[Layer], n: int) -> list[Candidate]:
+    """Up to ``n`` distinct allocations at cost targets spread over the sweep's range."""
+    options = block_options(sens, grid(space))
+    grouped = blocks(list(layers))
+    out: list[Candidate] = []
+    seen: set[tuple[float, ...]] = set()
+    targets = cost_targets(sens, n)
+    for target, summed in zip(targets, calibrated(sens, options, targets)):
+        a = allocate(options, sens.reference_map, summed)
+        key = tuple(a.ratios.get(b, 0.0) for b in grouped)
+        if key in seen or not any(key):
+            continue
+        seen.add(key)
+        ratios = {layer.name: a.ratios.get(b, 0.0) for b, members in grouped.items() for layer in members}
+        out.append(Candidate(ratios, target / sens.base_params if sens.base_params else 0.0, a.predicted_map))
+    return out

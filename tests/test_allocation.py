@@ -1,0 +1,169 @@
+"""Sensitivity-guided allocation: blocks, the block shape, the knapsack against brute force, cost targets,
+the sensitivity section of the spec, and the scan's probes (pure functions; no model is pruned here)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from autoprune.config.spec import parse_spec
+from autoprune.errors import SpecError
+from autoprune.model import records, shapes
+from autoprune.model.allocation import Option, Probe, Sensitivity, allocate, block_options, calibrated, cost_targets
+from autoprune.model.space import FloatRange, Layer, Space, block_of, blocks
+from autoprune.search.sensitivity import allocated_candidates, grid, probe_params, scan_levels
+
+LAYERS = [Layer("model.0", 16), Layer("model.2.cv1", 16), Layer("model.2.m.0.cv1", 8),
+          Layer("model.12.cv2", 32, "neck"), Layer("model.22.cv2.0.0", 64, "head"),
+          Layer("model.22.cv2.1.1", 64, "head"), Layer("model.22.cv3.0.0", 64, "head")]
+
+
+def test_blocks_group_top_level_modules_and_split_the_head_branches():
+    assert [block_of(layer) for layer in LAYERS] == ["model.0", "model.2", "model.2", "model.12", "model.22.cv2",
+                                                     "model.22.cv2", "model.22.cv3"]
+    assert {b: len(v) for b, v in blocks(LAYERS).items()} == {"model.0": 1, "model.2": 2, "model.12": 1,
+                                                              "model.22.cv2": 2, "model.22.cv3": 1}
+
+
+class _Fixed:
+    """Stands in for optuna.Trial: returns fixed values by parameter name (fakes the sampler only)."""
+
+    def __init__(self, values):
+        self.values, self.asked = values, []
+
+    def suggest_float(self, name, low, high, *, step=None, log=False):
+        self.asked.append(name)
+        return self.values.get(name, low)
+
+    def suggest_int(self, name, low, high):
+        return low
+
+    def suggest_categorical(self, name, choices):
+        return choices[0]
+
+
+def test_block_shape_samples_one_ratio_per_block_and_projects_back_exactly():
+    space = Space(ratio=FloatRange(0.0, 0.7, step=0.05), shape="block")
+    values = {"ratio/model.0": 0.1, "ratio/model.2": 0.35, "ratio/model.12": 0.0, "ratio/model.22.cv2": 0.5,
+              "ratio/model.22.cv3": 0.7}
+    trial = _Fixed(values)
+    policy = shapes.sample_policy(trial, space, LAYERS)
+    assert [n for n in trial.asked if n.startswith("ratio/")] == list(values)
+    assert policy.ratio_map["model.2.m.0.cv1"] == 0.35 and policy.ratio_map["model.22.cv2.1.1"] == 0.5
+    params = shapes.params_for_policy(space, LAYERS, policy.to_dict())
+    assert {k: v for k, v in params.items() if k.startswith("ratio/")} == values
+
+
+def _brute(options, target):
+    best = None
+    for combo in itertools.product(*options.values()):
+        saving = sum(o.saving for o in combo)
+        if saving + 1e-9 < target:
+            continue
+        loss = sum(o.loss for o in combo)
+        if best is None or loss < best - 1e-12:
+            best = loss
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_allocation_is_the_least_loss_that_meets_the_target(seed):
+    rng = random.Random(seed)
+    options = {}
+    for b in range(4):
+        opts, loss, saving = [Option(0.0, 0.0, 0.0)], 0.0, 0.0
+        for k in range(1, 4):
+            loss += rng.uniform(0, 0.2)
+            saving += rng.uniform(1000, 50_000)
+            opts.append(Option(0.1 * k, loss, saving))
+        options[f"b{b}"] = opts
+    reachable = sum(o[-1].saving for o in options.values())
+    target = rng.uniform(0.1, 0.9) * reachable
+    a = allocate(options, 0.9, target, bins=2000)
+    assert a.saving >= target - 1e-6
+    got = 0.9 - a.predicted_map
+    assert got == pytest.approx(sum(next(o.loss for o in options[b] if o.ratio == r) for b, r in a.ratios.items()))
+    # the DP rounds savings down by at most a bin per block: it can only be as good as brute force or slightly worse
+    assert _brute(options, target) - 1e-9 <= got <= _brute(options, target - 4 * target / 2000) + 1e-9
+
+
+def test_allocation_prunes_the_insensitive_block_first():
+    sens = Sensitivity(0.8, 1_000_000, (Probe("fragile", 0.3, 0.5, 900_000), Probe("fragile", 0.6, 0.1, 800_000),
+                                        Probe("robust", 0.3, 0.79, 850_000), Probe("robust", 0.6, 0.78, 700_000)))
+    opts = block_options(sens, [round(0.05 * i, 2) for i in range(13)])
+    a = allocate(opts, sens.reference_map, 250_000)
+    assert a.ratios == {"fragile": 0.0, "robust": 0.5}
+    assert a.saving == pytest.approx(250_000) and a.predicted_map == pytest.approx(0.8 - 0.01 - 2 / 3 * 0.01)
+    assert allocate(opts, 0.8, 10**9).ratios == {"fragile": 0.6, "robust": 0.6}  # beyond reach: everything
+
+
+def test_a_failed_probe_caps_its_block_and_negative_losses_count_as_none():
+    sens = Sensitivity(0.5, 100.0, (Probe("a", 0.3, 0.55, 70.0), Probe("a", 0.6, None, 100.0)))
+    opts = block_options(sens, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])["a"]
+    assert [o.ratio for o in opts] == [0.0, 0.1, 0.2, 0.3]
+    assert all(o.loss == 0.0 for o in opts) and opts[-1].saving == pytest.approx(30.0)
+
+
+def test_cost_targets_span_the_uniform_sweep():
+    sweep = (Probe("*", 0.2, 0.7, 800.0), Probe("*", 0.6, 0.1, 200.0), Probe("*", 0.7, None, 100.0))
+    sens = Sensitivity(0.8, 1000.0, (), sweep)
+    assert cost_targets(sens, 3) == pytest.approx([200.0, 500.0, 800.0])
+    assert cost_targets(sens, 0) == []
+
+
+def test_allocated_candidates_cover_the_cost_axis_with_per_layer_ratios():
+    space = Space(ratio=FloatRange(0.0, 0.6, step=0.05), shape="block")
+    probes = []
+    for i, b in enumerate(blocks(LAYERS)):
+        probes += [Probe(b, 0.3, 0.8 - 0.05 * i, 1000.0 - 30 * (i + 1)),
+                   Probe(b, 0.6, 0.7 - 0.1 * i, 1000.0 - 60 * (i + 1))]
+    sweep = (Probe("*", 0.3, 0.6, 700.0), Probe("*", 0.6, 0.2, 400.0))
+    found = allocated_candidates(Sensitivity(0.82, 1000.0, tuple(probes), sweep), space, LAYERS, 4)
+    assert 2 <= len(found) <= 4
+    targets = [c.target for c in found]
+    assert targets == sorted(targets) and targets[0] == pytest.approx(0.3) and targets[-1] == pytest.approx(0.6)
+    for c in found:
+        assert set(c.ratios) == {layer.name for layer in LAYERS}
+        assert c.ratios["model.2.cv1"] == c.ratios["model.2.m.0.cv1"]  # a block moves as one
+        assert c.source.startswith("allocation: params -")
+
+
+def test_calibration_maps_true_savings_onto_the_summed_probe_savings():
+    # two blocks that each save 300 alone at 0.5 but 450 together (shared weights counted once)
+    probes = (Probe("a", 0.5, 0.8, 700.0), Probe("b", 0.5, 0.8, 700.0))
+    sens = Sensitivity(0.8, 1000.0, probes, (Probe("*", 0.5, 0.6, 550.0),))
+    opts = block_options(sens, [0.0, 0.25, 0.5])
+    assert calibrated(sens, opts, [450.0, 225.0]) == pytest.approx([600.0, 300.0])
+    assert calibrated(Sensitivity(0.8, 1000.0, probes), opts, [450.0]) == [450.0]  # no sweep: unchanged
+
+
+def test_probe_params_and_levels():
+    space = Space(ratio=FloatRange(0.0, 0.7, step=0.05))
+    assert scan_levels(space, 2) == [0.35, 0.7] and scan_levels(space, 5) == [0.15, 0.3, 0.4, 0.55, 0.7]
+    assert grid(space)[:3] == [0.0, 0.05, 0.1] and grid(space)[-1] == 0.7
+    p = probe_params(LAYERS, "model.2", 0.35)
+    assert p["ratio/model.2.cv1"] == p["ratio/model.2.m.0.cv1"] == 0.35 and p["ratio/model.0"] == 0.0
+    assert set(probe_params(LAYERS, "*", 0.3).values()) == {0.3}
+    assert set(probe_params(LAYERS, "-", 0.0).values()) == {0.0}
+    attrs = records.probe_attrs("model.2", 0.35)
+
+    class T:
+        user_attrs = attrs
+
+    assert records.probe(T()) == ("model.2", 0.35)
+
+
+BASE = {"name": "s", "model": "m.pt", "data": "d.yaml"}
+
+
+def test_sensitivity_section_defaults_and_errors():
+    spec = parse_spec(BASE, "s.yaml")
+    assert (spec.sensitivity.probes, spec.sensitivity.sweep, spec.sensitivity.share) == (2, 5, 0.5)
+    assert spec.space.shape == "block"
+    assert parse_spec({**BASE, "sensitivity": {"probes": 0}}, "s.yaml").sensitivity.probes == 0
+    for bad, msg in [({"share": 1.5}, "sensitivity.share: must be <= 1"), ({"probes": -1}, "sensitivity.probes"),
+                     ({"sweeps": 3}, "sensitivity")]:
+        with pytest.raises(SpecError, match=msg):
+            parse_spec({**BASE, "sensitivity": bad}, "s.yaml")
