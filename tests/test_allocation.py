@@ -160,10 +160,10 @@ BASE = {"name": "s", "model": "m.pt", "data": "d.yaml"}
 
 def test_sensitivity_section_defaults_and_errors():
     spec = parse_spec(BASE, "s.yaml")
-    assert (spec.sensitivity.probes, spec.sensitivity.sweep, spec.sensitivity.share) == (2, 5, 0.5)
+    assert (spec.sensitivity.probes, spec.sensitivity.sweep, spec.sensitivity.candidates) == (2, 5, 8)
     assert spec.space.shape == "block"
     assert parse_spec({**BASE, "sensitivity": {"probes": 0}}, "s.yaml").sensitivity.probes == 0
-    for bad, msg in [({"share": 1.5}, "sensitivity.share: must be <= 1"), ({"probes": -1}, "sensitivity.probes"),
-                     ({"sweeps": 3}, "sensitivity")]:
+    for bad, msg in [({"candidates": 1.5}, "sensitivity.candidates: expected an integer"),
+                     ({"probes": -1}, "sensitivity.probes"), ({"sweeps": 3}, "sensitivity")]:
         with pytest.raises(SpecError, match=msg):
             parse_spec({**BASE, "sensitivity": bad}, "s.yaml")

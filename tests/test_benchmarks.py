@@ -32,6 +32,7 @@ def test_search_efficiency_benchmark(tmp_path):
         assert len(rec["hv"]) == len(rec["hv_half"]) == 2 and all(v >= 0 for v in rec["hv"])
         assert rec["trials"] == [1, 1] and all(w > 0 for w in rec["wall_s"])  # one step each: budget spent
     assert set(res["summary"]) == {"autoprune/uniform"}
+    assert res["scan_s"] > 0 and res["scan_share_s"] == pytest.approx(res["scan_s"] / 2)  # the scan, charged once
     s = res["summary"]["autoprune/uniform"]
     assert s["lo95"] <= s["hi95"] and "autoprune: HV" in stdout
 

@@ -66,7 +66,7 @@ class Sensitivity:
 
     probes: int = field(default=2, metadata=bounds(min=0, max=20))  # ratios each block is probed at (0: off)
     sweep: int = field(default=5, metadata=bounds(min=0, max=100))  # uniform ratios screened (the cost range)
-    share: float = field(default=0.5, metadata=bounds(min=0))  # of the first round's screens: allocated (<= 1)
+    candidates: int = field(default=8, metadata=bounds(min=0, max=1000))  # allocations screened in the first round
 
 
 @dataclass(frozen=True)

@@ -195,10 +195,7 @@ def _sampler(v: Any) -> SamplerSettings:
 
 
 def _sensitivity(v: Any) -> Sensitivity:
-    s = read_section(Sensitivity, v, "sensitivity")
-    if s.share > 1:
-        raise SpecError(f"sensitivity.share: must be <= 1 (a share of the first round's screens), got {s.share}")
-    return s
+    return read_section(Sensitivity, v, "sensitivity")
 
 
 def _screening(v: Any) -> Screening:

@@ -124,7 +124,8 @@ def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpe
     """Screen ``factor x n_promote`` candidates in the side study, enqueue the best ``n_promote`` (not promoted
     before, within the budgets) into ``study``.  Promoted trials fix only what the screen judged (channel
     choice); their fine-tune knobs are the recipe's with ``recipe_knobs``, else the main study's sampler's.
-    ``seeds`` (policy dicts and where they come from, e.g. the sensitivity allocation) are screened first.
+    ``seeds`` (policy dicts and where they come from, e.g. the sensitivity allocation) are screened first, on top
+    of the ``factor x n_promote`` screens.
     Returns the side study and the numbers of its new trials."""
     screen = _open_screen(spec, store)
     fail_stale_trials(screen, store, 0)  # screens left RUNNING by a dead driver
@@ -136,9 +137,10 @@ def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpe
         return screen, set()
     n_screen = spec.screening.factor * n_promote
     job = screen_job(spec, layers)
-    for policy, source in seeds[:n_screen]:
+    for policy, source in seeds:
         screen.enqueue_trial(params_for_policy(job.space, layers, policy), user_attrs=records.warm_start_attrs(source))
-    warm_start(screen, store, job.space, spec.warm_start, layers, fingerprint, limit=max(0, n_screen - len(seeds)))
+    warm_start(screen, store, job.space, spec.warm_start, layers, fingerprint, limit=n_screen)
+    n_screen += len(seeds)
     logger.info("screening %d candidate policies with adaptive BatchNorm (%d batches each)", n_screen,
                 spec.screening.batches)
     run_trials(screen, store, job, n_screen, ray_address=ray_address)

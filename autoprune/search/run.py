@@ -204,7 +204,7 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
         return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s, progress)
 
 
-def _allocate(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: list[Layer], first_round: int,
+def _allocate(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: list[Layer],
               ray_address: str | None, run: records.RunTimings) -> tuple[list[tuple[dict[str, object], str]],
                                                                          records.RunTimings]:
     """The sensitivity scan (cached) and the first round's allocated candidates, as screening seeds."""
@@ -212,7 +212,7 @@ def _allocate(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers
 
     sens, ran, scan = ensure_scan(study, store, spec, layers, ray_address)
     run = dataclasses.replace(run, screen_trial_s=run.screen_trial_s + _trial_seconds(scan, ran))
-    n = round(spec.sensitivity.share * spec.screening.factor * first_round)
+    n = spec.sensitivity.candidates
     criterion, round_to = scan_knobs(spec.space)
     found = allocated_candidates(sens, spec.space, layers, n)
     logger.info("sensitivity allocation: %d candidate(s) over the cost range (reference screen mAP50-95 %.3f)",
@@ -254,7 +254,7 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
         if first and spec.sensitivity.probes:
             t0 = time.perf_counter()
             phase("sensitivity scan")
-            seeds, run = _allocate(study, store, spec, layers, sizes[0], ray_address, run)
+            seeds, run = _allocate(study, store, spec, layers, ray_address, run)
             run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0)
         for k, size in enumerate(sizes):
             t0 = time.perf_counter()

@@ -5,7 +5,7 @@ ratios, the whole model at ``sensitivity.sweep`` uniform ratios and not at all (
 every probe adaptive-BN screened like a screening candidate (recipe criterion and rounding, no
 latency timing: the cost is parameters). The probes are trials of an internal side study
 ``sensitivity-<key>`` whose key is the base model's weights fingerprint, the data set, imgsz,
-criterion, rounding and the screen's batches: a later study on the same base model and data
+criterion, rounding and the screen's batches (not the seed): a later study on the same base model and data
 finds the probes done and screens only what is missing. :func:`allocated_candidates` turns the
 scan into per-layer ratios at cost targets spread over the sweep's range
 (:mod:`autoprune.model.allocation`).
@@ -74,8 +74,7 @@ def scan_levels(space: Space, n: int) -> list[float]:
 def _key(spec: SearchSpec, fingerprint: str) -> dict[str, Any]:
     criterion, round_to = scan_knobs(spec.space)
     return {"fingerprint": fingerprint, "data": spec.data, "imgsz": spec.imgsz, "criterion": criterion,
-            "round_to": round_to, "bn_batches": spec.screening.batches, "batch": spec.finetune.batch,
-            "seed": spec.seed}
+            "round_to": round_to, "bn_batches": spec.screening.batches, "batch": spec.finetune.batch}
 
 
 def scan_name(spec: SearchSpec, fingerprint: str) -> str:
