@@ -22,9 +22,10 @@ __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline
            "set_trial_settings", "mark_warm_started", "set_screening", "append_run", "set_heartbeat", "set_role",
            "start_trial", "set_policy", "set_fail_reason", "write_result", "set_screen_score", "retry_attrs",
            "warm_start_attrs", "screen_source_attrs", "set_artifact_dir", "copy_study_attrs", "probe_attrs", "probe",
-           "set_scan_key", "scan_key"]
+           "set_scan_key", "scan_key", "set_driver_start", "driver_starts"]
 
 HEARTBEAT_PREFIX = "heartbeat:"
+_DRIVER_PREFIX = "driver:"  # when each driver (host:pid) opened the study
 _ROLE = "autoprune_role"  # "screen" / "sensitivity" on an internal side study
 _SIDE_SUFFIX = "-screen"  # side studies made before the role attribute existed
 
@@ -90,6 +91,14 @@ def runs(s: Attrs) -> list[dict[str, Any]]:
 
 def heartbeats(s: Attrs) -> dict[str, float]:
     return {k[len(HEARTBEAT_PREFIX):]: float(v) for k, v in s.user_attrs.items() if k.startswith(HEARTBEAT_PREFIX)}
+
+
+def driver_starts(s: Attrs) -> dict[str, float]:
+    return {k[len(_DRIVER_PREFIX):]: float(v) for k, v in s.user_attrs.items() if k.startswith(_DRIVER_PREFIX)}
+
+
+def set_driver_start(s: Writer, driver: str, when: float) -> None:
+    s.set_user_attr(f"{_DRIVER_PREFIX}{driver}", when)
 
 
 def is_side_study(name: str, s: Attrs) -> bool:

@@ -148,16 +148,38 @@ def open_study(options: StudyOptions, store: StudyStorage) -> optuna.Study:
         if have != wanted:
             raise SpecError(f"name: study {options.name!r} exists with objectives {have}, not {wanted} "
                             "(choose another --study-name)")
-        return store.load(options.name, sampler=_sampler(options, len(existing.trials)))
-    directions = [objectives.get(n).direction for n in wanted]
-    study = optuna.create_study(study_name=options.name, storage=store.rdb, directions=directions,
-                                sampler=_sampler(options, 0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([objectives.get(n).label for n in wanted])
-    records.set_objectives(study, wanted)
-    records.set_role(study, options.role or "main")
+        study = store.load(options.name)
+    else:
+        directions = [objectives.get(n).direction for n in wanted]
+        try:
+            study = optuna.create_study(study_name=options.name, storage=store.rdb, directions=directions)
+        except optuna.exceptions.DuplicatedStudyError:  # another driver created it a moment ago
+            return open_study(options, store)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([objectives.get(n).label for n in wanted])
+        records.set_objectives(study, wanted)
+        records.set_role(study, options.role or "main")
+    study.sampler = _sampler(options, len(study.trials) + DRIVER_SEED_STRIDE * driver_rank(study))
     return study
+
+
+DRIVER_SEED_STRIDE = 100_003  # seed offset per concurrent driver: drivers started together sample apart
+
+
+def driver_rank(study: optuna.Study, now: float | None = None) -> int:
+    """Register this process as a driver of ``study`` and return how many live drivers opened it before (0 alone).
+
+    Concurrent searches on one study get different sampler seeds from it, so two drivers started at once never
+    draw the same policies (they would otherwise: same seed, same trial count)."""
+    me = driver_id()
+    now = time.time() if now is None else now
+    records.set_driver_start(study, me, now)
+    starts = records.driver_starts(study)
+    mine = starts.get(me, now)
+    beats = records.heartbeats(study)
+    return sum(1 for other, t0 in starts.items()
+               if other != me and (t0, other) < (mine, me) and not _driver_dead(other, beats, t0, now))
 
 
 def _check_role(study: optuna.Study, options: StudyOptions) -> None:
