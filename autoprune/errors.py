@@ -5,7 +5,7 @@ The CLI turns every :class:`AutopruneError` into a one-line message and exit cod
 
 from __future__ import annotations
 
-__all__ = ["AutopruneError", "SpecError", "InputError", "TrialError", "UnsupportedVersionError"]
+__all__ = ["AutopruneError", "SpecError", "InputError", "TrialError", "UnsupportedVersionError", "StorageWriteError"]
 
 
 class AutopruneError(Exception):
@@ -26,3 +26,7 @@ class TrialError(AutopruneError):
 
 class UnsupportedVersionError(AutopruneError):
     """An installed third-party library has a version autoprune does not support."""
+
+
+class StorageWriteError(AutopruneError):
+    """The study storage refused writes for longer than the retries wait (results are kept in a local journal)."""

@@ -3,10 +3,13 @@ for the rest of the run) unwritable. Real SQLite studies throughout."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 
 import optuna
 import pytest
@@ -14,7 +17,9 @@ import yaml
 from optuna.trial import TrialState
 
 from autoprune.config.spec import parse_spec
-from autoprune.model import records
+from autoprune.model import Layer, records
+from autoprune.search.executor import PAYLOAD_KEY, StudySearcher
+from autoprune.search.run import main_job
 from autoprune.search.study import driver_id, driver_rank, get_storage, open_study_for
 
 
@@ -67,3 +72,100 @@ def test_two_searches_started_at_once_explore_different_policies(tmp_path, tiny_
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 2
     assert done[0].params != done[1].params  # the same seed and trial count used to give the same policy
+
+
+LAYERS = [Layer("model.0", 16, "backbone"), Layer("model.12.cv1", 32, "neck")]
+BASE = {"map50_95": 0.8, "map50": 0.95, "params": 3.0e6, "macs": 2.0e8, "latency_ms": 10.0}
+
+
+def _locked_searcher(tmp_path, monkeypatch):
+    """A real SQLite study and searcher; the SQLite busy wait and the retry delays are shortened (only timing)."""
+    from autoprune.search import journal, study
+
+    monkeypatch.setattr(study, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(journal, "WRITE_RETRY_DELAYS_S", (0.3, 0.3, 0.3))
+    db = tmp_path / "s.db"
+    spec = parse_spec({"name": "w", "model": "m.pt", "data": "d.yaml", "storage": f"sqlite:///{db}"}, "s.yaml",
+                      studies_dir=tmp_path)
+    store = get_storage(spec.storage_url)
+    st = open_study_for(spec, store)
+    st.set_user_attr("baseline", BASE)
+    searcher = StudySearcher(st, store, main_job(spec, LAYERS), n_trials=1)
+    number = searcher.suggest("a")["number"]
+    lock = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    lock.execute("BEGIN EXCLUSIVE")  # another program holds the database
+    return spec, store, st, searcher, number, lock
+
+
+def _payload():
+    return {PAYLOAD_KEY: json.dumps({"ok": True, "metrics": {**BASE, "params": 1.0e6}, "attrs": {}, "reason": ""})}
+
+
+def test_a_result_survives_a_briefly_locked_database(tmp_path, monkeypatch):
+    """Fakes only Ray Tune's result dict; the lock and the storage are real."""
+    spec, store, st, searcher, number, lock = _locked_searcher(tmp_path, monkeypatch)
+    threading.Timer(0.5, lambda: lock.execute("ROLLBACK")).start()
+    searcher.on_trial_complete("a", _payload())
+    t = store.load("w").trials[number]
+    assert t.state == TrialState.COMPLETE and t.values[1] == 1.0e6
+    assert searcher.kept == [] and not (tmp_path / "w" / "journal").exists()
+
+
+def test_a_result_the_database_refuses_is_journaled_and_written_next_run(tmp_path, monkeypatch):
+    from autoprune.search import journal
+    from autoprune.search.study import fail_stale_trials
+
+    spec, store, st, searcher, number, lock = _locked_searcher(tmp_path, monkeypatch)
+    searcher.on_trial_complete("a", _payload())  # every retry meets the lock
+    assert len(searcher.kept) == 1
+    path = searcher.kept[0]
+    assert path.parent == spec.study_dir / "journal" and (path.stat().st_mode & 0o777) == 0o600
+    lock.execute("ROLLBACK")
+    assert store.load("w").trials[number].state == TrialState.RUNNING  # nothing half-written
+    assert journal.replay(store.load("w"), store, spec.study_dir) == [number]  # the next run, before stale trials
+    assert fail_stale_trials(store.load("w"), store) == []
+    t = store.load("w").trials[number]
+    assert t.state == TrialState.COMPLETE and t.values[1] == 1.0e6 and t.user_attrs["metrics"]["params"] == 1.0e6
+    assert not path.exists()
+
+
+_HELD: list = []
+
+
+def _report_while_holding_the_database(config, job):
+    """The Ray trainable of the next test: takes an exclusive lock on the study database (kept until the Ray worker
+    exits), then reports a result, so the driver meets a locked database when it records it."""
+    from ray import tune
+
+    from autoprune.engine.trial import TrialResult
+    from autoprune.search.executor import encode
+
+    con = sqlite3.connect(os.environ["AUTOPRUNE_TEST_DB"], isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    _HELD.append(con)
+    tune.report(encode(TrialResult(ok=True, metrics={**BASE, "params": 1.0e6})))
+
+
+def test_a_run_whose_storage_stays_unwritable_ends_with_one_line_and_the_journal(tmp_path, monkeypatch):
+    """Real Ray Tune and SQLite; the trial itself is faked (it only locks the database and reports)."""
+    from autoprune.errors import StorageWriteError
+    from autoprune.search import journal, study
+    from autoprune.search.executor import run_trials
+
+    monkeypatch.setattr(study, "SQLITE_BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(journal, "WRITE_RETRY_DELAYS_S", (0.3, 0.3))
+    db = tmp_path / "s.db"
+    monkeypatch.setenv("AUTOPRUNE_TEST_DB", str(db))
+    spec = parse_spec({"name": "r", "model": "m.pt", "data": "d.yaml", "storage": f"sqlite:///{db}",
+                       "resources": {"cpus": 1}}, "s.yaml", studies_dir=tmp_path)
+    store = get_storage(spec.storage_url)
+    st = open_study_for(spec, store)
+    st.set_user_attr("baseline", BASE)
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    with pytest.raises(StorageWriteError, match=r"^storage: .* could not be written; 1 trial result\(s\) kept in "):
+        run_trials(st, store, main_job(spec, LAYERS), 1, trial_fn=_report_while_holding_the_database)
+    assert [p.name for p in (spec.study_dir / "journal").iterdir()] == ["r-00000.json"]
+    assert journal.replay(store.load("r"), store, spec.study_dir) == [0]  # the lock went with the Ray worker
+    assert store.load("r").trials[0].state == TrialState.COMPLETE

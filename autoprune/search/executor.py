@@ -26,18 +26,20 @@ from ray.tune.search import Searcher
 
 from autoprune.config.spec import Constraints, Resources, TrialSettings
 from autoprune.engine.trial import TrialResult
-from autoprune.errors import InputError, SpecError
+from autoprune.errors import InputError, SpecError, StorageWriteError
 from autoprune.model import objectives, records
 from autoprune.model.constraints import constraint_values, feasible
 from autoprune.model.policy import Policy, ratio_summary
 from autoprune.model.shapes import sample_policy
 from autoprune.model.space import Layer, Space
+from autoprune.search import journal
 from autoprune.search.front import sync_front
 from autoprune.search.study import (
     StudyStorage,
     driver_id,
     fail_trial,
     heartbeat,
+    masked,
     maybe_retry,
 )
 
@@ -99,6 +101,7 @@ class StudySearcher(Searcher):
         self._live: dict[str, optuna.Trial] = {}
         self._on_done = on_done
         self.driver = driver_id()
+        self.kept: list[Path] = []  # journal files of results the storage refused
 
     def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
         return True
@@ -122,21 +125,21 @@ class StudySearcher(Searcher):
         return next(t for t in self._study.get_trials(deepcopy=False) if t.number == number)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        ot = self._live.pop(trial_id, None)
+        ot = self._live.get(trial_id)
         if ot is None:
             return
         payload = decode(result)
-        if error or payload is None:
-            reason = "the Ray trial errored (worker died or crashed before reporting)" if error \
-                else "the trial reported no result"
-            fail_trial(self._study, ot, reason)
-            if error and maybe_retry(self._study, self._frozen(ot.number), self._job.retries):
-                self._n += 1
-        elif not payload.ok:
-            records.write_result(ot, payload.attrs)
-            fail_trial(self._study, ot, payload.reason or "unknown failure")
-        else:
-            self._complete(ot, payload)
+        outcome = self._outcome(ot, payload, error)
+        try:
+            journal.write_with_retries(self._study, ot, outcome,
+                                       before_tell=lambda: self._upload(ot, payload.attrs if payload else {}))
+        except journal.STORAGE_ERRORS as e:
+            self._keep(outcome, e)
+            return
+        finally:
+            self._live.pop(trial_id, None)
+        if error and maybe_retry(self._study, self._frozen(ot.number), self._job.retries):
+            self._n += 1
         try:
             sync_front(self._study, self._storage)
         except Exception as e:  # the study itself is intact; the table is rebuilt after the next trial
@@ -144,22 +147,34 @@ class StudySearcher(Searcher):
         if self._on_done:
             self._on_done(self._frozen(ot.number))
 
-    def _complete(self, ot: optuna.Trial, payload: TrialResult) -> None:
+    def _outcome(self, ot: optuna.Trial, payload: TrialResult | None, error: bool) -> journal.Outcome:
+        """What the trial's end writes: a failure with its reason, or the result, its values and constraints."""
+        n = ot.number
+        if error or payload is None:
+            return journal.Outcome(n, "fail", reason="the Ray trial errored (worker died or crashed before reporting)"
+                                   if error else "the trial reported no result")
+        if not payload.ok:
+            return journal.Outcome(n, "fail", dict(payload.attrs), reason=payload.reason or "unknown failure")
         metrics = payload.metrics
         names = list(self._job.objectives)
-        missing = [n for n in names if n not in metrics]
+        missing = [k for k in names if k not in metrics]
         if missing:
-            return fail_trial(self._study, ot, f"metric {missing[0]} missing from the trial's result")
-        values = [float(metrics[n]) for n in names]
-        bad = [n for n, v in zip(names, values) if not math.isfinite(v)]
+            return journal.Outcome(n, "fail", reason=f"metric {missing[0]} missing from the trial's result")
+        values = [float(metrics[k]) for k in names]
+        bad = [k for k, v in zip(names, values) if not math.isfinite(v)]
         if bad:
-            return fail_trial(self._study, ot, f"metric {bad[0]} is not finite ({metrics[bad[0]]})")
-        records.write_result(ot, payload.attrs, metrics, self._baseline)
+            return journal.Outcome(n, "fail", reason=f"metric {bad[0]} is not finite ({metrics[bad[0]]})")
         c = self._job.constraints
-        for key, value in constraint_values(metrics, self._baseline, c.map_floor, c.budgets).items():
-            ot.set_constraint(key, value)
-        self._upload(ot, payload.attrs)
-        self._study.tell(ot, values)
+        attrs = {**payload.attrs, "metrics": dict(metrics), **({"baseline": self._baseline} if self._baseline else {})}
+        return journal.Outcome(n, "complete", attrs, values,
+                               constraint_values(metrics, self._baseline, c.map_floor, c.budgets))
+
+    def _keep(self, outcome: journal.Outcome, e: BaseException) -> None:
+        path = journal.keep(self._job.study_dir, self._study.study_name, outcome)
+        self.kept.append(path)
+        logger.error("trial %d: the storage cannot be written (%s); its result is kept in %s and written on the "
+                     "next run", outcome.number, str(e).strip().splitlines()[0][:200] if str(e).strip() else
+                     type(e).__name__, path)
 
     def _upload(self, ot: optuna.Trial, attrs: dict[str, Any]) -> None:
         from autoprune.engine.identity import versions
@@ -177,7 +192,7 @@ class StudySearcher(Searcher):
     def __getstate__(self) -> dict[str, Any]:
         """What Ray Tune persists of the searcher (its experiment state, tuner.pkl): never the study or its storage,
         whose URL may hold a password. The study state lives in the storage; nothing here is needed to resume."""
-        hidden = {"_study", "_storage", "_store", "_live", "_on_done", "_baseline"}
+        hidden = {"_study", "_storage", "_store", "_live", "_on_done", "_baseline", "kept"}
         return {k: v for k, v in self.__dict__.items() if k not in hidden}
 
     def save(self, checkpoint_path: str) -> None:  # state lives in the Optuna storage
@@ -187,9 +202,14 @@ class StudySearcher(Searcher):
         return None
 
     def abandon_all(self, reason: str) -> None:
-        """Mark every trial still handed out as FAILED (the run ended before they reported)."""
+        """Mark every trial still handed out as FAILED (the run ended before they reported); journal what the
+        storage refuses."""
         for trial_id in list(self._live):
-            fail_trial(self._study, self._live.pop(trial_id), reason)
+            ot = self._live.pop(trial_id)
+            try:
+                fail_trial(self._study, ot, reason)
+            except journal.STORAGE_ERRORS as e:
+                self._keep(journal.Outcome(ot.number, "fail", reason=reason), e)
 
 
 def trainable(config: dict[str, Any], job: Job) -> None:
@@ -322,5 +342,8 @@ def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int
         finally:
             stop.set()
             searcher.abandon_all("interrupted: the search run ended before this trial reported")
+    if searcher.kept:
+        raise StorageWriteError(f"storage: {masked(store.url)} could not be written; {len(searcher.kept)} trial "
+                                f"result(s) kept in {searcher.kept[0].parent} are written on the next run")
     logger.info("%d trial(s) run; objectives: %s", n_trials, ", ".join(objectives.get(n).label for n in job.objectives))
 

@@ -27,6 +27,7 @@ from autoprune.model.constraints import feasible
 from autoprune.model.pareto import REFERENCE_MARGIN, contribution_order, kendall_tau, normalised_loss, promotion_order
 from autoprune.model.shapes import params_for_policy, recipe_params, screen_space, screen_visible
 from autoprune.model.space import Layer
+from autoprune.search import journal
 from autoprune.search.executor import Job, run_trials
 from autoprune.search.study import (
     StudyOptions,
@@ -128,6 +129,8 @@ def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpe
     of the ``factor x n_promote`` screens.
     Returns the side study and the numbers of its new trials."""
     screen = _open_screen(spec, store)
+    job = screen_job(spec, layers)
+    journal.replay(screen, store, job.study_dir)  # results the storage refused last time
     fail_stale_trials(screen, store, 0)  # screens left RUNNING by a dead driver
     records.copy_study_attrs(study, screen, screen)
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # e.g. retries
@@ -136,7 +139,6 @@ def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpe
     if n_promote == 0:
         return screen, set()
     n_screen = spec.screening.factor * n_promote
-    job = screen_job(spec, layers)
     for policy, source in seeds:
         screen.enqueue_trial(params_for_policy(job.space, layers, policy), user_attrs=records.warm_start_attrs(source))
     warm_start(screen, store, job.space, spec.warm_start, layers, fingerprint, limit=n_screen)

@@ -224,6 +224,9 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
             ray_init_s: float, progress: Progress | None = None) -> SearchOutcome:
     study = open_study_for(spec, store)
     spec = _materialise_yaml_model(spec, nc)
+    from autoprune.search import journal
+
+    journal.replay(study, store, spec.study_dir)  # results the storage refused last time, before stale trials fail
     fail_stale_trials(study, store, spec.retries)
     layers = _ensure_baseline(study, spec)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

@@ -38,6 +38,7 @@ from autoprune.model.allocation import (
 )
 from autoprune.model.shapes import recipe_params, screen_space
 from autoprune.model.space import Layer, Space, blocks
+from autoprune.search import journal
 from autoprune.search.executor import Job, run_trials
 from autoprune.search.study import StudyOptions, StudyStorage, fail_stale_trials, open_study
 
@@ -120,6 +121,7 @@ def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, laye
     records.copy_study_attrs(study, scan, scan)
     if not records.scan_key(scan):
         records.set_scan_key(scan, _key(spec, fingerprint))
+    journal.replay(scan, store, scan_job(spec, layers, name).study_dir)
     fail_stale_trials(scan, store, 0)
     have = {records.probe(t) for t in scan.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING)}

@@ -32,6 +32,7 @@ __all__ = ["StudyStorage", "get_storage", "masked", "StudyOptions", "open_study"
            "Opened", "driver_id", "heartbeat", "check_database", "fail_trial", "fail_stale_trials", "maybe_retry",
            "STALE_AFTER_S"]
 
+SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite write waits for another connection's lock
 STALE_AFTER_S = 300.0  # a driver on another host is presumed dead after this long without a heartbeat
 
 
@@ -61,7 +62,7 @@ def _check_sqlite_database(path: str) -> None:
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60}}
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     if url.startswith("postgresql"):
         return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     return {"pool_pre_ping": True}

@@ -1,0 +1,120 @@
+"""A finished trial's result survives a storage that cannot be written.
+
+Recording a result is retried with backoff (a locked SQLite file, a PostgreSQL fail-over); if the
+storage stays unwritable the result is kept in a local journal beside the study's files (one JSON
+file a trial, mode 0600) and written on the next run before stale trials are failed, so a finished
+trial is neither lost nor left RUNNING for good.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from autoprune.model import records
+from autoprune.search.study import StudyStorage, fail_trial
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Outcome", "STORAGE_ERRORS", "WRITE_RETRY_DELAYS_S", "write", "write_with_retries", "keep", "replay",
+           "journal_dir"]
+
+WRITE_RETRY_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (optuna.exceptions.StorageInternalError, sa.exc.SQLAlchemyError,
+                                                   OSError)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything a trial's end writes to the study."""
+
+    number: int
+    state: Literal["complete", "fail"]
+    attrs: dict[str, Any] = field(default_factory=dict)  # user attributes (result, metrics, baseline)
+    values: list[float] | None = None  # objective values (complete)
+    constraints: dict[str, float] = field(default_factory=dict)
+    reason: str = ""  # why it failed (fail)
+
+
+def write(study: optuna.Study, trial: optuna.Trial, o: Outcome, before_tell: Callable[[], None] | None = None) -> None:
+    records.write_result(trial, o.attrs)
+    for key, value in o.constraints.items():
+        trial.set_constraint(key, value)
+    if o.state == "complete":
+        if before_tell is not None:
+            before_tell()
+        study.tell(trial, o.values)
+    else:
+        fail_trial(study, trial, o.reason)
+
+
+def write_with_retries(study: optuna.Study, trial: optuna.Trial, o: Outcome,
+                       before_tell: Callable[[], None] | None = None) -> None:
+    """:func:`write`, retried after each of :data:`WRITE_RETRY_DELAYS_S` on a storage error (then re-raised)."""
+    for attempt, delay in enumerate((*WRITE_RETRY_DELAYS_S, None)):
+        try:
+            return write(study, trial, o, before_tell)
+        except STORAGE_ERRORS as e:
+            if delay is None:
+                raise
+            logger.warning("trial %d: the storage refused its result (%s); retry %d in %.0fs", o.number,
+                           str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__,
+                           attempt + 1, delay)
+            time.sleep(delay)
+
+
+def journal_dir(study_dir: Path) -> Path:
+    return Path(study_dir) / "journal"
+
+
+def keep(study_dir: Path, study_name: str, o: Outcome) -> Path:
+    """Write ``o`` to the journal (atomically, mode 0600) and return its path."""
+    folder = journal_dir(study_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{study_name}-{o.number:05d}.json"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"study": study_name, **asdict(o)}, f, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def replay(study: optuna.Study, store: StudyStorage, study_dir: Path) -> list[int]:
+    """Write the journal's results of ``study`` whose trials are still RUNNING; returns their numbers. Entries of
+    trials that finished meanwhile are dropped (with a warning); an unreadable entry is left for a person."""
+    folder = journal_dir(study_dir)
+    if not folder.is_dir():
+        return []
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    written = []
+    for path in sorted(folder.glob(f"{study.study_name}-*.json")):
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("study") != study.study_name:
+                continue
+            o = Outcome(int(raw["number"]), raw["state"], dict(raw.get("attrs") or {}), raw.get("values"),
+                        dict(raw.get("constraints") or {}), str(raw.get("reason", "")))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            logger.warning("journal entry %s is unreadable (%s); left in place", path, e)
+            continue
+        if states.get(o.number) == TrialState.RUNNING:
+            write(study, store.trial(study, o.number), o)
+            written.append(o.number)
+        else:
+            logger.warning("journal entry %s: trial %d is no longer running; dropped", path, o.number)
+        path.unlink()
+    if written:
+        logger.info("wrote %d result(s) kept in the journal while the storage was unwritable: trials %s",
+                    len(written), written)
+    return written
