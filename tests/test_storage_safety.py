@@ -141,3 +141,42 @@ def test_what_ray_persists_of_the_searcher_holds_no_storage_url(tmp_path):
     s.suggest("a")
     blob = ray.cloudpickle.dumps(s)
     assert b"pw-secret-path" not in blob and b"sqlite" not in blob
+
+
+def test_studies_of_one_name_in_two_storages_keep_their_trial_files_apart(tmp_path):
+    raw = {"name": "same", "model": "m.pt", "data": "d.yaml"}
+    default = parse_spec(raw, "s.yaml", studies_dir=tmp_path)
+    a = parse_spec({**raw, "storage": f"sqlite:///{tmp_path}/a.db"}, "s.yaml", studies_dir=tmp_path)
+    b = parse_spec({**raw, "storage": f"sqlite:///{tmp_path}/b.db"}, "s.yaml", studies_dir=tmp_path)
+    assert default.study_dir == (tmp_path / "same").resolve()  # the default storage keeps the plain layout
+    dirs = {default.study_dir, a.study_dir, b.study_dir}
+    assert len(dirs) == 3 and all(d.parent == tmp_path.resolve() for d in dirs)
+    assert a.files_dir("same-screen") != b.files_dir("same-screen")  # side studies too
+    assert a.study_dir == parse_spec({**raw, "storage": f"sqlite:///{tmp_path}/a.db"}, "s.yaml",
+                                     studies_dir=tmp_path).study_dir  # stable
+
+
+@pytest.mark.slow
+def test_two_storages_one_study_name_through_the_cli(tmp_path, tiny_data, tiny_model_pt):
+    import subprocess
+    import sys
+
+    import yaml
+
+    spec = {"name": "same", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 1,
+            "screening": {"factor": 0}, "warm_start": {"uniform": 0, "from_fronts": False},
+            "space": {"ratio": {"low": 0.1, "high": 0.5, "step": 0.05}, "iterations": 1, "epochs": 1},
+            "finetune": {"batch": 8}, "latency": {"warmup": 0, "runs": 3, "rounds": 1}, "resources": {"cpus": 1}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-m", "autoprune", *args], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+
+    for db in ("a", "b"):
+        run("search", "s.yaml", "--storage", f"sqlite:///{tmp_path}/{db}.db", "--seed", "1" if db == "a" else "2")
+    checkpoints = sorted(tmp_path.glob("studies/same@*/trials/00000/pruned.pt"))
+    assert len(checkpoints) == 2  # one per storage: the second search overwrote nothing
+    run("export", "--storage", f"sqlite:///{tmp_path}/a.db", "--trial", "0", "--out", "ea", "--no-onnx")
+    assert (tmp_path / "ea" / "pruned.pt").is_file()

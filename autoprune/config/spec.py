@@ -9,6 +9,7 @@ the text only: whether a device exists is checked by the commands that use it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -95,7 +96,16 @@ class SearchSpec:
     @property
     def study_dir(self) -> Path:
         """Where this study's files go; the name is validated so it cannot escape ``studies_dir``."""
-        return (Path(self.studies_dir) / self.name).resolve()
+        return self.files_dir(self.name)
+
+    def files_dir(self, study_name: str) -> Path:
+        """The folder of ``study_name``'s trial files: ``studies_dir/NAME`` for the default storage, and
+        ``studies_dir/NAME@TAG`` for another (TAG from the storage URL), so studies of one name in two storages never
+        share trial files."""
+        tag = ""
+        if self.storage_url != default_storage_url(self.studies_dir):
+            tag = "@" + hashlib.sha256(self.storage_url.encode()).hexdigest()[:10]
+        return (Path(self.studies_dir) / f"{study_name}{tag}").resolve()
 
     @property
     def trial_settings(self) -> TrialSettings:

@@ -52,7 +52,7 @@ def screen_job(spec: SearchSpec, layers: Sequence[Layer]) -> Job:
     short = dataclasses.replace(lat, warmup=min(lat.warmup, 2), runs=min(lat.runs, 10), rounds=min(lat.rounds, 5))
     name = f"{spec.name}{SIDE_SUFFIX}"
     return Job(kind="screen", settings=spec.trial_settings.replace(latency=short), space=screen_space(spec.space),
-               layers=tuple(layers), objectives=spec.objectives, study_dir=spec.study_dir.parent / name,
+               layers=tuple(layers), objectives=spec.objectives, study_dir=spec.files_dir(name),
                artifact_dir=spec.study_dir.parent / "artifacts", resources=spec.resources, retries=0,
                screen_batches=spec.screening.batches,
                constraints=dataclasses.replace(spec.constraints, map_floor=0.0))
