@@ -113,3 +113,23 @@ def test_undefined_criterion_scores_fall_back_to_magnitude(yolov8n):
     original = {lay.name: lay.channels for lay in tp.prunable_layers(yolov8n, TRACE)}
     keep = target_keep(original, {"model.22.cv2.2.1": 0.5}, 1, 1)
     assert tp.prune_step(yolov8n, keep, tp.importance(criteria.get("taylor")), TRACE)["model.22.cv2.2.1"] == 32
+
+
+def test_c2f_split_and_merge_stay_on_the_blocks_device_and_dtype_with_its_gradients():
+    """The CUDA failure of iterative trials (a gradient on cuda assigned to a half-conv built on the CPU) has the
+    same root as a dtype mismatch, which a CPU can show: the halves must be built where the block lives."""
+    C2f = tp._ultra()[0]
+    torch.manual_seed(0)
+    block = C2f(16, 32, n=1).double().eval()
+    for p in block.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    x = torch.randn(2, 16, 8, 8, dtype=torch.float64)
+    want = block(x)
+    split = tp.C2fSplit(block).eval()
+    for name, p in split.named_parameters():
+        assert p.dtype == torch.float64 and p.device == x.device, name
+        assert p.grad is None or (p.grad.dtype == torch.float64 and p.grad.shape == p.shape), name
+    assert torch.allclose(split(x), want)
+    merged = split.merge().eval()
+    assert merged.cv1.conv.weight.dtype == torch.float64 and merged.cv1.conv.weight.grad.dtype == torch.float64
+    assert torch.allclose(merged(x), want)

@@ -86,7 +86,9 @@ class C2fSplit(nn.Module):
 
 def _slice_conv(conv_mod: nn.Module, lo: int, hi: int, Conv: type) -> nn.Module:
     conv, bn = conv_mod.conv, conv_mod.bn
-    new = Conv(conv.in_channels, hi - lo, conv.kernel_size[0], conv.stride[0], g=conv.groups)
+    # built on the source's device and dtype first: a CUDA gradient cannot be assigned to a CPU parameter
+    new = Conv(conv.in_channels, hi - lo, conv.kernel_size[0], conv.stride[0], g=conv.groups).to(
+        device=conv.weight.device, dtype=conv.weight.dtype)
     new.conv.padding, new.conv.dilation = conv.padding, conv.dilation
     new.act = conv_mod.act
     with torch.no_grad():
@@ -97,15 +99,16 @@ def _slice_conv(conv_mod: nn.Module, lo: int, hi: int, Conv: type) -> nn.Module:
     for dst, src in ((new.conv.weight, conv.weight), (new.bn.weight, bn.weight), (new.bn.bias, bn.bias)):
         if src.grad is not None:  # gradient-based criteria read .grad of the split halves
             dst.grad = src.grad[lo:hi].clone()
-    return new.to(conv.weight.device)
+    return new
 
 
 def _cat_convs(a: nn.Module, b: nn.Module) -> nn.Module:
     """One Conv whose output is ``cat(a(x), b(x))``."""
     merged = copy.deepcopy(a)
+    where = {"device": a.conv.weight.device, "dtype": a.conv.weight.dtype}
     conv = nn.Conv2d(a.conv.in_channels, a.conv.out_channels + b.conv.out_channels, a.conv.kernel_size,
-                     a.conv.stride, a.conv.padding, a.conv.dilation, a.conv.groups, bias=False)
-    bn = nn.BatchNorm2d(conv.out_channels, eps=a.bn.eps, momentum=a.bn.momentum)
+                     a.conv.stride, a.conv.padding, a.conv.dilation, a.conv.groups, bias=False, **where)
+    bn = nn.BatchNorm2d(conv.out_channels, eps=a.bn.eps, momentum=a.bn.momentum, **where)
     with torch.no_grad():
         conv.weight.copy_(torch.cat([a.conv.weight, b.conv.weight]))
         for name in ("weight", "bias", "running_mean", "running_var"):
@@ -114,7 +117,7 @@ def _cat_convs(a: nn.Module, b: nn.Module) -> nn.Module:
                         (bn.bias, a.bn.bias, b.bn.bias)):
         if pa.grad is not None and pb.grad is not None:
             dst.grad = torch.cat([pa.grad, pb.grad])
-    merged.conv, merged.bn = conv.to(a.conv.weight.device), bn.to(a.conv.weight.device)
+    merged.conv, merged.bn = conv, bn
     return merged
 
 

@@ -68,6 +68,8 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
                                        warmup_epochs=s.finetune.warmup_epochs, lrf=s.finetune.lrf,
                                        cos_lr=policy.schedule == "cosine")
             stats = ultra.finetune(model, cfg, workdir / f"step{step}")
+            model.zero_grad(set_to_none=True)  # the trainer's last gradients are stale for the next prune step
+            _check_device(model, s.device)
         for key in trained:
             trained[key] += getattr(stats, key)
     reference = ultra.load_model(s.model) if s.latency.interleave else None
@@ -114,6 +116,15 @@ def _adaptive_bn_state(model: nn.Module, settings: TrialSettings) -> _Snapshot:
                                                  s.seed))
     val = ultra.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
     return _Snapshot(val.map50_95, {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+def _check_device(model: nn.Module, device: str) -> None:
+    """After a fine-tune every parameter (and gradient, if any) is on the trial's device."""
+    want = torch.device(device)
+    for name, p in model.named_parameters():
+        for t in (p, p.grad):
+            if t is not None and (t.device.type != want.type or want.index is not None and t.device != want):
+                raise TrialError(f"after fine-tuning, {name} is on {t.device}, not {device}")
 
 
 def verify_roundtrip(model: nn.Module, path: Path, settings: TrialSettings, measured: Measurement) -> dict[str, float]:
