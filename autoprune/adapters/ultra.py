@@ -9,7 +9,7 @@ import copy
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,8 @@ __all__ = [
     "DetectionModel", "FinetuneConfig", "FinetuneStats", "ValMetrics", "load_model", "finetune", "validate",
     "training_batches", "compute_loss", "read_dataset", "checkpoint_param_count", "version", "count_params",
     "set_threads", "check_dataset_files", "layer_stage", "model_nc", "model_names", "check_checkpoint",
-    "deploy_copy", "save_checkpoint", "export_onnx", "inference_output", "total_loss", "trained_imgsz",
+    "deploy_copy", "save_checkpoint", "export_onnx", "export_model", "backend_runner", "inference_output",
+    "total_loss", "trained_imgsz",
 ]
 
 _SUPPORTED_MAJOR_MINOR = ((8, 3), (8, 4))
@@ -374,6 +375,34 @@ def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> P
     torch.save({"model": m.half() if half else m.float(), "ema": None, "train_args": args, "date": None,
                 "version": ultralytics.__version__}, path)
     return path
+
+
+def export_model(checkpoint: str | Path, fmt: str, imgsz: int, batch: int = 1, half: bool = False,
+                 device: str = "cpu") -> Path:
+    """``checkpoint`` exported by ultralytics' exporter (``onnx`` or ``engine``) for a fixed batch and size;
+    returns the produced file (beside the checkpoint)."""
+    from ultralytics import YOLO
+
+    return Path(YOLO(str(checkpoint)).export(format=fmt, imgsz=imgsz, batch=batch, half=half, simplify=False,
+                                             dynamic=False, device=device if fmt == "engine" else "cpu",
+                                             verbose=False))
+
+
+def backend_runner(weights: str | Path, device: str, batch: int, imgsz: int, half: bool) -> Callable[[], None]:
+    """One synchronous forward pass of an exported model (e.g. a TensorRT engine) through ultralytics' AutoBackend."""
+    from ultralytics.nn.autobackend import AutoBackend
+
+    dev = torch.device(device)
+    backend = AutoBackend(str(weights), device=dev, fp16=half, verbose=False)
+    x = torch.rand(batch, 3, imgsz, imgsz, device=dev, dtype=torch.float16 if half else torch.float32)
+
+    def run() -> None:
+        with torch.inference_mode():
+            backend(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    return run
 
 
 def export_onnx(checkpoint: str | Path, imgsz: int, out: str | Path) -> Path:

@@ -10,8 +10,8 @@ from typing import Any
 
 from autoprune.config._read import bounds
 
-__all__ = ["FinetuneSettings", "LatencySettings", "SamplerSettings", "WarmStart", "Screening", "Sensitivity",
-           "Resources", "Constraints", "TrialSettings"]
+__all__ = ["RUNTIMES", "FinetuneSettings", "LatencySettings", "SamplerSettings", "WarmStart", "Screening",
+           "Sensitivity", "Resources", "Constraints", "TrialSettings"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class FinetuneSettings:
     bn_batches: int = field(default=8, metadata=bounds(min=1, max=10_000))  # adaptive-BN batches for keep_best
 
 
+RUNTIMES = ("torch", "onnxruntime", "cuda-graph", "tensorrt")  # autoprune.engine.runtimes (a test keeps them equal)
+
+
 @dataclass(frozen=True)
 class LatencySettings:
     warmup: int = field(default=10, metadata=bounds(min=0, max=100_000))
@@ -38,6 +41,11 @@ class LatencySettings:
     interleave: bool = True  # time the baseline and the candidate alternately (A/B/B/A...)
     # interleaved rounds; ratio = median per-round ratio
     rounds: int = field(default=10, metadata=bounds(min=1, max=10_000))
+    # the runtime the user deploys with (see autoprune.engine.runtimes); the baseline is timed on the same
+    runtime: str = field(default="torch", metadata=bounds(choices=RUNTIMES))
+    batch: int = field(default=1, metadata=bounds(min=1, max=1024))  # images per timed pass
+    half: bool = False  # fp16 (CUDA only)
+    imgsz: int | None = field(default=None, metadata=bounds(min=32, max=4096))  # deployment size (default: imgsz)
 
 
 @dataclass(frozen=True)

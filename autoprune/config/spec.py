@@ -318,12 +318,17 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
     if storage is not None:
         storage = check_storage(read_str(storage, "storage"))
     latency = read_section(LatencySettings, raw.get("latency"), "latency")
+    device = check_device_text(read_str(str(raw.get("device", "cpu")), "device"))
+    if latency.runtime in ("cuda-graph", "tensorrt") and not device.startswith("cuda"):
+        raise SpecError(f"latency.runtime: {latency.runtime} needs device: cuda (device is {device})")
+    if latency.half and not device.startswith("cuda"):
+        raise SpecError(f"latency.half: fp16 timing needs device: cuda (device is {device})")
     return SearchSpec(
         name=name,
         model=read_str(raw["model"], "model"),
         data=read_str(raw["data"], "data"),
         imgsz=imgsz,
-        device=check_device_text(read_str(str(raw.get("device", "cpu")), "device")),
+        device=device,
         objectives=_objectives(raw.get("objectives"), latency),
         space=_space(raw.get("space")),
         trials=read_int(raw.get("trials", 20), "trials", 1, 1_000_000),

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autoprune.engine.runtimes import RunSpec, build_runner
+
 __all__ = ["LatencyStats", "InterleavedLatency", "measure_latency", "measure_interleaved", "device_lock",
            "device_name"]
 
@@ -36,6 +38,9 @@ class LatencyStats:
     device_name: str = ""
     host: str = ""
     lock_wait_ms: float = 0.0
+    runtime: str = "torch"
+    batch: int = 1
+    precision: str = "fp32"
 
     @property
     def spread(self) -> float:
@@ -81,38 +86,28 @@ def device_lock(device: str) -> Iterator[float]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-@torch.inference_mode()
 def measure_latency(model: nn.Module, imgsz: int, device: str = "cpu", warmup: int = 10, runs: int = 50,
-                    threads: int = 2) -> LatencyStats:
-    """Median of ``runs`` timed batch-1 forward passes after ``warmup`` untimed ones.
+                    threads: int = 2, runtime: str = "torch", batch: int = 1, half: bool = False) -> LatencyStats:
+    """Median of ``runs`` timed forward passes (of ``batch`` images, on ``runtime``) after ``warmup`` untimed ones.
 
     ``model`` should be the deployable form (eval mode, BN fused); it is not modified.
     The passes run under :func:`device_lock`, one measurement per device at a time.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    dev = torch.device(device)
-    model = model.to(dev).eval()
-    x = torch.rand(1, 3, imgsz, imgsz, device=dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times = []
     try:
+        run = build_runner(model, runtime, RunSpec(device, imgsz, batch, half, threads))
         with device_lock(device) as waited:
             for _ in range(warmup):
-                model(x)
-            sync()
+                run()
             for _ in range(runs):
                 t0 = time.perf_counter()
-                model(x)
-                sync()
+                run()
                 times.append((time.perf_counter() - t0) * 1000.0)
     finally:
         torch.set_num_threads(previous)
-    s = sorted(times)
-    return LatencyStats(median_ms=statistics.median(s), p10_ms=_quantile(s, 0.1), p90_ms=_quantile(s, 0.9),
-                        mean_ms=statistics.fmean(s), std_ms=statistics.pstdev(s), runs=runs, warmup=warmup,
-                        threads=threads, device=str(device), imgsz=imgsz, device_name=device_name(device),
-                        host=socket.gethostname(), lock_wait_ms=round(waited * 1000.0, 3))
+    return _stats(times, runs, warmup, threads, device, imgsz, waited, runtime, batch, half)
 
 
 @dataclass(frozen=True)
@@ -129,46 +124,43 @@ class InterleavedLatency:
 
 
 def _stats(times: list[float], runs: int, warmup: int, threads: int, device: str, imgsz: int,
-           waited: float) -> LatencyStats:
+           waited: float, runtime: str = "torch", batch: int = 1, half: bool = False) -> LatencyStats:
     s = sorted(times)
     return LatencyStats(median_ms=statistics.median(s), p10_ms=_quantile(s, 0.1), p90_ms=_quantile(s, 0.9),
                         mean_ms=statistics.fmean(s), std_ms=statistics.pstdev(s), runs=runs, warmup=warmup,
                         threads=threads, device=str(device), imgsz=imgsz, device_name=device_name(device),
-                        host=socket.gethostname(), lock_wait_ms=round(waited * 1000.0, 3))
+                        host=socket.gethostname(), lock_wait_ms=round(waited * 1000.0, 3), runtime=runtime,
+                        batch=batch, precision="fp16" if half else "fp32")
 
 
-@torch.inference_mode()
 def measure_interleaved(candidate: nn.Module, reference: nn.Module, imgsz: int, device: str = "cpu",
-                        warmup: int = 10, runs: int = 50, rounds: int = 10, threads: int = 2) -> InterleavedLatency:
-    """Time ``candidate`` and ``reference`` in alternating rounds (A B, then B A, ...).
+                        warmup: int = 10, runs: int = 50, rounds: int = 10, threads: int = 2, runtime: str = "torch",
+                        batch: int = 1, half: bool = False) -> InterleavedLatency:
+    """Time ``candidate`` and ``reference`` in alternating rounds (A B, then B A, ...), both on ``runtime``.
 
     Each round times ``max(1, runs // rounds)`` passes of each model; a round's ratio is
     candidate median / reference median, so slow drifts of a shared machine cancel out.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    dev = torch.device(device)
-    models = {"c": candidate.to(dev).eval(), "r": reference.to(dev).eval()}
-    x = torch.rand(1, 3, imgsz, imgsz, device=dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rounds = max(1, min(rounds, runs))
     per_round = max(1, runs // rounds)
     times: dict[str, list[float]] = {"c": [], "r": []}
     ratios: list[float] = []
     try:
+        rs = RunSpec(device, imgsz, batch, half, threads)
+        runners = {"c": build_runner(candidate, runtime, rs), "r": build_runner(reference, runtime, rs)}
         with device_lock(device) as waited:
-            for m in models.values():
+            for run in runners.values():
                 for _ in range(warmup):
-                    m(x)
-            sync()
+                    run()
             for i in range(rounds):
                 med = {}
                 for key in ("c", "r") if i % 2 == 0 else ("r", "c"):
                     ts = []
                     for _ in range(per_round):
                         t0 = time.perf_counter()
-                        models[key](x)
-                        sync()
+                        runners[key]()
                         ts.append((time.perf_counter() - t0) * 1000.0)
                     times[key].extend(ts)
                     med[key] = statistics.median(ts)
@@ -177,9 +169,9 @@ def measure_interleaved(candidate: nn.Module, reference: nn.Module, imgsz: int, 
         torch.set_num_threads(previous)
     n = per_round * rounds
     mean = statistics.fmean(ratios)
-    rs = sorted(ratios)
+    ordered = sorted(ratios)
     return InterleavedLatency(
-        candidate=_stats(times["c"], n, warmup, threads, device, imgsz, waited),
-        reference=_stats(times["r"], n, warmup, threads, device, imgsz, waited),
+        candidate=_stats(times["c"], n, warmup, threads, device, imgsz, waited, runtime, batch, half),
+        reference=_stats(times["r"], n, warmup, threads, device, imgsz, waited, runtime, batch, half),
         ratio=statistics.median(ratios), ratio_cv=statistics.pstdev(ratios) / mean if mean else float("nan"),
-        ratio_p10=_quantile(rs, 0.1), ratio_p90=_quantile(rs, 0.9), rounds=rounds)
+        ratio_p10=_quantile(ordered, 0.1), ratio_p90=_quantile(ordered, 0.9), rounds=rounds)

@@ -66,16 +66,19 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
     with phases("latency"):
         deployed = ultra.deploy_copy(model)
         lat_cfg = s.latency
+        rt, batch, half = lat_cfg.runtime, lat_cfg.batch, lat_cfg.half
+        imgsz = lat_cfg.imgsz or s.imgsz
         if lat_cfg.interleave:
             ref = ultra.deploy_copy(reference if reference is not None else model)
-            il = measure_interleaved(deployed, ref, s.imgsz, s.device, lat_cfg.warmup, lat_cfg.runs,
-                                     lat_cfg.rounds, lat_cfg.threads)
+            il = measure_interleaved(deployed, ref, imgsz, s.device, lat_cfg.warmup, lat_cfg.runs,
+                                     lat_cfg.rounds, lat_cfg.threads, runtime=rt, batch=batch, half=half)
             lat, ratio = il.candidate, il.ratio
             latency = {**asdict(lat), "spread": lat.spread, "ratio": il.ratio, "ratio_cv": il.ratio_cv,
                        "ratio_p10": il.ratio_p10, "ratio_p90": il.ratio_p90, "rounds": il.rounds,
                        "reference_median_ms": il.reference.median_ms}
         else:
-            lat = measure_latency(deployed, s.imgsz, s.device, lat_cfg.warmup, lat_cfg.runs, lat_cfg.threads)
+            lat = measure_latency(deployed, imgsz, s.device, lat_cfg.warmup, lat_cfg.runs, lat_cfg.threads,
+                                  runtime=rt, batch=batch, half=half)
             latency = {**asdict(lat), "spread": lat.spread}
         macs = tp.count_macs(model, s.imgsz)
     return Measurement(map50_95=val.map50_95, map50=val.map50, params=ultra.count_params(model), macs=macs,

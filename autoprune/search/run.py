@@ -72,6 +72,9 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
         raise InputError(f"--studies-dir: {studies} exists and is not a folder")
     spec = spec.replace(device=check_device(spec.device))
     check_gpus(spec.resources.gpus)
+    from autoprune.engine.runtimes import check_runtime
+
+    check_runtime(spec.latency.runtime, spec.device, spec.latency.half)
     data = _resolve_data(spec.data)
     info = ultra.read_dataset(str(data))
     ultra.check_dataset_files(spec.data, info)

@@ -1,0 +1,171 @@
+"""Latency on the runtime the user deploys with: one timed forward pass, built per runtime.
+
+A runtime turns a deployable model (eval, BN fused) into a zero-argument callable that runs one
+synchronous forward pass of a fixed ``batch`` at ``imgsz`` (fp16 with ``half``):
+
+- ``torch``: eager PyTorch (the default).
+- ``onnxruntime``: the model exported by ultralytics' exporter, run by ONNX Runtime (CPU execution
+  provider; CUDA's when the device is CUDA and the provider is installed).
+- ``cuda-graph``: PyTorch with the forward pass captured once in a CUDA graph and replayed (no
+  per-kernel launch overhead: what batch-1 GPU deployments see).
+- ``tensorrt``: a TensorRT engine built by ultralytics' exporter, run by ultralytics' AutoBackend;
+  only where the ``tensorrt`` package and a GPU are present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.errors import InputError
+from autoprune.registry import Registry
+
+__all__ = ["RunSpec", "Runtime", "REGISTRY", "build_runner", "check_runtime", "names"]
+
+Runner = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    device: str
+    imgsz: int
+    batch: int = 1
+    half: bool = False
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    doc: str
+    build: Callable[[nn.Module, RunSpec], Runner]
+    unavailable: Callable[[str], str | None]  # why it cannot run on ``device`` here (None: it can)
+
+
+def _sync(dev: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+
+def _input(rs: RunSpec, dev: torch.device) -> torch.Tensor:
+    return torch.rand(rs.batch, 3, rs.imgsz, rs.imgsz, device=dev, dtype=torch.float16 if rs.half else torch.float32)
+
+
+def _torch(model: nn.Module, rs: RunSpec) -> Runner:
+    dev = torch.device(rs.device)
+    m = model.to(dev).eval()
+    m = m.half() if rs.half else m
+    x, sync = _input(rs, dev), _sync(dev)
+
+    def run() -> None:
+        with torch.inference_mode():
+            m(x)
+        sync()
+
+    return run
+
+
+def _cuda_graph(model: nn.Module, rs: RunSpec) -> Runner:
+    dev = torch.device(rs.device)
+    m = model.to(dev).eval()
+    m = m.half() if rs.half else m
+    x = _input(rs, dev)
+    with torch.inference_mode():
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm-up on a side stream before capture, as CUDA graphs require
+            for _ in range(3):
+                m(x)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            m(x)
+
+    def run() -> None:
+        graph.replay()
+        torch.cuda.synchronize(dev)
+
+    return run
+
+
+def _exported(model: nn.Module, rs: RunSpec, fmt: str) -> Path:
+    from autoprune.adapters import ultra
+
+    folder = Path(tempfile.mkdtemp(prefix="autoprune-runtime-"))
+    ckpt = ultra.save_checkpoint(model.float().cpu(), folder / "model.pt")
+    return ultra.export_model(ckpt, fmt, rs.imgsz, rs.batch, rs.half, rs.device)
+
+
+def _onnxruntime(model: nn.Module, rs: RunSpec) -> Runner:
+    import numpy as np
+    import onnxruntime as ort
+
+    path = _exported(model, rs, "onnx")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = rs.threads, 1
+    cuda = torch.device(rs.device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+    sess = ort.InferenceSession(str(path), so, providers=["CUDAExecutionProvider" if cuda else "CPUExecutionProvider"])
+    shutil.rmtree(path.parent, ignore_errors=True)  # the session holds the model
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).random((rs.batch, 3, rs.imgsz, rs.imgsz)).astype(
+        np.float16 if rs.half else np.float32)
+
+    def run() -> None:
+        sess.run(None, {name: x})
+
+    return run
+
+
+def _tensorrt(model: nn.Module, rs: RunSpec) -> Runner:
+    from autoprune.adapters import ultra
+
+    engine = _exported(model, rs, "engine")
+    run = ultra.backend_runner(engine, rs.device, rs.batch, rs.imgsz, rs.half)
+    shutil.rmtree(engine.parent, ignore_errors=True)  # the backend holds the engine
+    return run
+
+
+def _needs_cuda(device: str) -> str | None:
+    if torch.device(device).type != "cuda":
+        return "needs device: cuda"
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU, and none is available"
+    return None
+
+
+def _tensorrt_unavailable(device: str) -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "needs the tensorrt package, which is not installed"
+    return _needs_cuda(device)
+
+
+def _onnxruntime_unavailable(device: str) -> str | None:
+    return None if importlib.util.find_spec("onnxruntime") is not None else "needs the onnxruntime package"
+
+
+REGISTRY: Registry[Runtime] = Registry("latency runtime")
+REGISTRY.register(Runtime("torch", "eager PyTorch", _torch, lambda device: None))
+REGISTRY.register(Runtime("onnxruntime", "ONNX Runtime (CPU EP; CUDA EP on CUDA when installed)", _onnxruntime,
+                          _onnxruntime_unavailable))
+REGISTRY.register(Runtime("cuda-graph", "PyTorch with CUDA graphs", _cuda_graph, _needs_cuda))
+REGISTRY.register(Runtime("tensorrt", "TensorRT engine (ultralytics' exporter)", _tensorrt, _tensorrt_unavailable))
+names = REGISTRY.names
+
+
+def check_runtime(runtime: str, device: str, half: bool) -> None:
+    """One-line InputError when ``runtime`` cannot time on ``device`` here (before any study is written)."""
+    why = REGISTRY.get(runtime).unavailable(device)
+    if why:
+        raise InputError(f"latency.runtime: {runtime} {why}")
+    if half and torch.device(device).type != "cuda":
+        raise InputError("latency.half: fp16 timing needs device: cuda")
+
+
+def build_runner(model: nn.Module, runtime: str, rs: RunSpec) -> Runner:
+    return REGISTRY.get(runtime).build(model, rs)
