@@ -169,3 +169,11 @@ def test_a_run_whose_storage_stays_unwritable_ends_with_one_line_and_the_journal
     assert [p.name for p in (spec.study_dir / "journal").iterdir()] == ["r-00000.json"]
     assert journal.replay(store.load("r"), store, spec.study_dir) == [0]  # the lock went with the Ray worker
     assert store.load("r").trials[0].state == TrialState.COMPLETE
+
+
+def test_busy_time_counts_overlapping_trials_once():
+    from autoprune.search.run import union_seconds
+
+    assert union_seconds([]) == 0.0
+    assert union_seconds([(0.0, 10.0), (5.0, 12.0), (20.0, 25.0)]) == 17.0  # four trials at once would not go < 0
+    assert union_seconds([(3.0, 4.0), (0.0, 10.0)]) == 10.0

@@ -184,7 +184,9 @@ class RunTimings:
     run_s: float = 0.0
     trials: int = 0
     trial_s: float = 0.0
-    overhead_share: float | None = None
+    overhead_share: float | None = None  # of the run's wall time, the share in which no trial or screen ran
+    busy_s: float = 0.0  # wall time in which at least one trial or screen ran (overlaps counted once)
+    trials_per_hour: float | None = None  # fine-tuned trials per hour of the run's wall time
 
 
 def append_run(s: Attrs, w: Writer, run: RunTimings, keep: int = 20) -> None:

@@ -29,7 +29,8 @@ from autoprune.search.study import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreparedInputs", "prepare_inputs", "run_search", "SearchOutcome", "main_job", "round_sizes"]
+__all__ = ["PreparedInputs", "prepare_inputs", "run_search", "SearchOutcome", "main_job", "round_sizes",
+           "union_seconds"]
 
 
 @dataclass(frozen=True)
@@ -159,9 +160,30 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
     return layers
 
 
-def _trial_seconds(study: optuna.Study, numbers: set[int]) -> float:
-    """Sum of the trials' own wall time (measured inside the trial), for the orchestration overhead."""
-    return float(sum(records.trial(t).wall_seconds for t in study.get_trials(deepcopy=False) if t.number in numbers))
+def _trial_seconds(study: optuna.Study, numbers: set[int], busy: list[tuple[float, float]] | None = None) -> float:
+    """Sum of the trials' own wall time (measured inside the trial); with ``busy``, their intervals (end at the
+    recorded completion, start ``wall_seconds`` before it) are appended to it."""
+    total = 0.0
+    for t in study.get_trials(deepcopy=False):
+        if t.number in numbers:
+            w = records.trial(t).wall_seconds
+            total += w
+            if busy is not None and t.datetime_complete is not None and w > 0:
+                end = t.datetime_complete.timestamp()
+                busy.append((end - w, end))
+    return total
+
+
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of time intervals: the time in which at least one trial ran (overlaps count once)."""
+    total, start, end = 0.0, None, None
+    for a, b in sorted(intervals):
+        if end is None or a > end:
+            total += (end - start) if end is not None and start is not None else 0.0
+            start, end = a, b
+        else:
+            end = max(end, b)
+    return total + ((end - start) if end is not None and start is not None else 0.0)
 
 
 def round_sizes(n: int, rounds: int) -> list[int]:
@@ -208,13 +230,13 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
 
 
 def _allocate(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: list[Layer],
-              ray_address: str | None, run: records.RunTimings) -> tuple[list[tuple[dict[str, object], str]],
-                                                                         records.RunTimings]:
+              ray_address: str | None, run: records.RunTimings,
+              busy: list[tuple[float, float]]) -> tuple[list[tuple[dict[str, object], str]], records.RunTimings]:
     """The sensitivity scan (cached) and the first round's allocated candidates, as screening seeds."""
     from autoprune.search.sensitivity import allocated_candidates, ensure_scan, scan_knobs
 
     sens, ran, scan = ensure_scan(study, store, spec, layers, ray_address)
-    run = dataclasses.replace(run, screen_trial_s=run.screen_trial_s + _trial_seconds(scan, ran))
+    run = dataclasses.replace(run, screen_trial_s=run.screen_trial_s + _trial_seconds(scan, ran, busy))
     n = spec.sensitivity.candidates
     criterion, round_to = scan_knobs(spec.space)
     found = allocated_candidates(sens, spec.space, layers, n)
@@ -249,6 +271,7 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
         if progress is not None:
             progress.phase(text)
     before = {t.number for t in study.get_trials(deepcopy=False)}
+    busy: list[tuple[float, float]] = []  # when trials and screens ran: orchestration is the rest of the wall time
     fingerprint = records.fingerprint(study)
     job = main_job(spec, layers)
     if spec.screening.factor:
@@ -260,7 +283,7 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
         if first and spec.sensitivity.probes:
             t0 = time.perf_counter()
             phase("sensitivity scan")
-            seeds, run = _allocate(study, store, spec, layers, ray_address, run)
+            seeds, run = _allocate(study, store, spec, layers, ray_address, run, busy)
             run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0)
         for k, size in enumerate(sizes):
             t0 = time.perf_counter()
@@ -268,7 +291,7 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
             screen, screened = screen_and_promote(study, store, spec, layers, size, fingerprint, ray_address,
                                                   recipe_knobs=first and k == 0, seeds=seeds if k == 0 else ())
             run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0,
-                                      screen_trial_s=run.screen_trial_s + _trial_seconds(screen, screened))
+                                      screen_trial_s=run.screen_trial_s + _trial_seconds(screen, screened, busy))
             logger.info("study %s, round %d: fine-tuning %d promoted trial(s)", spec.name, k + 1, size)
             t0 = time.perf_counter()
             phase(f"round {k + 1}: fine-tuning")
@@ -284,9 +307,11 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
         run_trials(study, store, job, n_new, ray_address=ray_address, on_trial=on_trial)
         run = dataclasses.replace(run, run_s=time.perf_counter() - t0)
     new = {t.number for t in study.get_trials(deepcopy=False)} - before
-    run = dataclasses.replace(run, trials=len(new), trial_s=_trial_seconds(study, new))
-    work = run.trial_s + run.screen_trial_s
-    run = dataclasses.replace(run, overhead_share=(run.run_s + run.screen_run_s - work) / work if work else None)
+    run = dataclasses.replace(run, trials=len(new), trial_s=_trial_seconds(study, new, busy))
+    wall = run.run_s + run.screen_run_s
+    busy_s = min(wall, union_seconds(busy))
+    run = dataclasses.replace(run, busy_s=busy_s, overhead_share=(wall - busy_s) / wall if busy_s and wall else None,
+                              trials_per_hour=3600.0 * len(new) / wall if wall else None)
     records.append_run(study, study, run)
     if spec.screening.factor:
         from autoprune.search.promotion import record_screening
