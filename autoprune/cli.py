@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--lr", type=_positive_float, help="initial learning rate (default: the trial's)")
     z.add_argument("--data", help="data set YAML (default: the study's); its test split is reported when present")
     z.add_argument("--device", default="cpu")
+    z.add_argument("--distill", action="store_true", help="distil from the study's unpruned base while fine-tuning")
 
     a = sub.add_parser("apply", help="re-apply an exported policy to its base model")
     a.add_argument("policy", help="policy.yaml from autoprune export")
@@ -266,7 +267,8 @@ def _cmd_finalize(args: argparse.Namespace) -> int:
     from autoprune.engine.devices import check_device
     from autoprune.model.document import load_policy_file
 
-    settings = FinalizeSettings(epochs=args.epochs, lr=args.lr, data=args.data, device=check_device(args.device))
+    settings = FinalizeSettings(epochs=args.epochs, lr=args.lr, data=args.data, device=check_device(args.device),
+                                distill=args.distill)
     study, store, trial = _chosen_trial(args)
     res = finalize_trial(study, store, trial, args.out, settings, onnx=not args.no_onnx, force=args.force,
                          artifact_dir=args.studies_dir / "artifacts")

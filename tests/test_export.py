@@ -243,6 +243,18 @@ def test_finalize_fine_tunes_a_front_member_and_reports_val_and_test(demo_study)
     assert fin["after"]["val"]["map50_95"] != fin["before"]["val"]["map50_95"]
 
 
+def test_finalize_with_distillation_from_the_base(demo_study):
+    from autoprune.adapters import ultra
+
+    root, study = demo_study
+    r = _cli(["finalize", "spec.yaml", "--knee", "--epochs", "1", "--distill", "--no-onnx", "--out", "fin-kd"], root)
+    doc = yaml.safe_load((root / "fin-kd" / "policy.yaml").read_text())
+    assert doc["finalize"]["distill"] is True and "  val: mAP50-95" in r.stdout
+    knee = next(t for t in study.trials if t.number == doc["source"]["trial"])
+    final = ultra.load_model(root / "fin-kd" / "pruned.pt")
+    assert ultra.count_params(final) == int(knee.user_attrs["metrics"]["params"])
+
+
 def fin_trial(root):
     return yaml.safe_load((root / "fin" / "policy.yaml").read_text())["source"]["trial"]
 

@@ -83,3 +83,39 @@ def test_each_batch_is_an_optimizer_step_unless_a_nominal_batch_is_set(tiny_data
     stock = ultra.finetune(_pruned(), ultra.FinetuneConfig(data=str(tiny_data), imgsz=TINY, epochs=2, lr=0.01,
                                                            ema=True, batch=8, nbs=64), tmp_path / "b")
     assert stock.batches == 4 and stock.optimizer_steps < stock.batches
+
+
+def test_distillation_reaches_ultralytics_trainer_and_leaves_a_plain_pruned_model(tiny_data, tiny_model_pt, tmp_path):
+    """The distill knob is ultralytics' own distill_model (teacher: the unpruned base); afterwards the pruned model
+    carries no distillation hooks, copies, and its checkpoints hold the student (the EMA-trap check passes)."""
+    import copy
+    import dataclasses
+
+    seen = {}
+
+    def capture(tr):
+        seen["wrapper"] = type(tr.model).__name__
+        seen["distill_model"], seen["dis"] = tr.args.distill_model, tr.args.dis
+
+    model = _pruned()
+    params = ultra.count_params(model)
+    cfg = dataclasses.replace(_cfg(tiny_data), distill_model=str(tiny_model_pt), distill_weight=3.0)
+    ultra.finetune(model, cfg, tmp_path / "kd", callbacks={"on_train_start": capture})
+    assert seen == {"wrapper": "DistillationModel", "distill_model": str(tiny_model_pt), "dis": 3.0}
+    assert ultra.count_params(model) == params  # the student, pruned shapes kept
+    assert not any(type(h).__name__ == "FeatureHook" for m in model.modules() for h in m._forward_hooks.values())
+    copy.deepcopy(model)  # a hook holding graph tensors made this fail
+    assert ultra.checkpoint_param_count(tmp_path / "kd" / "weights" / "last.pt") == params
+
+
+def test_distill_is_a_fine_tune_knob_the_screen_does_not_see():
+    from autoprune.config.spec import parse_spec
+    from autoprune.model.policy import Policy
+    from autoprune.model.shapes import FINETUNE_KNOBS, recipe_params, screen_space
+
+    spec = parse_spec({"name": "k", "model": "m.pt", "data": "d.yaml", "space": {"distill": [False, True]}}, "s.yaml")
+    assert spec.space.distill == (False, True) and "distill" in FINETUNE_KNOBS
+    assert screen_space(spec.space).distill == (False,) and recipe_params(spec.space)["distill"] is False
+    p = Policy(ratios=(("a", 0.1),), criterion="l2", iterations=1, lr=0.01, ema=True, epochs=1, distill=True)
+    assert Policy.from_dict(p.to_dict()) == p and Policy.from_dict({**p.to_dict(), "distill": None}).distill is False
+    assert parse_spec({"name": "k", "model": "m.pt", "data": "d.yaml"}, "s.yaml").space.distill == (False,)

@@ -210,6 +210,8 @@ class FinetuneConfig:
     lrf: float = 0.1  # final learning rate as a fraction of lr
     nbs: int | None = None  # nominal batch: gradients accumulate over nbs / batch batches (None: batch, one step each)
     warmup_bias_lr: float | None = None  # bias lr at the start of warm-up (None: lr; the trainer's 0.1 hurts recovery)
+    distill_model: str | None = None  # teacher checkpoint: ultralytics' own knowledge distillation (``distill_model``)
+    distill_weight: float = 6.0  # its loss gain (``dis``)
 
 
 class _GivenModelTrainer(DetectionTrainer):
@@ -228,6 +230,11 @@ class _GivenModelTrainer(DetectionTrainer):
         return self._given
 
 
+def _student(model: nn.Module) -> nn.Module:
+    """The trained model inside ultralytics' DistillationModel wrapper (the model itself without distillation)."""
+    return getattr(model, "student_model", model)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -235,7 +242,7 @@ def count_params(model: nn.Module) -> int:
 def checkpoint_param_count(path: str | Path) -> int:
     """Parameter count of what ultralytics would load from ``path`` (it prefers ``ema``)."""
     model, _ = load_checkpoint(str(path))
-    return count_params(model)
+    return count_params(_student(model))
 
 
 def check_checkpoint(path: str | Path, expected_params: int) -> None:
@@ -267,7 +274,9 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
         model="autoprune-pruned.yaml", data=str(cfg.data), imgsz=cfg.imgsz, epochs=cfg.epochs, batch=cfg.batch,
         device=cfg.device, workers=cfg.workers, lr0=cfg.lr, lrf=cfg.lrf, nbs=cfg.nbs or cfg.batch,
         optimizer=cfg.optimizer, warmup_epochs=cfg.warmup_epochs,
-        warmup_bias_lr=cfg.lr if cfg.warmup_bias_lr is None else cfg.warmup_bias_lr, mosaic=cfg.mosaic, close_mosaic=0,
+        warmup_bias_lr=cfg.lr if cfg.warmup_bias_lr is None else cfg.warmup_bias_lr,
+        **({"distill_model": cfg.distill_model, "dis": cfg.distill_weight} if cfg.distill_model else {}),
+        mosaic=cfg.mosaic, close_mosaic=0,
         amp=False, plots=False, val=False, seed=cfg.seed, deterministic=False, cos_lr=cfg.cos_lr,
         project=str(workdir.parent), name=workdir.name, exist_ok=True, verbose=verbose, patience=0,
         pretrained=False,
@@ -284,14 +293,17 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
     for event, fn in (callbacks or {}).items():
         trainer.add_callback(event, fn)
     trainer.train()
-    expected = count_params(trainer.model)
-    got = count_params(trainer.ema.ema)
+    if hasattr(trainer.model, "_remove_feature_hooks"):  # distillation hooked our model's layers; they hold tensors
+        trainer.model._remove_feature_hooks()
+    trained, ema = _student(trainer.model), _student(trainer.ema.ema)  # with distillation: the wrapped student
+    expected = count_params(trained)
+    got = count_params(ema)
     if got != expected:
         raise TrialError(f"EMA trap: the trainer's EMA has {got} parameters, the trained model {expected}")
     for ckpt in (trainer.last, trainer.best):
         if Path(ckpt).exists():
             check_checkpoint(ckpt, expected)
-    model.load_state_dict(trainer.ema.ema.float().state_dict())
+    model.load_state_dict(ema.float().state_dict())
     set_threads(cfg.threads)
     nb = len(trainer.train_loader)
     accumulate = max(1, int(trainer.accumulate))

@@ -28,6 +28,7 @@ class FinetuneSettings:
     # keep the adaptive-BN model when the last fine-tune leaves it worse on the val split (best.pt with an epoch 0)
     keep_best: bool = True
     bn_batches: int = field(default=8, metadata=bounds(min=1, max=10_000))  # adaptive-BN batches for keep_best
+    distill_weight: float = field(default=6.0, metadata=bounds(min=0))  # ultralytics' ``dis`` (distillation loss gain)
 
 
 RUNTIMES = ("torch", "onnxruntime", "cuda-graph", "tensorrt")  # autoprune.engine.runtimes (a test keeps them equal)

@@ -153,7 +153,7 @@ def _criteria(v: Any, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(crit))
 
 
-def _ema(v: Any, where: str) -> tuple[bool, ...]:
+def _ema(v: Any, where: str) -> tuple[bool, ...]:  # also space.distill: a list of true/false
     ema = [v] if isinstance(v, bool) else v
     if not isinstance(ema, list) or not ema or not all(isinstance(e, bool) for e in ema):
         raise SpecError(f"{where}: expected a non-empty list of true/false, got {shown(ema)}")
@@ -191,6 +191,7 @@ def _space(v: Any) -> Space:
         "multiplier": lambda x, w: float_range(x, w, base.multiplier, 0.0, 10.0),
         "round_to": _round_to,
         "schedule": _schedule,
+        "distill": _ema,
     }
     return read_section(Space, v, "space", custom)
 

@@ -35,6 +35,7 @@ class FinalizeSettings:
     data: str | None = None  # default: the study's data set
     device: str = "cpu"
     threads: int = 2
+    distill: bool = False  # knowledge distillation from the study's unpruned base (ultralytics' distill_model)
 
 
 def _split_metrics(model: Any, data: str, imgsz: int, s: FinalizeSettings, batch: int) -> dict[str, dict[str, float]]:
@@ -46,6 +47,14 @@ def _split_metrics(model: Any, data: str, imgsz: int, s: FinalizeSettings, batch
         m = ultra.validate(model, data, imgsz, device=s.device, batch=batch, threads=s.threads, split=split)
         out[split] = {"map50_95": m.map50_95, "map50": m.map50}
     return out
+
+
+def _teacher(study: optuna.Study) -> str:
+    """The study's unpruned base checkpoint, the teacher of ``--distill``."""
+    model = str(records.baseline(study).get("model") or "")
+    if not model or not Path(model).is_file():
+        raise InputError(f"--distill: the study's base model {model or '(none recorded)'} is not there to teach")
+    return model
 
 
 def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_dir: str | Path,
@@ -67,7 +76,9 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
         lr = settings.lr if settings.lr is not None else doc.policy.lr
         cfg = ultra.FinetuneConfig(data=data, imgsz=doc.imgsz, epochs=settings.epochs, lr=lr, ema=True, batch=batch,
                                    device=settings.device, threads=settings.threads, seed=doc.seed, warmup_epochs=1.0,
-                                   cos_lr=True, lrf=0.01, optimizer=str(finetune.get("optimizer", "SGD")))
+                                   cos_lr=True, lrf=0.01, optimizer=str(finetune.get("optimizer", "SGD")),
+                                   distill_model=_teacher(study) if settings.distill else None,
+                                   distill_weight=float(finetune.get("distill_weight", 6.0)))
         logger.info("finalizing trial %d: %d epochs at lr %.4g (val mAP50-95 %.4f before)", t.number,
                     settings.epochs, lr, before["val"]["map50_95"])
         with tempfile.TemporaryDirectory(prefix="autoprune-finalize-") as tmp:
@@ -78,7 +89,7 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
                     after["val"]["map50_95"],
                     f", test {after['test']['map50_95']:.4f}" if "test" in after else " (no test split)")
         return {"epochs": settings.epochs, "lr": lr, "optimizer_steps": stats.optimizer_steps, "schedule": "cosine",
-                "warmup_epochs": 1.0, "ema": True, "data": data, "before": before, "after": after,
-                "baseline_map50_95": records.baseline(study).get("map50_95")}
+                "warmup_epochs": 1.0, "ema": True, "distill": settings.distill, "data": data, "before": before,
+                "after": after, "baseline_map50_95": records.baseline(study).get("map50_95")}
 
     return export_trial(study, store, t, out_dir, onnx=onnx, artifact_dir=artifact_dir, prepare=prepare, force=force)

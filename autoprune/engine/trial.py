@@ -66,7 +66,9 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
                                        workers=s.finetune.workers, threads=s.threads,
                                        optimizer=s.finetune.optimizer, seed=s.seed, nbs=s.finetune.nbs,
                                        warmup_epochs=s.finetune.warmup_epochs, lrf=s.finetune.lrf,
-                                       cos_lr=policy.schedule == "cosine")
+                                       cos_lr=policy.schedule == "cosine",
+                                       distill_model=s.model if policy.distill else None,
+                                       distill_weight=s.finetune.distill_weight)
             stats = ultra.finetune(model, cfg, workdir / f"step{step}")
             model.zero_grad(set_to_none=True)  # the trainer's last gradients are stale for the next prune step
             _check_device(model, s.device)

@@ -8,7 +8,7 @@ Schema (version 1)::
     imgsz: 160
     seed: 0
     finetune: {batch, workers, optimizer, gradient_batches}   # the search's fine-tune settings
-    policy: {criterion, iterations, lr, ema, epochs, round_to, schedule}
+    policy: {criterion, iterations, lr, ema, epochs, round_to, schedule, distill}
     ratios: {layer name: fraction removed}       # layer = module path of a prunable unit
     channels: {layer name: channels kept}          # what the ratios produced
     metrics: {map50_95, map50, params, macs, latency_ms}
@@ -64,7 +64,7 @@ class PolicyDocument:
             "seed": self.seed,
             "finetune": dict(self.finetune),
             "policy": {"criterion": p.criterion, "iterations": p.iterations, "lr": p.lr, "ema": p.ema,
-                       "epochs": p.epochs, "round_to": p.round_to, "schedule": p.schedule},
+                       "epochs": p.epochs, "round_to": p.round_to, "schedule": p.schedule, "distill": p.distill},
             "ratios": dict(p.ratios),
             "channels": dict(self.channels),
             "metrics": dict(self.metrics),
@@ -146,7 +146,7 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
                     ema=bool(_need(pol, "ema", bool, f"{where}: policy")),
                     epochs=int(_need(pol, "epochs", int, f"{where}: policy")),
                     round_to=int(_need(pol, "round_to", int, f"{where}: policy")) if "round_to" in pol else 1,
-                    schedule=str(pol.get("schedule", "linear")))
+                    schedule=str(pol.get("schedule", "linear")), distill=bool(pol.get("distill", False)))
     return PolicyDocument(
         fingerprint=str(_need(base, "fingerprint", str, f"{where}: base_model")),
         architecture=str(base.get("architecture", "")), base_path=str(base.get("path", "")),

@@ -19,6 +19,7 @@ class Policy:
     epochs: int
     round_to: int = 1  # kept channels are rounded to a multiple of this (where the layer has that many)
     schedule: str = "linear"  # fine-tune learning rate: linear or cosine decay to finetune.lrf
+    distill: bool = False  # fine-tune with knowledge distillation from the unpruned base (ultralytics' distill_model)
 
     @property
     def ratio_map(self) -> dict[str, float]:
@@ -34,7 +35,7 @@ class Policy:
         return cls(ratios=tuple((str(k), float(v)) for k, v in dict(d["ratios"]).items()),
                    criterion=str(d["criterion"]), iterations=int(d["iterations"]), lr=float(d["lr"]),
                    ema=bool(d["ema"]), epochs=int(d["epochs"]), round_to=int(d.get("round_to", 1)),
-                   schedule=str(d.get("schedule", "linear")))
+                   schedule=str(d.get("schedule", "linear")), distill=bool(d.get("distill", False)))
 
 
 def ratio_summary(ratios: Mapping[str, float]) -> str:

@@ -141,6 +141,7 @@ def sample_policy(trial: Suggester, space: Space, layers: Sequence[Layer]) -> Po
         epochs=_int(trial, "epochs", space.epochs),
         round_to=_choice(trial, "round_to", space.round_to),
         schedule=_choice(trial, "schedule", space.schedule),
+        distill=_choice(trial, "distill", space.distill),
     )
 
 
@@ -176,6 +177,7 @@ def params_for_policy(space: Space, layers: Sequence[Layer], policy: Mapping[str
     integer("epochs", space.epochs)
     choice("round_to", space.round_to)
     choice("schedule", space.schedule)
+    choice("distill", space.distill)
     return params
 
 
@@ -197,13 +199,14 @@ def screen_space(space: Space) -> Space:
     """``space`` with the fine-tune knobs fixed, so a screening sampler spends no dimension on them."""
     return dataclasses.replace(space, iterations=IntRange(1, 1), lr=FloatRange(space.lr.high, space.lr.high),
                                ema=space.ema[:1], epochs=IntRange(space.epochs.low, space.epochs.low),
-                               schedule=space.schedule[:1])
+                               schedule=space.schedule[:1], distill=space.distill[:1])
 
 
-RECIPE: dict[str, Any] = {"criterion": "l2", "lr": 0.01, "ema": True, "schedule": "cosine", "round_to": 8}
+RECIPE: dict[str, Any] = {"criterion": "l2", "lr": 0.01, "ema": True, "schedule": "cosine", "round_to": 8,
+                          "distill": False}
 
 
-FINETUNE_KNOBS = ("lr", "ema", "iterations", "epochs", "schedule")
+FINETUNE_KNOBS = ("lr", "ema", "iterations", "epochs", "schedule", "distill")
 
 
 def recipe_params(space: Space, keys: Sequence[str] = FINETUNE_KNOBS) -> dict[str, Any]:
@@ -219,7 +222,7 @@ def recipe_params(space: Space, keys: Sequence[str] = FINETUNE_KNOBS) -> dict[st
             params["epochs"] = space.epochs.high
         else:
             choices = {"ema": space.ema, "schedule": space.schedule, "criterion": space.criteria,
-                       "round_to": space.round_to}.get(key, ())
+                       "distill": space.distill, "round_to": space.round_to}.get(key, ())
             if len(choices) > 1:
                 params[key] = RECIPE[key] if RECIPE[key] in choices else choices[0]
     return params

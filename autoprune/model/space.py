@@ -37,6 +37,7 @@ class Space:
     multiplier: FloatRange = FloatRange(0.5, 1.5)  # shape global: per-layer factor on the global ratio
     round_to: tuple[int, ...] = (1, 8)  # channel rounding choices (torch-pruning's round_to)
     schedule: tuple[str, ...] = ("cosine", "linear")  # fine-tune learning-rate schedule
+    distill: tuple[bool, ...] = (False,)  # knowledge distillation from the unpruned base while fine-tuning
 
 
 @dataclass(frozen=True)
