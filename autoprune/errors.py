@@ -5,7 +5,8 @@ The CLI turns every :class:`AutopruneError` into a one-line message and exit cod
 
 from __future__ import annotations
 
-__all__ = ["AutopruneError", "SpecError", "InputError", "TrialError", "UnsupportedVersionError", "StorageWriteError"]
+__all__ = ["AutopruneError", "SpecError", "InputError", "TrialError", "UnsupportedVersionError", "StorageWriteError",
+           "UnsupportedModelError"]
 
 
 class AutopruneError(Exception):
@@ -30,3 +31,7 @@ class UnsupportedVersionError(AutopruneError):
 
 class StorageWriteError(AutopruneError):
     """The study storage refused writes for longer than the retries wait (results are kept in a local journal)."""
+
+
+class UnsupportedModelError(AutopruneError):
+    """The model's architecture cannot be pruned by autoprune (e.g. YOLOv9's GELAN, RT-DETR)."""

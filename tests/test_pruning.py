@@ -133,3 +133,34 @@ def test_c2f_split_and_merge_stay_on_the_blocks_device_and_dtype_with_its_gradie
     merged = split.merge().eval()
     assert merged.cv1.conv.weight.dtype == torch.float64 and merged.cv1.conv.weight.grad.dtype == torch.float64
     assert torch.allclose(merged(x), want)
+
+
+@pytest.mark.parametrize("yaml_name", ["yolo26n.yaml", "yolo12n.yaml", "yolov5nu.yaml", "yolov10n.yaml"])
+def test_model_families_prune_and_reload(yaml_name, tmp_path):
+    """YOLO26's C3k2 feeds one half of its split cv1 into an attention block: that block's cv1 is left whole
+    (pruning one half alone used to fail with 'C2f halves differ')."""
+    torch.manual_seed(0)
+    model = ultra.load_model(yaml_name, nc=3)
+    layers = tp.prunable_layers(model, TRACE)
+    original = {lay.name: lay.channels for lay in layers}
+    keep = target_keep(original, dict.fromkeys(original, 0.3), 1, 1)
+    channels = tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TRACE)
+    assert all(channels[n] == keep[n] for n in keep)
+    model.eval()
+    model(torch.rand(1, 3, TRACE, TRACE))
+    path = ultra.save_checkpoint(model, tmp_path / "p.pt")
+    assert ultra.count_params(ultra.load_model(path)) == ultra.count_params(model) < ultra.count_params(
+        ultra.load_model(yaml_name, nc=3))
+
+
+@pytest.mark.parametrize("yaml_name,what", [("yolov9t.yaml", "YOLOv9's GELAN"), ("rtdetr-l.yaml", "RT-DETR")])
+def test_unsupported_architectures_are_refused_in_one_line(yaml_name, what, tmp_path, tiny_data):
+    import subprocess
+    import sys
+
+    (tmp_path / "s.yaml").write_text(f"name: u\nmodel: {yaml_name}\ndata: {tiny_data}\nimgsz: 64\n")
+    r = subprocess.run([sys.executable, "-m", "autoprune", "search", "s.yaml"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert f"model: {yaml_name}: {what}" in r.stderr and "cannot be pruned" in r.stderr
+    assert not (tmp_path / "studies" / "autoprune.db").exists()  # nothing written

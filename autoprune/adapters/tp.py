@@ -22,14 +22,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.errors import TrialError, UnsupportedVersionError
+from autoprune.errors import TrialError, UnsupportedModelError, UnsupportedVersionError
 from autoprune.model.criteria import Criterion
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PrunableLayer", "C2fSplit", "prunable_layers", "prune_step", "count_macs", "channel_counts", "version",
            "importance", "group_norm_regularize", "torch_pruning_modules", "IMPORTANCE_CLASSES",
-           "kept_channels"]
+           "kept_channels", "check_supported", "UNSUPPORTED_BLOCKS"]
 
 
 def version() -> str:
@@ -189,8 +189,18 @@ class _Graph:
         self.ignored = _ignored_layers(model)
 
     def groups(self) -> Iterable[tuple[str, object]]:
+        """The prunable groups by name. A split block's ``cv1`` is offered only when both halves are prunable: in
+        YOLO26 one half feeds an attention block (never pruned), and pruning the other alone would break the block."""
+        halves = {f"{split}.cv1" for split in self.split_names}
+        count: dict[str, int] = {}
         for group in self.dg.get_all_groups(ignored_layers=self.ignored, root_module_types=[nn.Conv2d]):
-            yield self._name(group), group
+            name = self._name(group)
+            count[name] = count.get(name, 0) + 1
+        # groups are made afresh while the caller prunes (a group made before another was pruned is stale)
+        for group in self.dg.get_all_groups(ignored_layers=self.ignored, root_module_types=[nn.Conv2d]):
+            name = self._name(group)
+            if name not in halves or count[name] == 2:
+                yield name, group
 
     def _name(self, group: Any) -> str:  # torch-pruning's Group
         root = group[0].dep.target.module
@@ -206,6 +216,28 @@ class _Graph:
 
     def close(self) -> None:
         merge_c2f(self.model)
+
+
+UNSUPPORTED_BLOCKS = {  # top-level block types torch-pruning's graph cannot prune consistently here
+    "RepNCSPELAN4": "YOLOv9's GELAN", "ELAN1": "YOLOv9's GELAN", "SPPELAN": "YOLOv9's GELAN",
+    "RTDETRDecoder": "RT-DETR", "AIFI": "RT-DETR", "HGBlock": "RT-DETR's HGNet",
+}
+SUPPORTED = "YOLOv5u, YOLOv8, YOLOv10, YOLO11, YOLO12, YOLO26"
+
+
+def check_supported(model: nn.Module, where: str) -> None:
+    """A one-line :class:`UnsupportedModelError` for an architecture autoprune cannot prune (before any work)."""
+    kinds = {type(m).__name__ for m in getattr(model, "model", [])}
+    bad = sorted(kinds & set(UNSUPPORTED_BLOCKS))
+    if bad:
+        raise UnsupportedModelError(f"{where}: {UNSUPPORTED_BLOCKS[bad[0]]} ({bad[0]} blocks) cannot be pruned by "
+                                    f"autoprune; supported: {SUPPORTED}")
+    try:
+        prunable_layers(model, 64)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise UnsupportedModelError(f"{where}: torch-pruning cannot trace this architecture ({type(e).__name__}: "
+                                    f"{first}); supported: {SUPPORTED}") from None
 
 
 def prunable_layers(model: nn.Module, imgsz: int = 64) -> list[PrunableLayer]:

@@ -65,7 +65,7 @@ def _resolve_model(model: str) -> str:
 
 def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     """Check the devices, the model and the data set without writing to the study (demo files may be generated)."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import tp, ultra
     from autoprune.engine.devices import check_device, check_gpus
 
     studies = Path(spec.studies_dir)
@@ -84,6 +84,7 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     imgsz = spec.imgsz or DEFAULT_IMGSZ
     if not model_path.endswith((".yaml", ".yml")):
         model = ultra.load_model(model_path)
+        tp.check_supported(model, f"model: {spec.model}")
         if ultra.model_nc(model) != nc:
             raise InputError(f"model: {spec.model} predicts {ultra.model_nc(model)} classes but data {spec.data} "
                              f"has {nc}")
@@ -101,10 +102,11 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
                            list(names.values())[:5], list(data_names.values())[:5])
     else:
         try:
-            ultra.load_model(model_path, nc=nc)
+            built = ultra.load_model(model_path, nc=nc)
         except Exception as e:
             raise InputError(f"model: {model_path}: not a buildable ultralytics model config "
                              f"({type(e).__name__})") from None
+        tp.check_supported(built, f"model: {model_path}")
     return PreparedInputs(spec=spec.replace(model=model_path, data=str(data), imgsz=imgsz), nc=nc)
 
 
