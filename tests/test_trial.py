@@ -72,3 +72,35 @@ def test_a_fine_tune_that_makes_the_model_worse_is_not_kept(tmp_path, tiny_data,
         assert "keep_best" in result.attrs["seconds"]
     else:
         assert "kept" not in trained and result.metrics["map50_95"] < 0.01
+
+
+def test_the_lr_schedule_knobs_reach_each_prune_steps_fine_tune(tmp_path, tiny_data, tiny_model_pt, monkeypatch):
+    """Fakes ultralytics' fine-tune with one that only records its configuration (no training), to show what each
+    prune step's fine-tune is asked to do: lr * lr_step ** (k - 1), the searched lrf and warm-up."""
+    import optuna
+
+    from autoprune.model.shapes import FINETUNE_KNOBS, sample_policy, screen_space
+
+    seen = []
+
+    def record(model, cfg, workdir, **kw):
+        seen.append(cfg)
+        return ultra.FinetuneStats(epochs=cfg.epochs, batches=1, optimizer_steps=1)
+
+    monkeypatch.setattr(ultra, "finetune", record)
+    spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
+                       "latency": {"warmup": 0, "runs": 3, "rounds": 1}, "finetune": {"batch": 8, "keep_best": False},
+                       "space": {"lrf": {"low": 0.01, "high": 0.2, "log": True}, "warmup": [0, 2],
+                                 "lr_step": {"low": 0.2, "high": 1.0}}}, "s.yaml")
+    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(ultra.load_model(tiny_model_pt), TRACE_IMGSZ)]
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    sampled = sample_policy(trial, spec.space, layers)
+    assert {"lrf", "warmup", "lr_step"} <= set(trial.params) & set(FINETUNE_KNOBS)
+    assert 0.01 <= sampled.lrf <= 0.2 and 0 <= sampled.warmup <= 2 and 0.2 <= sampled.lr_step <= 1.0
+    assert screen_space(spec.space).lrf is None  # the screen cannot see the schedule
+    policy = Policy(ratios=tuple((lay.name, 0.3) for lay in layers), criterion="l1", iterations=2, lr=0.01, ema=True,
+                    epochs=1, lrf=0.05, warmup=0.5, lr_step=0.25)
+    assert run_trial(spec.trial_settings, policy, layers, tmp_path).ok
+    assert [c.lr for c in seen] == pytest.approx([0.01, 0.0025])
+    assert {c.lrf for c in seen} == {0.05} and {c.warmup_epochs for c in seen} == {0.5}
+    assert Policy.from_dict(policy.to_dict()) == policy

@@ -43,7 +43,7 @@ from autoprune.config.sections import (
 )
 from autoprune.errors import SpecError
 from autoprune.model import criteria, objectives, samplers, shapes
-from autoprune.model.space import Space
+from autoprune.model.space import FloatRange, Space
 from autoprune.registry import Registry, UnknownName
 
 __all__ = ["Constraints", "FinetuneSettings", "LatencySettings", "Resources", "SearchSpec", "SamplerSettings",
@@ -192,6 +192,9 @@ def _space(v: Any) -> Space:
         "round_to": _round_to,
         "schedule": _schedule,
         "distill": _ema,
+        "lrf": lambda x, w: float_range(x, w, FloatRange(0.01, 0.01), 1e-4, 1.0),
+        "warmup": lambda x, w: float_range(x, w, FloatRange(1.0, 1.0), 0.0, 100.0),
+        "lr_step": lambda x, w: float_range(x, w, FloatRange(1.0, 1.0), 0.01, 10.0),
     }
     return read_section(Space, v, "space", custom)
 

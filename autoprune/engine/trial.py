@@ -61,11 +61,12 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
             with phases("keep_best"):
                 before = _adaptive_bn_state(model, s)
         with phases("finetune"):
-            cfg = ultra.FinetuneConfig(data=s.data, imgsz=s.imgsz, epochs=policy.epochs, lr=policy.lr,
+            cfg = ultra.FinetuneConfig(data=s.data, imgsz=s.imgsz, epochs=policy.epochs, lr=policy.step_lr(step),
                                        ema=policy.ema, batch=s.finetune.batch, device=s.device,
                                        workers=s.finetune.workers, threads=s.threads,
                                        optimizer=s.finetune.optimizer, seed=s.seed, nbs=s.finetune.nbs,
-                                       warmup_epochs=s.finetune.warmup_epochs, lrf=s.finetune.lrf,
+                                       warmup_epochs=s.finetune.warmup_epochs if policy.warmup is None
+                                       else policy.warmup, lrf=s.finetune.lrf if policy.lrf is None else policy.lrf,
                                        cos_lr=policy.schedule == "cosine",
                                        distill_model=s.model if policy.distill else None,
                                        distill_weight=s.finetune.distill_weight)

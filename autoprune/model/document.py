@@ -8,7 +8,7 @@ Schema (version 1)::
     imgsz: 160
     seed: 0
     finetune: {batch, workers, optimizer, gradient_batches}   # the search's fine-tune settings
-    policy: {criterion, iterations, lr, ema, epochs, round_to, schedule, distill}
+    policy: {criterion, iterations, lr, ema, epochs, round_to, schedule, distill, lrf, warmup, lr_step}
     ratios: {layer name: fraction removed}       # layer = module path of a prunable unit
     channels: {layer name: channels kept}          # what the ratios produced
     metrics: {map50_95, map50, params, macs, latency_ms}
@@ -64,7 +64,8 @@ class PolicyDocument:
             "seed": self.seed,
             "finetune": dict(self.finetune),
             "policy": {"criterion": p.criterion, "iterations": p.iterations, "lr": p.lr, "ema": p.ema,
-                       "epochs": p.epochs, "round_to": p.round_to, "schedule": p.schedule, "distill": p.distill},
+                       "epochs": p.epochs, "round_to": p.round_to, "schedule": p.schedule, "distill": p.distill,
+                       "lrf": p.lrf, "warmup": p.warmup, "lr_step": p.lr_step},
             "ratios": dict(p.ratios),
             "channels": dict(self.channels),
             "metrics": dict(self.metrics),
@@ -146,7 +147,10 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
                     ema=bool(_need(pol, "ema", bool, f"{where}: policy")),
                     epochs=int(_need(pol, "epochs", int, f"{where}: policy")),
                     round_to=int(_need(pol, "round_to", int, f"{where}: policy")) if "round_to" in pol else 1,
-                    schedule=str(pol.get("schedule", "linear")), distill=bool(pol.get("distill", False)))
+                    schedule=str(pol.get("schedule", "linear")), distill=bool(pol.get("distill", False)),
+                    lrf=_opt_float(pol.get("lrf"), f"{where}: policy.lrf"),
+                    warmup=_opt_float(pol.get("warmup"), f"{where}: policy.warmup"),
+                    lr_step=_opt_float(pol.get("lr_step"), f"{where}: policy.lr_step") or 1.0)
     return PolicyDocument(
         fingerprint=str(_need(base, "fingerprint", str, f"{where}: base_model")),
         architecture=str(base.get("architecture", "")), base_path=str(base.get("path", "")),
@@ -157,3 +161,11 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
         source=dict(raw.get("source") or {}), versions=dict(raw.get("versions") or {}),
         seed=int(_need(raw, "seed", int, where)) if "seed" in raw else 0, finetune=finetune,
         finalize=dict(raw.get("finalize") or {}) if isinstance(raw.get("finalize") or {}, Mapping) else {})
+
+
+def _opt_float(v: Any, where: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
+        raise InputError(f"{where}: {v!r} is not a non-negative number")
+    return float(v)

@@ -20,6 +20,13 @@ class Policy:
     round_to: int = 1  # kept channels are rounded to a multiple of this (where the layer has that many)
     schedule: str = "linear"  # fine-tune learning rate: linear or cosine decay to finetune.lrf
     distill: bool = False  # fine-tune with knowledge distillation from the unpruned base (ultralytics' distill_model)
+    lrf: float | None = None  # final lr fraction (None: finetune.lrf)
+    warmup: float | None = None  # warm-up epochs (None: finetune.warmup_epochs)
+    lr_step: float = 1.0  # prune step k fine-tunes at lr * lr_step ** (k - 1)
+
+    def step_lr(self, step: int) -> float:
+        """The initial learning rate of prune step ``step`` (1-based)."""
+        return self.lr * self.lr_step ** (step - 1)
 
     @property
     def ratio_map(self) -> dict[str, float]:
@@ -35,7 +42,13 @@ class Policy:
         return cls(ratios=tuple((str(k), float(v)) for k, v in dict(d["ratios"]).items()),
                    criterion=str(d["criterion"]), iterations=int(d["iterations"]), lr=float(d["lr"]),
                    ema=bool(d["ema"]), epochs=int(d["epochs"]), round_to=int(d.get("round_to", 1)),
-                   schedule=str(d.get("schedule", "linear")), distill=bool(d.get("distill", False)))
+                   schedule=str(d.get("schedule", "linear")), distill=bool(d.get("distill", False)),
+                   lrf=_opt_float(d.get("lrf")), warmup=_opt_float(d.get("warmup")),
+                   lr_step=float(d.get("lr_step", 1.0) or 1.0))
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 def ratio_summary(ratios: Mapping[str, float]) -> str:

@@ -142,6 +142,9 @@ def sample_policy(trial: Suggester, space: Space, layers: Sequence[Layer]) -> Po
         round_to=_choice(trial, "round_to", space.round_to),
         schedule=_choice(trial, "schedule", space.schedule),
         distill=_choice(trial, "distill", space.distill),
+        lrf=_float(trial, "lrf", space.lrf) if space.lrf else None,
+        warmup=_float(trial, "warmup", space.warmup) if space.warmup else None,
+        lr_step=_float(trial, "lr_step", space.lr_step) if space.lr_step else 1.0,
     )
 
 
@@ -178,6 +181,11 @@ def params_for_policy(space: Space, layers: Sequence[Layer], policy: Mapping[str
     choice("round_to", space.round_to)
     choice("schedule", space.schedule)
     choice("distill", space.distill)
+    for key in ("lrf", "warmup", "lr_step"):
+        rng = getattr(space, key)
+        if rng is not None and rng.low != rng.high:
+            v = policy.get(key)
+            params[key] = _snap(float(v), rng) if isinstance(v, (int, float)) else _snap((rng.low + rng.high) / 2, rng)
     return params
 
 
@@ -199,14 +207,15 @@ def screen_space(space: Space) -> Space:
     """``space`` with the fine-tune knobs fixed, so a screening sampler spends no dimension on them."""
     return dataclasses.replace(space, iterations=IntRange(1, 1), lr=FloatRange(space.lr.high, space.lr.high),
                                ema=space.ema[:1], epochs=IntRange(space.epochs.low, space.epochs.low),
-                               schedule=space.schedule[:1], distill=space.distill[:1])
+                               schedule=space.schedule[:1], distill=space.distill[:1], lrf=None, warmup=None,
+                               lr_step=None)
 
 
 RECIPE: dict[str, Any] = {"criterion": "l2", "lr": 0.01, "ema": True, "schedule": "cosine", "round_to": 8,
                           "distill": False}
 
 
-FINETUNE_KNOBS = ("lr", "ema", "iterations", "epochs", "schedule", "distill")
+FINETUNE_KNOBS = ("lr", "ema", "iterations", "epochs", "schedule", "distill", "lrf", "warmup", "lr_step")
 
 
 def recipe_params(space: Space, keys: Sequence[str] = FINETUNE_KNOBS) -> dict[str, Any]:
