@@ -54,7 +54,7 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
         assert set(t.user_attrs["policy"]) == {"ratios", "criterion", "iterations", "lr", "ema", "epochs", "round_to",
-                                               "schedule", "distill"}
+                                               "schedule", "distill", "lrf", "warmup", "lr_step"}
         assert len(t.user_attrs["policy"]["ratios"]) == len(study.user_attrs["layers"])
         assert t.values[1] < base["params"]  # pruned
         assert {"prune", "finetune", "validate", "latency"} <= set(t.user_attrs["seconds"])

@@ -116,3 +116,28 @@ def test_a_data_set_yaml_as_spec_takes_the_checkpoints_training_size(tmp_path, t
     assert prepared.spec.imgsz == 96 and "imgsz 96: the size" in caplog.text
     explicit = load_spec(tiny_data, Overrides(model=str(best)), studies_dir=tmp_path / "studies").replace(imgsz=64)
     assert prepare_inputs(explicit).spec.imgsz == 64  # a size the spec sets wins
+
+
+def _copy_data(tiny_data, root):
+    shutil.copytree(tiny_data.parent, root)
+    info = yaml.safe_load((root / "data.yaml").read_text())
+    info["path"] = str(root)
+    (root / "data.yaml").write_text(yaml.safe_dump(info))
+    return root / "data.yaml"
+
+
+def test_partly_corrupt_images_are_counted_and_all_corrupt_refused(tmp_path, capsys, caplog, tiny_data):
+    data = _copy_data(tiny_data, tmp_path / "d")
+    images = sorted((tmp_path / "d" / "images" / "train").iterdir())
+    for p in images[:3]:
+        p.write_bytes(b"\\xff\\xd8 not a jpeg at all")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: img\nmodel: {tmp_path / 'missing.pt'}\ndata: {data}\nimgsz: 64\n")
+    rc, err = _run(capsys, ["search", spec, "--studies-dir", tmp_path / "studies"])  # stops at the model, after data
+    assert rc == 2 and "missing.pt: file not found" in err[-1]
+    assert f"3 of {len(images)} images of the train split cannot be read" in caplog.text
+    for p in images:
+        p.write_bytes(b"garbage")
+    rc, err = _run(capsys, ["search", spec, "--studies-dir", tmp_path / "studies"])
+    assert rc == 2 and f"none of the train split's {len(images)} images can be read" in err[-1]
+    assert not (tmp_path / "studies").exists()

@@ -98,6 +98,13 @@ def check_dataset_files(data: str | Path, info: dict[str, Any]) -> dict[str, int
         images = [img for p in (paths if isinstance(paths, list) else [paths]) for img in _images(str(p))]
         if not images:
             raise InputError(f"data: {data}: no images in the {split} split ({paths})")
+        unreadable = _unreadable_images(images)
+        if len(unreadable) == len(images):
+            raise InputError(f"data: {data}: none of the {split} split's {len(images)} images can be read "
+                             f"(e.g. {unreadable[0]})")
+        if unreadable:
+            logger.warning("data %s: %d of %d images of the %s split cannot be read and will be dropped (e.g. %s)",
+                           data, len(unreadable), len(images), split, unreadable[0])
         labels = [Path(lbl) for lbl in img2label_paths(images)]
         if not any(lbl.is_file() for lbl in labels):
             label_dir = labels[0].parent
@@ -111,6 +118,20 @@ def check_dataset_files(data: str | Path, info: dict[str, Any]) -> dict[str, int
                            bad, good + bad, split)
         counts[split] = len(images)
     return counts
+
+
+def _unreadable_images(images: list[str]) -> list[str]:
+    """Images that PIL cannot open and verify (truncated, corrupt, not an image)."""
+    from PIL import Image
+
+    bad = []
+    for path in images:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Exception:
+            bad.append(path)
+    return bad
 
 
 def _count_labels(labels: list[Path], nc: int) -> tuple[int, int]:
