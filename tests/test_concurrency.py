@@ -177,3 +177,19 @@ def test_busy_time_counts_overlapping_trials_once():
     assert union_seconds([]) == 0.0
     assert union_seconds([(0.0, 10.0), (5.0, 12.0), (20.0, 25.0)]) == 17.0  # four trials at once would not go < 0
     assert union_seconds([(3.0, 4.0), (0.0, 10.0)]) == 10.0
+
+
+def test_a_read_only_database_is_refused_in_one_line_with_nothing_written(tmp_path, capsys, tiny_data, tiny_model_pt):
+    """SQLite opened read-only (mode=ro: file permissions do not stop root, the URI mode does)."""
+    from autoprune import cli
+
+    db = tmp_path / "ro.db"
+    optuna.create_study(study_name="other", storage=f"sqlite:///{db}")
+    before = db.read_bytes()
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: ro\nmodel: {tiny_model_pt}\ndata: {tiny_data}\nimgsz: 64\n")
+    url = f"sqlite:///file:{db}?mode=ro&uri=true"
+    rc = cli.main(["search", str(spec), "--storage", url, "--studies-dir", str(tmp_path / "studies")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith(f"autoprune: error: storage: {url} cannot be written (")
+    assert "readonly" in err[-1] and db.read_bytes() == before

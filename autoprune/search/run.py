@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Protocol
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from autoprune.config.spec import AUTO_IMGSZ, DEFAULT_IMGSZ, SearchSpec
-from autoprune.errors import InputError
+from autoprune.errors import InputError, StorageWriteError
 from autoprune.model import records
 from autoprune.model.space import Layer
 from autoprune.search.executor import Job, check_cluster_resources, ray_session, run_trials
@@ -24,6 +25,7 @@ from autoprune.search.study import (
     StudyStorage,
     fail_stale_trials,
     get_storage,
+    masked,
     open_study_for,
 )
 
@@ -228,7 +230,12 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
             from autoprune.search.promotion import check_side_study
 
             check_side_study(store, spec)
-        return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s, progress)
+        try:
+            return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s, progress)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
+            cause = e.__cause__ or e  # optuna wraps the database's own error
+            first = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
+            raise StorageWriteError(f"storage: {masked(store.url)} cannot be written ({first})") from None
 
 
 def _allocate(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: list[Layer],
