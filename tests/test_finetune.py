@@ -119,3 +119,48 @@ def test_distill_is_a_fine_tune_knob_the_screen_does_not_see():
     p = Policy(ratios=(("a", 0.1),), criterion="l2", iterations=1, lr=0.01, ema=True, epochs=1, distill=True)
     assert Policy.from_dict(p.to_dict()) == p and Policy.from_dict({**p.to_dict(), "distill": None}).distill is False
     assert parse_spec({"name": "k", "model": "m.pt", "data": "d.yaml"}, "s.yaml").space.distill == (False,)
+
+
+def test_sparse_training_shrinks_bn_scales(tiny_data, tmp_path):
+    import dataclasses
+
+    from autoprune.engine.sparse import bn_scale_summary
+
+    def trained(l1):
+        torch.manual_seed(0)
+        model = ultra.load_model("yolov8n.yaml", nc=3)
+        cfg = dataclasses.replace(_cfg(tiny_data, ema=False, epochs=2), lr=0.05, bn_l1=l1)
+        ultra.finetune(model, cfg, tmp_path / f"l1-{l1}")
+        return bn_scale_summary(model)
+
+    dense, sparse = trained(0.0), trained(5.0)
+    assert sparse["mean"] < dense["mean"] - 0.1  # 4 steps of lr 0.05 x 5 shrink every scale by up to 1
+    assert sparse["below_0.01"] > dense["below_0.01"] and sum(sparse["counts"]) == sparse["n"]
+
+
+def test_the_sparse_base_is_trained_once_per_strength_and_cached(tiny_data, tiny_model_pt):
+    from autoprune.config.spec import parse_spec
+    from autoprune.engine.sparse import sparse_base
+
+    spec = parse_spec({"name": "s", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": TINY,
+                       "finetune": {"batch": 8, "sparse_epochs": 1, "sparse_lr": 0.05}}, "s.yaml")
+    path, summary = sparse_base(spec.trial_settings, 4.0)
+    mtime = path.stat().st_mtime_ns
+    assert summary["after"]["mean"] < summary["before"]["mean"] and summary["l1"] == 4.0
+    again, same = sparse_base(spec.trial_settings, 4.0)
+    assert again == path and path.stat().st_mtime_ns == mtime and same == summary  # cached, not retrained
+    other, _ = sparse_base(spec.trial_settings, 1.0)
+    assert other != path
+    assert ultra.count_params(ultra.load_model(path)) == ultra.count_params(ultra.load_model(tiny_model_pt))
+
+
+def test_sparsity_is_a_screen_visible_knob():
+    from autoprune.config.spec import parse_spec
+    from autoprune.errors import SpecError
+    from autoprune.model.shapes import screen_space, screen_visible
+
+    spec = parse_spec({"name": "k", "model": "m.pt", "data": "d.yaml", "space": {"sparsity": [0, 2.0]}}, "s.yaml")
+    assert spec.space.sparsity == (0.0, 2.0) and screen_space(spec.space).sparsity == (0.0, 2.0)
+    assert screen_visible({"sparsity": 2.0, "lr": 0.1}) == {"sparsity": 2.0}
+    with pytest.raises(SpecError, match="space.sparsity: must be >= 0"):
+        parse_spec({"name": "k", "model": "m.pt", "data": "d.yaml", "space": {"sparsity": [-1]}}, "s.yaml")

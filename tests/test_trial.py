@@ -104,3 +104,16 @@ def test_the_lr_schedule_knobs_reach_each_prune_steps_fine_tune(tmp_path, tiny_d
     assert [c.lr for c in seen] == pytest.approx([0.01, 0.0025])
     assert {c.lrf for c in seen} == {0.05} and {c.warmup_epochs for c in seen} == {0.5}
     assert Policy.from_dict(policy.to_dict()) == policy
+
+
+def test_a_sparse_policy_prunes_the_sparse_trained_base(tmp_path, tiny_data, tiny_model_pt):
+    spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
+                       "latency": {"warmup": 0, "runs": 3, "rounds": 1},
+                       "finetune": {"batch": 8, "sparse_epochs": 1, "sparse_lr": 0.05}}, "s.yaml")
+    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(ultra.load_model(tiny_model_pt), TRACE_IMGSZ)]
+    policy = Policy(ratios=tuple((lay.name, 0.3) for lay in layers), criterion="bn_scale", iterations=1, lr=0.005,
+                    ema=True, epochs=1, sparsity=3.0)
+    result = run_trial(spec.trial_settings, policy, layers, tmp_path)
+    assert result.ok and result.attrs["sparse"]["l1"] == 3.0
+    assert result.attrs["sparse"]["after"]["mean"] < result.attrs["sparse"]["before"]["mean"]
+    assert result.attrs["policy"]["sparsity"] == 3.0

@@ -233,6 +233,7 @@ class FinetuneConfig:
     warmup_bias_lr: float | None = None  # bias lr at the start of warm-up (None: lr; the trainer's 0.1 hurts recovery)
     distill_model: str | None = None  # teacher checkpoint: ultralytics' own knowledge distillation (``distill_model``)
     distill_weight: float = 6.0  # its loss gain (``dis``)
+    bn_l1: float = 0.0  # sparse training: after each optimizer step BN scales shrink by lr * bn_l1 (L1 proximal step)
 
 
 class _GivenModelTrainer(DetectionTrainer):
@@ -249,6 +250,28 @@ class _GivenModelTrainer(DetectionTrainer):
 
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         return self._given
+
+
+class _SparseTrainer(_GivenModelTrainer):
+    """Network slimming's sparse training: an L1 penalty on every BatchNorm scale, applied as its proximal step
+    (soft thresholding by lr * bn_l1) after each optimizer step and before the EMA sees the weights."""
+
+    bn_l1: float = 0.0
+
+    def optimizer_step(self) -> None:
+        ema, self.ema = self.ema, None
+        try:
+            super().optimizer_step()
+        finally:
+            self.ema = ema
+        lr_of = {id(p): group["lr"] for group in self.optimizer.param_groups for p in group["params"]}
+        with torch.no_grad():
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+                    t = self.bn_l1 * lr_of.get(id(m.weight), 0.0)
+                    m.weight.copy_(torch.sign(m.weight) * torch.clamp(m.weight.abs() - t, min=0.0))
+        if self.ema:
+            self.ema.update(self.model)
 
 
 def _student(model: nn.Module) -> nn.Module:
@@ -303,7 +326,9 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
         pretrained=False,
     )
     set_threads(cfg.threads)
-    trainer = _GivenModelTrainer(model, overrides)
+    trainer = (_SparseTrainer if cfg.bn_l1 > 0 else _GivenModelTrainer)(model, overrides)
+    if isinstance(trainer, _SparseTrainer):
+        trainer.bn_l1 = cfg.bn_l1
 
     def _pin(tr: DetectionTrainer) -> None:
         set_threads(cfg.threads)

@@ -29,6 +29,9 @@ class FinetuneSettings:
     keep_best: bool = True
     bn_batches: int = field(default=8, metadata=bounds(min=1, max=10_000))  # adaptive-BN batches for keep_best
     distill_weight: float = field(default=6.0, metadata=bounds(min=0))  # ultralytics' ``dis`` (distillation loss gain)
+    # sparse training of the base (space.sparsity > 0): epochs and learning rate, trained once per lambda and cached
+    sparse_epochs: int = field(default=3, metadata=bounds(min=1, max=1000))
+    sparse_lr: float = field(default=0.01, metadata=bounds(gt=0))
 
 
 RUNTIMES = ("torch", "onnxruntime", "cuda-graph", "tensorrt")  # autoprune.engine.runtimes (a test keeps them equal)

@@ -24,6 +24,7 @@ from autoprune.config._read import (
     float_range,
     int_range,
     mapping,
+    read_float,
     read_int,
     read_section,
     read_str,
@@ -153,6 +154,13 @@ def _criteria(v: Any, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(crit))
 
 
+def _sparsity(v: Any, where: str) -> tuple[float, ...]:
+    items = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    if not isinstance(items, list) or not items:
+        raise SpecError(f"{where}: expected a non-empty list of L1 strengths (0: no sparse training), got {shown(v)}")
+    return tuple(dict.fromkeys(read_float(x, where, minimum=0.0) for x in items))
+
+
 def _ema(v: Any, where: str) -> tuple[bool, ...]:  # also space.distill: a list of true/false
     ema = [v] if isinstance(v, bool) else v
     if not isinstance(ema, list) or not ema or not all(isinstance(e, bool) for e in ema):
@@ -192,6 +200,7 @@ def _space(v: Any) -> Space:
         "round_to": _round_to,
         "schedule": _schedule,
         "distill": _ema,
+        "sparsity": _sparsity,
         "lrf": lambda x, w: float_range(x, w, FloatRange(0.01, 0.01), 1e-4, 1.0),
         "warmup": lambda x, w: float_range(x, w, FloatRange(1.0, 1.0), 0.0, 100.0),
         "lr_step": lambda x, w: float_range(x, w, FloatRange(1.0, 1.0), 0.01, 10.0),

@@ -64,6 +64,10 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
         raise InputError(f"--out: {out} must be a .pt file")
     if not Path(model).is_file():
         raise InputError(f"--model: {model}: file not found")
+    if doc.policy.sparsity > 0 and not finetune:
+        raise InputError(f"--finetune: the policy prunes a base sparse-trained with BN-scale L1 "
+                         f"{doc.policy.sparsity:g}; re-apply it with --finetune --data DATA (which trains that base "
+                         "again)")
     if (finetune or criteria.get(doc.policy.criterion).needs_gradients) and not data:
         why = "--finetune" if finetune else f"criterion {doc.policy.criterion} (gradients)"
         raise InputError(f"--data: {why} needs a data set YAML")

@@ -31,7 +31,12 @@ def screen_policy(settings: TrialSettings, policy: Policy, layers: Sequence[Laye
     t0 = time.perf_counter()
     ultra.set_threads(s.threads)
     torch.manual_seed(s.seed)
-    model = ultra.load_model(s.model).to(s.device)
+    base = s.model
+    if policy.sparsity > 0:  # the sparse-trained base (trained once, cached)
+        from autoprune.engine.sparse import sparse_base
+
+        base = str(sparse_base(s, policy.sparsity)[0])
+    model = ultra.load_model(base).to(s.device)
     original = {layer.name: layer.channels for layer in layers}
     keep = target_keep(original, policy.ratio_map, 1, 1, policy.round_to)
     channels = prune_once(model, s, policy.criterion, keep, regularize=False)

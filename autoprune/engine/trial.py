@@ -49,8 +49,15 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
     torch.manual_seed(s.seed)
     phases = Phases()
     original = {layer.name: layer.channels for layer in layers}
+    sparse: dict[str, Any] | None = None
     with phases("load"):
-        model = ultra.load_model(s.model).to(s.device)
+        base = s.model
+        if policy.sparsity > 0:
+            from autoprune.engine.sparse import sparse_base
+
+            path, sparse = sparse_base(s, policy.sparsity)
+            base = str(path)
+        model = ultra.load_model(base).to(s.device)
     channels: dict[str, int] = dict(original)
     trained: dict[str, Any] = {"epochs": 0, "batches": 0, "optimizer_steps": 0}
     before: _Snapshot | None = None
@@ -99,6 +106,7 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
         "checkpoint": str(checkpoint),
         "roundtrip": roundtrip,
         "finetune": trained,
+        **({"sparse": sparse} if sparse is not None else {}),
     }
     return TrialResult(ok=True, metrics=metrics, attrs=attrs)
 

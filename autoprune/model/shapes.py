@@ -145,6 +145,7 @@ def sample_policy(trial: Suggester, space: Space, layers: Sequence[Layer]) -> Po
         lrf=_float(trial, "lrf", space.lrf) if space.lrf else None,
         warmup=_float(trial, "warmup", space.warmup) if space.warmup else None,
         lr_step=_float(trial, "lr_step", space.lr_step) if space.lr_step else 1.0,
+        sparsity=float(_choice(trial, "sparsity", space.sparsity)),
     )
 
 
@@ -181,6 +182,7 @@ def params_for_policy(space: Space, layers: Sequence[Layer], policy: Mapping[str
     choice("round_to", space.round_to)
     choice("schedule", space.schedule)
     choice("distill", space.distill)
+    choice("sparsity", space.sparsity)
     for key in ("lrf", "warmup", "lr_step"):
         rng = getattr(space, key)
         if rng is not None and rng.low != rng.high:
@@ -195,7 +197,7 @@ def uniform_params(space: Space, layers: Sequence[Layer], ratio: float) -> dict[
     return params_for_policy(space, layers, {"ratios": {layer.name: ratio for layer in layers}})
 
 
-SCREEN_VISIBLE = ("ratio/", "mult/", "criterion", "round_to")  # what an adaptive-BN screen can judge
+SCREEN_VISIBLE = ("ratio/", "mult/", "criterion", "round_to", "sparsity")  # what an adaptive-BN screen can judge
 
 
 def screen_visible(params: Mapping[str, Any]) -> dict[str, Any]:
