@@ -117,7 +117,8 @@ def test_fine_tuned_results_feed_promotion():
 def test_screens_fix_only_channel_choices_and_recipe_knobs_are_the_recipes(tmp_path):
     spec = _spec(tmp_path, space={"criteria": ["l1", "l2"], "lr": {"low": 1e-3, "high": 0.05, "log": True},
                                   "iterations": {"low": 1, "high": 3}, "epochs": {"low": 1, "high": 3},
-                                  "ema": [False, True], "schedule": ["linear", "cosine"]})
+                                  "ema": [False, True], "schedule": ["linear", "cosine"],
+                                  "round_to": [1, 8]})
     ss = screen_space(spec.space)
     study = optuna.create_study(directions=["maximize", "minimize"])
     t = study.ask()

@@ -202,3 +202,19 @@ def test_policy_from_old_dict_defaults_round_to():
     d = Policy(ratios=(("a", 0.1),), criterion="l1", iterations=1, lr=0.01, ema=True, epochs=1).to_dict()
     d.pop("round_to")
     assert Policy.from_dict(d).round_to == 1
+
+
+def test_round_to_auto_is_the_default_and_is_measured_once_per_device(monkeypatch, tmp_path):
+    from autoprune.config.spec import AUTO_ROUND_TO
+    from autoprune.engine import rounding
+
+    assert parse_spec({"name": "r", "model": "m.pt", "data": "d.yaml"}, "s.yaml").space.round_to == AUTO_ROUND_TO
+    assert _spec(space={"round_to": "auto"}).space.round_to == AUTO_ROUND_TO
+    assert _spec(space={"round_to": [1, 8]}).space.round_to == (1, 8)
+    monkeypatch.setenv("AUTOPRUNE_HOME", str(tmp_path))
+    k, m = rounding.choose_round_to("cpu", "torch", 1)
+    assert k in (1, 8) and k == (8 if m["ratio"] > 1 + rounding.TOLERANCE else 1) and m["counts"] == 14
+    calls = []
+    monkeypatch.setattr(rounding, "measure_alignment", lambda *a, **kw: calls.append(a) or {})
+    assert rounding.choose_round_to("cpu", "torch", 1) == (k, m | {"round_to": k})  # cached: not measured again
+    assert calls == []

@@ -50,7 +50,7 @@ from autoprune.registry import Registry, UnknownName
 __all__ = ["Constraints", "FinetuneSettings", "LatencySettings", "Resources", "SearchSpec", "SamplerSettings",
            "WarmStart", "Screening", "Sensitivity", "TrialSettings", "Overrides", "load_spec", "parse_spec",
            "check_name", "check_storage", "check_device_text", "registered", "DEFAULT_STUDIES_DIR",
-           "default_storage_url"]
+           "default_storage_url", "AUTO_ROUND_TO"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_STUDIES_DIR = Path("studies")
@@ -168,7 +168,12 @@ def _ema(v: Any, where: str) -> tuple[bool, ...]:  # also space.distill: a list 
     return tuple(dict.fromkeys(ema))
 
 
+AUTO_ROUND_TO = (0,)  # space.round_to: auto (chosen from a measurement on the device when the search starts)
+
+
 def _round_to(v: Any, where: str) -> tuple[int, ...]:
+    if v == "auto":
+        return AUTO_ROUND_TO
     if isinstance(v, int) and not isinstance(v, bool):
         v = [v]
     if not isinstance(v, list) or not v:
@@ -205,7 +210,10 @@ def _space(v: Any) -> Space:
         "warmup": lambda x, w: float_range(x, w, FloatRange(1.0, 1.0), 0.0, 100.0),
         "lr_step": lambda x, w: float_range(x, w, FloatRange(1.0, 1.0), 0.01, 10.0),
     }
-    return read_section(Space, v, "space", custom)
+    space = read_section(Space, v, "space", custom)
+    if not isinstance(v, Mapping) or "round_to" not in v:
+        space = dataclasses.replace(space, round_to=AUTO_ROUND_TO)  # the default: measured for the device
+    return space
 
 
 def _sampler(v: Any) -> SamplerSettings:
