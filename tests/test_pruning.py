@@ -164,3 +164,32 @@ def test_unsupported_architectures_are_refused_in_one_line(yaml_name, what, tmp_
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
     assert f"model: {yaml_name}: {what}" in r.stderr and "cannot be pruned" in r.stderr
     assert not (tmp_path / "studies" / "autoprune.db").exists()  # nothing written
+
+
+@pytest.mark.parametrize("yaml_name", ["yolov8s.yaml", "yolo11s.yaml", "yolov5su.yaml"])
+def test_layer_pruning_drops_repeated_blocks_and_reloads_in_plain_ultralytics(yaml_name, tmp_path):
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    model = ultra.load_model(yaml_name, nc=3)
+    before = {i: len(b.m) for i, b in enumerate(model.model) if hasattr(b, "m") and hasattr(b.m, "__len__")}
+    params = ultra.count_params(model)
+    changed = tp.remove_blocks(model, 0.5)
+    assert changed and all(n == before[int(k.split(".")[1])] - before[int(k.split(".")[1])] // 2
+                           for k, n in changed.items())
+    assert ultra.count_params(model) < params
+    original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TRACE)}
+    keep = target_keep(original, dict.fromkeys(original, 0.3), 1, 1)
+    tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TRACE)  # channel pruning on the shallower model
+    path = ultra.save_checkpoint(model, tmp_path / "p.pt")
+    code = ("import sys, torch; from ultralytics import YOLO; m = YOLO(sys.argv[1]).model.eval(); "
+            "m(torch.rand(1, 3, 64, 64)); print(sum(p.numel() for p in m.parameters()))")
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOPRUNE", "YOLO", "PYTHONPATH"))}
+    env.update(YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(tmp_path / "cfg"), MPLCONFIGDIR=str(tmp_path / "mpl"))
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert int(r.stdout.strip().splitlines()[-1]) == ultra.count_params(model)

@@ -206,6 +206,7 @@ def _space(v: Any) -> Space:
         "schedule": _schedule,
         "distill": _ema,
         "sparsity": _sparsity,
+        "depth": lambda x, w: float_range(x, w, FloatRange(0.0, 0.0), 0.0, 1.0, hi_open=True),
         "lrf": lambda x, w: float_range(x, w, FloatRange(0.01, 0.01), 1e-4, 1.0),
         "warmup": lambda x, w: float_range(x, w, FloatRange(1.0, 1.0), 0.0, 100.0),
         "lr_step": lambda x, w: float_range(x, w, FloatRange(1.0, 1.0), 0.01, 10.0),

@@ -65,7 +65,8 @@ class PolicyDocument:
             "finetune": dict(self.finetune),
             "policy": {"criterion": p.criterion, "iterations": p.iterations, "lr": p.lr, "ema": p.ema,
                        "epochs": p.epochs, "round_to": p.round_to, "schedule": p.schedule, "distill": p.distill,
-                       "lrf": p.lrf, "warmup": p.warmup, "lr_step": p.lr_step, "sparsity": p.sparsity},
+                       "lrf": p.lrf, "warmup": p.warmup, "lr_step": p.lr_step, "sparsity": p.sparsity,
+                       "depth": p.depth},
             "ratios": dict(p.ratios),
             "channels": dict(self.channels),
             "metrics": dict(self.metrics),
@@ -151,7 +152,8 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
                     lrf=_opt_float(pol.get("lrf"), f"{where}: policy.lrf"),
                     warmup=_opt_float(pol.get("warmup"), f"{where}: policy.warmup"),
                     lr_step=_opt_float(pol.get("lr_step"), f"{where}: policy.lr_step") or 1.0,
-                    sparsity=_opt_float(pol.get("sparsity"), f"{where}: policy.sparsity") or 0.0)
+                    sparsity=_opt_float(pol.get("sparsity"), f"{where}: policy.sparsity") or 0.0,
+                    depth=_opt_float(pol.get("depth"), f"{where}: policy.depth") or 0.0)
     return PolicyDocument(
         fingerprint=str(_need(base, "fingerprint", str, f"{where}: base_model")),
         architecture=str(base.get("architecture", "")), base_path=str(base.get("path", "")),

@@ -24,6 +24,7 @@ class Policy:
     warmup: float | None = None  # warm-up epochs (None: finetune.warmup_epochs)
     lr_step: float = 1.0  # prune step k fine-tunes at lr * lr_step ** (k - 1)
     sparsity: float = 0.0  # prune a base sparse-trained with this BN-scale L1 (network slimming); 0: the base
+    depth: float = 0.0  # layer pruning: share of each block's repeated bottlenecks removed (at least one kept)
 
     def step_lr(self, step: int) -> float:
         """The initial learning rate of prune step ``step`` (1-based)."""
@@ -45,7 +46,8 @@ class Policy:
                    ema=bool(d["ema"]), epochs=int(d["epochs"]), round_to=int(d.get("round_to", 1)),
                    schedule=str(d.get("schedule", "linear")), distill=bool(d.get("distill", False)),
                    lrf=_opt_float(d.get("lrf")), warmup=_opt_float(d.get("warmup")),
-                   lr_step=float(d.get("lr_step", 1.0) or 1.0), sparsity=float(d.get("sparsity", 0.0) or 0.0))
+                   lr_step=float(d.get("lr_step", 1.0) or 1.0), sparsity=float(d.get("sparsity", 0.0) or 0.0),
+                   depth=float(d.get("depth", 0.0) or 0.0))
 
 
 def _opt_float(v: Any) -> float | None:

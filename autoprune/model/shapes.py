@@ -146,6 +146,7 @@ def sample_policy(trial: Suggester, space: Space, layers: Sequence[Layer]) -> Po
         warmup=_float(trial, "warmup", space.warmup) if space.warmup else None,
         lr_step=_float(trial, "lr_step", space.lr_step) if space.lr_step else 1.0,
         sparsity=float(_choice(trial, "sparsity", space.sparsity)),
+        depth=_float(trial, "depth", space.depth) if space.depth else 0.0,
     )
 
 
@@ -183,7 +184,7 @@ def params_for_policy(space: Space, layers: Sequence[Layer], policy: Mapping[str
     choice("schedule", space.schedule)
     choice("distill", space.distill)
     choice("sparsity", space.sparsity)
-    for key in ("lrf", "warmup", "lr_step"):
+    for key in ("lrf", "warmup", "lr_step", "depth"):
         rng = getattr(space, key)
         if rng is not None and rng.low != rng.high:
             v = policy.get(key)
@@ -197,7 +198,8 @@ def uniform_params(space: Space, layers: Sequence[Layer], ratio: float) -> dict[
     return params_for_policy(space, layers, {"ratios": {layer.name: ratio for layer in layers}})
 
 
-SCREEN_VISIBLE = ("ratio/", "mult/", "criterion", "round_to", "sparsity")  # what an adaptive-BN screen can judge
+# what an adaptive-BN screen can judge: the model's structure and channel choice
+SCREEN_VISIBLE = ("ratio/", "mult/", "criterion", "round_to", "sparsity", "depth")
 
 
 def screen_visible(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class Space:
     round_to: tuple[int, ...] = (1, 8)  # channel rounding choices (torch-pruning's round_to)
     schedule: tuple[str, ...] = ("cosine", "linear")  # fine-tune learning-rate schedule
     distill: tuple[bool, ...] = (False,)  # knowledge distillation from the unpruned base while fine-tuning
+    depth: FloatRange | None = None  # layer pruning: share of repeated blocks removed (None: none)
     sparsity: tuple[float, ...] = (0.0,)  # BN-scale L1 of the sparse-trained base pruned from (0: the base itself)
     # the learning-rate schedule per prune step (None: not searched; finetune.lrf / warmup_epochs and a constant lr)
     lrf: FloatRange | None = None  # final lr as a fraction of the initial
