@@ -175,7 +175,7 @@ def test_layer_pruning_drops_repeated_blocks_and_reloads_in_plain_ultralytics(ya
     model = ultra.load_model(yaml_name, nc=3)
     before = {i: len(b.m) for i, b in enumerate(model.model) if hasattr(b, "m") and hasattr(b.m, "__len__")}
     params = ultra.count_params(model)
-    changed = tp.remove_blocks(model, 0.5)
+    changed = ultra.remove_blocks(model, 0.5)
     assert changed and all(n == before[int(k.split(".")[1])] - before[int(k.split(".")[1])] // 2
                            for k, n in changed.items())
     assert ultra.count_params(model) < params

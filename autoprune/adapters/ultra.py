@@ -9,7 +9,7 @@ import copy
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,23 @@ import ultralytics  # noqa: E402
 from ultralytics.cfg import get_cfg  # noqa: E402
 from ultralytics.data import build_dataloader, build_yolo_dataset  # noqa: E402
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths  # noqa: E402
-from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator  # noqa: E402
+from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace  # noqa: E402
-from ultralytics.utils import torch_utils as _ul_torch_utils  # noqa: E402
 
 _offline.silence_settings()
+
+from autoprune.adapters.layers import remove_blocks  # noqa: E402
+from autoprune.adapters.ultra_export import backend_runner, export_model, export_onnx  # noqa: E402
+from autoprune.adapters.ultra_train import (  # noqa: E402
+    FinetuneConfig,
+    FinetuneStats,
+    check_checkpoint,
+    checkpoint_param_count,
+    count_params,
+    finetune,
+    set_threads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +51,7 @@ __all__ = [
     "training_batches", "compute_loss", "read_dataset", "checkpoint_param_count", "version", "count_params",
     "set_threads", "check_dataset_files", "layer_stage", "model_nc", "model_names", "check_checkpoint",
     "deploy_copy", "save_checkpoint", "export_onnx", "export_model", "backend_runner", "inference_output",
-    "total_loss", "trained_imgsz",
+    "total_loss", "trained_imgsz", "remove_blocks",
 ]
 
 _SUPPORTED_MAJOR_MINOR = ((8, 3), (8, 4))
@@ -58,12 +69,6 @@ def _check_version() -> None:
 
 
 _check_version()
-
-
-def set_threads(n: int) -> None:
-    """Pin torch's CPU thread count; ultralytics' select_device resets it to its NUM_THREADS."""
-    _ul_torch_utils.NUM_THREADS = n
-    torch.set_num_threads(n)
 
 
 def read_dataset(data: str | Path) -> dict[str, Any]:
@@ -213,151 +218,6 @@ def model_names(model: nn.Module) -> dict[int, str]:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    data: str
-    imgsz: int
-    epochs: int
-    lr: float
-    ema: bool
-    batch: int = 16
-    device: str = "cpu"
-    workers: int = 0
-    threads: int = 2
-    optimizer: str = "SGD"
-    warmup_epochs: float = 0.0  # the trainer caps it to epochs - 1 (the last epoch is never warm-up)
-    mosaic: float = 0.0
-    seed: int = 0
-    cos_lr: bool = False
-    lrf: float = 0.1  # final learning rate as a fraction of lr
-    nbs: int | None = None  # nominal batch: gradients accumulate over nbs / batch batches (None: batch, one step each)
-    warmup_bias_lr: float | None = None  # bias lr at the start of warm-up (None: lr; the trainer's 0.1 hurts recovery)
-    distill_model: str | None = None  # teacher checkpoint: ultralytics' own knowledge distillation (``distill_model``)
-    distill_weight: float = 6.0  # its loss gain (``dis``)
-    bn_l1: float = 0.0  # sparse training: after each optimizer step BN scales shrink by lr * bn_l1 (L1 proximal step)
-
-
-class _GivenModelTrainer(DetectionTrainer):
-    """A DetectionTrainer that trains the module it is handed instead of building one from YAML.
-
-    The stock trainer rebuilds from the model's YAML and copies the weights that fit,
-    which silently undoes structural pruning.
-    """
-
-    def __init__(self, model: nn.Module, overrides: dict[str, Any]):
-        self._given = model
-        super().__init__(overrides=overrides)
-        self.model = model  # setup_model() returns early for an nn.Module
-
-    def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
-        return self._given
-
-
-class _SparseTrainer(_GivenModelTrainer):
-    """Network slimming's sparse training: an L1 penalty on every BatchNorm scale, applied as its proximal step
-    (soft thresholding by lr * bn_l1) after each optimizer step and before the EMA sees the weights."""
-
-    bn_l1: float = 0.0
-
-    def optimizer_step(self) -> None:
-        ema, self.ema = self.ema, None
-        try:
-            super().optimizer_step()
-        finally:
-            self.ema = ema
-        lr_of = {id(p): group["lr"] for group in self.optimizer.param_groups for p in group["params"]}
-        with torch.no_grad():
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
-                    t = self.bn_l1 * lr_of.get(id(m.weight), 0.0)
-                    m.weight.copy_(torch.sign(m.weight) * torch.clamp(m.weight.abs() - t, min=0.0))
-        if self.ema:
-            self.ema.update(self.model)
-
-
-def _student(model: nn.Module) -> nn.Module:
-    """The trained model inside ultralytics' DistillationModel wrapper (the model itself without distillation)."""
-    return getattr(model, "student_model", model)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def checkpoint_param_count(path: str | Path) -> int:
-    """Parameter count of what ultralytics would load from ``path`` (it prefers ``ema``)."""
-    model, _ = load_checkpoint(str(path))
-    return count_params(_student(model))
-
-
-def check_checkpoint(path: str | Path, expected_params: int) -> None:
-    """Raise :class:`TrialError` if ``path`` reloads with another parameter count (the EMA trap)."""
-    n = checkpoint_param_count(path)
-    if n != expected_params:
-        raise TrialError(f"EMA trap: {Path(path).name} reloads with {n} parameters, the pruned model has "
-                         f"{expected_params}")
-
-
-@dataclass(frozen=True)
-class FinetuneStats:
-    epochs: int
-    batches: int  # training batches seen
-    optimizer_steps: int  # gradient steps taken (batches / accumulation)
-
-
-def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose: bool = False,
-             callbacks: dict[str, Any] | None = None) -> FinetuneStats:
-    """Fine-tune ``model`` in place with the ultralytics trainer and return it.
-
-    With ``cfg.ema`` the trained weights are the EMA's; without it the EMA decay is
-    forced to 0 so the trainer's EMA (which it uses for validation and checkpoints) is
-    the raw model.  The trainer's EMA and the checkpoints it wrote are compared with the
-    trained model's parameter count: a mismatch (the EMA trap) raises :class:`TrialError`.
-    """
-    workdir = Path(workdir)
-    overrides = dict(
-        model="autoprune-pruned.yaml", data=str(cfg.data), imgsz=cfg.imgsz, epochs=cfg.epochs, batch=cfg.batch,
-        device=cfg.device, workers=cfg.workers, lr0=cfg.lr, lrf=cfg.lrf, nbs=cfg.nbs or cfg.batch,
-        optimizer=cfg.optimizer, warmup_epochs=cfg.warmup_epochs,
-        warmup_bias_lr=cfg.lr if cfg.warmup_bias_lr is None else cfg.warmup_bias_lr,
-        **({"distill_model": cfg.distill_model, "dis": cfg.distill_weight} if cfg.distill_model else {}),
-        mosaic=cfg.mosaic, close_mosaic=0,
-        amp=False, plots=False, val=False, seed=cfg.seed, deterministic=False, cos_lr=cfg.cos_lr,
-        project=str(workdir.parent), name=workdir.name, exist_ok=True, verbose=verbose, patience=0,
-        pretrained=False,
-    )
-    set_threads(cfg.threads)
-    trainer = (_SparseTrainer if cfg.bn_l1 > 0 else _GivenModelTrainer)(model, overrides)
-    if isinstance(trainer, _SparseTrainer):
-        trainer.bn_l1 = cfg.bn_l1
-
-    def _pin(tr: DetectionTrainer) -> None:
-        set_threads(cfg.threads)
-        if not cfg.ema:
-            tr.ema.decay = lambda _x: 0.0
-
-    trainer.add_callback("on_train_start", _pin)
-    for event, fn in (callbacks or {}).items():
-        trainer.add_callback(event, fn)
-    trainer.train()
-    if hasattr(trainer.model, "_remove_feature_hooks"):  # distillation hooked our model's layers; they hold tensors
-        trainer.model._remove_feature_hooks()
-    trained, ema = _student(trainer.model), _student(trainer.ema.ema)  # with distillation: the wrapped student
-    expected = count_params(trained)
-    got = count_params(ema)
-    if got != expected:
-        raise TrialError(f"EMA trap: the trainer's EMA has {got} parameters, the trained model {expected}")
-    for ckpt in (trainer.last, trainer.best):
-        if Path(ckpt).exists():
-            check_checkpoint(ckpt, expected)
-    model.load_state_dict(ema.float().state_dict())
-    set_threads(cfg.threads)
-    nb = len(trainer.train_loader)
-    accumulate = max(1, int(trainer.accumulate))
-    return FinetuneStats(epochs=cfg.epochs, batches=nb * cfg.epochs,
-                         optimizer_steps=math.ceil(nb / accumulate) * cfg.epochs)
-
-
-@dataclass(frozen=True)
 class ValMetrics:
     map50: float
     map50_95: float
@@ -433,47 +293,6 @@ def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> P
     torch.save({"model": m.half() if half else m.float(), "ema": None, "train_args": args, "date": None,
                 "version": ultralytics.__version__}, path)
     return path
-
-
-def export_model(checkpoint: str | Path, fmt: str, imgsz: int, batch: int = 1, half: bool = False,
-                 device: str = "cpu") -> Path:
-    """``checkpoint`` exported by ultralytics' exporter (``onnx`` or ``engine``) for a fixed batch and size;
-    returns the produced file (beside the checkpoint)."""
-    from ultralytics import YOLO
-
-    return Path(YOLO(str(checkpoint)).export(format=fmt, imgsz=imgsz, batch=batch, half=half, simplify=False,
-                                             dynamic=False, device=device if fmt == "engine" else "cpu",
-                                             verbose=False))
-
-
-def backend_runner(weights: str | Path, device: str, batch: int, imgsz: int, half: bool) -> Callable[[], None]:
-    """One synchronous forward pass of an exported model (e.g. a TensorRT engine) through ultralytics' AutoBackend."""
-    from ultralytics.nn.autobackend import AutoBackend
-
-    dev = torch.device(device)
-    backend = AutoBackend(str(weights), device=dev, fp16=half, verbose=False)
-    x = torch.rand(batch, 3, imgsz, imgsz, device=dev, dtype=torch.float16 if half else torch.float32)
-
-    def run() -> None:
-        with torch.inference_mode():
-            backend(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    return run
-
-
-def export_onnx(checkpoint: str | Path, imgsz: int, out: str | Path) -> Path:
-    """ONNX export through ultralytics' exporter (no onnxslim: it would try to pip-install)."""
-    from ultralytics import YOLO
-
-    produced = Path(YOLO(str(checkpoint)).export(format="onnx", imgsz=imgsz, simplify=False, dynamic=False,
-                                                 device="cpu", verbose=False))
-    out = Path(out)
-    if produced.resolve() != out.resolve():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        produced.replace(out)
-    return out
 
 
 def inference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

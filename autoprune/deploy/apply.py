@@ -121,9 +121,9 @@ def _prune_only(doc: PolicyDocument, model: nn.Module, settings: TrialSettings) 
     model.to(settings.device)
     torch.manual_seed(doc.seed)
     if doc.policy.depth > 0:
-        from autoprune.adapters import tp
+        from autoprune.adapters import ultra
 
-        tp.remove_blocks(model, doc.policy.depth)
+        ultra.remove_blocks(model, doc.policy.depth)
     channels = prune_once(model, settings, doc.policy.criterion, dict(doc.channels), regularize=False)
     model.cpu()
     return channels

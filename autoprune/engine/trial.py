@@ -42,7 +42,7 @@ class TrialResult:
 
 def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], workdir: Path) -> TrialResult:
     """Run one trial for real; raises on failure (see :func:`run_trial_safely`)."""
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import ultra
 
     s = settings
     ultra.set_threads(s.threads)
@@ -58,7 +58,7 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
             path, sparse = sparse_base(s, policy.sparsity)
             base = str(path)
         model = ultra.load_model(base).to(s.device)
-        blocks = tp.remove_blocks(model, policy.depth) if policy.depth > 0 else {}
+        blocks = ultra.remove_blocks(model, policy.depth) if policy.depth > 0 else {}
     channels: dict[str, int] = dict(original)
     trained: dict[str, Any] = {"epochs": 0, "batches": 0, "optimizer_steps": 0}
     before: _Snapshot | None = None
