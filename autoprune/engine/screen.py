@@ -38,8 +38,6 @@ def screen_policy(settings: TrialSettings, policy: Policy, layers: Sequence[Laye
         base = str(sparse_base(s, policy.sparsity)[0])
     model = ultra.load_model(base).to(s.device)
     if policy.depth > 0:  # layer pruning first: the channel pruning then sees the shallower blocks
-        from autoprune.adapters import ultra
-
         ultra.remove_blocks(model, policy.depth)
     original = {layer.name: layer.channels for layer in layers}
     keep = target_keep(original, policy.ratio_map, 1, 1, policy.round_to)
