@@ -26,7 +26,7 @@ for _n, _needle in [
     ("top_level_list", "expected a YAML mapping at the top level"),
     ("missing_spec_file", "spec file not found"),
     ("unknown_key", "colour: unknown key"),
-    ("unknown_space_key", "space.depth: unknown key"),
+    ("unknown_space_key", "space.width: unknown key"),
     ("wrong_type", "trials: expected an integer, got str 'ten'"),
     ("ratio_one", "space.ratio.high: 1 is outside [0, 1)"),
     ("ratio_negative", "space.ratio.low: -0.2 is outside [0, 1)"),
@@ -85,7 +85,7 @@ def _build(name: str, tmp: Path, good: dict, data: Path, model: Path, pg_url: st
         return ["search", str(tmp / "absent.yaml")]
     edits = {
         "unknown_key": {"colour": "red"},
-        "unknown_space_key": {"space": {"depth": 3}},
+        "unknown_space_key": {"space": {"width": 3}},
         "wrong_type": {"trials": "ten"},
         "ratio_one": {"space": {"ratio": {"low": 0.1, "high": 1.0}}},
         "ratio_negative": {"space": {"ratio": {"low": -0.2, "high": 0.5}}},

@@ -166,7 +166,7 @@ def test_unsupported_architectures_are_refused_in_one_line(yaml_name, what, tmp_
     assert not (tmp_path / "studies" / "autoprune.db").exists()  # nothing written
 
 
-@pytest.mark.parametrize("yaml_name", ["yolov8s.yaml", "yolo11s.yaml", "yolov5su.yaml"])
+@pytest.mark.parametrize("yaml_name", ["yolov8s.yaml", "yolov5su.yaml"])  # YOLO11 n-m: every C3k2 has n = 1
 def test_layer_pruning_drops_repeated_blocks_and_reloads_in_plain_ultralytics(yaml_name, tmp_path):
     import subprocess
     import sys

@@ -78,13 +78,6 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     from autoprune.engine.runtimes import check_runtime
 
     check_runtime(spec.latency.runtime, spec.device, spec.latency.half)
-    if spec.space.round_to == AUTO_ROUND_TO:
-        from autoprune.engine.rounding import choose_round_to
-
-        k, m = choose_round_to(spec.device, spec.latency.runtime, spec.latency.threads)
-        spec = spec.replace(space=dataclasses.replace(spec.space, round_to=(k,)))
-        logger.info("round_to %d: on %s, channel counts off a multiple of 8 ran %.2fx the time of the multiple above "
-                    "(measured once, cached)", k, spec.device, m["ratio"])
     data = _resolve_data(spec.data)
     info = ultra.read_dataset(str(data))
     ultra.check_dataset_files(spec.data, info)
@@ -261,9 +254,22 @@ def _allocate(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers
     return [({"ratios": c.ratios, "criterion": criterion, "round_to": round_to}, c.source) for c in found], run
 
 
+def _resolve_round_to(spec: SearchSpec) -> SearchSpec:
+    """``space.round_to: auto``: 8 or 1 from a measurement on the device (cached), said once in the log."""
+    if spec.space.round_to != AUTO_ROUND_TO:
+        return spec
+    from autoprune.engine.rounding import choose_round_to
+
+    k, m = choose_round_to(spec.device, spec.latency.runtime, spec.latency.threads)
+    logger.info("round_to %d (auto): on %s, channel counts off a multiple of 8 ran %.2fx the time of the multiple "
+                "above (measured once, cached)", k, spec.device, m["ratio"])
+    return spec.replace(space=dataclasses.replace(spec.space, round_to=(k,)))
+
+
 def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int | None, ray_address: str | None,
             ray_init_s: float, progress: Progress | None = None) -> SearchOutcome:
     study = open_study_for(spec, store)
+    spec = _resolve_round_to(spec)
     spec = _materialise_yaml_model(spec, nc)
     from autoprune.search import journal
 
