@@ -31,6 +31,7 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
         "space": {"ratio": {"low": 0.1, "high": 0.5}, "criteria": ["l1", "random"], "iterations": 1,
                   "epochs": 1},
         "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 5}, "resources": {"cpus": 1},
+        "sensitivity": {"probes": 0},  # the scan has its own test below
     }
     spec_file = tmp_path / "tiny.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
@@ -54,7 +55,7 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
         assert set(t.user_attrs["policy"]) == {"ratios", "criterion", "iterations", "lr", "ema", "epochs", "round_to",
-                                               "schedule", "distill", "lrf", "warmup", "lr_step"}
+                                               "schedule", "distill", "lrf", "warmup", "lr_step", "sparsity", "depth"}
         assert len(t.user_attrs["policy"]["ratios"]) == len(study.user_attrs["layers"])
         assert t.values[1] < base["params"]  # pruned
         assert {"prune", "finetune", "validate", "latency"} <= set(t.user_attrs["seconds"])
@@ -92,7 +93,7 @@ def test_screened_warm_started_search(tmp_path, tiny_data, tiny_model_pt):
         "objectives": ["map50_95", "params", "latency_ratio"], "sampler": {"name": "nsga2"},
         "space": {"ratio": {"low": 0.1, "high": 0.5}, "shape": "stage", "round_to": [8], "criteria": ["l1", "l2"],
                   "iterations": 1, "epochs": 1},
-        "warm_start": {"uniform": 1}, "screening": {"factor": 2, "batches": 2},
+        "warm_start": {"uniform": 1}, "screening": {"factor": 2, "batches": 2}, "sensitivity": {"probes": 0},
         "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 6, "rounds": 3}, "resources": {"cpus": 1},
     }
     (tmp_path / "mf.yaml").write_text(yaml.safe_dump(spec))
