@@ -149,6 +149,7 @@ def outcomes(tmp_path_factory, tiny_data, tiny_model_pt):
     taken = parse_spec({**good, "name": "taken"}, "s.yaml", studies_dir=studies)
     pre = open_study_for(taken, get_storage(taken.storage_url))  # an existing study with the default objectives
     pre.set_user_attr("marker", 1)
+    created = dict(pre.user_attrs)  # before any of the bad commands runs
     jobs = {}
     for name in CASES:
         case_dir = tmp / name
@@ -166,6 +167,7 @@ def outcomes(tmp_path_factory, tiny_data, tiny_model_pt):
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = dict(pool.map(run, jobs.items()))
     results["_taken_url"] = taken.storage_url
+    results["_taken_attrs"] = created  # what creation wrote (objectives, role, this driver, marker)
     return results
 
 
@@ -186,8 +188,8 @@ def test_bad_input(name, outcomes):
         import optuna
 
         study = optuna.load_study(study_name="taken", storage=outcomes["_taken_url"])
-        assert study.user_attrs == {"objectives": ["map50_95", "params", "latency_ms"], "marker": 1,
-                                    "autoprune_role": "main"}  # what creation wrote: the refused search wrote nothing
+        assert study.user_attrs == outcomes["_taken_attrs"]  # what creation wrote: the refused search wrote nothing
+        assert {"objectives", "marker", "autoprune_role"} <= set(study.user_attrs)
         assert study.trials == []
     else:
         assert not (studies / "autoprune.db").exists()
