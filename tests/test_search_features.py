@@ -214,7 +214,12 @@ def test_round_to_auto_is_the_default_and_is_measured_once_per_device(monkeypatc
     monkeypatch.setenv("AUTOPRUNE_HOME", str(tmp_path))
     k, m = rounding.choose_round_to("cpu", "torch", 1)
     assert k in (1, 8) and k == (8 if m["ratio"] > 1 + rounding.TOLERANCE else 1) and m["counts"] == 14
-    calls = []
-    monkeypatch.setattr(rounding, "measure_alignment", lambda *a, **kw: calls.append(a) or {})
+    calls: list[tuple] = []
+
+    def measure(*a, **kw):
+        calls.append(a)
+        return {}
+
+    monkeypatch.setattr(rounding, "measure_alignment", measure)
     assert rounding.choose_round_to("cpu", "torch", 1) == (k, m | {"round_to": k})  # cached: not measured again
     assert calls == []
