@@ -7,6 +7,7 @@ and ``autoprune apply`` (one step to a policy's recorded channels).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,10 +17,37 @@ from autoprune.config.spec import TrialSettings
 from autoprune.engine.measure import Phases
 from autoprune.errors import TrialError
 from autoprune.model import criteria
+from autoprune.model.policy import Policy
 
-__all__ = ["TRACE_IMGSZ", "accumulate_gradients", "prune_once", "recalibrate_bn"]
+__all__ = ["TRACE_IMGSZ", "accumulate_gradients", "prune_once", "recalibrate_bn", "Start", "load_start"]
 
 TRACE_IMGSZ = 64  # input size for dependency-graph tracing; channel structure does not depend on it
+
+
+@dataclass(frozen=True)
+class Start:
+    """The model a policy's channel pruning starts from, and how it was made."""
+
+    model: Any  # an ultralytics DetectionModel
+    sparse: dict[str, Any] | None  # the sparse base's BN-scale summary (None: the base itself)
+    blocks: dict[str, int]  # blocks whose repeated bottlenecks layer pruning cut, and their new n
+
+
+def load_start(settings: TrialSettings, policy: Policy) -> Start:
+    """The base (or its sparse-trained copy, trained once and cached) on the trial's device, layer-pruned by the
+    policy's depth: what trials and screens prune channels from."""
+    from autoprune.adapters import ultra
+
+    s = settings
+    base, sparse = s.model, None
+    if policy.sparsity > 0:
+        from autoprune.engine.sparse import sparse_base
+
+        path, sparse = sparse_base(s, policy.sparsity)
+        base = str(path)
+    model = ultra.load_model(base).to(s.device)
+    blocks = ultra.remove_blocks(model, policy.depth) if policy.depth > 0 else {}
+    return Start(model, sparse, blocks)
 
 
 def accumulate_gradients(model: Any, settings: TrialSettings) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from autoprune.config.spec import TrialSettings
 from autoprune.engine.measure import measure_model
-from autoprune.engine.pipeline import prune_once, recalibrate_bn
+from autoprune.engine.pipeline import load_start, prune_once, recalibrate_bn
 from autoprune.engine.trial import TrialResult, failure_reason
 from autoprune.model.policy import Policy
 from autoprune.model.shapes import target_keep
@@ -31,14 +31,7 @@ def screen_policy(settings: TrialSettings, policy: Policy, layers: Sequence[Laye
     t0 = time.perf_counter()
     ultra.set_threads(s.threads)
     torch.manual_seed(s.seed)
-    base = s.model
-    if policy.sparsity > 0:  # the sparse-trained base (trained once, cached)
-        from autoprune.engine.sparse import sparse_base
-
-        base = str(sparse_base(s, policy.sparsity)[0])
-    model = ultra.load_model(base).to(s.device)
-    if policy.depth > 0:  # layer pruning first: the channel pruning then sees the shallower blocks
-        ultra.remove_blocks(model, policy.depth)
+    model = load_start(s, policy).model  # sparse base and layer pruning first, as in a trial
     original = {layer.name: layer.channels for layer in layers}
     keep = target_keep(original, policy.ratio_map, 1, 1, policy.round_to)
     channels = prune_once(model, s, policy.criterion, keep, regularize=False)

@@ -16,7 +16,7 @@ from torch import nn
 
 from autoprune.config.spec import TrialSettings
 from autoprune.engine.measure import Measurement, Phases, measure_model
-from autoprune.engine.pipeline import prune_once, recalibrate_bn
+from autoprune.engine.pipeline import load_start, prune_once, recalibrate_bn
 from autoprune.errors import AutopruneError, TrialError
 from autoprune.model.policy import Policy
 from autoprune.model.shapes import target_keep
@@ -49,16 +49,9 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
     torch.manual_seed(s.seed)
     phases = Phases()
     original = {layer.name: layer.channels for layer in layers}
-    sparse: dict[str, Any] | None = None
     with phases("load"):
-        base = s.model
-        if policy.sparsity > 0:
-            from autoprune.engine.sparse import sparse_base
-
-            path, sparse = sparse_base(s, policy.sparsity)
-            base = str(path)
-        model = ultra.load_model(base).to(s.device)
-        blocks = ultra.remove_blocks(model, policy.depth) if policy.depth > 0 else {}
+        start = load_start(s, policy)
+    model, sparse, blocks = start.model, start.sparse, start.blocks
     channels: dict[str, int] = dict(original)
     trained: dict[str, Any] = {"epochs": 0, "batches": 0, "optimizer_steps": 0}
     before: _Snapshot | None = None
