@@ -68,6 +68,33 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True}
 
 
+OPEN_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0)  # waits between tries when drivers create one database at once
+
+
+def _creation_race(e: Exception) -> bool:
+    """Whether ``e`` is another process creating the same schema at the same moment (not a bad URL)."""
+    if isinstance(e, sa.exc.IntegrityError):
+        return True  # two drivers inserting the schema version row
+    text = str(e).lower()
+    return isinstance(e, sa.exc.OperationalError) and ("already exists" in text or "locked" in text)
+
+
+def _open_rdb(url: str) -> optuna.storages.RDBStorage:
+    """RDBStorage at ``url``; drivers started together on a fresh database race to create its tables, so a
+    creation race is retried (the loser then finds the tables made); anything else is a one-line InputError."""
+    for delay in (*OPEN_RETRY_DELAYS_S, None):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), skip_compatibility_check=False)
+        except Exception as e:
+            if delay is not None and _creation_race(e):
+                logger.debug("storage %s: schema creation race (%s); retrying", masked(url), type(e).__name__)
+                time.sleep(delay)
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"storage: cannot open {masked(url)}: {first}") from None
+    raise AssertionError("unreachable")
+
+
 class StudyStorage:
     """An Optuna RDB storage opened from ``url``, with the few storage-level operations autoprune needs."""
 
@@ -77,12 +104,7 @@ class StudyStorage:
             path = url[len("sqlite:///"):]
             if path and path != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        try:
-            self.rdb = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url),
-                                                  skip_compatibility_check=False)
-        except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"storage: cannot open {masked(url)}: {first}") from None
+        self.rdb = _open_rdb(url)
 
     def __getstate__(self) -> dict[str, Any]:  # Ray Tune pickles its searcher, which holds this
         state = dict(self.__dict__)
