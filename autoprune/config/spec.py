@@ -104,8 +104,9 @@ class SearchSpec:
         ``studies_dir/NAME@TAG`` for another (TAG from the storage URL), so studies of one name in two storages never
         share trial files."""
         tag = ""
-        if self.storage_url != default_storage_url(self.studies_dir):
-            tag = "@" + hashlib.sha256(self.storage_url.encode()).hexdigest()[:10]
+        url = self.storage_url.split("?")[0] if self.storage_url.startswith("sqlite") else self.storage_url
+        if url != default_storage_url(self.studies_dir):  # SQLite's ?timeout= does not change which database
+            tag = "@" + hashlib.sha256(url.encode()).hexdigest()[:10]
         return (Path(self.studies_dir) / f"{study_name}{tag}").resolve()
 
     @property

@@ -110,10 +110,14 @@ class StudySearcher(Searcher):
         if self._asked >= self._n:
             return Searcher.FINISHED  # type: ignore[return-value]  # Ray's sentinel string
         self._asked += 1
-        ot = self._study.ask()
-        records.start_trial(ot, self.driver, trial_id)
-        policy = sample_policy(ot, self._job.space, self._job.layers)
-        records.set_policy(ot, policy.to_dict())
+        ot = journal.with_retries(self._study.ask, "a new trial")  # a refused insert leaves no trial behind
+
+        def start() -> Policy:
+            records.start_trial(ot, self.driver, trial_id)
+            policy = sample_policy(ot, self._job.space, self._job.layers)
+            records.set_policy(ot, policy.to_dict())
+            return policy
+        policy = journal.with_retries(start, f"trial {ot.number}'s start")
         self._live[trial_id] = ot
         return {"number": ot.number, "attempt": records.trial(ot).retry, "policy": policy.to_dict(),
                 "workdir": str(self._trial_dir(ot.number))}

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import optuna
 import sqlalchemy as sa
@@ -25,9 +25,10 @@ from autoprune.model import records
 from autoprune.search.study import StudyStorage, fail_trial
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-__all__ = ["Outcome", "STORAGE_ERRORS", "WRITE_RETRY_DELAYS_S", "write", "write_with_retries", "keep", "replay",
-           "journal_dir"]
+__all__ = ["Outcome", "STORAGE_ERRORS", "WRITE_RETRY_DELAYS_S", "write", "with_retries", "write_with_retries", "keep",
+           "replay", "journal_dir"]
 
 WRITE_RETRY_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (optuna.exceptions.StorageInternalError, sa.exc.SQLAlchemyError,
@@ -58,19 +59,27 @@ def write(study: optuna.Study, trial: optuna.Trial, o: Outcome, before_tell: Cal
         fail_trial(study, trial, o.reason)
 
 
-def write_with_retries(study: optuna.Study, trial: optuna.Trial, o: Outcome,
-                       before_tell: Callable[[], None] | None = None) -> None:
-    """:func:`write`, retried after each of :data:`WRITE_RETRY_DELAYS_S` on a storage error (then re-raised)."""
+def with_retries(fn: Callable[[], T], what: str) -> T:
+    """``fn()``, retried after each of :data:`WRITE_RETRY_DELAYS_S` on a storage error (then re-raised).
+
+    ``fn`` must be safe to repeat (Optuna's attribute and state writes are)."""
     for attempt, delay in enumerate((*WRITE_RETRY_DELAYS_S, None)):
         try:
-            return write(study, trial, o, before_tell)
+            return fn()
         except STORAGE_ERRORS as e:
             if delay is None:
                 raise
-            logger.warning("trial %d: the storage refused its result (%s); retry %d in %.0fs", o.number,
+            logger.warning("%s: the storage refused it (%s); retry %d in %.0fs", what,
                            str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__,
                            attempt + 1, delay)
             time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def write_with_retries(study: optuna.Study, trial: optuna.Trial, o: Outcome,
+                       before_tell: Callable[[], None] | None = None) -> None:
+    """:func:`write`, retried on a storage error (see :func:`with_retries`)."""
+    with_retries(lambda: write(study, trial, o, before_tell), f"trial {o.number}'s result")
 
 
 def journal_dir(study_dir: Path) -> Path:

@@ -28,9 +28,9 @@ from autoprune.search import samplers
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StudyStorage", "get_storage", "masked", "StudyOptions", "open_study", "open_study_for", "load_existing",
-           "Opened", "driver_id", "heartbeat", "check_database", "fail_trial", "fail_stale_trials", "maybe_retry",
-           "STALE_AFTER_S"]
+__all__ = ["StudyStorage", "get_storage", "masked", "sqlite_path", "StudyOptions", "open_study", "open_study_for",
+           "load_existing", "Opened", "driver_id", "heartbeat", "check_database", "fail_trial", "fail_stale_trials",
+           "maybe_retry", "STALE_AFTER_S"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite write waits for another connection's lock
 STALE_AFTER_S = 300.0  # a driver on another host is presumed dead after this long without a heartbeat
@@ -60,8 +60,18 @@ def _check_sqlite_database(path: str) -> None:
         raise InputError(f"storage: {path} is not an Optuna/autoprune study database (no Optuna tables)")
 
 
+def sqlite_path(url: str) -> str | None:
+    """The database file of an ``sqlite:///PATH[?timeout=S]`` URL (None for other URLs and in-memory SQLite)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = sa.engine.make_url(url).database
+    return path if path and path != ":memory:" else None
+
+
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
+        if "timeout" in sa.engine.make_url(url).query:  # the user's own busy wait (sqlite:///PATH?timeout=S)
+            return {}
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     if url.startswith("postgresql"):
         return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
@@ -100,10 +110,9 @@ class StudyStorage:
 
     def __init__(self, url: str):
         self.url = url
-        if url.startswith("sqlite:///"):
-            path = url[len("sqlite:///"):]
-            if path and path != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        path = sqlite_path(url)
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.rdb = _open_rdb(url)
 
     def __getstate__(self) -> dict[str, Any]:  # Ray Tune pickles its searcher, which holds this
@@ -228,8 +237,7 @@ def load_existing(url: str, name: str | None) -> Opened:
 
     Without ``name`` the storage must hold exactly one user study (internal side studies don't count).
     """
-    if url.startswith("sqlite:///"):
-        _check_sqlite_database(url[len("sqlite:///"):])
+    check_database(url)
     store = get_storage(url)
     names = store.study_names()
     if name is None:
@@ -245,8 +253,9 @@ def load_existing(url: str, name: str | None) -> Opened:
 
 def check_database(url: str) -> None:
     """For commands that only read: the database must already exist and be a study database."""
-    if url.startswith("sqlite:///"):
-        _check_sqlite_database(url[len("sqlite:///"):])
+    path = sqlite_path(url)
+    if path:
+        _check_sqlite_database(path)
 
 
 def driver_id() -> str:
