@@ -27,6 +27,7 @@ params 1.1x the baseline.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -140,6 +141,16 @@ def bootstrap_ratio(a: list[float], b: list[float], n: int = 10_000, seed: int =
     return {"ratio": ratio, "lo95": boots[int(0.025 * n)], "hi95": boots[int(0.975 * n) - 1]}
 
 
+def _mergeable(out: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The results already in ``out``, checked to pair with this run (same seeds, budget, step, image size)."""
+    old = json.loads(out.read_text())
+    for key in ("task", "budget_s", "seeds", "step", "imgsz"):
+        if old.get(key) != fresh[key]:
+            raise SystemExit(f"--merge: {out} has {key} {old.get(key)!r}, this run {fresh[key]!r}")
+    old.setdefault("merged_runs", []).append({"machine": fresh["machine"], "arms": []})
+    return old
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=["demo", "shapes11"], default="demo")
@@ -150,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--imgsz", type=int, default=160)
     p.add_argument("--workdir", type=Path)
     p.add_argument("--out", type=Path)
+    p.add_argument("--merge", action="store_true",
+                   help="add these arms to the arms already in --out (same seeds, budget, step and imgsz)")
     args = p.parse_args(argv)
     setup_logging()
     import ray
@@ -159,17 +172,21 @@ def main(argv: list[str] | None = None) -> int:
     model, data = task_inputs(args.task, workdir, args.imgsz)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     result: dict[str, Any] = {"task": args.task, "budget_s": args.budget, "seeds": args.seeds, "step": args.step,
-                              "imgsz": args.imgsz, "machine": machine(),
-                              "arms": {a: {k: [] for k in ("hv", "hv_half", "best_map_at_half_params", "below_floor",
-                                                          "trials", "wall_s", "front")} for a in args.arms}}
+                              "imgsz": args.imgsz, "machine": machine(), "arms": {}}
+    if args.merge:
+        result = _mergeable(out, result)
+        result["merged_runs"][-1]["arms"] = list(args.arms)
+    result["arms"].update({a: {k: [] for k in ("hv", "hv_half", "best_map_at_half_params", "below_floor", "trials",
+                                               "wall_s", "front")} for a in args.arms})
     scanned = [a for a in args.arms if a.startswith("autoprune") and a != "autoprune_noscreen"]
     share = 0.0
     if scanned:  # the scan, cached per base model, paid once and charged in shares
         t0 = time.perf_counter()
         run_arm(workdir, f"{args.task}-scan", arm_specs(model, data, 0, args.imgsz)["autoprune"], 0.0, 1)
-        result["scan_s"] = time.perf_counter() - t0
-        share = result["scan_s"] / (len(scanned) * len(args.seeds))
-        result["scan_share_s"] = share
+        scan_s = time.perf_counter() - t0
+        share = scan_s / (len(scanned) * len(args.seeds))
+        result["scan_s" if not args.merge else f"scan_s_{'_'.join(scanned)}"] = scan_s
+        result["scan_share_s" if not args.merge else f"scan_share_s_{'_'.join(scanned)}"] = share
         logger.info("%s: sensitivity scan %.0fs, charged %.1fs to each autoprune arm run", args.task,
                     result["scan_s"], share)
     for seed in args.seeds:
@@ -189,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out, result)  # after every seed: a partial run still leaves its numbers
     arms = result["arms"]
     summary = {}
-    for other in ("uniform", "random", "sweep"):
-        if "autoprune" in arms and other in arms and len(args.seeds) >= 2:
-            summary[f"autoprune/{other}"] = bootstrap_ratio(arms["autoprune"]["hv"], arms[other]["hv"])
+    for mine in ("autoprune", "autoprune_recipe", "autoprune_noscreen"):
+        for other in ("uniform", "random", "sweep"):
+            if mine in arms and other in arms and len(args.seeds) >= 2:
+                summary[f"{mine}/{other}"] = bootstrap_ratio(arms[mine]["hv"], arms[other]["hv"])
     result["summary"] = summary
     write_json(out, result)
     for arm, rec in arms.items():
