@@ -141,15 +141,29 @@ def merge_c2f(model: nn.Module) -> None:
     _replace(model, lambda m: isinstance(m, C2fSplit), lambda m: m.merge())
 
 
+_OUTPUT_BRANCHES = ("cv2", "cv3", "cv4", "cv5", "one2one_cv2", "one2one_cv3", "one2one_cv4",
+                    "cv4_kpts", "cv4_sigma", "one2one_cv4_kpts", "one2one_cv4_sigma")
+
+
 def _ignored_layers(model: nn.Module) -> list[nn.Module]:
+    """Modules whose output channels are the model's outputs and must keep their count: each head branch's last
+    conv (boxes, classes, mask coefficients, keypoints), a segmentation head's prototype output (``proto.cv3``,
+    and YOLO26's semantic branch), DFL and attention."""
     _, _, Detect, DFL, Attention = _ultra()
     ignored: list[nn.Module] = []
     for mod in model.modules():
         if isinstance(mod, Detect):
-            for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3", "cv4", "cv5"):
+            for attr in _OUTPUT_BRANCHES:
                 branches = getattr(mod, attr, None)
                 if isinstance(branches, nn.ModuleList):
-                    ignored.extend(branch[-1] for branch in branches)
+                    for b in branches:  # a Conv wrapper's own Conv2d too: the graph's roots are Conv2d
+                        ignored.extend((b[-1] if isinstance(b, nn.Sequential) else b).modules())
+            proto = getattr(mod, "proto", None)
+            if proto is not None:
+                ignored.extend(proto.cv3.modules())
+                semseg = getattr(proto, "semseg", None)
+                if isinstance(semseg, nn.Sequential):
+                    ignored.extend(semseg[-1].modules())
         elif isinstance(mod, (DFL, Attention)) or "attn" in type(mod).__name__.lower():
             ignored.extend(mod.modules())
     return ignored

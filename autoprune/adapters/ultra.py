@@ -26,7 +26,6 @@ import ultralytics  # noqa: E402
 from ultralytics.cfg import get_cfg  # noqa: E402
 from ultralytics.data import build_dataloader, build_yolo_dataset  # noqa: E402
 from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths  # noqa: E402
-from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace  # noqa: E402
 
@@ -34,6 +33,7 @@ _offline.silence_settings()
 
 from autoprune.adapters.layers import remove_blocks  # noqa: E402
 from autoprune.adapters.ultra_export import backend_runner, export_model, export_onnx  # noqa: E402
+from autoprune.adapters.ultra_tasks import TASK_METRICS, TASKS, build_model, model_task, validator_class  # noqa: E402
 from autoprune.adapters.ultra_train import (  # noqa: E402
     FinetuneConfig,
     FinetuneStats,
@@ -51,7 +51,7 @@ __all__ = [
     "training_batches", "compute_loss", "read_dataset", "checkpoint_param_count", "version", "count_params",
     "set_threads", "check_dataset_files", "layer_stage", "model_nc", "model_names", "check_checkpoint",
     "deploy_copy", "save_checkpoint", "export_onnx", "export_model", "backend_runner", "inference_output",
-    "total_loss", "trained_imgsz", "remove_blocks",
+    "total_loss", "trained_imgsz", "remove_blocks", "TASKS", "model_task", "kpt_shape",
 ]
 
 _SUPPORTED_MAJOR_MINOR = ((8, 3), (8, 4))
@@ -114,7 +114,7 @@ def check_dataset_files(data: str | Path, info: dict[str, Any]) -> dict[str, int
         if not any(lbl.is_file() for lbl in labels):
             label_dir = labels[0].parent
             raise InputError(f"data: {data}: no label files for the {split} images (expected them in {label_dir})")
-        good, bad = _count_labels(labels, int(info.get("nc", 0)))
+        good, bad = _count_labels(labels, int(info.get("nc", 0)), kpt_shape(info))
         if good == 0:
             raise InputError(f"data: {data}: none of the {split} split's {bad} label line(s) is valid "
                              "(class index, then x y w h in [0, 1])")
@@ -139,8 +139,10 @@ def _unreadable_images(images: list[str]) -> list[str]:
     return bad
 
 
-def _count_labels(labels: list[Path], nc: int) -> tuple[int, int]:
-    """(valid, invalid) detection label lines: ``class x y w h`` (more numbers for polygons), class in [0, nc)."""
+def _count_labels(labels: list[Path], nc: int, kpts: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(valid, invalid) label lines: ``class x y w h`` (more numbers for polygons; for a pose data set of
+    ``kpts`` = (n, d), n keypoints of d values after the box, a third value being the visibility 0-2), class in
+    [0, nc), coordinates in [0, 1]."""
     good = bad = 0
     for path in labels:
         if not path.is_file():
@@ -154,17 +156,25 @@ def _count_labels(labels: list[Path], nc: int) -> tuple[int, int]:
             except ValueError:
                 bad += 1
                 continue
-            ok = len(xy) >= 4 and cls.is_integer() and 0 <= cls < max(nc, 1) and all(0.0 <= v <= 1.0 for v in xy)
+            if kpts:
+                coords = [v for i, v in enumerate(xy[4:]) if kpts[1] < 3 or i % 3 != 2] + xy[:4]
+                shape_ok = len(xy) == 4 + kpts[0] * kpts[1] and all(
+                    0.0 <= v <= 2.0 for i, v in enumerate(xy[4:]) if kpts[1] == 3 and i % 3 == 2)
+            else:
+                coords, shape_ok = xy, len(xy) >= 4
+            ok = shape_ok and cls.is_integer() and 0 <= cls < max(nc, 1) and all(0.0 <= v <= 1.0 for v in coords)
             good, bad = (good + 1, bad) if ok else (good, bad + 1)
     return good, bad
 
 
-def load_model(source: str | Path, nc: int | None = None) -> DetectionModel:
-    """A trainable fp32 DetectionModel from a checkpoint (.pt) or a model YAML."""
+def load_model(source: str | Path, nc: int | None = None, kpt_shape: tuple[int, int] | None = None
+               ) -> DetectionModel:
+    """A trainable fp32 detection, segmentation or pose model from a checkpoint (.pt) or a model YAML (a pose
+    YAML takes the data set's ``kpt_shape``)."""
     source = str(source)
     if source.endswith((".yaml", ".yml")):
-        model = DetectionModel(source, nc=nc, verbose=False)
-        model.args = IterableSimpleNamespace(**DEFAULT_CFG_DICT)
+        model = build_model(source, nc=nc, kpt_shape=kpt_shape)
+        model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, "task": model_task(model)})
     else:
         try:
             with warnings.catch_warnings():  # torch's weights_only unpickler warns about pickle protocols
@@ -177,7 +187,8 @@ def load_model(source: str | Path, nc: int | None = None) -> DetectionModel:
                                  "for a file you trust: loading runs its code)") from None
             raise InputError(f"model: {source}: not a loadable ultralytics checkpoint ({type(e).__name__})") from e
         if not isinstance(model, DetectionModel):
-            raise InputError(f"model: {source}: holds a {type(model).__name__}, not a YOLO detection model")
+            raise InputError(f"model: {source}: holds a {type(model).__name__}, not a YOLO detection, segmentation "
+                             "or pose model")
         args = model.args if isinstance(model.args, dict) else vars(model.args)
         model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **args})
     model = model.float().train()
@@ -217,34 +228,48 @@ def model_names(model: nn.Module) -> dict[int, str]:
     return dict(getattr(model, "names", {}) or {})
 
 
+def kpt_shape(info: dict[str, Any]) -> tuple[int, int] | None:
+    """A data set's keypoint shape (pose data sets), from its parsed YAML."""
+    k = info.get("kpt_shape")
+    return (int(k[0]), int(k[1])) if isinstance(k, (list, tuple)) and len(k) == 2 else None
+
+
 @dataclass(frozen=True)
 class ValMetrics:
-    map50: float
+    map50: float  # box mAP, whatever the task
     map50_95: float
+    extra: tuple[tuple[str, float], ...] = ()  # the task's own: (mask_map50, ...), (mask_map50_95, ...) or pose_*
 
 
 def validate(model: nn.Module, data: str, imgsz: int, device: str = "cpu", batch: int = 16,
              threads: int = 2, split: str = "val") -> ValMetrics:
-    """mAP50 and mAP50-95 from ultralytics' DetectionValidator on ``split``, on a copy of ``model``."""
+    """Box mAP50 and mAP50-95 (and the mask or pose ones) from the task's ultralytics validator on ``split``, on a
+    copy of ``model``."""
     set_threads(threads)
+    task = model_task(model)
     args = dict(data=str(data), imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False,
-                half=False, workers=0, split=split, save_json=False, rect=True)
-    validator = DetectionValidator(args=args)
+                half=False, workers=0, split=split, save_json=False, rect=True, task=task)
+    validator = validator_class(task)(args=args)
     m = copy.deepcopy(model).float().eval()
     stats = validator(model=m)
     set_threads(threads)
-    map50 = float(stats.get("metrics/mAP50(B)", float("nan")))
-    map5095 = float(stats.get("metrics/mAP50-95(B)", float("nan")))
-    if not (math.isfinite(map50) and math.isfinite(map5095)):
-        raise TrialError(f"validation returned a non-finite mAP ({map50}, {map5095})")
-    return ValMetrics(map50=map50, map50_95=map5095)
+    values = {"map50": "mAP50(B)", "map50_95": "mAP50-95(B)"}
+    extra = TASK_METRICS[task]
+    if extra:
+        values.update({f"{extra[0]}_map50": f"mAP50({extra[1]})", f"{extra[0]}_map50_95": f"mAP50-95({extra[1]})"})
+    got = {k: float(stats.get(f"metrics/{v}", float("nan"))) for k, v in values.items()}
+    bad = {k: v for k, v in got.items() if not math.isfinite(v)}
+    if bad:
+        raise TrialError(f"validation returned a non-finite mAP ({bad})")
+    return ValMetrics(map50=got.pop("map50"), map50_95=got.pop("map50_95"), extra=tuple(got.items()))
 
 
 def training_batches(data: str, imgsz: int, batch: int, n_batches: int, device: str = "cpu",
-                     seed: int = 0) -> Iterator[dict[str, Any]]:
-    """Up to ``n_batches`` preprocessed training batches (images in [0, 1]) for gradient-based criteria."""
+                     seed: int = 0, task: str = "detect") -> Iterator[dict[str, Any]]:
+    """Up to ``n_batches`` preprocessed training batches (images in [0, 1]; with masks or keypoints for those
+    tasks) for gradient-based criteria and BN recalibration."""
     info = read_dataset(data)
-    cfg = get_cfg(overrides=dict(imgsz=imgsz, mosaic=0.0, mixup=0.0, seed=seed, data=str(data)))
+    cfg = get_cfg(overrides=dict(imgsz=imgsz, mosaic=0.0, mixup=0.0, seed=seed, data=str(data), task=task))
     dataset = build_yolo_dataset(cfg, info["train"], batch, info, mode="train", stride=32)
     loader = build_dataloader(dataset, batch, workers=0, shuffle=False, pin_memory=False)
     for i, b in enumerate(loader):
@@ -289,14 +314,17 @@ def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> P
     m = copy.deepcopy(model).cpu()
     m.criterion = None  # a loss object holds tensors of the old shapes and is rebuilt on demand
     args = m.args if isinstance(m.args, dict) else dict(vars(m.args))
+    args["task"] = model_task(m)  # what plain ultralytics' YOLO(path) reads to pick its predictor and validator
     m.args = args
     torch.save({"model": m.half() if half else m.float(), "ema": None, "train_args": args, "date": None,
                 "version": ultralytics.__version__}, path)
     return path
 
 
-def inference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The decoded detection output (what ONNX export returns) of a deployable model."""
+def inference_output(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The deployed outputs of a model, in the order ONNX export writes them: the decoded detections (with mask
+    coefficients or keypoints), then a segmentation model's mask prototypes."""
     with torch.inference_mode():
         y = model(x)
-    return y[0] if isinstance(y, (tuple, list)) else y
+    first = y[0] if isinstance(y, (tuple, list)) else y
+    return list(first) if isinstance(first, (tuple, list)) else [first]

@@ -3,6 +3,7 @@ checks; sparse training. Part of the ultralytics adapter (re-exported by :mod:`a
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,10 @@ from autoprune.errors import TrialError
 
 _offline.configure()
 
-from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
 from ultralytics.utils import torch_utils as _ul_torch_utils  # noqa: E402
+
+from autoprune.adapters.ultra_tasks import model_task, trainer_base  # noqa: E402
 
 __all__ = ["FinetuneConfig", "FinetuneStats", "finetune", "set_threads", "count_params", "checkpoint_param_count",
            "check_checkpoint"]
@@ -54,23 +56,27 @@ class FinetuneConfig:
     bn_l1: float = 0.0  # sparse training: after each optimizer step BN scales shrink by lr * bn_l1 (L1 proximal step)
 
 
-class _GivenModelTrainer(DetectionTrainer):
-    """A DetectionTrainer that trains the module it is handed instead of building one from YAML.
+class _GivenModel:
+    """Mixed into the task's ultralytics trainer: train the module it is handed instead of building one from YAML.
 
     The stock trainer rebuilds from the model's YAML and copies the weights that fit,
     which silently undoes structural pruning.
     """
 
+    model: Any
+    ema: Any
+    optimizer: Any
+
     def __init__(self, model: nn.Module, overrides: dict[str, Any]):
         self._given = model
-        super().__init__(overrides=overrides)
+        super().__init__(overrides=overrides)  # type: ignore[call-arg]  # the trainer's, next in the MRO
         self.model = model  # setup_model() returns early for an nn.Module
 
     def get_model(self, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         return self._given
 
 
-class _SparseTrainer(_GivenModelTrainer):
+class _Sparse(_GivenModel):
     """Network slimming's sparse training: an L1 penalty on every BatchNorm scale, applied as its proximal step
     (soft thresholding by lr * bn_l1) after each optimizer step and before the EMA sees the weights."""
 
@@ -79,7 +85,7 @@ class _SparseTrainer(_GivenModelTrainer):
     def optimizer_step(self) -> None:
         ema, self.ema = self.ema, None
         try:
-            super().optimizer_step()
+            super().optimizer_step()  # type: ignore[misc]  # the trainer's, next in the MRO
         finally:
             self.ema = ema
         lr_of = {id(p): group["lr"] for group in self.optimizer.param_groups for p in group["params"]}
@@ -90,6 +96,14 @@ class _SparseTrainer(_GivenModelTrainer):
                     m.weight.copy_(torch.sign(m.weight) * torch.clamp(m.weight.abs() - t, min=0.0))
         if self.ema:
             self.ema.update(self.model)
+
+
+@functools.cache
+def _trainer_class(task: str, sparse: bool) -> type:
+    """The task's ultralytics trainer (detection, segmentation, pose) with the given-model (and sparse) behaviour."""
+    base = trainer_base(task)
+    mixin = _Sparse if sparse else _GivenModel
+    return type(f"{mixin.__name__.strip('_')}{base.__name__}", (mixin, base), {})
 
 
 def _student(model: nn.Module) -> nn.Module:
@@ -144,11 +158,11 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
         pretrained=False,
     )
     set_threads(cfg.threads)
-    trainer = (_SparseTrainer if cfg.bn_l1 > 0 else _GivenModelTrainer)(model, overrides)
-    if isinstance(trainer, _SparseTrainer):
+    trainer = _trainer_class(model_task(model), cfg.bn_l1 > 0)(model, overrides)
+    if isinstance(trainer, _Sparse):
         trainer.bn_l1 = cfg.bn_l1
 
-    def _pin(tr: DetectionTrainer) -> None:
+    def _pin(tr: Any) -> None:
         set_threads(cfg.threads)
         if not cfg.ema:
             tr.ema.decay = lambda _x: 0.0

@@ -1,4 +1,5 @@
-"""A deterministic synthetic detection data set (coloured shapes), written in YOLO format.
+"""A deterministic synthetic data set (coloured shapes), written in YOLO format, for detection, segmentation
+(``task="segment"``: each shape's outline as a polygon) or pose (``task="pose"``: three keypoints a shape).
 
 Images and labels depend only on :class:`SyntheticConfig` (numpy's PCG64 stream and
 PIL drawing are stable), so a baseline trained on it stays valid on every machine.
@@ -22,10 +23,19 @@ from autoprune.paths import data_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CLASS_NAMES", "SyntheticConfig", "ensure_dataset"]
+__all__ = ["CLASS_NAMES", "TASKS", "KPT_SHAPE", "FLIP_IDX", "SyntheticConfig", "ensure_dataset", "demo_task"]
 
 CLASS_NAMES = ("circle", "square", "triangle")
 _COLOURS = ((220, 50, 40), (40, 170, 60), (40, 80, 220))
+TASKS = ("detect", "segment", "pose")
+KPT_SHAPE = (3, 3)  # pose: apex (top centre), bottom-left and bottom-right of each shape, with visibility
+FLIP_IDX = (0, 2, 1)  # a horizontal flip swaps the two bottom keypoints
+_CIRCLE_VERTICES = 24
+
+
+def demo_task(data: str) -> str | None:
+    """The task of a packaged synthetic data set name ('demo', 'demo-seg', 'demo-pose'), None for anything else."""
+    return {"demo": "detect", "demo-seg": "segment", "demo-pose": "pose"}.get(data)
 
 
 @dataclass(frozen=True)
@@ -38,17 +48,56 @@ class SyntheticConfig:
     max_size: int = 64
     max_objects: int = 3
     seed: int = 0
+    task: str = "detect"  # detect | segment | pose: which labels are written (the images are the same)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task: {self.task!r} is not one of {', '.join(TASKS)}")
 
     @property
     def key(self) -> str:
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
-        return f"shapes-{digest}"
+        fields = asdict(self)
+        if self.task == "detect":  # detection keys predate the task field: existing data sets keep their folder
+            del fields["task"]
+        digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+        prefix = {"detect": "shapes", "segment": "shapes-seg", "pose": "shapes-pose"}[self.task]
+        return f"{prefix}-{digest}"
 
 
 Label = tuple[int, float, float, float, float]
 
 
-def _draw_image(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[Image.Image, list[Label]]:
+def _outline(cls: int, box: tuple[int, int, int, int]) -> list[tuple[float, float]]:
+    """The drawn shape's outline in pixels (the polygon of a segmentation label)."""
+    x0, y0, x1, y1 = box
+    if cls == 0:
+        cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+        angles = np.linspace(0.0, 2 * np.pi, _CIRCLE_VERTICES, endpoint=False)
+        return [(cx + r * float(np.cos(a)), cy + r * float(np.sin(a))) for a in angles]
+    if cls == 1:
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    return [((x0 + x1) / 2, y0), (x1, y1), (x0, y1)]
+
+
+def _keypoints(box: tuple[int, int, int, int]) -> list[tuple[float, float]]:
+    """Apex, bottom-left, bottom-right (a triangle's vertices; the same points of a square's or circle's box)."""
+    x0, y0, x1, y1 = box
+    return [((x0 + x1) / 2, y0), (x0, y1), (x1, y1)]
+
+
+def _label_line(cfg: SyntheticConfig, label: Label, box: tuple[int, int, int, int]) -> str:
+    c, x, y, w, h = label
+    s = cfg.imgsz
+    if cfg.task == "segment":
+        return f"{c} " + " ".join(f"{px / s:.6f} {py / s:.6f}" for px, py in _outline(c, box))
+    line = f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}"
+    if cfg.task == "pose":
+        line += "".join(f" {px / s:.6f} {py / s:.6f} 2" for px, py in _keypoints(box))
+    return line
+
+
+def _draw_image(rng: np.random.Generator, cfg: SyntheticConfig
+                ) -> tuple[Image.Image, list[Label], list[tuple[int, int, int, int]]]:
     s = cfg.imgsz
     base = rng.integers(90, 170, size=3)
     noise = rng.normal(0.0, 12.0, size=(s, s, 3))
@@ -80,16 +129,16 @@ def _draw_image(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[Image.I
             draw.polygon([((x0 + x1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=colour)
         boxes.append(box)
         labels.append((cls, (x0 + x1) / 2 / s, (y0 + y1) / 2 / s, w / s, w / s))
-    return img, labels
+    return img, labels, boxes
 
 
 def _write_split(root: Path, split: str, count: int, rng: np.random.Generator, cfg: SyntheticConfig) -> None:
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     (root / "labels" / split).mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        img, labels = _draw_image(rng, cfg)
+        img, labels, boxes = _draw_image(rng, cfg)
         img.save(root / "images" / split / f"{i:05d}.png")
-        lines = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
+        lines = [_label_line(cfg, label, box) for label, box in zip(labels, boxes)]
         (root / "labels" / split / f"{i:05d}.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -113,6 +162,9 @@ def ensure_dataset(cfg: SyntheticConfig | None = None, root: Path | None = None)
         if cfg.n_test:
             _write_split(tmp, "test", cfg.n_test, np.random.default_rng([cfg.seed, 7919]), cfg)
             spec["test"] = "images/test"
+        if cfg.task == "pose":
+            spec["kpt_shape"] = list(KPT_SHAPE)
+            spec["flip_idx"] = list(FLIP_IDX)
         spec["names"] = dict(enumerate(CLASS_NAMES))
         (tmp / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         (tmp / "synthetic.json").write_text(json.dumps(asdict(cfg), indent=1))

@@ -147,12 +147,15 @@ def onnx_max_abs_diff(checkpoint: Path, onnx_path: Path, imgsz: int, seed: int =
     torch.manual_seed(seed)
     x = torch.rand(1, 3, imgsz, imgsz)
     model = ultra.deploy_copy(ultra.load_model(checkpoint))
-    want = ultra.inference_output(model, x).numpy()
+    wants = [t.numpy() for t in ultra.inference_output(model, x)]
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    if got.shape != want.shape:
-        raise InputError(f"ONNX output shape {got.shape} differs from torch {want.shape}")
-    return float(np.abs(got - want).max())
+    gots = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    if len(gots) != len(wants):
+        raise InputError(f"ONNX has {len(gots)} outputs, the torch model {len(wants)}")
+    for got, want in zip(gots, wants):
+        if got.shape != want.shape:
+            raise InputError(f"ONNX output shape {got.shape} differs from torch {want.shape}")
+    return max(float(np.abs(got - want).max()) for got, want in zip(gots, wants))
 
 
 def _checkpoint_of(store: StudyStorage, t: FrozenTrial, artifact_dir: Path | None, dest: Path,

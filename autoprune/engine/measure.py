@@ -25,10 +25,11 @@ class Measurement:
     latency_ms: float
     latency: dict[str, Any]
     latency_ratio: float | None = None  # candidate / baseline, timed interleaved (None when not measured)
+    extra: tuple[tuple[str, float], ...] = ()  # the task's own mAPs: mask_map50_95, pose_map50_95, ...
 
     def metrics(self) -> dict[str, float]:
         m = {"map50_95": self.map50_95, "map50": self.map50, "params": float(self.params),
-             "macs": float(self.macs), "latency_ms": self.latency_ms}
+             "macs": float(self.macs), "latency_ms": self.latency_ms, **dict(self.extra)}
         if self.latency_ratio is not None:
             m["latency_ratio"] = self.latency_ratio
         return m
@@ -82,4 +83,4 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
             latency = {**asdict(lat), "spread": lat.spread}
         macs = tp.count_macs(model, s.imgsz)
     return Measurement(map50_95=val.map50_95, map50=val.map50, params=ultra.count_params(model), macs=macs,
-                       latency_ms=lat.median_ms, latency=latency, latency_ratio=ratio)
+                       latency_ms=lat.median_ms, latency=latency, latency_ratio=ratio, extra=val.extra)

@@ -58,7 +58,7 @@ def accumulate_gradients(model: Any, settings: TrialSettings) -> None:
     model.train()
     model.zero_grad(set_to_none=True)
     for batch in ultra.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.gradient_batches, s.device,
-                                        s.seed):
+                                        s.seed, task=ultra.model_task(model)):
         loss = ultra.compute_loss(model, batch)
         if not torch.isfinite(loss):
             raise TrialError("training loss is not finite while computing gradients")
@@ -85,7 +85,7 @@ def prune_once(model: nn.Module, settings: TrialSettings, criterion: str, keep: 
     if crit.regularize and regularize:
         with phases("regularize"):
             batches = ultra.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.gradient_batches, s.device,
-                                             s.seed + step)
+                                             s.seed + step, task=ultra.model_task(model))
             tp.group_norm_regularize(model, TRACE_IMGSZ, batches, ultra.compute_loss, lr, reg=1e-3)
     with phases("prune"):
         channels = tp.prune_step(model, keep, tp.importance(crit), TRACE_IMGSZ)

@@ -35,7 +35,8 @@ def screen_policy(settings: TrialSettings, policy: Policy, layers: Sequence[Laye
     original = {layer.name: layer.channels for layer in layers}
     keep = target_keep(original, policy.ratio_map, 1, 1, policy.round_to)
     channels = prune_once(model, s, policy.criterion, keep, regularize=False)
-    n = recalibrate_bn(model, ultra.training_batches(s.data, s.imgsz, s.finetune.batch, batches, s.device, s.seed))
+    n = recalibrate_bn(model, ultra.training_batches(s.data, s.imgsz, s.finetune.batch, batches, s.device, s.seed,
+                                                     task=ultra.model_task(model)))
     reference = ultra.load_model(s.model) if s.latency.interleave else None
     m = measure_model(model, s, reference=reference)
     return TrialResult(ok=True, metrics=m.metrics(), attrs={

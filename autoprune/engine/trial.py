@@ -119,7 +119,7 @@ def _adaptive_bn_state(model: nn.Module, settings: TrialSettings) -> _Snapshot:
 
     s = settings
     recalibrate_bn(model, ultra.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.bn_batches, s.device,
-                                                 s.seed))
+                                                 s.seed, task=ultra.model_task(model)))
     val = ultra.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
     return _Snapshot(val.map50_95, {k: v.detach().clone() for k, v in model.state_dict().items()})
 

@@ -37,6 +37,10 @@ def signs(objective_names: Sequence[str]) -> list[float]:
 
 register(Objective("map50_95", "maximize", "mAP50-95"))
 register(Objective("map50", "maximize", "mAP50"))
+register(Objective("mask_map50_95", "maximize", "mask mAP50-95"))  # segmentation models (map50_95 stays box mAP)
+register(Objective("mask_map50", "maximize", "mask mAP50"))
+register(Objective("pose_map50_95", "maximize", "pose mAP50-95"))  # pose models (OKS-based keypoint mAP)
+register(Objective("pose_map50", "maximize", "pose mAP50"))
 register(Objective("params", "minimize", "params", "{:,.0f}"))
 register(Objective("macs", "minimize", "MACs", "{:,.0f}"))
 register(Objective("latency_ms", "minimize", "latency_ms", "{:.2f}"))

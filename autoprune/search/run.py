@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import optuna
 import sqlalchemy
@@ -42,10 +42,11 @@ class PreparedInputs:
 
 
 def _resolve_data(data: str) -> Path:
-    if data == "demo":
-        from autoprune.demo.synthetic import ensure_dataset
+    from autoprune.demo.synthetic import SyntheticConfig, demo_task, ensure_dataset
 
-        return ensure_dataset()
+    task = demo_task(data)
+    if task is not None:  # demo, demo-seg, demo-pose: the packaged synthetic shapes
+        return ensure_dataset(SyntheticConfig(task=task))
     p = Path(data).expanduser()
     if not p.is_file():
         raise InputError(f"data: {data}: data set YAML not found")
@@ -104,12 +105,29 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
                            list(names.values())[:5], list(data_names.values())[:5])
     else:
         try:
-            built = ultra.load_model(model_path, nc=nc)
+            built = ultra.load_model(model_path, nc=nc, kpt_shape=ultra.kpt_shape(info))
+        except InputError:
+            raise
         except Exception as e:
             raise InputError(f"model: {model_path}: not a buildable ultralytics model config "
                              f"({type(e).__name__})") from None
         tp.check_supported(built, f"model: {model_path}")
+        model = built
+    _check_task(spec, ultra.model_task(model), info)
     return PreparedInputs(spec=spec.replace(model=model_path, data=str(data), imgsz=imgsz), nc=nc)
+
+
+_TASK_OBJECTIVES = {"mask_": "segment", "pose_": "pose"}
+
+
+def _check_task(spec: SearchSpec, task: str, info: dict[str, Any]) -> None:
+    """A mask or pose objective needs a model of that task, and a pose model a data set with keypoints."""
+    for name in spec.objectives:
+        for prefix, needs in _TASK_OBJECTIVES.items():
+            if name.startswith(prefix) and task != needs:
+                raise InputError(f"objectives: {name} needs a {needs} model; {spec.model} is a {task} model")
+    if task == "pose" and "kpt_shape" not in info:
+        raise InputError(f"data: {spec.data} has no kpt_shape, which a pose model needs")
 
 
 def _materialise_yaml_model(spec: SearchSpec, nc: int) -> SearchSpec:
@@ -124,7 +142,8 @@ def _materialise_yaml_model(spec: SearchSpec, nc: int) -> SearchSpec:
     if not path.exists():
         torch.manual_seed(spec.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        ultra.save_checkpoint(ultra.load_model(spec.model, nc=nc), path)
+        kpts = ultra.kpt_shape(ultra.read_dataset(spec.data))
+        ultra.save_checkpoint(ultra.load_model(spec.model, nc=nc, kpt_shape=kpts), path)
     return spec.replace(model=str(path))
 
 
