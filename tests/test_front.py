@@ -18,7 +18,14 @@ from autoprune import cli
 from autoprune.model.pareto import baseline_hypervolume as hypervolume
 from autoprune.search.front import read_front, sync_front
 from autoprune.search.study import get_storage
-from autoprune.views import hypervolume_history, knob_rows, pareto_data, ratio_profiles
+from autoprune.views import (
+    bn_scale_histograms,
+    build_figures,
+    hypervolume_history,
+    knob_rows,
+    pareto_data,
+    ratio_profiles,
+)
 from conftest import BASE, make_study  # noqa: E402
 
 
@@ -99,3 +106,36 @@ def test_hypervolume_against_the_baseline_reference():
     assert hypervolume([(0.9, 1.5e6, 5.0)], names, BASE) == pytest.approx(0.36)
     assert hypervolume([(0.9, 3.5e6, 5.0)], names, BASE) == 0.0  # larger than 1.1x baseline: outside
     assert hypervolume([(0.9, 1.5e6, 5.0), (0.45, 1.5e6, 5.0)], names, BASE) == pytest.approx(0.36)
+
+
+def test_the_report_shows_the_bn_scale_histogram_of_each_sparse_base(tmp_path):
+    """The summaries are computed by the real bn_scale_summary on a small BN model, before and after its scales
+    are shrunk as sparse training would; the trials they are attached to are made up."""
+    import torch
+    from torch import nn
+
+    from autoprune.engine.sparse import bn_scale_summary
+    from autoprune.views import write_report
+
+    study, _ = make_study(tmp_path, n=12)
+    assert bn_scale_histograms(study) == [] and "Sparse training" not in dict(build_figures(study))
+    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.Conv2d(64, 64, 3), nn.BatchNorm2d(64))
+    before = bn_scale_summary(model)
+    with torch.no_grad():
+        model[1].weight[:40] = 0.0  # most of the first BN's channels driven to 0
+    after = bn_scale_summary(model)
+    import optuna
+
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    for k, t in enumerate(complete[:4]):  # the same results again, from a sparse base (trials cannot be edited)
+        summary = {"l1": 1e-3 if k < 3 else 1e-2, "epochs": 5, "lr": 0.01, "before": before, "after": after}
+        study.add_trial(optuna.trial.create_trial(values=t.values, user_attrs={**t.user_attrs, "sparse": summary}))
+    hists = bn_scale_histograms(study)
+    assert [(h.l1, len(h.trials)) for h in hists] == [(1e-3, 3), (1e-2, 1)]
+    assert min(hists[0].trials) >= len(study.trials) - 4
+    h = hists[0]
+    assert sum(h.before) == sum(h.after) == 128 and h.after[0] == 40 and h.before[0] == 0
+    assert h.below_after == pytest.approx(40 / 128) and h.below_before == 0.0
+    assert "Sparse training: BN-scale distribution" in dict(build_figures(study))
+    page = write_report(study, tmp_path / "r.html").read_text()
+    assert "Sparse training: BN-scale distribution" in page and "below 0.01 0% before, 31% after" in page

@@ -13,6 +13,7 @@ import optuna
 from autoprune.errors import InputError
 from autoprune.model.pareto import REFERENCE_MARGIN
 from autoprune.views.report_data import (
+    bn_scale_histograms,
     hypervolume_history,
     knob_rows,
     pareto_data,
@@ -133,6 +134,25 @@ def _hypervolume(history: Any) -> Any:
     return fig
 
 
+def _bn_scales(hists: Any) -> Any:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(hists), subplot_titles=[
+        f"L1 {h.l1:g}, {h.epochs} epochs: below 0.01 {100 * h.below_before:.0f}% before, "
+        f"{100 * h.below_after:.0f}% after "
+        f"(trials {', '.join(map(str, h.trials[:8]))}{'…' if len(h.trials) > 8 else ''})" for h in hists])
+    for k, h in enumerate(hists, start=1):
+        labels = [f"[{lo}, {hi})" for lo, hi in zip(h.bins, h.bins[1:])]
+        for name, counts, colour in (("before", h.before, "#9aa5b1"), ("after", h.after, "#d9534f")):
+            fig.add_trace(go.Bar(x=labels, y=list(counts), name=f"{name} sparse training", marker_color=colour,
+                                 showlegend=k == 1), row=1, col=k)
+    fig.update_layout(title="|BN scale| of the base before and after sparse training (network slimming: the "
+                            "bn_scale criterion prunes the channels near 0)", height=420, barmode="group")
+    fig.update_yaxes(title_text="BN channels", row=1, col=1)
+    return fig
+
+
 def build_figures(study: optuna.Study) -> list[tuple[str, Any]]:
     """(section title, plotly figure) for every section of the report."""
     data = pareto_data(study)
@@ -144,6 +164,9 @@ def build_figures(study: optuna.Study) -> list[tuple[str, Any]]:
     figs.append(("Searched knobs", _parallel(rows, data.labels)))
     figs.append(("Knob effects", _knob_effects(rows, data.labels)))
     figs.append(("Hypervolume", _hypervolume(hypervolume_history(study))))
+    hists = bn_scale_histograms(study)
+    if hists:  # only when some trial pruned a sparse-trained base
+        figs.append(("Sparse training: BN-scale distribution", _bn_scales(hists)))
     return figs
 
 

@@ -15,7 +15,7 @@ from autoprune.model.pareto import baseline_hypervolume
 from autoprune.model.policy import ratio_summary
 
 __all__ = ["ParetoPoint", "ParetoData", "pareto_data", "RatioProfile", "ratio_profiles", "KnobRow", "knob_rows",
-           "HypervolumePoint", "hypervolume_history"]
+           "HypervolumePoint", "hypervolume_history", "BnHistogram", "bn_scale_histograms"]
 
 
 def _names(study: optuna.Study) -> list[str]:
@@ -125,4 +125,35 @@ def hypervolume_history(study: optuna.Study) -> list[HypervolumePoint]:
         if all(math.isfinite(v) for v in t.values):
             seen.append(tuple(t.values))
         out.append(HypervolumePoint(t.number, baseline_hypervolume(seen, names, baseline)))
+    return out
+
+
+@dataclass(frozen=True)
+class BnHistogram:
+    """The |BN scale| distribution of the base before and after one sparse training (network slimming)."""
+
+    l1: float
+    epochs: int
+    bins: tuple[str, ...]  # bin edges as text; bin k is [bins[k], bins[k + 1])
+    before: tuple[int, ...]
+    after: tuple[int, ...]
+    below_before: float  # share of scales below 0.01
+    below_after: float
+    trials: tuple[int, ...]  # the trials that pruned this sparse base
+
+
+def bn_scale_histograms(study: optuna.Study) -> list[BnHistogram]:
+    """One histogram per sparse base the study's completed trials started from (by L1 strength), in L1 order."""
+    found: dict[tuple[float, int], tuple[dict, list[int]]] = {}
+    for t in _complete(study):
+        sp = t.user_attrs.get("sparse")
+        if not isinstance(sp, dict) or "before" not in sp or "after" not in sp:
+            continue
+        key = (float(sp.get("l1", 0.0)), int(sp.get("epochs", 0)))
+        found.setdefault(key, (sp, []))[1].append(t.number)
+    out = []
+    for (l1, epochs), (sp, numbers) in sorted(found.items()):
+        b, a = sp["before"], sp["after"]
+        out.append(BnHistogram(l1, epochs, tuple(b["bins"]), tuple(b["counts"]), tuple(a["counts"]),
+                               float(b["below_0.01"]), float(a["below_0.01"]), tuple(numbers)))
     return out
