@@ -54,3 +54,16 @@ def test_overhead_benchmark(tmp_path):
     res, stdout = _bench(tmp_path, "overhead", "--trials", "2", "--imgsz", "64")
     assert res["trials"] == 2 and res["trial_s"] > 0 and res["run_s"] >= res["trial_s"]
     assert "overhead" in stdout
+
+
+def test_techniques_benchmark(tmp_path):
+    res, stdout = _bench(tmp_path, "techniques", "--task", "demo", "--seeds", "0", "--ratios", "0.3", "--epochs", "1",
+                         "--sparse-epochs", "1", "--l1", "1.0", "--imgsz", "64", "--workdir", str(tmp_path / "w"))
+    assert set(res["arms"]) == {"channel", "sparse", "kd", "layer"} and 0 < res["base_test_map50_95"] <= 1
+    rows = {arm: rec["rows"] for arm, rec in res["arms"].items()}
+    assert all(len(r) == 1 and r[0]["ok"] for r in rows.values()), rows
+    assert all(0 < r[0]["params_cut"] < 1 and 0 <= r[0]["test_map50_95"] <= 1 for r in rows.values())
+    assert rows["layer"][0]["params_cut"] > rows["channel"][0]["params_cut"]  # bottlenecks removed on top
+    sparse = rows["sparse"][0]["sparse"]
+    assert sparse["l1"] == 1.0 and sparse["after"]["mean"] < sparse["before"]["mean"]  # BN scales shrank
+    assert all(len(rec["best_cut"]) == 1 for rec in res["arms"].values()) and "largest params cut" in stdout
