@@ -159,6 +159,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
                      studies_dir=args.studies_dir)
     from autoprune.views.progress import ProgressBar
 
+    if not args.verbose:  # importing Ray configures its loggers anew (INFO): quiet them again before ray.init
+        import ray  # noqa: F401
+
+        logging.getLogger("ray").setLevel(logging.ERROR)
     bar = ProgressBar()
     try:
         outcome = run_search(spec, max_new_trials=args.trials, ray_address=args.ray_address, progress=bar)

@@ -120,6 +120,7 @@ def test_a_one_trial_search_and_its_export_load_in_plain_ultralytics(yaml_name, 
     run = [sys.executable, "-m", "autoprune"]
     r = subprocess.run([*run, "search", "s.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "Token authentication" not in r.stderr  # Ray's start-up banner stays out of the terminal without -v
     r = subprocess.run([*run, "export", "--study", "fam", "--trial", "0", "--out", "exp"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
