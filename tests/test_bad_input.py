@@ -41,7 +41,7 @@ for _n, _needle in [
     ("missing_model", "model: /nope/best.pt: file not found"),
     ("corrupt_checkpoint", "not a loadable ultralytics checkpoint"),
     ("non_yolo_checkpoint", "not a loadable ultralytics checkpoint"),
-    ("classifier_checkpoint", "holds a ClassificationModel, not a YOLO detection model"),
+    ("classifier_checkpoint", "holds a ClassificationModel, not a YOLO detection, segmentation or pose model"),
     ("missing_data", "data: /nope/data.yaml: data set YAML not found"),
     ("data_no_images", "no images in the val split"),
     ("data_no_labels", "no label files for the train images"),

@@ -314,7 +314,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, half: bool = False) -> P
     m = copy.deepcopy(model).cpu()
     m.criterion = None  # a loss object holds tensors of the old shapes and is rebuilt on demand
     args = m.args if isinstance(m.args, dict) else dict(vars(m.args))
-    args["task"] = model_task(m)  # what plain ultralytics' YOLO(path) reads to pick its predictor and validator
+    if isinstance(m, DetectionModel):  # (and segmentation, pose) what YOLO(path) reads to pick predictor, validator
+        args["task"] = model_task(m)
     m.args = args
     torch.save({"model": m.half() if half else m.float(), "ema": None, "train_args": args, "date": None,
                 "version": ultralytics.__version__}, path)
