@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                     row.update(params=res.metrics["params"], params_cut=1 - res.metrics["params"] / base_params,
                                val_map50_95=res.metrics["map50_95"],
                                test_map50_95=ultra.validate(ckpt, spec.data, spec.imgsz, split="test").map50_95,
-                               kept_unfinetuned=bool((res.attrs.get("finetune") or {}).get("kept")),
+                               kept=(res.attrs.get("finetune") or {}).get("kept"),  # finetuned | adaptive_bn
                                sparse=res.attrs.get("sparse"))
                 rows.append(row)
                 logger.info("%s seed %d %s ratio %.2f: %s", args.task, seed, arm, ratio,
