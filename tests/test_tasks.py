@@ -144,3 +144,14 @@ def test_a_one_trial_search_and_its_export_load_in_plain_ultralytics(yaml_name, 
     if task != "detect":
         assert abs(got["extra"] - metrics[f"{'mask' if task == 'segment' else 'pose'}_map50_95"]) <= 1e-3
     assert got["masks"] == (task == "segment") and got["keypoints"] == (task == "pose")
+
+
+def test_the_task_of_a_model_yaml_comes_from_its_head():
+    from autoprune.adapters import ultra_tasks
+    from autoprune.errors import InputError
+
+    assert [ultra_tasks.yaml_task(y) for y in ("yolov8n.yaml", "yolo11n-seg.yaml", "yolo26n-pose.yaml")] == [
+        "detect", "segment", "pose"]
+    assert ultra_tasks.yaml_task("rtdetr-l.yaml") == "detect"  # unnamed head: built, then refused by the arch check
+    with pytest.raises(InputError, match=r"^model: yolov8n-cls.yaml is a classify model; autoprune prunes detect"):
+        ultra_tasks.yaml_task("yolov8n-cls.yaml")

@@ -47,7 +47,10 @@ def model_task(model: nn.Module) -> str:
 
 def yaml_task(source: str | Path) -> str:
     """The task of a model YAML (from its output module), refused unless autoprune prunes it."""
-    task = str(guess_model_task(yaml_model_load(str(source))))  # from the head module, not the file name
+    guessed = guess_model_task(yaml_model_load(str(source)))  # from the head module, not the file name
+    if guessed is None:  # a head ultralytics does not name (RT-DETR's decoder): built as a detector, then checked
+        return "detect"
+    task = str(guessed)
     if task not in TASKS:
         raise InputError(f"model: {source} is a {task} model; autoprune prunes {', '.join(TASKS)} models")
     return task
