@@ -162,7 +162,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if not args.verbose:  # importing Ray configures its loggers anew (INFO): quiet them again before ray.init
         import ray  # noqa: F401
 
-        logging.getLogger("ray").setLevel(logging.ERROR)
+        _quiet_ray()
     bar = ProgressBar()
     try:
         outcome = run_search(spec, max_new_trials=args.trials, ray_address=args.ray_address, progress=bar)
@@ -313,14 +313,22 @@ def _cmd_demo_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_ray() -> None:
+    """Without -v Ray's own log lines stay out of the terminal: its start-up banners (token auth, ...) and its
+    errors about its experiment-state files (Tune's sync of ``studies/NAME/ray``), which autoprune never reads
+    (the study lives in the SQL storage). What a Ray failure does to a trial, autoprune reports itself: the
+    trial ends FAILED with the reason."""
+    logging.getLogger("ray").setLevel(logging.CRITICAL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("ray", "ultralytics", "matplotlib", "PIL", "alembic", "optuna"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    if not args.verbose:  # Ray's start-up banners (token auth, ...) are not the user's business unless -v
-        logging.getLogger("ray").setLevel(logging.ERROR)
+    if not args.verbose:
+        _quiet_ray()
     signal.signal(signal.SIGTERM, _on_sigterm)
     if getattr(args, "trust_checkpoint", False):  # before ultralytics is first imported (it reads this once)
         os.environ["ULTRALYTICS_SAFE_LOAD"] = "0"
