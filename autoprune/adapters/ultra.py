@@ -51,7 +51,7 @@ __all__ = [
     "training_batches", "compute_loss", "read_dataset", "checkpoint_param_count", "version", "count_params",
     "set_threads", "check_dataset_files", "layer_stage", "model_nc", "model_names", "check_checkpoint",
     "deploy_copy", "save_checkpoint", "export_onnx", "export_model", "backend_runner", "inference_output",
-    "total_loss", "trained_imgsz", "remove_blocks", "TASKS", "model_task", "kpt_shape",
+    "total_loss", "trained_imgsz", "remove_blocks", "TASKS", "TASK_METRICS", "model_task", "kpt_shape",
 ]
 
 _SUPPORTED_MAJOR_MINOR = ((8, 3), (8, 4))
@@ -156,12 +156,12 @@ def _count_labels(labels: list[Path], nc: int, kpts: tuple[int, int] | None = No
             except ValueError:
                 bad += 1
                 continue
+            coords, shape_ok = xy, len(xy) >= 4
             if kpts:
-                coords = [v for i, v in enumerate(xy[4:]) if kpts[1] < 3 or i % 3 != 2] + xy[:4]
-                shape_ok = len(xy) == 4 + kpts[0] * kpts[1] and all(
-                    0.0 <= v <= 2.0 for i, v in enumerate(xy[4:]) if kpts[1] == 3 and i % 3 == 2)
-            else:
-                coords, shape_ok = xy, len(xy) >= 4
+                points, (n, d) = xy[4:], kpts
+                visibility = points[2::3] if d == 3 else []
+                coords = xy[:4] + (points[0::3] + points[1::3] if d == 3 else points)
+                shape_ok = len(points) == n * d and all(0.0 <= v <= 2.0 for v in visibility)
             ok = shape_ok and cls.is_integer() and 0 <= cls < max(nc, 1) and all(0.0 <= v <= 1.0 for v in coords)
             good, bad = (good + 1, bad) if ok else (good, bad + 1)
     return good, bad

@@ -30,8 +30,12 @@ __all__ = ["TASKS", "TASK_METRICS", "model_task", "yaml_task", "build_model", "v
 TASKS = ("detect", "segment", "pose")
 # The extra metric each task reports beside box mAP: (objective name prefix, ultralytics' metric suffix).
 TASK_METRICS: dict[str, tuple[str, str] | None] = {"detect": None, "segment": ("mask", "M"), "pose": ("pose", "P")}
-_MODELS: dict[str, type[DetectionModel]] = {"detect": DetectionModel, "segment": SegmentationModel,
-                                            "pose": PoseModel}
+# Per task: ultralytics' model, trainer and validator classes.
+_CLASSES: dict[str, tuple[type[DetectionModel], Any, Any]] = {
+    "detect": (DetectionModel, DetectionTrainer, DetectionValidator),
+    "segment": (SegmentationModel, SegmentationTrainer, SegmentationValidator),
+    "pose": (PoseModel, PoseTrainer, PoseValidator),
+}
 
 
 def model_task(model: nn.Module) -> str:
@@ -59,15 +63,13 @@ def yaml_task(source: str | Path) -> str:
 def build_model(source: str | Path, nc: int | None = None, kpt_shape: tuple[int, int] | None = None) -> DetectionModel:
     """A freshly initialised model of the YAML's task (a pose model takes the data set's keypoint shape)."""
     task = yaml_task(source)
-    if task == "pose":
-        return PoseModel(str(source), nc=nc, data_kpt_shape=tuple(kpt_shape) if kpt_shape else (None, None),
-                         verbose=False)
-    return _MODELS[task](str(source), nc=nc, verbose=False)
-
-
-def validator_class(task: str) -> Any:
-    return {"detect": DetectionValidator, "segment": SegmentationValidator, "pose": PoseValidator}[task]
+    extra = {"data_kpt_shape": tuple(kpt_shape) if kpt_shape else (None, None)} if task == "pose" else {}
+    return _CLASSES[task][0](str(source), nc=nc, verbose=False, **extra)
 
 
 def trainer_base(task: str) -> Any:
-    return {"detect": DetectionTrainer, "segment": SegmentationTrainer, "pose": PoseTrainer}[task]
+    return _CLASSES[task][1]
+
+
+def validator_class(task: str) -> Any:
+    return _CLASSES[task][2]

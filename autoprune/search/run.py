@@ -117,13 +117,13 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     return PreparedInputs(spec=spec.replace(model=model_path, data=str(data), imgsz=imgsz), nc=nc)
 
 
-_TASK_OBJECTIVES = {"mask_": "segment", "pose_": "pose"}
-
-
 def _check_task(spec: SearchSpec, task: str, info: dict[str, Any]) -> None:
     """A mask or pose objective needs a model of that task, and a pose model a data set with keypoints."""
+    from autoprune.adapters import ultra
+
+    needs_task = {f"{m[0]}_": t for t, m in ultra.TASK_METRICS.items() if m}  # "mask_" -> segment, "pose_" -> pose
     for name in spec.objectives:
-        for prefix, needs in _TASK_OBJECTIVES.items():
+        for prefix, needs in needs_task.items():
             if name.startswith(prefix) and task != needs:
                 raise InputError(f"objectives: {name} needs a {needs} model; {spec.model} is a {task} model")
     if task == "pose" and "kpt_shape" not in info:
