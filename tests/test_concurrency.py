@@ -44,6 +44,27 @@ def test_drivers_opening_a_fresh_database_at_once_all_get_it(tmp_path):
         assert get_storage(url).study_names() == ["x"]
 
 
+def test_a_study_another_driver_is_still_creating_is_waited_for_not_refused(tmp_path, monkeypatch):
+    # CI saw the second race: driver B loaded the study between A's create_study and A's recording of its
+    # objectives, took it for a foreign study, and exited "exists with objectives None". Here "driver A" is a
+    # thread that records the objectives 0.5 s after the bare study exists.
+    from autoprune.search import study as study_mod
+    url = f"sqlite:///{tmp_path}/s.db"
+    store = get_storage(url)
+    bare = optuna.create_study(study_name="x", storage=store.rdb, directions=["maximize", "minimize"])
+    timer = threading.Timer(0.5, lambda: (records.set_objectives(bare, ["map50_95", "params"]),
+                                          records.set_role(bare, "main")))
+    timer.start()
+    opened = study_mod.open_study(study_mod.StudyOptions("x", ("map50_95", "params")), store)
+    timer.join()
+    assert records.stored_objectives(opened) == ["map50_95", "params"]
+    # A study that never gets objectives is someone else's: refused once the wait is over.
+    monkeypatch.setattr(study_mod, "CREATION_SETTLE_S", 0.3)
+    optuna.create_study(study_name="foreign", storage=store.rdb)
+    with pytest.raises(Exception, match="exists with objectives None"):
+        study_mod.open_study(study_mod.StudyOptions("foreign", ("map50_95", "params")), store)
+
+
 def test_driver_rank_counts_live_drivers_that_opened_the_study_first(tmp_path):
     spec = parse_spec({"name": "c", "model": "m.pt", "data": "d.yaml", "storage": f"sqlite:///{tmp_path}/s.db"},
                       "s.yaml")

@@ -175,6 +175,7 @@ def open_study(options: StudyOptions, store: StudyStorage) -> optuna.Study:
     except KeyError:
         existing = None
     if existing is not None:
+        existing = _settled(existing, store)
         _check_role(existing, options)
         have = records.stored_objectives(existing)
         if have != wanted:
@@ -193,6 +194,20 @@ def open_study(options: StudyOptions, store: StudyStorage) -> optuna.Study:
         records.set_objectives(study, wanted)
         records.set_role(study, options.role or "main")
     study.sampler = _sampler(options, len(study.trials) + DRIVER_SEED_STRIDE * driver_rank(study))
+    return study
+
+
+CREATION_SETTLE_S = 10.0  # how long a study without objectives may be another driver's creation in progress
+
+
+def _settled(study: optuna.Study, store: StudyStorage) -> optuna.Study:
+    """``study``, re-read until its objectives are recorded: a driver that creates a study writes them just after
+    ``create_study``, and a second driver opening it in between would otherwise take it for a foreign study.
+    A study with trials, or still without objectives after CREATION_SETTLE_S, is returned as it is."""
+    deadline = time.monotonic() + CREATION_SETTLE_S
+    while (records.stored_objectives(study) is None and not study.trials and time.monotonic() < deadline):
+        time.sleep(0.1)
+        study = store.load(study.study_name)
     return study
 
 
