@@ -52,8 +52,12 @@ def test_a_study_another_driver_is_still_creating_is_waited_for_not_refused(tmp_
     url = f"sqlite:///{tmp_path}/s.db"
     store = get_storage(url)
     bare = optuna.create_study(study_name="x", storage=store.rdb, directions=["maximize", "minimize"])
-    timer = threading.Timer(0.5, lambda: (records.set_objectives(bare, ["map50_95", "params"]),
-                                          records.set_role(bare, "main")))
+
+    def finish_creating() -> None:
+        records.set_objectives(bare, ["map50_95", "params"])
+        records.set_role(bare, "main")
+
+    timer = threading.Timer(0.5, finish_creating)
     timer.start()
     opened = study_mod.open_study(study_mod.StudyOptions("x", ("map50_95", "params")), store)
     timer.join()
