@@ -218,6 +218,7 @@ class TrialRecord:
     checkpoint: str | None
     artifact_dir: str | None
     channels: dict[str, int]
+    ray_node: str  # the Ray node that ran it ("" when unknown)
 
 
 def trial(t: Attrs) -> TrialRecord:
@@ -230,7 +231,8 @@ def trial(t: Attrs) -> TrialRecord:
         screen=ScreenScore(int(sc["trial"]), float(sc["map50_95"]), float(sc["map50"]), sc.get("seconds"))
         if sc else None,
         wall_seconds=float(a.get("wall_seconds", 0.0) or 0.0), checkpoint=a.get("checkpoint"),
-        artifact_dir=a.get("artifact_dir"), channels=dict(a.get("channels") or {}))
+        artifact_dir=a.get("artifact_dir"), channels=dict(a.get("channels") or {}),
+        ray_node=str(a.get("ray_node") or ""))
 
 
 def start_trial(t: Writer, driver: str, ray_trial_id: str) -> None:

@@ -227,7 +227,17 @@ def trainable(config: dict[str, Any], job: Job) -> None:
         result = screen_safely(job.settings, policy, job.layers, job.screen_batches)
     else:
         result = run_trial_safely(job.settings, policy, job.layers, Path(config["workdir"]))
+    result.attrs["ray_node"] = _node_id()  # which node of the cluster ran it
     tune.report(encode(result))
+
+
+def _node_id() -> str:
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # not inside Ray (a trial run in-process)
+        return ""
 
 
 def _beat(study: optuna.Study, driver: str, stop: threading.Event, every_s: float = 30.0) -> None:
@@ -300,14 +310,17 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
 
 
 def check_cluster_resources(resources: Resources) -> None:
-    """One trial's CPUs and GPUs must fit the Ray cluster, or Ray Tune would wait forever."""
+    """One trial's CPUs and GPUs must fit on one node of the Ray cluster, or Ray Tune would wait forever (a
+    cluster of two 1-CPU nodes has 2 CPUs but cannot place a 2-CPU trial)."""
     import ray
 
-    have = ray.cluster_resources()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     for key, want, field in (("CPU", resources.cpus, "cpus"), ("GPU", resources.gpus, "gpus")):
-        if want > float(have.get(key, 0.0)):
-            raise SpecError(f"resources.{field}: {want:g} {key}(s) per trial requested but the Ray cluster has "
-                            f"{float(have.get(key, 0.0)):g}")
+        most = max((float(r.get(key, 0.0)) for r in nodes), default=0.0)
+        if want > most:
+            where = ("the Ray cluster has" if len(nodes) <= 1
+                     else f"the largest of the Ray cluster's {len(nodes)} nodes has")
+            raise SpecError(f"resources.{field}: {want:g} {key}(s) per trial requested but {where} {most:g}")
 
 
 TrialFn = Callable[..., None]
