@@ -193,3 +193,24 @@ def test_layer_pruning_drops_repeated_blocks_and_reloads_in_plain_ultralytics(ya
                        env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert int(r.stdout.strip().splitlines()[-1]) == ultra.count_params(model)
+
+
+def test_training_batches_are_loaded_once_per_process_and_handed_out_fresh(tiny_data, monkeypatch):
+    """Screens in one Ray worker recalibrate BN on the same batches: loaded once (the loader is counted, not
+    faked), the same values each time, and a caller that changes its batch does not change the next caller's."""
+    from autoprune.adapters import ultra
+
+    ultra._loaded_batches.cache_clear()
+    built = []
+    real = ultra.build_dataloader
+    monkeypatch.setattr(ultra, "build_dataloader", lambda *a, **k: built.append(1) or real(*a, **k))
+    first = list(ultra.training_batches(str(tiny_data), 64, 4, 2))
+    assert len(first) == 2 and first[0]["img"].dtype == torch.float32 and float(first[0]["img"].max()) <= 1.0
+    first[0]["img"].mul_(0)
+    first[0]["cls"] = None
+    again = list(ultra.training_batches(str(tiny_data), 64, 4, 2))
+    assert built == [1]  # loaded once
+    assert again[0]["cls"] is not None and float(again[0]["img"].max()) > 0
+    assert torch.equal(again[1]["img"], first[1]["img"])
+    list(ultra.training_batches(str(tiny_data), 64, 4, 3))  # other arguments: loaded again
+    assert built == [1, 1]

@@ -6,6 +6,7 @@ Nothing else in autoprune imports ultralytics.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import warnings
@@ -267,17 +268,29 @@ def validate(model: nn.Module, data: str, imgsz: int, device: str = "cpu", batch
 def training_batches(data: str, imgsz: int, batch: int, n_batches: int, device: str = "cpu",
                      seed: int = 0, task: str = "detect") -> Iterator[dict[str, Any]]:
     """Up to ``n_batches`` preprocessed training batches (images in [0, 1]; with masks or keypoints for those
-    tasks) for gradient-based criteria and BN recalibration."""
+    tasks) for gradient-based criteria and BN recalibration.
+
+    The same arguments give the same batches (no shuffling), so a process keeps the last set it loaded (as the
+    loader's uint8 images): a Ray worker screening one candidate after another loads them once."""
+    for b in _loaded_batches(str(data), imgsz, batch, n_batches, seed, task):
+        b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}  # a fresh dict each time
+        b["img"] = b["img"].float() / 255
+        yield b
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded_batches(data: str, imgsz: int, batch: int, n_batches: int, seed: int,
+                    task: str) -> tuple[dict[str, Any], ...]:
     info = read_dataset(data)
-    cfg = get_cfg(overrides=dict(imgsz=imgsz, mosaic=0.0, mixup=0.0, seed=seed, data=str(data), task=task))
+    cfg = get_cfg(overrides=dict(imgsz=imgsz, mosaic=0.0, mixup=0.0, seed=seed, data=data, task=task))
     dataset = build_yolo_dataset(cfg, info["train"], batch, info, mode="train", stride=32)
     loader = build_dataloader(dataset, batch, workers=0, shuffle=False, pin_memory=False)
+    out = []
     for i, b in enumerate(loader):
         if i >= n_batches:
             break
-        b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
-        b["img"] = b["img"].float() / 255
-        yield b
+        out.append(b)
+    return tuple(out)
 
 
 def total_loss(trainer: Any) -> float:
