@@ -203,7 +203,12 @@ def test_training_batches_are_loaded_once_per_process_and_handed_out_fresh(tiny_
     ultra._loaded_batches.cache_clear()
     built = []
     real = ultra.build_dataloader
-    monkeypatch.setattr(ultra, "build_dataloader", lambda *a, **k: built.append(1) or real(*a, **k))
+
+    def counted(*a, **k):
+        built.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ultra, "build_dataloader", counted)
     first = list(ultra.training_batches(str(tiny_data), 64, 4, 2))
     assert len(first) == 2 and first[0]["img"].dtype == torch.float32 and float(first[0]["img"].max()) <= 1.0
     first[0]["img"].mul_(0)
