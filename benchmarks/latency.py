@@ -7,6 +7,11 @@ latency, so none is done here.
 
     python benchmarks/latency.py --imgsz 640 --out benchmarks/results/latency.json
     python benchmarks/latency.py --storage sqlite:///studies/autoprune.db --study demo   # a front
+    python benchmarks/latency.py --runtime torch --runtime onnxruntime                  # per runtime
+
+Every model is timed against the base on the same runtime (interleaved rounds); per runtime the
+result has the rows, the mean of the per-policy latency cut / MACs cut, the aggregate
+(sum of latency cuts / sum of MACs cuts) and how many pruned models were slower than the base.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--storage", help="take the policies from this study storage's front ...")
     p.add_argument("--study", help="... of this study")
+    p.add_argument("--runtime", action="append", choices=("torch", "onnxruntime"),
+                   help="runtime(s) to time on (repeatable; default torch)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/latency.json"))
     args = p.parse_args(argv)
     setup_logging()
@@ -61,41 +68,57 @@ def main(argv: list[str] | None = None) -> int:
                 policies.append((f"uniform {ratio:.1f} round_to {round_to}", keep))
     base_deployed = ultra.deploy_copy(base)
     base_macs = tp.count_macs(base, args.imgsz)
-    rows = []
+    runtimes = args.runtime or ["torch"]
     pruned_models = []
     for label, keep in policies:
         model = ultra.load_model(base_path)
         tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TRACE_IMGSZ)
-        deployed = ultra.deploy_copy(model)
-        pruned_models.append(deployed)
-        il = measure_interleaved(deployed, base_deployed, args.imgsz, warmup=3, runs=args.runs, rounds=args.rounds,
-                                 threads=args.threads)
-        macs = tp.count_macs(model, args.imgsz)
-        row = {"policy": label, "macs_ratio": macs / base_macs, "latency_ratio": il.ratio,
-               "latency_ms": il.candidate.median_ms, "baseline_ms": il.reference.median_ms,
-               "ratio_cv_within": il.ratio_cv}
-        row["latency_reduction_per_macs_reduction"] = (1 - il.ratio) / (1 - row["macs_ratio"])
-        rows.append(row)
-        logger.info("%s: MACs x%.3f, latency x%.3f (%.1f vs %.1f ms)", label, row["macs_ratio"], il.ratio,
-                    il.candidate.median_ms, il.reference.median_ms)
-    # Stability: the same candidate measured `repeats` times, interleaved ratio vs plain medians.
-    probe = pruned_models[len(pruned_models) // 2]
+        pruned_models.append((label, ultra.deploy_copy(model), tp.count_macs(model, args.imgsz) / base_macs))
+    per_runtime = {}
+    for runtime in runtimes:
+        rows = []
+        for label, deployed, macs_ratio in pruned_models:
+            il = measure_interleaved(deployed, base_deployed, args.imgsz, warmup=3, runs=args.runs,
+                                     rounds=args.rounds, threads=args.threads, runtime=runtime)
+            row = {"policy": label, "macs_ratio": macs_ratio, "latency_ratio": il.ratio,
+                   "latency_ms": il.candidate.median_ms, "baseline_ms": il.reference.median_ms,
+                   "ratio_cv_within": il.ratio_cv,
+                   "latency_reduction_per_macs_reduction": (1 - il.ratio) / (1 - macs_ratio)}
+            rows.append(row)
+            logger.info("%s, %s: MACs x%.3f, latency x%.3f (%.1f vs %.1f ms)", runtime, label, macs_ratio, il.ratio,
+                        il.candidate.median_ms, il.reference.median_ms)
+        per_runtime[runtime] = {
+            "rows": rows,
+            "mean_latency_reduction_per_macs_reduction": statistics.fmean(
+                r["latency_reduction_per_macs_reduction"] for r in rows),
+            "aggregate_latency_reduction_per_macs_reduction": sum(1 - r["latency_ratio"] for r in rows)
+            / sum(1 - r["macs_ratio"] for r in rows),
+            "slower_than_base": sum(r["latency_ratio"] > 1.0 for r in rows),
+        }
+    # Stability: the same candidate measured `repeats` times, interleaved ratio vs plain medians (torch).
+    probe = pruned_models[len(pruned_models) // 2][1]
     ratios, plain = [], []
     for _ in range(args.repeats):
         ratios.append(measure_interleaved(probe, base_deployed, args.imgsz, warmup=3, runs=args.runs,
                                           rounds=args.rounds, threads=args.threads).ratio)
         plain.append(measure_latency(probe, args.imgsz, warmup=3, runs=args.runs, threads=args.threads).median_ms)
+    first = per_runtime[runtimes[0]]
     result = {
-        "machine": machine(), "imgsz": args.imgsz, "runs": args.runs, "rounds": args.rounds, "rows": rows,
-        "mean_latency_reduction_per_macs_reduction": statistics.fmean(
-            r["latency_reduction_per_macs_reduction"] for r in rows),
+        "machine": machine(), "imgsz": args.imgsz, "runs": args.runs, "rounds": args.rounds,
+        "source": f"front of study {args.study}" if args.study else "uniform policies",
+        "rows": first["rows"],  # the first runtime's (kept for readers of the earlier layout)
+        "mean_latency_reduction_per_macs_reduction": first["mean_latency_reduction_per_macs_reduction"],
+        "runtimes": per_runtime,
         "stability": {"policy": policies[len(policies) // 2][0], "interleaved_ratios": ratios,
                       "interleaved_ratio_cv": _cv(ratios), "plain_medians_ms": plain, "plain_median_cv": _cv(plain),
                       "plain_median_spread": (max(plain) - min(plain)) / min(plain)},
     }
     write_json(args.out, result)
-    print(f"latency reduction / MACs reduction: mean {result['mean_latency_reduction_per_macs_reduction']:.2f}; "
-          f"interleaved ratio CV {result['stability']['interleaved_ratio_cv']:.1%} vs plain median CV "
+    for runtime, r in per_runtime.items():
+        print(f"{runtime}: latency cut / MACs cut: mean {r['mean_latency_reduction_per_macs_reduction']:.2f}, "
+              f"aggregate {r['aggregate_latency_reduction_per_macs_reduction']:.2f}; "
+              f"{r['slower_than_base']} of {len(r['rows'])} slower than the base")
+    print(f"interleaved ratio CV {result['stability']['interleaved_ratio_cv']:.1%} vs plain median CV "
           f"{result['stability']['plain_median_cv']:.1%}")
     return 0
 

@@ -44,10 +44,14 @@ def test_screening_benchmark(tmp_path):
 
 
 def test_latency_benchmark(tmp_path):
-    res, _ = _bench(tmp_path, "latency", "--imgsz", "64", "--runs", "3", "--rounds", "3", "--repeats", "2",
-                    "--threads", "1")
+    res, stdout = _bench(tmp_path, "latency", "--imgsz", "64", "--runs", "3", "--rounds", "3", "--repeats", "2",
+                         "--threads", "1", "--runtime", "torch", "--runtime", "onnxruntime")
     assert len(res["rows"]) == 6 and all(0 < r["macs_ratio"] < 1 for r in res["rows"])
-    assert len(res["stability"]["interleaved_ratios"]) == 2
+    assert set(res["runtimes"]) == {"torch", "onnxruntime"}
+    for r in res["runtimes"].values():
+        assert len(r["rows"]) == 6 and all(row["latency_ratio"] > 0 for row in r["rows"])
+        assert 0 <= r["slower_than_base"] <= 6
+    assert len(res["stability"]["interleaved_ratios"]) == 2 and "onnxruntime: latency cut / MACs cut" in stdout
 
 
 def test_overhead_benchmark(tmp_path):
