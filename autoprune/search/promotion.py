@@ -173,6 +173,7 @@ def record_screening(study: optuna.Study, store: StudyStorage, spec: SearchSpec)
                                 [s for s in seconds if s > 0])
     summary = {k: (None if isinstance(v, float) and v != v else v) for k, v in summary.items()}
     records.set_screening(study, summary)
+
     def fmt(v: Any) -> str:
         return f"{v:.2f}" if isinstance(v, float) else str(v)
     logger.info("screening: Kendall tau %s over %d promoted trials; a screen costs 1/%s of a trial",

@@ -205,7 +205,8 @@ def _settled(study: optuna.Study, store: StudyStorage) -> optuna.Study:
     ``create_study``, and a second driver opening it in between would otherwise take it for a foreign study.
     A study with trials, or still without objectives after CREATION_SETTLE_S, is returned as it is."""
     deadline = time.monotonic() + CREATION_SETTLE_S
-    while (records.stored_objectives(study) is None and not study.trials and time.monotonic() < deadline):
+    while (records.stored_objectives(study) is None and not study.get_trials(deepcopy=False)
+           and time.monotonic() < deadline):
         time.sleep(0.1)
         study = store.load(study.study_name)
     return study
