@@ -190,7 +190,7 @@ def test_a_run_whose_storage_stays_unwritable_ends_with_one_line_and_the_journal
     """Real Ray Tune and SQLite; the trial itself is faked (it only locks the database and reports)."""
     from autoprune.errors import StorageWriteError
     from autoprune.search import journal, study
-    from autoprune.search.executor import run_trials
+    from autoprune.search.session import run_trials
 
     monkeypatch.setattr(study, "SQLITE_BUSY_TIMEOUT_S", 0.2)
     monkeypatch.setattr(journal, "WRITE_RETRY_DELAYS_S", (0.3, 0.3))

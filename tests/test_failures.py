@@ -138,7 +138,7 @@ def test_real_ray_worker_death_raise_nan_missing_each_fail_and_study_goes_on(stu
 
     import ray.cloudpickle
 
-    from autoprune.search.executor import run_trials
+    from autoprune.search.session import run_trials
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     study, spec = study_and_spec

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -51,11 +51,13 @@ class Phases:
 
 
 def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | None = None,
-                  reference: nn.Module | None = None) -> Measurement:
+                  reference: nn.Module | None = None,
+                  before_latency: Callable[[], object] | None = None) -> Measurement:
     """mAP from ultralytics' validator, parameter and MAC counts, and measured latency.
 
     With ``settings.latency.interleave`` the latency is timed alternately with ``reference`` (the
     unpruned base; ``model`` itself when None, giving a ratio near 1) and the ratio is reported.
+    ``before_latency`` is called before the timing starts (the driver waits there for other work on the CPU).
     """
     from autoprune.adapters import tp, ultra
 
@@ -64,6 +66,8 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
     with phases("validate"):
         val = ultra.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
     ratio = None
+    if before_latency is not None:
+        before_latency()
     with phases("latency"):
         deployed = ultra.deploy_copy(model)
         lat_cfg = s.latency

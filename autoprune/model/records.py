@@ -219,6 +219,7 @@ class TrialRecord:
     artifact_dir: str | None
     channels: dict[str, int]
     ray_node: str  # the Ray node that ran it ("" when unknown)
+    ray_worker: dict[str, int]  # the worker process: its pid and how many jobs it had run, this one included
 
 
 def trial(t: Attrs) -> TrialRecord:
@@ -232,7 +233,7 @@ def trial(t: Attrs) -> TrialRecord:
         if sc else None,
         wall_seconds=float(a.get("wall_seconds", 0.0) or 0.0), checkpoint=a.get("checkpoint"),
         artifact_dir=a.get("artifact_dir"), channels=dict(a.get("channels") or {}),
-        ray_node=str(a.get("ray_node") or ""))
+        ray_node=str(a.get("ray_node") or ""), ray_worker=dict(a.get("ray_worker") or {}))
 
 
 def start_trial(t: Writer, driver: str, ray_trial_id: str) -> None:

@@ -26,8 +26,8 @@ from ray.tune.search import Searcher
 
 from autoprune.config.spec import Constraints, Resources, TrialSettings
 from autoprune.engine.trial import TrialResult
-from autoprune.errors import InputError, SpecError, StorageWriteError
-from autoprune.model import objectives, records
+from autoprune.errors import InputError, SpecError
+from autoprune.model import records
 from autoprune.model.constraints import constraint_values, feasible
 from autoprune.model.policy import Policy, ratio_summary
 from autoprune.model.shapes import sample_policy
@@ -39,14 +39,13 @@ from autoprune.search.study import (
     driver_id,
     fail_trial,
     heartbeat,
-    masked,
     maybe_retry,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Job", "StudySearcher", "run_trials", "ray_session", "check_ray_address", "check_cluster_resources",
-           "trainable", "encode", "decode", "PAYLOAD_KEY"]
+__all__ = ["Job", "StudySearcher", "ray_session", "check_ray_address", "check_cluster_resources", "trainable",
+           "encode", "decode", "beat", "log_trial", "count_job", "TrialFn", "PAYLOAD_KEY"]
 
 PAYLOAD_KEY = "autoprune"
 
@@ -107,7 +106,7 @@ class StudySearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:  # or Searcher.FINISHED
-        if self._asked >= self._n:
+        if self.exhausted:
             return Searcher.FINISHED  # type: ignore[return-value]  # Ray's sentinel string
         self._asked += 1
         ot = journal.with_retries(self._study.ask, "a new trial")  # a refused insert leaves no trial behind
@@ -121,6 +120,16 @@ class StudySearcher(Searcher):
         self._live[trial_id] = ot
         return {"number": ot.number, "attempt": records.trial(ot).retry, "policy": policy.to_dict(),
                 "workdir": str(self._trial_dir(ot.number))}
+
+    @property
+    def exhausted(self) -> bool:
+        """Every trial of the budget (retries included) has been handed out."""
+        return self._asked >= self._n
+
+    @property
+    def live(self) -> int:
+        """Trials handed out that have not reported."""
+        return len(self._live)
 
     def _trial_dir(self, number: int) -> Path:
         return self._job.study_dir / "trials" / f"{number:05d}"
@@ -228,7 +237,17 @@ def trainable(config: dict[str, Any], job: Job) -> None:
     else:
         result = run_trial_safely(job.settings, policy, job.layers, Path(config["workdir"]))
     result.attrs["ray_node"] = _node_id()  # which node of the cluster ran it
+    result.attrs["ray_worker"] = {"pid": os.getpid(), "jobs": _jobs_run}  # jobs > 1: a warm worker ran it
     tune.report(encode(result))
+
+
+_jobs_run = 0  # jobs this worker process has started (a session's warm-up included)
+
+
+def count_job() -> None:
+    """Called as a worker starts a job (a trial, a screen or the warm-up)."""
+    global _jobs_run
+    _jobs_run += 1
 
 
 def _node_id() -> str:
@@ -240,7 +259,7 @@ def _node_id() -> str:
         return ""
 
 
-def _beat(study: optuna.Study, driver: str, stop: threading.Event, every_s: float = 30.0) -> None:
+def beat(study: optuna.Study, driver: str, stop: threading.Event, every_s: float = 30.0) -> None:
     while True:
         try:
             heartbeat(study, driver)
@@ -250,7 +269,7 @@ def _beat(study: optuna.Study, driver: str, stop: threading.Event, every_s: floa
             return
 
 
-def _log_trial(t: optuna.trial.FrozenTrial) -> None:
+def log_trial(t: optuna.trial.FrozenTrial) -> None:
     rec = records.trial(t)
     if t.state == optuna.trial.TrialState.COMPLETE:
         m, pol = rec.metrics, rec.policy or {}
@@ -324,43 +343,3 @@ def check_cluster_resources(resources: Resources) -> None:
 
 
 TrialFn = Callable[..., None]
-
-
-def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int, ray_address: str | None = None,
-               trial_fn: TrialFn | None = None,
-               on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None) -> None:
-    """Run ``n_trials`` new trials of ``study`` under Ray Tune (a local Ray unless one is up or ``ray_address``).
-
-    ``trial_fn(config, job=)`` is the Ray trainable; the default is :func:`trainable`. ``on_trial`` is called
-    with each finished trial (after it is recorded).
-    """
-    def done(t: optuna.trial.FrozenTrial) -> None:
-        _log_trial(t)
-        if on_trial is not None:
-            on_trial(t)
-
-    searcher = StudySearcher(study, store, job, n_trials, on_done=done)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0
-    stop = threading.Event()
-    beat = threading.Thread(target=_beat, args=(study, searcher.driver, stop), daemon=True, name="autoprune-heartbeat")
-    with ray_session(ray_address):
-        trainable_ = tune.with_resources(tune.with_parameters(trial_fn or trainable, job=job),
-                                         resources={"cpu": job.resources.cpus, "gpu": job.resources.gpus})
-        tuner = tune.Tuner(
-            trainable_,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_trials * (1 + job.retries),
-                                        max_concurrent_trials=job.resources.concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"{study.study_name}-ray", storage_path=str(job.study_dir / "ray"),
-                                      verbose=0),
-        )
-        beat.start()
-        try:
-            tuner.fit()
-        finally:
-            stop.set()
-            searcher.abandon_all("interrupted: the search run ended before this trial reported")
-    if searcher.kept:
-        raise StorageWriteError(f"storage: {masked(store.url)} could not be written; {len(searcher.kept)} trial "
-                                f"result(s) kept in {searcher.kept[0].parent} are written on the next run")
-    logger.info("%d trial(s) run; objectives: %s", n_trials, ", ".join(objectives.get(n).label for n in job.objectives))
-

@@ -28,7 +28,8 @@ from autoprune.model.pareto import REFERENCE_MARGIN, contribution_order, kendall
 from autoprune.model.shapes import params_for_policy, recipe_params, screen_space, screen_visible
 from autoprune.model.space import Layer
 from autoprune.search import journal
-from autoprune.search.executor import Job, run_trials
+from autoprune.search.executor import Job
+from autoprune.search.session import run_trials
 from autoprune.search.study import (
     StudyOptions,
     StudyStorage,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +21,8 @@ from autoprune.config.spec import AUTO_IMGSZ, AUTO_ROUND_TO, DEFAULT_IMGSZ, Sear
 from autoprune.errors import InputError, StorageWriteError
 from autoprune.model import records
 from autoprune.model.space import Layer
-from autoprune.search.executor import Job, check_cluster_resources, ray_session, run_trials
+from autoprune.search.executor import Job, check_cluster_resources, ray_session
+from autoprune.search.session import TuneSession, run_trials
 from autoprune.search.study import (
     StudyStorage,
     fail_stale_trials,
@@ -155,7 +157,8 @@ class SearchOutcome:
     store: StudyStorage
 
 
-def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
+def _ensure_baseline(study: optuna.Study, spec: SearchSpec,
+                     before_latency: Callable[[], object] | None = None) -> list[Layer]:
     from autoprune.adapters import tp, ultra
     from autoprune.engine.identity import architecture, file_sha256, fingerprint
     from autoprune.engine.measure import measure_model
@@ -170,7 +173,7 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec) -> list[Layer]:
     layers = [Layer(p.name, p.channels, ultra.layer_stage(model, p.name))
               for p in tp.prunable_layers(model, TRACE_IMGSZ)]
     logger.info("measuring the unpruned baseline (%d prunable layers)", len(layers))
-    m = measure_model(model, spec.trial_settings)
+    m = measure_model(model, spec.trial_settings, before_latency=before_latency)
     metrics = m.metrics()
     if "latency_ratio" in metrics:
         metrics["latency_ratio"] = 1.0  # by definition; the measured self-ratio stays in "latency"
@@ -294,13 +297,24 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
 
     journal.replay(study, store, spec.study_dir)  # results the storage refused last time, before stale trials fail
     fail_stale_trials(study, store, spec.retries)
-    layers = _ensure_baseline(study, spec)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     n_new = max_new_trials if max_new_trials is not None else max(0, spec.trials - done)
     if n_new == 0:
+        _ensure_baseline(study, spec)
         logger.info("study %s already has %d completed trials (budget %d): nothing to run", spec.name, done,
                     spec.trials)
         return SearchOutcome(study=study, spec=spec, new_trials=0, store=store)
+    # one Tune run for every phase; its first worker starts (imports the trial code) while the baseline is measured
+    session = TuneSession(f"{spec.name}-ray", spec.study_dir / "ray", spec.resources, warm=True)
+    return session.drive(lambda: _phases(study, spec, store, n_new, done, ray_address, ray_init_s, session,
+                                         progress))
+
+
+def _phases(study: optuna.Study, spec: SearchSpec, store: StudyStorage, n_new: int, done: int,
+            ray_address: str | None, ray_init_s: float, session: TuneSession,
+            progress: Progress | None) -> SearchOutcome:
+    """The search proper (in the session's phase thread): the baseline, then the scan, screens and trials."""
+    layers = _ensure_baseline(study, spec, before_latency=session.wait_warm)
     from autoprune.search.warmstart import warm_start
 
     run = records.RunTimings(started=time.strftime("%Y-%m-%dT%H:%M:%S"), ray_init_s=ray_init_s)

@@ -39,7 +39,8 @@ from autoprune.model.allocation import (
 from autoprune.model.shapes import recipe_params, screen_space
 from autoprune.model.space import Layer, Space, blocks
 from autoprune.search import journal
-from autoprune.search.executor import Job, run_trials
+from autoprune.search.executor import Job
+from autoprune.search.session import run_trials
 from autoprune.search.study import StudyOptions, StudyStorage, fail_stale_trials, open_study
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,267 @@
+"""One Ray Tune run for a whole search.
+
+A search runs in phases (the sensitivity scan, rounds of screens, fine-tuned trials); each phase is a batch of
+trials of one study. They are all handed to one Tune run, batch by batch, by the :class:`Dispatcher`, so the Ray
+worker that has imported the trial code (torch, ultralytics: seconds) serves every phase: Tune reuses its actor
+and keeps it while the driver promotes between phases. The first worker is started while the driver measures the
+baseline (a warm-up Tune trial that imports the trial code and reports nothing), so the first trial does not pay
+for it either.
+
+The Tune run needs the main thread (signals reach it there); the phases run in a thread of their own
+(:meth:`TuneSession.drive`), each waiting in :meth:`TuneSession.run` until its batch has ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+from ray import tune
+from ray.tune.search import Searcher
+
+from autoprune.config.spec import Resources
+from autoprune.errors import StorageWriteError
+from autoprune.model import objectives
+from autoprune.search.executor import (
+    Job,
+    StudySearcher,
+    TrialFn,
+    beat,
+    count_job,
+    log_trial,
+    ray_session,
+    trainable,
+)
+from autoprune.search.study import StudyStorage, masked
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Dispatcher", "TuneSession", "SessionClosed", "run_trials", "WARM_KEY", "JOB_KEY"]
+
+WARM_KEY = "autoprune_warm"  # the config of the warm-up trial
+JOB_KEY = "autoprune_job"  # the Job a trial's config carries
+INTERRUPTED = "interrupted: the search run ended before this trial reported"
+T = TypeVar("T")
+
+
+class SessionClosed(RuntimeError):
+    """The Tune run ended (interrupted) while a phase still waited for its batch."""
+
+
+@dataclass
+class _Batch:
+    searcher: StudySearcher
+    job: Job
+    done: threading.Event = field(default_factory=threading.Event)  # ended, or woken because the run ended
+    finished: bool = False  # every trial of the batch has ended
+
+
+class Dispatcher(Searcher):
+    """The searcher of a session's Tune run: the trials of the batch at hand, nothing (``None``) between batches,
+    ``FINISHED`` once closed. Tune calls it from the main thread; phases submit batches from theirs."""
+
+    def __init__(self, warm: bool = False) -> None:
+        super().__init__()
+        self._lock = threading.RLock()
+        self._warm_pending = warm
+        self._warm_id: str | None = None
+        self.warmed = threading.Event()  # the warm-up trial ended (or there is none)
+        if not warm:
+            self.warmed.set()
+        self._batch: _Batch | None = None
+        self._owner: dict[str, _Batch] = {}
+        self._closed = False
+
+    def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def submit(self, searcher: StudySearcher, job: Job) -> _Batch:
+        with self._lock:
+            if self._closed:
+                raise SessionClosed("the Ray Tune run has ended")
+            self._batch = _Batch(searcher, job)
+            return self._batch
+
+    def close(self) -> None:
+        """No more batches: the run ends once its trials have; a phase still waiting is woken."""
+        with self._lock:
+            self._closed = True
+            self.warmed.set()
+            if self._batch is not None:
+                self._batch.done.set()
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:  # or Searcher.FINISHED
+        with self._lock:
+            if self._warm_pending and not self._closed:
+                self._warm_pending, self._warm_id = False, trial_id
+                return {WARM_KEY: True}
+            b = self._batch
+            if b is None:
+                return Searcher.FINISHED if self._closed else None  # type: ignore[return-value]
+            config = b.searcher.suggest(trial_id)
+            if config is None or config == Searcher.FINISHED:
+                self._end_if_done(b)
+                return Searcher.FINISHED if self._closed and self._batch is None else None  # type: ignore
+            self._owner[trial_id] = b
+            return {**config, JOB_KEY: b.job}
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        with self._lock:
+            if trial_id == self._warm_id:
+                if error:
+                    logger.debug("the warm-up trial errored (the first trial starts its worker)")
+                self.warmed.set()
+                return
+            b = self._owner.pop(trial_id, None)
+            if b is None:
+                return
+            b.searcher.on_trial_complete(trial_id, result, error)
+            self._end_if_done(b)
+
+    def _end_if_done(self, b: _Batch) -> None:
+        if b.searcher.exhausted and not any(o is b for o in self._owner.values()):
+            b.finished = True
+            b.done.set()
+            if self._batch is b:
+                self._batch = None
+
+    def abandon_all(self, reason: str) -> None:
+        """Every trial still handed out is FAILED with ``reason`` (the run ended before it reported)."""
+        with self._lock:
+            batches = {id(b): b for b in self._owner.values()}
+            self._owner.clear()
+        for b in batches.values():
+            b.searcher.abandon_all(reason)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What Ray Tune persists of the searcher: nothing of the studies (their storage URL may hold a password)."""
+        return {"_closed": True}
+
+    def save(self, checkpoint_path: str) -> None:  # state lives in the Optuna storages
+        return None
+
+    def restore(self, checkpoint_path: str) -> None:
+        return None
+
+
+def run_job(config: dict[str, Any], trial_fn: TrialFn | None = None) -> None:
+    """The Ray trainable of a session: the warm-up (import the trial code once per worker) or one job's trial."""
+    count_job()
+    if config.get(WARM_KEY):
+        import autoprune.engine.screen
+        import autoprune.engine.trial  # noqa: F401
+
+        tune.report({WARM_KEY: 1})  # a trial that reports nothing is announced on the terminal
+        return
+    (trial_fn or trainable)(config, job=config[JOB_KEY])
+
+
+class TuneSession:
+    """One Tune run that executes batches of trials of any study (the phases of a search) until closed."""
+
+    def __init__(self, name: str, storage_path: Path, resources: Resources, trial_fn: TrialFn | None = None,
+                 warm: bool = False) -> None:
+        self.name, self.storage_path, self.resources, self.trial_fn = name, storage_path, resources, trial_fn
+        self.dispatcher = Dispatcher(warm=warm)
+
+    def wait_warm(self, timeout_s: float = 120.0) -> None:
+        """Until the warm-up trial has ended (so timing in the driver does not share the CPU with its imports)."""
+        self.dispatcher.warmed.wait(timeout_s)
+
+    def run(self, study: optuna.Study, store: StudyStorage, job: Job, n_trials: int,
+            on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None) -> None:
+        """Run ``n_trials`` new trials of ``study`` in this session's Tune run; back when they have all ended."""
+        def done(t: optuna.trial.FrozenTrial) -> None:
+            log_trial(t)
+            if on_trial is not None:
+                on_trial(t)
+
+        searcher = StudySearcher(study, store, job, n_trials, on_done=done)
+        stop = threading.Event()
+        heart = threading.Thread(target=beat, args=(study, searcher.driver, stop), daemon=True,
+                                 name="autoprune-heartbeat")
+        heart.start()
+        try:
+            batch = self.dispatcher.submit(searcher, job)
+            while not batch.done.wait(0.5):
+                pass
+            if not batch.finished:
+                raise SessionClosed("the Ray Tune run ended before the batch did")
+        finally:
+            stop.set()
+        if searcher.kept:
+            raise StorageWriteError(f"storage: {masked(store.url)} could not be written; {len(searcher.kept)} "
+                                    f"trial result(s) kept in {searcher.kept[0].parent} are written on the next run")
+        logger.info("%d trial(s) run; objectives: %s", n_trials,
+                    ", ".join(objectives.get(n).label for n in job.objectives))
+
+    def drive(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (the phases, calling :meth:`run`) in a thread while the Tune run holds the main thread."""
+        global _ACTIVE
+        out: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                out["value"] = work()
+            except BaseException as e:  # handed to the caller's thread
+                out["error"] = e
+            finally:
+                self.dispatcher.close()
+
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter honours verbose=0
+        r = self.resources
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(run_job, trial_fn=self.trial_fn),
+                                resources={"cpu": r.cpus, "gpu": r.gpus}),
+            tune_config=tune.TuneConfig(search_alg=self.dispatcher, num_samples=-1,
+                                        max_concurrent_trials=r.concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name=self.name, storage_path=str(self.storage_path), verbose=0),
+        )
+        phases = threading.Thread(target=target, daemon=True, name="autoprune-phases")
+        _ACTIVE = self
+        interrupted = True
+        try:
+            phases.start()
+            tuner.fit()
+            interrupted = False
+        finally:
+            _ACTIVE = None
+            self.dispatcher.close()
+            self.dispatcher.abandon_all(INTERRUPTED)
+            phases.join(timeout=10.0 if interrupted else None)
+        if "error" in out:
+            raise out["error"]
+        return out["value"]
+
+
+_ACTIVE: TuneSession | None = None
+
+
+def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int, ray_address: str | None = None,
+               trial_fn: TrialFn | None = None,
+               on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None) -> None:
+    """Run ``n_trials`` new trials of ``study`` under Ray Tune: in the search's session when one is driving, else
+    in a Tune run of their own (a local Ray unless one is up or ``ray_address``).
+
+    ``trial_fn(config, job=)`` replaces the default trial (tests); ``on_trial`` is called with each finished trial
+    (after it is recorded).
+    """
+    active = _ACTIVE
+    if active is not None:  # a phase of a search: its session runs every batch
+        if trial_fn is not active.trial_fn or job.resources != active.resources:
+            raise RuntimeError("a search's batches share its session's trial function and resources")
+        active.run(study, store, job, n_trials, on_trial)
+        return
+    with ray_session(ray_address):
+        session = TuneSession(f"{study.study_name}-ray", job.study_dir / "ray", job.resources, trial_fn=trial_fn)
+        session.drive(lambda: session.run(study, store, job, n_trials, on_trial))
