@@ -110,6 +110,9 @@ def test_shipped_specs_are_valid():
     assert demo.model == "demo" and demo.data == "demo" and demo.trials >= 8
     voc = load_spec(REPO / "search_spaces" / "voc.yaml", Overrides(device="cpu", gpus_per_trial=0))
     assert voc.imgsz == 640 and voc.resources.gpus == 0 and voc.resources.cpus == 4
+    tech = load_spec(REPO / "search_spaces" / "techniques.yaml")  # every training-side technique searched
+    assert tech.space.distill == (False, True) and tech.space.sparsity == (0.0, 1.0)
+    assert tech.space.depth.high > 0 and tech.space.lr_step.low < 1 and tech.space.lrf is not None
 
 
 @pytest.mark.parametrize("content,needle", [

@@ -160,3 +160,40 @@ def test_sensitivity_scan_is_cached_per_base_model_and_seeds_the_first_round(tmp
     second = _run(["-v", "search", "b.yaml"], tmp_path)
     assert len(optuna.load_study(study_name=scans[0], storage=url).trials) == len(probes)  # nothing re-screened
     assert f"all {len(probes)} probes cached" in second.stderr
+
+
+@pytest.mark.slow
+def test_a_search_with_every_training_side_technique_at_once(tmp_path, tiny_data, tiny_model_pt):
+    """Sparse training, distillation, layer pruning and the lr schedule searched together: the trial completes
+    with each of them in its policy, prunes the sparse base, and its checkpoint has fewer bottlenecks and loads
+    in plain ultralytics."""
+    spec = {
+        "name": "tech", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 1, "seed": 0,
+        "space": {"ratio": {"low": 0.2, "high": 0.3}, "criteria": ["bn_scale"], "iterations": 2, "epochs": 1,
+                  "schedule": ["linear"], "lrf": {"low": 0.05, "high": 0.1}, "warmup": {"low": 0, "high": 0},
+                  "lr_step": {"low": 0.5, "high": 0.6}, "distill": [True], "sparsity": [1.0],
+                  "depth": {"low": 0.5, "high": 0.5}, "round_to": [1]},
+        "finetune": {"batch": 8, "sparse_epochs": 1}, "latency": {"warmup": 1, "runs": 5},
+        "resources": {"cpus": 1}, "sensitivity": {"probes": 0}, "screening": {"factor": 0},
+        "warm_start": {"uniform": 0, "from_fronts": False},
+    }
+    spec_file = tmp_path / "tech.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    _run(["search", str(spec_file)], tmp_path)
+    study = optuna.load_study(study_name="tech", storage=f"sqlite:///{tmp_path / 'studies' / 'autoprune.db'}")
+    (t,) = study.trials
+    assert t.state == TrialState.COMPLETE, t.user_attrs.get("fail_reason")
+    pol = t.user_attrs["policy"]
+    assert pol["distill"] is True and pol["sparsity"] == 1.0 and pol["depth"] == 0.5 and pol["iterations"] == 2
+    assert pol["schedule"] == "linear" and 0.05 <= pol["lrf"] <= 0.1 and 0.5 <= pol["lr_step"] <= 0.6
+    assert t.user_attrs["sparse"]["l1"] == 1.0  # pruned the sparse-trained base
+    code = ("import sys; sys.modules['autoprune'] = None\n"
+            "from ultralytics import YOLO\n"
+            "from ultralytics.nn.modules import Bottleneck\n"
+            f"m = YOLO({t.user_attrs['checkpoint']!r}).model\n"
+            f"b = YOLO({str(tiny_model_pt)!r}).model\n"
+            "print(sum(isinstance(x, Bottleneck) for x in m.modules()), sum(isinstance(x, Bottleneck) for x in b.modules()))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pruned, base = map(int, r.stdout.split()[-2:])
+    assert pruned < base
