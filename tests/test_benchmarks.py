@@ -71,3 +71,20 @@ def test_techniques_benchmark(tmp_path):
     sparse = rows["sparse"][0]["sparse"]
     assert sparse["l1"] == 1.0 and sparse["after"]["mean"] < sparse["before"]["mean"]  # BN scales shrank
     assert all(len(rec["best_cut"]) == 1 for rec in res["arms"].values()) and "largest params cut" in stdout
+
+
+def test_ab_wall_benchmark(tmp_path, tiny_data, tiny_model_pt):
+    import yaml
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "ab", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 1,
+        "space": {"ratio": {"low": 0.1, "high": 0.3}, "criteria": ["l2"], "iterations": 1, "epochs": 1},
+        "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 3}, "resources": {"cpus": 1},
+        "sensitivity": {"probes": 0}, "screening": {"factor": 0}}))
+    repo = str(BENCH.parent)
+    res, stdout = _bench(tmp_path, "ab_wall", "--a", repo, "--b", repo, "--spec", str(spec), "--trials", "1",
+                         "--pairs", "1")
+    assert len(res["wall_s"]["a"]) == len(res["wall_s"]["b"]) == 1 and all(w > 0 for w in res["wall_s"]["a"])
+    assert res["ratio_b_over_a"] == [pytest.approx(res["wall_s"]["b"][0] / res["wall_s"]["a"][0], rel=1e-3)]
+    assert "B/A wall time per pair" in stdout

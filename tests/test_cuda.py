@@ -25,3 +25,39 @@ def test_two_iteration_trial_on_cuda(tmp_path, tiny_data, tiny_model_pt, criteri
     result = run_trial(spec.trial_settings, policy, layers, tmp_path)
     assert result.ok and result.metrics["params"] < ultra.count_params(ultra.load_model(tiny_model_pt))
     assert result.attrs["finetune"]["epochs"] == 2
+
+
+def _cli(args, cwd):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "autoprune", *map(str, args)], capture_output=True, text=True,
+                       cwd=cwd, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+def test_fractional_gpu_trials_then_export_and_apply_finetune_on_cuda(tmp_path, tiny_data, tiny_model_pt):
+    """Four trials at 0.25 GPU each run at once on one GPU, none fails; a trial's policy re-applied with
+    ``apply --finetune --device cuda:0`` gives the trial's channels."""
+    import optuna
+    import yaml
+    from optuna.trial import TrialState
+
+    spec = {"name": "frac", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 4,
+            "device": "cuda:0", "space": {"ratio": {"low": 0.1, "high": 0.4}, "criteria": ["l2", "taylor"],
+                                          "iterations": {"low": 1, "high": 2}, "epochs": 1},
+            "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 3, "rounds": 1},
+            "resources": {"cpus": 1, "gpus": 0.25, "concurrent": 4},
+            "sensitivity": {"probes": 0}, "screening": {"factor": 0}}
+    (tmp_path / "frac.yaml").write_text(yaml.safe_dump(spec))
+    _cli(["search", "frac.yaml"], tmp_path)
+    study = optuna.load_study(study_name="frac", storage=f"sqlite:///{tmp_path / 'studies' / 'autoprune.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    windows = sorted((t.datetime_start, t.datetime_complete) for t in study.trials)
+    assert any(b[0] < a[1] for a, b in zip(windows, windows[1:]))  # trials overlapped on the one GPU
+    _cli(["export", "--study", "frac", "--trial", "0", "--no-onnx", "--out", "exp"], tmp_path)
+    _cli(["apply", "exp/policy.yaml", "--model", tiny_model_pt, "--data", tiny_data, "--finetune",
+          "--device", "cuda:0", "--out", "again.pt"], tmp_path)
+    again = ultra.load_model(tmp_path / "again.pt")
+    assert ultra.count_params(again) == int(study.trials[0].user_attrs["metrics"]["params"])

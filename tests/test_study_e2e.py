@@ -192,7 +192,8 @@ def test_a_search_with_every_training_side_technique_at_once(tmp_path, tiny_data
             "from ultralytics.nn.modules import Bottleneck\n"
             f"m = YOLO({t.user_attrs['checkpoint']!r}).model\n"
             f"b = YOLO({str(tiny_model_pt)!r}).model\n"
-            "print(sum(isinstance(x, Bottleneck) for x in m.modules()), sum(isinstance(x, Bottleneck) for x in b.modules()))")
+            "n = lambda model: sum(isinstance(x, Bottleneck) for x in model.modules())\n"
+            "print(n(m), n(b))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     pruned, base = map(int, r.stdout.split()[-2:])
