@@ -51,8 +51,7 @@ def test_kill_minus_9_then_resume(tmp_path, tiny_data, tiny_model_pt):
             time.sleep(0.5)
         else:
             pytest.fail("no trial completed in time")
-        time.sleep(2)  # well inside the running trial (6 epochs)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)  # at once: a tiny trial can end within a second or two
         proc.wait(timeout=30)
     finally:
         with contextlib.suppress(ProcessLookupError):

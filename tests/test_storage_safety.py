@@ -178,5 +178,7 @@ def test_two_storages_one_study_name_through_the_cli(tmp_path, tiny_data, tiny_m
         run("search", "s.yaml", "--storage", f"sqlite:///{tmp_path}/{db}.db", "--seed", "1" if db == "a" else "2")
     checkpoints = sorted(tmp_path.glob("studies/same@*/trials/00000/pruned.pt"))
     assert len(checkpoints) == 2  # one per storage: the second search overwrote nothing
+    persisted = [f for f in tmp_path.glob("studies/same@*/ray/**/*") if f.is_file()]
+    assert persisted and not [f for f in persisted if b"sqlite:///" in f.read_bytes()]  # Ray keeps no storage URL
     run("export", "--storage", f"sqlite:///{tmp_path}/a.db", "--trial", "0", "--out", "ea", "--no-onnx")
     assert (tmp_path / "ea" / "pruned.pt").is_file()
