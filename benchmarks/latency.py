@@ -8,17 +8,24 @@ latency, so none is done here.
     python benchmarks/latency.py --imgsz 640 --out benchmarks/results/latency.json
     python benchmarks/latency.py --storage sqlite:///studies/autoprune.db --study demo   # a front
     python benchmarks/latency.py --runtime torch --runtime onnxruntime                  # per runtime
+    python benchmarks/latency.py --lut --random 8 --out benchmarks/results/latency_lut.json   # lookup table's error
 
 Every model is timed against the base on the same runtime (interleaved rounds); per runtime the
 result has the rows, the mean of the per-policy latency cut / MACs cut, the aggregate
 (sum of latency cuts / sum of MACs cuts) and how many pruned models were slower than the base.
+With ``--lut`` each model's latency is also estimated by the per-device lookup table
+(autoprune.engine.latency_table) as a ratio to the base's estimate, and the error of that ratio
+against the measured one is reported next to the error of the MACs ratio as a latency proxy.
+``--random N`` adds N random per-layer policies (seeded) to the uniform ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,6 +39,19 @@ def _cv(xs: list[float]) -> float:
     return statistics.pstdev(xs) / statistics.fmean(xs)
 
 
+def _proxy_errors(rows: list[dict]) -> dict:
+    """How well the lookup table's ratio, and the MACs ratio, predict the measured latency ratio."""
+    from autoprune.model.pareto import kendall_tau
+
+    measured = [r["latency_ratio"] for r in rows]
+    out = {}
+    for proxy in ("lut_ratio", "macs_ratio"):
+        errors = [abs(r[proxy] - r["latency_ratio"]) / r["latency_ratio"] for r in rows]
+        out[proxy] = {"mean_abs_rel_error": statistics.fmean(errors), "max_abs_rel_error": max(errors),
+                      "kendall_tau": kendall_tau([r[proxy] for r in rows], measured)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--imgsz", type=int, default=640)
@@ -43,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", help="... of this study")
     p.add_argument("--runtime", action="append", choices=("torch", "onnxruntime"),
                    help="runtime(s) to time on (repeatable; default torch)")
+    p.add_argument("--lut", action="store_true", help="also estimate each model with the latency lookup table")
+    p.add_argument("--random", type=int, default=0, help="random per-layer policies to add (uniform ones only)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/latency.json"))
     args = p.parse_args(argv)
     setup_logging()
@@ -50,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.adapters import tp, ultra
     from autoprune.demo.baseline import resolve_demo_model
     from autoprune.engine.latency import measure_interleaved, measure_latency
+    from autoprune.engine.latency_table import LatencyTable
     from autoprune.engine.pipeline import TRACE_IMGSZ
 
     base_path = resolve_demo_model()
@@ -66,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             for round_to in (1, 8):
                 keep = target_keep(original, dict.fromkeys(original, ratio), 1, 1, round_to)
                 policies.append((f"uniform {ratio:.1f} round_to {round_to}", keep))
+        rng = random.Random(args.seed)
+        for i in range(args.random):
+            round_to = rng.choice((1, 8))
+            ratios = {name: rng.uniform(0.0, 0.7) for name in original}
+            policies.append((f"random {i} round_to {round_to}", target_keep(original, ratios, 1, 1, round_to)))
     base_deployed = ultra.deploy_copy(base)
     base_macs = tp.count_macs(base, args.imgsz)
     runtimes = args.runtime or ["torch"]
@@ -77,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     per_runtime = {}
     for runtime in runtimes:
         rows = []
+        table = LatencyTable(runtime, "cpu", args.threads) if args.lut else None
+        base_lut = table.estimate(base_deployed, args.imgsz).ms if table else None
         for label, deployed, macs_ratio in pruned_models:
             il = measure_interleaved(deployed, base_deployed, args.imgsz, warmup=3, runs=args.runs,
                                      rounds=args.rounds, threads=args.threads, runtime=runtime)
@@ -84,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                    "latency_ms": il.candidate.median_ms, "baseline_ms": il.reference.median_ms,
                    "ratio_cv_within": il.ratio_cv,
                    "latency_reduction_per_macs_reduction": (1 - il.ratio) / (1 - macs_ratio)}
+            if table and base_lut:
+                t0 = time.perf_counter()
+                est = table.estimate(deployed, args.imgsz)
+                row.update(lut_ms=est.ms, lut_ratio=est.ms / base_lut, lut_seconds=time.perf_counter() - t0,
+                           lut_timed_now=est.timed_now)
             rows.append(row)
             logger.info("%s, %s: MACs x%.3f, latency x%.3f (%.1f vs %.1f ms)", runtime, label, macs_ratio, il.ratio,
                         il.candidate.median_ms, il.reference.median_ms)
@@ -95,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             / sum(1 - r["macs_ratio"] for r in rows),
             "slower_than_base": sum(r["latency_ratio"] > 1.0 for r in rows),
         }
+        if table:
+            per_runtime[runtime]["lut"] = _proxy_errors(rows) | {"table": table.describe(), "base_lut_ms": base_lut}
     # Stability: the same candidate measured `repeats` times, interleaved ratio vs plain medians (torch).
     probe = pruned_models[len(pruned_models) // 2][1]
     ratios, plain = [], []
@@ -118,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{runtime}: latency cut / MACs cut: mean {r['mean_latency_reduction_per_macs_reduction']:.2f}, "
               f"aggregate {r['aggregate_latency_reduction_per_macs_reduction']:.2f}; "
               f"{r['slower_than_base']} of {len(r['rows'])} slower than the base")
+        for proxy, e in r.get("lut", {}).items():
+            if isinstance(e, dict) and "mean_abs_rel_error" in e:
+                print(f"  {proxy} as the latency ratio: mean error {e['mean_abs_rel_error']:.1%}, "
+                      f"max {e['max_abs_rel_error']:.1%}, Kendall tau {e['kendall_tau']:.2f}")
     print(f"interleaved ratio CV {result['stability']['interleaved_ratio_cv']:.1%} vs plain median CV "
           f"{result['stability']['plain_median_cv']:.1%}")
     return 0

@@ -45,13 +45,18 @@ def test_screening_benchmark(tmp_path):
 
 def test_latency_benchmark(tmp_path):
     res, stdout = _bench(tmp_path, "latency", "--imgsz", "64", "--runs", "3", "--rounds", "3", "--repeats", "2",
-                         "--threads", "1", "--runtime", "torch", "--runtime", "onnxruntime")
-    assert len(res["rows"]) == 6 and all(0 < r["macs_ratio"] < 1 for r in res["rows"])
+                         "--threads", "1", "--runtime", "torch", "--runtime", "onnxruntime", "--lut", "--random", "2")
+    assert len(res["rows"]) == 8 and all(0 < r["macs_ratio"] < 1 for r in res["rows"])
     assert set(res["runtimes"]) == {"torch", "onnxruntime"}
     for r in res["runtimes"].values():
-        assert len(r["rows"]) == 6 and all(row["latency_ratio"] > 0 for row in r["rows"])
-        assert 0 <= r["slower_than_base"] <= 6
+        assert len(r["rows"]) == 8 and all(row["latency_ratio"] > 0 and row["lut_ratio"] > 0 for row in r["rows"])
+        assert 0 <= r["slower_than_base"] <= 8
+        for proxy in ("lut_ratio", "macs_ratio"):
+            e = r["lut"][proxy]
+            assert 0 <= e["mean_abs_rel_error"] <= e["max_abs_rel_error"] and -1 <= e["kendall_tau"] <= 1
+        assert r["lut"]["table"]["runtime"] in res["runtimes"] and r["lut"]["base_lut_ms"] > 0
     assert len(res["stability"]["interleaved_ratios"]) == 2 and "onnxruntime: latency cut / MACs cut" in stdout
+    assert "lut_ratio as the latency ratio" in stdout
 
 
 def test_overhead_benchmark(tmp_path):

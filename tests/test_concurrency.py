@@ -77,11 +77,16 @@ def test_driver_rank_counts_live_drivers_that_opened_the_study_first(tmp_path):
     assert driver_rank(study) == 0  # alone
     host = socket.gethostname()
     now = 2e9
-    records.set_driver_start(study, f"{host}:{_dead_pid()}", now - 5)  # earlier, but its process is gone
-    records.set_driver_start(study, f"{host}:{os.getppid()}", now - 3)  # earlier and alive: counts
-    records.set_driver_start(study, f"{host}:1", now + 10)  # opened after us: does not count
-    records.set_driver_start(study, "elsewhere:7", now - 1000)  # another host, silent for longer than allowed: dead
-    assert driver_rank(study, now=now) == 1
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:  # (not our parent: a pytest started detached has init, pid 1, for a parent)
+        records.set_driver_start(study, f"{host}:{_dead_pid()}", now - 5)  # earlier, but its process is gone
+        records.set_driver_start(study, f"{host}:{alive.pid}", now - 3)  # earlier and alive: counts
+        records.set_driver_start(study, f"{host}:1", now + 10)  # opened after us: does not count
+        records.set_driver_start(study, "elsewhere:7", now - 1000)  # another host, silent for too long: dead
+        assert driver_rank(study, now=now) == 1
+    finally:
+        alive.kill()
+        alive.wait()
     assert records.driver_starts(study)[driver_id()] == now
 
 

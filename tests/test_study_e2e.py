@@ -87,14 +87,16 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
 
 @pytest.mark.slow
 def test_screened_warm_started_search(tmp_path, tiny_data, tiny_model_pt):
-    """Adaptive-BN screening in a side study, promotion of the best, warm start, stage shape, round_to, NSGA-II."""
+    """Adaptive-BN screening in a side study, promotion of the best, warm start, stage shape, round_to, NSGA-II,
+    the latency lookup table."""
     spec = {
         "name": "mf", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 2, "seed": 2,
         "objectives": ["map50_95", "params", "latency_ratio"], "sampler": {"name": "nsga2"},
         "space": {"ratio": {"low": 0.1, "high": 0.5}, "shape": "stage", "round_to": [8], "criteria": ["l1", "l2"],
                   "iterations": 1, "epochs": 1},
         "warm_start": {"uniform": 1}, "screening": {"factor": 2, "batches": 2}, "sensitivity": {"probes": 0},
-        "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 6, "rounds": 3}, "resources": {"cpus": 1},
+        "finetune": {"batch": 8}, "latency": {"warmup": 1, "runs": 6, "rounds": 3, "lut": True},
+        "resources": {"cpus": 1},
     }
     (tmp_path / "mf.yaml").write_text(yaml.safe_dump(spec))
     out = _run(["search", "mf.yaml"], tmp_path)
@@ -102,6 +104,7 @@ def test_screened_warm_started_search(tmp_path, tiny_data, tiny_model_pt):
     url = f"sqlite:///{tmp_path}/studies/autoprune.db"
     screen = optuna.load_study(study_name="mf-screen", storage=url)
     assert [t.state for t in screen.trials] == [TrialState.COMPLETE] * 4
+    assert all(t.user_attrs["metrics"]["latency_lut_ms"] > 0 for t in screen.trials)  # what promotion ranked by
     assert screen.trials[0].user_attrs["warm_start"] == "uniform ratio 0.200"  # centre of the lighter half
     assert {k for k in screen.trials[1].params if k.startswith("ratio/")} == {"ratio/backbone", "ratio/neck",
                                                                               "ratio/head"}
@@ -117,6 +120,10 @@ def test_screened_warm_started_search(tmp_path, tiny_data, tiny_model_pt):
         for name, c in t.user_attrs["channels"].items():
             assert c % 8 == 0 or layers[name] < 8
         assert t.user_attrs["metrics"]["latency_ratio"] > 0 and "ratio_cv" in t.user_attrs["latency"]
+        lut = t.user_attrs["latency"]["lut"]
+        assert 0 < t.user_attrs["metrics"]["latency_lut_ms"] == lut["ms"]
+        assert lut["ms"] < study.user_attrs["baseline"]["latency_lut_ms"]
+        assert lut["timed_now"] == 0  # its screen had the same convolutions timed in the same table
     summary = study.user_attrs["screening"]
     assert summary["pairs"] == 2 and summary["screened"] == 4 and summary["kendall_tau"] in (-1.0, 1.0, None)
     assert study.user_attrs["baseline"]["latency_ratio"] == 1.0

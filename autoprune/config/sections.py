@@ -50,6 +50,9 @@ class LatencySettings:
     batch: int = field(default=1, metadata=bounds(min=1, max=1024))  # images per timed pass
     half: bool = False  # fp16 (CUDA only)
     imgsz: int | None = field(default=None, metadata=bounds(min=32, max=4096))  # deployment size (default: imgsz)
+    # a per-device latency lookup table (autoprune.engine.latency_table) estimates every measured model's latency
+    # (metric latency_lut_ms): promotion ranks screened candidates by it instead of MACs
+    lut: bool = False
 
 
 @dataclass(frozen=True)

@@ -273,6 +273,8 @@ def _objectives(v: Any, latency: LatencySettings) -> tuple[str, ...]:
         raise SpecError("objectives: a multi-objective study needs at least two objectives")
     if "latency_ratio" in out and not latency.interleave:
         raise SpecError("objectives: latency_ratio needs latency.interleave: true (it is the interleaved ratio)")
+    if "latency_lut_ms" in out and not latency.lut:
+        raise SpecError("objectives: latency_lut_ms needs latency.lut: true (the latency lookup table's estimate)")
     return tuple(out)
 
 

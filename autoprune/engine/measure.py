@@ -12,6 +12,7 @@ from torch import nn
 
 from autoprune.config.spec import TrialSettings
 from autoprune.engine.latency import measure_interleaved, measure_latency
+from autoprune.engine.latency_table import LatencyTable
 
 __all__ = ["Measurement", "Phases", "measure_model"]
 
@@ -26,12 +27,15 @@ class Measurement:
     latency: dict[str, Any]
     latency_ratio: float | None = None  # candidate / baseline, timed interleaved (None when not measured)
     extra: tuple[tuple[str, float], ...] = ()  # the task's own mAPs: mask_map50_95, pose_map50_95, ...
+    latency_lut_ms: float | None = None  # the latency lookup table's estimate (None without latency.lut)
 
     def metrics(self) -> dict[str, float]:
         m = {"map50_95": self.map50_95, "map50": self.map50, "params": float(self.params),
              "macs": float(self.macs), "latency_ms": self.latency_ms, **dict(self.extra)}
         if self.latency_ratio is not None:
             m["latency_ratio"] = self.latency_ratio
+        if self.latency_lut_ms is not None:
+            m["latency_lut_ms"] = self.latency_lut_ms
         return m
 
 
@@ -85,6 +89,13 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
             lat = measure_latency(deployed, imgsz, s.device, lat_cfg.warmup, lat_cfg.runs, lat_cfg.threads,
                                   runtime=rt, batch=batch, half=half)
             latency = {**asdict(lat), "spread": lat.spread}
+        lut_ms = None
+        if lat_cfg.lut:
+            table = LatencyTable(rt, s.device, lat_cfg.threads, batch, half)
+            est = table.estimate(deployed, imgsz)
+            lut_ms = est.ms
+            latency["lut"] = {**asdict(est), "table": str(table.path)}
         macs = tp.count_macs(model, s.imgsz)
     return Measurement(map50_95=val.map50_95, map50=val.map50, params=ultra.count_params(model), macs=macs,
-                       latency_ms=lat.median_ms, latency=latency, latency_ratio=ratio, extra=val.extra)
+                       latency_ms=lat.median_ms, latency=latency, latency_ratio=ratio, extra=val.extra,
+                       latency_lut_ms=lut_ms)

@@ -27,7 +27,7 @@ from torch import nn
 from autoprune.errors import InputError
 from autoprune.registry import Registry
 
-__all__ = ["RunSpec", "Runtime", "REGISTRY", "build_runner", "check_runtime", "names"]
+__all__ = ["RunSpec", "Runtime", "REGISTRY", "build_runner", "build_layer_runner", "check_runtime", "names"]
 
 Runner = Callable[[], None]
 
@@ -35,10 +35,16 @@ Runner = Callable[[], None]
 @dataclass(frozen=True)
 class RunSpec:
     device: str
-    imgsz: int
+    imgsz: int  # input height (and width unless ``width``)
     batch: int = 1
     half: bool = False
     threads: int = 2
+    channels: int = 3  # input channels (3 for a model; a layer's own for one timed layer)
+    width: int | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self.batch, self.channels, self.imgsz, self.width or self.imgsz
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ def _sync(dev: torch.device) -> Callable[[], None]:
 
 
 def _input(rs: RunSpec, dev: torch.device) -> torch.Tensor:
-    return torch.rand(rs.batch, 3, rs.imgsz, rs.imgsz, device=dev, dtype=torch.float16 if rs.half else torch.float32)
+    return torch.rand(*rs.shape, device=dev, dtype=torch.float16 if rs.half else torch.float32)
 
 
 def _torch(model: nn.Module, rs: RunSpec) -> Runner:
@@ -102,24 +108,43 @@ def _exported(model: nn.Module, rs: RunSpec, fmt: str) -> Path:
     return ultra.export_model(ckpt, fmt, rs.imgsz, rs.batch, rs.half, rs.device)
 
 
-def _onnxruntime(model: nn.Module, rs: RunSpec) -> Runner:
+def _ort_runner(model: str | bytes, rs: RunSpec) -> Runner:
+    """An ONNX Runtime session over an ONNX file (path) or its bytes, fed a fixed random input."""
     import numpy as np
     import onnxruntime as ort
 
-    path = _exported(model, rs, "onnx")
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = rs.threads, 1
     cuda = torch.device(rs.device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
-    sess = ort.InferenceSession(str(path), so, providers=["CUDAExecutionProvider" if cuda else "CPUExecutionProvider"])
-    shutil.rmtree(path.parent, ignore_errors=True)  # the session holds the model
+    sess = ort.InferenceSession(model, so, providers=["CUDAExecutionProvider" if cuda else "CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    x = np.random.default_rng(0).random((rs.batch, 3, rs.imgsz, rs.imgsz)).astype(
-        np.float16 if rs.half else np.float32)
+    x = np.random.default_rng(0).random(rs.shape).astype(np.float16 if rs.half else np.float32)
 
     def run() -> None:
         sess.run(None, {name: x})
 
     return run
+
+
+def _onnxruntime(model: nn.Module, rs: RunSpec) -> Runner:
+    path = _exported(model, rs, "onnx")
+    run = _ort_runner(str(path), rs)
+    shutil.rmtree(path.parent, ignore_errors=True)  # the session holds the model
+    return run
+
+
+def _onnxruntime_layer(layer: nn.Module, rs: RunSpec) -> Runner:
+    """One plain layer (not a YOLO model, so not ultralytics' exporter): torch's ONNX export."""
+    import warnings
+
+    dev, dtype = torch.device(rs.device if rs.half else "cpu"), torch.float16 if rs.half else torch.float32
+    layer = layer.to(dev, dtype).eval()
+    with tempfile.TemporaryDirectory(prefix="autoprune-layer-") as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        path = Path(folder) / "layer.onnx"
+        torch.onnx.export(layer, (torch.rand(*rs.shape, device=dev, dtype=dtype),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"])
+        return _ort_runner(path.read_bytes(), rs)
 
 
 def _tensorrt(model: nn.Module, rs: RunSpec) -> Runner:
@@ -169,3 +194,13 @@ def check_runtime(runtime: str, device: str, half: bool) -> None:
 
 def build_runner(model: nn.Module, runtime: str, rs: RunSpec) -> Runner:
     return REGISTRY.get(runtime).build(model, rs)
+
+
+# One layer (see autoprune.engine.latency_table) on each runtime: TensorRT is approximated by a CUDA graph.
+_LAYER_BUILDERS: dict[str, Callable[[nn.Module, RunSpec], Runner]] = {
+    "torch": _torch, "onnxruntime": _onnxruntime_layer, "cuda-graph": _cuda_graph, "tensorrt": _cuda_graph}
+
+
+def build_layer_runner(layer: nn.Module, runtime: str, rs: RunSpec) -> Runner:
+    """A timed pass of one layer (input ``rs.shape``) on ``runtime``, or the nearest runtime that runs layers."""
+    return _LAYER_BUILDERS[REGISTRY.get(runtime).name](layer, rs)

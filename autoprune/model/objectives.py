@@ -45,5 +45,7 @@ register(Objective("params", "minimize", "params", "{:,.0f}"))
 register(Objective("macs", "minimize", "MACs", "{:,.0f}"))
 register(Objective("latency_ms", "minimize", "latency_ms", "{:.2f}"))
 register(Objective("latency_ratio", "minimize", "latency ratio", "{:.3f}"))  # vs the baseline, timed interleaved
+# the per-device latency lookup table's estimate (latency.lut): deterministic, convolutions only
+register(Objective("latency_lut_ms", "minimize", "latency (lookup table) ms", "{:.2f}"))
 
 DEFAULT: tuple[str, ...] = ("map50_95", "params", "latency_ms")

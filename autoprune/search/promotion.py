@@ -41,7 +41,7 @@ from autoprune.search.warmstart import warm_start
 logger = logging.getLogger(__name__)
 
 __all__ = ["screen_job", "screening_summary", "screen_and_promote", "record_screening", "SIDE_SUFFIX",
-           "promotion_choice", "recovery_gain", "check_side_study"]
+           "promotion_choice", "promotion_objectives", "recovery_gain", "check_side_study"]
 
 SIDE_SUFFIX = "-screen"
 
@@ -73,6 +73,16 @@ def _open_screen(spec: SearchSpec, store: StudyStorage) -> optuna.Study:
 
 
 PROMOTION_OBJECTIVES = ("map50_95", "params", "macs")  # deterministic costs: no timing noise in the choice
+LUT_METRIC = "latency_lut_ms"  # with latency.lut, the lookup table's latency estimate takes the place of MACs
+
+
+def promotion_objectives(candidates: Sequence[dict[str, float]], baseline: dict[str, float]) -> list[str]:
+    """The metrics promotion ranks by: ``PROMOTION_OBJECTIVES`` the candidates and the baseline all have, with
+    the lookup table's latency estimate in place of MACs when they all have that."""
+    names = [k for k in PROMOTION_OBJECTIVES if all(k in c for c in candidates) and k in baseline]
+    if candidates and LUT_METRIC in baseline and all(LUT_METRIC in c for c in candidates):
+        names = [LUT_METRIC if k == "macs" else k for k in names]
+    return names
 
 
 def recovery_gain(trials: Sequence[optuna.trial.FrozenTrial]) -> float:
@@ -90,11 +100,12 @@ def promotion_choice(candidates: Sequence[dict[str, float]], front: Sequence[dic
     """Which ``n`` screened candidates (metric dicts) to fine-tune.
 
     First by hypervolume contribution to the study's fine-tuned front, in baseline-normalised
-    (mAP50-95, params, MACs) space with the mAP floor as the reference point; a candidate's screen
+    (mAP50-95, params, MACs or the lookup table's latency: :func:`promotion_objectives`) space with the mAP
+    floor as the reference point; a candidate's screen
     mAP is raised by ``gain``, what fine-tuning has recovered so far (the feedback of fine-tuned
     results). Candidates that add nothing (collapsed, dominated) come after, in non-dominated order.
     """
-    names = [k for k in PROMOTION_OBJECTIVES if all(k in c for c in candidates) and k in baseline]
+    names = promotion_objectives(candidates, baseline)
     ref = [-map_floor if k == "map50_95" else REFERENCE_MARGIN for k in names]
 
     def point(m: dict[str, float], extra: float) -> list[float]:
