@@ -93,3 +93,16 @@ def test_ab_wall_benchmark(tmp_path, tiny_data, tiny_model_pt):
     assert len(res["wall_s"]["a"]) == len(res["wall_s"]["b"]) == 1 and all(w > 0 for w in res["wall_s"]["a"])
     assert res["ratio_b_over_a"] == [pytest.approx(res["wall_s"]["b"][0] / res["wall_s"]["a"][0], rel=1e-3)]
     assert "B/A wall time per pair" in stdout
+
+
+def test_lut_promotion_benchmark(tmp_path):
+    res, stdout = _bench(tmp_path, "lut_promotion", "--seeds", "0", "--trials", "1", "--imgsz", "64",
+                         "--deploy-imgsz", "64", "--no-scan", "--runs", "3", "--rounds", "1",
+                         "--workdir", str(tmp_path / "w"))
+    assert res["seeds"] == [0] and set(res["arms"]) == {"macs", "lut"}
+    for arm in ("macs", "lut"):
+        run = res["arms"][arm]["runs"][0]
+        assert run["front"] and all(m["latency_ratio"] > 0 and 0 <= m["test_map50_95"] <= 1 for m in run["front"])
+        assert (run["front"][0]["latency_lut_ms"] is not None) == (arm == "lut")  # the arms differ in the table only
+        assert res["arms"][arm]["hv_latency"][0] >= 0
+    assert set(res["summary"]) == {"hv_latency", "hv_params_latency"} and "lut / macs hv_latency" in stdout

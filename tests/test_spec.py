@@ -113,6 +113,8 @@ def test_shipped_specs_are_valid():
     tech = load_spec(REPO / "search_spaces" / "techniques.yaml")  # every training-side technique searched
     assert tech.space.distill == (False, True) and tech.space.sparsity == (0.0, 1.0)
     assert tech.space.depth.high > 0 and tech.space.lr_step.low < 1 and tech.space.lrf is not None
+    ort = load_spec(REPO / "search_spaces" / "deploy_ort.yaml")  # searched for ONNX Runtime at 640, with the table
+    assert (ort.latency.runtime, ort.latency.imgsz, ort.latency.lut, ort.imgsz) == ("onnxruntime", 640, True, 160)
 
 
 @pytest.mark.parametrize("content,needle", [
