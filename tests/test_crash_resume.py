@@ -11,6 +11,7 @@ import time
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
@@ -20,7 +21,7 @@ def _states(url):
         return []
     try:
         study = optuna.load_study(study_name="crash", storage=url)
-    except KeyError:
+    except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # not created yet, or its tables are being created right now
         return []
     return study.get_trials(deepcopy=False)
 
@@ -37,7 +38,8 @@ def test_kill_minus_9_then_resume(tmp_path, tiny_data, tiny_model_pt):
     spec_file.write_text(yaml.safe_dump(spec))
     url = f"sqlite:///{tmp_path / 'studies' / 'autoprune.db'}"
     cmd = [sys.executable, "-m", "autoprune", "search", str(spec_file)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = tmp_path / "first-run.log"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log.open("w"),
                             start_new_session=True)
     try:
         deadline = time.time() + 600
@@ -47,10 +49,11 @@ def test_kill_minus_9_then_resume(tmp_path, tiny_data, tiny_model_pt):
             running = [t for t in trials if t.state == TrialState.RUNNING]
             if done and running:
                 break
-            assert proc.poll() is None, "search ended before it could be killed"
+            assert proc.poll() is None, f"search ended ({proc.returncode}) before it could be killed: " + \
+                log.read_text()[-3000:]
             time.sleep(0.5)
         else:
-            pytest.fail("no trial completed in time")
+            pytest.fail("no trial completed in time: " + log.read_text()[-3000:])
         os.kill(proc.pid, signal.SIGKILL)  # at once: a tiny trial can end within a second or two
         proc.wait(timeout=30)
     finally:
@@ -59,7 +62,7 @@ def test_kill_minus_9_then_resume(tmp_path, tiny_data, tiny_model_pt):
     before = {t.number: (t.state, t.values) for t in _states(url)}
     killed = [n for n, (s, _) in before.items() if s == TrialState.RUNNING]
     completed = {n: v for n, (s, v) in before.items() if s == TrialState.COMPLETE}
-    assert killed and completed
+    assert killed and completed, (before, log.read_text()[-3000:])
 
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
