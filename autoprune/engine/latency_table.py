@@ -17,7 +17,6 @@ captured CUDA graph (TensorRT is approximated by it).
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import hashlib
 import importlib.metadata
@@ -204,9 +203,8 @@ class LatencyTable:
         return [self.entries[s.key] for s in shapes], len(missing)
 
     def estimate(self, model: nn.Module, imgsz: int) -> LutEstimate:
-        """The sum of the table's entries over ``model``'s convolutions at ``imgsz`` (a copy is traced)."""
-        probe = copy.deepcopy(model).float()
-        shapes = conv_shapes(probe, imgsz)
+        """The sum of the table's entries over ``model``'s convolutions at ``imgsz`` (traced, not modified)."""
+        shapes = conv_shapes(model, imgsz)
         values, timed = self.lookup(shapes)
         return LutEstimate(ms=float(sum(values)), layers=len(shapes), timed_now=timed)
 

@@ -53,6 +53,8 @@ class Runtime:
     doc: str
     build: Callable[[nn.Module, RunSpec], Runner]
     unavailable: Callable[[str], str | None]  # why it cannot run on ``device`` here (None: it can)
+    # one plain layer (autoprune.engine.latency_table); None: the model builder serves layers too
+    build_layer: Callable[[nn.Module, RunSpec], Runner] | None = None
 
 
 def _sync(dev: torch.device) -> Callable[[], None]:
@@ -177,9 +179,10 @@ def _onnxruntime_unavailable(device: str) -> str | None:
 REGISTRY: Registry[Runtime] = Registry("latency runtime")
 REGISTRY.register(Runtime("torch", "eager PyTorch", _torch, lambda device: None))
 REGISTRY.register(Runtime("onnxruntime", "ONNX Runtime (CPU EP; CUDA EP on CUDA when installed)", _onnxruntime,
-                          _onnxruntime_unavailable))
+                          _onnxruntime_unavailable, _onnxruntime_layer))
 REGISTRY.register(Runtime("cuda-graph", "PyTorch with CUDA graphs", _cuda_graph, _needs_cuda))
-REGISTRY.register(Runtime("tensorrt", "TensorRT engine (ultralytics' exporter)", _tensorrt, _tensorrt_unavailable))
+REGISTRY.register(Runtime("tensorrt", "TensorRT engine (ultralytics' exporter)", _tensorrt, _tensorrt_unavailable,
+                          _cuda_graph))  # a layer on TensorRT is approximated by a CUDA graph
 names = REGISTRY.names
 
 
@@ -196,11 +199,7 @@ def build_runner(model: nn.Module, runtime: str, rs: RunSpec) -> Runner:
     return REGISTRY.get(runtime).build(model, rs)
 
 
-# One layer (see autoprune.engine.latency_table) on each runtime: TensorRT is approximated by a CUDA graph.
-_LAYER_BUILDERS: dict[str, Callable[[nn.Module, RunSpec], Runner]] = {
-    "torch": _torch, "onnxruntime": _onnxruntime_layer, "cuda-graph": _cuda_graph, "tensorrt": _cuda_graph}
-
-
 def build_layer_runner(layer: nn.Module, runtime: str, rs: RunSpec) -> Runner:
     """A timed pass of one layer (input ``rs.shape``) on ``runtime``, or the nearest runtime that runs layers."""
-    return _LAYER_BUILDERS[REGISTRY.get(runtime).name](layer, rs)
+    rt = REGISTRY.get(runtime)
+    return (rt.build_layer or rt.build)(layer, rs)
