@@ -59,6 +59,15 @@ _positive_float = _checked(float, "a number", lambda v: v > 0, "> 0")
 _nonneg_float = _checked(float, "a number", lambda v: v >= 0, ">= 0")
 
 
+def _duration(text: str) -> float:
+    from autoprune.model.budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2
         sys.stderr.write(f"autoprune: error: {message}\n")
@@ -73,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="run or continue a pruning-policy search")
     s.add_argument("spec", help="search spec YAML (or an ultralytics data set YAML, with --model)")
     s.add_argument("--trials", type=_positive_int, help="run exactly N new trials (default: fill the spec's budget)")
+    s.add_argument("--budget", help="wall-clock budget of the whole run, e.g. 300, 30m, 2h (the spec's budget)")
     s.add_argument("--storage", help="study storage URL (default: sqlite file under studies/)")
     s.add_argument("--study-name", help="study name (default: the spec's name)")
     s.add_argument("--device", help="cpu, cuda or cuda:N")
@@ -126,7 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "tp_ratios.yaml"))
     z = sub.add_parser("finalize", help="fine-tune a chosen trial with the full budget, report val/test mAP, export it")
     chosen_trial_args(z)
-    z.add_argument("--epochs", type=_positive_int, required=True, help="fine-tune epochs (the full budget)")
+    length = z.add_mutually_exclusive_group(required=True)
+    length.add_argument("--epochs", type=_positive_int, help="fine-tune epochs (the full budget)")
+    length.add_argument("--time", type=_duration, help="wall-clock budget of the whole finalize, e.g. 600, 10m "
+                                                         "(validations and export included; epochs follow from it)")
     z.add_argument("--lr", type=_positive_float, help="initial learning rate (default: the trial's)")
     z.add_argument("--data", help="data set YAML (default: the study's); its test split is reported when present")
     z.add_argument("--device", default="cpu")
@@ -149,13 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    import time
+
     from autoprune.config.spec import Overrides, load_spec
     from autoprune.search.run import run_search
 
+    started = time.perf_counter()  # a budget counts from here
     spec = load_spec(args.spec, Overrides(trials=None, storage=args.storage, study_name=args.study_name,
                                           device=args.device, seed=args.seed, model=args.model, data=args.data,
                                           cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                                          concurrent=args.concurrent),
+                                          concurrent=args.concurrent, budget=args.budget),
                      studies_dir=args.studies_dir)
     from autoprune.views.progress import ProgressBar
 
@@ -164,8 +180,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
         _quiet_ray()
     bar = ProgressBar()
+    budgeted = None
     try:
-        outcome = run_search(spec, max_new_trials=args.trials, ray_address=args.ray_address, progress=bar)
+        if spec.budget.seconds is not None:
+            from autoprune.deploy.deliver import run_budgeted
+
+            budgeted = run_budgeted(spec, started, max_new_trials=args.trials, ray_address=args.ray_address,
+                                    progress=bar)
+            outcome = budgeted.search
+        else:
+            outcome = run_search(spec, max_new_trials=args.trials, ray_address=args.ray_address, progress=bar)
     finally:
         bar.close()
     study = outcome.study
@@ -183,18 +207,25 @@ def _cmd_search(args: argparse.Namespace) -> int:
         tau = screening.get("kendall_tau")
         print(f"screening: {screening['screened']} candidates screened; Kendall tau of screen vs final mAP50-95 "
               f"{'n/a' if tau is None else f'{tau:.2f}'} over {screening['pairs']} promoted trials")
+    if budgeted is not None:
+        from autoprune.views.text import render_budget, render_deliveries
+
+        print(render_budget(budgeted.ledger.to_dict()))
+        for line in render_deliveries(records.deliveries(study), [t.label for t in spec.targets]):
+            print(line)
     return 0
 
 
 def _print_front(study: optuna.Study, store: Any, fmt: str) -> None:
     from autoprune.model import records
     from autoprune.search.front import read_front, sync_front
-    from autoprune.views.text import front_records, render_front
+    from autoprune.views.text import delivered_trials, front_records, render_front
 
     sync_front(study, store)
     names = records.study_objectives(study)
     rows = read_front(store.engine, study.study_name)
-    records_ = front_records(rows, names, records.baseline(study) or None)
+    records_ = front_records(rows, names, records.baseline(study) or None,
+                             delivered_trials(records.deliveries(study)))
     if fmt == "table":
         print(f"Pareto front of {study.study_name} ({len(rows)} trial(s)):")
     print(render_front(records_, names, fmt))
@@ -271,8 +302,8 @@ def _cmd_finalize(args: argparse.Namespace) -> int:
     from autoprune.engine.devices import check_device
     from autoprune.model.document import load_policy_file
 
-    settings = FinalizeSettings(epochs=args.epochs, lr=args.lr, data=args.data, device=check_device(args.device),
-                                distill=args.distill)
+    settings = FinalizeSettings(epochs=args.epochs or FinalizeSettings.epochs, seconds=args.time, lr=args.lr,
+                                data=args.data, device=check_device(args.device), distill=args.distill)
     study, store, trial = _chosen_trial(args)
     res = finalize_trial(study, store, trial, args.out, settings, onnx=not args.no_onnx, force=args.force,
                          artifact_dir=args.studies_dir / "artifacts")

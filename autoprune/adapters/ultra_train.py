@@ -54,6 +54,9 @@ class FinetuneConfig:
     distill_model: str | None = None  # teacher checkpoint: ultralytics' own knowledge distillation (``distill_model``)
     distill_weight: float = 6.0  # its loss gain (``dis``)
     bn_l1: float = 0.0  # sparse training: after each optimizer step BN scales shrink by lr * bn_l1 (L1 proximal step)
+    # train for this many seconds instead (ultralytics' ``time``: after each epoch it re-fits the epoch count and the
+    # lr schedule to the time left, and stops at the first optimizer step past it); ``epochs`` is then only a cap
+    seconds: float | None = None
 
 
 class _GivenModel:
@@ -156,6 +159,7 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
         amp=False, plots=False, val=False, seed=cfg.seed, deterministic=False, cos_lr=cfg.cos_lr,
         project=str(workdir.parent), name=workdir.name, exist_ok=True, verbose=verbose, patience=0,
         pretrained=False,
+        **({"time": cfg.seconds / 3600.0} if cfg.seconds else {}),
     )
     set_threads(cfg.threads)
     trainer = _trainer_class(model_task(model), cfg.bn_l1 > 0)(model, overrides)
@@ -167,7 +171,13 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
         if not cfg.ema:
             tr.ema.decay = lambda _x: 0.0
 
+    seen = {"batches": 0}
+
+    def _count(tr: Any) -> None:
+        seen["batches"] += 1
+
     trainer.add_callback("on_train_start", _pin)
+    trainer.add_callback("on_train_batch_end", _count)
     for event, fn in (callbacks or {}).items():
         trainer.add_callback(event, fn)
     trainer.train()
@@ -185,5 +195,7 @@ def finetune(model: DetectionModel, cfg: FinetuneConfig, workdir: Path, verbose:
     set_threads(cfg.threads)
     nb = len(trainer.train_loader)
     accumulate = max(1, int(trainer.accumulate))
-    return FinetuneStats(epochs=cfg.epochs, batches=nb * cfg.epochs,
-                         optimizer_steps=math.ceil(nb / accumulate) * cfg.epochs)
+    batches = seen["batches"]
+    epochs = min(cfg.epochs, int(trainer.epoch) + 1)  # fewer in time mode
+    steps = math.ceil(nb / accumulate) * (batches // nb) + math.ceil(batches % nb / accumulate)
+    return FinetuneStats(epochs=epochs, batches=batches, optimizer_steps=steps)

@@ -11,7 +11,7 @@ from typing import Any
 from autoprune.config._read import bounds
 
 __all__ = ["RUNTIMES", "FinetuneSettings", "LatencySettings", "SamplerSettings", "WarmStart", "Screening",
-           "Sensitivity", "Resources", "Constraints", "TrialSettings"]
+           "Sensitivity", "Resources", "Constraints", "TrialSettings", "Budget"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,16 @@ class Constraints:
     def budgets(self) -> dict[str, float]:
         return {k: v for k, v in (("params", self.params), ("macs", self.macs), ("latency_ms", self.latency_ms),
                                   ("latency_ratio", self.latency_ratio)) if v is not None}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A wall-clock budget for the whole run (``budget: 30m``): scan, screens, fine-tuned trials and, with targets,
+    the final fine-tune of each target's winner, which gets ``final_share`` of it."""
+
+    seconds: float | None = None  # None: no clock; the search runs ``trials`` trials
+    final_share: float = field(default=0.5, metadata=bounds(gt=0))  # of the budget, for the final fine-tunes
+    final_lr: float = field(default=0.01, metadata=bounds(gt=0))  # the final fine-tune's initial learning rate
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from autoprune.config._read import (
     type_name,
 )
 from autoprune.config.sections import (
+    Budget,
     Constraints,
     FinetuneSettings,
     LatencySettings,
@@ -44,13 +45,14 @@ from autoprune.config.sections import (
 )
 from autoprune.errors import SpecError
 from autoprune.model import criteria, objectives, samplers, shapes
+from autoprune.model.budget import TARGET_METRICS, Target, parse_duration
 from autoprune.model.space import FloatRange, Space
 from autoprune.registry import Registry, UnknownName
 
 __all__ = ["Constraints", "FinetuneSettings", "LatencySettings", "Resources", "SearchSpec", "SamplerSettings",
            "WarmStart", "Screening", "Sensitivity", "TrialSettings", "Overrides", "load_spec", "parse_spec",
            "check_name", "check_storage", "check_device_text", "registered", "DEFAULT_STUDIES_DIR",
-           "default_storage_url", "AUTO_ROUND_TO"]
+           "default_storage_url", "AUTO_ROUND_TO", "Budget", "Target"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_STUDIES_DIR = Path("studies")
@@ -83,6 +85,8 @@ class SearchSpec:
     screening: Screening = Screening()
     sensitivity: Sensitivity = Sensitivity()
     constraints: Constraints = Constraints()
+    budget: Budget = Budget()
+    targets: tuple[Target, ...] = ()  # sizes to deliver a finalized model at (each needs budget.seconds)
     studies_dir: str = str(DEFAULT_STUDIES_DIR)
 
     @property
@@ -132,6 +136,7 @@ class Overrides:
     cpus_per_trial: float | None = None
     gpus_per_trial: float | None = None
     concurrent: int | None = None
+    budget: str | None = None  # --budget 30m
 
 
 def registered(registry: Registry[Any], name: str, where: str) -> None:
@@ -238,6 +243,53 @@ def _screening(v: Any) -> Screening:
     return s
 
 
+def _duration(v: Any, where: str) -> float:
+    try:
+        return parse_duration(v)
+    except ValueError as e:
+        raise SpecError(f"{where}: {e}") from None
+
+
+def _budget(v: Any) -> Budget:
+    if v is None:
+        return Budget()
+    raw = {"seconds": v} if not isinstance(v, Mapping) else v
+    b = read_section(Budget, raw, "budget", {"seconds": _duration})
+    if b.final_share >= 1:
+        raise SpecError(f"budget.final_share: {b.final_share:g} must be below 1 (the search needs some of the budget)")
+    return b
+
+
+def _targets(v: Any, budget: Budget) -> tuple[Target, ...]:
+    if v is None:
+        return ()
+    items = [v] if isinstance(v, Mapping) else v
+    if not isinstance(items, list) or not items:
+        raise SpecError(f"targets: expected a mapping such as {{params: 0.5}} or a list of them, got {shown(v)}")
+    if len(items) > 8:
+        raise SpecError(f"targets: {len(items)} targets; at most 8")
+    out: list[Target] = []
+    for i, item in enumerate(items):
+        where = "targets" if isinstance(v, Mapping) else f"targets[{i}]"
+        d = mapping(item, where, set(TARGET_METRICS))
+        if not d:
+            raise SpecError(f"{where}: empty (bound one of {', '.join(TARGET_METRICS)}, as a fraction of the base)")
+        limits = []
+        for k in TARGET_METRICS:
+            if k in d:
+                f = read_float(d[k], f"{where}.{k}", gt=0.0)
+                if f >= 1:
+                    raise SpecError(f"{where}.{k}: {f:g} is a fraction of the base model's {k} (below 1: 0.5 is -50%)")
+                limits.append((k, f))
+        target = Target(tuple(limits))
+        if target in out:
+            raise SpecError(f"{where}: listed twice")
+        out.append(target)
+    if budget.seconds is None:
+        raise SpecError("targets: need a wall-clock budget (budget: 30m, or --budget) to finalize a model for each")
+    return tuple(out)
+
+
 def _constraints(v: Any, latency: LatencySettings) -> Constraints:
     c = read_section(Constraints, v, "constraints")
     if c.map_floor > 1:
@@ -310,7 +362,8 @@ def _looks_like_dataset(d: Mapping[str, Any]) -> bool:
 
 def _apply_overrides(raw: dict[str, Any], o: Overrides) -> dict[str, Any]:
     raw.update({k: v for k, v in {"trials": o.trials, "storage": o.storage, "name": o.study_name,
-                                  "device": o.device, "seed": o.seed, "model": o.model, "data": o.data}.items()
+                                  "device": o.device, "seed": o.seed, "model": o.model, "data": o.data,
+                                  "budget": o.budget}.items()
                 if v is not None})
     res = {k: v for k, v in {"cpus": o.cpus_per_trial, "gpus": o.gpus_per_trial,
                              "concurrent": o.concurrent}.items() if v is not None}
@@ -348,6 +401,10 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         raise SpecError(f"latency.runtime: {latency.runtime} needs device: cuda (device is {device})")
     if latency.half and not device.startswith("cuda"):
         raise SpecError(f"latency.half: fp16 timing needs device: cuda (device is {device})")
+    budget = _budget(raw.get("budget"))
+    targets = _targets(raw.get("targets"), budget)
+    if any(k == "latency_ratio" for t in targets for k, _ in t.limits) and not latency.interleave:
+        raise SpecError("targets: latency_ratio needs latency.interleave: true")
     return SearchSpec(
         name=name,
         model=read_str(raw["model"], "model"),
@@ -368,6 +425,8 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         screening=_screening(raw.get("screening")),
         sensitivity=_sensitivity(raw.get("sensitivity")),
         constraints=_constraints(raw.get("constraints"), latency),
+        budget=budget,
+        targets=targets,
         studies_dir=str((studies_dir or DEFAULT_STUDIES_DIR).resolve()),
     )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,17 +26,23 @@ from autoprune.search.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FinalizeSettings", "finalize_trial"]
+__all__ = ["FinalizeSettings", "finalize_trial", "final_finetune", "MAX_EPOCHS"]
+
+MAX_EPOCHS = 10_000  # the cap of a time-budgeted fine-tune (its epochs follow from the time)
 
 
 @dataclass(frozen=True)
 class FinalizeSettings:
-    epochs: int
+    epochs: int = MAX_EPOCHS
+    seconds: float | None = None  # a wall-clock budget for the whole finalize (validations, export included)
     lr: float | None = None  # default: the trial's
     data: str | None = None  # default: the study's data set
     device: str = "cpu"
     threads: int = 2
     distill: bool = False  # knowledge distillation from the study's unpruned base (ultralytics' distill_model)
+
+
+EXPORT_RESERVE_S = 5.0  # kept from a time-budgeted finalize for writing and checking the ONNX export
 
 
 def _split_metrics(model: Any, data: str, imgsz: int, s: FinalizeSettings, batch: int) -> dict[str, dict[str, float]]:
@@ -47,6 +54,38 @@ def _split_metrics(model: Any, data: str, imgsz: int, s: FinalizeSettings, batch
         m = ultra.validate(model, data, imgsz, device=s.device, batch=batch, threads=s.threads, split=split)
         out[split] = {"map50_95": m.map50_95, "map50": m.map50}
     return out
+
+
+def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings, *, lr: float, seed: int,
+                   batch: int, optimizer: str = "SGD", teacher: str | None = None, distill_weight: float = 6.0,
+                   reserve_s: float = 0.0) -> dict[str, Any]:
+    """The final fine-tune every delivered model gets (autoprune's and a hand recipe's alike): one optimizer step a
+    batch, one warm-up epoch, cosine decay to 1%, EMA; ``settings.epochs`` epochs, or with ``settings.seconds``
+    as many as fit in it less ``reserve_s`` and what validating before and after costs. Validates on val (and test,
+    where the data set has it) before and after; returns the record a policy file's ``finalize`` section holds."""
+    from autoprune.adapters import ultra
+
+    t0 = time.perf_counter()
+    before = _split_metrics(model, data, imgsz, settings, batch)
+    val_s = time.perf_counter() - t0
+    train_s = None
+    if settings.seconds is not None:
+        train_s = max(1.0, settings.seconds - reserve_s - 2 * val_s)
+    cfg = ultra.FinetuneConfig(data=data, imgsz=imgsz, epochs=settings.epochs, lr=lr, ema=True, batch=batch,
+                               device=settings.device, threads=settings.threads, seed=seed, warmup_epochs=1.0,
+                               cos_lr=True, lrf=0.01, optimizer=optimizer, distill_model=teacher,
+                               distill_weight=distill_weight, seconds=train_s)
+    logger.info("final fine-tune: %s at lr %.4g (val mAP50-95 %.4f before)",
+                f"{train_s:.0f} s of training" if train_s is not None else f"{settings.epochs} epochs", lr,
+                before["val"]["map50_95"])
+    with tempfile.TemporaryDirectory(prefix="autoprune-finalize-") as tmp:
+        t1 = time.perf_counter()
+        stats = ultra.finetune(model, cfg, Path(tmp) / "train")
+        trained_s = time.perf_counter() - t1
+    after = _split_metrics(model, data, imgsz, settings, batch)
+    return {"epochs": stats.epochs, "lr": lr, "optimizer_steps": stats.optimizer_steps, "schedule": "cosine",
+            "warmup_epochs": 1.0, "ema": True, "distill": teacher is not None, "data": data, "before": before,
+            "after": after, "train_s": round(trained_s, 2), "seconds": settings.seconds}
 
 
 def _teacher(study: optuna.Study) -> str:
@@ -64,6 +103,7 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
     from autoprune.adapters import ultra
     from autoprune.deploy.export import export_trial
 
+    t0 = time.perf_counter()
     data = settings.data or str(records.baseline(study).get("data") or "")
     if not data or not Path(data).is_file():
         raise InputError(f"--data: the study's data set {data or '(none recorded)'} is not there; pass --data")
@@ -72,24 +112,18 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
 
     def prepare(checkpoint: Path, doc: PolicyDocument) -> dict[str, Any]:
         model = ultra.load_model(checkpoint).to(settings.device)
-        before = _split_metrics(model, data, doc.imgsz, settings, batch)
         lr = settings.lr if settings.lr is not None else doc.policy.lr
-        cfg = ultra.FinetuneConfig(data=data, imgsz=doc.imgsz, epochs=settings.epochs, lr=lr, ema=True, batch=batch,
-                                   device=settings.device, threads=settings.threads, seed=doc.seed, warmup_epochs=1.0,
-                                   cos_lr=True, lrf=0.01, optimizer=str(finetune.get("optimizer", "SGD")),
-                                   distill_model=_teacher(study) if settings.distill else None,
-                                   distill_weight=float(finetune.get("distill_weight", 6.0)))
-        logger.info("finalizing trial %d: %d epochs at lr %.4g (val mAP50-95 %.4f before)", t.number,
-                    settings.epochs, lr, before["val"]["map50_95"])
-        with tempfile.TemporaryDirectory(prefix="autoprune-finalize-") as tmp:
-            stats = ultra.finetune(model, cfg, Path(tmp) / "train")
-        after = _split_metrics(model, data, doc.imgsz, settings, batch)
+        spent = time.perf_counter() - t0
+        record = final_finetune(model, data, doc.imgsz, settings, lr=lr, seed=doc.seed, batch=batch,
+                                optimizer=str(finetune.get("optimizer", "SGD")),
+                                teacher=_teacher(study) if settings.distill else None,
+                                distill_weight=float(finetune.get("distill_weight", 6.0)),
+                                reserve_s=spent + (EXPORT_RESERVE_S if onnx else 1.0))
         ultra.save_checkpoint(model.cpu(), checkpoint)
-        logger.info("finalized trial %d: val mAP50-95 %.4f -> %.4f%s", t.number, before["val"]["map50_95"],
+        after = record["after"]
+        logger.info("finalized trial %d: val mAP50-95 %.4f -> %.4f%s", t.number, record["before"]["val"]["map50_95"],
                     after["val"]["map50_95"],
                     f", test {after['test']['map50_95']:.4f}" if "test" in after else " (no test split)")
-        return {"epochs": settings.epochs, "lr": lr, "optimizer_steps": stats.optimizer_steps, "schedule": "cosine",
-                "warmup_epochs": 1.0, "ema": True, "distill": settings.distill, "data": data, "before": before,
-                "after": after, "baseline_map50_95": records.baseline(study).get("map50_95")}
+        return {**record, "baseline_map50_95": records.baseline(study).get("map50_95")}
 
     return export_trial(study, store, t, out_dir, onnx=onnx, artifact_dir=artifact_dir, prepare=prepare, force=force)

@@ -22,7 +22,8 @@ __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline
            "set_trial_settings", "mark_warm_started", "set_screening", "append_run", "set_heartbeat", "set_role",
            "start_trial", "set_policy", "set_fail_reason", "write_result", "set_screen_score", "retry_attrs",
            "warm_start_attrs", "screen_source_attrs", "set_artifact_dir", "copy_study_attrs", "probe_attrs", "probe",
-           "set_scan_key", "scan_key", "set_driver_start", "driver_starts"]
+           "set_scan_key", "scan_key", "set_driver_start", "driver_starts", "deliveries", "set_delivery",
+           "append_budget_run", "budget_runs"]
 
 HEARTBEAT_PREFIX = "heartbeat:"
 _DRIVER_PREFIX = "driver:"  # when each driver (host:pid) opened the study
@@ -87,6 +88,25 @@ def screening(s: Attrs) -> dict[str, Any] | None:
 
 def runs(s: Attrs) -> list[dict[str, Any]]:
     return list(s.user_attrs.get("runs") or [])
+
+
+def deliveries(s: Attrs) -> dict[str, dict[str, Any]]:
+    """The finalized model of each target, by target label (the latest budgeted run's): trial, folder, mAP before
+    and after, or why there is none."""
+    return dict(s.user_attrs.get("deliveries") or {})
+
+
+def set_delivery(s: Attrs, w: Writer, label: str, record: Mapping[str, Any]) -> None:
+    w.set_user_attr("deliveries", {**deliveries(s), label: dict(record)})
+
+
+def budget_runs(s: Attrs) -> list[dict[str, Any]]:
+    """Budgeted runs: the budget, the seconds charged to each phase, whether the scan was reused."""
+    return list(s.user_attrs.get("budget_runs") or [])
+
+
+def append_budget_run(s: Attrs, w: Writer, record: Mapping[str, Any], keep: int = 20) -> None:
+    w.set_user_attr("budget_runs", [*budget_runs(s), dict(record)][-keep:])
 
 
 def heartbeats(s: Attrs) -> dict[str, float]:

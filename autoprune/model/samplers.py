@@ -7,11 +7,12 @@ builds the sampler (``autoprune.search.samplers.make``).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from autoprune.registry import Registry
 
-__all__ = ["SamplerChoice", "REGISTRY", "get", "names"]
+__all__ = ["SamplerChoice", "REGISTRY", "get", "names", "stream_seed"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,13 @@ REGISTRY.register(SamplerChoice("gp", "Gaussian-process Bayesian optimisation; s
                                 (("seed", "$seed"), ("n_startup_trials", "$startup"))))
 REGISTRY.register(SamplerChoice("random", "independent uniform sampling: the baseline for search efficiency",
                                 "RandomSampler", (("seed", "$seed"),)))
+
+
+def stream_seed(seed: int, *keys: int) -> int:
+    """A 32-bit sampler seed for ``seed``'s stream at position ``keys`` (trials already there, driver rank...).
+
+    Hashed, not added: with ``seed + n`` a study of seed s+1 replays seed s shifted by one trial, so two "independent"
+    seeds share most of their draws. Distinct (seed, keys) give unrelated seeds.
+    """
+    text = ":".join(str(int(k)) for k in (seed, *keys))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ class StudySearcher(Searcher):
     """Hands out up to ``n_trials`` Optuna trials to Ray Tune and records their results."""
 
     def __init__(self, study: optuna.Study, store: StudyStorage, job: Job, n_trials: int,
-                 on_done: Callable[[optuna.trial.FrozenTrial], None] | None = None):
+                 on_done: Callable[[optuna.trial.FrozenTrial], None] | None = None, deadline: float | None = None):
         super().__init__()
         from autoprune.search.artifacts import artifact_store
 
@@ -97,6 +98,7 @@ class StudySearcher(Searcher):
         self._store = artifact_store(job.artifact_dir)
         self._study, self._storage, self._job = study, store, job
         self._n, self._asked = n_trials, 0  # _n grows by one for each retry granted
+        self._deadline = deadline  # time.time() after which no new trial is handed out (a budgeted run)
         self._live: dict[str, optuna.Trial] = {}
         self._on_done = on_done
         self.driver = driver_id()
@@ -123,8 +125,13 @@ class StudySearcher(Searcher):
 
     @property
     def exhausted(self) -> bool:
-        """Every trial of the budget (retries included) has been handed out."""
-        return self._asked >= self._n
+        """Every trial of the budget (retries included) has been handed out, or the run's deadline has passed."""
+        return self._asked >= self._n or (self._deadline is not None and time.time() >= self._deadline)
+
+    @property
+    def asked(self) -> int:
+        """Trials handed out so far."""
+        return self._asked
 
     @property
     def live(self) -> int:

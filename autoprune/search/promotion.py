@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from autoprune.config.spec import SearchSpec
 from autoprune.errors import SpecError
 from autoprune.model import records
+from autoprune.model.budget import Target
 from autoprune.model.constraints import feasible
 from autoprune.model.pareto import REFERENCE_MARGIN, contribution_order, kendall_tau, normalised_loss, promotion_order
 from autoprune.model.shapes import params_for_policy, recipe_params, screen_space, screen_visible
@@ -41,7 +42,8 @@ from autoprune.search.warmstart import warm_start
 logger = logging.getLogger(__name__)
 
 __all__ = ["screen_job", "screening_summary", "screen_and_promote", "record_screening", "SIDE_SUFFIX",
-           "promotion_choice", "promotion_objectives", "recovery_gain", "check_side_study"]
+           "promotion_choice", "promotion_objectives", "recovery_gain", "check_side_study", "mean_screen_seconds",
+           "target_picks"]
 
 SIDE_SUFFIX = "-screen"
 
@@ -117,6 +119,19 @@ def promotion_choice(candidates: Sequence[dict[str, float]], front: Sequence[dic
     return (first + rest)[:n]
 
 
+def target_picks(candidates: Sequence[dict[str, float]], baseline: dict[str, float], targets: Sequence[Target],
+                 taken: Sequence[int] = ()) -> list[int]:
+    """For each target in turn, the candidate with the best screen mAP50-95 among those that meet it (and are not
+    in ``taken`` or picked for an earlier target): what a target-driven run fine-tunes first."""
+    out: list[int] = []
+    for target in targets:
+        fits = [i for i, c in enumerate(candidates)
+                if i not in out and i not in taken and "map50_95" in c and target.meets(c, baseline)]
+        if fits:
+            out.append(max(fits, key=lambda i: candidates[i]["map50_95"]))
+    return out
+
+
 def screening_summary(trials: Sequence[optuna.trial.FrozenTrial], screen_seconds: Sequence[float]) -> dict[str, Any]:
     """Kendall tau of screen mAP vs final mAP over promoted, completed trials, and the compute ratio."""
     recs = [records.trial(t) for t in trials]
@@ -133,12 +148,14 @@ def screening_summary(trials: Sequence[optuna.trial.FrozenTrial], screen_seconds
 def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer],
                        n_promote: int, fingerprint: str | None, ray_address: str | None = None,
                        recipe_knobs: bool = False,
-                       seeds: Sequence[tuple[dict[str, Any], str]] = ()) -> tuple[optuna.Study, set[int]]:
+                       seeds: Sequence[tuple[dict[str, Any], str]] = (),
+                       deadline: float | None = None) -> tuple[optuna.Study, set[int]]:
     """Screen ``factor x n_promote`` candidates in the side study, enqueue the best ``n_promote`` (not promoted
     before, within the budgets) into ``study``.  Promoted trials fix only what the screen judged (channel
     choice); their fine-tune knobs are the recipe's with ``recipe_knobs``, else the main study's sampler's.
     ``seeds`` (policy dicts and where they come from, e.g. the sensitivity allocation) are screened first, on top
-    of the ``factor x n_promote`` screens.
+    of the ``factor x n_promote`` screens. With the spec's targets, each target's best candidate that meets it comes
+    first. No screen starts after ``deadline`` (a ``time.time()``).
     Returns the side study and the numbers of its new trials."""
     screen = _open_screen(spec, store)
     job = screen_job(spec, layers)
@@ -157,15 +174,19 @@ def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpe
     n_screen += len(seeds)
     logger.info("screening %d candidate policies with adaptive BatchNorm (%d batches each)", n_screen,
                 spec.screening.batches)
-    run_trials(screen, store, job, n_screen, ray_address=ray_address)
+    run_trials(screen, store, job, n_screen, ray_address=ray_address, deadline=deadline)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     promoted = {r.screen.trial for r in map(records.trial, study.get_trials(deepcopy=False)) if r.screen}
     candidates = [t for t in screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if t.number not in promoted and records.trial(t).metrics and feasible(t.constraints)]
     gain = recovery_gain(done)
     front = [records.trial(t).metrics for t in study.best_trials]
-    order = promotion_choice([records.trial(t).metrics for t in candidates], front, records.baseline_metrics(study),
-                             spec.constraints.map_floor, gain, n_promote)
+    metrics = [records.trial(t).metrics for t in candidates]
+    base = records.baseline_metrics(study)
+    first = target_picks(metrics, base, spec.targets)[:n_promote]
+    order = first + [i for i in promotion_choice(metrics, front, base, spec.constraints.map_floor, gain, n_promote)
+                     if i not in first]
+    order = order[:n_promote]
     chosen = [candidates[i] for i in order]
     knobs = recipe_params(spec.space) if recipe_knobs else {}
     for t in chosen:
@@ -175,6 +196,18 @@ def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpe
     logger.info("promoted %d of %d screened candidates to fine-tuning (recovery so far %+.3f mAP): screen trials %s",
                 len(chosen), len(candidates), gain, [t.number for t in chosen])
     return screen, {t.number for t in screen.get_trials(deepcopy=False)} - before
+
+
+def mean_screen_seconds(spec: SearchSpec, study: optuna.Study) -> float | None:
+    """Mean wall time of a completed screen in ``study``'s side study (None before the first, or without one)."""
+    name = f"{spec.name}{SIDE_SUFFIX}"
+    try:
+        screen = optuna.load_study(study_name=name, storage=study._storage)
+    except KeyError:
+        return None
+    w = [records.trial(t).wall_seconds for t in screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    w = [x for x in w if x > 0]
+    return sum(w) / len(w) if w else None
 
 
 def record_screening(study: optuna.Study, store: StudyStorage, spec: SearchSpec) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from autoprune.config.spec import AUTO_IMGSZ, AUTO_ROUND_TO, DEFAULT_IMGSZ, SearchSpec
 from autoprune.errors import InputError, StorageWriteError
 from autoprune.model import records
+from autoprune.model.budget import Ledger
 from autoprune.model.space import Layer
 from autoprune.search.executor import Job, check_cluster_resources, ray_session
 from autoprune.search.session import TuneSession, run_trials
@@ -132,6 +133,19 @@ def _check_task(spec: SearchSpec, task: str, info: dict[str, Any]) -> None:
         raise InputError(f"data: {spec.data} has no kpt_shape, which a pose model needs")
 
 
+def _check_targets(spec: SearchSpec, nc: int) -> None:
+    """Refuse a target the space cannot reach (every layer at the highest ratio), before anything is written."""
+    if not spec.targets:
+        return
+    from autoprune.adapters import ultra
+    from autoprune.engine.uniform import check_reachable
+
+    yaml_model = spec.model.endswith((".yaml", ".yml"))
+    kpts = ultra.kpt_shape(ultra.read_dataset(spec.data)) if yaml_model else None
+    model = ultra.load_model(spec.model, nc=nc, kpt_shape=kpts) if yaml_model else ultra.load_model(spec.model)
+    check_reachable(model, spec.trial_settings, spec.targets, spec.space.ratio.high, round_to=1)
+
+
 def _materialise_yaml_model(spec: SearchSpec, nc: int) -> SearchSpec:
     """A model YAML is built once with a fixed seed and saved, so every trial prunes the same weights."""
     if not spec.model.endswith((".yaml", ".yml")):
@@ -218,6 +232,39 @@ def round_sizes(n: int, rounds: int) -> list[int]:
     return [n // rounds + (1 if i < n % rounds else 0) for i in range(rounds)]
 
 
+def _mean_seconds(study: optuna.Study) -> float | None:
+    """Mean wall time of the study's completed trials (None before the first)."""
+    w = [records.trial(t).wall_seconds for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    w = [x for x in w if x > 0]
+    return sum(w) / len(w) if w else None
+
+
+def _round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock | None) -> Iterator[int]:
+    """Fine-tuned trials per round: ``screening.rounds`` equal rounds of ``n_new``; with a clock, rounds of
+    ``max(2, concurrent)`` trials while a round is expected to end before the deadline (from the trials and screens
+    so far: the first round always runs), shrunk to what fits, until ``n_new`` trials ran."""
+    if clock is None:
+        yield from round_sizes(n_new, spec.screening.rounds)
+        return
+    from autoprune.search.promotion import mean_screen_seconds
+
+    size, left = max(2, spec.resources.concurrent), n_new
+    while left > 0:
+        trial_s, screen_s = _mean_seconds(study), mean_screen_seconds(spec, study)
+        remaining = clock.deadline - time.time()
+        k = min(size, left)
+        if trial_s is not None:
+            c = spec.resources.concurrent
+            while k > 0 and (-(-k // c) * trial_s + spec.screening.factor * k * (screen_s or 0.0) / c) > remaining:
+                k -= 1
+        if k <= 0 or remaining <= 0:
+            logger.info("budget: %.0f s left for the search, less than a round of trials takes: stopping the search",
+                        max(0.0, remaining))
+            return
+        yield k
+        left -= k
+
+
 def main_job(spec: SearchSpec, layers: list[Layer]) -> Job:
     return Job(kind="trial", settings=spec.trial_settings, space=spec.space, layers=tuple(layers),
                objectives=spec.objectives, study_dir=spec.study_dir, artifact_dir=Path(spec.studies_dir) / "artifacts",
@@ -234,15 +281,27 @@ class Progress(Protocol):
     def trial_done(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
 
 
+@dataclass(frozen=True)
+class Clock:
+    """A budgeted run's clock: no trial or screen starts after ``deadline`` (a ``time.time()``); each phase's wall
+    time is charged to ``ledger``, from ``started`` (a ``time.perf_counter()``: the command's start)."""
+
+    deadline: float
+    ledger: Ledger
+    started: float
+
+
 def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address: str | None = None,
-               progress: Progress | None = None) -> SearchOutcome:
+               progress: Progress | None = None, clock: Clock | None = None) -> SearchOutcome:
     """Run (or continue) the spec's study.
 
     Without ``max_new_trials`` the study is filled up to ``spec.trials`` completed trials;
-    with it, exactly that many new trials are started.
+    with it, exactly that many new trials are started. With a ``clock`` (a budgeted run) rounds of screens and
+    trials go on until its deadline (or ``max_new_trials``), whatever ``spec.trials`` says.
     """
     prepared = prepare_inputs(spec)
     spec = prepared.spec
+    _check_targets(spec, prepared.nc)
     t0 = time.perf_counter()
     with ray_session(ray_address):  # one Ray session for the screen and the main trials
         check_cluster_resources(spec.resources)  # before any storage is created
@@ -253,7 +312,7 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
 
             check_side_study(store, spec)
         try:
-            return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s, progress)
+            return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s, progress, clock)
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
             cause = e.__cause__ or e  # optuna wraps the database's own error
             first = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
@@ -262,15 +321,21 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
 
 def _allocate(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: list[Layer],
               ray_address: str | None, run: records.RunTimings,
-              busy: list[tuple[float, float]]) -> tuple[list[tuple[dict[str, object], str]], records.RunTimings]:
-    """The sensitivity scan (cached) and the first round's allocated candidates, as screening seeds."""
+              busy: list[tuple[float, float]],
+              clock: Clock | None = None) -> tuple[list[tuple[dict[str, object], str]], records.RunTimings]:
+    """The sensitivity scan (cached) and the first round's allocated candidates, as screening seeds (with targets,
+    allocations at each target's parameter cut too)."""
     from autoprune.search.sensitivity import allocated_candidates, ensure_scan, scan_knobs
 
     sens, ran, scan = ensure_scan(study, store, spec, layers, ray_address)
+    if clock is not None and not ran:
+        clock.ledger.scan_reused = True
+        logger.info("sensitivity scan: reused from the cache (its cost was charged to the run that made it)")
     run = dataclasses.replace(run, screen_trial_s=run.screen_trial_s + _trial_seconds(scan, ran, busy))
     n = spec.sensitivity.candidates
     criterion, round_to = scan_knobs(spec.space)
-    found = allocated_candidates(sens, spec.space, layers, n)
+    cuts = [c for c in (t.params_cut for t in spec.targets) if c is not None]
+    found = allocated_candidates(sens, spec.space, layers, n, cuts=cuts)
     logger.info("sensitivity allocation: %d candidate(s) over the cost range (reference screen mAP50-95 %.3f)",
                 len(found), sens.reference_map)
     return [({"ratios": c.ratios, "criterion": criterion, "round_to": round_to}, c.source) for c in found], run
@@ -288,8 +353,11 @@ def _resolve_round_to(spec: SearchSpec) -> SearchSpec:
     return spec.replace(space=dataclasses.replace(spec.space, round_to=(k,)))
 
 
+BUDGETED_MAX_TRIALS = 100_000  # a budgeted run's trial cap when none is given: its clock ends it
+
+
 def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int | None, ray_address: str | None,
-            ray_init_s: float, progress: Progress | None = None) -> SearchOutcome:
+            ray_init_s: float, progress: Progress | None = None, clock: Clock | None = None) -> SearchOutcome:
     study = open_study_for(spec, store)
     spec = _resolve_round_to(spec)
     spec = _materialise_yaml_model(spec, nc)
@@ -299,6 +367,8 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
     fail_stale_trials(study, store, spec.retries)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     n_new = max_new_trials if max_new_trials is not None else max(0, spec.trials - done)
+    if clock is not None and max_new_trials is None:
+        n_new = BUDGETED_MAX_TRIALS
     if n_new == 0:
         _ensure_baseline(study, spec)
         logger.info("study %s already has %d completed trials (budget %d): nothing to run", spec.name, done,
@@ -307,14 +377,16 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
     # one Tune run for every phase; its first worker starts (imports the trial code) while the baseline is measured
     session = TuneSession(f"{spec.name}-ray", spec.study_dir / "ray", spec.resources, warm=True)
     return session.drive(lambda: _phases(study, spec, store, n_new, done, ray_address, ray_init_s, session,
-                                         progress))
+                                         progress, clock))
 
 
 def _phases(study: optuna.Study, spec: SearchSpec, store: StudyStorage, n_new: int, done: int,
             ray_address: str | None, ray_init_s: float, session: TuneSession,
-            progress: Progress | None) -> SearchOutcome:
+            progress: Progress | None, clock: Clock | None = None) -> SearchOutcome:
     """The search proper (in the session's phase thread): the baseline, then the scan, screens and trials."""
     layers = _ensure_baseline(study, spec, before_latency=session.wait_warm)
+    if clock is not None:
+        clock.ledger.charge("prepare", time.perf_counter() - clock.started)
     from autoprune.search.warmstart import warm_start
 
     run = records.RunTimings(started=time.strftime("%Y-%m-%dT%H:%M:%S"), ray_init_s=ray_init_s)
@@ -333,25 +405,37 @@ def _phases(study: optuna.Study, spec: SearchSpec, store: StudyStorage, n_new: i
         from autoprune.search.promotion import screen_and_promote
 
         first = not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        sizes = round_sizes(n_new, spec.screening.rounds)
         seeds: list[tuple[dict[str, object], str]] = []
         if first and spec.sensitivity.probes:
             t0 = time.perf_counter()
             phase("sensitivity scan")
-            seeds, run = _allocate(study, store, spec, layers, ray_address, run, busy)
+            seeds, run = _allocate(study, store, spec, layers, ray_address, run, busy, clock)
             run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0)
-        for k, size in enumerate(sizes):
+            if clock is not None:
+                clock.ledger.charge("scan", time.perf_counter() - t0)
+        deadline = clock.deadline if clock is not None else None
+        started = 0
+        for k, size in enumerate(_round_plan(study, spec, n_new, clock)):
             t0 = time.perf_counter()
             phase(f"round {k + 1}: screening")
             screen, screened = screen_and_promote(study, store, spec, layers, size, fingerprint, ray_address,
-                                                  recipe_knobs=first and k == 0, seeds=seeds if k == 0 else ())
-            run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0,
+                                                  recipe_knobs=first and k == 0, seeds=seeds if k == 0 else (),
+                                                  deadline=deadline)
+            screen_s = time.perf_counter() - t0
+            run = dataclasses.replace(run, screen_run_s=run.screen_run_s + screen_s,
                                       screen_trial_s=run.screen_trial_s + _trial_seconds(screen, screened, busy))
             logger.info("study %s, round %d: fine-tuning %d promoted trial(s)", spec.name, k + 1, size)
             t0 = time.perf_counter()
             phase(f"round {k + 1}: fine-tuning")
-            run_trials(study, store, job, size, ray_address=ray_address, on_trial=on_trial)
+            count = len(study.get_trials(deepcopy=False))
+            run_trials(study, store, job, size, ray_address=ray_address, on_trial=on_trial, deadline=deadline)
+            started += len(study.get_trials(deepcopy=False)) - count
             run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
+            if clock is not None:
+                clock.ledger.charge("screens", screen_s)
+                clock.ledger.charge("trials", time.perf_counter() - t0)
+        if clock is not None:
+            n_new = started
     else:
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         warm_start(study, store, spec.space, spec.warm_start, layers, fingerprint, limit=max(0, n_new - waiting))
@@ -359,8 +443,13 @@ def _phases(study: optuna.Study, spec: SearchSpec, store: StudyStorage, n_new: i
                     done)
         t0 = time.perf_counter()
         phase("fine-tuning")
-        run_trials(study, store, job, n_new, ray_address=ray_address, on_trial=on_trial)
+        count = len(study.get_trials(deepcopy=False))
+        run_trials(study, store, job, n_new, ray_address=ray_address, on_trial=on_trial,
+                   deadline=clock.deadline if clock is not None else None)
         run = dataclasses.replace(run, run_s=time.perf_counter() - t0)
+        if clock is not None:
+            clock.ledger.charge("trials", run.run_s)
+            n_new = len(study.get_trials(deepcopy=False)) - count
     new = {t.number for t in study.get_trials(deepcopy=False)} - before
     run = dataclasses.replace(run, trials=len(new), trial_s=_trial_seconds(study, new, busy))
     wall = run.run_s + run.screen_run_s

@@ -127,10 +127,10 @@ def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, laye
     have = {records.probe(t) for t in scan.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING)}
     missing = [p for p in _wanted(spec, layers) if p not in have]
+    before = {t.number for t in scan.get_trials(deepcopy=False)}  # before enqueueing: the probes run now are new
     for block, ratio in missing:
         scan.enqueue_trial(probe_params(layers, block, ratio), user_attrs=records.probe_attrs(block, ratio))
     waiting = len(scan.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    before = {t.number for t in scan.get_trials(deepcopy=False)}
     if waiting:
         logger.info("sensitivity scan: screening %d probe(s) (%d cached in %s)", waiting,
                     len(_wanted(spec, layers)) - len(missing), name)
@@ -173,13 +173,18 @@ class Candidate:
         return f"allocation: params -{self.target:.0%}, predicted screen mAP50-95 {self.predicted_map:.3f}"
 
 
-def allocated_candidates(sens: Sensitivity, space: Space, layers: Sequence[Layer], n: int) -> list[Candidate]:
-    """Up to ``n`` distinct allocations at cost targets spread over the sweep's range."""
+TARGET_MARGINS = (0.0, 0.04)  # allocations per target cut: at it, and a little past it (calibration is approximate)
+
+
+def allocated_candidates(sens: Sensitivity, space: Space, layers: Sequence[Layer], n: int,
+                         cuts: Sequence[float] = ()) -> list[Candidate]:
+    """Up to ``n`` distinct allocations at cost targets spread over the sweep's range, and with ``cuts`` (shares of
+    the base's parameters a user targets) allocations at each cut too."""
     options = block_options(sens, grid(space))
     grouped = blocks(list(layers))
     out: list[Candidate] = []
     seen: set[tuple[float, ...]] = set()
-    targets = cost_targets(sens, n)
+    targets = [(c + m) * sens.base_params for c in cuts for m in TARGET_MARGINS] + cost_targets(sens, n)
     for target, summed in zip(targets, calibrated(sens, options, targets)):
         a = allocate(options, sens.reference_map, summed)
         key = tuple(a.ratios.get(b, 0.0) for b in grouped)

@@ -179,14 +179,15 @@ class TuneSession:
         self.dispatcher.warmed.wait(timeout_s)
 
     def run(self, study: optuna.Study, store: StudyStorage, job: Job, n_trials: int,
-            on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None) -> None:
-        """Run ``n_trials`` new trials of ``study`` in this session's Tune run; back when they have all ended."""
+            on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None, deadline: float | None = None) -> None:
+        """Run ``n_trials`` new trials of ``study`` in this session's Tune run (none started after ``deadline``,
+        a ``time.time()``); back when they have all ended."""
         def done(t: optuna.trial.FrozenTrial) -> None:
             log_trial(t)
             if on_trial is not None:
                 on_trial(t)
 
-        searcher = StudySearcher(study, store, job, n_trials, on_done=done)
+        searcher = StudySearcher(study, store, job, n_trials, on_done=done, deadline=deadline)
         stop = threading.Event()
         heart = threading.Thread(target=beat, args=(study, searcher.driver, stop), daemon=True,
                                  name="autoprune-heartbeat")
@@ -202,7 +203,7 @@ class TuneSession:
         if searcher.kept:
             raise StorageWriteError(f"storage: {masked(store.url)} could not be written; {len(searcher.kept)} "
                                     f"trial result(s) kept in {searcher.kept[0].parent} are written on the next run")
-        logger.info("%d trial(s) run; objectives: %s", n_trials,
+        logger.info("%d trial(s) run; objectives: %s", searcher.asked,
                     ", ".join(objectives.get(n).label for n in job.objectives))
 
     def drive(self, work: Callable[[], T]) -> T:
@@ -249,19 +250,20 @@ _ACTIVE: TuneSession | None = None
 
 def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int, ray_address: str | None = None,
                trial_fn: TrialFn | None = None,
-               on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None) -> None:
+               on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+               deadline: float | None = None) -> None:
     """Run ``n_trials`` new trials of ``study`` under Ray Tune: in the search's session when one is driving, else
     in a Tune run of their own (a local Ray unless one is up or ``ray_address``).
 
     ``trial_fn(config, job=)`` replaces the default trial (tests); ``on_trial`` is called with each finished trial
-    (after it is recorded).
+    (after it is recorded). No trial starts after ``deadline`` (a ``time.time()``; a budgeted run).
     """
     active = _ACTIVE
     if active is not None:  # a phase of a search: its session runs every batch
         if trial_fn is not active.trial_fn or job.resources != active.resources:
             raise RuntimeError("a search's batches share its session's trial function and resources")
-        active.run(study, store, job, n_trials, on_trial)
+        active.run(study, store, job, n_trials, on_trial, deadline)
         return
     with ray_session(ray_address):
         session = TuneSession(f"{study.study_name}-ray", job.study_dir / "ray", job.resources, trial_fn=trial_fn)
-        session.drive(lambda: session.run(study, store, job, n_trials, on_trial))
+        session.drive(lambda: session.run(study, store, job, n_trials, on_trial, deadline))

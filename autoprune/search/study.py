@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.config.spec import SamplerSettings, SearchSpec
 from autoprune.errors import InputError, SpecError
 from autoprune.model import objectives, records
+from autoprune.model.samplers import stream_seed
 from autoprune.search import samplers
 
 logger = logging.getLogger(__name__)
@@ -160,11 +161,12 @@ class StudyOptions:
         return cls(spec.name, spec.objectives, spec.sampler, spec.seed, spec.trials)
 
 
-def _sampler(o: StudyOptions, n_existing: int) -> optuna.samplers.BaseSampler:
-    # Offset the seed by the trials already there, so a continued study does not replay its first draws.
+def _sampler(o: StudyOptions, n_existing: int, rank: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded from its stream at (trials already there, driver rank): a continued study does
+    not replay its first draws, concurrent drivers sample apart, and no seed's stream is another's shifted."""
     startup = max(4, min(10, o.trials // 3))
     seed = o.sampler.seed if o.sampler.seed is not None else o.seed
-    return samplers.make(o.sampler.name, seed + n_existing, startup)
+    return samplers.make(o.sampler.name, stream_seed(seed, n_existing, rank), startup)
 
 
 def open_study(options: StudyOptions, store: StudyStorage) -> optuna.Study:
@@ -193,7 +195,7 @@ def open_study(options: StudyOptions, store: StudyStorage) -> optuna.Study:
             study.set_metric_names([objectives.get(n).label for n in wanted])
         records.set_objectives(study, wanted)
         records.set_role(study, options.role or "main")
-    study.sampler = _sampler(options, len(study.trials) + DRIVER_SEED_STRIDE * driver_rank(study))
+    study.sampler = _sampler(options, len(study.trials), driver_rank(study))
     return study
 
 
@@ -211,8 +213,6 @@ def _settled(study: optuna.Study, store: StudyStorage) -> optuna.Study:
         study = store.load(study.study_name)
     return study
 
-
-DRIVER_SEED_STRIDE = 100_003  # seed offset per concurrent driver: drivers started together sample apart
 
 
 def driver_rank(study: optuna.Study, now: float | None = None) -> int:

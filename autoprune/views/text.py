@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autoprune.model import objectives
+from autoprune.model.budget import PHASES, format_duration
 from autoprune.model.policy import ratio_summary
 
-__all__ = ["front_records", "render_front", "relative_change"]
+__all__ = ["front_records", "render_front", "relative_change", "render_budget", "render_deliveries",
+           "delivered_trials"]
 
 
 def relative_change(value: float, base: float | None) -> float | None:
@@ -20,9 +22,20 @@ def relative_change(value: float, base: float | None) -> float | None:
     return (value - base) / abs(base)
 
 
+def delivered_trials(deliveries: Mapping[str, Mapping[str, Any]]) -> dict[int, list[str]]:
+    """``{trial number: [target labels]}`` of the trials finalized for a target."""
+    out: dict[int, list[str]] = {}
+    for label, d in deliveries.items():
+        if d.get("trial") is not None and d.get("out_dir"):
+            out.setdefault(int(d["trial"]), []).append(label)
+    return out
+
+
 def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
-                  baseline: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """One flat record per front member (best first by the first objective), baseline first."""
+                  baseline: dict[str, Any] | None,
+                  targets: Mapping[int, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+    """One flat record per front member (best first by the first objective), baseline first; ``target`` names the
+    targets a member was finalized for."""
     first = objectives.get(names[0])
     ordered = sorted(rows, key=lambda r: r["values"][first.name], reverse=first.direction == "maximize")
     out = []
@@ -31,7 +44,7 @@ def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
         for n in names:
             rec[n] = baseline.get(n)
             rec[f"{n}_change"] = 0.0
-        rec.update(criterion="", ratios="unpruned", joined_at="")
+        rec.update(criterion="", ratios="unpruned", joined_at="", target="")
         out.append(rec)
     for r in ordered:
         rec = {"trial": r["trial_number"]}
@@ -41,7 +54,7 @@ def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
             rec[f"{n}_change"] = relative_change(v, (baseline or {}).get(n))
         policy = r.get("policy") or {}
         rec.update(criterion=policy.get("criterion", ""), ratios=ratio_summary(policy.get("ratios", {})),
-                   joined_at=r.get("joined_at", ""))
+                   joined_at=r.get("joined_at", ""), target=",".join((targets or {}).get(r["trial_number"], ())))
         out.append(rec)
     return out
 
@@ -61,19 +74,22 @@ def render_front(records: Sequence[dict[str, Any]], names: Sequence[str], fmt: s
         return json.dumps(list(records), indent=1, default=str)
     if fmt == "csv":
         buf = io.StringIO()
-        fields = ["trial", *[x for n in names for x in (n, f"{n}_change")], "criterion", "ratios", "joined_at"]
+        fields = ["trial", *[x for n in names for x in (n, f"{n}_change")], "criterion", "ratios", "joined_at",
+                  "target"]
         w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(records)
         return buf.getvalue().rstrip("\n")
+    marked = any(r.get("target") for r in records)
     header = ["trial", *[objectives.get(n).label for n in names], "criterion", "ratios"]
+    header += ["target"] if marked else []
     table = [header]
     for r in records:
         cells = [str(r["trial"])]
         for n in names:
             change = "" if r["trial"] == "baseline" else _pct(r.get(f"{n}_change"))
             cells.append(f"{_fmt(n, r[n])} {change}".strip())
-        cells += [r["criterion"] or "-", r["ratios"]]
+        cells += [r["criterion"] or "-", r["ratios"], *([r.get("target") or ""] if marked else [])]
         table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = []
@@ -81,3 +97,34 @@ def render_front(records: Sequence[dict[str, Any]], names: Sequence[str], fmt: s
         lines.append("  ".join(c.rjust(w) if 0 < i <= len(names) else c.ljust(w)
                                for i, (c, w) in enumerate(zip(row, widths))).rstrip())
     return "\n".join(lines)
+
+
+def render_budget(ledger: Mapping[str, Any]) -> str:
+    """One line: the budget and the seconds charged to each phase."""
+    charged = ledger.get("charged_s") or {}
+    parts = [f"{k} {format_duration(float(charged[k]))}" for k in PHASES if charged.get(k)]
+    scan = " (sensitivity scan reused from the cache)" if ledger.get("scan_reused") else ""
+    budget = ledger.get("budget_s")
+    return (f"budget {format_duration(float(budget)) if budget else '-'}: spent {format_duration(ledger['total_s'])}"
+            f" = {', '.join(parts) or 'nothing'}{scan}")
+
+
+def render_deliveries(deliveries: Mapping[str, Mapping[str, Any]], labels: Sequence[str]) -> list[str]:
+    """One line per target: its finalized model (trial, size, val and test mAP50-95 before -> after, folder), or
+    why there is none."""
+    lines = []
+    for label in labels:
+        d = deliveries.get(label)
+        if d is None:
+            continue
+        if not d.get("out_dir"):
+            lines.append(f"target {label}: not delivered: {d.get('reason')}")
+            continue
+        splits = []
+        for split, after in (d.get("after") or {}).items():
+            before = (d.get("before") or {}).get(split, {})
+            splits.append(f"{split} mAP50-95 {before.get('map50_95', float('nan')):.4f} -> {after['map50_95']:.4f}")
+        size = f" params {d['params_ratio'] - 1:+.0%}" if d.get("params_ratio") is not None else ""
+        lines.append(f"target {label}: trial {d['trial']}{size}, {d.get('epochs')} final epochs; "
+                     f"{'; '.join(splits)}; {d['out_dir']}")
+    return lines

@@ -1,0 +1,141 @@
+"""A budgeted run: search until the search's share of the wall-clock budget is spent, then give each target's
+winner the final fine-tune with the rest, and export it.
+
+The budget covers the whole command, from its start: input checks and the baseline (``prepare``), the sensitivity
+scan when this run makes it (a cached scan costs nothing here, and the ledger says it was reused), screens,
+fine-tuned trials and the final fine-tunes with their validations and exports (``final``); what no phase claims is
+``other``. No trial or screen starts after the search's deadline, and each final fine-tune is ultralytics' own
+time-budgeted training (it fits its epochs and cosine schedule to the time it is given), so a run ends within one
+trial (or one optimizer step and an export) of its budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune.config.spec import SearchSpec
+from autoprune.deploy.finalize import FinalizeSettings, finalize_trial
+from autoprune.errors import AutopruneError
+from autoprune.model import records
+from autoprune.model.budget import Ledger, Target, format_duration
+from autoprune.model.constraints import feasible
+from autoprune.search.run import Clock, Progress, SearchOutcome, run_search
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Delivered", "BudgetedOutcome", "run_budgeted", "trial_for_target", "delivery_dir"]
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A target's finalized model, or why there is none."""
+
+    target: Target
+    trial: int | None = None
+    out_dir: Path | None = None
+    finalize: dict[str, Any] = field(default_factory=dict)  # the policy file's finalize section
+    params: float | None = None
+    reason: str | None = None  # set when nothing was delivered
+
+    def record(self, base_params: float | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"target": self.target.to_dict(), "trial": self.trial,
+                               "out_dir": str(self.out_dir) if self.out_dir else None, "reason": self.reason}
+        if self.finalize:
+            out.update({"before": self.finalize.get("before"), "after": self.finalize.get("after"),
+                        "epochs": self.finalize.get("epochs"), "optimizer_steps": self.finalize.get("optimizer_steps"),
+                        "train_s": self.finalize.get("train_s")})
+        if self.params is not None and base_params:
+            out["params_ratio"] = self.params / base_params
+        return out
+
+
+@dataclass(frozen=True)
+class BudgetedOutcome:
+    search: SearchOutcome
+    delivered: tuple[Delivered, ...]
+    ledger: Ledger
+
+
+def delivery_dir(spec: SearchSpec, target: Target) -> Path:
+    return spec.study_dir / "final" / target.label
+
+
+def trial_for_target(study: optuna.Study, target: Target) -> FrozenTrial | None:
+    """The completed, feasible trial with the best val mAP50-95 among those that meet ``target`` (None: none do)."""
+    base = records.baseline_metrics(study)
+    fits = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if feasible(t.constraints) and "map50_95" in records.trial(t).metrics
+            and target.meets(records.trial(t).metrics, base)]
+    return max(fits, key=lambda t: records.trial(t).metrics["map50_95"], default=None)
+
+
+def run_budgeted(spec: SearchSpec, started: float, max_new_trials: int | None = None,
+                 ray_address: str | None = None, progress: Progress | None = None) -> BudgetedOutcome:
+    """Search within ``spec.budget`` counted from ``started`` (a ``time.perf_counter()``), then finalize a model per
+    target (see module doc)."""
+    budget = spec.budget.seconds
+    if budget is None:
+        raise ValueError("run_budgeted needs spec.budget.seconds")
+    ledger = Ledger(budget_s=budget)
+    share = spec.budget.final_share if spec.targets else 0.0
+    search_s = budget * (1 - share)
+    deadline = time.time() - (time.perf_counter() - started) + search_s
+    logger.info("budget %s: %s for the search%s", format_duration(budget), format_duration(search_s),
+                f", {format_duration(budget - search_s)} for the final fine-tune of {len(spec.targets)} target(s)"
+                if spec.targets else "")
+    outcome = run_search(spec, max_new_trials=max_new_trials, ray_address=ray_address, progress=progress,
+                         clock=Clock(deadline=deadline, ledger=ledger, started=started))
+    if progress is not None and spec.targets:
+        progress.phase("final fine-tune")
+    delivered = _finalize_targets(outcome, spec, started, budget, ledger)
+    ledger.close(time.perf_counter() - started)
+    study = outcome.study
+    records.append_budget_run(study, study, {**ledger.to_dict(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                             "targets": [t.label for t in spec.targets]})
+    return BudgetedOutcome(outcome, tuple(delivered), ledger)
+
+
+def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, started: float, budget: float,
+                      ledger: Ledger) -> list[Delivered]:
+    study, store = outcome.study, outcome.store
+    base_params = records.baseline_metrics(study).get("params")
+    out: list[Delivered] = []
+    for i, target in enumerate(spec.targets):
+        t0 = time.perf_counter()
+        seconds = (budget - (t0 - started)) / (len(spec.targets) - i)
+        d = _deliver(study, store, spec, target, seconds)
+        ledger.charge("final", time.perf_counter() - t0)
+        records.set_delivery(study, study, target.label, d.record(base_params))
+        out.append(d)
+    return out
+
+
+def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, seconds: float) -> Delivered:
+    t = trial_for_target(study, target)
+    if t is None:
+        reason = "no trial reached it within the budget"
+        logger.warning("target %s: %s", target.label, reason)
+        return Delivered(target, reason=reason)
+    if seconds <= 0:
+        return Delivered(target, trial=t.number, reason="the budget was spent before its final fine-tune")
+    settings = FinalizeSettings(seconds=seconds, lr=spec.budget.final_lr, device=spec.device,
+                                threads=spec.train_threads)
+    out = delivery_dir(spec, target)
+    try:
+        res = finalize_trial(study, store, t, out, settings, artifact_dir=Path(spec.studies_dir) / "artifacts",
+                             force=True)
+    except AutopruneError as e:
+        logger.warning("target %s: trial %d could not be finalized: %s", target.label, t.number, e)
+        return Delivered(target, trial=t.number, reason=f"finalize failed: {e}")
+    from autoprune.model.document import load_policy_file
+
+    doc = load_policy_file(res.policy)
+    return Delivered(target, trial=t.number, out_dir=res.out_dir, finalize=dict(doc.finalize or {}),
+                     params=records.trial(t).metrics.get("params"))

@@ -1,0 +1,92 @@
+"""Uniform pruning to a size: the hand recipe's step (one channel ratio for every prunable layer, group L2, channels
+rounded to 8, as Torch-Pruning's YOLOv8 example prunes), and the check that a target size is reachable at all."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from autoprune.config.spec import TrialSettings
+from autoprune.errors import InputError
+from autoprune.model.budget import Target
+from autoprune.model.shapes import target_keep
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["uniform_prune", "uniform_ratio_for", "check_reachable", "RECIPE_CRITERION", "RECIPE_ROUND_TO"]
+
+RECIPE_CRITERION = "l2"  # torch-pruning's GroupMagnitudeImportance(p=2)
+RECIPE_ROUND_TO = 8
+
+
+def _units(model: Any) -> dict[str, int]:
+    from autoprune.adapters import tp
+    from autoprune.engine.pipeline import TRACE_IMGSZ
+
+    return {p.name: p.channels for p in tp.prunable_layers(model, TRACE_IMGSZ)}
+
+
+def uniform_prune(model: Any, settings: TrialSettings, ratio: float, criterion: str = RECIPE_CRITERION,
+                  round_to: int = RECIPE_ROUND_TO) -> dict[str, int]:
+    """Prune ``model`` in place: every prunable unit loses ``ratio`` of its channels (rounded); its channels."""
+    from autoprune.engine.pipeline import prune_once
+
+    original = _units(model)
+    keep = target_keep(original, dict.fromkeys(original, ratio), 1, 1, round_to)
+    return prune_once(model, settings, criterion, keep, regularize=False)
+
+
+def _cost(model: Any, imgsz: int) -> dict[str, float]:
+    from autoprune.adapters import tp, ultra
+
+    return {"params": float(ultra.count_params(model)), "macs": float(tp.count_macs(model, imgsz))}
+
+
+def _pruned_cost(model: Any, settings: TrialSettings, ratio: float, round_to: int) -> dict[str, float]:
+    m = copy.deepcopy(model).cpu()
+    uniform_prune(m, settings.replace(device="cpu"), ratio, criterion="l1", round_to=round_to)  # sizes only
+    return _cost(m, settings.imgsz)
+
+
+def uniform_ratio_for(model: Any, settings: TrialSettings, target: Target, round_to: int = RECIPE_ROUND_TO,
+                      step: float = 0.01, high: float = 0.95) -> tuple[float, dict[str, float]]:
+    """The smallest uniform ratio (on a ``step`` grid up to ``high``) whose pruned model meets ``target``'s params
+    and MACs limits (latency limits are not predicted), with its cost; InputError if even ``high`` does not."""
+    base = _cost(model, settings.imgsz)
+    limits = {k: v for k, v in target.limits if k in base}
+    if not limits:
+        raise InputError(f"target {target.text}: a uniform ratio is chosen by params or macs")
+
+    def meets(cost: Mapping[str, float]) -> bool:
+        return all(cost[k] <= v * base[k] for k, v in limits.items())
+
+    lo, hi = 0, int(round(high / step))
+    top = _pruned_cost(model, settings, hi * step, round_to)
+    if not meets(top):
+        raise InputError(f"targets: {target.text} is out of reach: uniform pruning at {high:g} keeps "
+                         f"{top['params'] / base['params']:.0%} of the parameters")
+    found = top
+    while hi - lo > 1:  # meets(hi) holds, meets(lo) does not (lo = 0 never meets a limit below 1)
+        mid = (lo + hi) // 2
+        cost = _pruned_cost(model, settings, mid * step, round_to)
+        if meets(cost):
+            hi, found = mid, cost
+        else:
+            lo = mid
+    return hi * step, found
+
+
+def check_reachable(model: Any, settings: TrialSettings, targets: Sequence[Target], high: float,
+                    round_to: int) -> None:
+    """Refuse (InputError, one line) a target that pruning every layer at the space's highest ratio cannot reach."""
+    if not targets:
+        return
+    base = _cost(model, settings.imgsz)
+    top = _pruned_cost(model, settings, high, round_to)
+    for t in targets:
+        for k, v in t.limits:
+            if k in top and top[k] > v * base[k]:
+                raise InputError(f"targets: {t.text} is out of reach: every layer pruned at space.ratio.high "
+                                 f"{high:g} keeps {top[k] / base[k]:.0%} of the {k}")

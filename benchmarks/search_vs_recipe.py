@@ -1,0 +1,259 @@
+"""Does autoprune hand a user a better deployable model than the hand recipe, in the same time?
+
+Every arm of a (task, seed) gets the same total wall-clock budget for all the targets together, with everything
+charged from its first step (checks, baseline, sensitivity scan, screens, trials, the final fine-tunes and their
+validations and exports). Each arm runs in a fresh study storage, so the sensitivity scan is made, and paid for, in
+every seed. The arms:
+
+- ``recipe``: Torch-Pruning's YOLOv8 recipe as its users run it, per target: the smallest uniform channel ratio that
+  meets the target (found by pruning copies, charged), group L2 importance, channels rounded to 8, one shot, then the
+  shared final fine-tune with all the target's share of the budget.
+- ``autoprune``: ``autoprune search`` with the demo spec's defaults, the budget and the targets (its own split of
+  the budget between search and final fine-tunes), model/data/imgsz of the task.
+- ``random``: the same with random proposals in the screens (no sensitivity scan, no warm starts).
+
+The final fine-tune is the same function for every arm (:func:`autoprune.deploy.finalize.final_finetune`: one
+optimizer step a batch, one warm-up epoch, cosine decay, EMA, lr 0.01, ultralytics' time-budgeted training). Model
+selection uses the val split only; the reported mAP50-95 is that of the finalized model on a test split of >= 200
+images drawn from another random stream. Targets: params -50% and -70% (fixed before the run).
+
+Results are written after every (seed, arm), and a re-run with the same --out continues where it stopped.
+
+    python benchmarks/search_vs_recipe.py --task demo --seeds 0 1 2 3 4 5 --budget 300
+    python benchmarks/search_vs_recipe.py --task shapes11 --seeds 0 1 2 3 4 5 --budget 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import logger, machine, setup_logging, write_json  # noqa: E402
+
+ARMS = ("recipe", "autoprune", "random")
+DEMO_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
+
+
+def commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def task_data(task: str, workdir: Path, imgsz: int, n_test: int) -> tuple[str, str, int]:
+    """(model, data set YAML with a test split of ``n_test`` images from another random stream, imgsz)."""
+    from autoprune.demo.baseline import resolve_demo_model
+    from autoprune.demo.synthetic import SyntheticConfig, ensure_dataset
+    from search_efficiency import task_inputs
+
+    if task == "demo":
+        model, cfg, size = str(resolve_demo_model()), SyntheticConfig(), 160
+    else:
+        model, _ = task_inputs(task, workdir, imgsz)
+        cfg = SyntheticConfig(n_train=240, n_val=60, n_test=60, imgsz=160, min_size=18, max_size=44, max_objects=5,
+                              seed=11)
+        size = imgsz
+    data = ensure_dataset(cfg, workdir / "data")
+    test_cfg = SyntheticConfig(**{**cfg.__dict__, "n_train": 1, "n_val": 1, "n_test": n_test, "seed": cfg.seed + 4242})
+    test = ensure_dataset(test_cfg, workdir / "data")
+    doc = yaml.safe_load(data.read_text())
+    doc["test"] = str(test.parent / "images" / "test")
+    out = workdir / f"{task}-bench.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return model, str(out), size
+
+
+def base_test_map(model: str, data: str, imgsz: int) -> float:
+    from autoprune.adapters import ultra
+
+    return ultra.validate(ultra.load_model(model), data, imgsz, split="test").map50_95
+
+
+def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts: list[float]) -> dict[str, Any]:
+    from autoprune.adapters import ultra
+    from autoprune.config.sections import TrialSettings
+    from autoprune.deploy.finalize import FinalizeSettings, final_finetune
+    from autoprune.engine.uniform import RECIPE_CRITERION, RECIPE_ROUND_TO, uniform_prune, uniform_ratio_for
+    from autoprune.model.budget import Target
+
+    started = time.perf_counter()
+    settings = TrialSettings(model=model, data=data, imgsz=imgsz, seed=seed)
+    out: dict[str, Any] = {"test_map": {}, "params_ratio": {}, "policies": {}, "epochs": {}}
+    for i, cut in enumerate(cuts):
+        share = (budget - (time.perf_counter() - started)) / (len(cuts) - i)
+        t0 = time.perf_counter()
+        base = ultra.load_model(model)
+        ratio, _ = uniform_ratio_for(base, settings, Target((("params", 1 - cut),)))
+        pruned = ultra.load_model(model)
+        uniform_prune(pruned, settings, ratio, RECIPE_CRITERION, RECIPE_ROUND_TO)
+        spent = time.perf_counter() - t0
+        rec = final_finetune(pruned, data, imgsz, FinalizeSettings(seconds=share - spent), lr=0.01, seed=seed,
+                             batch=16)
+        key = f"{cut:g}"
+        out["test_map"][key] = rec["after"]["test"]["map50_95"]
+        out["params_ratio"][key] = ultra.count_params(pruned) / ultra.count_params(base)
+        out["policies"][key] = f"uniform {ratio:.2f} l2 round_to 8"
+        out["epochs"][key] = rec["epochs"]
+    out["wall_s"] = time.perf_counter() - started
+    return out
+
+
+def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budget: float, cuts: list[float],
+                   workdir: Path) -> dict[str, Any]:
+    from autoprune.config.spec import parse_spec
+    from autoprune.deploy.deliver import run_budgeted
+    from autoprune.model import records
+
+    started = time.perf_counter()
+    raw = yaml.safe_load(DEMO_SPEC.read_text())
+    raw.update({"name": f"{arm}-s{seed}", "model": model, "data": data, "imgsz": imgsz, "seed": seed,
+                "budget": budget, "targets": [{"params": round(1 - c, 6)} for c in cuts]})
+    if arm == "random":
+        raw.update({"sampler": {"name": "random"}, "sensitivity": {"probes": 0},
+                    "warm_start": {"uniform": 0, "from_fronts": False}})
+    spec = parse_spec(raw, f"{arm}.yaml", studies_dir=workdir / "studies")
+    res = run_budgeted(spec, started)
+    wall = time.perf_counter() - started
+    deliveries = records.deliveries(res.search.study)
+    out: dict[str, Any] = {"test_map": {}, "params_ratio": {}, "policies": {}, "epochs": {}, "wall_s": wall,
+                           "ledger": res.ledger.to_dict(),
+                           "trials": len(res.search.study.get_trials(deepcopy=False))}
+    by_trial = {t.number: t for t in res.search.study.get_trials(deepcopy=False)}
+    for cut, target in zip(cuts, spec.targets):
+        d = deliveries.get(target.label) or {}
+        key = f"{cut:g}"
+        after = (d.get("after") or {}).get("test")
+        out["test_map"][key] = after["map50_95"] if after else None
+        out["params_ratio"][key] = d.get("params_ratio")
+        out["epochs"][key] = d.get("epochs")
+        t = by_trial.get(d["trial"]) if d.get("trial") is not None else None
+        out["policies"][key] = json.dumps(records.trial(t).policy, sort_keys=True) if t is not None else None
+    return out
+
+
+def bootstrap_diff(a: list[float], b: list[float], n: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """Mean of paired differences a - b with a bootstrap 95% interval."""
+    d = [x - y for x, y in zip(a, b)]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(d, k=len(d))) for _ in range(n))
+    return {"mean": statistics.fmean(d), "lo95": means[int(0.025 * n)], "hi95": means[int(0.975 * n) - 1],
+            "wins": sum(x > 0 for x in d), "n": len(d)}
+
+
+def cut_within(rec: dict[str, Any], base: float, seed_index: int) -> float:
+    """The largest params cut whose finalized model is within 1 point of the base's test mAP50-95 (0: none)."""
+    best = 0.0
+    for key, maps in rec["test_map"].items():
+        m, ratio = maps[seed_index], rec["params_ratio"][key][seed_index]
+        if m is not None and ratio is not None and m >= base - 0.01:
+            best = max(best, 1 - ratio)
+    return best
+
+
+def summarise(res: dict[str, Any]) -> dict[str, Any]:
+    arms, base = res["arms"], res["base_test_map"]
+    out: dict[str, Any] = {}
+    for rec in arms.values():
+        n = len(rec["seeds"])
+        rec["cut_within_1pt"] = [cut_within(rec, base, i) for i in range(n)]
+        rec["distinct_policies"] = {k: len({p for p in v if p}) for k, v in rec["policies"].items()}
+    ref = arms.get("recipe")
+    for arm, rec in arms.items():
+        if arm == "recipe" or ref is None:
+            continue
+        common = [s for s in rec["seeds"] if s in ref["seeds"]]
+        if not common:
+            continue
+        ia, ib = [rec["seeds"].index(s) for s in common], [ref["seeds"].index(s) for s in common]
+        row: dict[str, Any] = {}
+        for key in res["targets"]:
+            a = [rec["test_map"][key][i] for i in ia]
+            b = [ref["test_map"][key][i] for i in ib]
+            pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+            row[f"test_map@{key}"] = bootstrap_diff([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
+            row[f"missing@{key}"] = sum(x is None for x in a)
+        row["cut_within_1pt"] = bootstrap_diff([rec["cut_within_1pt"][i] for i in ia],
+                                               [ref["cut_within_1pt"][i] for i in ib])
+        out[f"{arm}-recipe"] = row
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="demo", choices=("demo", "shapes11"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    p.add_argument("--budget", type=float, default=300.0, help="seconds per arm and seed, all targets together")
+    p.add_argument("--cuts", type=float, nargs="+", default=[0.5, 0.7], help="params cuts to deliver")
+    p.add_argument("--arms", nargs="+", default=["recipe", "autoprune"], choices=ARMS)
+    p.add_argument("--imgsz", type=int, default=192, help="image size of the shapes11 task")
+    p.add_argument("--n-test", type=int, default=250)
+    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    setup_logging()
+    out = args.out or Path(__file__).resolve().parent / "results" / f"search_vs_recipe_{args.task}.json"
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="autoprune-bench-"))
+    os.environ.setdefault("AUTOPRUNE_HOME", str(workdir / "home"))
+    model, data, imgsz = task_data(args.task, workdir, args.imgsz, args.n_test)
+    keys = [f"{c:g}" for c in args.cuts]
+    res: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    if res.get("budget_s") != args.budget or res.get("targets") != keys or res.get("task") != args.task:
+        res = {"task": args.task, "budget_s": args.budget, "targets": keys, "imgsz": imgsz,
+               "base_test_map": base_test_map(model, data, imgsz), "seeds": [], "arms": {}}
+    res.update({"commit": commit(), "machine": machine(), "n_test": args.n_test})
+    for seed in args.seeds:
+        order = args.arms if seed % 2 == 0 else list(reversed(args.arms))  # alternate: machine load hits both
+        for arm in order:
+            rec = res["arms"].setdefault(arm, {"seeds": [], "test_map": {k: [] for k in keys},
+                                               "params_ratio": {k: [] for k in keys},
+                                               "policies": {k: [] for k in keys}, "epochs": {k: [] for k in keys},
+                                               "wall_s": [], "load": []})
+            if seed in rec["seeds"]:
+                continue
+            logger.info("task %s, seed %d, arm %s: budget %.0f s", args.task, seed, arm, args.budget)
+            load0 = os.getloadavg()[0]
+            if arm == "recipe":
+                one = run_recipe(model, data, imgsz, seed, args.budget, args.cuts)
+            else:
+                one = run_search_arm(arm, model, data, imgsz, seed, args.budget, args.cuts,
+                                     workdir / f"{arm}-{seed}")
+            rec["seeds"].append(seed)
+            for field in ("test_map", "params_ratio", "policies", "epochs"):
+                for k in keys:
+                    rec[field][k].append(one[field].get(k))
+            rec["wall_s"].append(one["wall_s"])
+            rec["load"].append([load0, os.getloadavg()[0]])
+            rec.setdefault("ledgers", []).append(one.get("ledger"))
+            res["seeds"] = sorted({*res["seeds"], seed})
+            res["summary"] = summarise(res)
+            write_json(out, res)
+            logger.info("  %s: test mAP50-95 %s, wall %.0f s", arm,
+                        {k: one["test_map"].get(k) for k in keys}, one["wall_s"])
+    res["summary"] = summarise(res)
+    write_json(out, res)
+    print(f"task {args.task}: base test mAP50-95 {res['base_test_map']:.4f}; budget {args.budget:.0f} s per arm")
+    for arm, rec in res["arms"].items():
+        maps = {k: [round(x, 4) if x is not None else None for x in v] for k, v in rec["test_map"].items()}
+        print(f"  {arm}: test mAP50-95 {maps}; cut within 1 pt {rec.get('cut_within_1pt')}")
+    for name, row in res["summary"].items():
+        print(f"  {name}: {json.dumps(row, default=float)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

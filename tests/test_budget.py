@@ -1,0 +1,209 @@
+"""Budgets and targets: parsing, the ledger, target-driven promotion and choice, non-overlapping sampler seeds,
+the refusal of an unreachable target, and a budgeted search through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+import yaml
+
+from autoprune.config.spec import Overrides, parse_spec
+from autoprune.errors import SpecError
+from autoprune.model.budget import PHASES, Ledger, Target, format_duration, parse_duration
+from autoprune.model.samplers import stream_seed
+from autoprune.search.promotion import target_picks
+
+BASE = {"map50_95": 0.8, "params": 1000.0, "macs": 5000.0}
+
+
+@pytest.mark.parametrize("text,seconds", [(300, 300.0), ("300", 300.0), ("90s", 90.0), ("5m", 300.0),
+                                          ("1.5h", 5400.0), (" 2m ", 120.0)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["5 minutes", "-5m", 0, "0s", True, "1e400", None, "40d"])
+def test_bad_durations_are_refused(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_format_duration():
+    assert format_duration(299.6) == "5m00s" and format_duration(3725) == "1h02m"
+
+
+def test_target_meets_and_labels():
+    t = Target((("params", 0.5),))
+    assert t.label == "params-50" and t.params_cut == pytest.approx(0.5)
+    assert t.meets({"params": 500.0}, BASE) and not t.meets({"params": 501.0}, BASE)
+    assert not t.meets({"macs": 1.0}, BASE)  # a metric the model lacks does not meet the limit
+    both = Target((("params", 0.3), ("latency_ratio", 0.8)))
+    assert both.label == "params-70_latency_ratio-20"
+    assert both.meets({"params": 300.0, "latency_ratio": 0.79}, BASE)
+    assert not both.meets({"params": 300.0, "latency_ratio": 0.81}, BASE)
+
+
+def test_ledger_phases_add_up_to_the_wall_time():
+    ledger = Ledger(budget_s=100.0)
+    ledger.charge("prepare", 3.0)
+    ledger.charge("trials", 40.0)
+    ledger.charge("trials", 10.0)
+    ledger.charge("final", 30.0)
+    ledger.close(wall_s=90.0)
+    d = ledger.to_dict()
+    assert set(d["charged_s"]) == set(PHASES)
+    assert d["charged_s"]["trials"] == 50.0 and d["charged_s"]["other"] == pytest.approx(7.0)
+    assert d["total_s"] == pytest.approx(90.0)
+    with pytest.raises(ValueError):
+        ledger.charge("coffee", 1.0)
+
+
+def _spec(**extra):
+    return parse_spec({"name": "b", "model": "m.pt", "data": "d.yaml", **extra}, "s.yaml")
+
+
+def test_spec_budget_and_targets():
+    s = _spec(budget="30m", targets=[{"params": 0.5}, {"params": 0.3}])
+    assert s.budget.seconds == 1800.0 and s.budget.final_share == 0.5
+    assert [t.label for t in s.targets] == ["params-50", "params-70"]
+    s = _spec(budget={"seconds": "2h", "final_share": 0.3}, targets={"macs": 0.4})
+    assert s.budget.seconds == 7200.0 and s.budget.final_share == 0.3 and s.targets[0].limits == (("macs", 0.4),)
+    assert parse_spec({"name": "b", "model": "m.pt", "data": "d.yaml"}, "s.yaml",
+                      Overrides(budget="90")).budget.seconds == 90.0
+    assert _spec().budget.seconds is None and _spec().targets == ()
+
+
+@pytest.mark.parametrize("extra,field", [
+    ({"targets": {"params": 0.5}}, "targets: need a wall-clock budget"),
+    ({"budget": "5m", "targets": {"params": 1.5}}, "targets.params"),
+    ({"budget": "5m", "targets": {"flops": 0.5}}, "targets.flops: unknown key"),
+    ({"budget": "5m", "targets": [{"params": 0.5}, {"params": 0.5}]}, "targets[1]: listed twice"),
+    ({"budget": "5m", "targets": []}, "targets: expected"),
+    ({"budget": "5m", "targets": [{}]}, "targets[0]: empty"),
+    ({"budget": "soon"}, "budget.seconds"),
+    ({"budget": {"seconds": 60, "final_share": 1.0}}, "budget.final_share"),
+])
+def test_bad_budgets_and_targets_name_their_field(extra, field):
+    with pytest.raises(SpecError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        _spec(**extra)
+
+
+def test_seed_streams_do_not_overlap():
+    # the old seed + n made seed s+1 at n trials equal seed s at n+1: every seed replayed its neighbour shifted by one
+    seeds = {stream_seed(s, n) for s in range(8) for n in range(50)}
+    assert len(seeds) == 8 * 50
+    assert stream_seed(1, 0) != stream_seed(0, 1) and stream_seed(0, 0, 1) != stream_seed(0, 1, 0)
+    assert stream_seed(3, 4) == stream_seed(3, 4)  # a stream is reproducible
+
+
+def test_studies_of_neighbouring_seeds_draw_distinct_policies(tmp_path):
+    """Each search run reopens the study (as a benchmark running one trial per run does): the sampler is seeded from
+    (seed, trials there); seeds 0-3 over 5 runs each must not share a draw."""
+    from autoprune.search.study import StudyOptions, get_storage, open_study
+
+    store = get_storage(f"sqlite:///{tmp_path}/s.db")
+    sampler = _spec(sampler="random").sampler
+    draws = []
+    for seed in range(4):
+        for _ in range(5):
+            study = open_study(StudyOptions(f"s{seed}", ("map50_95", "params"), sampler, seed), store)
+            t = study.ask()
+            draws.append(t.suggest_float("r", 0.0, 1.0))
+            study.tell(t, [0.5, 1.0])
+    assert len(set(draws)) == len(draws)
+
+
+def test_target_picks_put_each_targets_best_first():
+    candidates = [{"map50_95": 0.9, "params": 900.0}, {"map50_95": 0.7, "params": 480.0},
+                  {"map50_95": 0.75, "params": 450.0}, {"map50_95": 0.6, "params": 290.0},
+                  {"map50_95": 0.5, "params": 200.0}]
+    targets = [Target((("params", 0.5),)), Target((("params", 0.3),))]
+    assert target_picks(candidates, BASE, targets) == [2, 3]
+    assert target_picks(candidates, BASE, targets, taken=[2]) == [1, 3]
+    assert target_picks(candidates, BASE, [Target((("params", 0.1),))]) == []
+
+
+def test_trial_for_target_picks_the_best_feasible_that_meets_it():
+    from autoprune.deploy.deliver import trial_for_target
+    from autoprune.model import records
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
+    for m, p, feasible in ((0.79, 900.0, True), (0.7, 500.0, True), (0.75, 400.0, False), (0.6, 300.0, True)):
+        t = study.ask()
+        records.write_result(t, {}, {"map50_95": m, "params": p})
+        t.set_constraint("map_floor", 0.0 if feasible else 1.0)
+        study.tell(t, [m, p])
+    assert trial_for_target(study, Target((("params", 0.5),))).number == 1  # 0.75 at 400 is infeasible
+    assert trial_for_target(study, Target((("params", 0.3),))).number == 3
+    assert trial_for_target(study, Target((("params", 0.2),))) is None
+
+
+def _write_spec(tmp_path, tiny_data, tiny_model_pt, **extra):
+    spec = {"name": "budgeted", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 4,
+            "space": {"ratio": {"low": 0.0, "high": 0.6, "step": 0.05}, "iterations": 1, "epochs": 1,
+                      "round_to": [1]},
+            "finetune": {"batch": 8, "bn_batches": 1}, "screening": {"factor": 2, "batches": 1},
+            "sensitivity": {"probes": 0}, "latency": {"warmup": 0, "runs": 3, "rounds": 1},
+            "resources": {"cpus": 1}, "constraints": {"map_floor": 0.0}, **extra}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _cli(tmp_path, *args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "autoprune", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_an_unreachable_target_is_refused_before_anything_is_written(tmp_path, tiny_data, tiny_model_pt):
+    _write_spec(tmp_path, tiny_data, tiny_model_pt, budget="10m", targets={"params": 0.02})
+    r = _cli(tmp_path, "search", "s.yaml")
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("autoprune: error: targets: params <= 0.02 x base is out of reach")
+    assert "Traceback" not in r.stderr and not (tmp_path / "studies" / "autoprune.db").exists()
+
+
+def test_a_bad_budget_flag_is_one_line(tmp_path, tiny_data, tiny_model_pt):
+    _write_spec(tmp_path, tiny_data, tiny_model_pt)
+    r = _cli(tmp_path, "search", "s.yaml", "--budget", "soon")
+    assert r.returncode == 2 and r.stderr.strip().startswith("autoprune: error: budget.seconds: expected a duration")
+    assert not (tmp_path / "studies").exists()
+
+
+@pytest.mark.slow
+def test_a_budgeted_search_delivers_a_finalized_model_per_target_within_its_budget(tmp_path, tiny_data,
+                                                                                   tiny_model_pt):
+    budget = 150
+    _write_spec(tmp_path, tiny_data, tiny_model_pt, budget=budget, targets=[{"params": 0.8}, {"params": 0.6}])
+    r = _cli(tmp_path, "search", "s.yaml")
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = optuna.load_study(study_name="budgeted", storage=f"sqlite:///{tmp_path}/studies/autoprune.db")
+    from autoprune.model import records
+
+    run = records.budget_runs(study)[-1]
+    charged = run["charged_s"]
+    assert run["budget_s"] == budget and sum(charged.values()) == pytest.approx(run["total_s"], abs=0.01)
+    assert charged["prepare"] > 0 and charged["screens"] > 0 and charged["trials"] > 0 and charged["final"] > 0
+    walls = [records.trial(t).wall_seconds for t in study.get_trials(deepcopy=False)]
+    assert run["total_s"] <= budget + max(walls) + 15  # stops within one step (a trial) of its budget
+    deliveries = records.deliveries(study)
+    assert set(deliveries) == {"params-20", "params-40"}
+    for label, d in deliveries.items():
+        assert d["out_dir"], d
+        folder = tmp_path / "studies" / "budgeted" / "final" / label
+        assert {p.name for p in folder.iterdir()} >= {"policy.yaml", "pruned.pt", "pruned.onnx"}
+        doc = yaml.safe_load((folder / "policy.yaml").read_text())
+        assert doc["finalize"]["seconds"] > 0 and doc["finalize"]["epochs"] >= 1
+        assert d["params_ratio"] <= 1 - int(label.split("-")[1]) / 100 + 1e-9
+        assert f"target {label}: trial {d['trial']}" in r.stdout
+    assert "budget 2m30s: spent" in r.stdout
+    front = _cli(tmp_path, "front", "--study", "budgeted", "--format", "json")
+    rows = json.loads(front.stdout)
+    marked = {lab for row in rows for lab in (row.get("target") or "").split(",") if lab}
+    assert marked <= set(deliveries) and marked  # the finalized members are marked on the front
