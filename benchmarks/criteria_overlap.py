@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.engine.pipeline import TRACE_IMGSZ, accumulate_gradients
     from autoprune.model import criteria
     from autoprune.model.shapes import target_keep
-    from autoprune.search.run import prepare_inputs
+    from autoprune.search.inputs import prepare_inputs
 
     spec = prepare_inputs(parse_spec({"name": "overlap", "model": "demo", "data": "demo", "imgsz": 160},
                                      "overlap.yaml")).spec

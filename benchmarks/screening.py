@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.model import Layer, criteria
     from autoprune.model.pareto import kendall_tau
     from autoprune.model.shapes import sample_policy, target_keep
-    from autoprune.search.run import prepare_inputs
+    from autoprune.search.inputs import prepare_inputs
 
     raw = {"name": "bench-screen", "model": "demo", "data": "demo", "imgsz": args.imgsz, "seed": args.seed,
            "space": {"ratio": {"low": 0.0, "high": 0.7, "step": 0.05}, "shape": "stage",

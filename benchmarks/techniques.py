@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.engine.pipeline import TRACE_IMGSZ
     from autoprune.engine.trial import run_trial_safely
     from autoprune.model.space import Layer
-    from autoprune.search.run import prepare_inputs
+    from autoprune.search.inputs import prepare_inputs
 
     out = args.out or Path(__file__).parent / "results" / f"techniques_{args.task}.json"
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="autoprune-techniques-"))

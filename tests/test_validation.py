@@ -104,7 +104,7 @@ def test_a_data_set_yaml_as_spec_takes_the_checkpoints_training_size(tmp_path, t
 
     from autoprune.adapters import ultra
     from autoprune.config.spec import Overrides, load_spec
-    from autoprune.search.run import prepare_inputs
+    from autoprune.search.inputs import prepare_inputs
 
     torch.manual_seed(0)
     model = ultra.load_model("yolov8n.yaml", nc=3)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from autoprune import yamlsafe
+from autoprune.config._budget import read_budget, read_targets
 from autoprune.config._read import (
     choice,
     float_range,
@@ -45,7 +46,7 @@ from autoprune.config.sections import (
 )
 from autoprune.errors import SpecError
 from autoprune.model import criteria, objectives, samplers, shapes
-from autoprune.model.budget import TARGET_METRICS, Target, parse_duration
+from autoprune.model.budget import Target
 from autoprune.model.space import FloatRange, Space
 from autoprune.registry import Registry, UnknownName
 
@@ -232,62 +233,11 @@ def _sampler(v: Any) -> SamplerSettings:
     return read_section(SamplerSettings, {"name": v} if isinstance(v, str) else v, "sampler", {"name": name})
 
 
-def _sensitivity(v: Any) -> Sensitivity:
-    return read_section(Sensitivity, v, "sensitivity")
-
-
 def _screening(v: Any) -> Screening:
     s = read_section(Screening, v, "screening")
     if s.factor == 1:
         raise SpecError("screening.factor: 1 screens nothing out (use 0 for off, or >= 2)")
     return s
-
-
-def _duration(v: Any, where: str) -> float:
-    try:
-        return parse_duration(v)
-    except ValueError as e:
-        raise SpecError(f"{where}: {e}") from None
-
-
-def _budget(v: Any) -> Budget:
-    if v is None:
-        return Budget()
-    raw = {"seconds": v} if not isinstance(v, Mapping) else v
-    b = read_section(Budget, raw, "budget", {"seconds": _duration})
-    if b.final_share >= 1:
-        raise SpecError(f"budget.final_share: {b.final_share:g} must be below 1 (the search needs some of the budget)")
-    return b
-
-
-def _targets(v: Any, budget: Budget) -> tuple[Target, ...]:
-    if v is None:
-        return ()
-    items = [v] if isinstance(v, Mapping) else v
-    if not isinstance(items, list) or not items:
-        raise SpecError(f"targets: expected a mapping such as {{params: 0.5}} or a list of them, got {shown(v)}")
-    if len(items) > 8:
-        raise SpecError(f"targets: {len(items)} targets; at most 8")
-    out: list[Target] = []
-    for i, item in enumerate(items):
-        where = "targets" if isinstance(v, Mapping) else f"targets[{i}]"
-        d = mapping(item, where, set(TARGET_METRICS))
-        if not d:
-            raise SpecError(f"{where}: empty (bound one of {', '.join(TARGET_METRICS)}, as a fraction of the base)")
-        limits = []
-        for k in TARGET_METRICS:
-            if k in d:
-                f = read_float(d[k], f"{where}.{k}", gt=0.0)
-                if f >= 1:
-                    raise SpecError(f"{where}.{k}: {f:g} is a fraction of the base model's {k} (below 1: 0.5 is -50%)")
-                limits.append((k, f))
-        target = Target(tuple(limits))
-        if target in out:
-            raise SpecError(f"{where}: listed twice")
-        out.append(target)
-    if budget.seconds is None:
-        raise SpecError("targets: need a wall-clock budget (budget: 30m, or --budget) to finalize a model for each")
-    return tuple(out)
 
 
 def _constraints(v: Any, latency: LatencySettings) -> Constraints:
@@ -401,10 +351,8 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         raise SpecError(f"latency.runtime: {latency.runtime} needs device: cuda (device is {device})")
     if latency.half and not device.startswith("cuda"):
         raise SpecError(f"latency.half: fp16 timing needs device: cuda (device is {device})")
-    budget = _budget(raw.get("budget"))
-    targets = _targets(raw.get("targets"), budget)
-    if any(k == "latency_ratio" for t in targets for k, _ in t.limits) and not latency.interleave:
-        raise SpecError("targets: latency_ratio needs latency.interleave: true")
+    budget = read_budget(raw.get("budget"))
+    targets = read_targets(raw.get("targets"), budget, latency.interleave)
     return SearchSpec(
         name=name,
         model=read_str(raw["model"], "model"),
@@ -423,7 +371,7 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         sampler=_sampler(raw.get("sampler")),
         warm_start=read_section(WarmStart, raw.get("warm_start"), "warm_start"),
         screening=_screening(raw.get("screening")),
-        sensitivity=_sensitivity(raw.get("sensitivity")),
+        sensitivity=read_section(Sensitivity, raw.get("sensitivity"), "sensitivity"),
         constraints=_constraints(raw.get("constraints"), latency),
         budget=budget,
         targets=targets,

@@ -1,0 +1,141 @@
+"""The inputs of a search, checked before anything is written: devices, runtime, the model and the data set, the
+task, the targets; and the one-off materialisation of a model YAML into the study's base checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoprune.config.spec import AUTO_IMGSZ, DEFAULT_IMGSZ, SearchSpec
+from autoprune.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PreparedInputs", "prepare_inputs", "check_targets", "materialise_yaml_model"]
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    spec: SearchSpec  # model and data resolved to absolute paths, device checked and canonical
+    nc: int
+
+
+def _resolve_data(data: str) -> Path:
+    from autoprune.demo.synthetic import SyntheticConfig, demo_task, ensure_dataset
+
+    task = demo_task(data)
+    if task is not None:  # demo, demo-seg, demo-pose: the packaged synthetic shapes
+        return ensure_dataset(SyntheticConfig(task=task))
+    p = Path(data).expanduser()
+    if not p.is_file():
+        raise InputError(f"data: {data}: data set YAML not found")
+    return p.resolve()
+
+
+def _resolve_model(model: str) -> str:
+    if model == "demo":
+        from autoprune.demo.baseline import resolve_demo_model
+
+        return str(resolve_demo_model())
+    p = Path(model).expanduser()
+    if p.is_file():
+        return str(p.resolve())
+    if model.endswith((".yaml", ".yml")) and "/" not in model:  # an ultralytics model config such as yolov8n.yaml
+        return model
+    raise InputError(f"model: {model}: file not found")
+
+
+def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
+    """Check the devices, the model and the data set without writing to the study (demo files may be generated)."""
+    from autoprune.adapters import tp, ultra
+    from autoprune.engine.devices import check_device, check_gpus
+
+    studies = Path(spec.studies_dir)
+    if studies.exists() and not studies.is_dir():
+        raise InputError(f"--studies-dir: {studies} exists and is not a folder")
+    spec = spec.replace(device=check_device(spec.device))
+    check_gpus(spec.resources.gpus)
+    from autoprune.engine.runtimes import check_runtime
+
+    check_runtime(spec.latency.runtime, spec.device, spec.latency.half)
+    data = _resolve_data(spec.data)
+    info = ultra.read_dataset(str(data))
+    ultra.check_dataset_files(spec.data, info)
+    nc = int(info["nc"])
+    model_path = _resolve_model(spec.model)
+    imgsz = spec.imgsz or DEFAULT_IMGSZ
+    if not model_path.endswith((".yaml", ".yml")):
+        model = ultra.load_model(model_path)
+        tp.check_supported(model, f"model: {spec.model}")
+        if ultra.model_nc(model) != nc:
+            raise InputError(f"model: {spec.model} predicts {ultra.model_nc(model)} classes but data {spec.data} "
+                             f"has {nc}")
+        trained = ultra.trained_imgsz(model)
+        if spec.imgsz == AUTO_IMGSZ and trained and trained % 32 == 0:
+            imgsz = trained
+            logger.info("imgsz %d: the size %s was trained at (set imgsz in the spec to override)", imgsz, spec.model)
+        names = {int(k): str(v) for k, v in ultra.model_names(model).items()}
+        raw_names = info.get("names") or {}
+        data_names = {int(k): str(v) for k, v in (enumerate(raw_names) if isinstance(raw_names, list)
+                                                 else raw_names.items())}
+        named = any(v != str(k) for k, v in names.items())  # a model built from a YAML is named 0, 1, 2...
+        if named and names != data_names:
+            logger.warning("the model's class names %s differ from the data set's %s (same count: going on)",
+                           list(names.values())[:5], list(data_names.values())[:5])
+    else:
+        try:
+            built = ultra.load_model(model_path, nc=nc, kpt_shape=ultra.kpt_shape(info))
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(f"model: {model_path}: not a buildable ultralytics model config "
+                             f"({type(e).__name__})") from None
+        tp.check_supported(built, f"model: {model_path}")
+        model = built
+    _check_task(spec, ultra.model_task(model), info)
+    return PreparedInputs(spec=spec.replace(model=model_path, data=str(data), imgsz=imgsz), nc=nc)
+
+
+def _check_task(spec: SearchSpec, task: str, info: dict[str, Any]) -> None:
+    """A mask or pose objective needs a model of that task, and a pose model a data set with keypoints."""
+    from autoprune.adapters import ultra
+
+    needs_task = {f"{m[0]}_": t for t, m in ultra.TASK_METRICS.items() if m}  # "mask_" -> segment, "pose_" -> pose
+    for name in spec.objectives:
+        for prefix, needs in needs_task.items():
+            if name.startswith(prefix) and task != needs:
+                raise InputError(f"objectives: {name} needs a {needs} model; {spec.model} is a {task} model")
+    if task == "pose" and "kpt_shape" not in info:
+        raise InputError(f"data: {spec.data} has no kpt_shape, which a pose model needs")
+
+
+def check_targets(spec: SearchSpec, nc: int) -> None:
+    """Refuse a target the space cannot reach (every layer at the highest ratio), before anything is written."""
+    if not spec.targets:
+        return
+    from autoprune.adapters import ultra
+    from autoprune.engine.uniform import check_reachable
+
+    yaml_model = spec.model.endswith((".yaml", ".yml"))
+    kpts = ultra.kpt_shape(ultra.read_dataset(spec.data)) if yaml_model else None
+    model = ultra.load_model(spec.model, nc=nc, kpt_shape=kpts) if yaml_model else ultra.load_model(spec.model)
+    check_reachable(model, spec.trial_settings, spec.targets, spec.space.ratio.high, round_to=1)
+
+
+def materialise_yaml_model(spec: SearchSpec, nc: int) -> SearchSpec:
+    """A model YAML is built once with a fixed seed and saved, so every trial prunes the same weights."""
+    if not spec.model.endswith((".yaml", ".yml")):
+        return spec
+    import torch
+
+    from autoprune.adapters import ultra
+
+    path = spec.study_dir / "base.pt"
+    if not path.exists():
+        torch.manual_seed(spec.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kpts = ultra.kpt_shape(ultra.read_dataset(spec.data))
+        ultra.save_checkpoint(ultra.load_model(spec.model, nc=nc, kpt_shape=kpts), path)
+    return spec.replace(model=str(path))
