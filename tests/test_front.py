@@ -139,3 +139,24 @@ def test_the_report_shows_the_bn_scale_histogram_of_each_sparse_base(tmp_path):
     assert "Sparse training: BN-scale distribution" in dict(build_figures(study))
     page = write_report(study, tmp_path / "r.html").read_text()
     assert "Sparse training: BN-scale distribution" in page and "below 0.01 0% before, 31% after" in page
+
+
+def test_targets_delivered_are_marked_in_the_front_and_the_report(tmp_path, capsys):
+    from autoprune.model import records
+
+    study, url = make_study(tmp_path, n=12)
+    member = study.best_trials[0].number
+    records.set_delivery(study, study, "params-50", {"trial": member, "out_dir": str(tmp_path / "final"),
+                                                     "before": {"val": {"map50_95": 0.5}},
+                                                     "after": {"val": {"map50_95": 0.6}}})
+    records.set_delivery(study, study, "params-90", {"trial": None, "out_dir": None,
+                                                     "reason": "no trial reached it within the budget"})
+    marked = [p for p in pareto_data(study).points if p.targets]
+    assert [(p.number, p.targets) for p in marked] == [(member, ("params-50",))]
+    assert "finalized for target params-50" in marked[0].hover
+    assert cli.main(["front", "--storage", url, "--study", study.study_name, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["trial"]: r["target"] for r in rows if r["target"]} == {member: "params-50"}
+    assert cli.main(["front", "--storage", url, "--study", study.study_name]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[-1] == "target" and any(line.endswith("params-50") for line in table)

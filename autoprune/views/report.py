@@ -39,6 +39,14 @@ def _pareto_2d(data: Any) -> Any:
             fig.add_trace(go.Scatter(x=[p.values[i] for p in pts], y=[p.values[j] for p in pts], mode="markers",
                                      marker=dict(color=colour, size=9), name=name, legendgroup=name,
                                      showlegend=k == 1, text=[p.hover for p in pts], hoverinfo="text"), 1, k)
+        marked = [p for p in data.points if p.targets]
+        if marked:
+            fig.add_trace(go.Scatter(x=[p.values[i] for p in marked], y=[p.values[j] for p in marked],
+                                     mode="markers+text", text=[",".join(p.targets) for p in marked],
+                                     textposition="top center", marker=dict(color=_FRONT, size=16, symbol="circle-open",
+                                                                            line=dict(width=2)),
+                                     name="finalized for a target", legendgroup="target", showlegend=k == 1,
+                                     hovertext=[p.hover for p in marked], hoverinfo="text"), 1, k)
         if data.baseline:
             fig.add_trace(go.Scatter(x=[data.baseline[i]], y=[data.baseline[j]], mode="markers",
                                      marker=dict(color=_BASE, size=14, symbol="star"), name="baseline",

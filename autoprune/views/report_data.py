@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.model import objectives, records
 from autoprune.model.pareto import baseline_hypervolume
 from autoprune.model.policy import ratio_summary
+from autoprune.views.text import delivered_trials
 
 __all__ = ["ParetoPoint", "ParetoData", "pareto_data", "RatioProfile", "ratio_profiles", "KnobRow", "knob_rows",
            "HypervolumePoint", "hypervolume_history", "BnHistogram", "bn_scale_histograms"]
@@ -32,6 +33,7 @@ class ParetoPoint:
     values: tuple[float, ...]
     on_front: bool
     hover: str
+    targets: tuple[str, ...] = ()  # the targets this trial was finalized for (a budgeted run's deliveries)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,11 @@ def _hover(t: FrozenTrial, names: Sequence[str]) -> str:
 def pareto_data(study: optuna.Study) -> ParetoData:
     names = _names(study)
     front = {t.number for t in study.best_trials}
-    points = tuple(ParetoPoint(t.number, tuple(float(v) for v in t.values), t.number in front, _hover(t, names))
+    delivered = delivered_trials(records.deliveries(study))
+    points = tuple(ParetoPoint(t.number, tuple(float(v) for v in t.values), t.number in front,
+                               _hover(t, names) + "".join(f"<br>finalized for target {x}"
+                                                          for x in delivered.get(t.number, [])),
+                               tuple(delivered.get(t.number, [])))
                    for t in _complete(study))
     base = records.baseline(study)
     baseline = tuple(float(base[n]) for n in names) if base and all(n in base for n in names) else None
