@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -25,6 +26,16 @@ logger = logging.getLogger("autoprune")
 EXIT_USAGE = 2
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 RESUME = "completed trials are kept; run the same command again to resume"
+_INTERRUPTED = {  # what an interrupt means, per command
+    "search": f"trials in flight are FAILED; {RESUME}",
+    "finalize": "the fine-tune was stopped; nothing was written to --out (run it again)",
+    "export": "nothing was written to --out (run it again)",
+    "apply": "the pruned checkpoint was not written (run it again)",
+    "dashboard": "the dashboard has stopped",
+    "report": "no report was written",
+    "front": "nothing was changed",
+    "demo-baseline": "the baseline was not written",
+}
 
 
 _TERMINATED: list[int] = []  # set by the SIGTERM handler
@@ -55,8 +66,10 @@ def _checked(convert: Callable[[str], T], expected: str, ok: Callable[[T], bool]
 
 _positive_int = _checked(int, "a positive integer", lambda v: v >= 1, ">= 1")
 _nonneg_int = _checked(int, "an integer", lambda v: v >= 0, ">= 0")
-_positive_float = _checked(float, "a number", lambda v: v > 0, "> 0")
-_nonneg_float = _checked(float, "a number", lambda v: v >= 0, ">= 0")
+_positive_float = _checked(float, "a number", lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_port = _checked(int, "a port number", lambda v: 1 <= v <= 65535, "1 to 65535")
+_epochs = _checked(int, "a positive integer", lambda v: 1 <= v <= 10_000, "1 to 10000")
+_nonneg_float = _checked(float, "a number", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
 def _duration(text: str) -> float:
@@ -113,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--studies-dir", type=Path, default=Path("studies"))
     d.add_argument("--artifact-dir", type=Path, help="artifact store (default: STUDIES_DIR/artifacts)")
     d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=_positive_int, default=8080)
+    d.add_argument("--port", type=_port, default=8080)
 
     r = sub.add_parser("report", help="write a self-contained plotly HTML report of a study")
     study_args(r)
@@ -137,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     z = sub.add_parser("finalize", help="fine-tune a chosen trial with the full budget, report val/test mAP, export it")
     chosen_trial_args(z)
     length = z.add_mutually_exclusive_group(required=True)
-    length.add_argument("--epochs", type=_positive_int, help="fine-tune epochs (the full budget)")
+    length.add_argument("--epochs", type=_epochs, help="fine-tune epochs (the full budget)")
     length.add_argument("--time", type=_duration, help="wall-clock budget of the whole finalize, e.g. 600, 10m "
                                                          "(validations and export included; epochs follow from it)")
     z.add_argument("--lr", type=_positive_float, help="initial learning rate (default: the trial's)")
@@ -372,11 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"autoprune: error: {e}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        if _TERMINATED:
-            sys.stderr.write(f"autoprune: terminated (SIGTERM): trials in flight are FAILED; {RESUME}\n")
-            return EXIT_SIGTERM
-        sys.stderr.write(f"autoprune: interrupted (SIGINT): trials in flight are FAILED; {RESUME}\n")
-        return EXIT_SIGINT
+        how = "terminated (SIGTERM)" if _TERMINATED else "interrupted (SIGINT)"
+        sys.stderr.write(f"autoprune: {how}: {_INTERRUPTED.get(args.command, 'nothing was written')}\n")
+        return EXIT_SIGTERM if _TERMINATED else EXIT_SIGINT
 
 
 if __name__ == "__main__":

@@ -106,3 +106,20 @@ def test_lut_promotion_benchmark(tmp_path):
         assert (run["front"][0]["latency_lut_ms"] is not None) == (arm == "lut")  # the arms differ in the table only
         assert res["arms"][arm]["hv_latency"][0] >= 0
     assert set(res["summary"]) == {"hv_latency", "hv_params_latency"} and "lut / macs hv_latency" in stdout
+
+
+def test_search_vs_recipe_benchmark(tmp_path):
+    res, stdout = _bench(tmp_path, "search_vs_recipe", "--task", "demo", "--seeds", "0", "--budget", "45",
+                         "--cuts", "0.5", "--n-test", "8", "--arms", "recipe", "autoprune",
+                         "--workdir", str(tmp_path / "w"))
+    assert res["task"] == "demo" and res["budget_s"] == 45 and res["targets"] == ["0.5"] and res["seeds"] == [0]
+    assert 0 < res["base_test_map"] <= 1 and res["commit"]
+    recipe, auto = res["arms"]["recipe"], res["arms"]["autoprune"]
+    assert recipe["seeds"] == auto["seeds"] == [0]
+    assert 0 <= recipe["test_map"]["0.5"][0] <= 1 and recipe["params_ratio"]["0.5"][0] <= 0.5
+    assert recipe["policies"]["0.5"][0].startswith("uniform") and recipe["epochs"]["0.5"][0] >= 1
+    assert recipe["wall_s"][0] <= 45 + 20  # the budget, within one step and the last validation
+    ledger = auto["ledgers"][0]
+    assert ledger["budget_s"] == 45 and ledger["charged_s"]["prepare"] > 0  # everything charged
+    assert sum(ledger["charged_s"].values()) == pytest.approx(ledger["total_s"], abs=0.01)
+    assert "autoprune-recipe" in res["summary"] and "recipe: test mAP50-95" in stdout

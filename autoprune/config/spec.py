@@ -282,7 +282,7 @@ def _objectives(v: Any, latency: LatencySettings) -> tuple[str, ...]:
 
 def check_name(name: str, where: str = "name") -> str:
     if not _NAME_RE.match(name):
-        raise SpecError(f"{where}: {name!r} must be 1-100 letters, digits, '.', '_' or '-' "
+        raise SpecError(f"{where}: {shown(name)} must be 1-100 letters, digits, '.', '_' or '-' "
                         "and start with a letter or digit")
     if name in {".", ".."} or ".." in name:
         raise SpecError(f"{where}: {name!r} may not contain '..'")

@@ -235,7 +235,8 @@ def _check_role(study: optuna.Study, options: StudyOptions) -> None:
     role = records.role(study)
     want = options.role or "main"
     if role is not None and role != want:
-        what = "autoprune's internal screening study" if role == "screen" else "a user study"
+        what = {"screen": "autoprune's internal screening study",
+                "sensitivity": "autoprune's internal sensitivity-scan study"}.get(role, "a user study")
         raise SpecError(f"name: study {study.study_name!r} is {what}; choose another --study-name")
 
 

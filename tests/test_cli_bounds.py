@@ -1,0 +1,67 @@
+"""Flags are bounded where they are parsed (one line, exit 2), and an interrupt is reported in the words of the
+command it stopped."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoprune import cli
+
+FIN = ["finalize", "--study", "s", "--trial", "0", "--out", "o"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    ([*FIN, "--epochs", "1000000000"], "--epochs: must be 1 to"),
+    ([*FIN, "--epochs", "3", "--lr", "inf"], "--lr: must be a finite"),
+    ([*FIN, "--time", "forever"], "--time: expected a duration"),
+    ([*FIN, "--time", "5m", "--epochs", "3"], "not allowed with"),
+    (FIN, "one of the arguments --epochs --time is required"),
+    (["dashboard", "--port", "70000"], "--port: must be 1 to 65535"),
+    (["search", "s.yaml", "--gpus-per-trial", "nan"], "--gpus-per-trial: must be a finite"),
+])
+def test_out_of_range_flags_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("autoprune: error:") and message in err
+
+
+@pytest.mark.parametrize("command,argv,words", [
+    ("_cmd_front", ["front", "--study", "s"], "nothing was changed"),
+    ("_cmd_finalize", [*FIN, "--epochs", "2"],
+     "nothing was written to --out"),
+    ("_cmd_dashboard", ["dashboard"], "the dashboard has stopped"),
+    ("_cmd_search", ["search", "s.yaml"], "trials in flight are FAILED"),
+])
+def test_an_interrupt_is_reported_in_the_commands_words(command, argv, words, monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, command, interrupted)  # fakes a Ctrl-C inside the command
+    assert cli.main(argv) == cli.EXIT_SIGINT
+    err = capsys.readouterr().err
+    assert err.startswith("autoprune: interrupted (SIGINT): ") and words in err
+    if command != "_cmd_search":
+        assert "trials in flight" not in err
+
+
+def test_a_huge_study_name_is_not_echoed_whole():
+    from autoprune.config.spec import check_name
+    from autoprune.errors import SpecError
+
+    with pytest.raises(SpecError) as e:
+        check_name("x" * 1_000_000)
+    assert len(str(e.value)) < 300
+
+
+def test_the_sensitivity_side_study_is_named_for_what_it_is(tmp_path):
+    from autoprune.errors import SpecError
+    from autoprune.model import records
+    from autoprune.search.study import StudyOptions, get_storage, open_study
+
+    store = get_storage(f"sqlite:///{tmp_path}/s.db")
+    open_study(StudyOptions("sensitivity-abc", ("map50_95", "params", "macs"), role="sensitivity"), store)
+    with pytest.raises(SpecError, match="internal sensitivity-scan study"):
+        open_study(StudyOptions("sensitivity-abc", ("map50_95", "params", "macs")), store)
+    assert records.role(store.load("sensitivity-abc")) == "sensitivity"
