@@ -11,6 +11,8 @@ every seed. The arms:
 - ``autoprune``: ``autoprune search`` with the demo spec's defaults, the budget and the targets (its own split of
   the budget between search and final fine-tunes), model/data/imgsz of the task.
 - ``random``: the same with random proposals in the screens (no sensitivity scan, no warm starts).
+- ``allocation_only``: the same with the sensitivity scan's allocations as the only screened candidates (no sampler
+  proposals, no warm starts): what the scan alone buys.
 
 The final fine-tune is the same function for every arm (:func:`autoprune.deploy.finalize.final_finetune`: one
 optimizer step a batch, one warm-up epoch, cosine decay, EMA, lr 0.01, ultralytics' time-budgeted training). Model
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import logger, machine, setup_logging, write_json  # noqa: E402
 
-ARMS = ("recipe", "autoprune", "random")
+ARMS = ("recipe", "autoprune", "random", "allocation_only")
 DEMO_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 
 
@@ -135,6 +137,8 @@ def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budge
     if arm == "random":
         raw.update({"sampler": {"name": "random"}, "sensitivity": {"probes": 0},
                     "warm_start": {"uniform": 0, "from_fronts": False}})
+    if arm == "allocation_only":  # the scan's allocations screened and fine-tuned; no sampler proposals
+        raw["screening"] = {**raw.get("screening", {}), "proposals": False}
     spec = parse_spec(raw, f"{arm}.yaml", studies_dir=workdir / "studies")
     res = run_budgeted(spec, started)
     wall = time.perf_counter() - started
@@ -202,6 +206,39 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def markdown(res: dict[str, Any]) -> str:
+    """The per-seed table and the paired differences, as benchmarks/README.md shows them."""
+    keys, arms = res["targets"], res["arms"]
+    head = ["seed"] + [f"{arm} @-{float(k):.0%}" for arm in arms for k in keys]
+    head += [f"{arm} cut within 1 pt" for arm in arms]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for seed in res["seeds"]:
+        row = [str(seed)]
+        for rec in arms.values():
+            i = rec["seeds"].index(seed) if seed in rec["seeds"] else None
+            for k in keys:
+                v = rec["test_map"][k][i] if i is not None else None
+                row.append("-" if v is None else f"{v:.4f}")
+        for rec in arms.values():
+            i = rec["seeds"].index(seed) if seed in rec["seeds"] else None
+            row.append("-" if i is None else f"{rec['cut_within_1pt'][i]:.0%}")
+        lines.append("| " + " | ".join(row) + " |")
+    for name, row in res.get("summary", {}).items():
+        parts = []
+        for k, v in row.items():
+            if isinstance(v, dict):
+                parts.append(f"{k}: {v['mean'] * 100:+.2f} points [{v['lo95'] * 100:+.2f}, {v['hi95'] * 100:+.2f}], "
+                             f"{v['wins']}/{v['n']} wins" if k.startswith("test_map") else
+                             f"{k}: {v['mean'] * 100:+.1f} pp [{v['lo95'] * 100:+.1f}, {v['hi95'] * 100:+.1f}]")
+            elif isinstance(v, int) and v:
+                parts.append(f"{k}: {v}")
+        lines.append(f"- {name}: " + "; ".join(parts))
+    for arm, rec in arms.items():
+        lines.append(f"- {arm}: distinct policies {rec.get('distinct_policies')}, wall {min(rec['wall_s']):.0f}-"
+                     f"{max(rec['wall_s']):.0f} s")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="demo", choices=("demo", "dense11"))
@@ -213,9 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=250)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--markdown", action="store_true", help="print the results file as a markdown table and exit")
     args = p.parse_args(argv)
     setup_logging()
     out = args.out or Path(__file__).resolve().parent / "results" / f"search_vs_recipe_{args.task}.json"
+    if args.markdown:
+        res = json.loads(out.read_text())
+        res["summary"] = summarise(res)
+        print(markdown(res))
+        return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="autoprune-bench-"))
     os.environ.setdefault("AUTOPRUNE_HOME", str(workdir / "home"))
     model, data, imgsz = task_data(args.task, workdir, args.imgsz, args.n_test)

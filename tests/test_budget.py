@@ -207,3 +207,18 @@ def test_a_budgeted_search_delivers_a_finalized_model_per_target_within_its_budg
     rows = json.loads(front.stdout)
     marked = {lab for row in rows for lab in (row.get("target") or "").split(",") if lab}
     assert marked <= set(deliveries) and marked  # the finalized members are marked on the front
+
+
+@pytest.mark.slow
+def test_allocation_only_screens_nothing_but_the_allocations(tmp_path, tiny_data, tiny_model_pt):
+    _write_spec(tmp_path, tiny_data, tiny_model_pt, name="alloc", trials=2,
+                sensitivity={"probes": 1, "sweep": 2, "candidates": 3},
+                screening={"factor": 2, "batches": 1, "proposals": False, "rounds": 2})
+    r = _cli(tmp_path, "search", "s.yaml")
+    assert r.returncode == 0, r.stderr[-3000:]
+    url = f"sqlite:///{tmp_path}/studies/autoprune.db"
+    screen = optuna.load_study(study_name="alloc-screen", storage=url)
+    sources = [t.user_attrs.get("warm_start", "") for t in screen.trials]
+    assert sources and all(s.startswith("allocation:") for s in sources)  # no sampler proposal, no warm start
+    main = optuna.load_study(study_name="alloc", storage=url)
+    assert len(main.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2

@@ -73,6 +73,8 @@ class Screening:
     # training batches that re-estimate BN statistics
     batches: int = field(default=8, metadata=bounds(min=1, max=10_000))
     rounds: int = field(default=2, metadata=bounds(min=1, max=100))  # screen -> promote -> fine-tune rounds per run
+    # screen the sampler's (and warm starts') proposals besides the sensitivity allocations; false: allocations only
+    proposals: bool = True
 
 
 @dataclass(frozen=True)

@@ -167,14 +167,15 @@ def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpe
     before = {t.number for t in screen.get_trials(deepcopy=False)}
     if n_promote == 0:
         return screen, set()
-    n_screen = spec.screening.factor * n_promote
+    n_screen = spec.screening.factor * n_promote if spec.screening.proposals else 0
     for policy, source in seeds:
         screen.enqueue_trial(params_for_policy(job.space, layers, policy), user_attrs=records.warm_start_attrs(source))
     warm_start(screen, store, job.space, spec.warm_start, layers, fingerprint, limit=n_screen)
     n_screen += len(seeds)
     logger.info("screening %d candidate policies with adaptive BatchNorm (%d batches each)", n_screen,
                 spec.screening.batches)
-    run_trials(screen, store, job, n_screen, ray_address=ray_address, deadline=deadline)
+    if n_screen:
+        run_trials(screen, store, job, n_screen, ray_address=ray_address, deadline=deadline)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     promoted = {r.screen.trial for r in map(records.trial, study.get_trials(deepcopy=False)) if r.screen}
     candidates = [t for t in screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
