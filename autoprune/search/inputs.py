@@ -1,5 +1,6 @@
 """The inputs of a search, checked before anything is written: devices, runtime, the model and the data set, the
-task, the targets; and the one-off materialisation of a model YAML into the study's base checkpoint."""
+task, whether the targets are reachable; and the one-off materialisation of a model YAML into the study's base
+checkpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from autoprune.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreparedInputs", "prepare_inputs", "check_targets", "materialise_yaml_model"]
+__all__ = ["PreparedInputs", "prepare_inputs", "materialise_yaml_model"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,9 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
         tp.check_supported(built, f"model: {model_path}")
         model = built
     _check_task(spec, ultra.model_task(model), info)
-    return PreparedInputs(spec=spec.replace(model=model_path, data=str(data), imgsz=imgsz), nc=nc)
+    spec = spec.replace(model=model_path, data=str(data), imgsz=imgsz)
+    _check_targets(spec, model)
+    return PreparedInputs(spec=spec, nc=nc)
 
 
 def _check_task(spec: SearchSpec, task: str, info: dict[str, Any]) -> None:
@@ -111,16 +114,12 @@ def _check_task(spec: SearchSpec, task: str, info: dict[str, Any]) -> None:
         raise InputError(f"data: {spec.data} has no kpt_shape, which a pose model needs")
 
 
-def check_targets(spec: SearchSpec, nc: int) -> None:
+def _check_targets(spec: SearchSpec, model: Any) -> None:
     """Refuse a target the space cannot reach (every layer at the highest ratio), before anything is written."""
     if not spec.targets:
         return
-    from autoprune.adapters import ultra
     from autoprune.engine.uniform import check_reachable
 
-    yaml_model = spec.model.endswith((".yaml", ".yml"))
-    kpts = ultra.kpt_shape(ultra.read_dataset(spec.data)) if yaml_model else None
-    model = ultra.load_model(spec.model, nc=nc, kpt_shape=kpts) if yaml_model else ultra.load_model(spec.model)
     check_reachable(model, spec.trial_settings, spec.targets, spec.space.ratio.high, round_to=1)
 
 

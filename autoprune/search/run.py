@@ -24,7 +24,7 @@ from autoprune.model import records
 from autoprune.model.budget import Ledger
 from autoprune.model.space import Layer
 from autoprune.search.executor import Job, check_cluster_resources, ray_session
-from autoprune.search.inputs import check_targets, materialise_yaml_model, prepare_inputs
+from autoprune.search.inputs import materialise_yaml_model, prepare_inputs
 from autoprune.search.session import TuneSession, run_trials
 from autoprune.search.study import (
     StudyStorage,
@@ -178,7 +178,6 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
     """
     prepared = prepare_inputs(spec)
     spec = prepared.spec
-    check_targets(spec, prepared.nc)
     t0 = time.perf_counter()
     with ray_session(ray_address):  # one Ray session for the screen and the main trials
         check_cluster_resources(spec.resources)  # before any storage is created
