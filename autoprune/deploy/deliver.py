@@ -4,7 +4,8 @@ winner the final fine-tune with the rest, and export it.
 The budget covers the whole command, from its start: input checks and the baseline (``prepare``), the sensitivity
 scan when this run makes it (a cached scan costs nothing here, and the ledger says it was reused), screens,
 fine-tuned trials and the final fine-tunes with their validations and exports (``final``); what no phase claims is
-``other``. No trial or screen starts after the search's deadline, and each final fine-tune is ultralytics' own
+``other``. No trial or screen starts after the search's deadline (a target that no completed trial meets yet may
+borrow half the final share for its first trials), and each final fine-tune is ultralytics' own
 time-budgeted training (it fits its epochs and cosine schedule to the time it is given), so a run ends within one
 trial (or one optimizer step and an export) of its budget.
 """
@@ -68,12 +69,17 @@ def delivery_dir(spec: SearchSpec, target: Target) -> Path:
 
 
 def trial_for_target(study: optuna.Study, target: Target) -> FrozenTrial | None:
-    """The completed, feasible trial with the best val mAP50-95 among those that meet ``target`` (None: none do)."""
+    """The completed, feasible trial with the best val mAP50-95 (then the fewest parameters) among those that meet
+    ``target`` (None: none do)."""
     base = records.baseline_metrics(study)
     fits = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if feasible(t.constraints) and "map50_95" in records.trial(t).metrics
             and target.meets(records.trial(t).metrics, base)]
-    return max(fits, key=lambda t: records.trial(t).metrics["map50_95"], default=None)
+    def rank(t: FrozenTrial) -> tuple[float, float]:  # best mAP; of equals the smaller (so it is on the front)
+        m = records.trial(t).metrics
+        return m["map50_95"], -float(m.get("params", 0.0))
+
+    return max(fits, key=rank, default=None)
 
 
 def run_budgeted(spec: SearchSpec, started: float, max_new_trials: int | None = None,
@@ -90,8 +96,9 @@ def run_budgeted(spec: SearchSpec, started: float, max_new_trials: int | None = 
     logger.info("budget %s: %s for the search%s", format_duration(budget), format_duration(search_s),
                 f", {format_duration(budget - search_s)} for the final fine-tune of {len(spec.targets)} target(s)"
                 if spec.targets else "")
+    grace = deadline + budget * share / 2  # first trials of a target none has met yet may borrow half the final share
     outcome = run_search(spec, max_new_trials=max_new_trials, ray_address=ray_address, progress=progress,
-                         clock=Clock(deadline=deadline, ledger=ledger, started=started))
+                         clock=Clock(deadline=deadline, ledger=ledger, started=started, grace=grace))
     if progress is not None and spec.targets:
         progress.phase("final fine-tune")
     delivered = _finalize_targets(outcome, spec, started, budget, ledger)

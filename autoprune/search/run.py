@@ -160,12 +160,26 @@ class Progress(Protocol):
 
 @dataclass(frozen=True)
 class Clock:
-    """A budgeted run's clock: no trial or screen starts after ``deadline`` (a ``time.time()``); each phase's wall
-    time is charged to ``ledger``, from ``started`` (a ``time.perf_counter()``: the command's start)."""
+    """A budgeted run's clock: no trial or screen starts after ``deadline`` (a ``time.time()``), except that while a
+    target has no completed trial that meets it, fine-tuned trials may start until ``grace`` (borrowed from the final
+    fine-tunes: a target is better served by a short final fine-tune than by none); each phase's wall time is charged
+    to ``ledger``, from ``started`` (a ``time.perf_counter()``: the command's start)."""
 
     deadline: float
     ledger: Ledger
     started: float
+    grace: float | None = None
+
+    def trial_deadline(self, study: optuna.Study, spec: SearchSpec) -> float:
+        if self.grace is None or not spec.targets:
+            return self.deadline
+        from autoprune.model.constraints import feasible
+
+        base = records.baseline_metrics(study)
+        done = [records.trial(t).metrics for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if feasible(t.constraints)]
+        covered = all(any(t.meets(m, base) for m in done) for t in spec.targets)
+        return self.deadline if covered else max(self.deadline, self.grace)
 
 
 def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address: str | None = None,
@@ -304,7 +318,8 @@ def _phases(study: optuna.Study, spec: SearchSpec, store: StudyStorage, n_new: i
             t0 = time.perf_counter()
             phase(f"round {k + 1}: fine-tuning")
             count = len(study.get_trials(deepcopy=False))
-            run_trials(study, store, job, size, ray_address=ray_address, on_trial=on_trial, deadline=deadline)
+            run_trials(study, store, job, size, ray_address=ray_address, on_trial=on_trial,
+                       deadline=clock.trial_deadline(study, spec) if clock is not None else None)
             started += len(study.get_trials(deepcopy=False)) - count
             run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
             if clock is not None:
