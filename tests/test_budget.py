@@ -222,3 +222,29 @@ def test_allocation_only_screens_nothing_but_the_allocations(tmp_path, tiny_data
     assert sources and all(s.startswith("allocation:") for s in sources)  # no sampler proposal, no warm start
     main = optuna.load_study(study_name="alloc", storage=url)
     assert len(main.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+
+
+def test_the_final_time_goes_to_the_targets_that_have_a_winner(monkeypatch):
+    import time as _time
+
+    from autoprune.deploy import deliver
+    from autoprune.model import records
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
+    t = study.ask()
+    records.write_result(t, {}, {"map50_95": 0.7, "params": 450.0})
+    study.tell(t, [0.7, 450.0])
+    spec = _spec(budget="100s", targets=[{"params": 0.3}, {"params": 0.5}])
+    given = {}
+
+    def fake_deliver(study, store, spec, target, trial, seconds):  # fakes the final fine-tune: records its time
+        given[target.label] = (trial.number, seconds)
+        return deliver.Delivered(target, trial=trial.number, out_dir=None)
+    monkeypatch.setattr(deliver, "_deliver", fake_deliver)
+    ledger = Ledger(budget_s=100.0)
+    outcome = deliver.SearchOutcome(study=study, spec=spec, new_trials=1, store=None)
+    out = deliver._finalize_targets(outcome, spec, _time.perf_counter() - 40.0, 100.0, ledger)
+    assert [d.reason for d in out] == ["no trial reached it within the budget", None]
+    assert given["params-50"][0] == 0 and given["params-50"][1] == pytest.approx(60.0, abs=1.0)  # all of the rest
+    assert records.deliveries(study)["params-70"]["reason"].startswith("no trial reached it")

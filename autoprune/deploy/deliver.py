@@ -111,25 +111,31 @@ def run_budgeted(spec: SearchSpec, started: float, max_new_trials: int | None = 
 
 def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, started: float, budget: float,
                       ledger: Ledger) -> list[Delivered]:
+    """Finalize each target's winner; the time left is shared equally by the targets that have one."""
     study, store = outcome.study, outcome.store
     base_params = records.baseline_metrics(study).get("params")
+    winners = {t: trial_for_target(study, t) for t in spec.targets}
+    pending = [t for t in spec.targets if winners[t] is not None]
     out: list[Delivered] = []
-    for i, target in enumerate(spec.targets):
+    for target in spec.targets:
         t0 = time.perf_counter()
-        seconds = (budget - (t0 - started)) / (len(spec.targets) - i)
-        d = _deliver(study, store, spec, target, seconds)
+        winner = winners[target]
+        if winner is None:
+            reason = "no trial reached it within the budget"
+            logger.warning("target %s: %s", target.label, reason)
+            d = Delivered(target, reason=reason)
+        else:
+            seconds = (budget - (t0 - started)) / len(pending)
+            pending.remove(target)
+            d = _deliver(study, store, spec, target, winner, seconds)
         ledger.charge("final", time.perf_counter() - t0)
         records.set_delivery(study, study, target.label, d.record(base_params))
         out.append(d)
     return out
 
 
-def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, seconds: float) -> Delivered:
-    t = trial_for_target(study, target)
-    if t is None:
-        reason = "no trial reached it within the budget"
-        logger.warning("target %s: %s", target.label, reason)
-        return Delivered(target, reason=reason)
+def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, t: FrozenTrial,
+             seconds: float) -> Delivered:
     if seconds <= 0:
         return Delivered(target, trial=t.number, reason="the budget was spent before its final fine-tune")
     settings = FinalizeSettings(seconds=seconds, lr=spec.budget.final_lr, device=spec.device,
