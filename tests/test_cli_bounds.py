@@ -65,3 +65,22 @@ def test_the_sensitivity_side_study_is_named_for_what_it_is(tmp_path):
     with pytest.raises(SpecError, match="internal sensitivity-scan study"):
         open_study(StudyOptions("sensitivity-abc", ("map50_95", "params", "macs")), store)
     assert records.role(store.load("sensitivity-abc")) == "sensitivity"
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"storage": "sqlite://"}, "storage: an in-memory SQLite database keeps nothing"),
+    ({"storage": "sqlite:///:memory:"}, "storage: an in-memory SQLite database keeps nothing"),
+    ({"space": {"ratio": {"low": 0.1, "high": 0.2, "step": 0.5}}}, "space.ratio.step: 0.5 is larger than the range"),
+    ({"latency": {"imgsz": 100}}, "latency.imgsz: 100 is not a multiple of 32"),
+    ({"finetune": {"lrf": 5}}, "finetune.lrf: must be <= 1, got 5"),
+    ({"space": {"sparsity": [0, 1e6]}}, "space.sparsity: must be <= 100"),
+    ({"resources": {"cpus": 0.00001}}, "resources.cpus: must be >= 0.01"),
+    ({"resources": {"gpus": 1e9}}, "resources.gpus: must be <= 1024"),
+])
+def test_spec_values_that_used_to_crash_after_the_study_existed_are_refused_at_parse(extra, message):
+    from autoprune.config.spec import parse_spec
+    from autoprune.errors import SpecError
+
+    with pytest.raises(SpecError) as e:
+        parse_spec({"name": "x", "model": "m.pt", "data": "d.yaml", **extra}, "s.yaml")
+    assert str(e.value).startswith(message)

@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 def bounds(**kw: Any) -> dict[str, Any]:
-    """Field metadata for :func:`read_section`: ``min`` (>=), ``max`` (<=, integers), ``gt`` (>), ``choices``."""
+    """Field metadata for :func:`read_section`: ``min`` (>=), ``max`` (<=), ``gt`` (>), ``choices``."""
     return kw
 
 
@@ -52,11 +52,12 @@ def read_int(v: Any, where: str, minimum: int | None = None, maximum: int | None
     return v
 
 
-def read_float(v: Any, where: str, minimum: float | None = None, gt: float | None = None) -> float:
+def read_float(v: Any, where: str, minimum: float | None = None, gt: float | None = None,
+               maximum: float | None = None) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         if isinstance(v, str):
             try:
-                return read_float(float(v), where, minimum, gt)
+                return read_float(float(v), where, minimum, gt, maximum)
             except ValueError:
                 pass
         raise SpecError(f"{where}: expected a number, got {type_name(v)} {shown(v)}")
@@ -69,6 +70,8 @@ def read_float(v: Any, where: str, minimum: float | None = None, gt: float | Non
         raise SpecError(f"{where}: must be > {gt:g}, got {x:g}")
     if minimum is not None and not x >= minimum:
         raise SpecError(f"{where}: must be >= {minimum:g}, got {x:g}")
+    if maximum is not None and not x <= maximum:
+        raise SpecError(f"{where}: must be <= {maximum:g}, got {x:g}")
     return x
 
 
@@ -156,7 +159,7 @@ def _read_field(t: Any, v: Any, where: str, meta: Mapping[str, Any]) -> Any:
     if t is int:
         return read_int(v, where, meta.get("min"), meta.get("max"))
     if t is float:
-        return read_float(v, where, meta.get("min"), meta.get("gt"))
+        return read_float(v, where, meta.get("min"), meta.get("gt"), meta.get("max"))
     if t is str:
         return choice(v, where, meta["choices"]) if "choices" in meta else read_str(v, where)
     raise TypeError(f"{where}: no reader for {t!r}")  # a programming error: pass a custom reader

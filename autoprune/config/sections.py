@@ -23,15 +23,16 @@ class FinetuneSettings:
     gradient_batches: int = field(default=4, metadata=bounds(min=1, max=10_000))
     # nominal batch; None: one optimizer step a batch
     nbs: int | None = field(default=None, metadata=bounds(min=1, max=65_536))
-    warmup_epochs: float = field(default=1.0, metadata=bounds(min=0))  # capped at epochs - 1 by the trainer
-    lrf: float = field(default=0.01, metadata=bounds(gt=0))  # final learning rate as a fraction of the initial
+    warmup_epochs: float = field(default=1.0, metadata=bounds(min=0, max=1000))  # capped at epochs - 1 by the trainer
+    lrf: float = field(default=0.01, metadata=bounds(gt=0, max=1))  # final learning rate as a fraction of the initial
     # keep the adaptive-BN model when the last fine-tune leaves it worse on the val split (best.pt with an epoch 0)
     keep_best: bool = True
     bn_batches: int = field(default=8, metadata=bounds(min=1, max=10_000))  # adaptive-BN batches for keep_best
-    distill_weight: float = field(default=6.0, metadata=bounds(min=0))  # ultralytics' ``dis`` (distillation loss gain)
+    # ultralytics' ``dis`` (distillation loss gain)
+    distill_weight: float = field(default=6.0, metadata=bounds(min=0, max=1e4))
     # sparse training of the base (space.sparsity > 0): epochs and learning rate, trained once per lambda and cached
     sparse_epochs: int = field(default=3, metadata=bounds(min=1, max=1000))
-    sparse_lr: float = field(default=0.01, metadata=bounds(gt=0))
+    sparse_lr: float = field(default=0.01, metadata=bounds(gt=0, max=10))
 
 
 RUNTIMES = ("torch", "onnxruntime", "cuda-graph", "tensorrt")  # autoprune.engine.runtimes (a test keeps them equal)
@@ -88,8 +89,8 @@ class Sensitivity:
 
 @dataclass(frozen=True)
 class Resources:
-    cpus: float = field(default=2.0, metadata=bounds(gt=0))
-    gpus: float = field(default=0.0, metadata=bounds(min=0))
+    cpus: float = field(default=2.0, metadata=bounds(gt=0, min=0.01, max=4096))  # Ray counts resources to 1e-4
+    gpus: float = field(default=0.0, metadata=bounds(min=0, max=1024))
     concurrent: int = field(default=1, metadata=bounds(min=1, max=1024))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 
 from autoprune import yamlsafe
 from autoprune.config._budget import read_budget, read_targets
+from autoprune.config._checks import check_device_text, check_name, check_storage
 from autoprune.config._read import (
     choice,
     float_range,
@@ -55,7 +55,6 @@ __all__ = ["Constraints", "FinetuneSettings", "LatencySettings", "Resources", "S
            "check_name", "check_storage", "check_device_text", "registered", "DEFAULT_STUDIES_DIR",
            "default_storage_url", "AUTO_ROUND_TO", "Budget", "Target"]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DEFAULT_STUDIES_DIR = Path("studies")
 AUTO_IMGSZ = 0  # "the checkpoint's training image size" (resolved when the model is read)
 DEFAULT_IMGSZ = 640
@@ -161,11 +160,14 @@ def _criteria(v: Any, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(crit))
 
 
+MAX_SPARSITY = 100.0  # BN-scale L1 strength; 2.0 already zeroes nearly every scale in 5 epochs
+
+
 def _sparsity(v: Any, where: str) -> tuple[float, ...]:
     items = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
     if not isinstance(items, list) or not items:
         raise SpecError(f"{where}: expected a non-empty list of L1 strengths (0: no sparse training), got {shown(v)}")
-    return tuple(dict.fromkeys(read_float(x, where, minimum=0.0) for x in items))
+    return tuple(dict.fromkeys(read_float(x, where, minimum=0.0, maximum=MAX_SPARSITY) for x in items))
 
 
 def _ema(v: Any, where: str) -> tuple[bool, ...]:  # also space.distill: a list of true/false
@@ -219,6 +221,9 @@ def _space(v: Any) -> Space:
         "lr_step": lambda x, w: float_range(x, w, FloatRange(1.0, 1.0), 0.01, 10.0),
     }
     space = read_section(Space, v, "space", custom)
+    r = space.ratio
+    if r.step is not None and r.high > r.low and r.step > r.high - r.low:
+        raise SpecError(f"space.ratio.step: {r.step:g} is larger than the range {r.low:g}..{r.high:g}")
     if not isinstance(v, Mapping) or "round_to" not in v:
         space = dataclasses.replace(space, round_to=AUTO_ROUND_TO)  # the default: measured for the device
     return space
@@ -280,29 +285,6 @@ def _objectives(v: Any, latency: LatencySettings) -> tuple[str, ...]:
     return tuple(out)
 
 
-def check_name(name: str, where: str = "name") -> str:
-    if not _NAME_RE.match(name):
-        raise SpecError(f"{where}: {shown(name)} must be 1-100 letters, digits, '.', '_' or '-' "
-                        "and start with a letter or digit")
-    if name in {".", ".."} or ".." in name:
-        raise SpecError(f"{where}: {name!r} may not contain '..'")
-    return name
-
-
-def check_device_text(device: str) -> str:
-    """'cpu', 'cuda', 'gpu', 'cuda:N' or 'N' (whether it exists is checked where it is used)."""
-    d = device.strip().lower()
-    if d == "cpu" or d in {"cuda", "gpu"} or re.fullmatch(r"(?:cuda:?)?\d+", d):
-        return device.strip()
-    raise SpecError(f"device: {shown(device)} is not 'cpu', 'cuda' or 'cuda:N'")
-
-
-def check_storage(url: str) -> str:
-    if not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
-        raise SpecError(f"storage: {shown(url)} is not a supported URL (sqlite:///PATH or postgresql+psycopg://...)")
-    return url
-
-
 _TOP_KEYS = {f.name for f in dataclasses.fields(SearchSpec)} - {"studies_dir"}
 
 
@@ -346,6 +328,8 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
     if storage is not None:
         storage = check_storage(read_str(storage, "storage"))
     latency = read_section(LatencySettings, raw.get("latency"), "latency")
+    if latency.imgsz is not None and latency.imgsz % 32:
+        raise SpecError(f"latency.imgsz: {latency.imgsz} is not a multiple of 32")
     device = check_device_text(read_str(str(raw.get("device", "cpu")), "device"))
     if latency.runtime in ("cuda-graph", "tensorrt") and not device.startswith("cuda"):
         raise SpecError(f"latency.runtime: {latency.runtime} needs device: cuda (device is {device})")
