@@ -18,7 +18,7 @@ The final fine-tune is the same function for every arm (:func:`autoprune.deploy.
 optimizer step a batch, one warm-up epoch, cosine decay, EMA, lr 0.01, ultralytics' time-budgeted training). Model
 selection uses the val split only; the reported mAP50-95 is that of the finalized model on a test split of >= 200
 images drawn from another random stream. Targets: params -50% and -70% (fixed before the run). Tasks: ``demo`` (the
-packaged YOLOv8n, mAP50-95 0.98) and ``dense11`` (YOLO11n trained 30 epochs on crowded scenes of small shapes, made
+packaged YOLOv8n, mAP50-95 0.98) and ``dense11`` (YOLO11n trained 100 epochs on crowded scenes of tiny shapes, made
 once in the workdir).
 
 Results are written after every (seed, arm), and a re-run with the same --out continues where it stopped.
@@ -59,10 +59,12 @@ def commit() -> str | None:
         return None
 
 
-# the second task: YOLO11n on crowded scenes of small shapes, trained briefly, so its mAP50-95 stays well below 0.9
-DENSE11 = {"n_train": 300, "n_val": 60, "n_test": 60, "imgsz": 160, "min_size": 12, "max_size": 30,
+# the second task: YOLO11n on crowded scenes of tiny shapes (8-20 px at 160), trained to convergence: hard enough that
+# its mAP50-95 stays well below 0.9. (A base trained briefly is no test: any long fine-tune lifts it far above the
+# base, pruned or not: 30 epochs on 12-30 px shapes gave 0.855, and the recipe's pruned models 0.97.)
+DENSE11 = {"n_train": 300, "n_val": 60, "n_test": 60, "imgsz": 160, "min_size": 8, "max_size": 20,
            "max_objects": 8, "seed": 12}
-DENSE11_EPOCHS = 30
+DENSE11_EPOCHS = 100
 
 
 def task_data(task: str, workdir: Path, imgsz: int, n_test: int) -> tuple[str, str, int]:
