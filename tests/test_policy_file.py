@@ -41,6 +41,22 @@ def test_policy_file_round_trips(tmp_path):
     (lambda d: d["channels"].update({"model.0": 0}), "channels.model.0"),
     (lambda d: d["policy"].update(ema="yes"), "'ema' has the wrong type"),
     (lambda d: d["base_model"].pop("fingerprint"), "missing 'fingerprint'"),
+    # hand edits that used to crash under apply --finetune or pass silently (issue 22)
+    (lambda d: d["policy"].update(lr=-1), r"policy.lr: -1.0 is outside \(0, 1\]"),
+    (lambda d: d["policy"].update(lrf=5.0), r"policy.lrf: 5.0 is outside"),
+    (lambda d: d["policy"].update(lr_step=100), "policy.lr_step"),
+    (lambda d: d["policy"].update(epochs=1_000_000_000), "policy.epochs: 1000000000 is outside"),
+    (lambda d: d["policy"].update(iterations=0), r"policy.iterations: 0 is outside \[1, 20\]"),
+    (lambda d: d["policy"].update(iterations=1_000_000), "policy.iterations"),
+    (lambda d: d["policy"].update(depth=1.5), "policy.depth"),
+    (lambda d: d["policy"].update(sparsity=1e9), "policy.sparsity"),
+    (lambda d: d["policy"].update(criterion="magic"), "policy.criterion: unknown criterion 'magic'"),
+    (lambda d: d["policy"].update(schedule="step"), "policy.schedule: 'step' is not one of cosine, linear"),
+    (lambda d: d["policy"].update(distill="no"), "'distill' has the wrong type"),
+    (lambda d: d.update(imgsz=100), "imgsz: 100 is not a multiple of 32"),
+    (lambda d: d.update(seed=-3), "seed: must be >= 0"),
+    (lambda d: d["finetune"].update(batch=0), "finetune.batch: '0' is not an integer"),
+    (lambda d: d["finetune"].update(optimizer="Lion"), "finetune.optimizer: 'Lion' is not one of"),
 ])
 def test_bad_policy_files_are_refused(tmp_path, edit, message):
     raw = _doc().to_dict()

@@ -148,17 +148,25 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
                     ema=bool(_need(pol, "ema", bool, f"{where}: policy")),
                     epochs=int(_need(pol, "epochs", int, f"{where}: policy")),
                     round_to=int(_need(pol, "round_to", int, f"{where}: policy")) if "round_to" in pol else 1,
-                    schedule=str(pol.get("schedule", "linear")), distill=bool(pol.get("distill", False)),
+                    schedule=str(pol.get("schedule", "linear")),
+                    distill=bool(_need(pol, "distill", bool, f"{where}: policy")) if "distill" in pol else False,
                     lrf=_opt_float(pol.get("lrf"), f"{where}: policy.lrf"),
                     warmup=_opt_float(pol.get("warmup"), f"{where}: policy.warmup"),
                     lr_step=_opt_float(pol.get("lr_step"), f"{where}: policy.lr_step") or 1.0,
                     sparsity=_opt_float(pol.get("sparsity"), f"{where}: policy.sparsity") or 0.0,
                     depth=_opt_float(pol.get("depth"), f"{where}: policy.depth") or 0.0)
+    _check_policy(policy, f"{where}: policy")
+    _check_finetune(finetune, f"{where}: finetune")
+    imgsz = int(_need(raw, "imgsz", int, where))
+    if not 32 <= imgsz <= 4096 or imgsz % 32:
+        raise InputError(f"{where}: imgsz: {imgsz} is not a multiple of 32 in 32..4096")
+    if "seed" in raw and int(_need(raw, "seed", int, where)) < 0:
+        raise InputError(f"{where}: seed: must be >= 0")
     return PolicyDocument(
         fingerprint=str(_need(base, "fingerprint", str, f"{where}: base_model")),
         architecture=str(base.get("architecture", "")), base_path=str(base.get("path", "")),
         base_file_sha256=str(base.get("file_sha256", "")),
-        imgsz=int(_need(raw, "imgsz", int, where)), policy=policy,
+        imgsz=imgsz, policy=policy,
         channels={str(k): int(v) for k, v in channels.items()},
         metrics=dict(raw.get("metrics") or {}), baseline=dict(raw.get("baseline") or {}),
         source=dict(raw.get("source") or {}), versions=dict(raw.get("versions") or {}),
@@ -172,3 +180,45 @@ def _opt_float(v: Any, where: str) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
         raise InputError(f"{where}: {v!r} is not a non-negative number")
     return float(v)
+
+
+# what a hand-edited policy file may hold: the spec's bounds (config/spec.py) for the knobs a policy records
+_POLICY_BOUNDS: dict[str, tuple[float, float, bool]] = {  # name: (low, high, low is exclusive)
+    "iterations": (1, 20, False), "epochs": (1, 1000, False), "lr": (0, 1, True), "lrf": (0, 1, True),
+    "warmup": (0, 100, False), "lr_step": (0.01, 10, False), "sparsity": (0, 100, False), "depth": (0, 0.99, False),
+    "round_to": (1, 1024, False),
+}
+_SCHEDULES = ("cosine", "linear")
+_OPTIMIZERS = ("SGD", "Adam", "AdamW")
+
+
+def _check_policy(policy: Policy, where: str) -> None:
+    """A policy's values within the bounds a spec allows (one-line InputError naming the field)."""
+    from autoprune.model import criteria
+    from autoprune.registry import UnknownName
+
+    try:
+        criteria.get(policy.criterion)
+    except UnknownName as e:
+        raise InputError(f"{where}.criterion: {e}") from None
+    if policy.schedule not in _SCHEDULES:
+        raise InputError(f"{where}.schedule: {policy.schedule[:40]!r} is not one of {', '.join(_SCHEDULES)}")
+    for name, (low, high, open_low) in _POLICY_BOUNDS.items():
+        v = getattr(policy, name)
+        if v is None:
+            continue
+        if not (low < v if open_low else low <= v) or not v <= high or v != v:
+            raise InputError(f"{where}.{name}: {v!r} is outside {'(' if open_low else '['}{low:g}, {high:g}]")
+
+
+def _check_finetune(finetune: Mapping[str, Any], where: str) -> None:
+    batch = finetune.get("batch", 16)
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 4096:
+        raise InputError(f"{where}.batch: {str(batch)[:40]!r} is not an integer in 1..4096")
+    if finetune.get("optimizer", "SGD") not in _OPTIMIZERS:
+        raise InputError(f"{where}.optimizer: {str(finetune.get('optimizer'))[:40]!r} is not one of "
+                         f"{', '.join(_OPTIMIZERS)}")
+    for key in ("lrf", "warmup_epochs", "distill_weight", "sparse_lr"):
+        v = finetune.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1e4):
+            raise InputError(f"{where}.{key}: {str(v)[:40]!r} is not a number in 0..10000")
