@@ -110,7 +110,7 @@ def test_lut_promotion_benchmark(tmp_path):
 
 def test_search_vs_recipe_benchmark(tmp_path):
     res, stdout = _bench(tmp_path, "search_vs_recipe", "--task", "demo", "--seeds", "0", "--budget", "45",
-                         "--cuts", "0.5", "--n-test", "8", "--arms", "recipe", "autoprune",
+                         "--cuts", "0.5", "--n-test", "8", "--arms", "recipe", "autoprune", "autoprune_warm",
                          "--workdir", str(tmp_path / "w"))
     assert res["task"] == "demo" and res["budget_s"] == 45 and res["targets"] == ["0.5"] and res["seeds"] == [0]
     assert 0 < res["base_test_map"] <= 1 and res["commit"]
@@ -123,3 +123,5 @@ def test_search_vs_recipe_benchmark(tmp_path):
     assert ledger["budget_s"] == 45 and ledger["charged_s"]["prepare"] > 0  # everything charged
     assert sum(ledger["charged_s"].values()) == pytest.approx(ledger["total_s"], abs=0.01)
     assert "autoprune-recipe" in res["summary"] and "recipe: test mAP50-95" in stdout
+    warm = res["arms"]["autoprune_warm"]["ledgers"][0]
+    assert warm["scan_reused"] and warm["charged_s"]["scan"] < ledger["charged_s"]["scan"]  # the cached scan is free
