@@ -151,7 +151,7 @@ def main_job(spec: SearchSpec, layers: list[Layer]) -> Job:
 class Progress(Protocol):
     """Told what a search is doing (the CLI shows it as a progress bar)."""
 
-    def start(self, study: optuna.Study, total: int) -> None: ...
+    def start(self, study: optuna.Study, total: int | None) -> None: ...
 
     def phase(self, text: str) -> None: ...
 
@@ -280,8 +280,8 @@ def _phases(study: optuna.Study, spec: SearchSpec, store: StudyStorage, n_new: i
     from autoprune.search.warmstart import warm_start
 
     run = records.RunTimings(started=time.strftime("%Y-%m-%dT%H:%M:%S"), ray_init_s=ray_init_s)
-    if progress is not None:
-        progress.start(study, n_new)
+    if progress is not None:  # a budgeted run's trial count is not known in advance: the clock ends it
+        progress.start(study, None if clock is not None and n_new == BUDGETED_MAX_TRIALS else n_new)
     on_trial = (lambda t: progress.trial_done(study, t)) if progress is not None else None
 
     def phase(text: str) -> None:

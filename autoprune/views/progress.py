@@ -49,7 +49,8 @@ class ProgressBar:
         self._bar: Any = None
         self._phase = ""
 
-    def start(self, study: optuna.Study, total: int) -> None:
+    def start(self, study: optuna.Study, total: int | None) -> None:
+        """``total``: the trials this run will start (None: unknown, a budgeted run)."""
         if not self._enabled:
             return
         from tqdm import tqdm
