@@ -84,3 +84,21 @@ def test_spec_values_that_used_to_crash_after_the_study_existed_are_refused_at_p
     with pytest.raises(SpecError) as e:
         parse_spec({"name": "x", "model": "m.pt", "data": "d.yaml", **extra}, "s.yaml")
     assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("command", ["front", "report"])
+def test_a_study_made_by_another_program_is_refused_and_left_as_it_was(tmp_path, command, capsys):
+    import optuna
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path}/other.db"
+    study = optuna.create_study(study_name="theirs", storage=url, directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[0.5, 3.0]))
+    tables = set(sa.inspect(sa.create_engine(url)).get_table_names())
+    argv = [command, "--storage", url, "--study", "theirs"] + (["--out", str(tmp_path / "r.html")]
+                                                                if command == "report" else [])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after optuna's own creation line
+    assert err.startswith("autoprune: error: study: 'theirs'") and "not made by autoprune" in err
+    assert set(sa.inspect(sa.create_engine(url)).get_table_names()) == tables  # nothing added
+    assert not (tmp_path / "r.html").exists()

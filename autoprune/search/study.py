@@ -265,7 +265,11 @@ def load_existing(url: str, name: str | None) -> Opened:
         name = users[0]
     if name not in names:
         raise InputError(f"study: no study named {name!r} in {masked(url)} (have: {', '.join(names) or 'none'})")
-    return Opened(store.load(name), store)
+    study = store.load(name)
+    if records.stored_objectives(study) is None:  # read it, never add autoprune's tables to another program's data
+        raise InputError(f"study: {name!r} in {masked(url)} was not made by autoprune (it records no objectives); "
+                         "open it with optuna-dashboard")
+    return Opened(study, store)
 
 
 def check_database(url: str) -> None:
