@@ -102,3 +102,43 @@ def test_a_study_made_by_another_program_is_refused_and_left_as_it_was(tmp_path,
     assert err.startswith("autoprune: error: study: 'theirs'") and "not made by autoprune" in err
     assert set(sa.inspect(sa.create_engine(url)).get_table_names()) == tables  # nothing added
     assert not (tmp_path / "r.html").exists()
+
+
+def _policy_file(tmp_path):
+    from autoprune.model.document import PolicyDocument, dump_policy_file
+    from autoprune.model.policy import Policy
+
+    policy = Policy(ratios=(("model.0", 0.25),), criterion="l1", iterations=1, lr=0.01, ema=False, epochs=1)
+    doc = PolicyDocument(fingerprint="sha256:00", architecture="yolov8n.yaml", imgsz=64, policy=policy,
+                         channels={"model.0": 12}, metrics={}, baseline={}, source={}, versions={})
+    return dump_policy_file(doc, tmp_path / "policy.yaml")
+
+
+def test_apply_out_under_a_file_is_one_line(tmp_path, tiny_model_pt, capsys):
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["apply", str(_policy_file(tmp_path)), "--model", str(tiny_model_pt),
+                     "--out", str(tmp_path / "file" / "p.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("autoprune: error: --out:") and "is not a folder" in err and len(err.splitlines()) == 1
+
+
+def test_apply_data_is_checked_as_search_checks_it(tmp_path, tiny_data, tiny_model_pt, capsys):
+    import yaml
+
+    doc = yaml.safe_load(tiny_data.read_text())
+    doc["path"] = str(tiny_data.parent)
+    doc["names"] = {0: "a", 1: "b"}  # the tiny model predicts 3 classes
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "p.pt"
+    assert cli.main(["apply", str(_policy_file(tmp_path)), "--model", str(tiny_model_pt), "--data", str(two),
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("autoprune: error: --data:") and "has 2 classes but the model predicts 3" in err
+    assert not out.exists()
+    doc["names"] = {0: "a", 1: "b", 2: "c"}
+    doc["train"] = "no-such-images"
+    two.write_text(yaml.safe_dump(doc))
+    assert cli.main(["apply", str(_policy_file(tmp_path)), "--model", str(tiny_model_pt), "--data", str(two),
+                     "--out", str(out)]) == 2
+    assert not out.exists()

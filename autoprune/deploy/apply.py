@@ -17,6 +17,7 @@ from autoprune.errors import InputError, TrialError
 from autoprune.model import criteria
 from autoprune.model.document import PolicyDocument, load_policy_file
 from autoprune.model.space import Layer
+from autoprune.paths import check_folder
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
     out = Path(out)
     if out.suffix != ".pt":
         raise InputError(f"--out: {out} must be a .pt file")
+    check_folder(out.parent, "--out")
     if not Path(model).is_file():
         raise InputError(f"--model: {model}: file not found")
     if doc.policy.sparsity > 0 and not finetune:
@@ -75,6 +77,10 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
         raise InputError(f"--model: {model} is not the policy's base checkpoint (file fingerprint differs, sha256; "
                          "not loaded; --force to apply anyway)")
     base = ultra.load_model(model)
+    if data:
+        from autoprune.search.inputs import check_data
+
+        check_data(data, "--data", model_nc=ultra.model_nc(base))
     matched = fingerprint(base) == doc.fingerprint
     if not matched and not force:
         raise InputError(f"--model: {model} is not the policy's base model (fingerprint differs; --force to apply "

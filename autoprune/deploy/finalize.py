@@ -107,11 +107,17 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
     data = settings.data or str(records.baseline(study).get("data") or "")
     if not data or not Path(data).is_file():
         raise InputError(f"--data: the study's data set {data or '(none recorded)'} is not there; pass --data")
+    from autoprune.search.inputs import check_data
+
+    check_data(data, "--data")
     finetune = records.trial_settings(study).get("finetune") or {}
     batch = int(finetune.get("batch", 16))
 
     def prepare(checkpoint: Path, doc: PolicyDocument) -> dict[str, Any]:
         model = ultra.load_model(checkpoint).to(settings.device)
+        if ultra.model_nc(model) != int(ultra.read_dataset(data)["nc"]):
+            raise InputError(f"--data: {data} has {ultra.read_dataset(data)['nc']} classes but the model predicts "
+                             f"{ultra.model_nc(model)}")
         lr = settings.lr if settings.lr is not None else doc.policy.lr
         spent = time.perf_counter() - t0
         record = final_finetune(model, data, doc.imgsz, settings, lr=lr, seed=doc.seed, batch=batch,

@@ -11,10 +11,11 @@ from typing import Any
 
 from autoprune.config.spec import AUTO_IMGSZ, DEFAULT_IMGSZ, SearchSpec
 from autoprune.errors import InputError
+from autoprune.paths import check_folder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreparedInputs", "prepare_inputs", "materialise_yaml_model"]
+__all__ = ["PreparedInputs", "prepare_inputs", "materialise_yaml_model", "check_data"]
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,7 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     from autoprune.adapters import tp, ultra
     from autoprune.engine.devices import check_device, check_gpus
 
-    studies = Path(spec.studies_dir)
-    if studies.exists() and not studies.is_dir():
-        raise InputError(f"--studies-dir: {studies} exists and is not a folder")
+    check_folder(spec.studies_dir, "--studies-dir")
     spec = spec.replace(device=check_device(spec.device))
     check_gpus(spec.resources.gpus)
     from autoprune.engine.runtimes import check_runtime
@@ -99,6 +98,20 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     spec = spec.replace(model=model_path, data=str(data), imgsz=imgsz)
     _check_targets(spec, model)
     return PreparedInputs(spec=spec, nc=nc)
+
+
+def check_data(data: str, flag: str, model_nc: int | None = None) -> dict[str, Any]:
+    """The data set YAML ``data`` read and its images and labels checked as ``autoprune search`` checks them (one
+    line naming ``flag``); with ``model_nc``, its class count must match the model's."""
+    from autoprune.adapters import ultra
+
+    if not Path(data).is_file():
+        raise InputError(f"{flag}: {str(data)[:200]}: data set YAML not found")
+    info = ultra.read_dataset(data)
+    ultra.check_dataset_files(data, info)
+    if model_nc is not None and int(info["nc"]) != model_nc:
+        raise InputError(f"{flag}: {str(data)[:200]} has {info['nc']} classes but the model predicts {model_nc}")
+    return info
 
 
 def _check_task(spec: SearchSpec, task: str, info: dict[str, Any]) -> None:
