@@ -142,3 +142,19 @@ def test_apply_data_is_checked_as_search_checks_it(tmp_path, tiny_data, tiny_mod
     assert cli.main(["apply", str(_policy_file(tmp_path)), "--model", str(tiny_model_pt), "--data", str(two),
                      "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_exporting_from_a_side_study_says_what_it_is(tmp_path, capsys):
+    import optuna
+
+    from autoprune.model import records
+    from autoprune.search.study import StudyOptions, get_storage, open_study
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    screen = open_study(StudyOptions("x-screen", ("map50_95", "params"), role="screen"), get_storage(url))
+    screen.add_trial(optuna.trial.create_trial(values=[0.5, 3.0]))
+    assert records.role(screen) == "screen"
+    assert cli.main(["export", "--storage", url, "--study", "x-screen", "--trial", "0", "--out",
+                     str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "internal screen study" in err and "keep no checkpoint" in err and not (tmp_path / "e").exists()

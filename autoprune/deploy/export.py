@@ -205,6 +205,10 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
 
     if t.state != TrialState.COMPLETE:
         raise InputError(f"trial {t.number} is {t.state.name}, not COMPLETE")
+    role = records.role(study)
+    if role not in (None, "main"):
+        raise InputError(f"study: {study.study_name!r} is autoprune's internal {role} study: its trials are screens "
+                         "that keep no checkpoint; export from the user study")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out: {out} exists and is not a folder")
