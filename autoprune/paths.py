@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["home", "data_dir", "config_dir", "check_folder"]
+__all__ = ["home", "data_dir", "config_dir"]
 
 
 def home() -> Path:
@@ -31,15 +31,3 @@ def config_dir() -> Path:
     d.mkdir(parents=True, exist_ok=True)
     return d
 
-
-def check_folder(path: str | Path, flag: str) -> Path:
-    """``path`` as a folder autoprune may create or write into: neither it nor a folder above it may be a file
-    (one-line InputError naming ``flag``)."""
-    from autoprune.errors import InputError
-
-    p = Path(path)
-    for q in (p, *p.parents):
-        if q.exists() and not q.is_dir():
-            raise InputError(f"{flag}: {str(p)[:200]} exists and is not a folder" if q == p else
-                             f"{flag}: {str(p)[:200]} lies under a file ({str(q)[:200]})")
-    return p

@@ -4,6 +4,8 @@ a database that is not a study database, side studies cannot take over user stud
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -17,6 +19,12 @@ from autoprune.search.study import StudyOptions, get_storage, masked, open_study
     ("postgresql+psycopg://bob:secret@db:5432/x", "postgresql+psycopg://bob:***@db:5432/x"),
     ("postgresql+psycopg://bob:P@W@db:5432/x", "postgresql+psycopg://bob:***@db:5432/x"),  # a raw '@' in it
     ("sqlite:////tmp/a@b/s.db", "sqlite:////tmp/a@b/s.db"),
+    # shapes that used to print the password (issue 22)
+    ("postgresql+psycopg://bob:se/cr/et@db:5432/x", "postgresql+psycopg://bob:***@db:5432/x"),
+    ("postgresql+psycopg://:secret@db/x", "postgresql+psycopg://:***@db/x"),
+    ("postgresql+psycopg://bob@db/x?password=secret&sslmode=require",
+     "postgresql+psycopg://bob@db/x?password=***&sslmode=require"),
+    ("postgresql+psycopg://bob:p:a:ss@db/x", "postgresql+psycopg://bob:***@db/x"),
 ])
 def test_masked_hides_the_whole_password(url, want):
     assert masked(url) == want and "secret" not in masked(url) and "W@db" not in masked(url).split("***")[0]
@@ -182,3 +190,20 @@ def test_two_storages_one_study_name_through_the_cli(tmp_path, tiny_data, tiny_m
     assert persisted and not [f for f in persisted if b"sqlite:///" in f.read_bytes()]  # Ray keeps no storage URL
     run("export", "--storage", f"sqlite:///{tmp_path}/a.db", "--trial", "0", "--out", "ea", "--no-onnx")
     assert (tmp_path / "ea" / "pruned.pt").is_file()
+
+
+@pytest.mark.parametrize("url", ["oracle://bob:secret@db/x", "postgresql+psycopg://bob:sec@ret:x@db:notaport/x",
+                                 "postgresql+psycopg://bob@db:1/x?password=secret"])
+def test_no_message_shows_a_password(url, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "autoprune", "front", "--storage", url, "--study", "s"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "secret" not in r.stderr and "sec@ret" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("autoprune: error: storage:")
+    assert cli.EXIT_USAGE == 2
+
+
+def test_scrubbed_removes_the_password_from_a_library_message():
+    from autoprune.errors import scrubbed
+
+    url = "postgresql+psycopg://bob:p@ss:w/rd@db:5432/x"
+    assert "p@ss:w/rd" not in scrubbed(f"could not parse {url}: bad port in 'p@ss:w/rd@db'", url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from autoprune.config._read import shown
-from autoprune.errors import SpecError
+from autoprune.errors import SpecError, masked
 
 __all__ = ["check_name", "check_device_text", "check_storage"]
 
@@ -31,7 +31,8 @@ def check_device_text(device: str) -> str:
 
 def check_storage(url: str) -> str:
     if not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
-        raise SpecError(f"storage: {shown(url)} is not a supported URL (sqlite:///PATH or postgresql+psycopg://...)")
+        raise SpecError(f"storage: {masked(url, 80)} is not a supported URL (sqlite:///PATH or "
+                        "postgresql+psycopg://...)")
     if re.match(r"^sqlite:///?(\?.*)?$", url) or ":memory:" in url:
         raise SpecError("storage: an in-memory SQLite database keeps nothing (give a file: sqlite:///PATH)")
     return url

@@ -17,7 +17,7 @@ from autoprune.errors import InputError, TrialError
 from autoprune.model import criteria
 from autoprune.model.document import PolicyDocument, load_policy_file
 from autoprune.model.space import Layer
-from autoprune.paths import check_folder
+from autoprune.search.inputs import check_folder
 
 logger = logging.getLogger(__name__)
 

@@ -11,11 +11,10 @@ from typing import Any
 
 from autoprune.config.spec import AUTO_IMGSZ, DEFAULT_IMGSZ, SearchSpec
 from autoprune.errors import InputError
-from autoprune.paths import check_folder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreparedInputs", "prepare_inputs", "materialise_yaml_model", "check_data"]
+__all__ = ["PreparedInputs", "prepare_inputs", "materialise_yaml_model", "check_data", "check_folder"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,17 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     spec = spec.replace(model=model_path, data=str(data), imgsz=imgsz)
     _check_targets(spec, model)
     return PreparedInputs(spec=spec, nc=nc)
+
+
+def check_folder(path: str | Path, flag: str) -> Path:
+    """``path`` as a folder autoprune may create or write into: neither it nor a folder above it may be a file
+    (one-line InputError naming ``flag``)."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists() and not q.is_dir():
+            raise InputError(f"{flag}: {str(p)[:200]} exists and is not a folder" if q == p else
+                             f"{flag}: {str(p)[:200]} lies under a file ({str(q)[:200]})")
+    return p
 
 
 def check_data(data: str, flag: str, model_nc: int | None = None) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import time
 import warnings
@@ -22,7 +21,7 @@ import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config.spec import SamplerSettings, SearchSpec
-from autoprune.errors import InputError, SpecError
+from autoprune.errors import InputError, SpecError, masked, scrubbed
 from autoprune.model import objectives, records
 from autoprune.model.samplers import stream_seed
 from autoprune.search import samplers
@@ -35,11 +34,6 @@ __all__ = ["StudyStorage", "get_storage", "masked", "sqlite_path", "StudyOptions
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite write waits for another connection's lock
 STALE_AFTER_S = 300.0  # a driver on another host is presumed dead after this long without a heartbeat
-
-
-def masked(url: str) -> str:
-    """``url`` with any password replaced by *** (up to the last '@' before the host: passwords may hold '@')."""
-    return re.sub(r"(://[^:/@]+:)[^/]*@", r"\1***@", url)
 
 
 def _check_sqlite_database(path: str) -> None:
@@ -102,7 +96,7 @@ def _open_rdb(url: str) -> optuna.storages.RDBStorage:
                 time.sleep(delay)
                 continue
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"storage: cannot open {masked(url)}: {first}") from None
+            raise InputError(f"storage: cannot open {masked(url)}: {scrubbed(first, url)[:300]}") from None
     raise AssertionError("unreachable")
 
 
