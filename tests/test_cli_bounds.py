@@ -158,3 +158,24 @@ def test_exporting_from_a_side_study_says_what_it_is(tmp_path, capsys):
                      str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "internal screen study" in err and "keep no checkpoint" in err and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("field", ["model", "data"])
+def test_a_huge_model_or_data_path_is_one_short_line(tmp_path, tiny_data, field, capsys):
+    import yaml
+
+    spec = {"name": "x", "model": "m.pt", "data": str(tiny_data), field: "a/" * 500_000}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    assert cli.main(["search", str(tmp_path / "s.yaml"), "--studies-dir", str(tmp_path / "studies")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"autoprune: error: {field}:") and len(err) < 400
+
+
+def test_studies_dir_under_a_file_is_one_line(tmp_path, capsys):
+    import yaml
+
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"name": "x", "model": "m.pt", "data": "d.yaml"}))
+    assert cli.main(["search", str(tmp_path / "s.yaml"), "--studies-dir", str(tmp_path / "f" / "studies")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("autoprune: error: --studies-dir:") and "lies under a file" in err

@@ -23,6 +23,14 @@ class PreparedInputs:
     nc: int
 
 
+def _is_file(p: Path) -> bool:
+    """``p.is_file()``, False for a path the OS refuses to look at (too long, a NUL byte)."""
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _resolve_data(data: str) -> Path:
     from autoprune.demo.synthetic import SyntheticConfig, demo_task, ensure_dataset
 
@@ -30,8 +38,8 @@ def _resolve_data(data: str) -> Path:
     if task is not None:  # demo, demo-seg, demo-pose: the packaged synthetic shapes
         return ensure_dataset(SyntheticConfig(task=task))
     p = Path(data).expanduser()
-    if not p.is_file():
-        raise InputError(f"data: {data}: data set YAML not found")
+    if not _is_file(p):
+        raise InputError(f"data: {data[:200]}: data set YAML not found")
     return p.resolve()
 
 
@@ -41,11 +49,11 @@ def _resolve_model(model: str) -> str:
 
         return str(resolve_demo_model())
     p = Path(model).expanduser()
-    if p.is_file():
+    if _is_file(p):
         return str(p.resolve())
-    if model.endswith((".yaml", ".yml")) and "/" not in model:  # an ultralytics model config such as yolov8n.yaml
+    if model.endswith((".yaml", ".yml")) and "/" not in model and len(model) < 256:  # an ultralytics config
         return model
-    raise InputError(f"model: {model}: file not found")
+    raise InputError(f"model: {model[:200]}: file not found")
 
 
 def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
