@@ -167,3 +167,34 @@ def test_sensitivity_section_defaults_and_errors():
                      ({"probes": -1}, "sensitivity.probes"), ({"sweeps": 3}, "sensitivity")]:
         with pytest.raises(SpecError, match=msg):
             parse_spec({**BASE, "sensitivity": bad}, "s.yaml")
+
+
+def test_an_interrupted_probe_is_not_a_result_and_is_screened_again():
+    import optuna
+    from optuna.trial import TrialState
+
+    from autoprune.model import records
+    from autoprune.model.allocation import REFERENCE
+    from autoprune.search.sensitivity import read_scan
+    from autoprune.search.study import was_interrupted
+
+    scan = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+
+    def probe(block, ratio, reason=None, m=None):
+        t = scan.ask()
+        for k, v in records.probe_attrs(block, ratio).items():
+            t.set_user_attr(k, v)
+        if reason:
+            records.set_fail_reason(t, reason)
+            scan.tell(t, state=TrialState.FAIL)
+        else:
+            records.write_result(t, {}, {"map50_95": m, "params": 800.0, "macs": 1.0})
+            scan.tell(t, [m, 800.0, 1.0])
+    probe(REFERENCE, 0.0, reason="interrupted: the search run ended before this trial reported")
+    probe("model.4", 0.35, reason="left RUNNING by autoprune process h:1 that is no longer running (killed or crashed)")
+    probe("model.4", 0.35, m=0.7)
+    probe("model.6", 0.35, reason="layer model.6.cv1 was pruned to nothing")  # a real failure: a result
+    done = scan.get_trials()
+    assert [was_interrupted(t) for t in done] == [True, True, False, False]
+    sens = read_scan(scan, 1000.0)
+    assert sorted((p.block, p.map50_95) for p in sens.probes) == [("model.4", 0.7), ("model.6", None)]

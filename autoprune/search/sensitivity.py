@@ -41,7 +41,7 @@ from autoprune.model.space import Layer, Space, blocks
 from autoprune.search import journal
 from autoprune.search.executor import Job
 from autoprune.search.session import run_trials
-from autoprune.search.study import StudyOptions, StudyStorage, fail_stale_trials, open_study
+from autoprune.search.study import StudyOptions, StudyStorage, fail_stale_trials, open_study, was_interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, laye
         records.set_scan_key(scan, _key(spec, fingerprint))
     journal.replay(scan, store, scan_job(spec, layers, name).study_dir)
     fail_stale_trials(scan, store, 0)
-    have = {records.probe(t) for t in scan.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING)}
+    have = {records.probe(t) for t in scan.get_trials(deepcopy=False)  # an interrupted probe is screened again
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING) and not was_interrupted(t)}
     missing = [p for p in _wanted(spec, layers) if p not in have]
     before = {t.number for t in scan.get_trials(deepcopy=False)}  # before enqueueing: the probes run now are new
     for block, ratio in missing:
@@ -146,7 +146,7 @@ def read_scan(scan: optuna.Study, base_params: float) -> Sensitivity:
     probes, sweep, reference = [], [], None
     for t in scan.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         key = records.probe(t)
-        if key is None:
+        if key is None or was_interrupted(t):  # not a result: it is screened again
             continue
         m = records.trial(t).metrics
         ok = t.state == TrialState.COMPLETE and "map50_95" in m

@@ -29,8 +29,8 @@ from autoprune.search import samplers
 logger = logging.getLogger(__name__)
 
 __all__ = ["StudyStorage", "get_storage", "masked", "sqlite_path", "StudyOptions", "open_study", "open_study_for",
-           "load_existing", "Opened", "driver_id", "heartbeat", "check_database", "fail_trial", "fail_stale_trials",
-           "maybe_retry", "STALE_AFTER_S"]
+           "load_existing", "Opened", "driver_id", "was_interrupted", "heartbeat", "check_database", "fail_trial",
+           "fail_stale_trials", "maybe_retry", "STALE_AFTER_S"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite write waits for another connection's lock
 STALE_AFTER_S = 300.0  # a driver on another host is presumed dead after this long without a heartbeat
@@ -271,6 +271,12 @@ def check_database(url: str) -> None:
     path = sqlite_path(url)
     if path:
         _check_sqlite_database(path)
+
+
+def was_interrupted(t: FrozenTrial) -> bool:
+    """A FAILED trial that did not fail on its own: its run was interrupted, or its process died (stale)."""
+    reason = records.trial(t).fail_reason or ""
+    return t.state == TrialState.FAIL and (reason.startswith("interrupted") or "no longer running" in reason)
 
 
 def driver_id() -> str:
