@@ -179,3 +179,15 @@ def test_studies_dir_under_a_file_is_one_line(tmp_path, capsys):
     assert cli.main(["search", str(tmp_path / "s.yaml"), "--studies-dir", str(tmp_path / "f" / "studies")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("autoprune: error: --studies-dir:") and "lies under a file" in err
+
+
+def test_an_export_killed_mid_way_leaves_nothing_for_the_next(tmp_path):
+    from autoprune.deploy.export import remove_stale_staging
+
+    out = tmp_path / "final"
+    left = tmp_path / ".final.ab12cd"  # what kill -9 leaves of an export's staging folder
+    left.mkdir()
+    (left / "pruned.pt").write_text("half")
+    other = tmp_path / ".finalize.zz"  # another export's: not touched
+    other.mkdir()
+    assert remove_stale_staging(out) == [left] and not left.exists() and other.exists()

@@ -34,7 +34,7 @@ from autoprune.search.study import StudyStorage
 logger = logging.getLogger(__name__)
 
 __all__ = ["Condition", "parse_condition", "select_trial", "knee_trial", "export_trial", "ExportResult",
-           "tp_ratio_mapping"]
+           "tp_ratio_mapping", "remove_stale_staging"]
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 _COND_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+)\s*$")
@@ -190,6 +190,16 @@ def _checkpoint_of(store: StudyStorage, t: FrozenTrial, artifact_dir: Path | Non
 
 
 Prepare = Callable[[Path, PolicyDocument], dict[str, Any]]
+STAGING_PREFIX = "."  # an export stages its files in out.parent/.NAME.XXXX, then moves them into out
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Staging folders an earlier export to ``out`` left behind (killed with kill -9), removed; returns them."""
+    stale = [p for p in out.parent.glob(f"{STAGING_PREFIX}{out.name}.*") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+        logger.info("removed %s, left by an export that was killed", p)
+    return stale
 
 
 def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_dir: str | Path, onnx: bool = True,
@@ -218,7 +228,8 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
         raise InputError(f"--out: {out} lies under a file")
     doc = _document(study, t)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+    remove_stale_staging(out)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f"{STAGING_PREFIX}{out.name}.") as tmp:
         stage = Path(tmp)
         checkpoint = _checkpoint_of(store, t, Path(artifact_dir) if artifact_dir else None, stage / "pruned.pt",
                                     int(doc.metrics.get("params", -1)))
