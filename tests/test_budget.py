@@ -248,3 +248,23 @@ def test_the_final_time_goes_to_the_targets_that_have_a_winner(monkeypatch):
     assert [d.reason for d in out] == ["no trial reached it within the budget", None]
     assert given["params-50"][0] == 0 and given["params-50"][1] == pytest.approx(60.0, abs=1.0)  # all of the rest
     assert records.deliveries(study)["params-70"]["reason"].startswith("no trial reached it")
+
+
+def test_a_round_may_borrow_grace_only_while_a_target_is_uncovered():
+    from autoprune.model import records
+    from autoprune.search.run import Clock
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
+    spec = _spec(budget="100s", targets=[{"params": 0.5}])
+    clock = Clock(deadline=100.0, ledger=Ledger(), started=0.0, grace=125.0)
+    assert clock.round_deadline(study, spec) == 125.0  # nothing meets -50% yet
+    t = study.ask()
+    records.write_result(t, {}, {"map50_95": 0.7, "params": 900.0})
+    study.tell(t, [0.7, 900.0])
+    assert clock.round_deadline(study, spec) == 125.0  # still not at the target's size
+    t = study.ask()
+    records.write_result(t, {}, {"map50_95": 0.6, "params": 480.0})
+    study.tell(t, [0.6, 480.0])
+    assert clock.round_deadline(study, spec) == 100.0
+    assert Clock(deadline=100.0, ledger=Ledger(), started=0.0).round_deadline(study, _spec()) == 100.0

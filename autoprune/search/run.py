@@ -128,7 +128,7 @@ def _round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock 
     size, left = max(2, spec.resources.concurrent), n_new
     while left > 0:
         trial_s, screen_s = _mean_seconds(study), mean_screen_seconds(spec, study)
-        remaining = clock.deadline - time.time()
+        remaining = clock.round_deadline(study, spec) - time.time()
         k = min(size, left)
         if trial_s is not None:
             c = spec.resources.concurrent
@@ -160,17 +160,18 @@ class Progress(Protocol):
 
 @dataclass(frozen=True)
 class Clock:
-    """A budgeted run's clock: no trial or screen starts after ``deadline`` (a ``time.time()``), except that while a
-    target has no completed trial that meets it, fine-tuned trials may start until ``grace`` (borrowed from the final
-    fine-tunes: a target is better served by a short final fine-tune than by none); each phase's wall time is charged
-    to ``ledger``, from ``started`` (a ``time.perf_counter()``: the command's start)."""
+    """A budgeted run's clock: no trial or screen starts after ``deadline`` (a ``time.time()``), except that a round
+    that starts while a target has no completed trial that meets it may screen and fine-tune until ``grace``
+    (borrowed from the final fine-tunes: a target is better served by a short final fine-tune than by none); each
+    phase's wall time is charged to ``ledger``, from ``started`` (a ``time.perf_counter()``: the command's start)."""
 
     deadline: float
     ledger: Ledger
     started: float
     grace: float | None = None
 
-    def trial_deadline(self, study: optuna.Study, spec: SearchSpec) -> float:
+    def round_deadline(self, study: optuna.Study, spec: SearchSpec) -> float:
+        """The deadline of the next round's screens and trials: ``grace`` while a target is uncovered."""
         if self.grace is None or not spec.targets:
             return self.deadline
         from autoprune.model.constraints import feasible
@@ -303,11 +304,11 @@ def _phases(study: optuna.Study, spec: SearchSpec, store: StudyStorage, n_new: i
             run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0)
             if clock is not None:
                 clock.ledger.charge("scan", time.perf_counter() - t0)
-        deadline = clock.deadline if clock is not None else None
         started = 0
         for k, size in enumerate(_round_plan(study, spec, n_new, clock)):
             t0 = time.perf_counter()
             phase(f"round {k + 1}: screening")
+            deadline = clock.round_deadline(study, spec) if clock is not None else None
             screen, screened = screen_and_promote(study, store, spec, layers, size, fingerprint, ray_address,
                                                   recipe_knobs=first and k == 0, seeds=seeds if k == 0 else (),
                                                   deadline=deadline)
@@ -318,8 +319,7 @@ def _phases(study: optuna.Study, spec: SearchSpec, store: StudyStorage, n_new: i
             t0 = time.perf_counter()
             phase(f"round {k + 1}: fine-tuning")
             count = len(study.get_trials(deepcopy=False))
-            run_trials(study, store, job, size, ray_address=ray_address, on_trial=on_trial,
-                       deadline=clock.trial_deadline(study, spec) if clock is not None else None)
+            run_trials(study, store, job, size, ray_address=ray_address, on_trial=on_trial, deadline=deadline)
             started += len(study.get_trials(deepcopy=False)) - count
             run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
             if clock is not None:
