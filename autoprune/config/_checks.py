@@ -31,7 +31,7 @@ def check_device_text(device: str) -> str:
 
 def check_storage(url: str) -> str:
     if not re.match(r"^(sqlite|postgresql(\+\w+)?|mysql(\+\w+)?)://", url):
-        raise SpecError(f"storage: {masked(url, 80)} is not a supported URL (sqlite:///PATH or "
+        raise SpecError(f"storage: {masked(url, 80)!r} is not a supported URL (sqlite:///PATH or "
                         "postgresql+psycopg://...)")
     if re.match(r"^sqlite:///?(\?.*)?$", url) or ":memory:" in url:
         raise SpecError("storage: an in-memory SQLite database keeps nothing (give a file: sqlite:///PATH)")
