@@ -23,7 +23,7 @@ __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline
            "start_trial", "set_policy", "set_fail_reason", "write_result", "set_screen_score", "retry_attrs",
            "warm_start_attrs", "screen_source_attrs", "set_artifact_dir", "copy_study_attrs", "probe_attrs", "probe",
            "set_scan_key", "scan_key", "set_driver_start", "driver_starts", "deliveries", "set_delivery",
-           "append_budget_run", "budget_runs"]
+           "append_budget_run", "budget_runs", "mean_wall_seconds"]
 
 HEARTBEAT_PREFIX = "heartbeat:"
 _DRIVER_PREFIX = "driver:"  # when each driver (host:pid) opened the study
@@ -254,6 +254,12 @@ def trial(t: Attrs) -> TrialRecord:
         wall_seconds=float(a.get("wall_seconds", 0.0) or 0.0), checkpoint=a.get("checkpoint"),
         artifact_dir=a.get("artifact_dir"), channels=dict(a.get("channels") or {}),
         ray_node=str(a.get("ray_node") or ""), ray_worker=dict(a.get("ray_worker") or {}))
+
+
+def mean_wall_seconds(trials: Sequence[Attrs]) -> float | None:
+    """Mean recorded wall time of ``trials`` (those that recorded one; None if none did)."""
+    w = [x for x in (trial(t).wall_seconds for t in trials) if x > 0]
+    return sum(w) / len(w) if w else None
 
 
 def start_trial(t: Writer, driver: str, ray_trial_id: str) -> None:

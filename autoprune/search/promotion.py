@@ -206,9 +206,7 @@ def mean_screen_seconds(spec: SearchSpec, study: optuna.Study) -> float | None:
         screen = optuna.load_study(study_name=name, storage=study._storage)
     except KeyError:
         return None
-    w = [records.trial(t).wall_seconds for t in screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    w = [x for x in w if x > 0]
-    return sum(w) / len(w) if w else None
+    return records.mean_wall_seconds(screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def record_screening(study: optuna.Study, store: StudyStorage, spec: SearchSpec) -> dict[str, Any]:

@@ -109,13 +109,6 @@ def round_sizes(n: int, rounds: int) -> list[int]:
     return [n // rounds + (1 if i < n % rounds else 0) for i in range(rounds)]
 
 
-def _mean_seconds(study: optuna.Study) -> float | None:
-    """Mean wall time of the study's completed trials (None before the first)."""
-    w = [records.trial(t).wall_seconds for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    w = [x for x in w if x > 0]
-    return sum(w) / len(w) if w else None
-
-
 def _round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock | None) -> Iterator[int]:
     """Fine-tuned trials per round: ``screening.rounds`` equal rounds of ``n_new``; with a clock, rounds of
     ``max(2, concurrent)`` trials while a round is expected to end before the deadline (from the trials and screens
@@ -127,7 +120,8 @@ def _round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock 
 
     size, left = max(2, spec.resources.concurrent), n_new
     while left > 0:
-        trial_s, screen_s = _mean_seconds(study), mean_screen_seconds(spec, study)
+        trial_s = records.mean_wall_seconds(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        screen_s = mean_screen_seconds(spec, study)
         remaining = clock.round_deadline(study, spec) - time.time()
         k = min(size, left)
         if trial_s is not None:
