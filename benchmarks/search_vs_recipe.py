@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "wall_s": [], "load": []})
             if seed in rec["seeds"]:
                 continue
+            rec.setdefault("commits", []).append(res["commit"])  # per seed: arms of one file may come from reruns
             logger.info("task %s, seed %d, arm %s: budget %.0f s", args.task, seed, arm, args.budget)
             load0 = os.getloadavg()[0]
             if arm == "recipe":
