@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from autoprune import cli_args as arg
+from autoprune.cli_args import EXIT_USAGE
 from autoprune.errors import AutopruneError
 
 if TYPE_CHECKING:
@@ -19,11 +20,8 @@ if TYPE_CHECKING:
 
     from autoprune.search.study import Opened
 
-T = TypeVar("T", int, float)
-
 logger = logging.getLogger("autoprune")
 
-EXIT_USAGE = 2
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 RESUME = "completed trials are kept; run the same command again to resume"
 _INTERRUPTED = {  # what an interrupt means, per command
@@ -34,6 +32,7 @@ _INTERRUPTED = {  # what an interrupt means, per command
     "dashboard": "the dashboard has stopped",
     "report": "no report was written",
     "front": "nothing was changed",
+    "remeasure": "trials re-timed before the interrupt keep their new latency; the others are unchanged",
     "demo-baseline": "the baseline was not written",
 }
 
@@ -48,66 +47,29 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _checked(convert: Callable[[str], T], expected: str, ok: Callable[[T], bool],
-             bound: str) -> Callable[[str], T]:
-    """An argparse type: ``convert`` the text, then require ``ok(value)`` (else 'must be BOUND, got TEXT')."""
-
-    def parse(s: str) -> T:
-        try:
-            v = convert(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}") from None
-        if not ok(v):
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {s}")
-        return v
-
-    return parse
-
-
-_positive_int = _checked(int, "a positive integer", lambda v: v >= 1, ">= 1")
-_nonneg_int = _checked(int, "an integer", lambda v: v >= 0, ">= 0")
-_positive_float = _checked(float, "a number", lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
-_port = _checked(int, "a port number", lambda v: 1 <= v <= 65535, "1 to 65535")
-_epochs = _checked(int, "a positive integer", lambda v: 1 <= v <= 10_000, "1 to 10000")
-_nonneg_float = _checked(float, "a number", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
-
-
-def _duration(text: str) -> float:
-    from autoprune.model.budget import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, exit 2
-        sys.stderr.write(f"autoprune: error: {message}\n")
-        sys.exit(EXIT_USAGE)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="autoprune", description="AutoML search for structured-pruning policies of YOLO detectors.")
+    from autoprune.config.sections import ESTIMATORS
+
+    p = arg.Parser(prog="autoprune", description="AutoML search for structured-pruning policies of YOLO detectors.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=arg.Parser)
 
     s = sub.add_parser("search", help="run or continue a pruning-policy search")
     s.add_argument("spec", help="search spec YAML (or an ultralytics data set YAML, with --model)")
-    s.add_argument("--trials", type=_positive_int, help="run exactly N new trials (default: fill the spec's budget)")
+    s.add_argument("--trials", type=arg.positive_int, help="run exactly N new trials (default: fill the spec's budget)")
     s.add_argument("--budget", help="wall-clock budget of the whole run, e.g. 300, 30m, 2h (the spec's budget)")
     s.add_argument("--storage", help="study storage URL (default: sqlite file under studies/)")
     s.add_argument("--study-name", help="study name (default: the spec's name)")
     s.add_argument("--device", help="cpu, cuda or cuda:N")
-    s.add_argument("--seed", type=_nonneg_int)
+    s.add_argument("--seed", type=arg.nonneg_int)
     s.add_argument("--model", help="base model checkpoint (.pt) or model YAML")
     s.add_argument("--data", help="ultralytics data set YAML")
     s.add_argument("--studies-dir", type=Path, default=Path("studies"), help="home of study files (default studies/)")
     s.add_argument("--ray-address", help="join this Ray cluster (e.g. auto or ray://host:10001) instead of "
                                          "starting a local one")
-    s.add_argument("--concurrent", type=_positive_int, help="trials run at once")
-    s.add_argument("--cpus-per-trial", type=_positive_float, help="CPUs Ray reserves per trial (fractions allowed)")
-    s.add_argument("--gpus-per-trial", type=_nonneg_float, help="GPUs Ray reserves per trial, e.g. 0.5")
+    s.add_argument("--concurrent", type=arg.positive_int, help="trials run at once")
+    s.add_argument("--cpus-per-trial", type=arg.positive_float, help="CPUs Ray reserves per trial (fractions allowed)")
+    s.add_argument("--gpus-per-trial", type=arg.nonneg_float, help="GPUs Ray reserves per trial, e.g. 0.5")
     s.add_argument("--trust-checkpoint", action="store_true", help="load the model with plain pickle (runs any code "
                    "in it; default: only ultralytics' and torch's classes are accepted)")
 
@@ -121,12 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     study_args(f)
     f.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
+    r = sub.add_parser("remeasure", help="time the front (or --trial N) again against the base, interleaved, and "
+                                         "correct the stored latencies (the old values stay in each trial's record)")
+    study_args(r)
+    r.add_argument("--trial", type=arg.nonneg_int, action="append", help="this trial (repeatable; default: the front)")
+    r.add_argument("--rounds", type=arg.bounded_int, help="alternating rounds (default: the trial's first timing's)")
+    r.add_argument("--estimator", choices=ESTIMATORS, default="min",
+                   help="a round's time of each model: its fastest pass (default) or its median pass")
+    r.add_argument("--max-spread", type=arg.positive_float, default=0.25,
+                   help="time again while the round ratios spread more than this ((p90 - p10) / median)")
+    r.add_argument("--retries", type=arg.retries, default=2, help="re-timings before a ratio is marked unreliable")
+
     d = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
     d.add_argument("--storage", help="study storage URL (default: sqlite file under studies/)")
     d.add_argument("--studies-dir", type=Path, default=Path("studies"))
     d.add_argument("--artifact-dir", type=Path, help="artifact store (default: STUDIES_DIR/artifacts)")
     d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=_port, default=8080)
+    d.add_argument("--port", type=arg.port, default=8080)
 
     r = sub.add_parser("report", help="write a self-contained plotly HTML report of a study")
     study_args(r)
@@ -136,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         """The study, which trial (--trial, --best with --where, or --knee) and where its export goes."""
         study_args(q)
         pick = q.add_mutually_exclusive_group(required=True)
-        pick.add_argument("--trial", type=_nonneg_int, help="this trial number")
+        pick.add_argument("--trial", type=arg.nonneg_int, help="this trial number")
         pick.add_argument("--best", metavar="METRIC", help="the best feasible completed trial by METRIC")
         pick.add_argument("--knee", action="store_true", help="the front member closest to the ideal point")
         q.add_argument("--where", action="append", default=[], metavar="COND",
@@ -150,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     z = sub.add_parser("finalize", help="fine-tune a chosen trial with the full budget, report val/test mAP, export it")
     chosen_trial_args(z)
     length = z.add_mutually_exclusive_group(required=True)
-    length.add_argument("--epochs", type=_epochs, help="fine-tune epochs (the full budget)")
-    length.add_argument("--time", type=_duration, help="wall-clock budget of the whole finalize, e.g. 600, 10m "
+    length.add_argument("--epochs", type=arg.epochs, help="fine-tune epochs (the full budget)")
+    length.add_argument("--time", type=arg.duration, help="wall-clock budget of the whole finalize, e.g. 600, 10m "
                                                          "(validations and export included; epochs follow from it)")
-    z.add_argument("--lr", type=_positive_float, help="initial learning rate (default: the trial's)")
+    z.add_argument("--lr", type=arg.positive_float, help="initial learning rate (default: the trial's)")
     z.add_argument("--data", help="data set YAML (default: the study's); its test split is reported when present")
     z.add_argument("--device", default="cpu")
     z.add_argument("--distill", action="store_true", help="distil from the study's unpruned base while fine-tuning")
@@ -169,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", type=Path, required=True, help="pruned checkpoint to write (.pt)")
 
     b = sub.add_parser("demo-baseline", help="(re)train the demo baseline checkpoint")
-    b.add_argument("--epochs", type=_positive_int, default=80)
+    b.add_argument("--epochs", type=arg.positive_int, default=80)
     b.add_argument("--out", type=Path, help="where to write it (default: the packaged demo checkpoint)")
     return p
 
@@ -231,14 +204,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _print_front(study: optuna.Study, store: Any, fmt: str) -> None:
     from autoprune.model import records
-    from autoprune.search.front import read_front, sync_front
+    from autoprune.search.front import latency_checks, read_front, sync_front
     from autoprune.views.text import delivered_trials, front_records, render_front
 
     sync_front(study, store)
     names = records.study_objectives(study)
     rows = read_front(store.engine, study.study_name)
+    checks = latency_checks(study)
+    for number, flags in sorted(checks.items()):
+        logger.warning("trial %d: latency %s", number, "; ".join(flags))
     records_ = front_records(rows, names, records.baseline(study) or None,
-                             delivered_trials(records.deliveries(study)))
+                             delivered_trials(records.deliveries(study)), checks)
     if fmt == "table":
         print(f"Pareto front of {study.study_name} ({len(rows)} trial(s)):")
     print(render_front(records_, names, fmt))
@@ -264,6 +240,20 @@ def _existing_study(args: argparse.Namespace) -> Opened:
 def _cmd_front(args: argparse.Namespace) -> int:
     study, store = _existing_study(args)
     _print_front(study, store, args.format)
+    return 0
+
+
+def _cmd_remeasure(args: argparse.Namespace) -> int:
+    from autoprune.deploy.remeasure import RemeasureSettings, remeasure
+
+    study, store = _existing_study(args)
+    settings = RemeasureSettings(args.rounds, args.estimator, args.max_spread, args.retries)
+    done = remeasure(study, store, settings, args.studies_dir / "artifacts", args.trial)
+    for r in done:
+        change = ", ".join(f"{k} {r.before[k]:.4g} -> {r.after[k]:.4g}" for k in r.after)
+        print(f"trial {r.trial}: {change or 'no latency objective'} (round spread {r.spread:.2f}"
+              f"{'; still unreliable' if r.unreliable else ''})")
+    _print_front(store.load(study.study_name), store, "table")
     return 0
 
 
@@ -377,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "trust_checkpoint", False):  # before ultralytics is first imported (it reads this once)
         os.environ["ULTRALYTICS_SAFE_LOAD"] = "0"
     try:
-        commands = {"search": _cmd_search, "front": _cmd_front, "report": _cmd_report,
+        commands = {"search": _cmd_search, "front": _cmd_front, "remeasure": _cmd_remeasure, "report": _cmd_report,
                     "dashboard": _cmd_dashboard, "export": _cmd_export, "apply": _cmd_apply, "finalize": _cmd_finalize,
                     "demo-baseline": _cmd_demo_baseline}
         return commands[args.command](args)

@@ -279,3 +279,43 @@ def test_export_falls_back_to_the_artifact_store_when_the_trial_file_was_overwri
         assert got == int(t.user_attrs["metrics"]["params"])
     finally:
         shutil.copyfile(keep, path)
+
+
+def test_remeasure_re_times_the_front_and_keeps_the_old_values(demo_study, tmp_path):
+    """``autoprune remeasure`` on a copy of the study: the front's latency objectives, metrics and front rows are
+    replaced by a new interleaved timing against the base; the old values stay in the trial's record; a spread
+    limit no timing meets re-times twice and flags the member on the front."""
+    import shutil
+
+    import sqlalchemy as sa
+
+    root, _ = demo_study
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("out", "fin*", "fallback", "*.onnx"))
+    url = f"sqlite:///{copy}/studies/autoprune.db"
+    before = optuna.load_study(study_name="exp", storage=url)
+    front = sorted(t.number for t in before.best_trials)
+    idx = before.user_attrs["objectives"].index("latency_ms")
+    r = _cli(["remeasure", "spec.yaml", "--rounds", "4", "--max-spread", "1e-9", "--retries", "2"], copy)
+    after = optuna.load_study(study_name="exp", storage=url)
+    for n in front:
+        old, new = before.trials[n], after.trials[n]
+        assert f"trial {n}: latency_ms {old.values[idx]:.4g} -> " in r.stdout
+        assert new.values[idx] == pytest.approx(new.user_attrs["metrics"]["latency_ms"])
+        assert new.values[idx] == pytest.approx(new.user_attrs["latency"]["median_ms"])
+        assert [v for i, v in enumerate(new.values) if i != idx] == [v for i, v in enumerate(old.values) if i != idx]
+        hist = new.user_attrs["remeasured"]
+        assert len(hist) == 1 and hist[0]["latency_ms"] == old.values[idx]
+        assert hist[0]["latency"] == old.user_attrs["latency"]
+        lat = new.user_attrs["latency"]
+        assert lat["attempts"] == 3 and lat["rounds"] == 12 and lat["unreliable"] and lat["estimator"] == "min"
+    assert "latency check" in r.stdout and "noisy" in r.stdout
+    with sa.create_engine(url).connect() as c:
+        rows = dict(c.execute(sa.text("SELECT trial_number, latency_ms FROM autoprune_front")).all())
+    assert rows == {n: pytest.approx(after.trials[n].values[idx]) for n in front}
+    # a second pass appends to the history; a trial that is not there is refused in one line
+    _cli(["remeasure", "spec.yaml", "--trial", str(front[0]), "--rounds", "2"], copy)
+    again = optuna.load_study(study_name="exp", storage=url).trials[front[0]]
+    assert len(again.user_attrs["remeasured"]) == 2 and again.user_attrs["remeasured"][1]["latency"]["attempts"] == 3
+    bad = _cli(["remeasure", "spec.yaml", "--trial", "99"], copy, ok=False)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--trial 99" in bad.stderr

@@ -10,7 +10,7 @@ from typing import Any
 
 from autoprune.config._read import bounds
 
-__all__ = ["RUNTIMES", "FinetuneSettings", "LatencySettings", "SamplerSettings", "WarmStart", "Screening",
+__all__ = ["RUNTIMES", "ESTIMATORS", "FinetuneSettings", "LatencySettings", "SamplerSettings", "WarmStart", "Screening",
            "Sensitivity", "Resources", "Constraints", "TrialSettings", "Budget"]
 
 
@@ -36,6 +36,7 @@ class FinetuneSettings:
 
 
 RUNTIMES = ("torch", "onnxruntime", "cuda-graph", "tensorrt")  # autoprune.engine.runtimes (a test keeps them equal)
+ESTIMATORS = ("min", "median")  # autoprune.engine.latency.ROUND_STATISTICS (a test keeps them equal)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class LatencySettings:
     interleave: bool = True  # time the baseline and the candidate alternately (A/B/B/A...)
     # interleaved rounds; ratio = median per-round ratio
     rounds: int = field(default=10, metadata=bounds(min=1, max=10_000))
+    # a round's time of each model: its fastest pass ("min", which load disturbs least) or its median pass
+    estimator: str = field(default="min", metadata=bounds(choices=ESTIMATORS))
+    # round ratios spread more than this ((p90 - p10) / median) are timed again, up to ``retries`` times, later;
+    # a ratio still that spread is recorded as unreliable and flagged on the front
+    max_spread: float = field(default=0.25, metadata=bounds(gt=0, max=100))
+    retries: int = field(default=2, metadata=bounds(min=0, max=100))
     # the runtime the user deploys with (see autoprune.engine.runtimes); the baseline is timed on the same
     runtime: str = field(default="torch", metadata=bounds(choices=RUNTIMES))
     batch: int = field(default=1, metadata=bounds(min=1, max=1024))  # images per timed pass

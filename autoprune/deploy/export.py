@@ -34,7 +34,7 @@ from autoprune.search.study import StudyStorage
 logger = logging.getLogger(__name__)
 
 __all__ = ["Condition", "parse_condition", "select_trial", "knee_trial", "export_trial", "ExportResult",
-           "tp_ratio_mapping", "remove_stale_staging"]
+           "tp_ratio_mapping", "remove_stale_staging", "trial_checkpoint"]
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 _COND_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+)\s*$")
@@ -158,7 +158,7 @@ def onnx_max_abs_diff(checkpoint: Path, onnx_path: Path, imgsz: int, seed: int =
     return max(float(np.abs(got - want).max()) for got, want in zip(gots, wants))
 
 
-def _checkpoint_of(store: StudyStorage, t: FrozenTrial, artifact_dir: Path | None, dest: Path,
+def trial_checkpoint(store: StudyStorage, t: FrozenTrial, artifact_dir: Path | None, dest: Path,
                    params: int) -> Path:
     """The trial's pruned checkpoint: its recorded path if it still holds the trial's model (``params``
     parameters; another study of the same name may have overwritten it), else its copy in the artifact store."""
@@ -231,7 +231,7 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
     remove_stale_staging(out)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f"{STAGING_PREFIX}{out.name}.") as tmp:
         stage = Path(tmp)
-        checkpoint = _checkpoint_of(store, t, Path(artifact_dir) if artifact_dir else None, stage / "pruned.pt",
+        checkpoint = trial_checkpoint(store, t, Path(artifact_dir) if artifact_dir else None, stage / "pruned.pt",
                                     int(doc.metrics.get("params", -1)))
         if prepare is not None:
             doc = dataclasses.replace(doc, finalize=prepare(checkpoint, doc))

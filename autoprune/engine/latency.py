@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import platform
 import re
@@ -11,7 +12,7 @@ import socket
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +20,10 @@ from torch import nn
 
 from autoprune.engine.runtimes import RunSpec, build_runner
 
-__all__ = ["LatencyStats", "InterleavedLatency", "measure_latency", "measure_interleaved", "device_lock",
-           "device_name"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["LatencyStats", "InterleavedLatency", "ROUND_STATISTICS", "measure_latency", "measure_interleaved",
+           "device_lock", "device_name", "ratio_of", "round_ratios"]
 
 
 @dataclass(frozen=True)
@@ -110,17 +113,46 @@ def measure_latency(model: nn.Module, imgsz: int, device: str = "cpu", warmup: i
     return _stats(times, runs, warmup, threads, device, imgsz, waited, runtime, batch, half)
 
 
+# How a round's passes of one model become that round's time; a round's ratio is candidate / reference of it.
+# "min": the fastest pass, the one other work on the machine disturbed least (load only ever adds time);
+# "median": the typical pass (the estimator before load robustness; kept for comparison).
+ROUND_STATISTICS: dict[str, Callable[[Sequence[float]], float]] = {"min": min, "median": statistics.median}
+
+
 @dataclass(frozen=True)
 class InterleavedLatency:
     """A candidate timed alternately with a reference model (the unpruned baseline)."""
 
     candidate: LatencyStats
     reference: LatencyStats
-    ratio: float  # median over rounds of candidate median / reference median
-    ratio_cv: float  # coefficient of variation of the per-round ratios
+    ratio: float  # median over rounds of the round ratios (``estimator`` of candidate / of reference passes)
+    ratio_cv: float  # coefficient of variation of the round ratios
     ratio_p10: float
     ratio_p90: float
     rounds: int
+    estimator: str = "min"
+    attempts: int = 1  # timed batches of rounds: 1 + the re-measurements a noisy ratio asked for
+    unreliable: bool = False  # the round ratios stayed spread over ``max_spread`` after every re-measurement
+    # per round, the (candidate, reference) pass times in ms (not stored with the trial)
+    samples: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...] = ()
+
+    @property
+    def ratio_spread(self) -> float:
+        """(p90 - p10) / median of the round ratios: how far the rounds disagree."""
+        return (self.ratio_p90 - self.ratio_p10) / self.ratio if self.ratio else float("nan")
+
+    def estimate(self, estimator: str) -> float:
+        """The ratio from the same passes with another round statistic (e.g. ``median``)."""
+        return ratio_of(self.samples, estimator)
+
+
+def round_ratios(samples: Sequence[tuple[Sequence[float], Sequence[float]]], estimator: str) -> list[float]:
+    stat = ROUND_STATISTICS[estimator]
+    return [stat(c) / stat(r) for c, r in samples]
+
+
+def ratio_of(samples: Sequence[tuple[Sequence[float], Sequence[float]]], estimator: str) -> float:
+    return statistics.median(round_ratios(samples, estimator))
 
 
 def _stats(times: list[float], runs: int, warmup: int, threads: int, device: str, imgsz: int,
@@ -133,45 +165,74 @@ def _stats(times: list[float], runs: int, warmup: int, threads: int, device: str
                         batch=batch, precision="fp16" if half else "fp32")
 
 
+def _timed(run: Callable[[], object], n: int) -> tuple[float, ...]:
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        run()
+        ts.append((time.perf_counter() - t0) * 1000.0)
+    return tuple(ts)
+
+
 def measure_interleaved(candidate: nn.Module, reference: nn.Module, imgsz: int, device: str = "cpu",
                         warmup: int = 10, runs: int = 50, rounds: int = 10, threads: int = 2, runtime: str = "torch",
-                        batch: int = 1, half: bool = False) -> InterleavedLatency:
+                        batch: int = 1, half: bool = False, estimator: str = "min", max_spread: float | None = None,
+                        retries: int = 0, pause_s: float = 1.0) -> InterleavedLatency:
     """Time ``candidate`` and ``reference`` in alternating rounds (A B, then B A, ...), both on ``runtime``.
 
-    Each round times ``max(1, runs // rounds)`` passes of each model; a round's ratio is
-    candidate median / reference median, so slow drifts of a shared machine cancel out.
+    Each round times ``max(1, runs // rounds)`` passes of each model; a round's ratio is the ``estimator``
+    statistic (:data:`ROUND_STATISTICS`) of the candidate's passes over the reference's, so slow drifts of a shared
+    machine cancel out, and the ratio is the median round ratio. When the round ratios spread by more than
+    ``max_spread`` ((p90 - p10) / median) the pair is timed again, up to ``retries`` times, later (after
+    ``pause_s`` times the attempt, with the device lock released) and pooled with the rounds before; a ratio still
+    that spread is marked ``unreliable``.
     """
+    if estimator not in ROUND_STATISTICS:
+        raise ValueError(f"unknown latency estimator {estimator!r}; known: {', '.join(ROUND_STATISTICS)}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     rounds = max(1, min(rounds, runs))
     per_round = max(1, runs // rounds)
-    times: dict[str, list[float]] = {"c": [], "r": []}
-    ratios: list[float] = []
+    samples: list[tuple[tuple[float, ...], tuple[float, ...]]] = []
+    waited, attempts = 0.0, 0
     try:
         rs = RunSpec(device, imgsz, batch, half, threads)
         runners = {"c": build_runner(candidate, runtime, rs), "r": build_runner(reference, runtime, rs)}
-        with device_lock(device) as waited:
-            for run in runners.values():
-                for _ in range(warmup):
-                    run()
-            for i in range(rounds):
-                med = {}
-                for key in ("c", "r") if i % 2 == 0 else ("r", "c"):
-                    ts = []
-                    for _ in range(per_round):
-                        t0 = time.perf_counter()
-                        runners[key]()
-                        ts.append((time.perf_counter() - t0) * 1000.0)
-                    times[key].extend(ts)
-                    med[key] = statistics.median(ts)
-                ratios.append(med["c"] / med["r"])
+        while True:
+            with device_lock(device) as w:
+                waited += w
+                for run in runners.values():
+                    _timed(run, warmup if attempts == 0 else min(warmup, 2))
+                for i in range(rounds):
+                    got = {key: _timed(runners[key], per_round) for key in (("c", "r") if i % 2 == 0 else ("r", "c"))}
+                    samples.append((got["c"], got["r"]))
+            attempts += 1
+            if max_spread is None or _spread(round_ratios(samples, estimator)) <= max_spread or attempts > retries:
+                break
+            logger.info("latency ratio spread %.2f over %d rounds > %.2f: timing again (%d of %d)",
+                        _spread(round_ratios(samples, estimator)), len(samples), max_spread, attempts, retries)
+            time.sleep(pause_s * attempts)
     finally:
         torch.set_num_threads(previous)
-    n = per_round * rounds
+    ratios = round_ratios(samples, estimator)
+    n = per_round * len(samples)
     mean = statistics.fmean(ratios)
     ordered = sorted(ratios)
+    c_times = [x for c, _ in samples for x in c]
+    r_times = [x for _, r in samples for x in r]
+    unreliable = max_spread is not None and _spread(ratios) > max_spread
+    if unreliable:
+        logger.warning("latency ratio stays spread (%.2f > %.2f after %d timings): recorded as unreliable",
+                       _spread(ratios), max_spread, attempts)
     return InterleavedLatency(
-        candidate=_stats(times["c"], n, warmup, threads, device, imgsz, waited, runtime, batch, half),
-        reference=_stats(times["r"], n, warmup, threads, device, imgsz, waited, runtime, batch, half),
+        candidate=_stats(c_times, n, warmup, threads, device, imgsz, waited, runtime, batch, half),
+        reference=_stats(r_times, n, warmup, threads, device, imgsz, waited, runtime, batch, half),
         ratio=statistics.median(ratios), ratio_cv=statistics.pstdev(ratios) / mean if mean else float("nan"),
-        ratio_p10=_quantile(ordered, 0.1), ratio_p90=_quantile(ordered, 0.9), rounds=rounds)
+        ratio_p10=_quantile(ordered, 0.1), ratio_p90=_quantile(ordered, 0.9), rounds=len(samples),
+        estimator=estimator, attempts=attempts, unreliable=unreliable, samples=tuple(samples))
+
+
+def _spread(ratios: Sequence[float]) -> float:
+    ordered = sorted(ratios)
+    med = statistics.median(ordered)
+    return (_quantile(ordered, 0.9) - _quantile(ordered, 0.1)) / med if med else float("inf")

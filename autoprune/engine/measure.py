@@ -11,10 +11,10 @@ from typing import Any
 from torch import nn
 
 from autoprune.config.spec import TrialSettings
-from autoprune.engine.latency import measure_interleaved, measure_latency
+from autoprune.engine.latency import InterleavedLatency, measure_interleaved, measure_latency
 from autoprune.engine.latency_table import LatencyTable
 
-__all__ = ["Measurement", "Phases", "measure_model"]
+__all__ = ["Measurement", "Phases", "measure_model", "interleaved_record"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,15 @@ class Phases:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
+def interleaved_record(il: InterleavedLatency) -> dict[str, Any]:
+    """The ``latency`` record of an interleaved timing: the candidate's pass statistics, the ratio with its spread,
+    how many timings it took, whether it stayed unreliable, and the ratio the median estimator gives."""
+    return {**asdict(il.candidate), "spread": il.candidate.spread, "ratio": il.ratio, "ratio_cv": il.ratio_cv,
+            "ratio_p10": il.ratio_p10, "ratio_p90": il.ratio_p90, "ratio_spread": il.ratio_spread,
+            "rounds": il.rounds, "reference_median_ms": il.reference.median_ms, "estimator": il.estimator,
+            "ratio_median_estimator": il.estimate("median"), "attempts": il.attempts, "unreliable": il.unreliable}
+
+
 def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | None = None,
                   reference: nn.Module | None = None,
                   before_latency: Callable[[], object] | None = None) -> Measurement:
@@ -80,11 +89,11 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
         if lat_cfg.interleave:
             ref = ultra.deploy_copy(reference if reference is not None else model)
             il = measure_interleaved(deployed, ref, imgsz, s.device, lat_cfg.warmup, lat_cfg.runs,
-                                     lat_cfg.rounds, lat_cfg.threads, runtime=rt, batch=batch, half=half)
+                                     lat_cfg.rounds, lat_cfg.threads, runtime=rt, batch=batch, half=half,
+                                     estimator=lat_cfg.estimator, max_spread=lat_cfg.max_spread,
+                                     retries=lat_cfg.retries)
             lat, ratio = il.candidate, il.ratio
-            latency = {**asdict(lat), "spread": lat.spread, "ratio": il.ratio, "ratio_cv": il.ratio_cv,
-                       "ratio_p10": il.ratio_p10, "ratio_p90": il.ratio_p90, "rounds": il.rounds,
-                       "reference_median_ms": il.reference.median_ms}
+            latency = interleaved_record(il)
         else:
             lat = measure_latency(deployed, imgsz, s.device, lat_cfg.warmup, lat_cfg.runs, lat_cfg.threads,
                                   runtime=rt, batch=batch, half=half)

@@ -240,6 +240,8 @@ class TrialRecord:
     channels: dict[str, int]
     ray_node: str  # the Ray node that ran it ("" when unknown)
     ray_worker: dict[str, int]  # the worker process: its pid and how many jobs it had run, this one included
+    latency: dict[str, Any]  # the latency record (engine.measure): pass statistics, ratio, its spread, ...
+    remeasured: list[dict[str, Any]]  # earlier values that ``autoprune remeasure`` replaced, oldest first
 
 
 def trial(t: Attrs) -> TrialRecord:
@@ -253,7 +255,8 @@ def trial(t: Attrs) -> TrialRecord:
         if sc else None,
         wall_seconds=float(a.get("wall_seconds", 0.0) or 0.0), checkpoint=a.get("checkpoint"),
         artifact_dir=a.get("artifact_dir"), channels=dict(a.get("channels") or {}),
-        ray_node=str(a.get("ray_node") or ""), ray_worker=dict(a.get("ray_worker") or {}))
+        ray_node=str(a.get("ray_node") or ""), ray_worker=dict(a.get("ray_worker") or {}),
+        latency=dict(a.get("latency") or {}), remeasured=list(a.get("remeasured") or []))
 
 
 def mean_wall_seconds(trials: Sequence[Attrs]) -> float | None:

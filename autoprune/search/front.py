@@ -20,11 +20,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from autoprune.model import records
+from autoprune.model.timing import latency_flags
 from autoprune.search.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FrontRow", "FrontBase", "sync_front", "read_front", "ensure_schema", "SCHEMA_VERSION"]
+__all__ = ["FrontRow", "FrontBase", "sync_front", "read_front", "ensure_schema", "SCHEMA_VERSION", "latency_checks"]
 
 SCHEMA_VERSION = 1
 
@@ -89,23 +90,25 @@ def sync_front(study: optuna.Study, store: StudyStorage) -> list[int]:
     with sa.orm.Session(engine) as s, s.begin():
         query = sa.select(FrontRow).where(FrontRow.study_name == study.study_name)
         rows = {r.trial_number: r for r in s.scalars(query)}
-        for number, row in rows.items():
+        for number, gone in rows.items():
             if number not in best:
-                s.delete(row)
+                s.delete(gone)
         for number, t in best.items():
-            if number in rows:
+            values_json = json.dumps(dict(zip(names, t.values)))
+            row = rows.get(number)
+            if row is not None and row.values_json == values_json:
                 continue
             rec = records.trial(t)
             metrics = {**rec.metrics, **dict(zip(names, t.values))}
-            s.add(FrontRow(
-                study_name=study.study_name, trial_number=number,
-                trial_id=store.rdb.get_trial_id_from_study_id_trial_number(sid, number),
-                map50_95=metrics.get("map50_95"), map50=metrics.get("map50"), params=metrics.get("params"),
-                macs=metrics.get("macs"), latency_ms=metrics.get("latency_ms"),
-                values_json=json.dumps(dict(zip(names, t.values))),
-                policy_json=json.dumps(rec.policy or {}, sort_keys=True),
-                artifact_dir=rec.artifact_dir, checkpoint=rec.checkpoint,
-                joined_at=now))
+            if row is None:  # a new member; a member whose values changed (autoprune remeasure) keeps its joined_at
+                row = FrontRow(study_name=study.study_name, trial_number=number,
+                               trial_id=store.rdb.get_trial_id_from_study_id_trial_number(sid, number), joined_at=now)
+                s.add(row)
+            row.map50_95, row.map50 = metrics.get("map50_95"), metrics.get("map50")
+            row.params, row.macs, row.latency_ms = metrics.get("params"), metrics.get("macs"), metrics.get("latency_ms")
+            row.values_json = values_json
+            row.policy_json = json.dumps(rec.policy or {}, sort_keys=True)
+            row.artifact_dir, row.checkpoint = rec.artifact_dir, rec.checkpoint
     return sorted(best)
 
 
@@ -116,3 +119,15 @@ def read_front(engine: sa.Engine, study_name: str) -> list[dict[str, Any]]:
                          .order_by(FrontRow.trial_number)).all()
         return [r.as_dict() for r in rows]
 
+
+
+def latency_checks(study: optuna.Study) -> dict[int, list[str]]:
+    """``{trial number: reasons to doubt its latency}`` for the front members with any (see model.timing)."""
+    base = records.baseline_metrics(study)
+    out = {}
+    for t in study.best_trials:
+        rec = records.trial(t)
+        flags = latency_flags(rec.metrics, rec.latency, base)
+        if flags:
+            out[t.number] = flags
+    return out

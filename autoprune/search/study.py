@@ -135,6 +135,33 @@ class StudyStorage:
         sid = self.rdb.get_study_id_from_name(study.study_name)
         return optuna.Trial(study, self.rdb.get_trial_id_from_study_id_trial_number(sid, number))
 
+    def correct_finished(self, trial_id: int, values: dict[int, float], user_attrs: dict[str, Any],
+                         system_attrs: dict[str, Any]) -> None:
+        """Replace objective values (by objective index) and attributes of a *finished* trial, in one transaction.
+
+        Optuna refuses to change a finished trial through its API; ``autoprune remeasure`` corrects a measurement
+        (a latency timed on a busy machine) and keeps the replaced values in the trial's record, so this writes
+        Optuna's own tables through Optuna's own models (its schema, its stored form of a value).
+        """
+        import json
+
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.rdb.scoped_session) as session:  # commits, or rolls back on any error
+            for objective, value in values.items():
+                row = session.query(models.TrialValueModel).filter_by(trial_id=trial_id, objective=objective).one()
+                row.value, row.value_type = models.TrialValueModel.value_to_stored_repr(value)
+            tables: tuple[tuple[Any, dict[str, Any]], ...] = ((models.TrialUserAttributeModel, user_attrs),
+                                                               (models.TrialSystemAttributeModel, system_attrs))
+            for table, attrs in tables:
+                for key, value in attrs.items():
+                    attr = session.query(table).filter_by(trial_id=trial_id, key=key).one_or_none()
+                    if attr is None:
+                        session.add(table(trial_id=trial_id, key=key, value_json=json.dumps(value)))
+                    else:
+                        attr.value_json = json.dumps(value)
+
 
 def get_storage(url: str) -> StudyStorage:
     """The study storage at ``url``; a one-line InputError when it cannot be opened."""

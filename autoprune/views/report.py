@@ -47,6 +47,13 @@ def _pareto_2d(data: Any) -> Any:
                                                                             line=dict(width=2)),
                                      name="finalized for a target", legendgroup="target", showlegend=k == 1,
                                      hovertext=[p.hover for p in marked], hoverinfo="text"), 1, k)
+        doubtful = [p for p in data.points if p.on_front and p.latency_check]
+        if doubtful:
+            fig.add_trace(go.Scatter(x=[p.values[i] for p in doubtful], y=[p.values[j] for p in doubtful],
+                                     mode="markers", marker=dict(color="black", size=14, symbol="x-thin-open",
+                                                                 line=dict(width=2)),
+                                     name="latency check (remeasure)", legendgroup="check", showlegend=k == 1,
+                                     hovertext=[p.hover for p in doubtful], hoverinfo="text"), 1, k)
         if data.baseline:
             fig.add_trace(go.Scatter(x=[data.baseline[i]], y=[data.baseline[j]], mode="markers",
                                      marker=dict(color=_BASE, size=14, symbol="star"), name="baseline",

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.model import objectives, records
 from autoprune.model.pareto import baseline_hypervolume
 from autoprune.model.policy import ratio_summary
+from autoprune.model.timing import latency_flags
 from autoprune.views.text import delivered_trials
 
 __all__ = ["ParetoPoint", "ParetoData", "pareto_data", "RatioProfile", "ratio_profiles", "KnobRow", "knob_rows",
@@ -34,6 +35,7 @@ class ParetoPoint:
     on_front: bool
     hover: str
     targets: tuple[str, ...] = ()  # the targets this trial was finalized for (a budgeted run's deliveries)
+    latency_check: tuple[str, ...] = ()  # reasons to doubt its latency (model.timing.latency_flags)
 
 
 @dataclass(frozen=True)
@@ -60,14 +62,18 @@ def pareto_data(study: optuna.Study) -> ParetoData:
     names = _names(study)
     front = {t.number for t in study.best_trials}
     delivered = delivered_trials(records.deliveries(study))
-    points = tuple(ParetoPoint(t.number, tuple(float(v) for v in t.values), t.number in front,
-                               _hover(t, names) + "".join(f"<br>finalized for target {x}"
-                                                          for x in delivered.get(t.number, [])),
-                               tuple(delivered.get(t.number, [])))
-                   for t in _complete(study))
+    base_metrics = records.baseline_metrics(study)
+    points = []
+    for t in _complete(study):
+        rec = records.trial(t)
+        flags = tuple(latency_flags(rec.metrics, rec.latency, base_metrics))
+        hover = (_hover(t, names) + "".join(f"<br>finalized for target {x}" for x in delivered.get(t.number, []))
+                 + "".join(f"<br>latency check: {x}" for x in flags))
+        points.append(ParetoPoint(t.number, tuple(float(v) for v in t.values), t.number in front, hover,
+                                  tuple(delivered.get(t.number, [])), flags))
     base = records.baseline(study)
     baseline = tuple(float(base[n]) for n in names) if base and all(n in base for n in names) else None
-    return ParetoData(tuple(names), tuple(objectives.get(n).label for n in names), points, baseline)
+    return ParetoData(tuple(names), tuple(objectives.get(n).label for n in names), tuple(points), baseline)
 
 
 @dataclass(frozen=True)

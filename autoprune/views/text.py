@@ -33,9 +33,10 @@ def delivered_trials(deliveries: Mapping[str, Mapping[str, Any]]) -> dict[int, l
 
 def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
                   baseline: dict[str, Any] | None,
-                  targets: Mapping[int, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+                  targets: Mapping[int, Sequence[str]] | None = None,
+                  checks: Mapping[int, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """One flat record per front member (best first by the first objective), baseline first; ``target`` names the
-    targets a member was finalized for."""
+    targets a member was finalized for, ``latency_check`` the reasons to doubt its latency (``checks``)."""
     first = objectives.get(names[0])
     ordered = sorted(rows, key=lambda r: r["values"][first.name], reverse=first.direction == "maximize")
     out = []
@@ -44,7 +45,7 @@ def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
         for n in names:
             rec[n] = baseline.get(n)
             rec[f"{n}_change"] = 0.0
-        rec.update(criterion="", ratios="unpruned", joined_at="", target="")
+        rec.update(criterion="", ratios="unpruned", joined_at="", target="", latency_check="")
         out.append(rec)
     for r in ordered:
         rec = {"trial": r["trial_number"]}
@@ -54,7 +55,8 @@ def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
             rec[f"{n}_change"] = relative_change(v, (baseline or {}).get(n))
         policy = r.get("policy") or {}
         rec.update(criterion=policy.get("criterion", ""), ratios=ratio_summary(policy.get("ratios", {})),
-                   joined_at=r.get("joined_at", ""), target=",".join((targets or {}).get(r["trial_number"], ())))
+                   joined_at=r.get("joined_at", ""), target=",".join((targets or {}).get(r["trial_number"], ())),
+                   latency_check="; ".join((checks or {}).get(r["trial_number"], ())))
         out.append(rec)
     return out
 
@@ -75,27 +77,33 @@ def render_front(records: Sequence[dict[str, Any]], names: Sequence[str], fmt: s
     if fmt == "csv":
         buf = io.StringIO()
         fields = ["trial", *[x for n in names for x in (n, f"{n}_change")], "criterion", "ratios", "joined_at",
-                  "target"]
+                  "target", "latency_check"]
         w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(records)
         return buf.getvalue().rstrip("\n")
     marked = any(r.get("target") for r in records)
+    checked = any(r.get("latency_check") for r in records)
     header = ["trial", *[objectives.get(n).label for n in names], "criterion", "ratios"]
     header += ["target"] if marked else []
+    header += ["latency check"] if checked else []
     table = [header]
     for r in records:
         cells = [str(r["trial"])]
         for n in names:
             change = "" if r["trial"] == "baseline" else _pct(r.get(f"{n}_change"))
             cells.append(f"{_fmt(n, r[n])} {change}".strip())
-        cells += [r["criterion"] or "-", r["ratios"], *([r.get("target") or ""] if marked else [])]
+        cells += [r["criterion"] or "-", r["ratios"], *([r.get("target") or ""] if marked else []),
+                  *([r.get("latency_check") or ""] if checked else [])]
         table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = []
     for row in table:
         lines.append("  ".join(c.rjust(w) if 0 < i <= len(names) else c.ljust(w)
                                for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    if checked:
+        lines.append("latency check: these timings look off (a busy machine?); `autoprune remeasure` times the front "
+                     "again")
     return "\n".join(lines)
 
 
