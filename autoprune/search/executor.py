@@ -323,8 +323,29 @@ def ray_session(address: str | None) -> Iterator[bool]:
         ray.shutdown()
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS frame
+
+
+def _answers_grpc(sock: Any) -> bool:
+    """Whether the peer answers an HTTP/2 connection preface with a SETTINGS frame, as every gRPC server (a Ray
+    head's GCS, Ray's client server) does at once; anything else (an HTTP/1 server, a silent port) does not."""
+    try:
+        sock.sendall(_H2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = sock.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except OSError:  # socket.timeout is an OSError
+        return False
+    return head[3] == 0x04
+
+
 def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
-    """A Ray head given as ``host:port`` or ``ray://host:port`` must answer, or ray.init would wait for minutes."""
+    """A Ray head given as ``host:port`` or ``ray://host:port`` must answer as one (a gRPC server), within
+    ``timeout_s``, or ray.init would wait for minutes; ``ray://`` also needs Ray's client extra installed."""
+    import importlib.util
     import socket
 
     if not address or address == "auto" or address.startswith("local"):
@@ -333,10 +354,18 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise InputError(f"--ray-address: {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
+    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise InputError("--ray-address: ray:// addresses need Ray's client (pip install 'ray[client]'); "
+                         "or give the head's HOST:PORT from this cluster's nodes")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        sock = socket.create_connection((host, int(port)), timeout=timeout_s)
     except OSError as e:
         raise InputError(f"--ray-address: no Ray cluster answers at {hostport} ({e.strerror or e})") from None
+    with sock:
+        sock.settimeout(timeout_s)
+        if not _answers_grpc(sock):
+            raise InputError(f"--ray-address: {hostport} answers, but not as a Ray head (no gRPC within "
+                             f"{timeout_s:g} s)")
 
 
 def check_cluster_resources(resources: Resources) -> None:
