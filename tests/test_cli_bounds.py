@@ -191,3 +191,14 @@ def test_an_export_killed_mid_way_leaves_nothing_for_the_next(tmp_path):
     other = tmp_path / ".finalize.zz"  # another export's: not touched
     other.mkdir()
     assert remove_stale_staging(out) == [left] and not left.exists() and other.exists()
+
+
+def test_a_segmentation_model_on_box_labels_is_refused_before_any_study(tmp_path, tiny_data, capsys):
+    import yaml
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"name": "x", "model": "yolov8n-seg.yaml",
+                                                     "data": str(tiny_data), "imgsz": 64}))
+    assert cli.main(["search", str(tmp_path / "s.yaml"), "--studies-dir", str(tmp_path / "studies")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("autoprune: error: data:") and "box labels only" in err and "polygon" in err
+    assert not (tmp_path / "studies").exists() or not any((tmp_path / "studies").rglob("*.db"))

@@ -53,6 +53,7 @@ __all__ = [
     "set_threads", "check_dataset_files", "layer_stage", "model_nc", "model_names", "check_checkpoint",
     "deploy_copy", "save_checkpoint", "export_onnx", "export_model", "backend_runner", "inference_output",
     "total_loss", "trained_imgsz", "remove_blocks", "TASKS", "TASK_METRICS", "model_task", "kpt_shape",
+    "has_polygons",
 ]
 
 _SUPPORTED_MAJOR_MINOR = ((8, 3), (8, 4))
@@ -124,6 +125,17 @@ def check_dataset_files(data: str | Path, info: dict[str, Any]) -> dict[str, int
                            bad, good + bad, split)
         counts[split] = len(images)
     return counts
+
+
+def has_polygons(info: dict[str, Any]) -> bool:
+    """Whether any train label line is a polygon (``class x1 y1 x2 y2 x3 y3 ...``), as a segmentation model needs."""
+    paths = info.get("train") or []
+    images = [img for p in (paths if isinstance(paths, list) else [paths]) for img in _images(str(p))]
+    for lbl in img2label_paths(images):
+        path = Path(lbl)
+        if path.is_file() and any(len(line.split()) >= 7 for line in path.read_text(errors="replace").splitlines()):
+            return True
+    return False
 
 
 def _unreadable_images(images: list[str]) -> list[str]:

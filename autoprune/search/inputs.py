@@ -143,6 +143,9 @@ def _check_task(spec: SearchSpec, task: str, info: dict[str, Any]) -> None:
                 raise InputError(f"objectives: {name} needs a {needs} model; {spec.model} is a {task} model")
     if task == "pose" and "kpt_shape" not in info:
         raise InputError(f"data: {spec.data} has no kpt_shape, which a pose model needs")
+    if task == "segment" and not ultra.has_polygons(info):
+        raise InputError(f"data: {spec.data} has box labels only; a segmentation model ({spec.model}) needs polygon "
+                         "labels (class x1 y1 x2 y2 x3 y3 ...)")
 
 
 def _check_targets(spec: SearchSpec, model: Any) -> None:
