@@ -202,3 +202,18 @@ def test_a_segmentation_model_on_box_labels_is_refused_before_any_study(tmp_path
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("autoprune: error: data:") and "box labels only" in err and "polygon" in err
     assert not (tmp_path / "studies").exists() or not any((tmp_path / "studies").rglob("*.db"))
+
+
+def test_an_alias_bomb_in_the_data_sets_names_is_refused_in_one_line(tmp_path, tiny_data, tiny_model_pt, capsys):
+    import yaml
+
+    base = yaml.safe_load(tiny_data.read_text())
+    # 'billion laughs': each level holds 9 aliases of the one before; names: 9^9 strings once expanded
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    data = tmp_path / "bomb.yaml"
+    data.write_text(bomb + yaml.safe_dump({k: v for k, v in base.items() if k != "names"}) + "names: *i\n")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"name": "x", "model": str(tiny_model_pt), "data": str(data)}))
+    assert cli.main(["search", str(tmp_path / "s.yaml"), "--studies-dir", str(tmp_path / "studies")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("autoprune: error: data:") and "aliases" in err and len(err) < 400

@@ -74,7 +74,20 @@ _check_version()
 
 
 def read_dataset(data: str | Path) -> dict[str, Any]:
-    """ultralytics' own data set check (no downloads: the offline flag is set)."""
+    """ultralytics' own data set check (no downloads: the offline flag is set), after the YAML itself is read as a
+    spec is (safe types, bounded aliases: a 'billion laughs' in ``names`` would otherwise land in every
+    checkpoint)."""
+    import yaml
+
+    from autoprune import yamlsafe
+
+    if Path(data).is_file():
+        try:
+            yamlsafe.load(Path(data).read_text(errors="replace"))
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            problem = getattr(e, "problem", None) or first
+            raise InputError(f"data: {str(data)[:200]}: {problem}") from None
     try:
         return check_det_dataset(str(data))
     except Exception as e:  # ultralytics raises several types with multi-line text
