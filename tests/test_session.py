@@ -137,7 +137,21 @@ def test_a_batch_must_share_the_sessions_resources(tmp_path, monkeypatch):
 
     a, store, job_a = _study_job(tmp_path, "a")
     active = TuneSession("s-ray", tmp_path / "ray", Resources(cpus=2))
-    monkeypatch.setattr(session_mod, "_ACTIVE", active)
+    monkeypatch.setattr(session_mod._PHASES, "session", active, raising=False)  # as in the session's phases thread
     with pytest.raises(RuntimeError, match="resources"):
         session_mod.run_trials(a, store, dataclasses.replace(job_a, resources=Resources(cpus=1)), 1)
     assert isinstance(a, optuna.Study) and not a.trials
+
+
+def test_a_phase_left_running_after_its_session_closed_starts_no_trial(tmp_path, monkeypatch):
+    """Ctrl-C while the phases thread times the baseline: the Tune run ends and closes its dispatcher; when the
+    phase then asks for trials it finds its closed session (not a fresh Tune run of its own) and starts none."""
+    from autoprune.search import session as session_mod
+
+    a, store, job_a = _study_job(tmp_path, "a")
+    closed = TuneSession("s-ray", tmp_path / "ray", job_a.resources)
+    closed.dispatcher.close()
+    monkeypatch.setattr(session_mod._PHASES, "session", closed, raising=False)
+    with pytest.raises(SessionClosed):
+        session_mod.run_trials(a, store, job_a, 2)
+    assert not a.trials

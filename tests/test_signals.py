@@ -74,3 +74,26 @@ def test_a_signal_during_a_trial_stops_cleanly_and_the_search_resumes(tmp_path, 
     assert again.returncode == 0, again.stderr[-2000:]
     done = optuna.load_study(study_name="sig", storage=url).get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 1
+
+
+def test_sigint_while_the_baseline_is_timed_leaves_no_trial_running(tmp_path, tiny_data, tiny_model_pt):
+    """Ctrl-C while the phases thread times the unpruned baseline (a long timing here): exit 130 with the search's
+    line, and no trial is started afterwards by the thread that was still timing (it finds its session closed)."""
+    spec = _spec(tmp_path, tiny_data, tiny_model_pt, latency="{warmup: 1, runs: 4000, rounds: 10}")
+    url = f"sqlite:///{tmp_path}/studies/autoprune.db"
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune", "-v", "search", str(spec)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, seen = time.monotonic() + 240, ""
+    while time.monotonic() < deadline and "measuring the unpruned baseline" not in seen:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "measuring the unpruned baseline" in seen, seen[-2000:]
+    time.sleep(3)  # inside the timing
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("autoprune: interrupted (SIGINT)")
+    trials = optuna.load_study(study_name="sig", storage=url).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING], [(t.number, t.state) for t in trials]

@@ -208,10 +208,10 @@ class TuneSession:
 
     def drive(self, work: Callable[[], T]) -> T:
         """Run ``work`` (the phases, calling :meth:`run`) in a thread while the Tune run holds the main thread."""
-        global _ACTIVE
         out: dict[str, Any] = {}
 
         def target() -> None:
+            _PHASES.session = self  # run_trials in this thread runs here, even once closed (then it refuses)
             try:
                 out["value"] = work()
             except BaseException as e:  # handed to the caller's thread
@@ -229,14 +229,12 @@ class TuneSession:
             run_config=tune.RunConfig(name=self.name, storage_path=str(self.storage_path), verbose=0),
         )
         phases = threading.Thread(target=target, daemon=True, name="autoprune-phases")
-        _ACTIVE = self
         interrupted = True
         try:
             phases.start()
             tuner.fit()
             interrupted = False
         finally:
-            _ACTIVE = None
             self.dispatcher.close()
             self.dispatcher.abandon_all(INTERRUPTED)
             phases.join(timeout=10.0 if interrupted else None)
@@ -245,7 +243,10 @@ class TuneSession:
         return out["value"]
 
 
-_ACTIVE: TuneSession | None = None
+# The session whose phases run in the current thread (set in the phases thread by TuneSession.drive). Scoped to
+# that thread, so a phase still running after its session was interrupted (a baseline being timed when Ctrl-C
+# came) finds the closed session and cannot start a Tune run of its own.
+_PHASES = threading.local()
 
 
 def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int, ray_address: str | None = None,
@@ -258,7 +259,7 @@ def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int
     ``trial_fn(config, job=)`` replaces the default trial (tests); ``on_trial`` is called with each finished trial
     (after it is recorded). No trial starts after ``deadline`` (a ``time.time()``; a budgeted run).
     """
-    active = _ACTIVE
+    active: TuneSession | None = getattr(_PHASES, "session", None)
     if active is not None:  # a phase of a search: its session runs every batch
         if trial_fn is not active.trial_fn or job.resources != active.resources:
             raise RuntimeError("a search's batches share its session's trial function and resources")
