@@ -104,6 +104,7 @@ class StudySearcher(Searcher):
         self._on_done = on_done
         self.driver = driver_id()
         self.kept: list[Path] = []  # journal files of results the storage refused
+        self.lost: list[int] = []  # trials whose result neither the storage nor the journal could take
 
     def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
         return True
@@ -116,6 +117,7 @@ class StudySearcher(Searcher):
 
         def start() -> Policy:
             records.start_trial(ot, self.driver, trial_id)
+            journal.reserve(self._job.study_dir, self._study.study_name, ot.number)
             with warnings.catch_warnings():  # probes and warm starts fix ratios outside the range on purpose (a
                 # probe leaves the other blocks whole: 0; an earlier study's front its own values); not the user's
                 warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
@@ -162,6 +164,7 @@ class StudySearcher(Searcher):
             return
         finally:
             self._live.pop(trial_id, None)
+        journal.release(self._job.study_dir, self._study.study_name, ot.number)
         if error and maybe_retry(self._study, self._frozen(ot.number), self._job.retries):
             self._n += 1
         try:
@@ -194,7 +197,14 @@ class StudySearcher(Searcher):
                                constraint_values(metrics, self._baseline, c.map_floor, c.budgets))
 
     def _keep(self, outcome: journal.Outcome, e: BaseException) -> None:
-        path = journal.keep(self._job.study_dir, self._study.study_name, outcome)
+        try:
+            path = journal.keep(self._job.study_dir, self._study.study_name, outcome)
+        except OSError as full:
+            self.lost.append(outcome.number)
+            logger.error("trial %d: its result is LOST: the storage cannot be written (%s) nor the journal (%s)",
+                         outcome.number, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__,
+                         full.strerror or full)
+            return
         self.kept.append(path)
         logger.error("trial %d: the storage cannot be written (%s); its result is kept in %s and written on the "
                      "next run", outcome.number, str(e).strip().splitlines()[0][:200] if str(e).strip() else
@@ -216,7 +226,7 @@ class StudySearcher(Searcher):
     def __getstate__(self) -> dict[str, Any]:
         """What Ray Tune persists of the searcher (its experiment state, tuner.pkl): never the study or its storage,
         whose URL may hold a password. The study state lives in the storage; nothing here is needed to resume."""
-        hidden = {"_study", "_storage", "_store", "_live", "_on_done", "_baseline", "kept"}
+        hidden = {"_study", "_storage", "_store", "_live", "_on_done", "_baseline", "kept", "lost"}
         return {k: v for k, v in self.__dict__.items() if k not in hidden}
 
     def save(self, checkpoint_path: str) -> None:  # state lives in the Optuna storage

@@ -28,9 +28,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 __all__ = ["Outcome", "STORAGE_ERRORS", "WRITE_RETRY_DELAYS_S", "write", "with_retries", "write_with_retries", "keep",
-           "replay", "journal_dir"]
+           "replay", "journal_dir", "reserve", "release", "RESERVE_BYTES"]
 
 WRITE_RETRY_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
+RESERVE_BYTES = 256 * 1024  # disk set aside per running trial for its journal entry (a result is a few kB)
 STORAGE_ERRORS: tuple[type[BaseException], ...] = (optuna.exceptions.StorageInternalError, sa.exc.SQLAlchemyError,
                                                    OSError)
 
@@ -86,16 +87,63 @@ def journal_dir(study_dir: Path) -> Path:
     return Path(study_dir) / "journal"
 
 
+def _entry(study_dir: Path, study_name: str, number: int) -> tuple[Path, Path]:
+    path = journal_dir(study_dir) / f"{study_name}-{number:05d}.json"
+    return path, path.with_suffix(".reserve")
+
+
+def reserve(study_dir: Path, study_name: str, number: int) -> None:
+    """Set aside :data:`RESERVE_BYTES` of disk for trial ``number``'s journal entry while it runs (written, synced:
+    allocated), so a disk that fills meanwhile cannot cost its result: :func:`keep` writes into this space and
+    renames it. A disk already too full to reserve only loses the guarantee (a warning)."""
+    path, res = _entry(study_dir, study_name, number)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(res, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            block = b" " * 65536
+            for _ in range(RESERVE_BYTES // len(block)):
+                os.write(fd, block)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        res.unlink(missing_ok=True)
+        logger.warning("trial %d: no disk space could be set aside for its journal entry (%s)", number,
+                       e.strerror or e)
+
+
+def release(study_dir: Path, study_name: str, number: int) -> None:
+    """The trial's result is in the storage: its reserved journal space is freed."""
+    _entry(study_dir, study_name, number)[1].unlink(missing_ok=True)
+
+
 def keep(study_dir: Path, study_name: str, o: Outcome) -> Path:
-    """Write ``o`` to the journal (atomically, mode 0600) and return its path."""
-    folder = journal_dir(study_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{study_name}-{o.number:05d}.json"
+    """Write ``o`` to the journal (mode 0600) and return its path: into the trial's reserved space when it has one
+    (no new disk needed: a full disk keeps it), else through a temporary file. The entry appears whole or not
+    at all; an OSError leaves nothing behind."""
+    path, res = _entry(study_dir, study_name, o.number)
+    data = json.dumps({"study": study_name, **asdict(o)}, default=str).encode()
+    if res.is_file() and len(data) <= res.stat().st_size:
+        with open(res, "r+b") as f:
+            f.write(data)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(res, path)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"study": study_name, **asdict(o)}, f, default=str)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -106,6 +154,10 @@ def replay(study: optuna.Study, store: StudyStorage, study_dir: Path) -> list[in
     if not folder.is_dir():
         return []
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    for res in folder.glob(f"{study.study_name}-*.reserve"):  # space a finished or killed trial still holds
+        number = res.stem.rsplit("-", 1)[-1]
+        if number.isdigit() and states.get(int(number)) != TrialState.RUNNING:
+            res.unlink(missing_ok=True)
     written = []
     for path in sorted(folder.glob(f"{study.study_name}-*.json")):
         try:

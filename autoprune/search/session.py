@@ -200,9 +200,13 @@ class TuneSession:
                 raise SessionClosed("the Ray Tune run ended before the batch did")
         finally:
             stop.set()
-        if searcher.kept:
-            raise StorageWriteError(f"storage: {masked(store.url)} could not be written; {len(searcher.kept)} "
-                                    f"trial result(s) kept in {searcher.kept[0].parent} are written on the next run")
+        if searcher.kept or searcher.lost:
+            kept = (f"{len(searcher.kept)} trial result(s) kept in {searcher.kept[0].parent} are written on the next "
+                    "run" if searcher.kept else "")
+            lost = f"the result(s) of trial(s) {searcher.lost} are LOST (the journal could not be written either)" \
+                if searcher.lost else ""
+            raise StorageWriteError(f"storage: {masked(store.url)} could not be written; "
+                                    f"{'; '.join(x for x in (kept, lost) if x)}")
         logger.info("%d trial(s) run; objectives: %s", searcher.asked,
                     ", ".join(objectives.get(n).label for n in job.objectives))
 
