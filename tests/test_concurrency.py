@@ -119,6 +119,33 @@ def test_two_searches_started_at_once_explore_different_policies(tmp_path, tiny_
     assert done[0].params != done[1].params  # the same seed and trial count used to give the same policy
 
 
+
+@pytest.mark.slow
+def test_two_drivers_started_at_once_screen_each_probe_of_the_scan_once(tmp_path, tiny_data, tiny_model_pt):
+    """A fresh scan shared by two drivers started together: each probe is queued once and screened once (it
+    was 105 screens for 39 probes: both queued every probe, then sampled random ones when the queue ran dry)."""
+    spec = {"name": "both", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 1,
+            "screening": {"factor": 1, "batches": 2, "rounds": 1}, "sensitivity": {"probes": 1, "sweep": 2},
+            "warm_start": {"uniform": 0, "from_fronts": False},
+            "space": {"ratio": {"low": 0.1, "high": 0.5, "step": 0.05}, "iterations": 1, "epochs": 1},
+            "finetune": {"batch": 8}, "latency": {"warmup": 0, "runs": 3, "rounds": 1}, "resources": {"cpus": 1}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    cmd = [sys.executable, "-m", "autoprune", "search", "s.yaml", "--trials", "1"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    url = f"sqlite:///{tmp_path}/studies/autoprune.db"
+    scan_name = next(s.study_name for s in optuna.get_all_study_summaries(url) if s.study_name.startswith("sensi"))
+    trials = optuna.load_study(study_name=scan_name, storage=url).trials
+    probes = [records.probe(t) for t in trials if records.probe(t) is not None]
+    assert len(probes) == len(set(probes)) and all(t.state == TrialState.COMPLETE for t in trials
+                                                   if records.probe(t) is not None)
+    blocks = {p[0] for p in probes} - {"-", "*"}
+    assert len(probes) == 1 + len(blocks) + 2  # the reference, one probe a block, the 2-level sweep
+    strays = [t for t in trials if records.probe(t) is None]  # a sampled trial a driver got instead: failed at once
+    assert all(t.state == TrialState.FAIL and "another driver" in t.user_attrs["fail_reason"] for t in strays)
+
 LAYERS = [Layer("model.0", 16, "backbone"), Layer("model.12.cv1", 32, "neck")]
 BASE = {"map50_95": 0.8, "map50": 0.95, "params": 3.0e6, "macs": 2.0e8, "latency_ms": 10.0}
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from autoprune.errors import InputError
-from autoprune.search.executor import check_ray_address
+from autoprune.search.ray_setup import check_ray_address
 
 
 def _server(reply: bytes | None):

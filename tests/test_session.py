@@ -155,3 +155,33 @@ def test_a_phase_left_running_after_its_session_closed_starts_no_trial(tmp_path,
     with pytest.raises(SessionClosed):
         session_mod.run_trials(a, store, job_a, 2)
     assert not a.trials
+
+
+def test_a_queued_only_batch_runs_the_queue_and_never_a_sampled_trial(tmp_path, monkeypatch):
+    """Two drivers on one scan: each runs only queued probes. An empty queue ends the batch; a driver whose ask
+    lost the last queued trial to the other driver (between its check and its ask) fails the sampled trial it got
+    and ends, instead of screening a random policy."""
+    import dataclasses
+
+    a, store, job = _study_job(tmp_path, "a")
+    job = dataclasses.replace(job, queued_only=True)
+    params = {f"ratio/{lay.name}": 0.1 for lay in LAYERS}
+    a.enqueue_trial(params, user_attrs={"probe": {"block": "x", "ratio": 0.1}})
+    mine = StudySearcher(a, store, job, 5)
+    assert mine.suggest("t1") is not None and not mine.exhausted
+    assert mine.suggest("t2") == "FINISHED" and mine.exhausted  # nothing queued now
+    assert len(a.trials) == 1
+
+    a.enqueue_trial(params)
+    other = StudySearcher(a, store, job, 5)
+    real_ask = a.ask
+
+    def raced():  # the other driver pops the queued trial first
+        real_ask()
+        return real_ask()
+
+    monkeypatch.setattr(a, "ask", raced)
+    assert other.suggest("t3") == "FINISHED" and other.exhausted
+    states = [t.state for t in optuna.load_study(study_name="a", storage=store.rdb).trials]
+    assert states[-1] == TrialState.FAIL and len(states) == 3
+    assert "another driver took it" in a.trials[-1].user_attrs["fail_reason"]

@@ -9,7 +9,6 @@ becomes a FAILED trial with its reason and never a RUNNING zombie.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -17,18 +16,18 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher
 
 from autoprune.config.spec import Constraints, Resources, TrialSettings
 from autoprune.engine.trial import TrialResult
-from autoprune.errors import InputError, SpecError
 from autoprune.model import records
 from autoprune.model.constraints import constraint_values, feasible
 from autoprune.model.policy import Policy, ratio_summary
@@ -46,7 +45,7 @@ from autoprune.search.study import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Job", "StudySearcher", "ray_session", "check_ray_address", "check_cluster_resources", "trainable",
+__all__ = ["Job", "StudySearcher", "trainable",
            "encode", "decode", "beat", "log_trial", "count_job", "TrialFn", "PAYLOAD_KEY"]
 
 PAYLOAD_KEY = "autoprune"
@@ -67,6 +66,9 @@ class Job:
     retries: int = 0
     screen_batches: int = 8
     constraints: Constraints = Constraints()
+    # run only the study's queued trials (a scan's probes): the batch ends when none is waiting, since another
+    # driver on the same study may have taken them
+    queued_only: bool = False
 
 
 def encode(result: TrialResult) -> dict[str, str]:
@@ -112,8 +114,16 @@ class StudySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:  # or Searcher.FINISHED
         if self.exhausted:
             return Searcher.FINISHED  # type: ignore[return-value]  # Ray's sentinel string
+        if self._job.queued_only and not self._study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            self._n = self._asked  # the queue is empty: the batch is done
+            return Searcher.FINISHED  # type: ignore[return-value]
         self._asked += 1
         ot = journal.with_retries(self._study.ask, "a new trial")  # a refused insert leaves no trial behind
+        if self._job.queued_only and not self._storage.was_queued(self._study, ot.number):  # another driver
+            # popped the last queued trial between the check and the ask: this one was sampled, not queued
+            fail_trial(self._study, ot, "no queued trial left: another driver took it")
+            self._n = self._asked
+            return Searcher.FINISHED  # type: ignore[return-value]
 
         def start() -> Policy:
             records.start_trial(ot, self.driver, trial_id)
@@ -301,95 +311,6 @@ def log_trial(t: optuna.trial.FrozenTrial) -> None:
                     ratio_summary(pol.get("ratios", {})))
     else:
         logger.warning("trial %d FAILED: %s", t.number, rec.fail_reason)
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[bool]:
-    """Ray for the duration of the block: a local Ray (or ``address``), quietly, unless one is up already.
-
-    Yields whether this block started it (and so shuts it down).
-    """
-    import signal
-    import threading
-
-    import ray
-
-    if ray.is_initialized():
-        yield False
-        return
-    check_ray_address(address)
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C interrupts the search; the CLI says so
-    main = threading.current_thread() is threading.main_thread()
-    on_term = signal.getsignal(signal.SIGTERM) if main else None
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-             configure_logging=False,
-             runtime_env={"env_vars": {k: os.environ[k] for k in ("AUTOPRUNE_HOME", "ULTRALYTICS_SAFE_LOAD")
-                                       if k in os.environ}})
-    if main and on_term is not None:
-        signal.signal(signal.SIGTERM, on_term)  # ray.init replaces it with sys.exit(15)
-    try:
-        yield True
-    finally:
-        ray.shutdown()
-
-
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS frame
-
-
-def _answers_grpc(sock: Any) -> bool:
-    """Whether the peer answers an HTTP/2 connection preface with a SETTINGS frame, as every gRPC server (a Ray
-    head's GCS, Ray's client server) does at once; anything else (an HTTP/1 server, a silent port) does not."""
-    try:
-        sock.sendall(_H2_PREFACE)
-        head = b""
-        while len(head) < 9:
-            chunk = sock.recv(9 - len(head))
-            if not chunk:
-                return False
-            head += chunk
-    except OSError:  # socket.timeout is an OSError
-        return False
-    return head[3] == 0x04
-
-
-def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
-    """A Ray head given as ``host:port`` or ``ray://host:port`` must answer as one (a gRPC server), within
-    ``timeout_s``, or ray.init would wait for minutes; ``ray://`` also needs Ray's client extra installed."""
-    import importlib.util
-    import socket
-
-    if not address or address == "auto" or address.startswith("local"):
-        return
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--ray-address: {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
-    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
-        raise InputError("--ray-address: ray:// addresses need Ray's client (pip install 'ray[client]'); "
-                         "or give the head's HOST:PORT from this cluster's nodes")
-    try:
-        sock = socket.create_connection((host, int(port)), timeout=timeout_s)
-    except OSError as e:
-        raise InputError(f"--ray-address: no Ray cluster answers at {hostport} ({e.strerror or e})") from None
-    with sock:
-        sock.settimeout(timeout_s)
-        if not _answers_grpc(sock):
-            raise InputError(f"--ray-address: {hostport} answers, but not as a Ray head (no gRPC within "
-                             f"{timeout_s:g} s)")
-
-
-def check_cluster_resources(resources: Resources) -> None:
-    """One trial's CPUs and GPUs must fit on one node of the Ray cluster, or Ray Tune would wait forever (a
-    cluster of two 1-CPU nodes has 2 CPUs but cannot place a 2-CPU trial)."""
-    import ray
-
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    for key, want, field in (("CPU", resources.cpus, "cpus"), ("GPU", resources.gpus, "gpus")):
-        most = max((float(r.get(key, 0.0)) for r in nodes), default=0.0)
-        if want > most:
-            where = ("the Ray cluster has" if len(nodes) <= 1
-                     else f"the largest of the Ray cluster's {len(nodes)} nodes has")
-            raise SpecError(f"resources.{field}: {want:g} {key}(s) per trial requested but {where} {most:g}")
 
 
 TrialFn = Callable[..., None]

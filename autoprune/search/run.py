@@ -23,8 +23,9 @@ from autoprune.errors import StorageWriteError
 from autoprune.model import records
 from autoprune.model.budget import Ledger
 from autoprune.model.space import Layer
-from autoprune.search.executor import Job, check_cluster_resources, ray_session
+from autoprune.search.executor import Job
 from autoprune.search.inputs import materialise_yaml_model, prepare_inputs
+from autoprune.search.ray_setup import check_cluster_resources, ray_session
 from autoprune.search.session import TuneSession, run_trials
 from autoprune.search.study import (
     StudyStorage,

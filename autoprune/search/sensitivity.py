@@ -13,12 +13,15 @@ scan into per-layer ratios at cost targets spread over the sweep's range
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -95,7 +98,7 @@ def scan_job(spec: SearchSpec, layers: Sequence[Layer], name: str) -> Job:
                artifact_dir=spec.study_dir.parent / "artifacts", resources=spec.resources, retries=0,
                screen_batches=spec.screening.batches,
                constraints=dataclasses.replace(spec.constraints, map_floor=0.0, params=None, macs=None,
-                                               latency_ms=None, latency_ratio=None))
+                                               latency_ms=None, latency_ratio=None), queued_only=True)
 
 
 def probe_params(layers: Sequence[Layer], block: str, ratio: float) -> dict[str, float]:
@@ -112,6 +115,27 @@ def _wanted(spec: SearchSpec, layers: Sequence[Layer]) -> list[tuple[str, float]
     return out
 
 
+@contextlib.contextmanager
+def _queue_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the scan's folder while a driver reads what the scan holds and queues the rest, so two
+    drivers started together on one machine do not both queue every probe (drivers on other machines sharing a
+    PostgreSQL study can still, rarely, queue a probe twice: it is screened twice, nothing worse)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "queue.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _have(scan: optuna.Study) -> set[tuple[str, float] | None]:
+    """The probes the scan holds, queued or taken by any driver (an interrupted probe is screened again)."""
+    return {records.probe(t) for t in scan.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING, TrialState.RUNNING)
+            and not was_interrupted(t)}
+
+
 def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer],
                 ray_address: str | None = None) -> tuple[Sensitivity, set[int], optuna.Study]:
     """Screen the probes the cached scan lacks; return the scan, the numbers of the trials run now and its study."""
@@ -124,12 +148,11 @@ def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, laye
         records.set_scan_key(scan, _key(spec, fingerprint))
     journal.replay(scan, store, scan_job(spec, layers, name).study_dir)
     fail_stale_trials(scan, store, 0)
-    have = {records.probe(t) for t in scan.get_trials(deepcopy=False)  # an interrupted probe is screened again
-            if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING) and not was_interrupted(t)}
-    missing = [p for p in _wanted(spec, layers) if p not in have]
     before = {t.number for t in scan.get_trials(deepcopy=False)}  # before enqueueing: the probes run now are new
-    for block, ratio in missing:
-        scan.enqueue_trial(probe_params(layers, block, ratio), user_attrs=records.probe_attrs(block, ratio))
+    with _queue_lock(scan_job(spec, layers, name).study_dir):  # drivers on this machine queue one at a time
+        missing = [p for p in _wanted(spec, layers) if p not in _have(scan)]
+        for block, ratio in missing:
+            scan.enqueue_trial(probe_params(layers, block, ratio), user_attrs=records.probe_attrs(block, ratio))
     waiting = len(scan.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     if waiting:
         logger.info("sensitivity scan: screening %d probe(s) (%d cached in %s)", waiting,

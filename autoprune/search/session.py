@@ -35,9 +35,9 @@ from autoprune.search.executor import (
     beat,
     count_job,
     log_trial,
-    ray_session,
     trainable,
 )
+from autoprune.search.ray_setup import ray_session
 from autoprune.search.study import StudyStorage, masked
 
 logger = logging.getLogger(__name__)

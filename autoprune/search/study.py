@@ -135,6 +135,12 @@ class StudyStorage:
         sid = self.rdb.get_study_id_from_name(study.study_name)
         return optuna.Trial(study, self.rdb.get_trial_id_from_study_id_trial_number(sid, number))
 
+    def was_queued(self, study: optuna.Study, number: int) -> bool:
+        """Whether trial ``number`` came from the study's queue (``enqueue_trial``), not from its sampler."""
+        sid = self.rdb.get_study_id_from_name(study.study_name)
+        tid = self.rdb.get_trial_id_from_study_id_trial_number(sid, number)
+        return "fixed_params" in self.rdb.get_trial_system_attrs(tid)
+
     def correct_finished(self, trial_id: int, values: dict[int, float], user_attrs: dict[str, Any],
                          system_attrs: dict[str, Any]) -> None:
         """Replace objective values (by objective index) and attributes of a *finished* trial, in one transaction.
