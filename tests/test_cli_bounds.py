@@ -188,9 +188,35 @@ def test_an_export_killed_mid_way_leaves_nothing_for_the_next(tmp_path):
     left = tmp_path / ".final.ab12cd"  # what kill -9 leaves of an export's staging folder
     left.mkdir()
     (left / "pruned.pt").write_text("half")
+    train = tmp_path / ".final.train-x1y2"  # and of finalize's trainer folder beside it
+    train.mkdir()
     other = tmp_path / ".finalize.zz"  # another export's: not touched
     other.mkdir()
-    assert remove_stale_staging(out) == [left] and not left.exists() and other.exists()
+    assert sorted(remove_stale_staging(out)) == [left, train] and not left.exists() and not train.exists()
+    assert other.exists()
+
+
+def test_finalize_trains_in_a_folder_beside_its_staging_folder(tmp_path, monkeypatch):
+    """Where final_finetune puts the trainer's files (validation and the trainer are fakes here: only the
+    folder is checked): in the given folder with the given prefix, removed after."""
+    from types import SimpleNamespace
+
+    from autoprune.adapters import ultra
+    from autoprune.deploy import finalize
+
+    seen = {}
+    monkeypatch.setattr(finalize, "_split_metrics", lambda *a, **k: {"val": {"map50_95": 0.5, "map50": 0.6}})
+
+    def trainer(model, cfg, path):
+        seen["path"] = path
+        path.mkdir(parents=True)
+        return SimpleNamespace(epochs=1, optimizer_steps=2)
+
+    monkeypatch.setattr(ultra, "finetune", trainer)
+    finalize.final_finetune(None, "d.yaml", 64, finalize.FinalizeSettings(epochs=1), lr=0.01, seed=0, batch=8,
+                            scratch=(tmp_path, ".final.train-"))
+    assert seen["path"].parent.parent == tmp_path and seen["path"].parent.name.startswith(".final.train-")
+    assert not seen["path"].exists()
 
 
 def test_a_segmentation_model_on_box_labels_is_refused_before_any_study(tmp_path, tiny_data, capsys):

@@ -58,11 +58,13 @@ def _split_metrics(model: Any, data: str, imgsz: int, s: FinalizeSettings, batch
 
 def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings, *, lr: float, seed: int,
                    batch: int, optimizer: str = "SGD", teacher: str | None = None, distill_weight: float = 6.0,
-                   reserve_s: float = 0.0) -> dict[str, Any]:
+                   reserve_s: float = 0.0, scratch: tuple[Path, str] | None = None) -> dict[str, Any]:
     """The final fine-tune every delivered model gets (autoprune's and a hand recipe's alike): one optimizer step a
     batch, one warm-up epoch, cosine decay to 1%, EMA; ``settings.epochs`` epochs, or with ``settings.seconds``
     as many as fit in it less ``reserve_s`` and what validating before and after costs. Validates on val (and test,
-    where the data set has it) before and after; returns the record a policy file's ``finalize`` section holds."""
+    where the data set has it) before and after; returns the record a policy file's ``finalize`` section holds.
+    The trainer's files go to a temporary folder (``scratch``: in this folder, with this name prefix; default the
+    system's temporary folder), removed after."""
     from autoprune.adapters import ultra
 
     t0 = time.perf_counter()
@@ -78,7 +80,8 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     logger.info("final fine-tune: %s at lr %.4g (val mAP50-95 %.4f before)",
                 f"{train_s:.0f} s of training" if train_s is not None else f"{settings.epochs} epochs", lr,
                 before["val"]["map50_95"])
-    with tempfile.TemporaryDirectory(prefix="autoprune-finalize-") as tmp:
+    where, prefix = scratch or (None, "autoprune-finalize-")
+    with tempfile.TemporaryDirectory(dir=where, prefix=prefix) as tmp:
         t1 = time.perf_counter()
         stats = ultra.finetune(model, cfg, Path(tmp) / "train")
         trained_s = time.perf_counter() - t1
@@ -101,7 +104,7 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
                    force: bool = False) -> Any:
     """Fine-tune trial ``t``'s pruned model with the full budget and export it (see module doc)."""
     from autoprune.adapters import ultra
-    from autoprune.deploy.export import export_trial
+    from autoprune.deploy.export import STAGING_PREFIX, export_trial
 
     t0 = time.perf_counter()
     data = settings.data or str(records.baseline(study).get("data") or "")
@@ -124,7 +127,9 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
                                 optimizer=str(finetune.get("optimizer", "SGD")),
                                 teacher=_teacher(study) if settings.distill else None,
                                 distill_weight=float(finetune.get("distill_weight", 6.0)),
-                                reserve_s=spent + (EXPORT_RESERVE_S if onnx else 1.0))
+                                reserve_s=spent + (EXPORT_RESERVE_S if onnx else 1.0),
+                                # beside the export's staging folder: an export killed mid-way has both removed
+                                scratch=(checkpoint.parent.parent, f"{STAGING_PREFIX}{Path(out_dir).name}.train-"))
         ultra.save_checkpoint(model.cpu(), checkpoint)
         after = record["after"]
         logger.info("finalized trial %d: val mAP50-95 %.4f -> %.4f%s", t.number, record["before"]["val"]["map50_95"],
