@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from autoprune import cli_args as arg
 from autoprune.cli_args import EXIT_USAGE
 from autoprune.errors import AutopruneError
+from autoprune.paths import artifacts_dir
 
 if TYPE_CHECKING:
     import optuna
@@ -248,7 +249,7 @@ def _cmd_remeasure(args: argparse.Namespace) -> int:
 
     study, store = _existing_study(args)
     settings = RemeasureSettings(args.rounds, args.estimator, args.max_spread, args.retries)
-    done = remeasure(study, store, settings, args.studies_dir / "artifacts", args.trial)
+    done = remeasure(study, store, settings, artifacts_dir(args.studies_dir), args.trial)
     for r in done:
         change = ", ".join(f"{k} {r.before[k]:.4g} -> {r.after[k]:.4g}" for k in r.after)
         print(f"trial {r.trial}: {change or 'no latency objective'} (round spread {r.spread:.2f}"
@@ -272,7 +273,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
     check_database(_storage_url(args))
     print(f"optuna-dashboard: http://{args.host}:{args.port}/", flush=True)
-    serve_dashboard(_storage_url(args), args.artifact_dir or args.studies_dir / "artifacts", args.host, args.port)
+    serve_dashboard(_storage_url(args), args.artifact_dir or artifacts_dir(args.studies_dir), args.host, args.port)
     return 0
 
 
@@ -290,7 +291,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     study, store, trial = _chosen_trial(args)
     res = export_trial(study, store, trial, args.out, onnx=not args.no_onnx, force=args.force,
-                       artifact_dir=args.studies_dir / "artifacts")
+                       artifact_dir=artifacts_dir(args.studies_dir))
     print(f"exported trial {res.trial} of {study.study_name} to {res.out_dir}")
     for path in (res.policy, res.checkpoint, res.onnx, res.tp_ratios):
         if path is not None:
@@ -309,7 +310,7 @@ def _cmd_finalize(args: argparse.Namespace) -> int:
                                 data=args.data, device=check_device(args.device), distill=args.distill)
     study, store, trial = _chosen_trial(args)
     res = finalize_trial(study, store, trial, args.out, settings, onnx=not args.no_onnx, force=args.force,
-                         artifact_dir=args.studies_dir / "artifacts")
+                         artifact_dir=artifacts_dir(args.studies_dir))
     fin = load_policy_file(res.policy).finalize
     print(f"finalized trial {res.trial} of {study.study_name} ({fin['epochs']} epochs, {fin['optimizer_steps']} "
           f"optimizer steps) to {res.out_dir}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["home", "data_dir", "config_dir"]
+__all__ = ["home", "data_dir", "config_dir", "artifacts_dir"]
 
 
 def home() -> Path:
@@ -31,3 +31,8 @@ def config_dir() -> Path:
     d.mkdir(parents=True, exist_ok=True)
     return d
 
+
+
+def artifacts_dir(studies_dir: str | Path) -> Path:
+    """The Optuna artifact store of the studies under ``studies_dir`` (trial checkpoints and policy files)."""
+    return Path(studies_dir) / "artifacts"

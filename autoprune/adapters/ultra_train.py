@@ -48,7 +48,7 @@ class FinetuneConfig:
     mosaic: float = 0.0
     seed: int = 0
     cos_lr: bool = False
-    lrf: float = 0.1  # final learning rate as a fraction of lr
+    lrf: float = 0.01  # final learning rate as a fraction of lr (the spec's default; every caller passes its own)
     nbs: int | None = None  # nominal batch: gradients accumulate over nbs / batch batches (None: batch, one step each)
     warmup_bias_lr: float | None = None  # bias lr at the start of warm-up (None: lr; the trainer's 0.1 hurts recovery)
     distill_model: str | None = None  # teacher checkpoint: ultralytics' own knowledge distillation (``distill_model``)

@@ -34,6 +34,13 @@ class FinetuneSettings:
     sparse_epochs: int = field(default=3, metadata=bounds(min=1, max=1000))
     sparse_lr: float = field(default=0.01, metadata=bounds(gt=0, max=10))
 
+    @classmethod
+    def from_record(cls, record: Any) -> FinetuneSettings:
+        """The settings a study or a policy file recorded (``dataclasses.asdict`` of these); keys it does not know
+        are ignored and missing ones take the defaults, so a record of an older or newer autoprune still reads."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dict(record or {}).items() if k in known})
+
 
 RUNTIMES = ("torch", "onnxruntime", "cuda-graph", "tensorrt")  # autoprune.engine.runtimes (a test keeps them equal)
 ESTIMATORS = ("min", "median")  # autoprune.engine.latency.ROUND_STATISTICS (a test keeps them equal)

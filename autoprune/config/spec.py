@@ -48,6 +48,7 @@ from autoprune.errors import SpecError
 from autoprune.model import criteria, objectives, samplers, shapes
 from autoprune.model.budget import Target
 from autoprune.model.space import FloatRange, Space
+from autoprune.paths import artifacts_dir
 from autoprune.registry import Registry, UnknownName
 
 __all__ = ["Constraints", "FinetuneSettings", "LatencySettings", "Resources", "SearchSpec", "SamplerSettings",
@@ -97,6 +98,10 @@ class SearchSpec:
     def train_threads(self) -> int:
         """CPU threads for pruning and fine-tuning: the CPUs Ray reserves per trial (at least one)."""
         return max(1, int(self.resources.cpus))
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return artifacts_dir(self.studies_dir)
 
     @property
     def study_dir(self) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import tempfile
@@ -115,9 +114,8 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
 
 def _settings(doc: PolicyDocument, model: Path, data: str | None, device: str) -> TrialSettings:
     """The trial's settings as the policy file records them (its seed, image size, fine-tune settings)."""
-    ft = {k: v for k, v in doc.finetune.items() if k in {f.name for f in dataclasses.fields(FinetuneSettings)}}
     return TrialSettings(model=str(model), data=str(data or ""), imgsz=doc.imgsz, device=device, seed=doc.seed,
-                         finetune=FinetuneSettings(**ft))
+                         finetune=FinetuneSettings.from_record(doc.finetune))
 
 
 def _prune_only(doc: PolicyDocument, model: nn.Module, settings: TrialSettings) -> dict[str, int]:

@@ -142,7 +142,7 @@ def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, 
                                 threads=spec.train_threads)
     out = delivery_dir(spec, target)
     try:
-        res = finalize_trial(study, store, t, out, settings, artifact_dir=Path(spec.studies_dir) / "artifacts",
+        res = finalize_trial(study, store, t, out, settings, artifact_dir=spec.artifacts_dir,
                              force=True)
     except AutopruneError as e:
         logger.warning("target %s: trial %d could not be finalized: %s", target.label, t.number, e)

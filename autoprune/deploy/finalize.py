@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from autoprune.config.sections import FinetuneSettings
 from autoprune.errors import InputError
 from autoprune.model import records
 from autoprune.model.document import PolicyDocument
@@ -113,8 +114,7 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
     from autoprune.search.inputs import check_data
 
     check_data(data, "--data")
-    finetune = records.trial_settings(study).get("finetune") or {}
-    batch = int(finetune.get("batch", 16))
+    finetune = FinetuneSettings.from_record(records.trial_settings(study).get("finetune"))
 
     def prepare(checkpoint: Path, doc: PolicyDocument) -> dict[str, Any]:
         model = ultra.load_model(checkpoint).to(settings.device)
@@ -123,10 +123,9 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
                              f"{ultra.model_nc(model)}")
         lr = settings.lr if settings.lr is not None else doc.policy.lr
         spent = time.perf_counter() - t0
-        record = final_finetune(model, data, doc.imgsz, settings, lr=lr, seed=doc.seed, batch=batch,
-                                optimizer=str(finetune.get("optimizer", "SGD")),
-                                teacher=_teacher(study) if settings.distill else None,
-                                distill_weight=float(finetune.get("distill_weight", 6.0)),
+        record = final_finetune(model, data, doc.imgsz, settings, lr=lr, seed=doc.seed, batch=finetune.batch,
+                                optimizer=finetune.optimizer, teacher=_teacher(study) if settings.distill else None,
+                                distill_weight=finetune.distill_weight,
                                 reserve_s=spent + (EXPORT_RESERVE_S if onnx else 1.0),
                                 # beside the export's staging folder: an export killed mid-way has both removed
                                 scratch=(checkpoint.parent.parent, f"{STAGING_PREFIX}{Path(out_dir).name}.train-"))

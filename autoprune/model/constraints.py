@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["constraint_values", "feasible", "MAP_FLOOR", "BUDGETS"]
+__all__ = ["constraint_values", "feasible", "MAP_FLOOR"]
 
 MAP_FLOOR = "map_floor"
-BUDGETS = ("params", "macs", "latency_ms", "latency_ratio")
 
 
 def constraint_values(metrics: Mapping[str, float], baseline: Mapping[str, float], map_floor: float,

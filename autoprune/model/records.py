@@ -17,7 +17,7 @@ from autoprune.model.space import Layer
 
 __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline", "baseline_metrics", "layers",
            "fingerprint", "architecture", "trial_settings", "warm_started", "screening", "runs", "heartbeats",
-           "is_side_study", "RunTimings", "ScreenScore", "TrialRecord", "trial", "HEARTBEAT_PREFIX",
+           "is_side_study", "side_study_name", "RunTimings", "ScreenScore", "TrialRecord", "trial", "HEARTBEAT_PREFIX",
            "set_objectives", "set_baseline", "role", "set_identity", "model_file_sha256", "set_layers",
            "set_trial_settings", "mark_warm_started", "set_screening", "append_run", "set_heartbeat", "set_role",
            "start_trial", "set_policy", "set_fail_reason", "write_result", "set_screen_score", "retry_attrs",
@@ -28,7 +28,7 @@ __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline
 HEARTBEAT_PREFIX = "heartbeat:"
 _DRIVER_PREFIX = "driver:"  # when each driver (host:pid) opened the study
 _ROLE = "autoprune_role"  # "screen" / "sensitivity" on an internal side study
-_SIDE_SUFFIX = "-screen"  # side studies made before the role attribute existed
+_SIDE_SUFFIX = "-screen"  # the screen side study is NAME-screen (so it is known when made before roles)
 
 
 class Attrs(Protocol):
@@ -119,6 +119,11 @@ def driver_starts(s: Attrs) -> dict[str, float]:
 
 def set_driver_start(s: Writer, driver: str, when: float) -> None:
     s.set_user_attr(f"{_DRIVER_PREFIX}{driver}", when)
+
+
+def side_study_name(name: str) -> str:
+    """The name of study ``name``'s screen side study."""
+    return f"{name}{_SIDE_SUFFIX}"
 
 
 def is_side_study(name: str, s: Attrs) -> bool:

@@ -16,14 +16,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["artifact_store", "artifact_dir_of", "write_and_upload"]
-
-ARTIFACT_DIR_KEY = "artifact_store"
-
-
-def artifact_dir_of(studies_dir: str | Path) -> Path:
-    return Path(studies_dir).resolve() / "artifacts"
-
+__all__ = ["artifact_store", "write_and_upload"]
 
 def artifact_store(path: str | Path) -> FileSystemArtifactStore:
     p = Path(path)

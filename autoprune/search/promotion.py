@@ -41,11 +41,10 @@ from autoprune.search.warmstart import warm_start
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["screen_job", "screening_summary", "screen_and_promote", "record_screening", "SIDE_SUFFIX",
+__all__ = ["screen_job", "screening_summary", "screen_and_promote", "record_screening",
            "promotion_choice", "promotion_objectives", "recovery_gain", "check_side_study", "mean_screen_seconds",
            "target_picks"]
 
-SIDE_SUFFIX = "-screen"
 
 
 def screen_job(spec: SearchSpec, layers: Sequence[Layer]) -> Job:
@@ -53,25 +52,25 @@ def screen_job(spec: SearchSpec, layers: Sequence[Layer]) -> Job:
     timing, the spec's budgets (the mAP floor is the reference of promotion, not a screen's constraint)."""
     lat = spec.latency
     short = dataclasses.replace(lat, warmup=min(lat.warmup, 2), runs=min(lat.runs, 10), rounds=min(lat.rounds, 5))
-    name = f"{spec.name}{SIDE_SUFFIX}"
+    name = records.side_study_name(spec.name)
     return Job(kind="screen", settings=spec.trial_settings.replace(latency=short), space=screen_space(spec.space),
                layers=tuple(layers), objectives=spec.objectives, study_dir=spec.files_dir(name),
-               artifact_dir=spec.study_dir.parent / "artifacts", resources=spec.resources, retries=0,
+               artifact_dir=spec.artifacts_dir, resources=spec.resources, retries=0,
                screen_batches=spec.screening.batches,
                constraints=dataclasses.replace(spec.constraints, map_floor=0.0))
 
 
 def check_side_study(store: StudyStorage, spec: SearchSpec) -> None:
     """Refuse to screen when the side study's name belongs to a user study."""
-    name = f"{spec.name}{SIDE_SUFFIX}"
+    name = records.side_study_name(spec.name)
     if name in store.study_names() and records.role(store.load(name)) == "main":
         raise SpecError(f"name: screening study {name!r} would be the user study of that name; rename one of them "
                         "or set screening.factor: 0")
 
 
 def _open_screen(spec: SearchSpec, store: StudyStorage) -> optuna.Study:
-    return open_study(dataclasses.replace(StudyOptions.of(spec), name=f"{spec.name}{SIDE_SUFFIX}", role="screen"),
-                      store)
+    options = dataclasses.replace(StudyOptions.of(spec), name=records.side_study_name(spec.name), role="screen")
+    return open_study(options, store)
 
 
 PROMOTION_OBJECTIVES = ("map50_95", "params", "macs")  # deterministic costs: no timing noise in the choice
@@ -201,7 +200,7 @@ def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpe
 
 def mean_screen_seconds(spec: SearchSpec, study: optuna.Study) -> float | None:
     """Mean wall time of a completed screen in ``study``'s side study (None before the first, or without one)."""
-    name = f"{spec.name}{SIDE_SUFFIX}"
+    name = records.side_study_name(spec.name)
     try:
         screen = optuna.load_study(study_name=name, storage=study._storage)
     except KeyError:

@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import optuna
@@ -139,7 +138,7 @@ def _round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock 
 
 def main_job(spec: SearchSpec, layers: list[Layer]) -> Job:
     return Job(kind="trial", settings=spec.trial_settings, space=spec.space, layers=tuple(layers),
-               objectives=spec.objectives, study_dir=spec.study_dir, artifact_dir=Path(spec.studies_dir) / "artifacts",
+               objectives=spec.objectives, study_dir=spec.study_dir, artifact_dir=spec.artifacts_dir,
                resources=spec.resources, retries=spec.retries, constraints=spec.constraints)
 
 

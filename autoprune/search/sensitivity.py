@@ -95,7 +95,7 @@ def scan_job(spec: SearchSpec, layers: Sequence[Layer], name: str) -> Job:
     folder = spec.files_dir(name)
     return Job(kind="screen", settings=spec.trial_settings.replace(latency=untimed), space=space,
                layers=tuple(layers), objectives=SCAN_OBJECTIVES, study_dir=folder,
-               artifact_dir=spec.study_dir.parent / "artifacts", resources=spec.resources, retries=0,
+               artifact_dir=spec.artifacts_dir, resources=spec.resources, retries=0,
                screen_batches=spec.screening.batches,
                constraints=dataclasses.replace(spec.constraints, map_floor=0.0, params=None, macs=None,
                                                latency_ms=None, latency_ratio=None), queued_only=True)
