@@ -24,7 +24,7 @@ from autoprune.model.shapes import (
     uniform_levels,
     uniform_params,
 )
-from autoprune.search import samplers
+from autoprune.search.study import make_sampler
 from autoprune.search.warmstart import warm_start
 
 LAYERS = [Layer("model.0", 16, "backbone"), Layer("model.2.cv1", 32, "backbone"), Layer("model.12.cv1", 32, "neck"),
@@ -56,7 +56,7 @@ def test_new_spec_fields_are_validated(field, value, message):
 @pytest.mark.parametrize("name,cls", [("tpe", optuna.samplers.TPESampler), ("nsga2", optuna.samplers.NSGAIISampler),
                                       ("gp", optuna.samplers.GPSampler), ("random", optuna.samplers.RandomSampler)])
 def test_sampler_registry(name, cls):
-    assert isinstance(samplers.make(name, seed=3, startup=4), cls)
+    assert isinstance(make_sampler(name, seed=3, startup=4), cls)
     assert _spec(sampler=name).sampler.name == name
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from autoprune.config._read import bounds
 
 __all__ = ["RUNTIMES", "ESTIMATORS", "FinetuneSettings", "LatencySettings", "SamplerSettings", "WarmStart", "Screening",
-           "Sensitivity", "Resources", "Constraints", "TrialSettings", "Budget"]
+           "ScanSettings", "Resources", "Constraints", "TrialSettings", "Budget"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Screening:
 
 
 @dataclass(frozen=True)
-class Sensitivity:
+class ScanSettings:
     """The sensitivity scan and its allocated candidates (with screening on)."""
 
     probes: int = field(default=2, metadata=bounds(min=0, max=20))  # ratios each block is probed at (0: off)

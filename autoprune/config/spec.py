@@ -39,8 +39,8 @@ from autoprune.config.sections import (
     LatencySettings,
     Resources,
     SamplerSettings,
+    ScanSettings,
     Screening,
-    Sensitivity,
     TrialSettings,
     WarmStart,
 )
@@ -52,7 +52,7 @@ from autoprune.paths import artifacts_dir
 from autoprune.registry import Registry, UnknownName
 
 __all__ = ["Constraints", "FinetuneSettings", "LatencySettings", "Resources", "SearchSpec", "SamplerSettings",
-           "WarmStart", "Screening", "Sensitivity", "TrialSettings", "Overrides", "load_spec", "parse_spec",
+           "WarmStart", "Screening", "ScanSettings", "TrialSettings", "Overrides", "load_spec", "parse_spec",
            "check_name", "check_storage", "check_device_text", "registered", "DEFAULT_STUDIES_DIR",
            "default_storage_url", "AUTO_ROUND_TO", "Budget", "Target"]
 
@@ -84,7 +84,7 @@ class SearchSpec:
     sampler: SamplerSettings = SamplerSettings()
     warm_start: WarmStart = WarmStart()
     screening: Screening = Screening()
-    sensitivity: Sensitivity = Sensitivity()
+    sensitivity: ScanSettings = ScanSettings()
     constraints: Constraints = Constraints()
     budget: Budget = Budget()
     targets: tuple[Target, ...] = ()  # sizes to deliver a finalized model at (each needs budget.seconds)
@@ -360,7 +360,7 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         sampler=_sampler(raw.get("sampler")),
         warm_start=read_section(WarmStart, raw.get("warm_start"), "warm_start"),
         screening=_screening(raw.get("screening")),
-        sensitivity=read_section(Sensitivity, raw.get("sensitivity"), "sensitivity"),
+        sensitivity=read_section(ScanSettings, raw.get("sensitivity"), "sensitivity"),
         constraints=_constraints(raw.get("constraints"), latency),
         budget=budget,
         targets=targets,

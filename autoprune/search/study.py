@@ -22,15 +22,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config.spec import SamplerSettings, SearchSpec
 from autoprune.errors import InputError, SpecError, masked, scrubbed
-from autoprune.model import objectives, records
+from autoprune.model import objectives, records, samplers
 from autoprune.model.samplers import stream_seed
-from autoprune.search import samplers
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["StudyStorage", "get_storage", "masked", "sqlite_path", "StudyOptions", "open_study", "open_study_for",
            "load_existing", "Opened", "driver_id", "was_interrupted", "heartbeat", "check_database", "fail_trial",
-           "fail_stale_trials", "maybe_retry", "STALE_AFTER_S"]
+           "fail_stale_trials", "maybe_retry", "STALE_AFTER_S", "make_sampler"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite write waits for another connection's lock
 STALE_AFTER_S = 300.0  # a driver on another host is presumed dead after this long without a heartbeat
@@ -188,12 +187,23 @@ class StudyOptions:
         return cls(spec.name, spec.objectives, spec.sampler, spec.seed, spec.trials)
 
 
+def make_sampler(name: str, seed: int, startup: int) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler registered as ``name`` (:mod:`autoprune.model.samplers`); ``"$seed"``/``"$startup"``
+    arguments take ``seed``/``startup``."""
+    choice = samplers.get(name)
+    fill = {"$seed": seed, "$startup": startup}
+    kwargs = {k: fill.get(v, v) if isinstance(v, str) else v for k, v in choice.args}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(optuna.samplers, choice.optuna_class)(**kwargs)
+
+
 def _sampler(o: StudyOptions, n_existing: int, rank: int = 0) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded from its stream at (trials already there, driver rank): a continued study does
     not replay its first draws, concurrent drivers sample apart, and no seed's stream is another's shifted."""
     startup = max(4, min(10, o.trials // 3))
     seed = o.sampler.seed if o.sampler.seed is not None else o.seed
-    return samplers.make(o.sampler.name, stream_seed(seed, n_existing, rank), startup)
+    return make_sampler(o.sampler.name, stream_seed(seed, n_existing, rank), startup)
 
 
 def open_study(options: StudyOptions, store: StudyStorage) -> optuna.Study:
