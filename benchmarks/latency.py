@@ -26,6 +26,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     from autoprune.adapters import tp, ultra
+    from autoprune.config.sections import LatencySettings
     from autoprune.demo.baseline import resolve_demo_model
     from autoprune.engine.latency import measure_interleaved, measure_latency
     from autoprune.engine.latency_table import LatencyTable
     from autoprune.engine.pipeline import TRACE_IMGSZ
 
+    # the spec's timing (its estimator, re-timing a spread ratio), with this script's passes and rounds
+    timing = LatencySettings(warmup=3, runs=args.runs, rounds=args.rounds, threads=args.threads)
     base_path = resolve_demo_model()
     base = ultra.load_model(base_path)
     original = tp.channel_counts(base, TRACE_IMGSZ)
@@ -109,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         table = LatencyTable(runtime, "cpu", args.threads) if args.lut else None
         base_lut = table.estimate(base_deployed, args.imgsz).ms if table else None
         for label, deployed, macs_ratio in pruned_models:
-            il = measure_interleaved(deployed, base_deployed, args.imgsz, warmup=3, runs=args.runs,
-                                     rounds=args.rounds, threads=args.threads, runtime=runtime)
+            il = measure_interleaved(deployed, base_deployed, args.imgsz, timing=replace(timing, runtime=runtime))
             row = {"policy": label, "macs_ratio": macs_ratio, "latency_ratio": il.ratio,
                    "latency_ms": il.candidate.median_ms, "baseline_ms": il.reference.median_ms,
                    "ratio_cv_within": il.ratio_cv,
@@ -137,9 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     probe = pruned_models[len(pruned_models) // 2][1]
     ratios, plain = [], []
     for _ in range(args.repeats):
-        ratios.append(measure_interleaved(probe, base_deployed, args.imgsz, warmup=3, runs=args.runs,
-                                          rounds=args.rounds, threads=args.threads).ratio)
-        plain.append(measure_latency(probe, args.imgsz, warmup=3, runs=args.runs, threads=args.threads).median_ms)
+        ratios.append(measure_interleaved(probe, base_deployed, args.imgsz, timing=timing).ratio)
+        plain.append(measure_latency(probe, args.imgsz, timing=timing).median_ms)
     first = per_runtime[runtimes[0]]
     result = {
         "machine": machine(), "imgsz": args.imgsz, "runs": args.runs, "rounds": args.rounds,

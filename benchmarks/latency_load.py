@@ -76,15 +76,16 @@ def pruned_models(n_random: int, seed: int, ratios: list[float]) -> tuple[Any, l
 def run(imgsz: int = 320, busy: int = 2, n_random: int = 2, seed: int = 0, runs: int = 20, rounds: int = 10,
         quiet_runs: int = 60, threads: int = 2, max_spread: float = 0.25, retries: int = 2,
         ratios: list[float] | None = None) -> dict[str, Any]:
+    from autoprune.config.sections import LatencySettings
     from autoprune.engine.latency import measure_interleaved
     from autoprune.model.pareto import kendall_tau
 
     base, models = pruned_models(n_random, seed, ratios or [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
 
     def timed(model: Any, new: bool, n: int, k: int) -> Any:
-        return measure_interleaved(model, base, imgsz, warmup=3, runs=n, rounds=k, threads=threads,
-                                   estimator="min" if new else "median", max_spread=max_spread if new else None,
-                                   retries=retries if new else 0)
+        timing = LatencySettings(warmup=3, runs=n, rounds=k, threads=threads, estimator="min" if new else "median",
+                                 max_spread=max_spread, retries=retries if new else 0)
+        return measure_interleaved(model, base, imgsz, timing=timing)
 
     rows: list[dict[str, Any]] = [{"policy": label, "macs_ratio": macs} for label, _, macs in models]
     load_quiet = [os.getloadavg()[0]]

@@ -55,6 +55,7 @@ def arm_spec(arm: str, seed: int, trials: int, imgsz: int | None, deploy_imgsz: 
 def evaluate(study: Any, runs: int, rounds: int) -> dict[str, Any]:
     """Test-split mAP and a fresh ORT latency ratio of each feasible front member; hypervolumes."""
     from autoprune.adapters import ultra
+    from autoprune.config.sections import LatencySettings
     from autoprune.engine.latency import measure_interleaved
     from autoprune.model import pareto, records
     from autoprune.model.constraints import feasible
@@ -72,8 +73,9 @@ def evaluate(study: Any, runs: int, rounds: int) -> dict[str, Any]:
         rec = records.trial(t)
         model = ultra.load_model(rec.checkpoint)
         test = ultra.validate(model, data, imgsz, split="test").map50_95
-        il = measure_interleaved(ultra.deploy_copy(model), reference, int(lat["imgsz"]), warmup=2, runs=runs,
-                                 rounds=rounds, threads=int(lat["threads"]), runtime=str(lat["runtime"]))
+        il = measure_interleaved(ultra.deploy_copy(model), reference, int(lat["imgsz"]),
+                                 timing=LatencySettings(warmup=2, runs=runs, rounds=rounds, threads=int(lat["threads"]),
+                                                        runtime=str(lat["runtime"]), estimator="median", retries=0))
         members.append({"trial": t.number, "test_map50_95": test, "val_map50_95": rec.metrics["map50_95"],
                         "params": rec.metrics["params"], "search_latency_ratio": rec.metrics.get("latency_ratio"),
                         "latency_ratio": il.ratio, "latency_lut_ms": rec.metrics.get("latency_lut_ms")})

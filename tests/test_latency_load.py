@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import torch
 from torch import nn
 
-from autoprune.config.sections import ESTIMATORS
+from autoprune.config.sections import ESTIMATORS, LatencySettings
 from autoprune.engine.latency import ROUND_STATISTICS, measure_interleaved, ratio_of, round_ratios
 from autoprune.model.timing import latency_flags
 from autoprune.search.front import latency_checks, read_front, sync_front
@@ -42,17 +42,17 @@ def _pair():
 def test_a_spread_ratio_is_timed_again_and_marked_unreliable_when_it_stays_spread():
     small, big = _pair()
     # a spread limit no real timing meets: 1 + 2 re-timings, pooled, then unreliable
-    il = measure_interleaved(small, big, imgsz=32, warmup=1, runs=8, rounds=4, threads=1, max_spread=1e-9,
-                             retries=2, pause_s=0.0)
+    il = measure_interleaved(small, big, imgsz=32, pause_s=0.0,
+                             timing=LatencySettings(warmup=1, runs=8, rounds=4, threads=1, max_spread=1e-9, retries=2))
     assert il.attempts == 3 and il.rounds == 12 and len(il.samples) == 12 and il.unreliable
     assert il.ratio == pytest.approx(ratio_of(il.samples, "min"))
     assert il.estimate("median") == pytest.approx(ratio_of(il.samples, "median"))
     # a limit every timing meets: timed once, reliable
-    ok = measure_interleaved(small, big, imgsz=32, warmup=1, runs=8, rounds=4, threads=1, max_spread=1e9,
-                             retries=2, pause_s=0.0)
+    ok = measure_interleaved(small, big, imgsz=32, pause_s=0.0,
+                             timing=LatencySettings(warmup=1, runs=8, rounds=4, threads=1, max_spread=1e9, retries=2))
     assert ok.attempts == 1 and ok.rounds == 4 and not ok.unreliable
     with pytest.raises(ValueError, match="estimator"):
-        measure_interleaved(small, big, imgsz=32, runs=3, rounds=1, estimator="mean")
+        measure_interleaved(small, big, imgsz=32, timing=LatencySettings(runs=3, rounds=1, estimator="mean"))
 
 
 BASE = {"macs": 100.0, "latency_lut_ms": 10.0}

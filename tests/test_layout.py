@@ -65,3 +65,18 @@ def test_no_import_cycle_between_modules():
     # a package's __init__ re-exporting its modules is not a cycle of concepts
     graph = {m: {d for d in deps if not (m.startswith(d + ".") or d.startswith(m + "."))} for m, deps in graph.items()}
     assert _cycles(graph) == []
+
+
+ATTR_OWNERS = {"model/records.py", "search/study.py"}  # optuna's model of one attribute-JSON owner
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_records_and_study_touch_optuna_user_attributes(path):
+    """Every key of what a study stores in Optuna's user attributes is known to model/records.py alone (and
+    search/study.py, the storage's owner); the rest of the package goes through its accessors."""
+    if str(path.relative_to(PACKAGE)) in ATTR_OWNERS:
+        return
+    import re
+
+    text = path.read_text()  # enqueue_trial(..., user_attrs=records.xxx(...)) hands records' own dict over: fine
+    assert not re.findall(r"\.user_attrs\b|set_user_attr\(|user_attrs=(?!records\.)", text)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autoprune.adapters import ultra
-from autoprune.config.sections import RUNTIMES
+from autoprune.config.sections import RUNTIMES, LatencySettings
 from autoprune.config.spec import parse_spec
 from autoprune.engine import runtimes
 from autoprune.engine.latency import measure_interleaved
@@ -46,8 +46,9 @@ def test_runtime_availability_is_checked_before_a_search_starts():
 
 def test_onnxruntime_times_the_exported_model_interleaved_with_the_base(yolov8n):
     base = ultra.deploy_copy(yolov8n)
-    il = measure_interleaved(base, ultra.deploy_copy(yolov8n), imgsz=64, warmup=1, runs=6, rounds=3, threads=1,
-                             runtime="onnxruntime", batch=2)
+    il = measure_interleaved(base, ultra.deploy_copy(yolov8n), imgsz=64,
+                             timing=LatencySettings(warmup=1, runs=6, rounds=3, threads=1, runtime="onnxruntime",
+                                                    batch=2, retries=0))
     assert il.candidate.runtime == il.reference.runtime == "onnxruntime"
     assert il.candidate.batch == 2 and il.candidate.precision == "fp32" and il.candidate.median_ms > 0
     assert 0.3 < il.ratio < 3.0  # the same model against itself

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from autoprune.config.sections import LatencySettings
 from autoprune.config.spec import parse_spec
 from autoprune.engine.latency import measure_interleaved
 from autoprune.engine.screen import recalibrate_bn
@@ -191,10 +192,11 @@ def test_adaptive_bn_recalibrates_statistics_only():
 def test_interleaved_latency_reports_ratio_and_spread():
     a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
     b = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-    res = measure_interleaved(a, b, imgsz=32, warmup=1, runs=12, rounds=4, threads=1)
+    once = {"threads": 1, "retries": 0}  # one timing, however spread
+    res = measure_interleaved(a, b, imgsz=32, timing=LatencySettings(warmup=1, runs=12, rounds=4, **once))
     assert res.rounds == 4 and res.candidate.runs == 12 and res.reference.runs == 12
     assert res.ratio > 0 and res.ratio_cv >= 0 and res.ratio_p10 <= res.ratio <= res.ratio_p90
-    few = measure_interleaved(a, b, imgsz=32, warmup=0, runs=3, rounds=10, threads=1)
+    few = measure_interleaved(a, b, imgsz=32, timing=LatencySettings(warmup=0, runs=3, rounds=10, **once))
     assert few.rounds == 3 and few.candidate.runs == 3
 
 

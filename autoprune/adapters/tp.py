@@ -41,13 +41,10 @@ if not tp.__version__.startswith("1."):
 
 
 def _ultra() -> tuple[Any, Any, Any, Any, Any]:
-    # isort: off
-    from autoprune.adapters import ultra  # noqa: F401 - configures ultralytics offline before its first import
-    from ultralytics.nn.modules import C2f, Conv, Detect
-    from ultralytics.nn.modules.block import DFL, Attention
-    # isort: on
+    """ultralytics' module classes this adapter recognises, from the ultralytics adapter (the only importer)."""
+    from autoprune.adapters import ultra
 
-    return C2f, Conv, Detect, DFL, Attention
+    return ultra.module_classes()
 
 
 class C2fSplit(nn.Module):

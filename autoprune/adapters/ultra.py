@@ -32,8 +32,8 @@ from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace  # noqa:
 
 _offline.silence_settings()
 
-from autoprune.adapters.layers import remove_blocks  # noqa: E402
 from autoprune.adapters.ultra_export import backend_runner, export_model, export_onnx  # noqa: E402
+from autoprune.adapters.ultra_layers import remove_blocks  # noqa: E402
 from autoprune.adapters.ultra_tasks import TASK_METRICS, TASKS, build_model, model_task, validator_class  # noqa: E402
 from autoprune.adapters.ultra_train import (  # noqa: E402
     FinetuneConfig,
@@ -53,7 +53,7 @@ __all__ = [
     "set_threads", "check_dataset_files", "layer_stage", "model_nc", "model_names", "check_checkpoint",
     "deploy_copy", "save_checkpoint", "export_onnx", "export_model", "backend_runner", "inference_output",
     "total_loss", "trained_imgsz", "remove_blocks", "TASKS", "TASK_METRICS", "model_task", "kpt_shape",
-    "has_polygons",
+    "has_polygons", "module_classes",
 ]
 
 _SUPPORTED_MAJOR_MINOR = ((8, 3), (8, 4))
@@ -138,6 +138,14 @@ def check_dataset_files(data: str | Path, info: dict[str, Any]) -> dict[str, int
                            bad, good + bad, split)
         counts[split] = len(images)
     return counts
+
+
+def module_classes() -> tuple[type, type, type, type, type]:
+    """(C2f, Conv, Detect, DFL, Attention): the ultralytics modules the torch-pruning adapter handles specially."""
+    from ultralytics.nn.modules import C2f, Conv, Detect
+    from ultralytics.nn.modules.block import DFL, Attention
+
+    return C2f, Conv, Detect, DFL, Attention
 
 
 def has_polygons(info: dict[str, Any]) -> bool:

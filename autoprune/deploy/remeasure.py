@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autoprune.config.sections import LatencySettings
 from autoprune.errors import InputError
 from autoprune.model import records
 from autoprune.search.front import sync_front
@@ -82,12 +83,14 @@ def _time(t: FrozenTrial, checkpoint: Path, base: Any, s: RemeasureSettings) -> 
     from autoprune.engine.latency import measure_interleaved
 
     lat = records.trial(t).latency
-    return measure_interleaved(
-        ultra.deploy_copy(ultra.load_model(checkpoint)), ultra.deploy_copy(base), int(lat["imgsz"]),
-        str(lat.get("device", "cpu")), int(lat.get("warmup", 10)), int(lat.get("runs", 50)),
-        s.rounds or int(lat.get("rounds", 10)), int(lat.get("threads", 2)), runtime=str(lat.get("runtime", "torch")),
-        batch=int(lat.get("batch", 1)), half=lat.get("precision") == "fp16", estimator=s.estimator,
-        max_spread=s.max_spread, retries=s.retries)
+    attempts = max(1, int(lat.get("attempts", 1)))  # its runs and rounds pooled over its timings
+    timing = LatencySettings(warmup=int(lat.get("warmup", 10)), runs=max(1, int(lat.get("runs", 50)) // attempts),
+                             rounds=s.rounds or max(1, int(lat.get("rounds", 10)) // attempts),
+                             threads=int(lat.get("threads", 2)), runtime=str(lat.get("runtime", "torch")),
+                             batch=int(lat.get("batch", 1)), half=lat.get("precision") == "fp16",
+                             estimator=s.estimator, max_spread=s.max_spread, retries=s.retries)
+    return measure_interleaved(ultra.deploy_copy(ultra.load_model(checkpoint)), ultra.deploy_copy(base),
+                               int(lat["imgsz"]), str(lat.get("device", "cpu")), timing)
 
 
 def remeasure(study: optuna.Study, store: StudyStorage, settings: RemeasureSettings, artifact_dir: Path,
@@ -115,12 +118,11 @@ def remeasure(study: optuna.Study, store: StudyStorage, settings: RemeasureSetti
             before = {k: float(rec.metrics[k]) for k in LATENCY_METRICS if k in rec.metrics}
             after = {k: new[k] for k in before}
             constraints = _constraints(t, before, after)
-            history = [*rec.remeasured, {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                         **before, "latency": rec.latency}]
+            now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             store.correct_finished(
                 store.rdb.get_trial_id_from_study_id_trial_number(sid, t.number),
                 {i: after[n] for i, n in enumerate(names) if n in after},
-                {"metrics": {**rec.metrics, **after}, "latency": interleaved_record(il), "remeasured": history},
+                records.remeasured_attrs(rec, {**rec.metrics, **after}, interleaved_record(il), before, now),
                 constraints)
             out.append(Remeasured(t.number, before, after, il.ratio_spread, il.unreliable))
             logger.info("trial %d: latency ratio %s -> %.3f (spread %.2f over %d rounds%s)", t.number,

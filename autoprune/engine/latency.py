@@ -18,9 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autoprune.config.sections import LatencySettings
 from autoprune.engine.runtimes import RunSpec, build_runner
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_TIMING = LatencySettings()  # the spec's latency defaults (frozen)
 
 __all__ = ["LatencyStats", "InterleavedLatency", "ROUND_STATISTICS", "measure_latency", "measure_interleaved",
            "device_lock", "device_name", "ratio_of", "round_ratios"]
@@ -89,28 +92,28 @@ def device_lock(device: str) -> Iterator[float]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def measure_latency(model: nn.Module, imgsz: int, device: str = "cpu", warmup: int = 10, runs: int = 50,
-                    threads: int = 2, runtime: str = "torch", batch: int = 1, half: bool = False) -> LatencyStats:
-    """Median of ``runs`` timed forward passes (of ``batch`` images, on ``runtime``) after ``warmup`` untimed ones.
+def measure_latency(model: nn.Module, imgsz: int, device: str = "cpu",
+                    timing: LatencySettings = DEFAULT_TIMING) -> LatencyStats:
+    """Median of ``timing.runs`` timed forward passes (of ``timing.batch`` images, on ``timing.runtime``) after
+    ``timing.warmup`` untimed ones.
 
     ``model`` should be the deployable form (eval mode, BN fused); it is not modified.
     The passes run under :func:`device_lock`, one measurement per device at a time.
     """
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    times = []
+    torch.set_num_threads(timing.threads)
     try:
-        run = build_runner(model, runtime, RunSpec(device, imgsz, batch, half, threads))
+        run = build_runner(model, timing.runtime, _run_spec(device, imgsz, timing))
         with device_lock(device) as waited:
-            for _ in range(warmup):
-                run()
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                run()
-                times.append((time.perf_counter() - t0) * 1000.0)
+            _timed(run, timing.warmup)
+            times = _timed(run, timing.runs)
     finally:
         torch.set_num_threads(previous)
-    return _stats(times, runs, warmup, threads, device, imgsz, waited, runtime, batch, half)
+    return _stats(times, timing.runs, timing, device, imgsz, waited)
+
+
+def _run_spec(device: str, imgsz: int, timing: LatencySettings) -> RunSpec:
+    return RunSpec(device, imgsz, timing.batch, timing.half, timing.threads)
 
 
 # How a round's passes of one model become that round's time; a round's ratio is candidate / reference of it.
@@ -155,14 +158,14 @@ def ratio_of(samples: Sequence[tuple[Sequence[float], Sequence[float]]], estimat
     return statistics.median(round_ratios(samples, estimator))
 
 
-def _stats(times: list[float], runs: int, warmup: int, threads: int, device: str, imgsz: int,
-           waited: float, runtime: str = "torch", batch: int = 1, half: bool = False) -> LatencyStats:
+def _stats(times: Sequence[float], runs: int, timing: LatencySettings, device: str, imgsz: int,
+           waited: float) -> LatencyStats:
     s = sorted(times)
     return LatencyStats(median_ms=statistics.median(s), p10_ms=_quantile(s, 0.1), p90_ms=_quantile(s, 0.9),
-                        mean_ms=statistics.fmean(s), std_ms=statistics.pstdev(s), runs=runs, warmup=warmup,
-                        threads=threads, device=str(device), imgsz=imgsz, device_name=device_name(device),
-                        host=socket.gethostname(), lock_wait_ms=round(waited * 1000.0, 3), runtime=runtime,
-                        batch=batch, precision="fp16" if half else "fp32")
+                        mean_ms=statistics.fmean(s), std_ms=statistics.pstdev(s), runs=runs, warmup=timing.warmup,
+                        threads=timing.threads, device=str(device), imgsz=imgsz, device_name=device_name(device),
+                        host=socket.gethostname(), lock_wait_ms=round(waited * 1000.0, 3), runtime=timing.runtime,
+                        batch=timing.batch, precision="fp16" if timing.half else "fp32")
 
 
 def _timed(run: Callable[[], object], n: int) -> tuple[float, ...]:
@@ -175,61 +178,59 @@ def _timed(run: Callable[[], object], n: int) -> tuple[float, ...]:
 
 
 def measure_interleaved(candidate: nn.Module, reference: nn.Module, imgsz: int, device: str = "cpu",
-                        warmup: int = 10, runs: int = 50, rounds: int = 10, threads: int = 2, runtime: str = "torch",
-                        batch: int = 1, half: bool = False, estimator: str = "min", max_spread: float | None = None,
-                        retries: int = 0, pause_s: float = 1.0) -> InterleavedLatency:
-    """Time ``candidate`` and ``reference`` in alternating rounds (A B, then B A, ...), both on ``runtime``.
+                        timing: LatencySettings = DEFAULT_TIMING, pause_s: float = 1.0) -> InterleavedLatency:
+    """Time ``candidate`` and ``reference`` in alternating rounds (A B, then B A, ...), both on ``timing.runtime``.
 
-    Each round times ``max(1, runs // rounds)`` passes of each model; a round's ratio is the ``estimator``
-    statistic (:data:`ROUND_STATISTICS`) of the candidate's passes over the reference's, so slow drifts of a shared
-    machine cancel out, and the ratio is the median round ratio. When the round ratios spread by more than
-    ``max_spread`` ((p90 - p10) / median) the pair is timed again, up to ``retries`` times, later (after
-    ``pause_s`` times the attempt, with the device lock released) and pooled with the rounds before; a ratio still
-    that spread is marked ``unreliable``.
+    Each of ``timing.rounds`` rounds times ``max(1, runs // rounds)`` passes of each model; a round's ratio is the
+    ``timing.estimator`` statistic (:data:`ROUND_STATISTICS`) of the candidate's passes over the reference's, so
+    slow drifts of a shared machine cancel out, and the ratio is the median round ratio. When the round ratios
+    spread by more than ``timing.max_spread`` ((p90 - p10) / median) the pair is timed again, up to
+    ``timing.retries`` times, later (after ``pause_s`` times the attempt, with the device lock released) and pooled
+    with the rounds before; a ratio still that spread is marked ``unreliable``.
     """
-    if estimator not in ROUND_STATISTICS:
-        raise ValueError(f"unknown latency estimator {estimator!r}; known: {', '.join(ROUND_STATISTICS)}")
+    t = timing
+    if t.estimator not in ROUND_STATISTICS:
+        raise ValueError(f"unknown latency estimator {t.estimator!r}; known: {', '.join(ROUND_STATISTICS)}")
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    rounds = max(1, min(rounds, runs))
-    per_round = max(1, runs // rounds)
+    torch.set_num_threads(t.threads)
+    rounds = max(1, min(t.rounds, t.runs))
+    per_round = max(1, t.runs // rounds)
     samples: list[tuple[tuple[float, ...], tuple[float, ...]]] = []
     waited, attempts = 0.0, 0
     try:
-        rs = RunSpec(device, imgsz, batch, half, threads)
-        runners = {"c": build_runner(candidate, runtime, rs), "r": build_runner(reference, runtime, rs)}
+        rs = _run_spec(device, imgsz, t)
+        runners = {"c": build_runner(candidate, t.runtime, rs), "r": build_runner(reference, t.runtime, rs)}
         while True:
             with device_lock(device) as w:
                 waited += w
                 for run in runners.values():
-                    _timed(run, warmup if attempts == 0 else min(warmup, 2))
+                    _timed(run, t.warmup if attempts == 0 else min(t.warmup, 2))
                 for i in range(rounds):
                     got = {key: _timed(runners[key], per_round) for key in (("c", "r") if i % 2 == 0 else ("r", "c"))}
                     samples.append((got["c"], got["r"]))
             attempts += 1
-            if max_spread is None or _spread(round_ratios(samples, estimator)) <= max_spread or attempts > retries:
+            spread = _spread(round_ratios(samples, t.estimator))
+            if spread <= t.max_spread or attempts > t.retries:
                 break
-            logger.info("latency ratio spread %.2f over %d rounds > %.2f: timing again (%d of %d)",
-                        _spread(round_ratios(samples, estimator)), len(samples), max_spread, attempts, retries)
+            logger.info("latency ratio spread %.2f over %d rounds > %.2f: timing again (%d of %d)", spread,
+                        len(samples), t.max_spread, attempts, t.retries)
             time.sleep(pause_s * attempts)
     finally:
         torch.set_num_threads(previous)
-    ratios = round_ratios(samples, estimator)
+    ratios = round_ratios(samples, t.estimator)
     n = per_round * len(samples)
     mean = statistics.fmean(ratios)
     ordered = sorted(ratios)
-    c_times = [x for c, _ in samples for x in c]
-    r_times = [x for _, r in samples for x in r]
-    unreliable = max_spread is not None and _spread(ratios) > max_spread
-    if unreliable:
+    unreliable = _spread(ratios) > t.max_spread
+    if unreliable and t.retries:
         logger.warning("latency ratio stays spread (%.2f > %.2f after %d timings): recorded as unreliable",
-                       _spread(ratios), max_spread, attempts)
+                       _spread(ratios), t.max_spread, attempts)
     return InterleavedLatency(
-        candidate=_stats(c_times, n, warmup, threads, device, imgsz, waited, runtime, batch, half),
-        reference=_stats(r_times, n, warmup, threads, device, imgsz, waited, runtime, batch, half),
+        candidate=_stats([x for c, _ in samples for x in c], n, t, device, imgsz, waited),
+        reference=_stats([x for _, r in samples for x in r], n, t, device, imgsz, waited),
         ratio=statistics.median(ratios), ratio_cv=statistics.pstdev(ratios) / mean if mean else float("nan"),
         ratio_p10=_quantile(ordered, 0.1), ratio_p90=_quantile(ordered, 0.9), rounds=len(samples),
-        estimator=estimator, attempts=attempts, unreliable=unreliable, samples=tuple(samples))
+        estimator=t.estimator, attempts=attempts, unreliable=unreliable, samples=tuple(samples))
 
 
 def _spread(ratios: Sequence[float]) -> float:

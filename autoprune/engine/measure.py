@@ -84,23 +84,18 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
     with phases("latency"):
         deployed = ultra.deploy_copy(model)
         lat_cfg = s.latency
-        rt, batch, half = lat_cfg.runtime, lat_cfg.batch, lat_cfg.half
         imgsz = lat_cfg.imgsz or s.imgsz
         if lat_cfg.interleave:
             ref = ultra.deploy_copy(reference if reference is not None else model)
-            il = measure_interleaved(deployed, ref, imgsz, s.device, lat_cfg.warmup, lat_cfg.runs,
-                                     lat_cfg.rounds, lat_cfg.threads, runtime=rt, batch=batch, half=half,
-                                     estimator=lat_cfg.estimator, max_spread=lat_cfg.max_spread,
-                                     retries=lat_cfg.retries)
+            il = measure_interleaved(deployed, ref, imgsz, s.device, lat_cfg)
             lat, ratio = il.candidate, il.ratio
             latency = interleaved_record(il)
         else:
-            lat = measure_latency(deployed, imgsz, s.device, lat_cfg.warmup, lat_cfg.runs, lat_cfg.threads,
-                                  runtime=rt, batch=batch, half=half)
+            lat = measure_latency(deployed, imgsz, s.device, lat_cfg)
             latency = {**asdict(lat), "spread": lat.spread}
         lut_ms = None
         if lat_cfg.lut:
-            table = LatencyTable(rt, s.device, lat_cfg.threads, batch, half)
+            table = LatencyTable(lat_cfg.runtime, s.device, lat_cfg.threads, lat_cfg.batch, lat_cfg.half)
             est = table.estimate(deployed, imgsz)
             lut_ms = est.ms
             latency["lut"] = {**asdict(est), "table": str(table.path)}

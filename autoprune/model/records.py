@@ -21,7 +21,8 @@ __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline
            "set_objectives", "set_baseline", "role", "set_identity", "model_file_sha256", "set_layers",
            "set_trial_settings", "mark_warm_started", "set_screening", "append_run", "set_heartbeat", "set_role",
            "start_trial", "set_policy", "set_fail_reason", "write_result", "set_screen_score", "retry_attrs",
-           "warm_start_attrs", "screen_source_attrs", "set_artifact_dir", "copy_study_attrs", "probe_attrs", "probe",
+           "warm_start_attrs", "screen_source_attrs", "remeasured_attrs", "set_artifact_dir", "copy_study_attrs",
+           "probe_attrs", "probe",
            "set_scan_key", "scan_key", "set_driver_start", "driver_starts", "deliveries", "set_delivery",
            "append_budget_run", "budget_runs", "mean_wall_seconds"]
 
@@ -246,6 +247,7 @@ class TrialRecord:
     ray_node: str  # the Ray node that ran it ("" when unknown)
     ray_worker: dict[str, int]  # the worker process: its pid and how many jobs it had run, this one included
     latency: dict[str, Any]  # the latency record (engine.measure): pass statistics, ratio, its spread, ...
+    sparse: dict[str, Any] | None  # the sparse base it pruned: L1 strength, epochs, BN-scale histograms
     remeasured: list[dict[str, Any]]  # earlier values that ``autoprune remeasure`` replaced, oldest first
 
 
@@ -261,7 +263,16 @@ def trial(t: Attrs) -> TrialRecord:
         wall_seconds=float(a.get("wall_seconds", 0.0) or 0.0), checkpoint=a.get("checkpoint"),
         artifact_dir=a.get("artifact_dir"), channels=dict(a.get("channels") or {}),
         ray_node=str(a.get("ray_node") or ""), ray_worker=dict(a.get("ray_worker") or {}),
-        latency=dict(a.get("latency") or {}), remeasured=list(a.get("remeasured") or []))
+        latency=dict(a.get("latency") or {}), remeasured=list(a.get("remeasured") or []),
+        sparse=dict(a["sparse"]) if isinstance(a.get("sparse"), dict) else None)
+
+
+def remeasured_attrs(rec: TrialRecord, metrics: Mapping[str, float], latency: Mapping[str, Any],
+                     before: Mapping[str, float], at: str) -> dict[str, Any]:
+    """The user attributes a re-timing of a finished trial replaces (its metrics and latency record), with the
+    values it replaces appended to the trial's ``remeasured`` history."""
+    return {"metrics": dict(metrics), "latency": dict(latency),
+            "remeasured": [*rec.remeasured, {"at": at, **before, "latency": rec.latency}]}
 
 
 def mean_wall_seconds(trials: Sequence[Attrs]) -> float | None:

@@ -158,8 +158,8 @@ def bn_scale_histograms(study: optuna.Study) -> list[BnHistogram]:
     """One histogram per sparse base the study's completed trials started from (by L1 strength), in L1 order."""
     found: dict[tuple[float, int], tuple[dict, list[int]]] = {}
     for t in _complete(study):
-        sp = t.user_attrs.get("sparse")
-        if not isinstance(sp, dict) or "before" not in sp or "after" not in sp:
+        sp = records.trial(t).sparse
+        if sp is None or "before" not in sp or "after" not in sp:
             continue
         key = (float(sp.get("l1", 0.0)), int(sp.get("epochs", 0)))
         found.setdefault(key, (sp, []))[1].append(t.number)
