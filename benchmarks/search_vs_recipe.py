@@ -118,8 +118,7 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
         pruned = ultra.load_model(model)
         uniform_prune(pruned, settings, ratio, RECIPE_CRITERION, RECIPE_ROUND_TO)
         spent = time.perf_counter() - t0
-        rec = final_finetune(pruned, data, imgsz, FinalizeSettings(seconds=share - spent), lr=0.01, seed=seed,
-                             batch=16)
+        rec = final_finetune(pruned, data, imgsz, FinalizeSettings(seconds=share - spent), lr=0.01, seed=seed)
         key = f"{cut:g}"
         out["test_map"][key] = rec["after"]["test"]["map50_95"]
         out["params_ratio"][key] = ultra.count_params(pruned) / ultra.count_params(base)

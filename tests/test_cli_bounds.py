@@ -213,7 +213,7 @@ def test_finalize_trains_in_a_folder_beside_its_staging_folder(tmp_path, monkeyp
         return SimpleNamespace(epochs=1, optimizer_steps=2)
 
     monkeypatch.setattr(ultra, "finetune", trainer)
-    finalize.final_finetune(None, "d.yaml", 64, finalize.FinalizeSettings(epochs=1), lr=0.01, seed=0, batch=8,
+    finalize.final_finetune(None, "d.yaml", 64, finalize.FinalizeSettings(epochs=1), lr=0.01, seed=0,
                             scratch=(tmp_path, ".final.train-"))
     assert seen["path"].parent.parent == tmp_path and seen["path"].parent.name.startswith(".final.train-")
     assert not seen["path"].exists()

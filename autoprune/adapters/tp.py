@@ -277,7 +277,8 @@ def importance(crit: Criterion) -> tp.importance.Importance:
     return getattr(tp.importance, crit.importance)(**dict(crit.options))
 
 
-def group_norm_regularize(model: nn.Module, imgsz: int, batches: Iterable[dict], loss_fn: Callable,
+def group_norm_regularize(model: nn.Module, imgsz: int, batches: Iterable[dict[str, Any]],
+                          loss_fn: Callable[..., Any],
                           lr: float, reg: float) -> int:
     """A short group-norm-regularised training phase (torch-pruning's GroupNormPruner.regularize).
 

@@ -88,10 +88,10 @@ def read_bool(v: Any, where: str) -> bool:
 
 
 def choice(v: Any, where: str, choices: tuple[str, ...]) -> str:
-    v = read_str(v, where)
-    if v not in choices:
-        raise SpecError(f"{where}: {shown(v)} is not one of {', '.join(choices)}")
-    return v
+    text = read_str(v, where)
+    if text not in choices:
+        raise SpecError(f"{where}: {shown(text)} is not one of {', '.join(choices)}")
+    return text
 
 
 def mapping(v: Any, where: str, allowed: set[str]) -> dict[str, Any]:

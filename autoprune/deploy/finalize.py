@@ -27,6 +27,8 @@ from autoprune.search.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_FINETUNE = FinetuneSettings()  # batch 16, SGD: the recipe's
+
 __all__ = ["FinalizeSettings", "finalize_trial", "final_finetune", "MAX_EPOCHS"]
 
 MAX_EPOCHS = 10_000  # the cap of a time-budgeted fine-tune (its epochs follow from the time)
@@ -57,27 +59,28 @@ def _split_metrics(model: Any, data: str, imgsz: int, s: FinalizeSettings, batch
     return out
 
 
-def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings, *, lr: float, seed: int,
-                   batch: int, optimizer: str = "SGD", teacher: str | None = None, distill_weight: float = 6.0,
+def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings,
+                   finetune: FinetuneSettings = DEFAULT_FINETUNE, *, lr: float, seed: int, teacher: str | None = None,
                    reserve_s: float = 0.0, scratch: tuple[Path, str] | None = None) -> dict[str, Any]:
     """The final fine-tune every delivered model gets (autoprune's and a hand recipe's alike): one optimizer step a
     batch, one warm-up epoch, cosine decay to 1%, EMA; ``settings.epochs`` epochs, or with ``settings.seconds``
-    as many as fit in it less ``reserve_s`` and what validating before and after costs. Validates on val (and test,
+    as many as fit in it less ``reserve_s`` and what validating before and after costs; the study's ``finetune``
+    settings give the batch, optimizer and distillation gain (with ``teacher``). Validates on val (and test,
     where the data set has it) before and after; returns the record a policy file's ``finalize`` section holds.
     The trainer's files go to a temporary folder (``scratch``: in this folder, with this name prefix; default the
     system's temporary folder), removed after."""
     from autoprune.adapters import ultra
 
     t0 = time.perf_counter()
-    before = _split_metrics(model, data, imgsz, settings, batch)
+    before = _split_metrics(model, data, imgsz, settings, finetune.batch)
     val_s = time.perf_counter() - t0
     train_s = None
     if settings.seconds is not None:
         train_s = max(1.0, settings.seconds - reserve_s - 2 * val_s)
-    cfg = ultra.FinetuneConfig(data=data, imgsz=imgsz, epochs=settings.epochs, lr=lr, ema=True, batch=batch,
+    cfg = ultra.FinetuneConfig(data=data, imgsz=imgsz, epochs=settings.epochs, lr=lr, ema=True, batch=finetune.batch,
                                device=settings.device, threads=settings.threads, seed=seed, warmup_epochs=1.0,
-                               cos_lr=True, lrf=0.01, optimizer=optimizer, distill_model=teacher,
-                               distill_weight=distill_weight, seconds=train_s)
+                               cos_lr=True, lrf=0.01, optimizer=finetune.optimizer, distill_model=teacher,
+                               distill_weight=finetune.distill_weight, seconds=train_s)
     logger.info("final fine-tune: %s at lr %.4g (val mAP50-95 %.4f before)",
                 f"{train_s:.0f} s of training" if train_s is not None else f"{settings.epochs} epochs", lr,
                 before["val"]["map50_95"])
@@ -86,7 +89,7 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
         t1 = time.perf_counter()
         stats = ultra.finetune(model, cfg, Path(tmp) / "train")
         trained_s = time.perf_counter() - t1
-    after = _split_metrics(model, data, imgsz, settings, batch)
+    after = _split_metrics(model, data, imgsz, settings, finetune.batch)
     return {"epochs": stats.epochs, "lr": lr, "optimizer_steps": stats.optimizer_steps, "schedule": "cosine",
             "warmup_epochs": 1.0, "ema": True, "distill": teacher is not None, "data": data, "before": before,
             "after": after, "train_s": round(trained_s, 2), "seconds": settings.seconds}
@@ -123,9 +126,8 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
                              f"{ultra.model_nc(model)}")
         lr = settings.lr if settings.lr is not None else doc.policy.lr
         spent = time.perf_counter() - t0
-        record = final_finetune(model, data, doc.imgsz, settings, lr=lr, seed=doc.seed, batch=finetune.batch,
-                                optimizer=finetune.optimizer, teacher=_teacher(study) if settings.distill else None,
-                                distill_weight=finetune.distill_weight,
+        record = final_finetune(model, data, doc.imgsz, settings, finetune, lr=lr, seed=doc.seed,
+                                teacher=_teacher(study) if settings.distill else None,
                                 reserve_s=spent + (EXPORT_RESERVE_S if onnx else 1.0),
                                 # beside the export's staging folder: an export killed mid-way has both removed
                                 scratch=(checkpoint.parent.parent, f"{STAGING_PREFIX}{Path(out_dir).name}.train-"))

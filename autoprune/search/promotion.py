@@ -29,6 +29,7 @@ from autoprune.model.pareto import REFERENCE_MARGIN, contribution_order, kendall
 from autoprune.model.shapes import params_for_policy, recipe_params, screen_space, screen_visible
 from autoprune.model.space import Layer
 from autoprune.search import journal
+from autoprune.search.context import RunContext
 from autoprune.search.executor import Job
 from autoprune.search.session import run_trials
 from autoprune.search.study import (
@@ -144,18 +145,18 @@ def screening_summary(trials: Sequence[optuna.trial.FrozenTrial], screen_seconds
             "compute_saved_x": mean_full / mean_screen if mean_screen and mean_screen == mean_screen else float("nan")}
 
 
-def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer],
-                       n_promote: int, fingerprint: str | None, ray_address: str | None = None,
-                       recipe_knobs: bool = False,
+def screen_and_promote(ctx: RunContext, n_promote: int, *, recipe_knobs: bool = False,
                        seeds: Sequence[tuple[dict[str, Any], str]] = (),
                        deadline: float | None = None) -> tuple[optuna.Study, set[int]]:
     """Screen ``factor x n_promote`` candidates in the side study, enqueue the best ``n_promote`` (not promoted
-    before, within the budgets) into ``study``.  Promoted trials fix only what the screen judged (channel
+    before, within the budgets) into the run's study.  Promoted trials fix only what the screen judged (channel
     choice); their fine-tune knobs are the recipe's with ``recipe_knobs``, else the main study's sampler's.
     ``seeds`` (policy dicts and where they come from, e.g. the sensitivity allocation) are screened first, on top
     of the ``factor x n_promote`` screens. With the spec's targets, each target's best candidate that meets it comes
     first. No screen starts after ``deadline`` (a ``time.time()``).
     Returns the side study and the numbers of its new trials."""
+    study, store, spec, layers = ctx.study, ctx.store, ctx.spec, ctx.layers
+    fingerprint = records.fingerprint(study)
     screen = _open_screen(spec, store)
     job = screen_job(spec, layers)
     journal.replay(screen, store, job.study_dir)  # results the storage refused last time
@@ -174,7 +175,7 @@ def screen_and_promote(study: optuna.Study, store: StudyStorage, spec: SearchSpe
     logger.info("screening %d candidate policies with adaptive BatchNorm (%d batches each)", n_screen,
                 spec.screening.batches)
     if n_screen:
-        run_trials(screen, store, job, n_screen, ray_address=ray_address, deadline=deadline)
+        run_trials(screen, store, job, n_screen, ray_address=ctx.ray_address, deadline=deadline)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     promoted = {r.screen.trial for r in map(records.trial, study.get_trials(deepcopy=False)) if r.screen}
     candidates = [t for t in screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

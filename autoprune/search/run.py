@@ -22,6 +22,7 @@ from autoprune.errors import StorageWriteError
 from autoprune.model import records
 from autoprune.model.budget import Ledger
 from autoprune.model.space import Layer
+from autoprune.search.context import RunContext
 from autoprune.search.executor import Job
 from autoprune.search.inputs import materialise_yaml_model, prepare_inputs
 from autoprune.search.ray_setup import check_cluster_resources, ray_session
@@ -204,15 +205,14 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
             raise StorageWriteError(f"storage: {masked(store.url)} cannot be written ({first})") from None
 
 
-def _allocate(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: list[Layer],
-              ray_address: str | None, run: records.RunTimings,
-              busy: list[tuple[float, float]],
+def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, float]],
               clock: Clock | None = None) -> tuple[list[tuple[dict[str, object], str]], records.RunTimings]:
     """The sensitivity scan (cached) and the first round's allocated candidates, as screening seeds (with targets,
     allocations at each target's parameter cut too)."""
     from autoprune.search.sensitivity import allocated_candidates, ensure_scan, scan_knobs
 
-    sens, ran, scan = ensure_scan(study, store, spec, layers, ray_address)
+    spec, layers = ctx.spec, list(ctx.layers)
+    sens, ran, scan = ensure_scan(ctx.study, ctx.store, spec, layers, ctx.ray_address)
     if clock is not None and not ran:
         clock.ledger.scan_reused = True
         logger.info("sensitivity scan: reused from the cache (its cost was charged to the run that made it)")
@@ -261,15 +261,57 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
         return SearchOutcome(study=study, spec=spec, new_trials=0, store=store)
     # one Tune run for every phase; its first worker starts (imports the trial code) while the baseline is measured
     session = TuneSession(f"{spec.name}-ray", spec.study_dir / "ray", spec.resources, warm=True)
-    return session.drive(lambda: _phases(study, spec, store, n_new, done, ray_address, ray_init_s, session,
-                                         progress, clock))
+    base = RunContext(study, store, spec, ray_address=ray_address)
+    return session.drive(lambda: _phases(base, n_new, done, ray_init_s, session, progress, clock))
 
 
-def _phases(study: optuna.Study, spec: SearchSpec, store: StudyStorage, n_new: int, done: int,
-            ray_address: str | None, ray_init_s: float, session: TuneSession,
+def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, float]], n_new: int,
+                     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None, phase: Callable[[str], None],
+                     clock: Clock | None) -> tuple[records.RunTimings, int]:
+    """The scan (first run only), then rounds of screening and fine-tuning the promoted; returns the run's timings
+    and how many trials were started."""
+    from autoprune.search.promotion import screen_and_promote
+
+    study, store, spec = ctx.study, ctx.store, ctx.spec
+    job = main_job(spec, list(ctx.layers))
+    first = not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    seeds: list[tuple[dict[str, object], str]] = []
+    if first and spec.sensitivity.probes:
+        t0 = time.perf_counter()
+        phase("sensitivity scan")
+        seeds, run = _allocate(ctx, run, busy, clock)
+        run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0)
+        if clock is not None:
+            clock.ledger.charge("scan", time.perf_counter() - t0)
+    started = 0
+    for k, size in enumerate(_round_plan(study, spec, n_new, clock)):
+        t0 = time.perf_counter()
+        phase(f"round {k + 1}: screening")
+        deadline = clock.round_deadline(study, spec) if clock is not None else None
+        screen, screened = screen_and_promote(ctx, size, recipe_knobs=first and k == 0,
+                                              seeds=seeds if k == 0 else (), deadline=deadline)
+        screen_s = time.perf_counter() - t0
+        run = dataclasses.replace(run, screen_run_s=run.screen_run_s + screen_s,
+                                  screen_trial_s=run.screen_trial_s + _trial_seconds(screen, screened, busy))
+        logger.info("study %s, round %d: fine-tuning %d promoted trial(s)", spec.name, k + 1, size)
+        t0 = time.perf_counter()
+        phase(f"round {k + 1}: fine-tuning")
+        count = len(study.get_trials(deepcopy=False))
+        run_trials(study, store, job, size, ray_address=ctx.ray_address, on_trial=on_trial, deadline=deadline)
+        started += len(study.get_trials(deepcopy=False)) - count
+        run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
+        if clock is not None:
+            clock.ledger.charge("screens", screen_s)
+            clock.ledger.charge("trials", time.perf_counter() - t0)
+    return run, started
+
+
+def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session: TuneSession,
             progress: Progress | None, clock: Clock | None = None) -> SearchOutcome:
     """The search proper (in the session's phase thread): the baseline, then the scan, screens and trials."""
+    study, store, spec, ray_address = base.study, base.store, base.spec, base.ray_address
     layers = _ensure_baseline(study, spec, before_latency=session.wait_warm)
+    ctx = dataclasses.replace(base, layers=tuple(layers))
     if clock is not None:
         clock.ledger.charge("prepare", time.perf_counter() - clock.started)
     from autoprune.search.warmstart import warm_start
@@ -287,38 +329,7 @@ def _phases(study: optuna.Study, spec: SearchSpec, store: StudyStorage, n_new: i
     fingerprint = records.fingerprint(study)
     job = main_job(spec, layers)
     if spec.screening.factor:
-        from autoprune.search.promotion import screen_and_promote
-
-        first = not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        seeds: list[tuple[dict[str, object], str]] = []
-        if first and spec.sensitivity.probes:
-            t0 = time.perf_counter()
-            phase("sensitivity scan")
-            seeds, run = _allocate(study, store, spec, layers, ray_address, run, busy, clock)
-            run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0)
-            if clock is not None:
-                clock.ledger.charge("scan", time.perf_counter() - t0)
-        started = 0
-        for k, size in enumerate(_round_plan(study, spec, n_new, clock)):
-            t0 = time.perf_counter()
-            phase(f"round {k + 1}: screening")
-            deadline = clock.round_deadline(study, spec) if clock is not None else None
-            screen, screened = screen_and_promote(study, store, spec, layers, size, fingerprint, ray_address,
-                                                  recipe_knobs=first and k == 0, seeds=seeds if k == 0 else (),
-                                                  deadline=deadline)
-            screen_s = time.perf_counter() - t0
-            run = dataclasses.replace(run, screen_run_s=run.screen_run_s + screen_s,
-                                      screen_trial_s=run.screen_trial_s + _trial_seconds(screen, screened, busy))
-            logger.info("study %s, round %d: fine-tuning %d promoted trial(s)", spec.name, k + 1, size)
-            t0 = time.perf_counter()
-            phase(f"round {k + 1}: fine-tuning")
-            count = len(study.get_trials(deepcopy=False))
-            run_trials(study, store, job, size, ray_address=ray_address, on_trial=on_trial, deadline=deadline)
-            started += len(study.get_trials(deepcopy=False)) - count
-            run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
-            if clock is not None:
-                clock.ledger.charge("screens", screen_s)
-                clock.ledger.charge("trials", time.perf_counter() - t0)
+        run, started = _screened_rounds(ctx, run, busy, n_new, on_trial, phase, clock)
         if clock is not None:
             n_new = started
     else:

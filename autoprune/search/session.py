@@ -244,7 +244,8 @@ class TuneSession:
             phases.join(timeout=10.0 if interrupted else None)
         if "error" in out:
             raise out["error"]
-        return out["value"]
+        value: T = out["value"]
+        return value
 
 
 # The session whose phases run in the current thread (set in the phases thread by TuneSession.drive). Scoped to

@@ -195,7 +195,8 @@ def make_sampler(name: str, seed: int, startup: int) -> optuna.samplers.BaseSamp
     kwargs = {k: fill.get(v, v) if isinstance(v, str) else v for k, v in choice.args}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return getattr(optuna.samplers, choice.optuna_class)(**kwargs)
+        sampler: optuna.samplers.BaseSampler = getattr(optuna.samplers, choice.optuna_class)(**kwargs)
+    return sampler
 
 
 def _sampler(o: StudyOptions, n_existing: int, rank: int = 0) -> optuna.samplers.BaseSampler:

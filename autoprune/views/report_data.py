@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import optuna
@@ -156,7 +157,7 @@ class BnHistogram:
 
 def bn_scale_histograms(study: optuna.Study) -> list[BnHistogram]:
     """One histogram per sparse base the study's completed trials started from (by L1 strength), in L1 order."""
-    found: dict[tuple[float, int], tuple[dict, list[int]]] = {}
+    found: dict[tuple[float, int], tuple[dict[str, Any], list[int]]] = {}
     for t in _complete(study):
         sp = records.trial(t).sparse
         if sp is None or "before" not in sp or "after" not in sp:

@@ -1,0 +1,25 @@
+"""What the phases of one search run share, passed as one value instead of long parameter lists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+
+from autoprune.config.spec import SearchSpec
+from autoprune.model.space import Layer
+from autoprune.search.study import StudyStorage
+
+__all__ = ["RunContext"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One search run: its study, storage and spec, the base model's prunable layers (empty until the baseline is
+    measured) and the Ray cluster it runs on (None: a local Ray, or the one already up)."""
+
+    study: optuna.Study
+    store: StudyStorage
+    spec: SearchSpec
+    layers: tuple[Layer, ...] = ()
+    ray_address: str | None = None
