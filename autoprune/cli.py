@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --best: a condition such as 'latency_ms<=4' (repeatable)")
         q.add_argument("--out", type=Path, required=True, help="output folder")
         q.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its check")
+        q.add_argument("--format", choices=("onnx", "onnx-int8"), default="onnx",
+                       help="onnx-int8: also pruned_int8.onnx (ONNX Runtime INT8, calibrated on training images), "
+                            "its mAP measured on it and its latency against the base's, in policy.yaml")
         q.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
 
     chosen_trial_args(sub.add_parser("export", help="export a chosen trial: policy.yaml, pruned.pt, pruned.onnx, "
@@ -282,6 +285,8 @@ def _chosen_trial(args: argparse.Namespace) -> tuple[optuna.Study, Any, optuna.t
 
     if args.where and not args.best:
         raise_usage("--where needs --best METRIC")
+    if args.format != "onnx" and args.no_onnx:
+        raise_usage(f"--format {args.format} needs the ONNX export (drop --no-onnx)")
     study, store = _existing_study(args)
     return study, store, select_trial(study, trial=args.trial, best=args.best, where=args.where, knee=args.knee)
 
@@ -291,14 +296,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     study, store, trial = _chosen_trial(args)
     res = export_trial(study, store, trial, args.out, onnx=not args.no_onnx, force=args.force,
-                       artifact_dir=artifacts_dir(args.studies_dir))
+                       artifact_dir=artifacts_dir(args.studies_dir), fmt=args.format)
     print(f"exported trial {res.trial} of {study.study_name} to {res.out_dir}")
     for path in (res.policy, res.checkpoint, res.onnx, res.tp_ratios):
         if path is not None:
             print(f"  {path}")
     if res.onnx_max_abs_diff is not None:
         print(f"ONNX vs torch max abs difference: {res.onnx_max_abs_diff:.3g}")
+    _print_deployed(res.policy)
     return 0
+
+
+def _print_deployed(policy: Path) -> None:
+    from autoprune.model.document import load_policy_file
+    from autoprune.views.text import render_deployed
+
+    for line in render_deployed(load_policy_file(policy).deployed):
+        print(line)
 
 
 def _cmd_finalize(args: argparse.Namespace) -> int:
@@ -310,7 +324,7 @@ def _cmd_finalize(args: argparse.Namespace) -> int:
                                 data=args.data, device=check_device(args.device), distill=args.distill)
     study, store, trial = _chosen_trial(args)
     res = finalize_trial(study, store, trial, args.out, settings, onnx=not args.no_onnx, force=args.force,
-                         artifact_dir=artifacts_dir(args.studies_dir))
+                         artifact_dir=artifacts_dir(args.studies_dir), fmt=args.format)
     fin = load_policy_file(res.policy).finalize
     print(f"finalized trial {res.trial} of {study.study_name} ({fin['epochs']} epochs, {fin['optimizer_steps']} "
           f"optimizer steps) to {res.out_dir}")
@@ -319,6 +333,7 @@ def _cmd_finalize(args: argparse.Namespace) -> int:
         was = fin["before"][split]["map50_95"]
         print(f"  {split}: mAP50-95 {was:.4f} -> {m['map50_95']:.4f}" + (f" (base {base:.4f} on val)" if base and
                                                                             split == "val" else ""))
+    _print_deployed(res.policy)
     return 0
 
 

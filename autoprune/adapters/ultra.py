@@ -32,7 +32,12 @@ from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace  # noqa:
 
 _offline.silence_settings()
 
-from autoprune.adapters.ultra_export import backend_runner, export_model, export_onnx  # noqa: E402
+from autoprune.adapters.ultra_export import (  # noqa: E402
+    backend_runner,
+    export_model,
+    export_onnx,
+    validate_exported,
+)
 from autoprune.adapters.ultra_layers import remove_blocks  # noqa: E402
 from autoprune.adapters.ultra_tasks import TASK_METRICS, TASKS, build_model, model_task, validator_class  # noqa: E402
 from autoprune.adapters.ultra_train import (  # noqa: E402
@@ -53,7 +58,7 @@ __all__ = [
     "set_threads", "check_dataset_files", "layer_stage", "model_nc", "model_names", "check_checkpoint",
     "deploy_copy", "save_checkpoint", "export_onnx", "export_model", "backend_runner", "inference_output",
     "total_loss", "trained_imgsz", "remove_blocks", "TASKS", "TASK_METRICS", "model_task", "kpt_shape",
-    "has_polygons", "module_classes",
+    "has_polygons", "module_classes", "validate_exported",
 ]
 
 _SUPPORTED_MAJOR_MINOR = ((8, 3), (8, 4))

@@ -12,7 +12,7 @@ from autoprune.adapters import _offline
 
 _offline.configure()
 
-__all__ = ["export_model", "backend_runner", "export_onnx"]
+__all__ = ["export_model", "backend_runner", "export_onnx", "validate_exported"]
 
 
 def export_model(checkpoint: str | Path, fmt: str, imgsz: int, batch: int = 1, half: bool = False,
@@ -54,3 +54,14 @@ def export_onnx(checkpoint: str | Path, imgsz: int, out: str | Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         produced.replace(out)
     return out
+
+
+def validate_exported(path: str | Path, data: str, imgsz: int, task: str, device: str = "cpu",
+                      split: str = "val") -> tuple[float, float]:
+    """(mAP50, mAP50-95) of an exported file (an ONNX model, INT8 or not) on ``split``, by ultralytics' validator
+    through its AutoBackend for the format: the artifact a user ships, not the torch model it came from."""
+    from ultralytics import YOLO
+
+    r = YOLO(str(path), task=task).val(data=str(data), imgsz=imgsz, device=device, split=split, plots=False,
+                                       verbose=False, save_json=False, workers=0)
+    return float(r.box.map50), float(r.box.map)

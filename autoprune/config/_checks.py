@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from autoprune.config._read import shown
+from autoprune.config.sections import LatencySettings
 from autoprune.errors import SpecError, masked
 
-__all__ = ["check_name", "check_device_text", "check_storage"]
+__all__ = ["check_name", "check_device_text", "check_storage", "legacy_latency", "check_latency"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -36,3 +38,34 @@ def check_storage(url: str) -> str:
     if re.match(r"^sqlite:///?(\?.*)?$", url) or ":memory:" in url:
         raise SpecError("storage: an in-memory SQLite database keeps nothing (give a file: sqlite:///PATH)")
     return url
+
+
+def legacy_latency(v: Any) -> Any:
+    """The latency section with its older ``half: true`` read as ``precision: fp16``."""
+    if not isinstance(v, dict) or "half" not in v:
+        return v
+    v = dict(v)
+    half = v.pop("half")
+    if not isinstance(half, bool):
+        raise SpecError(f"latency.half: expected true or false, got {shown(half)}")
+    if half:
+        if v.get("precision", "fp16") != "fp16":
+            raise SpecError(f"latency.half: true contradicts latency.precision: {shown(v['precision'])}")
+        v["precision"] = "fp16"
+    return v
+
+
+def check_latency(latency: LatencySettings, device: str) -> None:
+    """What the latency section asks must be possible on ``device`` (whether a runtime is installed is checked
+    where it is used)."""
+    if latency.imgsz is not None and latency.imgsz % 32:
+        raise SpecError(f"latency.imgsz: {latency.imgsz} is not a multiple of 32")
+    if latency.runtime in ("cuda-graph", "tensorrt") and not device.startswith("cuda"):
+        raise SpecError(f"latency.runtime: {latency.runtime} needs device: cuda (device is {device})")
+    if latency.half and not device.startswith("cuda"):
+        raise SpecError(f"latency.precision: fp16 timing needs device: cuda (device is {device})")
+    if latency.int8 and latency.runtime != "onnxruntime":
+        raise SpecError(f"latency.precision: int8 needs runtime: onnxruntime (its post-training quantization), "
+                        f"not {latency.runtime}")
+    if latency.int8 and latency.lut:
+        raise SpecError("latency.lut: the lookup table times FP32 layers; it cannot estimate an int8 model")

@@ -10,8 +10,8 @@ from typing import Any
 
 from autoprune.config._read import bounds
 
-__all__ = ["RUNTIMES", "ESTIMATORS", "FinetuneSettings", "LatencySettings", "SamplerSettings", "WarmStart", "Screening",
-           "ScanSettings", "Resources", "Constraints", "TrialSettings", "Budget"]
+__all__ = ["RUNTIMES", "ESTIMATORS", "PRECISIONS", "FinetuneSettings", "LatencySettings", "SamplerSettings",
+           "WarmStart", "Screening", "ScanSettings", "Resources", "Constraints", "TrialSettings", "Budget"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ class FinetuneSettings:
 
 
 RUNTIMES = ("torch", "onnxruntime", "cuda-graph", "tensorrt")  # autoprune.engine.runtimes (a test keeps them equal)
-ESTIMATORS = ("min", "median")  # autoprune.engine.latency.ROUND_STATISTICS (a test keeps them equal)
+ESTIMATORS = ("min", "median")
+# fp16: CUDA runtimes; int8: ONNX Runtime's post-training static quantization, calibrated on training images
+PRECISIONS = ("fp32", "fp16", "int8")  # autoprune.engine.latency.ROUND_STATISTICS (a test keeps them equal)
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,19 @@ class LatencySettings:
     # the runtime the user deploys with (see autoprune.engine.runtimes); the baseline is timed on the same
     runtime: str = field(default="torch", metadata=bounds(choices=RUNTIMES))
     batch: int = field(default=1, metadata=bounds(min=1, max=1024))  # images per timed pass
-    half: bool = False  # fp16 (CUDA only)
+    precision: str = field(default="fp32", metadata=bounds(choices=PRECISIONS))  # the deployed model's
     imgsz: int | None = field(default=None, metadata=bounds(min=32, max=4096))  # deployment size (default: imgsz)
     # a per-device latency lookup table (autoprune.engine.latency_table) estimates every measured model's latency
     # (metric latency_lut_ms): promotion ranks screened candidates by it instead of MACs
     lut: bool = False
+
+    @property
+    def half(self) -> bool:
+        return self.precision == "fp16"
+
+    @property
+    def int8(self) -> bool:
+        return self.precision == "int8"
 
 
 @dataclass(frozen=True)

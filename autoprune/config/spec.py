@@ -19,7 +19,7 @@ import yaml
 
 from autoprune import yamlsafe
 from autoprune.config._budget import read_budget, read_targets
-from autoprune.config._checks import check_device_text, check_name, check_storage
+from autoprune.config._checks import check_device_text, check_latency, check_name, check_storage, legacy_latency
 from autoprune.config._read import (
     choice,
     float_range,
@@ -285,6 +285,8 @@ def _objectives(v: Any, latency: LatencySettings) -> tuple[str, ...]:
         raise SpecError("objectives: a multi-objective study needs at least two objectives")
     if "latency_ratio" in out and not latency.interleave:
         raise SpecError("objectives: latency_ratio needs latency.interleave: true (it is the interleaved ratio)")
+    if any(n.startswith("deployed_") for n in out) and not latency.int8:
+        raise SpecError("objectives: deployed mAP needs latency.precision: int8 (the quantized model is validated)")
     if "latency_lut_ms" in out and not latency.lut:
         raise SpecError("objectives: latency_lut_ms needs latency.lut: true (the latency lookup table's estimate)")
     return tuple(out)
@@ -332,14 +334,9 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
     storage = raw.get("storage")
     if storage is not None:
         storage = check_storage(read_str(storage, "storage"))
-    latency = read_section(LatencySettings, raw.get("latency"), "latency")
-    if latency.imgsz is not None and latency.imgsz % 32:
-        raise SpecError(f"latency.imgsz: {latency.imgsz} is not a multiple of 32")
+    latency = read_section(LatencySettings, legacy_latency(raw.get("latency")), "latency")
     device = check_device_text(read_str(str(raw.get("device", "cpu")), "device"))
-    if latency.runtime in ("cuda-graph", "tensorrt") and not device.startswith("cuda"):
-        raise SpecError(f"latency.runtime: {latency.runtime} needs device: cuda (device is {device})")
-    if latency.half and not device.startswith("cuda"):
-        raise SpecError(f"latency.half: fp16 timing needs device: cuda (device is {device})")
+    check_latency(latency, device)
     budget = read_budget(raw.get("budget"))
     targets = read_targets(raw.get("targets"), budget, latency.interleave)
     return SearchSpec(

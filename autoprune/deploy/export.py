@@ -33,7 +33,8 @@ from autoprune.search.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Condition", "parse_condition", "select_trial", "knee_trial", "export_trial", "ExportResult",
+__all__ = ["Condition", "parse_condition", "select_trial", "knee_trial", "export_trial", "ExportResult", "FORMATS",
+           "deployed_int8",
            "tp_ratio_mapping", "remove_stale_staging", "trial_checkpoint"]
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
@@ -202,10 +203,48 @@ def remove_stale_staging(out: Path) -> list[Path]:
     return stale
 
 
+FORMATS = ("onnx", "onnx-int8")  # what export and finalize write besides the checkpoint
+
+
+def deployed_int8(study: optuna.Study, t: FrozenTrial, checkpoint: Path, dest: Path) -> dict[str, Any]:
+    """``checkpoint`` as it ships on ONNX Runtime in INT8 (exported, quantized on 64 training images of the study's
+    data set, head decoding in FP32) at ``dest``; its mAP measured on that file (val split, ultralytics' backend)
+    and its latency timed interleaved with the study's base model quantized alike (batch 1, the trial's threads)."""
+    from autoprune.adapters import ultra
+    from autoprune.config.sections import LatencySettings
+    from autoprune.engine.latency import measure_interleaved, run_spec
+    from autoprune.engine.runtimes import CALIBRATION_IMAGES, export_deployed
+
+    data = str(records.baseline(study).get("data") or "")
+    base_path = str(records.baseline(study).get("model") or "")
+    if not Path(data).is_file() or not Path(base_path).is_file():
+        raise InputError(f"--format onnx-int8: the study's data set {data or '-'} and base model {base_path or '-'} "
+                         "are needed to calibrate and to time against")
+    lat = records.trial(t).latency
+    imgsz = int(lat.get("imgsz") or records.baseline(study).get("imgsz") or 640)
+    timing = LatencySettings(warmup=5, runs=30, rounds=6, threads=int(lat.get("threads", 2)), runtime="onnxruntime",
+                             precision="int8")
+    model = ultra.deploy_copy(ultra.load_model(checkpoint))
+    path = export_deployed(model, run_spec("cpu", imgsz, timing, data))
+    try:
+        shutil.copyfile(path, dest)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    m50, m = ultra.validate_exported(dest, data, imgsz, ultra.model_task(model))
+    il = measure_interleaved(model, ultra.deploy_copy(ultra.load_model(base_path)), imgsz, "cpu", timing,
+                             calibration=data)
+    return {"format": "onnx-int8", "file": dest.name, "runtime": "onnxruntime", "precision": "int8", "imgsz": imgsz,
+            "split": "val", "map50_95": m, "map50": m50, "calibration": f"{CALIBRATION_IMAGES} train images of {data}",
+            "latency_ms": il.candidate.median_ms, "base_int8_latency_ms": il.reference.median_ms,
+            "latency_ratio_vs_int8_base": il.ratio, "threads": timing.threads}
+
+
 def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_dir: str | Path, onnx: bool = True,
                  artifact_dir: str | Path | None = None, prepare: Prepare | None = None,
-                 force: bool = False) -> ExportResult:
-    """Write policy.yaml, pruned.pt, tp_ratios.yaml and (optionally) pruned.onnx of trial ``t`` into ``out_dir``.
+                 force: bool = False, fmt: str = "onnx") -> ExportResult:
+    """Write policy.yaml, pruned.pt, tp_ratios.yaml and (optionally) pruned.onnx of trial ``t`` into ``out_dir``;
+    with ``fmt="onnx-int8"`` also pruned_int8.onnx (see :func:`deployed_int8`), whose measured mAP and latency go
+    into the policy file's ``deployed`` section.
 
     ``prepare(checkpoint, document)`` may change the staged checkpoint in place (``autoprune finalize``
     fine-tunes it) and returns a record stored as the policy file's ``finalize`` section. Files are staged
@@ -235,6 +274,8 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
                                     int(doc.metrics.get("params", -1)))
         if prepare is not None:
             doc = dataclasses.replace(doc, finalize=prepare(checkpoint, doc))
+        if fmt == "onnx-int8":
+            doc = dataclasses.replace(doc, deployed=deployed_int8(study, t, checkpoint, stage / "pruned_int8.onnx"))
         dump_policy_file(doc, stage / "policy.yaml")
         original = {layer.name: layer.channels for layer in records.layers(study) or []}
         modules = tp.torch_pruning_modules(ultra.load_model(checkpoint), list(original))

@@ -105,7 +105,7 @@ def _teacher(study: optuna.Study) -> str:
 
 def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_dir: str | Path,
                    settings: FinalizeSettings, onnx: bool = True, artifact_dir: str | Path | None = None,
-                   force: bool = False) -> Any:
+                   force: bool = False, fmt: str = "onnx") -> Any:
     """Fine-tune trial ``t``'s pruned model with the full budget and export it (see module doc)."""
     from autoprune.adapters import ultra
     from autoprune.deploy.export import STAGING_PREFIX, export_trial
@@ -138,4 +138,5 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
                     f", test {after['test']['map50_95']:.4f}" if "test" in after else " (no test split)")
         return {**record, "baseline_map50_95": records.baseline(study).get("map50_95")}
 
-    return export_trial(study, store, t, out_dir, onnx=onnx, artifact_dir=artifact_dir, prepare=prepare, force=force)
+    return export_trial(study, store, t, out_dir, onnx=onnx, artifact_dir=artifact_dir, prepare=prepare, force=force,
+                        fmt=fmt)

@@ -87,7 +87,7 @@ def _time(t: FrozenTrial, checkpoint: Path, base: Any, s: RemeasureSettings) -> 
     timing = LatencySettings(warmup=int(lat.get("warmup", 10)), runs=max(1, int(lat.get("runs", 50)) // attempts),
                              rounds=s.rounds or max(1, int(lat.get("rounds", 10)) // attempts),
                              threads=int(lat.get("threads", 2)), runtime=str(lat.get("runtime", "torch")),
-                             batch=int(lat.get("batch", 1)), half=lat.get("precision") == "fp16",
+                             batch=int(lat.get("batch", 1)), precision=str(lat.get("precision", "fp32")),
                              estimator=s.estimator, max_spread=s.max_spread, retries=s.retries)
     return measure_interleaved(ultra.deploy_copy(ultra.load_model(checkpoint)), ultra.deploy_copy(base),
                                int(lat["imgsz"]), str(lat.get("device", "cpu")), timing)

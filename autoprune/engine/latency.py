@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMING = LatencySettings()  # the spec's latency defaults (frozen)
 
 __all__ = ["LatencyStats", "InterleavedLatency", "ROUND_STATISTICS", "measure_latency", "measure_interleaved",
-           "device_lock", "device_name", "ratio_of", "round_ratios"]
+           "device_lock", "device_name", "ratio_of", "round_ratios", "run_spec"]
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,8 @@ def device_lock(device: str) -> Iterator[float]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def measure_latency(model: nn.Module, imgsz: int, device: str = "cpu",
-                    timing: LatencySettings = DEFAULT_TIMING) -> LatencyStats:
+def measure_latency(model: nn.Module, imgsz: int, device: str = "cpu", timing: LatencySettings = DEFAULT_TIMING,
+                    calibration: str | None = None) -> LatencyStats:
     """Median of ``timing.runs`` timed forward passes (of ``timing.batch`` images, on ``timing.runtime``) after
     ``timing.warmup`` untimed ones.
 
@@ -103,7 +103,7 @@ def measure_latency(model: nn.Module, imgsz: int, device: str = "cpu",
     previous = torch.get_num_threads()
     torch.set_num_threads(timing.threads)
     try:
-        run = build_runner(model, timing.runtime, _run_spec(device, imgsz, timing))
+        run = build_runner(model, timing.runtime, run_spec(device, imgsz, timing, calibration))
         with device_lock(device) as waited:
             _timed(run, timing.warmup)
             times = _timed(run, timing.runs)
@@ -112,8 +112,11 @@ def measure_latency(model: nn.Module, imgsz: int, device: str = "cpu",
     return _stats(times, timing.runs, timing, device, imgsz, waited)
 
 
-def _run_spec(device: str, imgsz: int, timing: LatencySettings) -> RunSpec:
-    return RunSpec(device, imgsz, timing.batch, timing.half, timing.threads)
+def run_spec(device: str, imgsz: int, timing: LatencySettings, calibration: str | None = None) -> RunSpec:
+    """How one timed pass runs: device, size and ``timing``'s batch, precision and threads (an INT8 model is
+    calibrated on ``calibration``'s training images)."""
+    return RunSpec(device, imgsz, timing.batch, timing.half, timing.threads, int8=timing.int8,
+                   calibration=calibration)
 
 
 # How a round's passes of one model become that round's time; a round's ratio is candidate / reference of it.
@@ -165,7 +168,7 @@ def _stats(times: Sequence[float], runs: int, timing: LatencySettings, device: s
                         mean_ms=statistics.fmean(s), std_ms=statistics.pstdev(s), runs=runs, warmup=timing.warmup,
                         threads=timing.threads, device=str(device), imgsz=imgsz, device_name=device_name(device),
                         host=socket.gethostname(), lock_wait_ms=round(waited * 1000.0, 3), runtime=timing.runtime,
-                        batch=timing.batch, precision="fp16" if timing.half else "fp32")
+                        batch=timing.batch, precision=timing.precision)
 
 
 def _timed(run: Callable[[], object], n: int) -> tuple[float, ...]:
@@ -178,7 +181,8 @@ def _timed(run: Callable[[], object], n: int) -> tuple[float, ...]:
 
 
 def measure_interleaved(candidate: nn.Module, reference: nn.Module, imgsz: int, device: str = "cpu",
-                        timing: LatencySettings = DEFAULT_TIMING, pause_s: float = 1.0) -> InterleavedLatency:
+                        timing: LatencySettings = DEFAULT_TIMING, pause_s: float = 1.0,
+                        calibration: str | None = None) -> InterleavedLatency:
     """Time ``candidate`` and ``reference`` in alternating rounds (A B, then B A, ...), both on ``timing.runtime``.
 
     Each of ``timing.rounds`` rounds times ``max(1, runs // rounds)`` passes of each model; a round's ratio is the
@@ -186,7 +190,8 @@ def measure_interleaved(candidate: nn.Module, reference: nn.Module, imgsz: int, 
     slow drifts of a shared machine cancel out, and the ratio is the median round ratio. When the round ratios
     spread by more than ``timing.max_spread`` ((p90 - p10) / median) the pair is timed again, up to
     ``timing.retries`` times, later (after ``pause_s`` times the attempt, with the device lock released) and pooled
-    with the rounds before; a ratio still that spread is marked ``unreliable``.
+    with the rounds before; a ratio still that spread is marked ``unreliable``. An INT8 pair (both models
+    quantized alike) is calibrated on ``calibration``'s training images.
     """
     t = timing
     if t.estimator not in ROUND_STATISTICS:
@@ -198,7 +203,7 @@ def measure_interleaved(candidate: nn.Module, reference: nn.Module, imgsz: int, 
     samples: list[tuple[tuple[float, ...], tuple[float, ...]]] = []
     waited, attempts = 0.0, 0
     try:
-        rs = _run_spec(device, imgsz, t)
+        rs = run_spec(device, imgsz, t, calibration)
         runners = {"c": build_runner(candidate, t.runtime, rs), "r": build_runner(reference, t.runtime, rs)}
         while True:
             with device_lock(device) as w:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,8 +12,9 @@ from typing import Any
 from torch import nn
 
 from autoprune.config.spec import TrialSettings
-from autoprune.engine.latency import InterleavedLatency, measure_interleaved, measure_latency
+from autoprune.engine.latency import InterleavedLatency, measure_interleaved, measure_latency, run_spec
 from autoprune.engine.latency_table import LatencyTable
+from autoprune.engine.runtimes import export_deployed
 
 __all__ = ["Measurement", "Phases", "measure_model", "interleaved_record"]
 
@@ -87,11 +89,11 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
         imgsz = lat_cfg.imgsz or s.imgsz
         if lat_cfg.interleave:
             ref = ultra.deploy_copy(reference if reference is not None else model)
-            il = measure_interleaved(deployed, ref, imgsz, s.device, lat_cfg)
+            il = measure_interleaved(deployed, ref, imgsz, s.device, lat_cfg, calibration=s.data)
             lat, ratio = il.candidate, il.ratio
             latency = interleaved_record(il)
         else:
-            lat = measure_latency(deployed, imgsz, s.device, lat_cfg)
+            lat = measure_latency(deployed, imgsz, s.device, lat_cfg, calibration=s.data)
             latency = {**asdict(lat), "spread": lat.spread}
         lut_ms = None
         if lat_cfg.lut:
@@ -100,6 +102,26 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
             lut_ms = est.ms
             latency["lut"] = {**asdict(est), "table": str(table.path)}
         macs = tp.count_macs(model, s.imgsz)
+    extra = val.extra
+    if lat_cfg.int8:
+        with phases("validate_deployed"):
+            extra += deployed_map(deployed, s, imgsz)
     return Measurement(map50_95=val.map50_95, map50=val.map50, params=ultra.count_params(model), macs=macs,
-                       latency_ms=lat.median_ms, latency=latency, latency_ratio=ratio, extra=val.extra,
+                       latency_ms=lat.median_ms, latency=latency, latency_ratio=ratio, extra=extra,
                        latency_lut_ms=lut_ms)
+
+
+def deployed_map(deployed: nn.Module, s: TrialSettings, imgsz: int) -> tuple[tuple[str, float], ...]:
+    """``deployed_map50``/``deployed_map50_95``: the model exported and quantized as it is timed (INT8 on ONNX
+    Runtime, batch 1, at the deployment size ``imgsz``), validated on the val split through ultralytics' backend
+    for the file."""
+    import shutil
+
+    from autoprune.adapters import ultra
+
+    path = export_deployed(deployed, run_spec(s.device, imgsz, dataclasses.replace(s.latency, batch=1), s.data))
+    try:
+        m50, m = ultra.validate_exported(path, s.data, imgsz, ultra.model_task(deployed), device=s.device)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    return ("deployed_map50", m50), ("deployed_map50_95", m)

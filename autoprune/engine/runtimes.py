@@ -27,7 +27,8 @@ from torch import nn
 from autoprune.errors import InputError
 from autoprune.registry import Registry
 
-__all__ = ["RunSpec", "Runtime", "REGISTRY", "build_runner", "build_layer_runner", "check_runtime", "names"]
+__all__ = ["RunSpec", "Runtime", "REGISTRY", "build_runner", "build_layer_runner", "check_runtime", "names",
+           "export_deployed", "CALIBRATION_IMAGES"]
 
 Runner = Callable[[], None]
 
@@ -41,6 +42,8 @@ class RunSpec:
     threads: int = 2
     channels: int = 3  # input channels (3 for a model; a layer's own for one timed layer)
     width: int | None = None
+    int8: bool = False  # onnxruntime: the model quantized to INT8 (post-training, static, calibrated)
+    calibration: str | None = None  # the data set YAML whose training images calibrate an INT8 model
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -128,8 +131,27 @@ def _ort_runner(model: str | bytes, rs: RunSpec) -> Runner:
     return run
 
 
-def _onnxruntime(model: nn.Module, rs: RunSpec) -> Runner:
+CALIBRATION_IMAGES = 64  # training images that calibrate an INT8 model's activation ranges
+
+
+def export_deployed(model: nn.Module, rs: RunSpec) -> Path:
+    """``model`` as ONNX Runtime runs it: exported by ultralytics' exporter for ``rs`` (batch, size) and, with
+    ``rs.int8``, quantized to INT8 on :data:`CALIBRATION_IMAGES` images of ``rs.calibration``'s train split. The
+    file lies in a temporary folder of its own: the caller removes ``path.parent``."""
     path = _exported(model, rs, "onnx")
+    if not rs.int8:
+        return path
+    if not rs.calibration:
+        raise InputError("latency.precision: int8 needs a data set to calibrate on (its train split)")
+    from autoprune.adapters import ort, ultra
+
+    n = max(1, -(-CALIBRATION_IMAGES // rs.batch))
+    batches = [b["img"].numpy() for b in ultra.training_batches(rs.calibration, rs.imgsz, rs.batch, n)]
+    return ort.quantize_int8(path, path.with_name("model_int8.onnx"), batches)
+
+
+def _onnxruntime(model: nn.Module, rs: RunSpec) -> Runner:
+    path = export_deployed(model, rs)
     run = _ort_runner(str(path), rs)
     shutil.rmtree(path.parent, ignore_errors=True)  # the session holds the model
     return run
@@ -186,13 +208,16 @@ REGISTRY.register(Runtime("tensorrt", "TensorRT engine (ultralytics' exporter)",
 names = REGISTRY.names
 
 
-def check_runtime(runtime: str, device: str, half: bool) -> None:
-    """One-line InputError when ``runtime`` cannot time on ``device`` here (before any study is written)."""
+def check_runtime(runtime: str, device: str, precision: str = "fp32") -> None:
+    """One-line InputError when ``runtime`` cannot time on ``device`` at ``precision`` here (before any study is
+    written)."""
     why = REGISTRY.get(runtime).unavailable(device)
     if why:
         raise InputError(f"latency.runtime: {runtime} {why}")
-    if half and torch.device(device).type != "cuda":
-        raise InputError("latency.half: fp16 timing needs device: cuda")
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise InputError("latency.precision: fp16 timing needs device: cuda")
+    if precision == "int8" and importlib.util.find_spec("onnxruntime.quantization") is None:
+        raise InputError("latency.precision: int8 needs onnxruntime's quantization tools (pip install onnxruntime)")
 
 
 def build_runner(model: nn.Module, runtime: str, rs: RunSpec) -> Runner:

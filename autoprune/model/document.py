@@ -15,6 +15,8 @@ Schema (version 1)::
     baseline: {same keys}
     source: {study, trial, storage, data}
     versions: {torch, ultralytics, torch_pruning, autoprune}
+    finalize: {epochs, lr, before, after, ...}     # autoprune finalize only
+    deployed: {format, file, imgsz, map50_95, map50, split, latency_ms, latency_ratio_vs_base, ...}  # onnx-int8
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class PolicyDocument:
     seed: int = 0
     finetune: Mapping[str, Any] = field(default_factory=dict)  # batch, optimizer, workers, gradient_batches
     finalize: Mapping[str, Any] = field(default_factory=dict)  # autoprune finalize: its fine-tune and metrics
+    # export --format onnx-int8: the quantized file, its mAP measured on it and its latency against the base's
+    deployed: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         p = self.policy
@@ -74,6 +78,7 @@ class PolicyDocument:
             "source": dict(self.source),
             "versions": dict(self.versions),
             **({"finalize": dict(self.finalize)} if self.finalize else {}),
+            **({"deployed": dict(self.deployed)} if self.deployed else {}),
         }
 
 
@@ -171,7 +176,8 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
         metrics=dict(raw.get("metrics") or {}), baseline=dict(raw.get("baseline") or {}),
         source=dict(raw.get("source") or {}), versions=dict(raw.get("versions") or {}),
         seed=int(_need(raw, "seed", int, where)) if "seed" in raw else 0, finetune=finetune,
-        finalize=dict(raw.get("finalize") or {}) if isinstance(raw.get("finalize") or {}, Mapping) else {})
+        finalize=dict(raw.get("finalize") or {}) if isinstance(raw.get("finalize") or {}, Mapping) else {},
+        deployed=dict(raw.get("deployed") or {}) if isinstance(raw.get("deployed") or {}, Mapping) else {})
 
 
 def _opt_float(v: Any, where: str) -> float | None:

@@ -41,6 +41,9 @@ register(Objective("mask_map50_95", "maximize", "mask mAP50-95"))  # segmentatio
 register(Objective("mask_map50", "maximize", "mask mAP50"))
 register(Objective("pose_map50_95", "maximize", "pose mAP50-95"))  # pose models (OKS-based keypoint mAP)
 register(Objective("pose_map50", "maximize", "pose mAP50"))
+# mAP of the artifact a user ships (latency.precision: int8): the INT8 ONNX model validated through ultralytics
+register(Objective("deployed_map50_95", "maximize", "deployed mAP50-95"))
+register(Objective("deployed_map50", "maximize", "deployed mAP50"))
 register(Objective("params", "minimize", "params", "{:,.0f}"))
 register(Objective("macs", "minimize", "MACs", "{:,.0f}"))
 register(Objective("latency_ms", "minimize", "latency_ms", "{:.2f}"))

@@ -66,7 +66,7 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     check_gpus(spec.resources.gpus)
     from autoprune.engine.runtimes import check_runtime
 
-    check_runtime(spec.latency.runtime, spec.device, spec.latency.half)
+    check_runtime(spec.latency.runtime, spec.device, spec.latency.precision)
     data = _resolve_data(spec.data)
     info = ultra.read_dataset(str(data))
     ultra.check_dataset_files(spec.data, info)

@@ -13,7 +13,7 @@ from autoprune.model.budget import PHASES, format_duration
 from autoprune.model.policy import ratio_summary
 
 __all__ = ["front_records", "render_front", "relative_change", "render_budget", "render_deliveries",
-           "delivered_trials"]
+           "delivered_trials", "render_deployed"]
 
 
 def relative_change(value: float, base: float | None) -> float | None:
@@ -136,3 +136,12 @@ def render_deliveries(deliveries: Mapping[str, Mapping[str, Any]], labels: Seque
         lines.append(f"target {label}: trial {d['trial']}{size}, {d.get('epochs')} final epochs; "
                      f"{'; '.join(splits)}; {d['out_dir']}")
     return lines
+
+
+def render_deployed(d: Mapping[str, Any]) -> list[str]:
+    """The line of an export's ``deployed`` record (none without one)."""
+    if not d:
+        return []
+    return [f"{d['file']} ({d['precision']} on {d['runtime']}, {d['imgsz']} px): {d['split']} mAP50-95 "
+            f"{d['map50_95']:.4f}; {d['latency_ms']:.2f} ms, x{d['latency_ratio_vs_int8_base']:.3f} of the base "
+            "model's, quantized alike"]
