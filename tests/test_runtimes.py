@@ -23,7 +23,12 @@ def test_the_spec_offers_exactly_the_registered_runtimes():
 @pytest.mark.parametrize("latency,device,message", [
     ({"runtime": "cuda-graph"}, "cpu", "latency.runtime: cuda-graph needs device: cuda"),
     ({"runtime": "tensorrt"}, "cpu", "latency.runtime: tensorrt needs device: cuda"),
-    ({"half": True}, "cpu", "latency.half: fp16 timing needs device: cuda"),
+    ({"half": True}, "cpu", "latency.precision: fp16 timing needs device: cuda"),  # half: the older spelling
+    ({"precision": "fp16"}, "cpu", "latency.precision: fp16 timing needs device: cuda"),
+    ({"precision": "int8"}, "cpu", "latency.precision: int8 needs runtime: onnxruntime"),
+    ({"precision": "int8", "runtime": "onnxruntime", "lut": True}, "cpu", "latency.lut:"),
+    ({"half": True, "precision": "int8"}, "cuda", "latency.half: true contradicts"),
+    ({"precision": "int4"}, "cpu", "latency.precision"),
     ({"runtime": "tvm"}, "cpu", "latency.runtime"),
     ({"batch": 0}, "cpu", "latency.batch: must be >= 1"),
 ])
@@ -33,15 +38,16 @@ def test_runtimes_a_spec_cannot_use_are_refused_naming_the_field(latency, device
 
 
 def test_runtime_availability_is_checked_before_a_search_starts():
-    runtimes.check_runtime("onnxruntime", "cpu", False)  # installed with autoprune
+    runtimes.check_runtime("onnxruntime", "cpu")  # installed with autoprune
+    runtimes.check_runtime("onnxruntime", "cpu", "int8")
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="latency.runtime: cuda-graph needs a CUDA GPU"):
-            runtimes.check_runtime("cuda-graph", "cuda", False)
+            runtimes.check_runtime("cuda-graph", "cuda")
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:
         with pytest.raises(InputError, match="latency.runtime: tensorrt needs the tensorrt package"):
-            runtimes.check_runtime("tensorrt", "cuda", False)
+            runtimes.check_runtime("tensorrt", "cuda")
 
 
 def test_onnxruntime_times_the_exported_model_interleaved_with_the_base(yolov8n):

@@ -34,6 +34,10 @@ def head_decode_nodes(model: Any) -> list[str]:
     return [name for i, name in numbered if i == head and not branch.match(name)]
 
 
+def _quiet_ort(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
+
 def quantize_int8(fp32: str | Path, out: str | Path, calibration: Iterable[Any]) -> Path:
     """``fp32`` quantized to INT8 at ``out`` (QDQ, per-channel int8 weights, uint8 activations) from the
     ``calibration`` arrays (each one input batch as the model takes it); ultralytics' metadata (stride, names,
@@ -54,8 +58,13 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: Iterable[Any])
             x = next(self._batches, None)
             return None if x is None else {name: x}
 
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    root = logging.getLogger()
+    root.addFilter(_quiet_ort)  # its advice to pre-process and its notes on biases go to the root logger
+    try:
+        quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    finally:
+        root.removeFilter(_quiet_ort)
     q = onnx.load(str(out))
     have = {p.key for p in q.metadata_props}
     for p in model.metadata_props:

@@ -1,0 +1,100 @@
+"""INT8 on ONNX Runtime: calibration from the train split, the head's decoding kept in FP32, the quantized file
+loads in ONNX Runtime alone and in ultralytics, an INT8 trial records the mAP of its quantized file, and a runtime
+whose quantization tools are missing is refused in one line before anything runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoprune.adapters import ort, ultra
+from autoprune.config.sections import LatencySettings
+from autoprune.engine import runtimes
+from autoprune.engine.latency import run_spec
+from autoprune.errors import InputError
+
+TINY = 64
+
+
+def test_training_batches_come_from_the_train_split_only(tiny_data):
+    files = [f for b in ultra.training_batches(str(tiny_data), TINY, 4, 8) for f in b["im_file"]]
+    assert files and all(Path(f).parent == tiny_data.parent / "images" / "train" for f in files)
+
+
+@pytest.fixture(scope="module")
+def int8_file(tiny_data, tmp_path_factory):
+    """The tiny model exported and quantized as an INT8 trial is; which data set the calibration read is recorded."""
+    seen = []
+    real = ultra.training_batches
+
+    def spy(data, imgsz, batch, n, *a, **k):
+        seen.append((data, imgsz, batch, n))
+        return real(data, imgsz, batch, n, *a, **k)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ultra, "training_batches", spy)
+    try:
+        model = ultra.deploy_copy(ultra.load_model("yolov8n.yaml", nc=3))
+        timing = LatencySettings(runtime="onnxruntime", precision="int8", threads=1)
+        path = runtimes.export_deployed(model, run_spec("cpu", TINY, timing, str(tiny_data)))
+    finally:
+        mp.undo()
+    keep = tmp_path_factory.mktemp("int8") / "model_int8.onnx"
+    keep.write_bytes(path.read_bytes())
+    return keep, seen
+
+
+def test_an_int8_model_is_calibrated_on_the_data_sets_training_images(int8_file, tiny_data):
+    _, seen = int8_file
+    assert seen == [(str(tiny_data), TINY, 1, runtimes.CALIBRATION_IMAGES)]  # 64 batches of one image
+
+
+def test_the_int8_file_quantizes_the_convolutions_and_keeps_the_head_decoding_in_fp32(int8_file):
+    import onnx
+
+    model = onnx.load(str(int8_file[0]))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and "DequantizeLinear" in ops
+    decode = ort.head_decode_nodes(model)
+    assert any("/dfl/" in n for n in decode) and not any("/cv2" in n or "/cv3" in n for n in decode)
+    quantized_inputs = {i for n in model.graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+    dfl = [n for n in model.graph.node if "/dfl/" in n.name and n.op_type == "Conv"]
+    assert dfl and not set(dfl[0].input) & quantized_inputs  # the DFL convolution reads FP32, not INT8
+    assert {p.key for p in model.metadata_props} >= {"stride", "names", "imgsz", "task"}  # ultralytics' metadata
+
+
+def test_the_int8_file_runs_in_onnxruntime_and_loads_in_ultralytics(int8_file, tiny_data):
+    import onnxruntime
+
+    sess = onnxruntime.InferenceSession(str(int8_file[0]), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 3, TINY, TINY), np.float32)})
+    assert out[0].shape[0] == 1 and np.isfinite(out[0]).all()
+    m50, m = ultra.validate_exported(int8_file[0], str(tiny_data), TINY, "detect")
+    assert 0.0 <= m <= m50 <= 1.0
+
+
+def test_int8_without_onnxruntimes_quantization_tools_is_refused_in_one_line(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime.quantization" else real(name, *a))
+    with pytest.raises(InputError) as e:
+        runtimes.check_runtime("onnxruntime", "cpu", "int8")
+    assert "\n" not in str(e.value) and "latency.precision: int8 needs onnxruntime" in str(e.value)
+
+
+@pytest.mark.slow
+def test_an_int8_trial_records_the_map_of_its_quantized_file(tmp_path, tiny_data, tiny_model_pt):
+    from autoprune.config.spec import parse_spec
+    from autoprune.engine.measure import measure_model
+
+    spec = parse_spec({"name": "q", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": TINY,
+                       "objectives": ["map50_95", "deployed_map50_95", "params"],
+                       "latency": {"runtime": "onnxruntime", "precision": "int8", "warmup": 1, "runs": 4,
+                                   "rounds": 2, "threads": 1, "retries": 0}}, "s.yaml")
+    model = ultra.load_model(tiny_model_pt)
+    m = measure_model(model, spec.trial_settings).metrics()
+    assert 0.0 <= m["deployed_map50_95"] <= m["deployed_map50"] <= 1.0
+    assert m["latency_ratio"] > 0 and m["map50_95"] >= 0
