@@ -321,3 +321,30 @@ def test_remeasure_re_times_the_front_and_keeps_the_old_values(demo_study, tmp_p
     assert len(again.user_attrs["remeasured"]) == 2 and again.user_attrs["remeasured"][1]["latency"]["attempts"] == 3
     bad = _cli(["remeasure", "spec.yaml", "--trial", "99"], copy, ok=False)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--trial 99" in bad.stderr
+
+
+def test_export_onnx_int8_writes_a_quantized_file_that_validates_to_its_recorded_map(demo_study, tmp_path):
+    """--format onnx-int8: pruned_int8.onnx beside pruned.onnx, loaded by ONNX Runtime alone and by ultralytics;
+    validating it again gives the mAP policy.yaml records; its latency was timed against the base's INT8."""
+    import onnxruntime
+    from ultralytics import YOLO
+
+    root, study = demo_study
+    knee = max(study.best_trials, key=lambda t: t.number)
+    r = _cli(["export", "spec.yaml", "--trial", str(knee.number), "--format", "onnx-int8", "--out", tmp_path / "q"],
+             root)
+    out = tmp_path / "q"
+    doc = yaml.safe_load((out / "policy.yaml").read_text())
+    d = doc["deployed"]
+    assert d["file"] == "pruned_int8.onnx" and d["precision"] == "int8" and d["split"] == "val"
+    assert (out / "pruned_int8.onnx").is_file() and (out / "pruned.onnx").is_file()
+    assert d["latency_ms"] > 0 and d["latency_ratio_vs_int8_base"] > 0 and "pruned_int8.onnx (int8" in r.stdout
+    sess = onnxruntime.InferenceSession(str(out / "pruned_int8.onnx"), providers=["CPUExecutionProvider"])
+    assert "QuantizeLinear" in {n.op_type for n in __import__("onnx").load(str(out / "pruned_int8.onnx")).graph.node}
+    assert sess.get_inputs()[0].shape == [1, 3, d["imgsz"], d["imgsz"]]
+    again = YOLO(str(out / "pruned_int8.onnx"), task="detect").val(data=study.user_attrs["baseline"]["data"],
+                                                                   imgsz=d["imgsz"], plots=False, verbose=False)
+    assert again.box.map == pytest.approx(d["map50_95"], abs=1e-6)
+    bad = _cli(["export", "spec.yaml", "--trial", str(knee.number), "--format", "onnx-int8", "--no-onnx", "--out",
+                tmp_path / "x"], root, ok=False)
+    assert bad.returncode == 2 and "--format onnx-int8 needs the ONNX export" in bad.stderr
