@@ -78,7 +78,7 @@ def _chosen(study: optuna.Study, numbers: list[int] | None) -> list[FrozenTrial]
     return out
 
 
-def _time(t: FrozenTrial, checkpoint: Path, base: Any, s: RemeasureSettings) -> Any:
+def _time(t: FrozenTrial, checkpoint: Path, base: Any, s: RemeasureSettings, data: str | None) -> Any:
     from autoprune.adapters import ultra
     from autoprune.engine.latency import measure_interleaved
 
@@ -90,7 +90,7 @@ def _time(t: FrozenTrial, checkpoint: Path, base: Any, s: RemeasureSettings) -> 
                              batch=int(lat.get("batch", 1)), precision=str(lat.get("precision", "fp32")),
                              estimator=s.estimator, max_spread=s.max_spread, retries=s.retries)
     return measure_interleaved(ultra.deploy_copy(ultra.load_model(checkpoint)), ultra.deploy_copy(base),
-                               int(lat["imgsz"]), str(lat.get("device", "cpu")), timing)
+                               int(lat["imgsz"]), str(lat.get("device", "cpu")), timing, calibration=data)
 
 
 def remeasure(study: optuna.Study, store: StudyStorage, settings: RemeasureSettings, artifact_dir: Path,
@@ -113,7 +113,7 @@ def remeasure(study: optuna.Study, store: StudyStorage, settings: RemeasureSetti
             rec = records.trial(t)
             params = int(rec.metrics.get("params") or ultra.count_params(base))
             checkpoint = trial_checkpoint(store, t, artifact_dir, Path(tmp) / f"trial{t.number}.pt", params)
-            il = _time(t, checkpoint, base, settings)
+            il = _time(t, checkpoint, base, settings, records.baseline(study).get("data"))
             new = {"latency_ms": il.candidate.median_ms, "latency_ratio": il.ratio}
             before = {k: float(rec.metrics[k]) for k in LATENCY_METRICS if k in rec.metrics}
             after = {k: new[k] for k in before}
