@@ -1,6 +1,6 @@
-"""ONNX Runtime's post-training static quantization: an exported FP32 ONNX model to INT8 (QDQ, per-channel
-weights), calibrated on images the caller hands over (training images: never val or test). All contact with
-``onnxruntime.quantization`` and ``onnx`` is here.
+"""All contact with ONNX Runtime and ``onnx``: inference sessions, and post-training static quantization of an
+exported FP32 ONNX model to INT8 (QDQ, per-channel weights), calibrated on images the caller hands over (training
+images: never val or test).
 
 The detection head's decoding (the DFL, box decoding, the class sigmoid: the nodes of the last module outside its
 box and class branches) stays in FP32, as ultralytics' own INT8 OpenVINO export keeps it: quantizing it costs mAP
@@ -17,9 +17,28 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["quantize_int8", "head_decode_nodes"]
+__all__ = ["quantize_int8", "head_decode_nodes", "session", "run"]
 
 _MODULE = re.compile(r"^/model\.(\d+)/")
+
+
+def session(model: str | bytes | Path, threads: int | None = None, cuda: bool = False) -> Any:
+    """An ONNX Runtime session over an ONNX file or its bytes: CPU execution provider (CUDA's with ``cuda`` where
+    installed), ``threads`` intra-op threads and one inter-op thread when given."""
+    import onnxruntime
+
+    so = onnxruntime.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    cuda = cuda and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    src = str(model) if isinstance(model, Path) else model
+    return onnxruntime.InferenceSession(src, so, providers=["CUDAExecutionProvider" if cuda else
+                                                             "CPUExecutionProvider"])
+
+
+def run(sess: Any, x: Any) -> list[Any]:
+    """The session's outputs for input ``x`` (its first input)."""
+    return list(sess.run(None, {sess.get_inputs()[0].name: x}))
 
 
 def head_decode_nodes(model: Any) -> list[str]:

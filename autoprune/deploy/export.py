@@ -140,17 +140,15 @@ def _document(study: optuna.Study, t: FrozenTrial) -> PolicyDocument:
 
 def onnx_max_abs_diff(checkpoint: Path, onnx_path: Path, imgsz: int, seed: int = 0) -> float:
     """Run the same input through the pruned torch model and onnxruntime; the largest absolute difference."""
-    import onnxruntime as ort
     import torch
 
-    from autoprune.adapters import ultra
+    from autoprune.adapters import ort, ultra
 
     torch.manual_seed(seed)
     x = torch.rand(1, 3, imgsz, imgsz)
     model = ultra.deploy_copy(ultra.load_model(checkpoint))
     wants = [t.numpy() for t in ultra.inference_output(model, x)]
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    gots = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    gots = ort.run(ort.session(onnx_path), x.numpy())
     if len(gots) != len(wants):
         raise InputError(f"ONNX has {len(gots)} outputs, the torch model {len(wants)}")
     for got, want in zip(gots, wants):

@@ -116,17 +116,14 @@ def _exported(model: nn.Module, rs: RunSpec, fmt: str) -> Path:
 def _ort_runner(model: str | bytes, rs: RunSpec) -> Runner:
     """An ONNX Runtime session over an ONNX file (path) or its bytes, fed a fixed random input."""
     import numpy as np
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = rs.threads, 1
-    cuda = torch.device(rs.device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
-    sess = ort.InferenceSession(model, so, providers=["CUDAExecutionProvider" if cuda else "CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    from autoprune.adapters import ort
+
+    sess = ort.session(model, rs.threads, cuda=torch.device(rs.device).type == "cuda")
     x = np.random.default_rng(0).random(rs.shape).astype(np.float16 if rs.half else np.float32)
 
     def run() -> None:
-        sess.run(None, {name: x})
+        ort.run(sess, x)
 
     return run
 
