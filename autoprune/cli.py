@@ -117,13 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --best: a condition such as 'latency_ms<=4' (repeatable)")
         q.add_argument("--out", type=Path, required=True, help="output folder")
         q.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its check")
-        q.add_argument("--format", choices=("onnx", "onnx-int8"), default="onnx",
-                       help="onnx-int8: also pruned_int8.onnx (ONNX Runtime INT8, calibrated on training images), "
-                            "its mAP measured on it and its latency against the base's, in policy.yaml")
+        q.add_argument("--format", choices=("onnx", "onnx-int8"), default="onnx", help="onnx-int8: also "
+                       "pruned_int8.onnx (ONNX Runtime INT8), its measured mAP and latency in policy.yaml")
         q.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
 
-    chosen_trial_args(sub.add_parser("export", help="export a chosen trial: policy.yaml, pruned.pt, pruned.onnx, "
-                                                    "tp_ratios.yaml"))
+    chosen_trial_args(sub.add_parser("export", help="export a chosen trial: policy.yaml, pruned.pt, pruned.onnx"))
     z = sub.add_parser("finalize", help="fine-tune a chosen trial with the full budget, report val/test mAP, export it")
     chosen_trial_args(z)
     length = z.add_mutually_exclusive_group(required=True)
@@ -242,8 +240,7 @@ def _existing_study(args: argparse.Namespace) -> Opened:
 
 
 def _cmd_front(args: argparse.Namespace) -> int:
-    study, store = _existing_study(args)
-    _print_front(study, store, args.format)
+    _print_front(*_existing_study(args), args.format)
     return 0
 
 
@@ -251,8 +248,8 @@ def _cmd_remeasure(args: argparse.Namespace) -> int:
     from autoprune.deploy.remeasure import RemeasureSettings, remeasure
 
     study, store = _existing_study(args)
-    settings = RemeasureSettings(args.rounds, args.estimator, args.max_spread, args.retries)
-    done = remeasure(study, store, settings, artifacts_dir(args.studies_dir), args.trial)
+    done = remeasure(study, store, RemeasureSettings(args.rounds, args.estimator, args.max_spread, args.retries),
+                     artifacts_dir(args.studies_dir), args.trial)
     for r in done:
         change = ", ".join(f"{k} {r.before[k]:.4g} -> {r.after[k]:.4g}" for k in r.after)
         print(f"trial {r.trial}: {change or 'no latency objective'} (round spread {r.spread:.2f}"
@@ -393,7 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         how = "terminated (SIGTERM)" if _TERMINATED else "interrupted (SIGINT)"
         sys.stderr.write(f"autoprune: {how}: {_INTERRUPTED.get(args.command, 'nothing was written')}\n")
-        return EXIT_SIGTERM if _TERMINATED else EXIT_SIGINT
+        code = EXIT_SIGTERM if _TERMINATED else EXIT_SIGINT
+        if "autoprune.search.session" in sys.modules:  # a phase still timing must not outlive the interpreter
+            sys.modules["autoprune.search.session"].exit_if_phases_alive(code)
+        return code
 
 
 if __name__ == "__main__":

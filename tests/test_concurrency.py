@@ -125,7 +125,7 @@ def test_two_drivers_started_at_once_screen_each_probe_of_the_scan_once(tmp_path
     """A fresh scan shared by two drivers started together: each probe is queued once and screened once (it
     was 105 screens for 39 probes: both queued every probe, then sampled random ones when the queue ran dry)."""
     spec = {"name": "both", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 1,
-            "screening": {"factor": 1, "batches": 2, "rounds": 1}, "sensitivity": {"probes": 1, "sweep": 2},
+            "screening": {"factor": 2, "batches": 2, "rounds": 1}, "sensitivity": {"probes": 1, "sweep": 2},
             "warm_start": {"uniform": 0, "from_fronts": False},
             "space": {"ratio": {"low": 0.1, "high": 0.5, "step": 0.05}, "iterations": 1, "epochs": 1},
             "finetune": {"batch": 8}, "latency": {"warmup": 0, "runs": 3, "rounds": 1}, "resources": {"cpus": 1}}

@@ -313,7 +313,8 @@ def test_remeasure_re_times_the_front_and_keeps_the_old_values(demo_study, tmp_p
         assert lat["attempts"] == 3 and lat["rounds"] == 12 and lat["unreliable"] and lat["estimator"] == "min"
     assert "latency check" in r.stdout and "noisy" in r.stdout
     with sa.create_engine(url).connect() as c:
-        rows: dict[int, float] = dict(c.execute(sa.text("SELECT trial_number, latency_ms FROM autoprune_front")).all())
+        rows: dict[int, float] = dict(c.execute(sa.text("SELECT trial_number, latency_ms FROM autoprune_front "
+                                                        "WHERE study_name = 'exp'")).all())
     assert rows == {n: pytest.approx(after.trials[n].values[idx]) for n in front}
     # a second pass appends to the history; a trial that is not there is refused in one line
     _cli(["remeasure", "spec.yaml", "--trial", str(front[0]), "--rounds", "2"], copy)

@@ -59,7 +59,8 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
         assert len(t.user_attrs["policy"]["ratios"]) == len(study.user_attrs["layers"])
         assert t.values[1] < base["params"]  # pruned
         assert {"prune", "finetune", "validate", "latency"} <= set(t.user_attrs["seconds"])
-        assert t.user_attrs["latency"]["runs"] == 5
+        lat = t.user_attrs["latency"]  # 5 runs a timing; a spread ratio is timed again (at most twice) and pooled
+        assert lat["runs"] == 5 * lat["attempts"] and 1 <= lat["attempts"] <= 3
 
     _run(["search", str(spec_file), "--trials", "1"], tmp_path)  # continues the same study
     study = optuna.load_study(study_name="tiny", storage=url)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -232,7 +233,7 @@ class TuneSession:
                                         max_concurrent_trials=r.concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=self.name, storage_path=str(self.storage_path), verbose=0),
         )
-        phases = threading.Thread(target=target, daemon=True, name="autoprune-phases")
+        phases = threading.Thread(target=target, daemon=True, name=PHASES_THREAD)
         interrupted = True
         try:
             phases.start()
@@ -252,6 +253,7 @@ class TuneSession:
 # that thread, so a phase still running after its session was interrupted (a baseline being timed when Ctrl-C
 # came) finds the closed session and cannot start a Tune run of its own.
 _PHASES = threading.local()
+PHASES_THREAD = "autoprune-phases"
 
 
 def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int, ray_address: str | None = None,
@@ -273,3 +275,14 @@ def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int
     with ray_session(ray_address):
         session = TuneSession(f"{study.study_name}-ray", job.study_dir / "ray", job.resources, trial_fn=trial_fn)
         session.drive(lambda: session.run(study, store, job, n_trials, on_trial, deadline))
+
+
+def exit_if_phases_alive(code: int) -> None:
+    """After an interrupt, with the CLI's message written: a phases thread still inside a long C call (timing a
+    baseline) would abort the interpreter's shutdown (exit -6 instead of 130); its session is closed, so it can
+    start nothing, and the process ends now with ``code``."""
+    if any(t.name == PHASES_THREAD and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
