@@ -8,11 +8,13 @@ fine-tuning (it does not change latency). Each is timed against the base in inte
 
 - quiet: nothing else running (the load average is recorded), many rounds; the reference ranking.
 - loaded: ``--busy`` processes spinning on the CPU all along (2 on this 2-core machine), each model timed twice,
-  in alternating order: the old timing (each round's median pass, one timing) and the new (each round's fastest
-  pass; a ratio whose rounds spread over ``--max-spread`` is timed again, up to ``--retries`` times).
+  in alternating order: the old timing (the median round ratio of each round's median passes, one timing) and the
+  new (each model's fastest pass over all rounds; a ratio whose rounds spread over ``--max-spread`` is timed
+  again, up to ``--retries`` times, and pooled).
 
-Kendall's tau of each loaded ranking against the quiet one is the result (1: same order). The raw ratios, spreads,
-attempts and load averages are in the JSON.
+Kendall's tau of each loaded ranking against the quiet one is the result (1: same order). The raw passes of every
+timing, the ratios, spreads, attempts and load averages are in the JSON, so other estimators can be compared on the
+same passes.
 
     python benchmarks/latency_load.py --out benchmarks/results/latency_load.json
 """
@@ -87,8 +89,8 @@ def run(imgsz: int = 320, busy: int = 2, n_random: int = 2, seed: int = 0, runs:
     base, models = pruned_models(n_random, seed, ratios or RATIOS)
 
     def timed(model: Any, new: bool, n: int, k: int) -> Any:
-        timing = LatencySettings(warmup=3, runs=n, rounds=k, threads=threads, estimator="min" if new else "median",
-                                 max_spread=max_spread, retries=retries if new else 0)
+        timing = LatencySettings(warmup=3, runs=n, rounds=k, threads=threads, max_spread=max_spread,
+                                 estimator="pooled_min" if new else "median", retries=retries if new else 0)
         return measure_interleaved(model, base, imgsz, timing=timing)
 
     rows: list[dict[str, Any]] = [{"policy": label, "macs_ratio": macs} for label, _, macs in models]

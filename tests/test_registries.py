@@ -36,8 +36,8 @@ def test_every_objective_has_a_direction_and_is_accepted_by_specs(name):
     assert obj.direction in ("maximize", "minimize") and obj.sign == (-1.0 if obj.direction == "maximize" else 1.0)
     assert obj.format(1234.5)
     other = "params" if name != "params" else "map50_95"
-    int8 = {"latency": {"runtime": "onnxruntime", "precision": "int8"}}
-    needs = {"latency_lut_ms": {"latency": {"lut": True}}, "deployed_map50_95": int8,
+    int8: dict[str, object] = {"latency": {"runtime": "onnxruntime", "precision": "int8"}}
+    needs: dict[str, object] = {"latency_lut_ms": {"latency": {"lut": True}}, "deployed_map50_95": int8,
              "deployed_map50": int8}.get(name, {})  # what the objective needs measured
     assert parse_spec({**BASE, **needs, "objectives": [name, other]}, "s.yaml").objectives == (name, other)
 

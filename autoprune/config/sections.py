@@ -43,7 +43,7 @@ class FinetuneSettings:
 
 
 RUNTIMES = ("torch", "onnxruntime", "cuda-graph", "tensorrt")  # autoprune.engine.runtimes (a test keeps them equal)
-ESTIMATORS = ("min", "median")
+ESTIMATORS = ("pooled_min", "min", "median")  # autoprune.engine.latency.ratio_of (a test keeps them equal)
 # fp16: CUDA runtimes; int8: ONNX Runtime's post-training static quantization, calibrated on training images
 PRECISIONS = ("fp32", "fp16", "int8")  # autoprune.engine.latency.ROUND_STATISTICS (a test keeps them equal)
 
@@ -56,8 +56,9 @@ class LatencySettings:
     interleave: bool = True  # time the baseline and the candidate alternately (A/B/B/A...)
     # interleaved rounds; ratio = median per-round ratio
     rounds: int = field(default=10, metadata=bounds(min=1, max=10_000))
-    # a round's time of each model: its fastest pass ("min", which load disturbs least) or its median pass
-    estimator: str = field(default="min", metadata=bounds(choices=ESTIMATORS))
+    # the ratio: each model's fastest pass over all rounds ("pooled_min": load only ever adds time), the median of
+    # the rounds' fastest-pass ratios ("min") or of their median-pass ratios ("median", the estimator before)
+    estimator: str = field(default="pooled_min", metadata=bounds(choices=ESTIMATORS))
     # round ratios spread more than this ((p90 - p10) / median) are timed again, up to ``retries`` times, later;
     # a ratio still that spread is recorded as unreliable and flagged on the front
     max_spread: float = field(default=0.25, metadata=bounds(gt=0, max=100))

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMING = LatencySettings()  # the spec's latency defaults (frozen)
 
 __all__ = ["LatencyStats", "InterleavedLatency", "ROUND_STATISTICS", "measure_latency", "measure_interleaved",
-           "device_lock", "device_name", "ratio_of", "round_ratios", "run_spec"]
+           "device_lock", "device_name", "ratio_of", "round_ratios", "run_spec", "ESTIMATORS"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,9 @@ def run_spec(device: str, imgsz: int, timing: LatencySettings, calibration: str 
 # "min": the fastest pass, the one other work on the machine disturbed least (load only ever adds time);
 # "median": the typical pass (the estimator before load robustness; kept for comparison).
 ROUND_STATISTICS: dict[str, Callable[[Sequence[float]], float]] = {"min": min, "median": statistics.median}
+# The estimators of the ratio: the median round ratio under a round statistic, or "pooled_min": each model's fastest
+# pass over all rounds (benchmarks/latency_load.py: it kept the quiet ranking best under 2 spinning processes).
+ESTIMATORS = ("pooled_min", *ROUND_STATISTICS)
 
 
 @dataclass(frozen=True)
@@ -131,12 +134,12 @@ class InterleavedLatency:
 
     candidate: LatencyStats
     reference: LatencyStats
-    ratio: float  # median over rounds of the round ratios (``estimator`` of candidate / of reference passes)
+    ratio: float  # by ``estimator`` (:func:`ratio_of`): fastest passes pooled, or the median round ratio
     ratio_cv: float  # coefficient of variation of the round ratios
     ratio_p10: float
     ratio_p90: float
     rounds: int
-    estimator: str = "min"
+    estimator: str = "pooled_min"
     attempts: int = 1  # timed batches of rounds: 1 + the re-measurements a noisy ratio asked for
     unreliable: bool = False  # the round ratios stayed spread over ``max_spread`` after every re-measurement
     # per round, the (candidate, reference) pass times in ms (not stored with the trial)
@@ -145,7 +148,7 @@ class InterleavedLatency:
     @property
     def ratio_spread(self) -> float:
         """(p90 - p10) / median of the round ratios: how far the rounds disagree."""
-        return (self.ratio_p90 - self.ratio_p10) / self.ratio if self.ratio else float("nan")
+        return _spread(round_ratios(self.samples, self.estimator)) if self.samples else float("nan")
 
     def estimate(self, estimator: str) -> float:
         """The ratio from the same passes with another round statistic (e.g. ``median``)."""
@@ -153,11 +156,14 @@ class InterleavedLatency:
 
 
 def round_ratios(samples: Sequence[tuple[Sequence[float], Sequence[float]]], estimator: str) -> list[float]:
-    stat = ROUND_STATISTICS[estimator]
+    """Each round's ratio (the pooled estimator's spread is judged on the rounds' fastest passes)."""
+    stat = ROUND_STATISTICS["min" if estimator == "pooled_min" else estimator]
     return [stat(c) / stat(r) for c, r in samples]
 
 
 def ratio_of(samples: Sequence[tuple[Sequence[float], Sequence[float]]], estimator: str) -> float:
+    if estimator == "pooled_min":
+        return min(x for c, _ in samples for x in c) / min(x for _, r in samples for x in r)
     return statistics.median(round_ratios(samples, estimator))
 
 
@@ -185,17 +191,17 @@ def measure_interleaved(candidate: nn.Module, reference: nn.Module, imgsz: int, 
                         calibration: str | None = None) -> InterleavedLatency:
     """Time ``candidate`` and ``reference`` in alternating rounds (A B, then B A, ...), both on ``timing.runtime``.
 
-    Each of ``timing.rounds`` rounds times ``max(1, runs // rounds)`` passes of each model; a round's ratio is the
-    ``timing.estimator`` statistic (:data:`ROUND_STATISTICS`) of the candidate's passes over the reference's, so
-    slow drifts of a shared machine cancel out, and the ratio is the median round ratio. When the round ratios
+    Each of ``timing.rounds`` rounds times ``max(1, runs // rounds)`` passes of each model; the ratio is
+    ``timing.estimator``'s (:func:`ratio_of`): by default each model's fastest pass over all rounds, or the median
+    of the round ratios (a round statistic of the candidate's passes over the reference's). When the round ratios
     spread by more than ``timing.max_spread`` ((p90 - p10) / median) the pair is timed again, up to
     ``timing.retries`` times, later (after ``pause_s`` times the attempt, with the device lock released) and pooled
     with the rounds before; a ratio still that spread is marked ``unreliable``. An INT8 pair (both models
     quantized alike) is calibrated on ``calibration``'s training images.
     """
     t = timing
-    if t.estimator not in ROUND_STATISTICS:
-        raise ValueError(f"unknown latency estimator {t.estimator!r}; known: {', '.join(ROUND_STATISTICS)}")
+    if t.estimator not in ESTIMATORS:
+        raise ValueError(f"unknown latency estimator {t.estimator!r}; known: {', '.join(ESTIMATORS)}")
     previous = torch.get_num_threads()
     torch.set_num_threads(t.threads)
     rounds = max(1, min(t.rounds, t.runs))
@@ -233,7 +239,7 @@ def measure_interleaved(candidate: nn.Module, reference: nn.Module, imgsz: int, 
     return InterleavedLatency(
         candidate=_stats([x for c, _ in samples for x in c], n, t, device, imgsz, waited),
         reference=_stats([x for _, r in samples for x in r], n, t, device, imgsz, waited),
-        ratio=statistics.median(ratios), ratio_cv=statistics.pstdev(ratios) / mean if mean else float("nan"),
+        ratio=ratio_of(samples, t.estimator), ratio_cv=statistics.pstdev(ratios) / mean if mean else float("nan"),
         ratio_p10=_quantile(ordered, 0.1), ratio_p90=_quantile(ordered, 0.9), rounds=len(samples),
         estimator=t.estimator, attempts=attempts, unreliable=unreliable, samples=tuple(samples))
 
