@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     study_args(r)
     r.add_argument("--trial", type=arg.nonneg_int, action="append", help="this trial (repeatable; default: the front)")
     r.add_argument("--rounds", type=arg.bounded_int, help="alternating rounds (default: the trial's first timing's)")
-    r.add_argument("--estimator", choices=ESTIMATORS, default="pooled_min",
-                   help="each model's fastest pass (default), or the median round ratio (min, median)")
+    r.add_argument("--estimator", choices=ESTIMATORS, default="min",
+                   help="the median round ratio of fastest passes (default), pooled fastest passes, or median")
     r.add_argument("--max-spread", type=arg.positive_float, default=0.25,
                    help="time again while the round ratios spread more than this ((p90 - p10) / median)")
     r.add_argument("--retries", type=arg.retries, default=2, help="re-timings before a ratio is marked unreliable")

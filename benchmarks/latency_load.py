@@ -9,19 +9,22 @@ fine-tuning (it does not change latency). Each is timed against the base in inte
 - quiet: nothing else running (the load average is recorded), many rounds; the reference ranking.
 - loaded: ``--busy`` processes spinning on the CPU all along (2 on this 2-core machine), each model timed twice,
   in alternating order: the old timing (the median round ratio of each round's median passes, one timing) and the
-  new (each model's fastest pass over all rounds; a ratio whose rounds spread over ``--max-spread`` is timed
-  again, up to ``--retries`` times, and pooled).
+  new (the median round ratio of each round's fastest passes; a ratio whose rounds spread over ``--max-spread`` is
+  timed again, up to ``--retries`` times, and pooled).
 
 Kendall's tau of each loaded ranking against the quiet one is the result (1: same order). The raw passes of every
 timing, the ratios, spreads, attempts and load averages are in the JSON, so other estimators can be compared on the
 same passes.
 
     python benchmarks/latency_load.py --out benchmarks/results/latency_load.json
+    python benchmarks/latency_load.py --compare benchmarks/results/latency_load.json \
+        benchmarks/results/latency_load_runs/*.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import random
@@ -90,7 +93,7 @@ def run(imgsz: int = 320, busy: int = 2, n_random: int = 2, seed: int = 0, runs:
 
     def timed(model: Any, new: bool, n: int, k: int) -> Any:
         timing = LatencySettings(warmup=3, runs=n, rounds=k, threads=threads, max_spread=max_spread,
-                                 estimator="pooled_min" if new else "median", retries=retries if new else 0)
+                                 estimator="min" if new else "median", retries=retries if new else 0)
         return measure_interleaved(model, base, imgsz, timing=timing)
 
     rows: list[dict[str, Any]] = [{"policy": label, "macs_ratio": macs} for label, _, macs in models]
@@ -138,6 +141,23 @@ def run(imgsz: int = 320, busy: int = 2, n_random: int = 2, seed: int = 0, runs:
     }
 
 
+def compare(paths: list[Path]) -> None:
+    """Kendall tau vs the quiet ranking of every registered estimator, on the recorded passes of each file's
+    old and new timings."""
+    from autoprune.engine.latency import ESTIMATORS, ratio_of
+    from autoprune.model.pareto import kendall_tau
+
+    for path in paths:
+        res = json.loads(path.read_text())
+        quiet = [p["quiet_ratio"] for p in res["policies"]]
+        for key in ("old", "new"):
+            if f"{key}_samples" not in res["policies"][0]:
+                continue
+            taus = {e: kendall_tau([ratio_of(p[f"{key}_samples"], e) for p in res["policies"]], quiet)
+                    for e in ESTIMATORS}
+            print(f"{path.name} {key} passes: " + ", ".join(f"{e} {t:.3f}" for e, t in taus.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--imgsz", type=int, default=320)
@@ -150,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-spread", type=float, default=0.25)
     p.add_argument("--retries", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "latency_load.json")
+    p.add_argument("--compare", type=Path, nargs="+", help="print each estimator's tau on these results and exit")
     args = p.parse_args(argv)
     setup_logging()
+    if args.compare:
+        compare(args.compare)
+        return 0
     res = run(args.imgsz, args.busy, args.random, args.seed, args.runs, args.rounds, args.quiet_runs,
               max_spread=args.max_spread, retries=args.retries)
     write_json(args.out, res)

@@ -310,7 +310,7 @@ def test_remeasure_re_times_the_front_and_keeps_the_old_values(demo_study, tmp_p
         assert len(hist) == 1 and hist[0]["latency_ms"] == old.values[idx]
         assert hist[0]["latency"] == old.user_attrs["latency"]
         lat = new.user_attrs["latency"]
-        assert lat["attempts"] == 3 and lat["rounds"] == 12 and lat["unreliable"] and lat["estimator"] == "pooled_min"
+        assert lat["attempts"] == 3 and lat["rounds"] == 12 and lat["unreliable"] and lat["estimator"] == "min"
     assert "latency check" in r.stdout and "noisy" in r.stdout
     with sa.create_engine(url).connect() as c:
         rows: dict[int, float] = dict(c.execute(sa.text("SELECT trial_number, latency_ms FROM autoprune_front "

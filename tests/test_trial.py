@@ -28,7 +28,7 @@ def test_trial_prunes_to_policy_and_measures(tmp_path, tiny_data, tiny_model_pt,
     assert set(m) == {"map50_95", "map50", "params", "macs", "latency_ms", "latency_ratio"}
     lat = result.attrs["latency"]  # interleaved with the unpruned base (A/B/B/A...)
     # 10 rounds per timing; a spread ratio is timed again (at most twice), pooled
-    assert lat["rounds"] == 10 * lat["attempts"] and 1 <= lat["attempts"] <= 3 and lat["estimator"] == "pooled_min"
+    assert lat["rounds"] == 10 * lat["attempts"] and 1 <= lat["attempts"] <= 3 and lat["estimator"] == "min"
     assert lat["reference_median_ms"] > 0 and lat["ratio_cv"] >= 0
     assert m["latency_ratio"] == lat["ratio"] > 0 and lat["ratio_p10"] <= lat["ratio_p90"]
     assert 0.0 <= m["map50_95"] <= m["map50"] <= 1.0

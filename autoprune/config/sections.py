@@ -56,9 +56,9 @@ class LatencySettings:
     interleave: bool = True  # time the baseline and the candidate alternately (A/B/B/A...)
     # interleaved rounds; ratio = median per-round ratio
     rounds: int = field(default=10, metadata=bounds(min=1, max=10_000))
-    # the ratio: each model's fastest pass over all rounds ("pooled_min": load only ever adds time), the median of
-    # the rounds' fastest-pass ratios ("min") or of their median-pass ratios ("median", the estimator before)
-    estimator: str = field(default="pooled_min", metadata=bounds(choices=ESTIMATORS))
+    # the ratio: the median of the rounds' fastest-pass ratios ("min": load only ever adds time), each model's fastest
+    # pass over all rounds ("pooled_min") or the median of the rounds' median-pass ratios ("median", used before)
+    estimator: str = field(default="min", metadata=bounds(choices=ESTIMATORS))
     # round ratios spread more than this ((p90 - p10) / median) are timed again, up to ``retries`` times, later;
     # a ratio still that spread is recorded as unreliable and flagged on the front
     max_spread: float = field(default=0.25, metadata=bounds(gt=0, max=100))

@@ -37,7 +37,7 @@ LATENCY_METRICS = ("latency_ms", "latency_ratio")
 @dataclass(frozen=True)
 class RemeasureSettings:
     rounds: int | None = None  # default: the rounds of the trial's first timing
-    estimator: str = "pooled_min"
+    estimator: str = "min"
     max_spread: float = 0.25
     retries: int = 2
 

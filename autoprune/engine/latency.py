@@ -124,7 +124,8 @@ def run_spec(device: str, imgsz: int, timing: LatencySettings, calibration: str 
 # "median": the typical pass (the estimator before load robustness; kept for comparison).
 ROUND_STATISTICS: dict[str, Callable[[Sequence[float]], float]] = {"min": min, "median": statistics.median}
 # The estimators of the ratio: the median round ratio under a round statistic, or "pooled_min": each model's fastest
-# pass over all rounds (benchmarks/latency_load.py: it kept the quiet ranking best under 2 spinning processes).
+# pass over all rounds. Under 2 spinning processes (benchmarks/latency_load.py, 10 timings of 8-10 models) "min"
+# kept the quiet ranking within one swap in 10 of 10, "pooled_min" in 9, "median" in 7.
 ESTIMATORS = ("pooled_min", *ROUND_STATISTICS)
 
 
@@ -139,7 +140,7 @@ class InterleavedLatency:
     ratio_p10: float
     ratio_p90: float
     rounds: int
-    estimator: str = "pooled_min"
+    estimator: str = "min"
     attempts: int = 1  # timed batches of rounds: 1 + the re-measurements a noisy ratio asked for
     unreliable: bool = False  # the round ratios stayed spread over ``max_spread`` after every re-measurement
     # per round, the (candidate, reference) pass times in ms (not stored with the trial)
@@ -192,8 +193,9 @@ def measure_interleaved(candidate: nn.Module, reference: nn.Module, imgsz: int, 
     """Time ``candidate`` and ``reference`` in alternating rounds (A B, then B A, ...), both on ``timing.runtime``.
 
     Each of ``timing.rounds`` rounds times ``max(1, runs // rounds)`` passes of each model; the ratio is
-    ``timing.estimator``'s (:func:`ratio_of`): by default each model's fastest pass over all rounds, or the median
-    of the round ratios (a round statistic of the candidate's passes over the reference's). When the round ratios
+    ``timing.estimator``'s (:func:`ratio_of`): by default the median over rounds of the candidate's fastest pass
+    over the reference's (slow drifts of a shared machine cancel out), or each model's fastest pass over all
+    rounds. When the round ratios
     spread by more than ``timing.max_spread`` ((p90 - p10) / median) the pair is timed again, up to
     ``timing.retries`` times, later (after ``pause_s`` times the attempt, with the device lock released) and pooled
     with the rounds before; a ratio still that spread is marked ``unreliable``. An INT8 pair (both models
