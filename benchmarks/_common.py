@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,12 @@ def setup_logging() -> None:
                         datefmt="%H:%M:%S")
     for noisy in ("ray", "ultralytics", "optuna", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def commit() -> str | None:
+    """The git commit the benchmarks run on (None outside a checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,17 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import logger, machine, setup_logging, write_json  # noqa: E402
+from _common import commit, logger, machine, setup_logging, write_json  # noqa: E402
 
 SETUPS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
-
-
-def commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def members(ratios: list[float], epochs: int, workdir: Path, extra: list[str]) -> tuple[str, str, list[dict]]:

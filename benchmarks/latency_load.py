@@ -28,7 +28,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import logger, machine, setup_logging, write_json  # noqa: E402
+from _common import commit, logger, machine, setup_logging, write_json  # noqa: E402
 
 
 def _spin(stop: Any) -> None:
@@ -44,14 +43,6 @@ def _spin(stop: Any) -> None:
     while not stop.is_set():
         for _ in range(100_000):
             x += 1
-
-
-def commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def pruned_models(n_random: int, seed: int, ratios: list[float]) -> tuple[Any, list[tuple[str, Any, float]]]:

@@ -37,7 +37,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,18 +47,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import logger, machine, setup_logging, write_json  # noqa: E402
+from _common import commit, logger, machine, setup_logging, write_json  # noqa: E402
 
 ARMS = ("recipe", "autoprune", "random", "allocation_only", "autoprune_warm")
 DEMO_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
-
-
-def commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 # the second task: YOLO11n on crowded scenes of tiny shapes (8-20 px at 160), trained to convergence: hard enough that
