@@ -8,6 +8,7 @@ Each concept (criteria, objectives, search-space shapes, samplers) keeps one ins
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Generic, Protocol, TypeVar
 
 __all__ = ["Named", "Registry", "UnknownName"]
@@ -44,6 +45,15 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {item.name!r} is registered already")
         self._items[item.name] = item
         return item
+
+    @contextmanager
+    def temporarily(self, item: T) -> Iterator[T]:
+        """``item`` registered inside the ``with`` block only (tests that add a toy entry)."""
+        self.register(item)
+        try:
+            yield item
+        finally:
+            del self._items[item.name]
 
     def get(self, name: str) -> T:
         try:

@@ -111,10 +111,10 @@ def test_distillation_reaches_ultralytics_trainer_and_leaves_a_plain_pruned_mode
 def test_distill_is_a_fine_tune_knob_the_screen_does_not_see():
     from autoprune.config.spec import parse_spec
     from autoprune.model.policy import Policy
-    from autoprune.model.shapes import FINETUNE_KNOBS, recipe_params, screen_space
+    from autoprune.model.shapes import finetune_knobs, recipe_params, screen_space
 
     spec = parse_spec({"name": "k", "model": "m.pt", "data": "d.yaml", "space": {"distill": [False, True]}}, "s.yaml")
-    assert spec.space.distill == (False, True) and "distill" in FINETUNE_KNOBS
+    assert spec.space.distill == (False, True) and "distill" in finetune_knobs()
     assert screen_space(spec.space).distill == (False,) and recipe_params(spec.space)["distill"] is False
     p = Policy(ratios=(("a", 0.1),), criterion="l2", iterations=1, lr=0.01, ema=True, epochs=1, distill=True)
     assert Policy.from_dict(p.to_dict()) == p and Policy.from_dict({**p.to_dict(), "distill": None}).distill is False

@@ -94,7 +94,7 @@ def test_report_data_functions(tmp_path):
     assert len(profiles) == len(study.best_trials)
     assert all(p.layers == ("model.0", "model.1", "model.2.cv1") for p in profiles)
     rows = knob_rows(study)
-    assert len(rows) == len(complete) and {r.criterion for r in rows} <= {"l1", "l2", "taylor"}
+    assert len(rows) == len(complete) and {r.knob("criterion") for r in rows} <= {"l1", "l2", "taylor"}
     history = hypervolume_history(study)
     hv = [h.hypervolume for h in history]
     assert len(hv) == len(complete) and all(b >= a for a, b in zip(hv, hv[1:])) and hv[-1] > 0

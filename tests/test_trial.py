@@ -81,7 +81,7 @@ def test_the_lr_schedule_knobs_reach_each_prune_steps_fine_tune(tmp_path, tiny_d
     prune step's fine-tune is asked to do: lr * lr_step ** (k - 1), the searched lrf and warm-up."""
     import optuna
 
-    from autoprune.model.shapes import FINETUNE_KNOBS, sample_policy, screen_space
+    from autoprune.model.shapes import finetune_knobs, sample_policy, screen_space
 
     seen = []
 
@@ -97,7 +97,7 @@ def test_the_lr_schedule_knobs_reach_each_prune_steps_fine_tune(tmp_path, tiny_d
     layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(ultra.load_model(tiny_model_pt), TRACE_IMGSZ)]
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     sampled = sample_policy(trial, spec.space, layers)
-    assert {"lrf", "warmup", "lr_step"} <= set(trial.params) & set(FINETUNE_KNOBS)
+    assert {"lrf", "warmup", "lr_step"} <= set(trial.params) & set(finetune_knobs())
     assert 0.01 <= sampled.lrf <= 0.2 and 0 <= sampled.warmup <= 2 and 0.2 <= sampled.lr_step <= 1.0
     assert screen_space(spec.space).lrf is None  # the screen cannot see the schedule
     policy = Policy(ratios=tuple((lay.name, 0.3) for lay in layers), criterion="l1", iterations=2, lr=0.01, ema=True,

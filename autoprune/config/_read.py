@@ -105,7 +105,8 @@ def mapping(v: Any, where: str, allowed: set[str]) -> dict[str, Any]:
     return dict(v)
 
 
-def float_range(v: Any, where: str, default: FloatRange, lo: float, hi: float, hi_open: bool = False) -> FloatRange:
+def float_range(v: Any, where: str, default: FloatRange, lo: float, hi: float, hi_open: bool = False,
+                lo_open: bool = False) -> FloatRange:
     if v is None:
         return default
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -117,8 +118,9 @@ def float_range(v: Any, where: str, default: FloatRange, lo: float, hi: float, h
     high = read_float(d.get("high", default.high), f"{where}.high")
     for val, key in ((low, "low"), (high, "high")):
         too_high = val >= hi if hi_open else val > hi
-        if val < lo or too_high:
-            interval = f"[{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        too_low = val <= lo if lo_open else val < lo
+        if too_low or too_high:
+            interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
             raise SpecError(f"{where}.{key}: {val:g} is outside {interval}")
     if low > high:
         raise SpecError(f"{where}: low ({low:g}) is greater than high ({high:g})")

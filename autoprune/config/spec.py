@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,16 +20,12 @@ import yaml
 from autoprune import yamlsafe
 from autoprune.config._budget import read_budget, read_targets
 from autoprune.config._checks import check_device_text, check_latency, check_name, check_storage, legacy_latency
+from autoprune.config._knobs import read_space
 from autoprune.config._read import (
-    choice,
-    float_range,
-    int_range,
     mapping,
-    read_float,
     read_int,
     read_section,
     read_str,
-    shown,
     type_name,
 )
 from autoprune.config.sections import (
@@ -45,9 +41,9 @@ from autoprune.config.sections import (
     WarmStart,
 )
 from autoprune.errors import SpecError
-from autoprune.model import criteria, objectives, samplers, shapes
+from autoprune.model import knobs, objectives, samplers
 from autoprune.model.budget import Target
-from autoprune.model.space import FloatRange, Space
+from autoprune.model.space import Space
 from autoprune.paths import artifacts_dir
 from autoprune.registry import Registry, UnknownName
 
@@ -152,86 +148,7 @@ def registered(registry: Registry[Any], name: str, where: str) -> None:
         raise SpecError(f"{where}: {e}") from None
 
 
-def _criteria(v: Any, where: str) -> tuple[str, ...]:
-    crit = [v] if isinstance(v, str) else v
-    if not isinstance(crit, list):
-        raise SpecError(f"{where}: expected a list of names, got {type_name(crit)}")
-    if not crit:
-        raise SpecError(f"{where}: empty list (choose from {', '.join(criteria.names())})")
-    for c in crit:
-        if not isinstance(c, str):
-            raise SpecError(f"{where}: expected names, got {type_name(c)} {shown(c)}")
-        registered(criteria.REGISTRY, c, where)
-    return tuple(dict.fromkeys(crit))
-
-
-MAX_SPARSITY = 100.0  # BN-scale L1 strength; 2.0 already zeroes nearly every scale in 5 epochs
-
-
-def _sparsity(v: Any, where: str) -> tuple[float, ...]:
-    items = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-    if not isinstance(items, list) or not items:
-        raise SpecError(f"{where}: expected a non-empty list of L1 strengths (0: no sparse training), got {shown(v)}")
-    return tuple(dict.fromkeys(read_float(x, where, minimum=0.0, maximum=MAX_SPARSITY) for x in items))
-
-
-def _ema(v: Any, where: str) -> tuple[bool, ...]:  # also space.distill: a list of true/false
-    ema = [v] if isinstance(v, bool) else v
-    if not isinstance(ema, list) or not ema or not all(isinstance(e, bool) for e in ema):
-        raise SpecError(f"{where}: expected a non-empty list of true/false, got {shown(ema)}")
-    return tuple(dict.fromkeys(ema))
-
-
-AUTO_ROUND_TO = (0,)  # space.round_to: auto (chosen from a measurement on the device when the search starts)
-
-
-def _round_to(v: Any, where: str) -> tuple[int, ...]:
-    if v == "auto":
-        return AUTO_ROUND_TO
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = [v]
-    if not isinstance(v, list) or not v:
-        raise SpecError(f"{where}: expected a non-empty list of integers, got {type_name(v)} {shown(v)}")
-    return tuple(dict.fromkeys(read_int(x, where, 1, 1024) for x in v))
-
-
-SCHEDULES = ("cosine", "linear")
-
-
-def _schedule(v: Any, where: str) -> tuple[str, ...]:
-    items = [v] if isinstance(v, str) else v
-    if not isinstance(items, list) or not items:
-        raise SpecError(f"{where}: expected a non-empty list of {' or '.join(SCHEDULES)}, got {shown(items)}")
-    return tuple(dict.fromkeys(choice(x, where, SCHEDULES) for x in items))
-
-
-def _space(v: Any) -> Space:
-    base = Space()
-    custom: dict[str, Callable[[Any, str], Any]] = {
-        "ratio": lambda x, w: float_range(x, w, base.ratio, 0.0, 1.0, hi_open=True),
-        "criteria": _criteria,
-        "iterations": lambda x, w: int_range(x, w, base.iterations, 1, 20),
-        "lr": lambda x, w: float_range(x, w, base.lr, 1e-8, 1.0),
-        "ema": _ema,
-        "epochs": lambda x, w: int_range(x, w, base.epochs, 1, 1000),
-        "shape": lambda x, w: choice(x, w, tuple(shapes.names())),
-        "multiplier": lambda x, w: float_range(x, w, base.multiplier, 0.0, 10.0),
-        "round_to": _round_to,
-        "schedule": _schedule,
-        "distill": _ema,
-        "sparsity": _sparsity,
-        "depth": lambda x, w: float_range(x, w, FloatRange(0.0, 0.0), 0.0, 1.0, hi_open=True),
-        "lrf": lambda x, w: float_range(x, w, FloatRange(0.01, 0.01), 1e-4, 1.0),
-        "warmup": lambda x, w: float_range(x, w, FloatRange(1.0, 1.0), 0.0, 100.0),
-        "lr_step": lambda x, w: float_range(x, w, FloatRange(1.0, 1.0), 0.01, 10.0),
-    }
-    space = read_section(Space, v, "space", custom)
-    r = space.ratio
-    if r.step is not None and r.high > r.low and r.step > r.high - r.low:
-        raise SpecError(f"space.ratio.step: {r.step:g} is larger than the range {r.low:g}..{r.high:g}")
-    if not isinstance(v, Mapping) or "round_to" not in v:
-        space = dataclasses.replace(space, round_to=AUTO_ROUND_TO)  # the default: measured for the device
-    return space
+AUTO_ROUND_TO = knobs.AUTO_ROUND_TO  # space.round_to: auto (chosen from a measurement on the device)
 
 
 def _sampler(v: Any) -> SamplerSettings:
@@ -346,7 +263,7 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         imgsz=imgsz,
         device=device,
         objectives=_objectives(raw.get("objectives"), latency),
-        space=_space(raw.get("space")),
+        space=read_space(raw.get("space")),
         trials=read_int(raw.get("trials", 20), "trials", 1, 1_000_000),
         seed=read_int(raw.get("seed", 0), "seed", 0),
         storage=storage,

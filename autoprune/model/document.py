@@ -8,7 +8,7 @@ Schema (version 1)::
     imgsz: 160
     seed: 0
     finetune: {batch, workers, optimizer, gradient_batches}   # the search's fine-tune settings
-    policy: {criterion, iterations, lr, ema, epochs, round_to, schedule, distill, lrf, warmup, lr_step}
+    policy: {knob name: value}                     # one key per knob of autoprune.model.knobs (schema_text())
     ratios: {layer name: fraction removed}       # layer = module path of a prunable unit
     channels: {layer name: channels kept}          # what the ratios produced
     metrics: {map50_95, map50, params, macs, latency_ms}
@@ -30,10 +30,11 @@ import yaml
 
 from autoprune import yamlsafe
 from autoprune.errors import InputError
-from autoprune.model import records
+from autoprune.model import knobs, records
 from autoprune.model.policy import Policy
 
-__all__ = ["SCHEMA", "VERSION", "PolicyDocument", "load_policy_file", "dump_policy_file", "document_for_trial"]
+__all__ = ["SCHEMA", "VERSION", "PolicyDocument", "load_policy_file", "dump_policy_file", "document_for_trial",
+           "schema_text"]
 
 SCHEMA = "autoprune.policy"
 VERSION = 1
@@ -67,10 +68,7 @@ class PolicyDocument:
             "imgsz": self.imgsz,
             "seed": self.seed,
             "finetune": dict(self.finetune),
-            "policy": {"criterion": p.criterion, "iterations": p.iterations, "lr": p.lr, "ema": p.ema,
-                       "epochs": p.epochs, "round_to": p.round_to, "schedule": p.schedule, "distill": p.distill,
-                       "lrf": p.lrf, "warmup": p.warmup, "lr_step": p.lr_step, "sparsity": p.sparsity,
-                       "depth": p.depth},
+            "policy": p.values,
             "ratios": dict(p.ratios),
             "channels": dict(self.channels),
             "metrics": dict(self.metrics),
@@ -102,6 +100,17 @@ def document_for_trial(study: records.Attrs, study_name: str, number: int, trial
         baseline={k: float(v) for k, v in records.baseline_metrics(study).items()},
         source={"study": study_name, "trial": number, "data": base.get("data")},
         versions=dict(versions), seed=int(settings.get("seed", 0)), finetune=dict(settings.get("finetune") or {}))
+
+
+def schema_text() -> str:
+    """The ``policy`` section of a policy file: one line per knob of the knob table (key, allowed values, help)."""
+    lines = []
+    for k in knobs.knobs():
+        d = k.domain
+        allowed = (d.interval() if isinstance(d, (knobs.Real, knobs.Whole, knobs.Numbers)) else
+                   "true | false" if isinstance(d, knobs.Flags) else " | ".join(d.allowed()))
+        lines.append(f"  {k.name}: {allowed}{'' if k.required else f' (default {k.value})'}  # {k.help}")
+    return "policy:\n" + "\n".join(lines)
 
 
 def dump_policy_file(doc: PolicyDocument, path: str | Path) -> Path:
@@ -146,21 +155,8 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
     finetune = raw.get("finetune") or {}
     if not isinstance(finetune, Mapping):
         raise InputError(f"{where}: 'finetune' has the wrong type ({type(finetune).__name__})")
-    policy = Policy(ratios=tuple((str(k), float(v)) for k, v in ratios.items()),
-                    criterion=str(_need(pol, "criterion", str, f"{where}: policy")),
-                    iterations=int(_need(pol, "iterations", int, f"{where}: policy")),
-                    lr=float(_need(pol, "lr", (int, float), f"{where}: policy")),
-                    ema=bool(_need(pol, "ema", bool, f"{where}: policy")),
-                    epochs=int(_need(pol, "epochs", int, f"{where}: policy")),
-                    round_to=int(_need(pol, "round_to", int, f"{where}: policy")) if "round_to" in pol else 1,
-                    schedule=str(pol.get("schedule", "linear")),
-                    distill=bool(_need(pol, "distill", bool, f"{where}: policy")) if "distill" in pol else False,
-                    lrf=_opt_float(pol.get("lrf"), f"{where}: policy.lrf"),
-                    warmup=_opt_float(pol.get("warmup"), f"{where}: policy.warmup"),
-                    lr_step=_opt_float(pol.get("lr_step"), f"{where}: policy.lr_step") or 1.0,
-                    sparsity=_opt_float(pol.get("sparsity"), f"{where}: policy.sparsity") or 0.0,
-                    depth=_opt_float(pol.get("depth"), f"{where}: policy.depth") or 0.0)
-    _check_policy(policy, f"{where}: policy")
+    policy = Policy(tuple((str(k), float(v)) for k, v in ratios.items()),
+                    **{k.name: _read_knob(k, pol, f"{where}: policy") for k in knobs.knobs()})
     _check_finetune(finetune, f"{where}: finetune")
     imgsz = int(_need(raw, "imgsz", int, where))
     if not 32 <= imgsz <= 4096 or imgsz % 32:
@@ -180,41 +176,38 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
         deployed=dict(raw.get("deployed") or {}) if isinstance(raw.get("deployed") or {}, Mapping) else {})
 
 
-def _opt_float(v: Any, where: str) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < 0:
-        raise InputError(f"{where}: {v!r} is not a non-negative number")
-    return float(v)
-
-
-# what a hand-edited policy file may hold: the spec's bounds (config/spec.py) for the knobs a policy records
-_POLICY_BOUNDS: dict[str, tuple[float, float, bool]] = {  # name: (low, high, low is exclusive)
-    "iterations": (1, 20, False), "epochs": (1, 1000, False), "lr": (0, 1, True), "lrf": (0, 1, True),
-    "warmup": (0, 100, False), "lr_step": (0.01, 10, False), "sparsity": (0, 100, False), "depth": (0, 0.99, False),
-    "round_to": (1, 1024, False),
-}
-_SCHEDULES = ("cosine", "linear")
 _OPTIMIZERS = ("SGD", "Adam", "AdamW")
 
 
-def _check_policy(policy: Policy, where: str) -> None:
-    """A policy's values within the bounds a spec allows (one-line InputError naming the field)."""
-    from autoprune.model import criteria
-    from autoprune.registry import UnknownName
-
-    try:
-        criteria.get(policy.criterion)
-    except UnknownName as e:
-        raise InputError(f"{where}.criterion: {e}") from None
-    if policy.schedule not in _SCHEDULES:
-        raise InputError(f"{where}.schedule: {policy.schedule[:40]!r} is not one of {', '.join(_SCHEDULES)}")
-    for name, (low, high, open_low) in _POLICY_BOUNDS.items():
-        v = getattr(policy, name)
-        if v is None:
-            continue
-        if not (low < v if open_low else low <= v) or not v <= high or v != v:
-            raise InputError(f"{where}.{name}: {v!r} is outside {'(' if open_low else '['}{low:g}, {high:g}]")
+def _read_knob(knob: knobs.Knob, pol: Mapping[str, Any], where: str) -> Any:
+    """A knob's value from a policy file's ``policy`` section, within the bounds a spec allows (one-line
+    InputError naming the field); a knob the file lacks (an older file) takes the table's value."""
+    v = pol.get(knob.name)
+    if v is None:
+        if knob.required:
+            raise InputError(f"{where}: missing {knob.name!r}")
+        return knob.value
+    d = knob.domain
+    wrong = InputError(f"{where}: {knob.name!r} has the wrong type ({type(v).__name__})")
+    if isinstance(d, knobs.Flags):
+        if not isinstance(v, bool):
+            raise wrong
+        return v
+    if isinstance(d, knobs.Names):
+        if not isinstance(v, str):
+            raise wrong
+        if v not in d.allowed():
+            shown = ", ".join(d.allowed())
+            raise InputError(f"{where}.{knob.name}: unknown {d.what} {v[:40]!r} (choose from {shown})"
+                             if callable(d.choices) else f"{where}.{knob.name}: {v[:40]!r} is not one of {shown}")
+        return v
+    integer = isinstance(d, knobs.Whole) or (isinstance(d, knobs.Numbers) and d.integer)
+    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+        raise wrong
+    v = knob.coerce(v)
+    if v != v or not d.admits(v):
+        raise InputError(f"{where}.{knob.name}: {v!r} is outside {d.interval()}")
+    return v
 
 
 def _check_finetune(finetune: Mapping[str, Any], where: str) -> None:

@@ -1,57 +1,71 @@
-"""A pruning policy: what one trial does to the base model, and its one dict codec."""
+"""A pruning policy: what one trial does to the base model, and its one dict codec.
+
+A policy is the per-layer prune ratios plus one value per knob of the knob table
+(:mod:`autoprune.model.knobs`); ``policy.lr`` reads the ``lr`` knob's value.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
+
+from autoprune.model import knobs
 
 __all__ = ["Policy", "ratio_summary"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Policy:
     ratios: tuple[tuple[str, float], ...]  # (layer name, fraction of its channels to remove)
-    criterion: str
-    iterations: int
-    lr: float
-    ema: bool
-    epochs: int
-    round_to: int = 1  # kept channels are rounded to a multiple of this (where the layer has that many)
-    schedule: str = "linear"  # fine-tune learning rate: linear or cosine decay to finetune.lrf
-    distill: bool = False  # fine-tune with knowledge distillation from the unpruned base (ultralytics' distill_model)
-    lrf: float | None = None  # final lr fraction (None: finetune.lrf)
-    warmup: float | None = None  # warm-up epochs (None: finetune.warmup_epochs)
-    lr_step: float = 1.0  # prune step k fine-tunes at lr * lr_step ** (k - 1)
-    sparsity: float = 0.0  # prune a base sparse-trained with this BN-scale L1 (network slimming); 0: the base
-    depth: float = 0.0  # layer pruning: share of each block's repeated bottlenecks removed (at least one kept)
+    knobs: tuple[tuple[str, Any], ...]  # (knob name, value) for every knob, in table order
+
+    def __init__(self, ratios: tuple[tuple[str, float], ...], **values: Any):
+        table = knobs.knobs()
+        unknown = sorted(set(values) - {k.name for k in table})
+        if unknown:
+            raise TypeError(f"Policy: unknown knob {unknown[0]!r}")
+        missing = [k.name for k in table if k.required and k.name not in values]
+        if missing:
+            raise TypeError(f"Policy: missing knob {missing[0]!r}")
+        object.__setattr__(self, "ratios", tuple(ratios))
+        object.__setattr__(self, "knobs", tuple((k.name, values.get(k.name, k.value)) for k in table))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "knobs":
+            raise AttributeError(name)
+        for key, value in self.__dict__.get("knobs", ()):
+            if key == name:
+                return value
+        if name in knobs.REGISTRY:  # a knob registered after this policy was made
+            return knobs.get(name).value
+        raise AttributeError(f"Policy has no knob {name!r}")
+
+    def replace(self, **changes: Any) -> Policy:
+        ratios = changes.pop("ratios", self.ratios)
+        return Policy(ratios, **{**dict(self.knobs), **changes})
 
     def step_lr(self, step: int) -> float:
         """The initial learning rate of prune step ``step`` (1-based)."""
-        return self.lr * self.lr_step ** (step - 1)
+        return float(self.lr * self.lr_step ** (step - 1))
 
     @property
     def ratio_map(self) -> dict[str, float]:
         return dict(self.ratios)
 
+    @property
+    def values(self) -> dict[str, Any]:
+        """Each knob's value by name."""
+        return dict(self.knobs)
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ratios"] = self.ratio_map
-        return d
+        return {"ratios": self.ratio_map, **self.values}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Policy:
-        return cls(ratios=tuple((str(k), float(v)) for k, v in dict(d["ratios"]).items()),
-                   criterion=str(d["criterion"]), iterations=int(d["iterations"]), lr=float(d["lr"]),
-                   ema=bool(d["ema"]), epochs=int(d["epochs"]), round_to=int(d.get("round_to", 1)),
-                   schedule=str(d.get("schedule", "linear")), distill=bool(d.get("distill", False)),
-                   lrf=_opt_float(d.get("lrf")), warmup=_opt_float(d.get("warmup")),
-                   lr_step=float(d.get("lr_step", 1.0) or 1.0), sparsity=float(d.get("sparsity", 0.0) or 0.0),
-                   depth=float(d.get("depth", 0.0) or 0.0))
-
-
-def _opt_float(v: Any) -> float | None:
-    return None if v is None else float(v)
+        """From :meth:`to_dict`'s form; knobs a dict lacks (an older study's) take their table value."""
+        values = {k.name: k.coerce(d[k.name] if k.required else d.get(k.name)) for k in knobs.knobs()}
+        return cls(ratios=tuple((str(k), float(v)) for k, v in dict(d["ratios"]).items()), **values)
 
 
 def ratio_summary(ratios: Mapping[str, float]) -> str:

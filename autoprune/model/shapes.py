@@ -7,19 +7,19 @@ back onto its parameters, so warm starts and promotions reproduce a policy exact
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from autoprune.model import knobs
 from autoprune.model.policy import Policy
 from autoprune.model.space import STAGES, FloatRange, IntRange, Layer, Space, blocks
 from autoprune.registry import Registry
 
 __all__ = ["Suggester", "Shape", "REGISTRY", "get", "names", "sample_policy", "params_for_policy", "uniform_params",
-           "uniform_levels", "target_keep", "screen_visible", "screen_space", "recipe_params", "RECIPE"]
+           "uniform_levels", "target_keep", "screen_visible", "screen_space", "recipe_params", "finetune_knobs"]
 
 
 class Suggester(Protocol):
@@ -130,24 +130,31 @@ def _int(trial: Suggester, name: str, rng: IntRange) -> int:
     return rng.low if rng.low == rng.high else trial.suggest_int(name, rng.low, rng.high)
 
 
+def _sample_knob(trial: Suggester, knob: knobs.Knob, domain: knobs.SpaceDomain) -> Any:
+    if domain is None:
+        return knob.value
+    if isinstance(domain, FloatRange):
+        return _float(trial, knob.name, domain)
+    if isinstance(domain, IntRange):
+        return _int(trial, knob.name, domain)
+    return knob.coerce(_choice(trial, knob.name, domain))
+
+
 def sample_policy(trial: Suggester, space: Space, layers: Sequence[Layer]) -> Policy:
-    """Define-by-run sampling of one policy; parameter names are stable across studies."""
-    return Policy(
-        ratios=get(space.shape).sample(trial, space, layers),
-        criterion=_choice(trial, "criterion", space.criteria),
-        iterations=_int(trial, "iterations", space.iterations),
-        lr=_float(trial, "lr", space.lr),
-        ema=_choice(trial, "ema", space.ema),
-        epochs=_int(trial, "epochs", space.epochs),
-        round_to=_choice(trial, "round_to", space.round_to),
-        schedule=_choice(trial, "schedule", space.schedule),
-        distill=_choice(trial, "distill", space.distill),
-        lrf=_float(trial, "lrf", space.lrf) if space.lrf else None,
-        warmup=_float(trial, "warmup", space.warmup) if space.warmup else None,
-        lr_step=_float(trial, "lr_step", space.lr_step) if space.lr_step else 1.0,
-        sparsity=float(_choice(trial, "sparsity", space.sparsity)),
-        depth=_float(trial, "depth", space.depth) if space.depth else 0.0,
-    )
+    """Define-by-run sampling of one policy; parameter names are stable across studies (the knobs' names,
+    suggested in the table's order)."""
+    ratios = get(space.shape).sample(trial, space, layers)
+    return Policy(ratios, **{k.name: _sample_knob(trial, k, space.domain(k.name)) for k in knobs.knobs()})
+
+
+def _project_knob(domain: knobs.SpaceDomain, v: Any) -> Any:
+    """The parameter value that makes sampling in ``domain`` give ``v`` (or the closest/first/middle one)."""
+    if isinstance(domain, tuple):
+        return v if v in domain else domain[0]
+    if isinstance(domain, IntRange):
+        return min(domain.high, max(domain.low, int(v))) if isinstance(v, (int, float)) else domain.low
+    assert isinstance(domain, FloatRange)
+    return _snap(float(v), domain) if isinstance(v, (int, float)) else _snap(knobs.span(domain), domain)
 
 
 def params_for_policy(space: Space, layers: Sequence[Layer], policy: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,34 +168,10 @@ def params_for_policy(space: Space, layers: Sequence[Layer], policy: Mapping[str
         fallback = statistics.fmean(ratios.values()) if ratios else r.low
         per_layer = {layer.name: ratios.get(layer.name, fallback) for layer in layers}
         params.update(get(space.shape).project(space, layers, per_layer))
-
-    def choice(key: str, choices: Sequence[Any]) -> None:
-        if len(choices) > 1:
-            params[key] = policy.get(key) if policy.get(key) in choices else choices[0]
-
-    def integer(key: str, rng: IntRange) -> None:
-        if rng.low != rng.high:
-            v = policy.get(key)
-            params[key] = min(rng.high, max(rng.low, int(v))) if isinstance(v, (int, float)) else rng.low
-
-    choice("criterion", space.criteria)
-    integer("iterations", space.iterations)
-    lr = space.lr
-    if lr.low != lr.high:
-        v = policy.get("lr")
-        mid = math.sqrt(lr.low * lr.high) if lr.log else (lr.low + lr.high) / 2
-        params["lr"] = _snap(float(v), lr) if isinstance(v, (int, float)) else _snap(mid, lr)
-    choice("ema", space.ema)
-    integer("epochs", space.epochs)
-    choice("round_to", space.round_to)
-    choice("schedule", space.schedule)
-    choice("distill", space.distill)
-    choice("sparsity", space.sparsity)
-    for key in ("lrf", "warmup", "lr_step", "depth"):
-        rng = getattr(space, key)
-        if rng is not None and rng.low != rng.high:
-            v = policy.get(key)
-            params[key] = _snap(float(v), rng) if isinstance(v, (int, float)) else _snap((rng.low + rng.high) / 2, rng)
+    for knob in knobs.knobs():
+        domain = space.domain(knob.name)
+        if knobs.searched(domain):
+            params[knob.name] = _project_knob(domain, policy.get(knob.name))
     return params
 
 
@@ -198,46 +181,32 @@ def uniform_params(space: Space, layers: Sequence[Layer], ratio: float) -> dict[
     return params_for_policy(space, layers, {"ratios": {layer.name: ratio for layer in layers}})
 
 
-# what an adaptive-BN screen can judge: the model's structure and channel choice
-SCREEN_VISIBLE = ("ratio/", "mult/", "criterion", "round_to", "sparsity", "depth")
-
-
 def screen_visible(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters a screen can judge (channel choice); fine-tune knobs are decided by the main study."""
-    return {k: v for k, v in params.items() if k.startswith(SCREEN_VISIBLE)}
+    """The parameters a screen can judge (the structure and channel choice: the ratios and the knobs the table
+    marks screen-visible); fine-tune knobs are decided by the main study."""
+    visible = ("ratio/", "mult/", *(k.name for k in knobs.knobs() if k.screen))
+    return {k: v for k, v in params.items() if k.startswith(visible)}
 
 
 def screen_space(space: Space) -> Space:
-    """``space`` with the fine-tune knobs fixed, so a screening sampler spends no dimension on them."""
-    return dataclasses.replace(space, iterations=IntRange(1, 1), lr=FloatRange(space.lr.high, space.lr.high),
-                               ema=space.ema[:1], epochs=IntRange(space.epochs.low, space.epochs.low),
-                               schedule=space.schedule[:1], distill=space.distill[:1], lrf=None, warmup=None,
-                               lr_step=None)
+    """``space`` with the knobs a screen cannot judge fixed, so a screening sampler spends no dimension on them."""
+    return space.replace(**{k.name: k.screen_fix(space.domain(k.name)) for k in knobs.knobs() if k.screen_fix})
 
 
-RECIPE: dict[str, Any] = {"criterion": "l2", "lr": 0.01, "ema": True, "schedule": "cosine", "round_to": 8,
-                          "distill": False}
+def finetune_knobs() -> tuple[str, ...]:
+    """The knobs only a fine-tuned trial can judge (those a screen cannot see)."""
+    return tuple(k.name for k in knobs.knobs() if not k.screen)
 
 
-FINETUNE_KNOBS = ("lr", "ema", "iterations", "epochs", "schedule", "distill", "lrf", "warmup", "lr_step")
-
-
-def recipe_params(space: Space, keys: Sequence[str] = FINETUNE_KNOBS) -> dict[str, Any]:
-    """The hand-tuned recipe's knobs (torch-pruning's YOLOv8 example: group L2, one prune step, SGD at lr 0.01
-    with EMA, cosine decay, the longest fine-tune allowed), projected onto ``space``; only searched ``keys``."""
+def recipe_params(space: Space, keys: Sequence[str] | None = None) -> dict[str, Any]:
+    """The hand-tuned recipe's knobs (each knob's ``recipe`` in the table: torch-pruning's YOLOv8 example),
+    projected onto ``space``; only the searched ``keys`` (default: the fine-tune knobs)."""
     params: dict[str, Any] = {}
-    for key in keys:
-        if key == "lr" and space.lr.low != space.lr.high:
-            params["lr"] = _clip(RECIPE["lr"], space.lr.low, space.lr.high)
-        elif key == "iterations" and space.iterations.low != space.iterations.high:
-            params["iterations"] = space.iterations.low
-        elif key == "epochs" and space.epochs.low != space.epochs.high:
-            params["epochs"] = space.epochs.high
-        else:
-            choices = {"ema": space.ema, "schedule": space.schedule, "criterion": space.criteria,
-                       "distill": space.distill, "round_to": space.round_to}.get(key, ())
-            if len(choices) > 1:
-                params[key] = RECIPE[key] if RECIPE[key] in choices else choices[0]
+    for key in finetune_knobs() if keys is None else keys:
+        knob = knobs.get(key)
+        domain = space.domain(key)
+        if knob.recipe is not None and knobs.searched(domain):
+            params[key] = knob.recipe(domain)
     return params
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-from autoprune.model import criteria
+from autoprune.model import knobs
+from autoprune.model.knobs import FloatRange, IntRange, SpaceDomain
 
 __all__ = ["FloatRange", "IntRange", "Space", "Layer", "STAGES", "block_of", "blocks"]
 
@@ -12,38 +15,50 @@ STAGES = ("backbone", "neck", "head")
 
 
 @dataclass(frozen=True)
-class FloatRange:
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
-
-
-@dataclass(frozen=True)
-class IntRange:
-    low: int
-    high: int
-
-
-@dataclass(frozen=True)
 class Space:
+    """What a search samples from: the per-layer ratios' range and shape, and one domain per knob.
+
+    ``knobs`` holds the domains that differ from the knob table's defaults (:mod:`autoprune.model.knobs`),
+    as (knob name, domain) pairs; :meth:`domain` reads any knob's, and ``space.<spec key>`` (``space.lr``,
+    ``space.criteria``) is the same lookup.
+    """
+
     ratio: FloatRange = FloatRange(0.0, 0.6)
-    criteria: tuple[str, ...] = criteria.DEFAULT
-    iterations: IntRange = IntRange(1, 3)
-    lr: FloatRange = FloatRange(1e-4, 1e-2, log=True)
-    ema: tuple[bool, ...] = (True, False)
-    epochs: IntRange = IntRange(1, 1)
     shape: str = "block"  # a name in autoprune.model.shapes: how per-layer ratios are parameterised
     multiplier: FloatRange = FloatRange(0.5, 1.5)  # shape global: per-layer factor on the global ratio
-    round_to: tuple[int, ...] = (1, 8)  # channel rounding choices (torch-pruning's round_to)
-    schedule: tuple[str, ...] = ("cosine", "linear")  # fine-tune learning-rate schedule
-    distill: tuple[bool, ...] = (False,)  # knowledge distillation from the unpruned base while fine-tuning
-    depth: FloatRange | None = None  # layer pruning: share of repeated blocks removed (None: none)
-    sparsity: tuple[float, ...] = (0.0,)  # BN-scale L1 of the sparse-trained base pruned from (0: the base itself)
-    # the learning-rate schedule per prune step (None: not searched; finetune.lrf / warmup_epochs and a constant lr)
-    lrf: FloatRange | None = None  # final lr as a fraction of the initial
-    warmup: FloatRange | None = None  # warm-up epochs (capped at epochs - 1 by the trainer)
-    lr_step: FloatRange | None = None  # step k of k iterations fine-tunes at lr * lr_step ** (k - 1)
+    knobs: tuple[tuple[str, SpaceDomain], ...] = ()
+
+    def __post_init__(self) -> None:  # one canonical form: only the domains that differ from the defaults
+        own = dict(self.knobs)
+        for name in own:
+            knobs.get(name)
+        canonical = tuple((k.name, own[k.name]) for k in knobs.knobs() if k.name in own and own[k.name] != k.space)
+        object.__setattr__(self, "knobs", canonical)
+
+    def domain(self, name: str) -> SpaceDomain:
+        """The domain of knob ``name`` in this space (the table's default unless set)."""
+        knob = knobs.get(name)
+        return dict(self.knobs).get(knob.name, knob.space)
+
+    def replace(self, **changes: Any) -> Space:
+        """A copy with fields and knob domains (by knob name or spec key) changed."""
+        own = dict(self.knobs)
+        fields = {}
+        by_key = {k.key: k.name for k in knobs.knobs()}
+        for key, value in changes.items():
+            if key in ("ratio", "shape", "multiplier"):
+                fields[key] = value
+            else:
+                own[by_key.get(key, key)] = value
+        return dataclasses.replace(self, **fields, knobs=tuple(own.items()))
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_") or key == "knobs":
+            raise AttributeError(key)
+        for knob in knobs.knobs():
+            if key in (knob.key, knob.name):
+                return self.domain(knob.name)
+        raise AttributeError(f"Space has no knob or field {key!r}")
 
 
 @dataclass(frozen=True)

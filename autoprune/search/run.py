@@ -235,7 +235,7 @@ def _resolve_round_to(spec: SearchSpec) -> SearchSpec:
     k, m = choose_round_to(spec.device, spec.latency.runtime, spec.latency.threads)
     logger.info("round_to %d (auto): on %s, channel counts off a multiple of 8 ran %.2fx the time of the multiple "
                 "above (measured once, cached)", k, spec.device, m["ratio"])
-    return spec.replace(space=dataclasses.replace(spec.space, round_to=(k,)))
+    return spec.replace(space=spec.space.replace(round_to=(k,)))
 
 
 BUDGETED_MAX_TRIALS = 100_000  # a budgeted run's trial cap when none is given: its clock ends it

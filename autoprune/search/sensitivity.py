@@ -90,7 +90,7 @@ def scan_name(spec: SearchSpec, fingerprint: str) -> str:
 def scan_job(spec: SearchSpec, layers: Sequence[Layer], name: str) -> Job:
     """Adaptive-BN screens of fixed per-layer policies: recipe criterion and rounding, no latency timing."""
     criterion, round_to = scan_knobs(spec.space)
-    space = dataclasses.replace(screen_space(spec.space), shape="layer", criteria=(criterion,), round_to=(round_to,))
+    space = screen_space(spec.space).replace(shape="layer", criteria=(criterion,), round_to=(round_to,))
     untimed = dataclasses.replace(spec.latency, warmup=0, runs=3, rounds=1, interleave=False, lut=False)
     folder = spec.files_dir(name)
     return Job(kind="screen", settings=spec.trial_settings.replace(latency=untimed), space=space,

@@ -10,7 +10,7 @@ import optuna
 
 from autoprune.config.spec import WarmStart
 from autoprune.model import records
-from autoprune.model.shapes import FINETUNE_KNOBS, params_for_policy, recipe_params, uniform_levels, uniform_params
+from autoprune.model.shapes import finetune_knobs, params_for_policy, recipe_params, uniform_levels, uniform_params
 from autoprune.model.space import Layer, Space
 from autoprune.search.study import StudyStorage
 
@@ -42,7 +42,7 @@ def warm_start(study: optuna.Study, store: StudyStorage, space: Space, ws: WarmS
     limit = 10**9 if limit is None else limit
     n = 0
     r = space.ratio
-    recipe = recipe_params(space, ("criterion", "round_to", *FINETUNE_KNOBS))
+    recipe = recipe_params(space, ("criterion", "round_to", *finetune_knobs()))
     for ratio in uniform_levels(r.low, (r.low + r.high) / 2, min(ws.uniform, limit)):  # the lighter half
         params = {**uniform_params(space, layers, ratio), **recipe}
         study.enqueue_trial(params, user_attrs=records.warm_start_attrs(f"uniform ratio {ratio:.3f}"),

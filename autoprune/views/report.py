@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 
 from autoprune.errors import InputError
+from autoprune.model import knobs
 from autoprune.model.pareto import REFERENCE_MARGIN
 from autoprune.views.report_data import (
     bn_scale_histograms,
@@ -97,19 +98,26 @@ def _profiles(profiles: Any) -> Any:
     return fig
 
 
+def _knob_dimension(knob: knobs.Knob, rows: Any) -> dict[str, Any] | None:
+    """One parallel-coordinates axis for a knob that varies over the rows (None: constant or unrecorded)."""
+    vals = [r.knob(knob.name) for r in rows]
+    if any(v is None for v in vals) or len(set(vals)) < 2:
+        return None
+    if isinstance(knob.domain, (knobs.Flags, knobs.Names)):
+        levels = sorted(set(vals), key=str)
+        return dict(label=knob.name, values=[levels.index(v) for v in vals], tickvals=list(range(len(levels))),
+                    ticktext=[str(v) for v in levels])
+    if knob.log_axis:
+        return dict(label=f"log10 {knob.name}", values=[math.log10(v) if v > 0 else 0 for v in vals])
+    return dict(label=knob.name, values=vals)
+
+
 def _parallel(rows: Any, labels: Any) -> Any:
     import plotly.graph_objects as go
 
-    crits = sorted({r.criterion for r in rows})
-    dims = [
-        dict(label="criterion", values=[crits.index(r.criterion) for r in rows], tickvals=list(range(len(crits))),
-             ticktext=crits),
-        dict(label="iterations", values=[r.iterations for r in rows]),
-        dict(label="log10 lr", values=[math.log10(r.lr) if r.lr > 0 else 0 for r in rows]),
-        dict(label="ema", values=[int(r.ema) for r in rows], tickvals=[0, 1], ticktext=["off", "on"]),
-        dict(label="epochs", values=[r.epochs for r in rows]),
-        dict(label="mean ratio", values=[r.mean_ratio for r in rows]),
-    ] + [dict(label=lab, values=[r.values[i] for r in rows]) for i, lab in enumerate(labels)]
+    dims = [d for d in (_knob_dimension(k, rows) for k in knobs.knobs()) if d is not None]
+    dims += [dict(label="mean ratio", values=[r.mean_ratio for r in rows])]
+    dims += [dict(label=lab, values=[r.values[i] for r in rows]) for i, lab in enumerate(labels)]
     fig = go.Figure(go.Parcoords(line=dict(color=[r.values[0] for r in rows], colorscale="Viridis", showscale=True),
                                  dimensions=dims))
     fig.update_layout(title="Searched knobs and objectives (parallel coordinates; colour = first objective)",
@@ -125,11 +133,11 @@ def _knob_effects(rows: Any, labels: Any) -> Any:
                         subplot_titles=[t for lab in labels for t in (f"{lab} by criterion", f"{lab} by EMA",
                                                                        f"{lab} vs learning rate")])
     for i, lab in enumerate(labels, start=1):
-        fig.add_trace(go.Box(x=[r.criterion for r in rows], y=[r.values[i - 1] for r in rows], boxpoints="all",
-                             name=lab, showlegend=False), i, 1)
-        fig.add_trace(go.Box(x=["on" if r.ema else "off" for r in rows], y=[r.values[i - 1] for r in rows],
+        fig.add_trace(go.Box(x=[str(r.knob("criterion")) for r in rows], y=[r.values[i - 1] for r in rows],
+                             boxpoints="all", name=lab, showlegend=False), i, 1)
+        fig.add_trace(go.Box(x=["on" if r.knob("ema") else "off" for r in rows], y=[r.values[i - 1] for r in rows],
                              boxpoints="all", showlegend=False), i, 2)
-        fig.add_trace(go.Scatter(x=[r.lr for r in rows], y=[r.values[i - 1] for r in rows], mode="markers",
+        fig.add_trace(go.Scatter(x=[r.knob("lr") for r in rows], y=[r.values[i - 1] for r in rows], mode="markers",
                                  marker=dict(color=[_FRONT if r.on_front else _OTHER for r in rows]),
                                  text=[f"trial {r.number}" for r in rows], showlegend=False), i, 3)
         fig.update_xaxes(type="log", row=i, col=3)

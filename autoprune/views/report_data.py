@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.model import objectives, records
+from autoprune.model import knobs, objectives, records
 from autoprune.model.pareto import baseline_hypervolume
 from autoprune.model.policy import ratio_summary
 from autoprune.model.timing import latency_flags
@@ -54,9 +54,12 @@ class ParetoData:
 def _hover(t: FrozenTrial, names: Sequence[str]) -> str:
     pol = records.trial(t).policy or {}
     vals = ", ".join(f"{objectives.get(n).label} {objectives.get(n).format(v)}" for n, v in zip(names, t.values))
-    return (f"trial {t.number}: {vals}<br>criterion {pol.get('criterion')}, iterations {pol.get('iterations')}, "
-            f"lr {pol.get('lr', float('nan')):.2g}, ema {pol.get('ema')}, epochs {pol.get('epochs')}<br>"
-            f"ratios {ratio_summary(pol.get('ratios', {}))}")
+    shown = ", ".join(f"{k.name} {_short(pol[k.name])}" for k in knobs.knobs() if pol.get(k.name) is not None)
+    return f"trial {t.number}: {vals}<br>{shown}<br>ratios {ratio_summary(pol.get('ratios', {}))}"
+
+
+def _short(v: Any) -> str:
+    return f"{v:.2g}" if isinstance(v, float) else str(v)
 
 
 def pareto_data(study: optuna.Study) -> ParetoData:
@@ -98,14 +101,13 @@ def ratio_profiles(study: optuna.Study) -> list[RatioProfile]:
 @dataclass(frozen=True)
 class KnobRow:
     number: int
-    criterion: str
-    iterations: int
-    lr: float
-    ema: bool
-    epochs: int
+    knobs: tuple[tuple[str, Any], ...]  # (knob name, value) for every knob of the knob table, in its order
     mean_ratio: float
     values: tuple[float, ...]
     on_front: bool
+
+    def knob(self, name: str) -> Any:
+        return dict(self.knobs).get(name)
 
 
 def knob_rows(study: optuna.Study) -> list[KnobRow]:
@@ -115,8 +117,7 @@ def knob_rows(study: optuna.Study) -> list[KnobRow]:
     for t in _complete(study):
         p = records.trial(t).policy or {}
         ratios = list(p.get("ratios", {}).values())
-        rows.append(KnobRow(t.number, str(p.get("criterion", "?")), int(p.get("iterations", 0)),
-                            float(p.get("lr", float("nan"))), bool(p.get("ema", False)), int(p.get("epochs", 0)),
+        rows.append(KnobRow(t.number, tuple((k.name, p.get(k.name)) for k in knobs.knobs()),
                             float(np.mean(ratios)) if ratios else 0.0, tuple(float(v) for v in t.values),
                             t.number in front))
     return rows
