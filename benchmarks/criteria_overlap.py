@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(0)
             model = ultra.load_model(spec.model)
             crit = criteria.get(name)
-            if crit.needs_gradients:
+            if "gradients" in crit.prepare:
                 accumulate_gradients(model, spec.trial_settings)
             original = {la.name: la.channels for la in tp.prunable_layers(model, TRACE_IMGSZ)}
             keep = target_keep(original, dict.fromkeys(original, ratio), 1, 1)

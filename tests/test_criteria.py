@@ -20,11 +20,11 @@ def test_every_criterion_prunes_and_model_still_runs(name, tiny_data):
     crit = criteria.get(name)
     original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TINY_IMGSZ)}
     keep = target_keep(original, dict.fromkeys(original, 0.3), 1, 1)
-    if crit.needs_gradients:
+    if "gradients" in crit.prepare:
         for batch in ultra.training_batches(str(tiny_data), TINY_IMGSZ, 4, 1):
             ultra.compute_loss(model, batch).backward()
         assert model.model[0].conv.weight.grad is not None
-    if crit.regularize:
+    if "regularize" in crit.prepare:
         batches = ultra.training_batches(str(tiny_data), TINY_IMGSZ, 4, 2)
         steps = tp.group_norm_regularize(model, TINY_IMGSZ, batches, ultra.compute_loss, lr=1e-3, reg=1e-3)
         assert steps == 2
@@ -41,7 +41,39 @@ def test_every_criterion_prunes_and_model_still_runs(name, tiny_data):
 def test_registry_lists_the_documented_criteria():
     assert criteria.names() == ["l1", "l2", "bn_scale", "taylor", "fpgm", "random", "group_norm"]
     assert criteria.DEFAULT == ("l1", "l2", "bn_scale", "taylor", "fpgm")  # distinct selections only
-    assert criteria.get("taylor").needs_gradients and criteria.get("group_norm").regularize
+    assert criteria.get("taylor").prepare == ("gradients",) and criteria.get("group_norm").prepare == ("regularize",)
+
+
+@pytest.mark.parametrize("name", criteria.names())
+def test_every_criterion_is_an_object_with_registered_preparations(name):
+    from autoprune.engine import criteria as runners
+
+    runner = runners.get(name)
+    assert [p.name for p in runner.preparations] == list(criteria.get(name).prepare)
+    assert runner.needs_data == (name == "taylor")  # gradients need data; a training phase is skipped in apply
+    assert type(runner.importance()).__name__ == criteria.get(name).importance
+
+
+def test_a_new_criterion_is_a_registration_the_pipeline_calls(yolov8n):
+    """A toy criterion with a toy preparation (it only records that it ran and whether it may train): the
+    pipeline runs it, times it as a phase, and prunes with the criterion's importance; nothing branches on it."""
+    from autoprune.config.spec import parse_spec
+    from autoprune.engine import criteria as runners
+    from autoprune.engine.measure import Phases
+    from autoprune.engine.pipeline import prune_once
+
+    calls = []
+    prep = runners.Preparation("toy_prep", "records its call", lambda model, ctx: calls.append((ctx.step, ctx.train)),
+                               needs_data=False)
+    toy = criteria.Criterion("toy", "a toy: l1 after a toy preparation", "GroupMagnitudeImportance", (("p", 1),),
+                             prepare=("toy_prep",))
+    settings = parse_spec({"name": "t", "model": "m.pt", "data": "d.yaml"}, "s.yaml").trial_settings
+    phases = Phases()
+    with runners.PREPARATIONS.temporarily(prep), criteria.REGISTRY.temporarily(toy):
+        channels = prune_once(yolov8n, settings, "toy", {"model.0": 8}, step=2, regularize=False, phases=phases)
+        assert not runners.get("toy").needs_data
+    assert calls == [(2, False)] and "toy_prep" in phases.seconds and channels["model.0"] == 8
+    assert "toy" not in criteria.names()
 
 
 def test_unknown_criterion_lists_choices():

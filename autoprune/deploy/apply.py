@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from autoprune.config.spec import FinetuneSettings, TrialSettings
+from autoprune.engine import criteria
 from autoprune.errors import InputError, TrialError
-from autoprune.model import criteria
 from autoprune.model.document import PolicyDocument, load_policy_file
 from autoprune.model.space import Layer
 from autoprune.search.inputs import check_folder
@@ -69,7 +69,7 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
         raise InputError(f"--finetune: the policy prunes a base sparse-trained with BN-scale L1 "
                          f"{doc.policy.sparsity:g}; re-apply it with --finetune --data DATA (which trains that base "
                          "again)")
-    if (finetune or criteria.get(doc.policy.criterion).needs_gradients) and not data:
+    if (finetune or criteria.get(doc.policy.criterion).needs_data) and not data:
         why = "--finetune" if finetune else f"criterion {doc.policy.criterion} (gradients)"
         raise InputError(f"--data: {why} needs a data set YAML")
     if doc.base_file_sha256 and not force and file_sha256(model) != doc.base_file_sha256:
@@ -144,5 +144,5 @@ def _repeat_trial(doc: PolicyDocument, settings: TrialSettings, out: Path,
             result = run_trial(settings, doc.policy, layers, Path(tmp))
         except TrialError as e:
             raise InputError(f"re-applying the policy failed: {e}") from e
-        _atomic_copy(Path(result.attrs["checkpoint"]), out)
-    return dict(result.attrs["channels"]), result.metrics
+        _atomic_copy(Path(str(result.checkpoint)), out)
+    return dict(result.channels or {}), result.metrics

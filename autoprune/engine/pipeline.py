@@ -14,15 +14,13 @@ import torch
 from torch import nn
 
 from autoprune.config.spec import TrialSettings
+from autoprune.engine import criteria
+from autoprune.engine.criteria import TRACE_IMGSZ, accumulate_gradients
 from autoprune.engine.measure import Phases
 from autoprune.errors import TrialError
-from autoprune.model import criteria
 from autoprune.model.policy import Policy
 
 __all__ = ["TRACE_IMGSZ", "accumulate_gradients", "prune_once", "recalibrate_bn", "Start", "load_start"]
-
-TRACE_IMGSZ = 64  # input size for dependency-graph tracing; channel structure does not depend on it
-
 
 @dataclass(frozen=True)
 class Start:
@@ -50,45 +48,22 @@ def load_start(settings: TrialSettings, policy: Policy) -> Start:
     return Start(model, sparse, blocks)
 
 
-def accumulate_gradients(model: Any, settings: TrialSettings) -> None:
-    """Fill ``.grad`` from the training loss on ``finetune.gradient_batches`` real training batches."""
-    from autoprune.adapters import ultra
-
-    s = settings
-    model.train()
-    model.zero_grad(set_to_none=True)
-    for batch in ultra.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.gradient_batches, s.device,
-                                        s.seed, task=ultra.model_task(model)):
-        loss = ultra.compute_loss(model, batch)
-        if not torch.isfinite(loss):
-            raise TrialError("training loss is not finite while computing gradients")
-        loss.backward()
-
-
 def prune_once(model: nn.Module, settings: TrialSettings, criterion: str, keep: Mapping[str, int], *,
                lr: float = 0.01, step: int = 1, regularize: bool = True,
                phases: Phases | None = None) -> dict[str, int]:
     """Prune ``model`` in place so each unit keeps ``keep[name]`` channels, ranking channels by ``criterion``.
 
-    Gradient criteria get gradients from real training batches first; with ``regularize`` a
-    regularising criterion (group_norm) gets its short regularised training phase at ``lr``.
+    The criterion prepares the model first (:mod:`autoprune.engine.criteria`: gradients from real training
+    batches; with ``regularize``, a regularising criterion's short training phase at ``lr``), then scores.
     Returns every unit's channel count; a unit pruned to nothing raises :class:`TrialError`.
     """
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import tp
 
-    s = settings
     phases = phases or Phases()
     crit = criteria.get(criterion)
-    if crit.needs_gradients:
-        with phases("gradients"):
-            accumulate_gradients(model, s)
-    if crit.regularize and regularize:
-        with phases("regularize"):
-            batches = ultra.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.gradient_batches, s.device,
-                                             s.seed + step, task=ultra.model_task(model))
-            tp.group_norm_regularize(model, TRACE_IMGSZ, batches, ultra.compute_loss, lr, reg=1e-3)
+    crit.prepare(model, criteria.PrepareContext(settings, lr=lr, step=step, train=regularize), phases)
     with phases("prune"):
-        channels = tp.prune_step(model, keep, tp.importance(crit), TRACE_IMGSZ)
+        channels = tp.prune_step(model, keep, crit.importance(), TRACE_IMGSZ)
         model.zero_grad(set_to_none=True)
     empty = [n for n, c in channels.items() if c < 1]
     if empty:

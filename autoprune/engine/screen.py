@@ -15,8 +15,9 @@ import torch
 from autoprune.config.spec import TrialSettings
 from autoprune.engine.measure import measure_model
 from autoprune.engine.pipeline import load_start, prune_once, recalibrate_bn
-from autoprune.engine.trial import TrialResult, failure_reason
+from autoprune.engine.trial import failure_reason
 from autoprune.model.policy import Policy
+from autoprune.model.records import TrialResult
 from autoprune.model.shapes import target_keep
 from autoprune.model.space import Layer
 
@@ -39,9 +40,8 @@ def screen_policy(settings: TrialSettings, policy: Policy, layers: Sequence[Laye
                                                      task=ultra.model_task(model)))
     reference = ultra.load_model(s.model) if s.latency.interleave else None
     m = measure_model(model, s, reference=reference)
-    return TrialResult(ok=True, metrics=m.metrics(), attrs={
-        "policy": policy.to_dict(), "channels": channels, "latency": m.latency, "bn_batches": n,
-        "screen_seconds": round(time.perf_counter() - t0, 3)})
+    return TrialResult(ok=True, metrics=m.metrics(), policy=policy.to_dict(), channels=channels, latency=m.latency,
+                       bn_batches=n, screen_seconds=round(time.perf_counter() - t0, 3))
 
 
 def screen_safely(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], batches: int) -> TrialResult:
@@ -49,7 +49,7 @@ def screen_safely(settings: TrialSettings, policy: Policy, layers: Sequence[Laye
     t0 = time.perf_counter()
     try:
         result = screen_policy(settings, policy, layers, batches)
-        result.attrs["wall_seconds"] = round(time.perf_counter() - t0, 3)
+        result.wall_seconds = round(time.perf_counter() - t0, 3)
         return result
     except Exception as e:
-        return TrialResult(ok=False, attrs={"policy": policy.to_dict()}, reason=failure_reason(e))
+        return TrialResult(ok=False, policy=policy.to_dict(), reason=failure_reason(e))

@@ -7,7 +7,7 @@ import math
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from autoprune.engine.measure import Measurement, Phases, measure_model
 from autoprune.engine.pipeline import load_start, prune_once, recalibrate_bn
 from autoprune.errors import AutopruneError, TrialError
 from autoprune.model.policy import Policy
+from autoprune.model.records import TrialResult
 from autoprune.model.shapes import target_keep
 from autoprune.model.space import Layer
 
@@ -28,16 +29,6 @@ __all__ = ["TrialResult", "run_trial", "run_trial_safely", "verify_roundtrip", "
            "ROUNDTRIP_TOLERANCE"]
 
 ROUNDTRIP_TOLERANCE = 1e-3
-
-
-@dataclass
-class TrialResult:
-    """What a trial (or a screen) reports: its metrics and the attributes its study records."""
-
-    ok: bool
-    metrics: dict[str, float] = field(default_factory=dict)
-    attrs: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
 
 
 def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], workdir: Path) -> TrialResult:
@@ -92,18 +83,9 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
     with phases("roundtrip"):
         checkpoint = workdir / "pruned.pt"
         roundtrip = verify_roundtrip(model, checkpoint, s, measurement)
-    attrs = {
-        "policy": policy.to_dict(),
-        "channels": channels,
-        "latency": measurement.latency,
-        "seconds": phases.seconds,
-        "checkpoint": str(checkpoint),
-        "roundtrip": roundtrip,
-        "finetune": trained,
-        **({"sparse": sparse} if sparse is not None else {}),
-        **({"blocks": blocks} if blocks else {}),
-    }
-    return TrialResult(ok=True, metrics=metrics, attrs=attrs)
+    return TrialResult(ok=True, metrics=metrics, policy=policy.to_dict(), channels=channels,
+                       latency=measurement.latency, seconds=phases.seconds, checkpoint=str(checkpoint),
+                       roundtrip=roundtrip, finetune=trained, sparse=sparse, blocks=blocks or None)
 
 
 @dataclass(frozen=True)
@@ -171,6 +153,6 @@ def run_trial_safely(settings: TrialSettings, policy: Policy, layers: Sequence[L
         result = run_trial(settings, policy, layers, workdir)
     except Exception as e:  # a trial must never take the study down
         result = TrialResult(ok=False, reason=failure_reason(e))
-    result.attrs.setdefault("policy", policy.to_dict())
-    result.attrs["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    result.policy = result.policy or policy.to_dict()
+    result.wall_seconds = round(time.perf_counter() - t0, 3)
     return result

@@ -3,8 +3,11 @@
 A criterion is a small frozen record. Criteria that keep the same channels are one knob: ``lamp``
 was dropped (benchmarks/criteria_overlap.py: its per-unit selection equals ``l2``'s, Jaccard 1.0).
 The default space holds the distinct ones (:data:`DEFAULT`). Its ``importance`` names one of torch-pruning's
-importance classes and ``options`` its constructor arguments; the torch-pruning adapter
-maps the class name to the class, so adding a criterion is one :func:`register` call.
+importance classes and ``options`` its constructor arguments (the torch-pruning adapter maps the class name to
+the class); ``prepare`` names the preparations that must run on the model before it is scored (gradients from
+a training loss, a regularised training phase), registered in :mod:`autoprune.engine.criteria`, where a
+criterion becomes the object the prune pipeline calls (prepare, then importance). Adding a criterion is one
+:func:`register` call.
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ class Criterion:
     description: str
     importance: str  # torch-pruning importance class (see adapters.tp.IMPORTANCE_CLASSES)
     options: tuple[tuple[str, object], ...] = ()  # its constructor arguments
-    needs_gradients: bool = False  # importance reads .grad from a real training loss
-    regularize: bool = False  # a short group-norm-regularised training phase precedes pruning
+    prepare: tuple[str, ...] = ()  # what must run on the model before it is scored (names in engine.criteria)
 
 
 REGISTRY: Registry[Criterion] = Registry("criterion")
@@ -35,13 +37,13 @@ register(Criterion("l2", "L2 norm of each channel's weights across its dependenc
                    "GroupMagnitudeImportance", (("p", 2),)))
 register(Criterion("bn_scale", "|gamma| of the BatchNorm after each conv (network slimming)", "BNScaleImportance"))
 register(Criterion("taylor", "first-order Taylor: |w * dL/dw| from real training-loss gradients",
-                   "GroupTaylorImportance", needs_gradients=True))
+                   "GroupTaylorImportance", prepare=("gradients",)))
 register(Criterion("fpgm", "filter pruning via geometric median (redundancy of each filter)", "FPGMImportance",
                    (("p", 2),)))
 register(Criterion("random", "random channel choice: a control, not in the default space", "RandomImportance"))
 register(Criterion("group_norm", "group L2 norm after a short group-norm-regularised training phase (without the "
                    "phase, as in a screen, it keeps the same channels as l2; not in the default space)",
                    "GroupMagnitudeImportance", (("p", 2), ("group_reduction", "mean"), ("normalizer", "mean")),
-                   regularize=True))
+                   prepare=("regularize",)))
 
 DEFAULT: tuple[str, ...] = ("l1", "l2", "bn_scale", "taylor", "fpgm")  # distinct selections; random is a control

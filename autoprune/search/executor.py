@@ -27,10 +27,10 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from autoprune.config.spec import Constraints, Resources, TrialSettings
-from autoprune.engine.trial import TrialResult
 from autoprune.model import records
 from autoprune.model.constraints import constraint_values, feasible
 from autoprune.model.policy import Policy, ratio_summary
+from autoprune.model.records import TrialResult
 from autoprune.model.shapes import sample_policy
 from autoprune.model.space import Layer, Space
 from autoprune.search import journal
@@ -73,8 +73,7 @@ class Job:
 
 def encode(result: TrialResult) -> dict[str, str]:
     """The one payload a Ray worker reports."""
-    return {PAYLOAD_KEY: json.dumps({"ok": result.ok, "metrics": result.metrics, "attrs": result.attrs,
-                                     "reason": result.reason}, default=str)}
+    return {PAYLOAD_KEY: json.dumps(result.to_json(), default=str)}
 
 
 def decode(report: dict[str, Any] | None) -> TrialResult | None:
@@ -83,8 +82,7 @@ def decode(report: dict[str, Any] | None) -> TrialResult | None:
         return None
     try:
         d = json.loads(report[PAYLOAD_KEY])
-        return TrialResult(ok=bool(d.get("ok")), metrics=dict(d.get("metrics") or {}),
-                           attrs=dict(d.get("attrs") or {}), reason=str(d.get("reason") or ""))
+        return TrialResult.from_json(d)
     except (TypeError, ValueError, AttributeError):
         return None
 
@@ -267,8 +265,8 @@ def trainable(config: dict[str, Any], job: Job) -> None:
         result = screen_safely(job.settings, policy, job.layers, job.screen_batches)
     else:
         result = run_trial_safely(job.settings, policy, job.layers, Path(config["workdir"]))
-    result.attrs["ray_node"] = _node_id()  # which node of the cluster ran it
-    result.attrs["ray_worker"] = {"pid": os.getpid(), "jobs": _jobs_run}  # jobs > 1: a warm worker ran it
+    result.ray_node = _node_id()  # which node of the cluster ran it
+    result.ray_worker = {"pid": os.getpid(), "jobs": _jobs_run}  # jobs > 1: a warm worker ran it
     tune.report(encode(result))
 
 
