@@ -98,3 +98,70 @@ def test_an_int8_trial_records_the_map_of_its_quantized_file(tmp_path, tiny_data
     m = measure_model(model, spec.trial_settings).metrics()
     assert 0.0 <= m["deployed_map50_95"] <= m["deployed_map50"] <= 1.0
     assert m["latency_ratio"] > 0 and m["map50_95"] >= 0
+
+
+@pytest.mark.parametrize("space,latency,message", [
+    ({"precision": ["fp32", "int8"]}, {}, "space.precision: int8 needs runtime: onnxruntime"),
+    ({"precision": ["fp16"]}, {"runtime": "onnxruntime"}, "space.precision: fp16 timing needs device: cuda"),
+    ({"precision": ["int4"]}, {"runtime": "onnxruntime"}, "space.precision: 'int4' is not one of fp32, fp16, int8"),
+    ({"imgsz": [96, 100]}, {}, "space.imgsz: 100 is not a multiple of 32"),
+    ({"imgsz": [16]}, {}, "space.imgsz: must be >= 32"),
+    ({"precision": ["int8"]}, {"runtime": "onnxruntime", "lut": True}, "latency.lut: the lookup table times FP32"),
+])
+def test_deployment_knobs_are_checked_when_the_spec_is_read(space, latency, message):
+    from autoprune.config.spec import parse_spec
+    from autoprune.errors import SpecError
+
+    with pytest.raises(SpecError, match=message):
+        parse_spec({"name": "d", "model": "m.pt", "data": "d.yaml", "space": space, "latency": latency}, "s.yaml")
+
+
+def test_deployed_map_objectives_need_a_deployment_other_than_the_validated_model():
+    from autoprune.config.spec import parse_spec
+    from autoprune.errors import SpecError
+
+    base = {"name": "d", "model": "m.pt", "data": "d.yaml", "objectives": ["deployed_map50_95", "params"]}
+    with pytest.raises(SpecError, match="objectives: deployed mAP needs a deployment other than the validated"):
+        parse_spec(base, "s.yaml")
+    spec = parse_spec({**base, "space": {"imgsz": [96, 128]}}, "s.yaml")
+    assert spec.space.deploy_imgsz == (96, 128) and spec.trial_settings.deployed_map
+
+
+@pytest.mark.slow
+def test_a_search_over_precision_and_deployment_size_measures_each_trial_as_deployed(tmp_path, tiny_data,
+                                                                                     tiny_model_pt):
+    """`space: {precision: [fp32, int8], imgsz: [32, 64]}` end to end (real CLI, Ray Tune, SQLite, ONNX Runtime):
+    each trial is exported (and quantized) at its own precision and size, validated on that file, timed on it
+    interleaved with the base exported alike; the front shows how each member is deployed."""
+    import subprocess
+    import sys
+
+    import optuna
+    import yaml
+
+    spec = {"name": "dep", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": TINY, "trials": 4,
+            "seed": 3, "objectives": ["deployed_map50_95", "params", "latency_ratio"],
+            "space": {"ratio": {"low": 0.1, "high": 0.5}, "criteria": ["l1"], "iterations": 1, "epochs": 1,
+                      "round_to": [1], "precision": ["fp32", "int8"], "imgsz": [32, 64]},
+            "finetune": {"batch": 8}, "resources": {"cpus": 1}, "sensitivity": {"probes": 0},
+            "warm_start": {"uniform": 0}, "screening": {"factor": 0},
+            "latency": {"runtime": "onnxruntime", "warmup": 1, "runs": 4, "rounds": 2, "threads": 1, "retries": 0}}
+    path = tmp_path / "dep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    r = subprocess.run([sys.executable, "-m", "autoprune", "search", str(path)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = optuna.load_study(study_name="dep", storage=f"sqlite:///{tmp_path}/studies/autoprune.db")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 4
+    for t in done:
+        policy, lat, m = t.user_attrs["policy"], t.user_attrs["latency"], t.user_attrs["metrics"]
+        assert policy["precision"] in ("fp32", "int8") and policy["deploy_imgsz"] in (32, 64)
+        assert t.params["precision"] == policy["precision"] and t.params["deploy_imgsz"] == policy["deploy_imgsz"]
+        assert lat["precision"] == policy["precision"] and lat["imgsz"] == policy["deploy_imgsz"]
+        assert lat["runtime"] == "onnxruntime" and lat["ratio"] > 0
+        assert 0.0 <= m["deployed_map50_95"] <= m["deployed_map50"] <= 1.0 and t.values[0] == m["deployed_map50_95"]
+    front = subprocess.run([sys.executable, "-m", "autoprune", "front", "--storage",
+                            f"sqlite:///{tmp_path}/studies/autoprune.db", "--study", "dep"], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=300)
+    assert front.returncode == 0 and "deployed as" in front.stdout and "precision=" in front.stdout

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import yaml
 from optuna.trial import TrialState
 
+from autoprune.model import knobs
 from autoprune.model.document import load_policy_file
 from autoprune.model.shapes import screen_visible
 from autoprune.model.space import Layer, block_of
@@ -54,8 +55,7 @@ def test_two_trial_study_writes_sqlite_and_continues(tmp_path, tiny_data, tiny_m
     assert study.trials[0].user_attrs["baseline"]["params"] == base["params"]
     for t in study.trials:
         assert t.state == TrialState.COMPLETE
-        assert set(t.user_attrs["policy"]) == {"ratios", "criterion", "iterations", "lr", "ema", "epochs", "round_to",
-                                               "schedule", "distill", "lrf", "warmup", "lr_step", "sparsity", "depth"}
+        assert set(t.user_attrs["policy"]) == {"ratios", *knobs.names()}  # one key per knob of the knob table
         assert len(t.user_attrs["policy"]["ratios"]) == len(study.user_attrs["layers"])
         assert t.values[1] < base["params"]  # pruned
         assert {"prune", "finetune", "validate", "latency"} <= set(t.user_attrs["seconds"])

@@ -55,7 +55,7 @@ def legacy_latency(v: Any) -> Any:
     return v
 
 
-def check_latency(latency: LatencySettings, device: str) -> None:
+def check_latency(latency: LatencySettings, device: str, precision_key: str = "latency.precision") -> None:
     """What the latency section asks must be possible on ``device`` (whether a runtime is installed is checked
     where it is used)."""
     if latency.imgsz is not None and latency.imgsz % 32:
@@ -63,9 +63,10 @@ def check_latency(latency: LatencySettings, device: str) -> None:
     if latency.runtime in ("cuda-graph", "tensorrt") and not device.startswith("cuda"):
         raise SpecError(f"latency.runtime: {latency.runtime} needs device: cuda (device is {device})")
     if latency.half and not device.startswith("cuda"):
-        raise SpecError(f"latency.precision: fp16 timing needs device: cuda (device is {device})")
+        raise SpecError(f"{precision_key}: fp16 timing needs device: cuda (device is {device})")
     if latency.int8 and latency.runtime != "onnxruntime":
-        raise SpecError(f"latency.precision: int8 needs runtime: onnxruntime (its post-training quantization), "
+        raise SpecError(f"{precision_key}: int8 needs runtime: onnxruntime (its post-training quantization), "
                         f"not {latency.runtime}")
     if latency.int8 and latency.lut:
-        raise SpecError("latency.lut: the lookup table times FP32 layers; it cannot estimate an int8 model")
+        raise SpecError(f"latency.lut: the lookup table times FP32 layers; it cannot estimate an int8 model "
+                        f"({precision_key}: int8)")

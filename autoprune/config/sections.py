@@ -158,5 +158,15 @@ class TrialSettings:
     finetune: FinetuneSettings = FinetuneSettings()
     latency: LatencySettings = LatencySettings()
 
+    deployed_map: bool = False  # measure deployed_map50/_95 (an objective, target or constraint uses them)
+
     def replace(self, **changes: Any) -> TrialSettings:
         return dataclasses.replace(self, **changes)
+
+    def deployed_as(self, precision: str | None, imgsz: int | None) -> TrialSettings:
+        """These settings with a policy's deployment (its precision and input size; None: the spec's)."""
+        if precision is None and imgsz is None:
+            return self
+        lat = dataclasses.replace(self.latency, precision=precision or self.latency.precision,
+                                  imgsz=imgsz or self.latency.imgsz)
+        return dataclasses.replace(self, latency=lat)

@@ -117,7 +117,8 @@ class SearchSpec:
     @property
     def trial_settings(self) -> TrialSettings:
         return TrialSettings(model=self.model, data=self.data, imgsz=self.imgsz, device=self.device, seed=self.seed,
-                             threads=self.train_threads, finetune=self.finetune, latency=self.latency)
+                             threads=self.train_threads, finetune=self.finetune, latency=self.latency,
+                             deployed_map=any(n.startswith("deployed_") for n in self.objectives))
 
     def replace(self, **changes: Any) -> SearchSpec:
         return dataclasses.replace(self, **changes)
@@ -176,7 +177,7 @@ def _constraints(v: Any, latency: LatencySettings) -> Constraints:
     return c
 
 
-def _objectives(v: Any, latency: LatencySettings) -> tuple[str, ...]:
+def _objectives(v: Any, latency: LatencySettings, space: Space) -> tuple[str, ...]:
     if v is None:
         return objectives.DEFAULT
     if isinstance(v, str):
@@ -202,8 +203,10 @@ def _objectives(v: Any, latency: LatencySettings) -> tuple[str, ...]:
         raise SpecError("objectives: a multi-objective study needs at least two objectives")
     if "latency_ratio" in out and not latency.interleave:
         raise SpecError("objectives: latency_ratio needs latency.interleave: true (it is the interleaved ratio)")
-    if any(n.startswith("deployed_") for n in out) and not latency.int8:
-        raise SpecError("objectives: deployed mAP needs latency.precision: int8 (the quantized model is validated)")
+    deploys = latency.int8 or latency.imgsz or space.precision or space.deploy_imgsz
+    if any(n.startswith("deployed_") for n in out) and not deploys:
+        raise SpecError("objectives: deployed mAP needs a deployment other than the validated model (latency.precision:"
+                        " int8, latency.imgsz, or space.precision / space.imgsz)")
     if "latency_lut_ms" in out and not latency.lut:
         raise SpecError("objectives: latency_lut_ms needs latency.lut: true (the latency lookup table's estimate)")
     return tuple(out)
@@ -254,6 +257,12 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
     latency = read_section(LatencySettings, legacy_latency(raw.get("latency")), "latency")
     device = check_device_text(read_str(str(raw.get("device", "cpu")), "device"))
     check_latency(latency, device)
+    space = read_space(raw.get("space"))
+    for p in space.precision or ():
+        check_latency(dataclasses.replace(latency, precision=p), device, "space.precision")
+    for size in space.deploy_imgsz or ():
+        if size % 32:
+            raise SpecError(f"space.imgsz: {size} is not a multiple of 32")
     budget = read_budget(raw.get("budget"))
     targets = read_targets(raw.get("targets"), budget, latency.interleave)
     return SearchSpec(
@@ -262,8 +271,8 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         data=read_str(raw["data"], "data"),
         imgsz=imgsz,
         device=device,
-        objectives=_objectives(raw.get("objectives"), latency),
-        space=read_space(raw.get("space")),
+        objectives=_objectives(raw.get("objectives"), latency, space),
+        space=space,
         trials=read_int(raw.get("trials", 20), "trials", 1, 1_000_000),
         seed=read_int(raw.get("seed", 0), "seed", 0),
         storage=storage,

@@ -103,7 +103,7 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
             latency["lut"] = {**asdict(est), "table": str(table.path)}
         macs = tp.count_macs(model, s.imgsz)
     extra = val.extra
-    if lat_cfg.int8:
+    if lat_cfg.int8 or s.deployed_map:
         with phases("validate_deployed"):
             extra += deployed_map(deployed, s, imgsz)
     return Measurement(map50_95=val.map50_95, map50=val.map50, params=ultra.count_params(model), macs=macs,
@@ -112,13 +112,16 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
 
 
 def deployed_map(deployed: nn.Module, s: TrialSettings, imgsz: int) -> tuple[tuple[str, float], ...]:
-    """``deployed_map50``/``deployed_map50_95``: the model exported and quantized as it is timed (INT8 on ONNX
-    Runtime, batch 1, at the deployment size ``imgsz``), validated on the val split through ultralytics' backend
-    for the file."""
+    """``deployed_map50``/``deployed_map50_95``: the model as it is deployed, at the deployment size ``imgsz``,
+    validated on the val split. On ONNX Runtime: the file exported (and, in INT8, quantized) as it is timed, batch
+    1, through ultralytics' backend for the file; on the torch runtimes: the model itself at that size."""
     import shutil
 
     from autoprune.adapters import ultra
 
+    if s.latency.runtime != "onnxruntime":
+        val = ultra.validate(deployed, s.data, imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
+        return ("deployed_map50", val.map50), ("deployed_map50_95", val.map50_95)
     path = export_deployed(deployed, run_spec(s.device, imgsz, dataclasses.replace(s.latency, batch=1), s.data))
     try:
         m50, m = ultra.validate_exported(path, s.data, imgsz, ultra.model_task(deployed), device=s.device)

@@ -28,7 +28,7 @@ def screen_policy(settings: TrialSettings, policy: Policy, layers: Sequence[Laye
     """Prune to the policy's final channels, recalibrate BN, measure."""
     from autoprune.adapters import ultra
 
-    s = settings
+    s = settings.deployed_as(policy.precision, policy.deploy_imgsz)  # the policy's deployment, if it has one
     t0 = time.perf_counter()
     ultra.set_threads(s.threads)
     torch.manual_seed(s.seed)

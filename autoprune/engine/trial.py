@@ -35,7 +35,7 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
     """Run one trial for real; raises on failure (see :func:`run_trial_safely`)."""
     from autoprune.adapters import ultra
 
-    s = settings
+    s = settings.deployed_as(policy.precision, policy.deploy_imgsz)  # the policy's deployment, if it has one
     ultra.set_threads(s.threads)
     torch.manual_seed(s.seed)
     phases = Phases()

@@ -119,7 +119,8 @@ class Knob:
     domain: Domain  # what a spec may write
     space: SpaceDomain  # what the default space searches
     value: Any  # the policy's value where the space does not search it, or an older file or dict lacks it
-    stage: Literal["base", "prune", "finetune"]  # base: which base is pruned; prune: what goes; finetune: recovery
+    # base: which base is pruned; prune: what goes; finetune: recovery; deploy: how the pruned model is deployed
+    stage: Literal["base", "prune", "finetune", "deploy"]
     screen_fix: Callable[[SpaceDomain], SpaceDomain] | None = None  # how a screen's space fixes it (None: it sees it)
     recipe: Callable[[SpaceDomain], Any] | None = None  # the hand recipe's choice from a searched domain
     required: bool = False  # policy files and dicts must carry it (the first knobs; later ones default)
@@ -251,3 +252,10 @@ register(Knob("sparsity", "BN-scale L1 of the sparse-trained base pruned from (n
               "itself)", Numbers(0.0, 100.0, what="L1 strengths (0: no sparse training)"), (0.0,), 0.0, "base"))
 register(Knob("depth", "layer pruning: share of each block's repeated bottlenecks removed (at least one kept)",
               Real(0.0, 1.0, high_open=True), None, 0.0, "prune"))
+register(Knob("precision", "the deployed model's precision (unset: latency.precision): fp32, fp16 (GPU runtimes) or "
+              "int8 (ONNX Runtime static quantization, calibrated on training images); latency and deployed mAP are "
+              "measured on the model in it", Names(("fp32", "fp16", "int8"), "precision"), None, None, "deploy",
+              screen_fix=first))
+register(Knob("deploy_imgsz", "the deployment input size (unset: latency.imgsz, else imgsz); latency and deployed mAP "
+              "are measured at it", Numbers(32, 4096, integer=True, what="image sizes (multiples of 32)"), None,
+              None, "deploy", screen_fix=first, spec_key="imgsz"))

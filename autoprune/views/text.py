@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from autoprune.model import objectives
+from autoprune.model import knobs, objectives
 from autoprune.model.budget import PHASES, format_duration
 from autoprune.model.policy import ratio_summary
 
@@ -45,7 +45,7 @@ def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
         for n in names:
             rec[n] = baseline.get(n)
             rec[f"{n}_change"] = 0.0
-        rec.update(criterion="", ratios="unpruned", joined_at="", target="", latency_check="")
+        rec.update(criterion="", ratios="unpruned", deployment="", joined_at="", target="", latency_check="")
         out.append(rec)
     for r in ordered:
         rec = {"trial": r["trial_number"]}
@@ -55,10 +55,17 @@ def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
             rec[f"{n}_change"] = relative_change(v, (baseline or {}).get(n))
         policy = r.get("policy") or {}
         rec.update(criterion=policy.get("criterion", ""), ratios=ratio_summary(policy.get("ratios", {})),
-                   joined_at=r.get("joined_at", ""), target=",".join((targets or {}).get(r["trial_number"], ())),
+                   deployment=deployment(policy), joined_at=r.get("joined_at", ""),
+                   target=",".join((targets or {}).get(r["trial_number"], ())),
                    latency_check="; ".join((checks or {}).get(r["trial_number"], ())))
         out.append(rec)
     return out
+
+
+def deployment(policy: Mapping[str, Any]) -> str:
+    """A policy's deployment knobs that it sets (``precision=int8 deploy_imgsz=128``; "" when it sets none)."""
+    return " ".join(f"{k.name}={policy[k.name]}" for k in knobs.knobs()
+                    if k.stage == "deploy" and policy.get(k.name) is not None)
 
 
 def _fmt(name: str, v: Any) -> str:
@@ -76,15 +83,17 @@ def render_front(records: Sequence[dict[str, Any]], names: Sequence[str], fmt: s
         return json.dumps(list(records), indent=1, default=str)
     if fmt == "csv":
         buf = io.StringIO()
-        fields = ["trial", *[x for n in names for x in (n, f"{n}_change")], "criterion", "ratios", "joined_at",
-                  "target", "latency_check"]
+        fields = ["trial", *[x for n in names for x in (n, f"{n}_change")], "criterion", "ratios", "deployment",
+                  "joined_at", "target", "latency_check"]
         w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(records)
         return buf.getvalue().rstrip("\n")
     marked = any(r.get("target") for r in records)
     checked = any(r.get("latency_check") for r in records)
+    deployed = any(r.get("deployment") for r in records)
     header = ["trial", *[objectives.get(n).label for n in names], "criterion", "ratios"]
+    header += ["deployed as"] if deployed else []
     header += ["target"] if marked else []
     header += ["latency check"] if checked else []
     table = [header]
@@ -93,7 +102,8 @@ def render_front(records: Sequence[dict[str, Any]], names: Sequence[str], fmt: s
         for n in names:
             change = "" if r["trial"] == "baseline" else _pct(r.get(f"{n}_change"))
             cells.append(f"{_fmt(n, r[n])} {change}".strip())
-        cells += [r["criterion"] or "-", r["ratios"], *([r.get("target") or ""] if marked else []),
+        cells += [r["criterion"] or "-", r["ratios"], *([r.get("deployment") or "-"] if deployed else []),
+                  *([r.get("target") or ""] if marked else []),
                   *([r.get("latency_check") or ""] if checked else [])]
         table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
