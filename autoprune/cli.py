@@ -216,7 +216,7 @@ def _print_front(study: optuna.Study, store: Any, fmt: str) -> None:
     for number, flags in sorted(checks.items()):
         logger.warning("trial %d: latency %s", number, "; ".join(flags))
     records_ = front_records(rows, names, records.baseline(study) or None,
-                             delivered_trials(records.deliveries(study)), checks)
+                             delivered_trials(records.deliveries(study)), checks, records.references(study))
     if fmt == "table":
         print(f"Pareto front of {study.study_name} ({len(rows)} trial(s)):")
     print(render_front(records_, names, fmt))

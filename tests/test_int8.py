@@ -165,3 +165,46 @@ def test_a_search_over_precision_and_deployment_size_measures_each_trial_as_depl
                             f"sqlite:///{tmp_path}/studies/autoprune.db", "--study", "dep"], capture_output=True,
                            text=True, cwd=tmp_path, timeout=300)
     assert front.returncode == 0 and "deployed as" in front.stdout and "precision=" in front.stdout
+    # the reference points: the base at every searched deployment, measured once, shown beside the front
+    refs = study.user_attrs["references"]
+    assert [(r["precision"], r["imgsz"]) for r in refs] == [("fp32", 32), ("fp32", 64), ("int8", 32), ("int8", 64)]
+    assert all(0.0 <= r["deployed_map50_95"] <= 1.0 and r["latency_ms"] > 0 for r in refs)
+    assert all(f"base {p} @{z}" in front.stdout for p in ("fp32", "int8") for z in (32, 64))
+
+
+def test_reference_points_are_listed_beside_the_front_in_the_table_report_and_dashboard_note(tmp_path):
+    """A real SQLite study with made-up trial results (conftest.make_study) and made-up reference points: the
+    front table, the report's data and the dashboard's note show them; a user's own note is never overwritten."""
+    import optuna_dashboard
+
+    from autoprune.config.spec import parse_spec
+    from autoprune.search.references import deployments
+    from autoprune.search.study import get_storage
+    from autoprune.views.dashboard import annotate_references, reference_note
+    from autoprune.views.report_data import pareto_data
+    from autoprune.views.text import front_records, render_front
+    from conftest import make_study
+
+    spec = parse_spec({"name": "d", "model": "m.pt", "data": "d.yaml", "imgsz": 160,
+                       "latency": {"runtime": "onnxruntime"},
+                       "space": {"precision": ["fp32", "int8"], "imgsz": [96, 128]}}, "s.yaml")
+    assert deployments(spec) == [("fp32", 96), ("fp32", 128), ("int8", 96), ("int8", 128)]
+    assert deployments(parse_spec({"name": "d", "model": "m.pt", "data": "d.yaml"}, "s.yaml")) == []
+    study, url = make_study(tmp_path, n=12)
+    refs = [{"name": "base int8 @96", "precision": "int8", "imgsz": 96, "deployed_map50_95": 0.8,
+             "deployed_map50": 0.9, "latency_ms": 4.0}]
+    study.set_user_attr("references", refs)
+    names = ["map50_95", "params", "latency_ms"]
+    base = study.user_attrs["baseline"]
+    rows = front_records([], names, base, references=refs)
+    assert rows[1]["trial"] == "base int8 @96" and rows[1]["params"] == base["params"]
+    assert rows[1]["latency_ms"] == 4.0 and rows[1]["latency_ms_change"] == pytest.approx(4.0 / 10.0 - 1)
+    table = render_front(rows, names)
+    assert "base int8 @96" in table and "precision=int8 deploy_imgsz=96" in table
+    assert pareto_data(study).references == (("base int8 @96", (0.9, 3.0e6, 4.0)),)
+    assert "| base int8 @96 |" in reference_note(study)
+    store = get_storage(url).rdb
+    assert annotate_references(store) == 1 and annotate_references(store) == 0  # written once, then current
+    assert optuna_dashboard.get_note(study).startswith("<!-- autoprune")
+    optuna_dashboard.save_note(study, "my own note")
+    assert annotate_references(store) == 0 and optuna_dashboard.get_note(study) == "my own note"

@@ -19,7 +19,8 @@ __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline
            "fingerprint", "architecture", "trial_settings", "warm_started", "screening", "runs", "heartbeats",
            "is_side_study", "side_study_name", "RunTimings", "ScreenScore", "TrialResult", "TrialRecord", "trial",
            "HEARTBEAT_PREFIX",
-           "set_objectives", "set_baseline", "role", "set_identity", "model_file_sha256", "set_layers",
+           "set_objectives", "set_baseline", "set_references", "references", "role", "set_identity",
+           "model_file_sha256", "set_layers",
            "set_trial_settings", "mark_warm_started", "set_screening", "append_run", "set_heartbeat", "set_role",
            "start_trial", "set_policy", "set_fail_reason", "write_result", "set_screen_score", "retry_attrs",
            "warm_start_attrs", "screen_source_attrs", "remeasured_attrs", "set_artifact_dir", "copy_study_attrs",
@@ -57,6 +58,16 @@ def stored_objectives(s: Attrs) -> list[str] | None:
 def baseline(s: Attrs) -> dict[str, Any]:
     """The baseline record (metrics, latency statistics, model, data, imgsz); empty if not measured."""
     return dict(s.user_attrs.get("baseline") or {})
+
+
+def set_references(s: Writer, refs: Sequence[Mapping[str, Any]]) -> None:
+    s.set_user_attr("references", [dict(r) for r in refs])
+
+
+def references(s: Attrs) -> list[dict[str, Any]]:
+    """Reference points drawn beside the front: the base model at each deployment the space searches
+    ({"name", "precision", "imgsz", metric: value, ...}); empty if none were measured."""
+    return [dict(r) for r in s.user_attrs.get("references") or []]
 
 
 def baseline_metrics(s: Attrs) -> dict[str, float]:

@@ -26,6 +26,7 @@ from autoprune.search.context import RunContext
 from autoprune.search.executor import Job
 from autoprune.search.inputs import materialise_yaml_model, prepare_inputs
 from autoprune.search.ray_setup import check_cluster_resources, ray_session
+from autoprune.search.references import ensure_references
 from autoprune.search.session import TuneSession, run_trials
 from autoprune.search.study import (
     StudyStorage,
@@ -60,6 +61,7 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec,
         records.set_trial_settings(study, spec.seed, dataclasses.asdict(spec.finetune))
     layers = records.layers(study)
     if layers is not None and records.baseline(study):
+        ensure_references(study, spec, records.baseline_metrics(study))
         return layers
     model = ultra.load_model(spec.model).to(spec.device)
     layers = [Layer(p.name, p.channels, ultra.layer_stage(model, p.name))
@@ -75,6 +77,7 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec,
                                  "imgsz": spec.imgsz})
     logger.info("baseline: mAP50-95 %.3f, mAP50 %.3f, params %s, MACs %s, latency %.2f ms",
                 m.map50_95, m.map50, f"{m.params:,}", f"{m.macs:,}", m.latency_ms)
+    ensure_references(study, spec, metrics)
     return layers
 
 

@@ -59,6 +59,14 @@ def _pareto_2d(data: Any) -> Any:
             fig.add_trace(go.Scatter(x=[data.baseline[i]], y=[data.baseline[j]], mode="markers",
                                      marker=dict(color=_BASE, size=14, symbol="star"), name="baseline",
                                      legendgroup="baseline", showlegend=k == 1, hovertext="baseline (unpruned)"), 1, k)
+        refs = [(name, v) for name, v in data.references if v[i] is not None and v[j] is not None]
+        if refs:
+            fig.add_trace(go.Scatter(x=[v[i] for _, v in refs], y=[v[j] for _, v in refs], mode="markers+text",
+                                     text=[name.removeprefix("base ") for name, _ in refs],
+                                     textposition="bottom center",
+                                     marker=dict(color=_BASE, size=11, symbol="diamond-open", line=dict(width=2)),
+                                     name="base as deployed (reference)", legendgroup="reference", showlegend=k == 1,
+                                     hovertext=[name for name, _ in refs], hoverinfo="text"), 1, k)
         fig.update_xaxes(title_text=data.labels[i], row=1, col=k)
         fig.update_yaxes(title_text=data.labels[j], row=1, col=k)
     fig.update_layout(title="Pareto front: pairwise projections", height=420)

@@ -15,7 +15,7 @@ from autoprune.model import knobs, objectives, records
 from autoprune.model.pareto import baseline_hypervolume
 from autoprune.model.policy import ratio_summary
 from autoprune.model.timing import latency_flags
-from autoprune.views.text import delivered_trials
+from autoprune.views.text import delivered_trials, reference_values
 
 __all__ = ["ParetoPoint", "ParetoData", "pareto_data", "RatioProfile", "ratio_profiles", "KnobRow", "knob_rows",
            "HypervolumePoint", "hypervolume_history", "BnHistogram", "bn_scale_histograms"]
@@ -45,6 +45,7 @@ class ParetoData:
     labels: tuple[str, ...]
     points: tuple[ParetoPoint, ...]
     baseline: tuple[float, ...] | None
+    references: tuple[tuple[str, tuple[float | None, ...]], ...] = ()  # (name, values): the base as deployed
 
     def pairs(self) -> list[tuple[int, int]]:
         n = len(self.names)
@@ -77,7 +78,9 @@ def pareto_data(study: optuna.Study) -> ParetoData:
                                   tuple(delivered.get(t.number, [])), flags))
     base = records.baseline(study)
     baseline = tuple(float(base[n]) for n in names) if base and all(n in base for n in names) else None
-    return ParetoData(tuple(names), tuple(objectives.get(n).label for n in names), tuple(points), baseline)
+    refs = tuple((str(r["name"]), tuple(reference_values(r, n, base) for n in names))
+                 for r in records.references(study))
+    return ParetoData(tuple(names), tuple(objectives.get(n).label for n in names), tuple(points), baseline, refs)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from autoprune.model import knobs, objectives
 from autoprune.model.budget import PHASES, format_duration
 from autoprune.model.policy import ratio_summary
 
-__all__ = ["front_records", "render_front", "relative_change", "render_budget", "render_deliveries",
+__all__ = ["front_records", "reference_values", "render_front", "relative_change", "render_budget", "render_deliveries",
            "delivered_trials", "render_deployed"]
 
 
@@ -31,12 +31,24 @@ def delivered_trials(deliveries: Mapping[str, Mapping[str, Any]]) -> dict[int, l
     return out
 
 
+def reference_values(ref: Mapping[str, Any], name: str, baseline: Mapping[str, Any] | None) -> float | None:
+    """A reference point's value of objective ``name``: what it measured (deployed mAP, latency), else the base's
+    where the deployment does not change it (parameters, MACs, the validated mAP); None for a ratio."""
+    if name in ref:
+        return float(ref[name]) if ref[name] is not None else None
+    if name in ("params", "macs", "map50_95", "map50") and baseline and name in baseline:
+        return float(baseline[name])
+    return None
+
+
 def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
                   baseline: dict[str, Any] | None,
                   targets: Mapping[int, Sequence[str]] | None = None,
-                  checks: Mapping[int, Sequence[str]] | None = None) -> list[dict[str, Any]]:
-    """One flat record per front member (best first by the first objective), baseline first; ``target`` names the
-    targets a member was finalized for, ``latency_check`` the reasons to doubt its latency (``checks``)."""
+                  checks: Mapping[int, Sequence[str]] | None = None,
+                  references: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """One flat record per front member (best first by the first objective), baseline first, then the reference
+    points (the base at each searched deployment); ``target`` names the targets a member was finalized for,
+    ``latency_check`` the reasons to doubt its latency (``checks``)."""
     first = objectives.get(names[0])
     ordered = sorted(rows, key=lambda r: r["values"][first.name], reverse=first.direction == "maximize")
     out = []
@@ -46,6 +58,14 @@ def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
             rec[n] = baseline.get(n)
             rec[f"{n}_change"] = 0.0
         rec.update(criterion="", ratios="unpruned", deployment="", joined_at="", target="", latency_check="")
+        out.append(rec)
+    for ref in references:
+        rec = {"trial": ref["name"]}
+        for n in names:
+            rec[n] = reference_values(ref, n, baseline)
+            rec[f"{n}_change"] = relative_change(rec[n], (baseline or {}).get(n)) if rec[n] is not None else None
+        rec.update(criterion="", ratios="unpruned", deployment=f"precision={ref['precision']} "
+                   f"deploy_imgsz={ref['imgsz']}", joined_at="", target="", latency_check="")
         out.append(rec)
     for r in ordered:
         rec = {"trial": r["trial_number"]}
@@ -101,6 +121,7 @@ def render_front(records: Sequence[dict[str, Any]], names: Sequence[str], fmt: s
         cells = [str(r["trial"])]
         for n in names:
             change = "" if r["trial"] == "baseline" else _pct(r.get(f"{n}_change"))
+            change = "" if r[n] is None else change
             cells.append(f"{_fmt(n, r[n])} {change}".strip())
         cells += [r["criterion"] or "-", r["ratios"], *([r.get("deployment") or "-"] if deployed else []),
                   *([r.get("target") or ""] if marked else []),

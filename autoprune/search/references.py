@@ -1,0 +1,60 @@
+"""Reference points on the front: the unpruned base at each deployment the space searches.
+
+When ``space.precision`` or ``space.imgsz`` is searched, a pruned member's deployed mAP and latency mean
+something only beside the base deployed the same ways: "pruned + INT8 at 128 px" must beat the base in INT8
+at 128 px, not just the FP32 base. Each reference is measured once, when the study's baseline is: the base
+exported (and quantized) as a trial at that precision and size would be, validated on that file, and timed on
+it (plain, not interleaved: the references are timed one after another at the start of the search).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import optuna
+
+from autoprune.config.spec import SearchSpec
+from autoprune.model import records
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["deployments", "ensure_references"]
+
+
+def deployments(spec: SearchSpec) -> list[tuple[str, int]]:
+    """Every (precision, deployment size) the space searches (empty when it searches neither)."""
+    precisions = spec.space.precision
+    sizes = spec.space.deploy_imgsz
+    if not precisions and not sizes:
+        return []
+    lat = spec.latency
+    return list(itertools.product(precisions or (lat.precision,), sizes or (lat.imgsz or spec.imgsz,)))
+
+
+def ensure_references(study: optuna.Study, spec: SearchSpec, baseline: dict[str, Any]) -> list[dict[str, Any]]:
+    """The study's reference points, measured once (recorded in the study; a later run reads them back)."""
+    done = records.references(study)
+    wanted = deployments(spec)
+    if not wanted or done:
+        return done
+    from autoprune.adapters import ultra
+    from autoprune.engine.latency import measure_latency
+    from autoprune.engine.measure import deployed_map
+
+    model = ultra.load_model(spec.model).to(spec.device)
+    deployed = ultra.deploy_copy(model)
+    refs = []
+    for precision, imgsz in wanted:
+        s = spec.trial_settings.deployed_as(precision, imgsz)
+        maps = dict(deployed_map(deployed, s, imgsz))
+        lat = measure_latency(deployed, imgsz, s.device, s.latency, calibration=s.data)
+        base_ms = float(baseline.get("latency_ms") or 0.0)
+        refs.append({"name": f"base {precision} @{imgsz}", "precision": precision, "imgsz": imgsz, **maps,
+                     "latency_ms": lat.median_ms, "latency_spread": lat.spread,
+                     "speedup_vs_baseline": base_ms / lat.median_ms if base_ms and lat.median_ms else None})
+        logger.info("reference: base in %s at %d px: deployed mAP50-95 %.3f, latency %.2f ms", precision, imgsz,
+                    maps["deployed_map50_95"], lat.median_ms)
+    records.set_references(study, refs)
+    return refs
