@@ -170,6 +170,23 @@ def test_a_search_over_precision_and_deployment_size_measures_each_trial_as_depl
     assert [(r["precision"], r["imgsz"]) for r in refs] == [("fp32", 32), ("fp32", 64), ("int8", 32), ("int8", 64)]
     assert all(0.0 <= r["deployed_map50_95"] <= 1.0 and r["latency_ms"] > 0 for r in refs)
     assert all(f"base {p} @{z}" in front.stdout for p in ("fp32", "int8") for z in (32, 64))
+    # another model as a reference point (the benchmark's smaller architecture trained from scratch): here the base
+    # itself under another name, measured at one deployment and added to the study; the front lists it
+    from autoprune.config.spec import parse_spec
+    from autoprune.search.references import add_reference, measure_reference
+
+    parsed = parse_spec(spec, "dep.yaml", studies_dir=tmp_path / "studies")
+    ref = measure_reference(ultra.load_model(tiny_model_pt), parsed, "int8", 64, "other int8 @64",
+                            study.user_attrs["baseline"])
+    assert ref["params"] == study.user_attrs["baseline"]["params"] and 0 <= ref["deployed_map50_95"] <= 1
+    add_reference(study, ref)
+    add_reference(study, ref)  # replaced, not doubled
+    assert [r["name"] for r in optuna.load_study(study_name="dep", storage=f"sqlite:///{tmp_path}/studies/"
+                                                 "autoprune.db").user_attrs["references"]].count("other int8 @64") == 1
+    front = subprocess.run([sys.executable, "-m", "autoprune", "front", "--storage",
+                            f"sqlite:///{tmp_path}/studies/autoprune.db", "--study", "dep"], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=300)
+    assert "other int8 @64" in front.stdout
 
 
 def test_reference_points_are_listed_beside_the_front_in_the_table_report_and_dashboard_note(tmp_path):

@@ -20,7 +20,7 @@ from autoprune.model import records
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["deployments", "ensure_references"]
+__all__ = ["deployments", "ensure_references", "measure_reference", "add_reference"]
 
 
 def deployments(spec: SearchSpec) -> list[tuple[str, int]]:
@@ -40,21 +40,36 @@ def ensure_references(study: optuna.Study, spec: SearchSpec, baseline: dict[str,
     if not wanted or done:
         return done
     from autoprune.adapters import ultra
+
+    model = ultra.load_model(spec.model).to(spec.device)
+    refs = [measure_reference(model, spec, precision, imgsz, f"base {precision} @{imgsz}", baseline)
+            for precision, imgsz in wanted]
+    records.set_references(study, refs)
+    return refs
+
+
+def measure_reference(model: Any, spec: SearchSpec, precision: str, imgsz: int, name: str,
+                      baseline: dict[str, Any]) -> dict[str, Any]:
+    """One reference point: ``model`` deployed at ``precision`` and ``imgsz`` as a trial would be (exported, in INT8
+    quantized, validated on that file), timed plainly on it."""
+    from autoprune.adapters import tp, ultra
     from autoprune.engine.latency import measure_latency
     from autoprune.engine.measure import deployed_map
 
-    model = ultra.load_model(spec.model).to(spec.device)
     deployed = ultra.deploy_copy(model)
-    refs = []
-    for precision, imgsz in wanted:
-        s = spec.trial_settings.deployed_as(precision, imgsz)
-        maps = dict(deployed_map(deployed, s, imgsz))
-        lat = measure_latency(deployed, imgsz, s.device, s.latency, calibration=s.data)
-        base_ms = float(baseline.get("latency_ms") or 0.0)
-        refs.append({"name": f"base {precision} @{imgsz}", "precision": precision, "imgsz": imgsz, **maps,
-                     "latency_ms": lat.median_ms, "latency_spread": lat.spread,
-                     "speedup_vs_baseline": base_ms / lat.median_ms if base_ms and lat.median_ms else None})
-        logger.info("reference: base in %s at %d px: deployed mAP50-95 %.3f, latency %.2f ms", precision, imgsz,
-                    maps["deployed_map50_95"], lat.median_ms)
-    records.set_references(study, refs)
-    return refs
+    s = spec.trial_settings.deployed_as(precision, imgsz)
+    maps = dict(deployed_map(deployed, s, imgsz))
+    lat = measure_latency(deployed, imgsz, s.device, s.latency, calibration=s.data)
+    base_ms = float(baseline.get("latency_ms") or 0.0)
+    logger.info("reference: %s: deployed mAP50-95 %.3f, latency %.2f ms", name, maps["deployed_map50_95"],
+                lat.median_ms)
+    return {"name": name, "precision": precision, "imgsz": imgsz, **maps, "params": float(ultra.count_params(model)),
+            "macs": float(tp.count_macs(model, spec.imgsz)),
+            "latency_ms": lat.median_ms, "latency_spread": lat.spread,
+            "speedup_vs_baseline": base_ms / lat.median_ms if base_ms and lat.median_ms else None}
+
+
+def add_reference(study: optuna.Study, ref: dict[str, Any]) -> None:
+    """Record one more reference point in the study (one of the same name is replaced)."""
+    refs = [r for r in records.references(study) if r.get("name") != ref["name"]]
+    records.set_references(study, [*refs, ref])
