@@ -255,12 +255,13 @@ class TrialResult:
     wall_seconds: float | None = None  # the whole job's wall time
     ray_node: str | None = None  # the Ray node that ran it
     ray_worker: dict[str, int] | None = None  # its worker process: pid and jobs run, this one included
+    extra: dict[str, Any] = field(default_factory=dict)  # attributes of a payload this version does not know
 
     @property
     def attrs(self) -> dict[str, Any]:
         """The user attributes the study records for it."""
-        return {f.name: v for f in dataclasses.fields(self)
-                if f.name not in _RESULT_ONLY and (v := getattr(self, f.name)) is not None}
+        return {**self.extra, **{f.name: v for f in dataclasses.fields(self)
+                                 if f.name not in _RESULT_ONLY and (v := getattr(self, f.name)) is not None}}
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "metrics": self.metrics, "attrs": self.attrs, "reason": self.reason}
@@ -268,12 +269,13 @@ class TrialResult:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> TrialResult:
         known = {f.name for f in dataclasses.fields(cls)} - _RESULT_ONLY
-        attrs = {k: v for k, v in dict(d.get("attrs") or {}).items() if k in known}
+        raw = dict(d.get("attrs") or {})
         return cls(ok=bool(d.get("ok")), metrics=dict(d.get("metrics") or {}), reason=str(d.get("reason") or ""),
-                   **attrs)
+                   **{k: v for k, v in raw.items() if k in known},
+                   extra={k: v for k, v in raw.items() if k not in known})
 
 
-_RESULT_ONLY = frozenset({"ok", "metrics", "reason"})
+_RESULT_ONLY = frozenset({"ok", "metrics", "reason", "extra"})
 
 
 @dataclass(frozen=True)
