@@ -64,8 +64,9 @@ def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
         for n in names:
             rec[n] = reference_values(ref, n, baseline)
             rec[f"{n}_change"] = relative_change(rec[n], (baseline or {}).get(n)) if rec[n] is not None else None
-        rec.update(criterion="", ratios="unpruned", deployment=f"precision={ref['precision']} "
-                   f"deploy_imgsz={ref['imgsz']}", joined_at="", target="", latency_check="")
+        rec.update(criterion="", ratios="unpruned",
+                   deployment=deployment({"precision": ref["precision"], "deploy_imgsz": ref["imgsz"]}),
+                   joined_at="", target="", latency_check="")
         out.append(rec)
     for r in ordered:
         rec = {"trial": r["trial_number"]}
