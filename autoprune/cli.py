@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from autoprune import cli_args as arg
 from autoprune.cli_args import EXIT_USAGE
 from autoprune.errors import AutopruneError
+from autoprune.model.formats import FORMATS
 from autoprune.paths import artifacts_dir
 
 if TYPE_CHECKING:
@@ -117,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --best: a condition such as 'latency_ms<=4' (repeatable)")
         q.add_argument("--out", type=Path, required=True, help="output folder")
         q.add_argument("--no-onnx", action="store_true", help="skip the ONNX export and its check")
-        q.add_argument("--format", choices=("onnx", "onnx-int8"), default="onnx", help="onnx-int8: also "
-                       "pruned_int8.onnx (ONNX Runtime INT8), its measured mAP and latency in policy.yaml")
+        q.add_argument("--format", choices=tuple(FORMATS), default="onnx", help="also a runtime's artifact (ONNX "
+                       "Runtime INT8, OpenVINO FP32/INT8, TensorRT), its measured mAP and latency in policy.yaml")
         q.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
 
     chosen_trial_args(sub.add_parser("export", help="export a chosen trial: policy.yaml, pruned.pt, pruned.onnx"))
@@ -282,8 +283,6 @@ def _chosen_trial(args: argparse.Namespace) -> tuple[optuna.Study, Any, optuna.t
 
     if args.where and not args.best:
         raise_usage("--where needs --best METRIC")
-    if args.format != "onnx" and args.no_onnx:
-        raise_usage(f"--format {args.format} needs the ONNX export (drop --no-onnx)")
     study, store = _existing_study(args)
     return study, store, select_trial(study, trial=args.trial, best=args.best, where=args.where, knee=args.knee)
 

@@ -82,7 +82,7 @@ def test_int8_without_onnxruntimes_quantization_tools_is_refused_in_one_line(mon
                         lambda name, *a: None if name == "onnxruntime.quantization" else real(name, *a))
     with pytest.raises(InputError) as e:
         runtimes.check_runtime("onnxruntime", "cpu", "int8")
-    assert "\n" not in str(e.value) and "latency.precision: int8 needs onnxruntime" in str(e.value)
+    assert "\n" not in str(e.value) and "latency.precision: int8 on onnxruntime needs onnxruntime" in str(e.value)
 
 
 @pytest.mark.slow

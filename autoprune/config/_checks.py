@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from autoprune.config._read import shown
-from autoprune.config.sections import LatencySettings
+from autoprune.config.sections import INT8_RUNTIMES, LatencySettings
 from autoprune.errors import SpecError, masked
 
 __all__ = ["check_name", "check_device_text", "check_storage", "legacy_latency", "check_latency"]
@@ -64,9 +64,9 @@ def check_latency(latency: LatencySettings, device: str, precision_key: str = "l
         raise SpecError(f"latency.runtime: {latency.runtime} needs device: cuda (device is {device})")
     if latency.half and not device.startswith("cuda"):
         raise SpecError(f"{precision_key}: fp16 timing needs device: cuda (device is {device})")
-    if latency.int8 and latency.runtime != "onnxruntime":
-        raise SpecError(f"{precision_key}: int8 needs runtime: onnxruntime (its post-training quantization), "
-                        f"not {latency.runtime}")
+    if latency.int8 and latency.runtime not in INT8_RUNTIMES:
+        raise SpecError(f"{precision_key}: int8 needs runtime: {' or '.join(INT8_RUNTIMES)} (their post-training "
+                        f"quantization), not {latency.runtime}")
     if latency.int8 and latency.lut:
         raise SpecError(f"latency.lut: the lookup table times FP32 layers; it cannot estimate an int8 model "
                         f"({precision_key}: int8)")

@@ -10,8 +10,9 @@ from typing import Any
 
 from autoprune.config._read import bounds
 
-__all__ = ["RUNTIMES", "ESTIMATORS", "PRECISIONS", "FinetuneSettings", "LatencySettings", "SamplerSettings",
-           "WarmStart", "Screening", "ScanSettings", "Resources", "Constraints", "TrialSettings", "Budget"]
+__all__ = ["RUNTIMES", "INT8_RUNTIMES", "ESTIMATORS", "PRECISIONS", "FinetuneSettings", "LatencySettings",
+           "SamplerSettings", "WarmStart", "Screening", "ScanSettings", "Resources", "Constraints", "TrialSettings",
+           "Budget"]
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,12 @@ class FinetuneSettings:
         return cls(**{k: v for k, v in dict(record or {}).items() if k in known})
 
 
-RUNTIMES = ("torch", "onnxruntime", "cuda-graph", "tensorrt")  # autoprune.engine.runtimes (a test keeps them equal)
+RUNTIMES = ("torch", "onnxruntime", "openvino", "cuda-graph", "tensorrt")  # autoprune.engine.runtimes (a test keeps
+# them equal), and the ones among them that quantize to INT8 (their ``int8_tool``)
+INT8_RUNTIMES = ("onnxruntime", "openvino")
 ESTIMATORS = ("pooled_min", "min", "median")  # autoprune.engine.latency.ratio_of (a test keeps them equal)
-# fp16: CUDA runtimes; int8: ONNX Runtime's post-training static quantization, calibrated on training images
+# fp16: CUDA runtimes; int8: post-training static quantization (ONNX Runtime's; OpenVINO's NNCF), calibrated on
+# training images
 PRECISIONS = ("fp32", "fp16", "int8")  # autoprune.engine.latency.ROUND_STATISTICS (a test keeps them equal)
 
 

@@ -26,6 +26,7 @@ from autoprune.model.document import (
     document_for_trial,
     dump_policy_file,
 )
+from autoprune.model.formats import FORMATS, Format
 from autoprune.model.objectives import Objective
 from autoprune.model.pareto import knee_index
 from autoprune.registry import UnknownName
@@ -34,8 +35,8 @@ from autoprune.search.study import StudyStorage
 logger = logging.getLogger(__name__)
 
 __all__ = ["Condition", "parse_condition", "select_trial", "knee_trial", "export_trial", "ExportResult", "FORMATS",
-           "deployed_int8",
-           "tp_ratio_mapping", "remove_stale_staging", "trial_checkpoint"]
+           "Format", "check_format", "deployed_artifact", "tp_ratio_mapping", "remove_stale_staging",
+           "trial_checkpoint"]
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 _COND_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+)\s*$")
@@ -201,48 +202,62 @@ def remove_stale_staging(out: Path) -> list[Path]:
     return stale
 
 
-FORMATS = ("onnx", "onnx-int8")  # what export and finalize write besides the checkpoint
+def check_format(name: str) -> Format:
+    """The format ``name``, refused in one line when its runtime or quantizer cannot run here."""
+    from autoprune.engine.runtimes import check_runtime
+
+    fmt = FORMATS[name]
+    if fmt.runtime is not None:
+        try:
+            check_runtime(fmt.runtime, fmt.device, fmt.precision)
+        except InputError as e:
+            raise InputError(f"--format {name}: {str(e).split(': ', 1)[1]}") from None
+    return fmt
 
 
-def deployed_int8(study: optuna.Study, t: FrozenTrial, checkpoint: Path, dest: Path) -> dict[str, Any]:
-    """``checkpoint`` as it ships on ONNX Runtime in INT8 (exported, quantized on 64 training images of the study's
-    data set, head decoding in FP32) at ``dest``; its mAP measured on that file (val split, ultralytics' backend)
-    and its latency timed interleaved with the study's base model quantized alike (batch 1, the trial's threads)."""
+def deployed_artifact(study: optuna.Study, t: FrozenTrial, checkpoint: Path, dest: Path, fmt: Format) -> dict[str, Any]:
+    """``checkpoint`` as it ships in ``fmt`` at ``dest`` (exported by ultralytics' exporter at the trial's deployment
+    size; INT8 quantized on 64 training images of the study's data set, head decoding in floating point); its mAP
+    measured on that artifact (val split, ultralytics' backend for the format) and its latency timed interleaved
+    with the study's base model exported alike (batch 1, the trial's threads)."""
     from autoprune.adapters import ultra
     from autoprune.config.sections import LatencySettings
     from autoprune.engine.latency import measure_interleaved, run_spec
     from autoprune.engine.runtimes import CALIBRATION_IMAGES, export_deployed
 
+    assert fmt.runtime is not None
     data = str(records.baseline(study).get("data") or "")
     base_path = str(records.baseline(study).get("model") or "")
     if not Path(data).is_file() or not Path(base_path).is_file():
-        raise InputError(f"--format onnx-int8: the study's data set {data or '-'} and base model {base_path or '-'} "
-                         "are needed to calibrate and to time against")
+        raise InputError(f"--format {fmt.name}: the study's data set {data or '-'} and base model {base_path or '-'} "
+                         "are needed to calibrate, validate and time against")
     lat = records.trial(t).latency
     imgsz = int(lat.get("imgsz") or records.baseline(study).get("imgsz") or 640)
-    timing = LatencySettings(warmup=5, runs=30, rounds=6, threads=int(lat.get("threads", 2)), runtime="onnxruntime",
-                             precision="int8")
+    timing = LatencySettings(warmup=5, runs=30, rounds=6, threads=int(lat.get("threads", 2)), runtime=fmt.runtime,
+                             precision=fmt.precision)
     model = ultra.deploy_copy(ultra.load_model(checkpoint))
-    path = export_deployed(model, run_spec("cpu", imgsz, timing, data))
+    path = export_deployed(model, run_spec(fmt.device, imgsz, timing, data), fmt.runtime)
     try:
-        shutil.copyfile(path, dest)
+        (shutil.copytree if path.is_dir() else shutil.copyfile)(path, dest)
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
-    m50, m = ultra.validate_exported(dest, data, imgsz, ultra.model_task(model))
-    il = measure_interleaved(model, ultra.deploy_copy(ultra.load_model(base_path)), imgsz, "cpu", timing,
+    m50, m = ultra.validate_exported(dest, data, imgsz, ultra.model_task(model), device=fmt.device)
+    il = measure_interleaved(model, ultra.deploy_copy(ultra.load_model(base_path)), imgsz, fmt.device, timing,
                              calibration=data)
-    return {"format": "onnx-int8", "file": dest.name, "runtime": "onnxruntime", "precision": "int8", "imgsz": imgsz,
-            "split": "val", "map50_95": m, "map50": m50, "calibration": f"{CALIBRATION_IMAGES} train images of {data}",
-            "latency_ms": il.candidate.median_ms, "base_int8_latency_ms": il.reference.median_ms,
-            "latency_ratio_vs_int8_base": il.ratio, "threads": timing.threads}
+    out = {"format": fmt.name, "file": dest.name, "runtime": fmt.runtime, "precision": fmt.precision, "imgsz": imgsz,
+           "split": "val", "map50_95": m, "map50": m50, "latency_ms": il.candidate.median_ms,
+           "base_latency_ms": il.reference.median_ms, "latency_ratio_vs_base": il.ratio, "threads": timing.threads}
+    if fmt.precision == "int8":
+        out["calibration"] = f"{CALIBRATION_IMAGES} train images of {data}"
+    return out
 
 
 def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_dir: str | Path, onnx: bool = True,
                  artifact_dir: str | Path | None = None, prepare: Prepare | None = None,
                  force: bool = False, fmt: str = "onnx") -> ExportResult:
     """Write policy.yaml, pruned.pt, tp_ratios.yaml and (optionally) pruned.onnx of trial ``t`` into ``out_dir``;
-    with ``fmt="onnx-int8"`` also pruned_int8.onnx (see :func:`deployed_int8`), whose measured mAP and latency go
-    into the policy file's ``deployed`` section.
+    with a deployment ``fmt`` (:data:`FORMATS`: onnx-int8, openvino, openvino-int8, engine) also its artifact (see
+    :func:`deployed_artifact`), whose measured mAP and latency go into the policy file's ``deployed`` section.
 
     ``prepare(checkpoint, document)`` may change the staged checkpoint in place (``autoprune finalize``
     fine-tunes it) and returns a record stored as the policy file's ``finalize`` section. Files are staged
@@ -250,6 +265,9 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
     """
     from autoprune.adapters import tp, ultra
 
+    deployment = check_format(fmt)
+    if fmt == "onnx-int8" and not onnx:
+        raise InputError(f"--format {fmt} needs the ONNX export (drop --no-onnx)")
     if t.state != TrialState.COMPLETE:
         raise InputError(f"trial {t.number} is {t.state.name}, not COMPLETE")
     role = records.role(study)
@@ -272,8 +290,9 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
                                     int(doc.metrics.get("params", -1)))
         if prepare is not None:
             doc = dataclasses.replace(doc, finalize=prepare(checkpoint, doc))
-        if fmt == "onnx-int8":
-            doc = dataclasses.replace(doc, deployed=deployed_int8(study, t, checkpoint, stage / "pruned_int8.onnx"))
+        if deployment.runtime is not None:
+            doc = dataclasses.replace(doc, deployed=deployed_artifact(study, t, checkpoint, stage / deployment.file,
+                                                                      deployment))
         dump_policy_file(doc, stage / "policy.yaml")
         original = {layer.name: layer.channels for layer in records.layers(study) or []}
         modules = tp.torch_pruning_modules(ultra.load_model(checkpoint), list(original))
@@ -285,6 +304,8 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
             diff = onnx_max_abs_diff(checkpoint, stage / "pruned.onnx", doc.imgsz)
         out.mkdir(parents=True, exist_ok=True)
         for f in sorted(stage.iterdir()):
+            if (out / f.name).is_dir():  # an artifact folder (OpenVINO) written before, replaced with --force
+                shutil.rmtree(out / f.name)
             f.replace(out / f.name)
     logger.info("exported trial %d to %s", t.number, out)
     return ExportResult(t.number, out, out / "policy.yaml", out / "pruned.pt", out / "pruned.onnx" if onnx else None,

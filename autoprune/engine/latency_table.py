@@ -10,7 +10,7 @@ compute. It leaves out what is not a convolution (concatenation, upsampling, the
 so it is best read as a ratio to the base's estimate; ``benchmarks/latency.py --lut`` checks that
 ratio against the measured one.
 
-``torch`` and ``onnxruntime`` time the layer on themselves; ``cuda-graph`` and ``tensorrt`` as a
+``torch``, ``onnxruntime`` and ``openvino`` time the layer on themselves; ``cuda-graph`` and ``tensorrt`` as a
 captured CUDA graph (TensorRT is approximated by it).
 """
 
@@ -121,9 +121,9 @@ def conv_shapes(model: nn.Module, imgsz: int) -> list[ConvShape]:
 
 def _versions(runtime: str) -> str:
     out = f"torch {torch.__version__}"
-    if runtime == "onnxruntime":
+    if runtime in ("onnxruntime", "openvino"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            out += f" onnxruntime {importlib.metadata.version('onnxruntime')}"
+            out += f" {runtime} {importlib.metadata.version(runtime)}"
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from autoprune.config.spec import TrialSettings
+from autoprune.engine import runtimes
 from autoprune.engine.latency import InterleavedLatency, measure_interleaved, measure_latency, run_spec
 from autoprune.engine.latency_table import LatencyTable
 from autoprune.engine.runtimes import export_deployed
@@ -113,16 +114,18 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
 
 def deployed_map(deployed: nn.Module, s: TrialSettings, imgsz: int) -> tuple[tuple[str, float], ...]:
     """``deployed_map50``/``deployed_map50_95``: the model as it is deployed, at the deployment size ``imgsz``,
-    validated on the val split. On ONNX Runtime: the file exported (and, in INT8, quantized) as it is timed, batch
-    1, through ultralytics' backend for the file; on the torch runtimes: the model itself at that size."""
+    validated on the val split. On a runtime that runs an exported file (ONNX Runtime, OpenVINO, TensorRT): that
+    file exported (and, in INT8, quantized) as it is timed, batch 1, through ultralytics' backend for the format; on
+    the torch runtimes: the model itself at that size."""
     import shutil
 
     from autoprune.adapters import ultra
 
-    if s.latency.runtime != "onnxruntime":
+    if runtimes.REGISTRY.get(s.latency.runtime).artifact is None:
         val = ultra.validate(deployed, s.data, imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
         return ("deployed_map50", val.map50), ("deployed_map50_95", val.map50_95)
-    path = export_deployed(deployed, run_spec(s.device, imgsz, dataclasses.replace(s.latency, batch=1), s.data))
+    path = export_deployed(deployed, run_spec(s.device, imgsz, dataclasses.replace(s.latency, batch=1), s.data),
+                           s.latency.runtime)
     try:
         m50, m = ultra.validate_exported(path, s.data, imgsz, ultra.model_task(deployed), device=s.device)
     finally:

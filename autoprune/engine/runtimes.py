@@ -6,6 +6,8 @@ synchronous forward pass of a fixed ``batch`` at ``imgsz`` (fp16 with ``half``):
 - ``torch``: eager PyTorch (the default).
 - ``onnxruntime``: the model exported by ultralytics' exporter, run by ONNX Runtime (CPU execution
   provider; CUDA's when the device is CUDA and the provider is installed).
+- ``openvino``: the model exported by ultralytics' exporter to OpenVINO (INT8: quantized by that exporter with
+  NNCF), run by OpenVINO on the CPU with the latency hint and ``threads`` threads.
 - ``cuda-graph``: PyTorch with the forward pass captured once in a CUDA graph and replayed (no
   per-kernel launch overhead: what batch-1 GPU deployments see).
 - ``tensorrt``: a TensorRT engine built by ultralytics' exporter, run by ultralytics' AutoBackend;
@@ -42,7 +44,7 @@ class RunSpec:
     threads: int = 2
     channels: int = 3  # input channels (3 for a model; a layer's own for one timed layer)
     width: int | None = None
-    int8: bool = False  # onnxruntime: the model quantized to INT8 (post-training, static, calibrated)
+    int8: bool = False  # onnxruntime, openvino: the model quantized to INT8 (post-training, static, calibrated)
     calibration: str | None = None  # the data set YAML whose training images calibrate an INT8 model
 
     @property
@@ -58,6 +60,12 @@ class Runtime:
     unavailable: Callable[[str], str | None]  # why it cannot run on ``device`` here (None: it can)
     # one plain layer (autoprune.engine.latency_table); None: the model builder serves layers too
     build_layer: Callable[[nn.Module, RunSpec], Runner] | None = None
+    # ultralytics' export format of the file this runtime runs (validated as deployed); None: the torch model itself
+    artifact: str | None = None
+    int8_tool: str | None = None  # the module that quantizes to INT8 for this runtime; None: no INT8 here
+
+
+CALIBRATION_IMAGES = 64  # training images that calibrate an INT8 model's activation ranges
 
 
 def _sync(dev: torch.device) -> Callable[[], None]:
@@ -105,12 +113,13 @@ def _cuda_graph(model: nn.Module, rs: RunSpec) -> Runner:
     return run
 
 
-def _exported(model: nn.Module, rs: RunSpec, fmt: str) -> Path:
+def _exported(model: nn.Module, rs: RunSpec, fmt: str, int8_data: str | None = None) -> Path:
     from autoprune.adapters import ultra
 
     folder = Path(tempfile.mkdtemp(prefix="autoprune-runtime-"))
     ckpt = ultra.save_checkpoint(model.float().cpu(), folder / "model.pt")
-    return ultra.export_model(ckpt, fmt, rs.imgsz, rs.batch, rs.half, rs.device)
+    return ultra.export_model(ckpt, fmt, rs.imgsz, rs.batch, rs.half, rs.device, int8_data=int8_data,
+                              int8_images=CALIBRATION_IMAGES)
 
 
 def _ort_runner(model: str | bytes, rs: RunSpec) -> Runner:
@@ -128,18 +137,22 @@ def _ort_runner(model: str | bytes, rs: RunSpec) -> Runner:
     return run
 
 
-CALIBRATION_IMAGES = 64  # training images that calibrate an INT8 model's activation ranges
-
-
-def export_deployed(model: nn.Module, rs: RunSpec) -> Path:
-    """``model`` as ONNX Runtime runs it: exported by ultralytics' exporter for ``rs`` (batch, size) and, with
-    ``rs.int8``, quantized to INT8 on :data:`CALIBRATION_IMAGES` images of ``rs.calibration``'s train split. The
-    file lies in a temporary folder of its own: the caller removes ``path.parent``."""
+def export_deployed(model: nn.Module, rs: RunSpec, runtime: str = "onnxruntime") -> Path:
+    """``model`` as ``runtime`` runs it: the file (ONNX, TensorRT engine) or folder (OpenVINO) ultralytics' exporter
+    writes for ``rs`` (batch, size) and, with ``rs.int8``, quantized to INT8 on :data:`CALIBRATION_IMAGES` images of
+    ``rs.calibration``'s train split (ONNX Runtime's static quantization; OpenVINO's by ultralytics' exporter with
+    NNCF). It lies in a temporary folder of its own: the caller removes ``path.parent``."""
+    fmt = REGISTRY.get(runtime).artifact
+    if fmt is None:
+        raise ValueError(f"runtime {runtime} runs the torch model, not an exported file")
+    if rs.int8 and not rs.calibration:
+        raise InputError("latency.precision: int8 needs a data set to calibrate on (its train split)")
+    if fmt != "onnx":
+        return _exported(model, rs, fmt, int8_data=rs.calibration if rs.int8 else None)
     path = _exported(model, rs, "onnx")
     if not rs.int8:
         return path
-    if not rs.calibration:
-        raise InputError("latency.precision: int8 needs a data set to calibrate on (its train split)")
+    assert rs.calibration is not None
     from autoprune.adapters import ort, ultra
 
     n = max(1, -(-CALIBRATION_IMAGES // rs.batch))
@@ -166,6 +179,36 @@ def _onnxruntime_layer(layer: nn.Module, rs: RunSpec) -> Runner:
         torch.onnx.export(layer, (torch.rand(*rs.shape, device=dev, dtype=dtype),), str(path), dynamo=False,
                           opset_version=17, input_names=["x"], output_names=["y"])
         return _ort_runner(path.read_bytes(), rs)
+
+
+def _openvino(model: nn.Module, rs: RunSpec) -> Runner:
+    import numpy as np
+
+    from autoprune.adapters import ov
+
+    folder = export_deployed(model, rs, "openvino")
+    request = ov.compile_model(folder, rs.threads)
+    shutil.rmtree(folder.parent, ignore_errors=True)  # the compiled model holds the network
+    x = np.random.default_rng(0).random(rs.shape).astype(np.float32)
+
+    def run() -> None:
+        ov.infer(request, x)
+
+    return run
+
+
+def _openvino_layer(layer: nn.Module, rs: RunSpec) -> Runner:
+    """One plain layer, converted by OpenVINO's own converter (FP32)."""
+    from autoprune.adapters import ov
+
+    x = torch.rand(*rs.shape)
+    request = ov.compile_module(layer.float().cpu().eval(), x, rs.threads)
+    xn = x.numpy()
+
+    def run() -> None:
+        ov.infer(request, xn)
+
+    return run
 
 
 def _tensorrt(model: nn.Module, rs: RunSpec) -> Runner:
@@ -195,13 +238,22 @@ def _onnxruntime_unavailable(device: str) -> str | None:
     return None if importlib.util.find_spec("onnxruntime") is not None else "needs the onnxruntime package"
 
 
+def _openvino_unavailable(device: str) -> str | None:
+    if importlib.util.find_spec("openvino") is None:
+        return "needs the openvino package (pip install 'autoprune[openvino]')"
+    return None if torch.device(device).type == "cpu" else "runs on device: cpu here"
+
+
 REGISTRY: Registry[Runtime] = Registry("latency runtime")
 REGISTRY.register(Runtime("torch", "eager PyTorch", _torch, lambda device: None))
 REGISTRY.register(Runtime("onnxruntime", "ONNX Runtime (CPU EP; CUDA EP on CUDA when installed)", _onnxruntime,
-                          _onnxruntime_unavailable, _onnxruntime_layer))
+                          _onnxruntime_unavailable, _onnxruntime_layer, artifact="onnx",
+                          int8_tool="onnxruntime.quantization"))
+REGISTRY.register(Runtime("openvino", "OpenVINO on the CPU (ultralytics' exporter; INT8 by NNCF)", _openvino,
+                          _openvino_unavailable, _openvino_layer, artifact="openvino", int8_tool="nncf"))
 REGISTRY.register(Runtime("cuda-graph", "PyTorch with CUDA graphs", _cuda_graph, _needs_cuda))
 REGISTRY.register(Runtime("tensorrt", "TensorRT engine (ultralytics' exporter)", _tensorrt, _tensorrt_unavailable,
-                          _cuda_graph))  # a layer on TensorRT is approximated by a CUDA graph
+                          _cuda_graph, artifact="engine"))  # a layer on TensorRT is approximated by a CUDA graph
 names = REGISTRY.names
 
 
@@ -213,8 +265,11 @@ def check_runtime(runtime: str, device: str, precision: str = "fp32") -> None:
         raise InputError(f"latency.runtime: {runtime} {why}")
     if precision == "fp16" and torch.device(device).type != "cuda":
         raise InputError("latency.precision: fp16 timing needs device: cuda")
-    if precision == "int8" and importlib.util.find_spec("onnxruntime.quantization") is None:
-        raise InputError("latency.precision: int8 needs onnxruntime's quantization tools (pip install onnxruntime)")
+    tool = REGISTRY.get(runtime).int8_tool
+    if precision == "int8" and tool is None:
+        raise InputError(f"latency.precision: int8 is not quantized for runtime {runtime} here")
+    if precision == "int8" and tool is not None and importlib.util.find_spec(tool) is None:
+        raise InputError(f"latency.precision: int8 on {runtime} needs {tool.split('.')[0]}, which is not installed")
 
 
 def build_runner(model: nn.Module, runtime: str, rs: RunSpec) -> Runner:

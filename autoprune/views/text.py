@@ -174,6 +174,6 @@ def render_deployed(d: Mapping[str, Any]) -> list[str]:
     """The line of an export's ``deployed`` record (none without one)."""
     if not d:
         return []
+    ratio = d.get("latency_ratio_vs_base", d.get("latency_ratio_vs_int8_base"))  # the latter: files before openvino
     return [f"{d['file']} ({d['precision']} on {d['runtime']}, {d['imgsz']} px): {d['split']} mAP50-95 "
-            f"{d['map50_95']:.4f}; {d['latency_ms']:.2f} ms, x{d['latency_ratio_vs_int8_base']:.3f} of the base "
-            "model's, quantized alike"]
+            f"{d['map50_95']:.4f}; {d['latency_ms']:.2f} ms, x{ratio:.3f} of the base model's, exported alike"]
