@@ -339,7 +339,7 @@ def test_export_onnx_int8_writes_a_quantized_file_that_validates_to_its_recorded
     d = doc["deployed"]
     assert d["file"] == "pruned_int8.onnx" and d["precision"] == "int8" and d["split"] == "val"
     assert (out / "pruned_int8.onnx").is_file() and (out / "pruned.onnx").is_file()
-    assert d["latency_ms"] > 0 and d["latency_ratio_vs_int8_base"] > 0 and "pruned_int8.onnx (int8" in r.stdout
+    assert d["latency_ms"] > 0 and d["latency_ratio_vs_base"] > 0 and "pruned_int8.onnx (int8" in r.stdout
     sess = onnxruntime.InferenceSession(str(out / "pruned_int8.onnx"), providers=["CPUExecutionProvider"])
     assert "QuantizeLinear" in {n.op_type for n in __import__("onnx").load(str(out / "pruned_int8.onnx")).graph.node}
     assert sess.get_inputs()[0].shape == [1, 3, d["imgsz"], d["imgsz"]]
@@ -349,3 +349,39 @@ def test_export_onnx_int8_writes_a_quantized_file_that_validates_to_its_recorded
     bad = _cli(["export", "spec.yaml", "--trial", str(knee.number), "--format", "onnx-int8", "--no-onnx", "--out",
                 tmp_path / "x"], root, ok=False)
     assert bad.returncode == 2 and "--format onnx-int8 needs the ONNX export" in bad.stderr
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "openvino-int8"])
+def test_export_openvino_writes_a_folder_that_validates_to_its_recorded_map(demo_study, tmp_path, fmt):
+    """--format openvino[-int8]: the folder ultralytics' exporter writes (INT8 by NNCF), loaded by OpenVINO alone and
+    by ultralytics; validating it again gives the mAP policy.yaml records; timed against the base exported alike."""
+    openvino = pytest.importorskip("openvino")
+    from ultralytics import YOLO
+
+    root, study = demo_study
+    knee = max(study.best_trials, key=lambda t: t.number)
+    r = _cli(["export", "spec.yaml", "--trial", str(knee.number), "--format", fmt, "--out", tmp_path / "v"], root)
+    out = tmp_path / "v"
+    d = yaml.safe_load((out / "policy.yaml").read_text())["deployed"]
+    folder = out / d["file"]
+    assert d["runtime"] == "openvino" and d["precision"] == ("int8" if fmt.endswith("int8") else "fp32")
+    assert folder.is_dir() and folder.name.endswith("_openvino_model") and (out / "pruned.onnx").is_file()
+    assert ("calibration" in d) == fmt.endswith("int8") and "train images" in d.get("calibration", "train images")
+    assert d["latency_ms"] > 0 and d["latency_ratio_vs_base"] > 0 and f"{d['file']} ({d['precision']} on" in r.stdout
+    ops = openvino.Core().read_model(str(next(folder.glob("*.xml")))).get_ordered_ops()
+    assert any(op.get_type_name() == "FakeQuantize" for op in ops) == fmt.endswith("int8")
+    again = YOLO(str(folder), task="detect").val(data=study.user_attrs["baseline"]["data"], imgsz=d["imgsz"],
+                                                 plots=False, verbose=False)
+    assert again.box.map == pytest.approx(d["map50_95"], abs=1e-6)
+
+
+def test_export_engine_without_tensorrt_is_refused_in_one_line_before_anything_is_written(demo_study, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    root, study = demo_study
+    r = _cli(["export", "spec.yaml", "--trial", str(study.best_trials[0].number), "--format", "engine", "--out",
+              tmp_path / "e"], root, ok=False)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "--format engine: tensorrt needs the tensorrt package" in r.stderr and not (tmp_path / "e").exists()

@@ -101,7 +101,7 @@ def test_an_int8_trial_records_the_map_of_its_quantized_file(tmp_path, tiny_data
 
 
 @pytest.mark.parametrize("space,latency,message", [
-    ({"precision": ["fp32", "int8"]}, {}, "space.precision: int8 needs runtime: onnxruntime"),
+    ({"precision": ["fp32", "int8"]}, {}, "space.precision: int8 needs runtime: onnxruntime or openvino"),
     ({"precision": ["fp16"]}, {"runtime": "onnxruntime"}, "space.precision: fp16 timing needs device: cuda"),
     ({"precision": ["int4"]}, {"runtime": "onnxruntime"}, "space.precision: 'int4' is not one of fp32, fp16, int8"),
     ({"imgsz": [96, 100]}, {}, "space.imgsz: 100 is not a multiple of 32"),

@@ -25,7 +25,7 @@ def test_the_spec_offers_exactly_the_registered_runtimes():
     ({"runtime": "tensorrt"}, "cpu", "latency.runtime: tensorrt needs device: cuda"),
     ({"half": True}, "cpu", "latency.precision: fp16 timing needs device: cuda"),  # half: the older spelling
     ({"precision": "fp16"}, "cpu", "latency.precision: fp16 timing needs device: cuda"),
-    ({"precision": "int8"}, "cpu", "latency.precision: int8 needs runtime: onnxruntime"),
+    ({"precision": "int8"}, "cpu", "latency.precision: int8 needs runtime: onnxruntime or openvino"),
     ({"precision": "int8", "runtime": "onnxruntime", "lut": True}, "cpu", "latency.lut:"),
     ({"half": True, "precision": "int8"}, "cuda", "latency.half: true contradicts"),
     ({"precision": "int4"}, "cpu", "latency.precision"),

@@ -36,6 +36,7 @@ from autoprune.adapters.ultra_export import (  # noqa: E402
     backend_runner,
     export_model,
     export_onnx,
+    train_image_count,
     validate_exported,
 )
 from autoprune.adapters.ultra_layers import remove_blocks  # noqa: E402
@@ -58,7 +59,7 @@ __all__ = [
     "set_threads", "check_dataset_files", "layer_stage", "model_nc", "model_names", "check_checkpoint",
     "deploy_copy", "save_checkpoint", "export_onnx", "export_model", "backend_runner", "inference_output",
     "total_loss", "trained_imgsz", "remove_blocks", "TASKS", "TASK_METRICS", "model_task", "kpt_shape",
-    "has_polygons", "module_classes", "validate_exported",
+    "has_polygons", "module_classes", "validate_exported", "train_image_count",
 ]
 
 _SUPPORTED_MAJOR_MINOR = ((8, 3), (8, 4))

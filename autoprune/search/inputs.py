@@ -66,7 +66,8 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     check_gpus(spec.resources.gpus)
     from autoprune.engine.runtimes import check_runtime
 
-    check_runtime(spec.latency.runtime, spec.device, spec.latency.precision)
+    for precision in sorted({spec.latency.precision, *(spec.space.precision or ())}):  # the searched ones too
+        check_runtime(spec.latency.runtime, spec.device, precision)
     data = _resolve_data(spec.data)
     info = ultra.read_dataset(str(data))
     ultra.check_dataset_files(spec.data, info)
