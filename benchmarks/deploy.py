@@ -1,12 +1,13 @@
-"""Deploy what users run: each pruned member and the base on ONNX Runtime in FP32 and INT8 (and eager torch FP32),
-timed together and validated on the exported file itself.
+"""Deploy what users run: each pruned member and the base on ONNX Runtime and OpenVINO (when installed), each in
+FP32 and INT8, and on eager torch FP32, timed together and validated on the exported file itself.
 
 Members: the demo base pruned uniformly (group L2, channels rounded to 8; real channel removal) at ``--ratios``,
 each fine-tuned ``--epochs`` epochs at the demo's training size with the final fine-tune every delivered model gets
 (autoprune.deploy.finalize.final_finetune), i.e. finalized, not proxies; a study's finalized deliveries can be
-added with ``--model``. For every model and runtime/precision: the file exported by ultralytics (ONNX; INT8 by
-ONNX Runtime's static quantization on 64 training images, head decoding in FP32), its mAP50-95 measured on that
-file through ultralytics' validator (val split) at ``--imgsz``, and its latency: all the runners of one batch size
+added with ``--model``. For every model and runtime/precision: the file exported by ultralytics (ONNX, INT8 by
+ONNX Runtime's static quantization; OpenVINO, INT8 by ultralytics' exporter with NNCF; both calibrated on 64
+training images, head decoding in floating point), its mAP50-95 measured on that file through ultralytics'
+validator (val split) at ``--val-imgsz``, and its latency: all the runners of one batch size
 timed in interleaved rounds (every model in every round, the order rotating), each round's fastest pass per model,
 so a ratio is a median over rounds of two passes timed side by side. Ratios only; the absolute ms are recorded for
 reference.
@@ -17,6 +18,7 @@ reference.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import statistics
 import sys
@@ -29,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import commit, logger, machine, setup_logging, write_json  # noqa: E402
 
-SETUPS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
+SETUPS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+          *((("openvino", "fp32"), ("openvino", "int8")) if importlib.util.find_spec("openvino") else ()))
 
 
 def members(ratios: list[float], epochs: int, workdir: Path, extra: list[str]) -> tuple[str, str, list[dict]]:
@@ -99,7 +102,8 @@ def deployed_map(model: Any, runtime: str, precision: str, imgsz: int, data: str
 
     if runtime == "torch":
         return ultra.validate(model, data, imgsz, batch=8).map50_95
-    path = export_deployed(model, RunSpec("cpu", imgsz, 1, False, 2, int8=precision == "int8", calibration=data))
+    path = export_deployed(model, RunSpec("cpu", imgsz, 1, False, 2, int8=precision == "int8", calibration=data),
+                           runtime)
     try:
         return ultra.validate_exported(path, data, imgsz, "detect")[1]
     finally:
@@ -144,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             key = f"{rt}-{pr}" if rt != "torch" else "torch"
             entry = res["runtimes"].setdefault(key, {"members": []})
             entry.setdefault("base_map50_95", maps[("base", rt, pr)])
-            fp32_base = best[("base", rt if rt == "torch" else "onnxruntime", "fp32")]
-            int8_base = best[("base", "onnxruntime", "int8")]
+            entry.setdefault("base_int8_map50_95", maps[("base", "onnxruntime" if rt == "torch" else rt, "int8")])
+            fp32_base = best[("base", rt, "fp32")]  # each runtime against its own bases; torch against ORT INT8
+            int8_base = best[("base", "onnxruntime" if rt == "torch" else rt, "int8")]
             for m in found:
                 mine = best[(m["label"], rt, pr)]
                 entry["members"].append({
@@ -153,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                     "params_ratio": m["params_ratio"], "map50_95": maps[(m["label"], rt, pr)],
                     "map_change_vs_fp32_base": maps[(m["label"], rt, pr)] - maps[("base", rt, "fp32")],
                     "speedup_vs_fp32_base": 1.0 / ratio(mine, fp32_base),
-                    "speedup_vs_int8_base": 1.0 / ratio(mine, int8_base), "ms": statistics.median(mine)})
+                    "speedup_vs_int8_base": 1.0 / ratio(mine, int8_base),
+                    "speedup_vs_ort_fp32_base": 1.0 / ratio(mine, best[("base", "onnxruntime", "fp32")]),
+                    "ms": statistics.median(mine)})
             if pr == "int8":
                 entry.setdefault("base_int8_speedup_vs_fp32_base", {})[str(batch)] = 1.0 / ratio(int8_base,
                                                                                                best[("base", rt,
