@@ -57,7 +57,8 @@ def members(ratios: list[float], epochs: int, workdir: Path, extra: list[str]) -
                     "params_ratio": ultra.count_params(model) / base_params,
                     "finetune_val_map50_95_at_160": rec["after"]["val"]["map50_95"]})
     for p in extra:
-        out.append({"label": Path(p).name, "checkpoint": p,
+        name = Path(p).parent.name if Path(p).name == "pruned.pt" else Path(p).stem  # a delivery: its folder
+        out.append({"label": name, "checkpoint": p,
                     "params_ratio": ultra.count_params(ultra.load_model(p)) / base_params})
     return base, data, out
 

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--storage", help="take the policies from this study storage's front ...")
     p.add_argument("--study", help="... of this study")
-    p.add_argument("--runtime", action="append", choices=("torch", "onnxruntime"),
+    p.add_argument("--runtime", action="append", choices=("torch", "onnxruntime", "openvino"),
                    help="runtime(s) to time on (repeatable; default torch)")
     p.add_argument("--lut", action="store_true", help="also estimate each model with the latency lookup table")
     p.add_argument("--random", type=int, default=0, help="random per-layer policies to add (uniform ones only)")

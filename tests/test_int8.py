@@ -5,6 +5,7 @@ whose quantization tools are missing is refused in one line before anything runs
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ def int8_file(tiny_data, tmp_path_factory):
         mp.undo()
     keep = tmp_path_factory.mktemp("int8") / "model_int8.onnx"
     keep.write_bytes(path.read_bytes())
+    shutil.rmtree(path.parent)
     return keep, seen
 
 

@@ -115,6 +115,8 @@ def test_shipped_specs_are_valid():
     assert tech.space.depth.high > 0 and tech.space.lr_step.low < 1 and tech.space.lrf is not None
     ort = load_spec(REPO / "search_spaces" / "deploy_ort.yaml")  # searched for ONNX Runtime at 640, with the table
     assert (ort.latency.runtime, ort.latency.imgsz, ort.latency.lut, ort.imgsz) == ("onnxruntime", 640, True, 160)
+    ov = load_spec(REPO / "search_spaces" / "deploy_openvino.yaml")  # the same for OpenVINO
+    assert ov.replace(name=ort.name, latency=ort.latency) == ort and ov.latency.runtime == "openvino"
 
 
 @pytest.mark.parametrize("content,needle", [
