@@ -120,7 +120,7 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
 
 
 def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budget: float, cuts: list[float],
-                   workdir: Path) -> dict[str, Any]:
+                   workdir: Path, final_share: float | None = None) -> dict[str, Any]:
     from autoprune.config.spec import parse_spec
     from autoprune.deploy.deliver import run_budgeted
     from autoprune.model import records
@@ -128,7 +128,8 @@ def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budge
     started = time.perf_counter()
     raw = yaml.safe_load(DEMO_SPEC.read_text())
     raw.update({"name": f"{arm}-s{seed}", "model": model, "data": data, "imgsz": imgsz, "seed": seed,
-                "budget": budget, "targets": [{"params": round(1 - c, 6)} for c in cuts]})
+                "budget": budget if final_share is None else {"seconds": budget, "final_share": final_share},
+                "targets": [{"params": round(1 - c, 6)} for c in cuts]})
     if arm == "random":
         raw.update({"sampler": {"name": "random"}, "sensitivity": {"probes": 0},
                     "warm_start": {"uniform": 0, "from_fronts": False}})
@@ -261,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=300.0, help="seconds per arm and seed, all targets together")
     p.add_argument("--cuts", type=float, nargs="+", default=[0.5, 0.7], help="params cuts to deliver")
     p.add_argument("--arms", nargs="+", default=["recipe", "autoprune"], choices=ARMS)
+    p.add_argument("--final-share", type=float, default=None, help="the search arms' budget.final_share (default: the "
+                   "spec's); recorded as the arm ARM@finalSHARE")
     p.add_argument("--imgsz", type=int, default=160, help="image size of the dense11 task")
     p.add_argument("--n-test", type=int, default=250)
     p.add_argument("--workdir", type=Path, default=None)
@@ -286,20 +289,21 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         order = args.arms if seed % 2 == 0 else list(reversed(args.arms))  # alternate: machine load hits both
         for arm in order:
-            rec = res["arms"].setdefault(arm, {"seeds": [], "test_map": {k: [] for k in keys},
+            key = arm if args.final_share is None or arm == "recipe" else f"{arm}@final{args.final_share:g}"
+            rec = res["arms"].setdefault(key, {"seeds": [], "test_map": {k: [] for k in keys},
                                                "params_ratio": {k: [] for k in keys},
                                                "policies": {k: [] for k in keys}, "epochs": {k: [] for k in keys},
                                                "wall_s": [], "load": []})
             if seed in rec["seeds"]:
                 continue
             rec.setdefault("commits", []).append(res["commit"])  # per seed: arms of one file may come from reruns
-            logger.info("task %s, seed %d, arm %s: budget %.0f s", args.task, seed, arm, args.budget)
+            logger.info("task %s, seed %d, arm %s: budget %.0f s", args.task, seed, key, args.budget)
             load0 = os.getloadavg()[0]
             if arm == "recipe":
                 one = run_recipe(model, data, imgsz, seed, args.budget, args.cuts)
             else:
                 one = run_search_arm(arm, model, data, imgsz, seed, args.budget, args.cuts,
-                                     workdir / f"{arm}-{seed}")
+                                     workdir / f"{key}-{seed}", args.final_share)
             rec["seeds"].append(seed)
             for field in ("test_map", "params_ratio", "policies", "epochs"):
                 for k in keys:
