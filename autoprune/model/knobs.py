@@ -253,9 +253,9 @@ register(Knob("sparsity", "BN-scale L1 of the sparse-trained base pruned from (n
 register(Knob("depth", "layer pruning: share of each block's repeated bottlenecks removed (at least one kept)",
               Real(0.0, 1.0, high_open=True), None, 0.0, "prune"))
 register(Knob("precision", "the deployed model's precision (unset: latency.precision): fp32, fp16 (GPU runtimes) or "
-              "int8 (ONNX Runtime static quantization, calibrated on training images); latency and deployed mAP are "
-              "measured on the model in it", Names(("fp32", "fp16", "int8"), "precision"), None, None, "deploy",
-              screen_fix=first))
+              "int8 (static quantization on ONNX Runtime or OpenVINO, calibrated on training images); latency and "
+              "deployed mAP are measured on the model in it", Names(("fp32", "fp16", "int8"), "precision"), None, None,
+              "deploy", screen_fix=first))
 register(Knob("deploy_imgsz", "the deployment input size (unset: latency.imgsz, else imgsz); latency and deployed mAP "
               "are measured at it", Numbers(32, 4096, integer=True, what="image sizes (multiples of 32)"), None,
               None, "deploy", screen_fix=first, spec_key="imgsz"))
