@@ -1,5 +1,5 @@
-"""All contact with OpenVINO (and NNCF's logging): compiling an exported OpenVINO model or one plain layer for the
-CPU with a fixed number of threads, and one synchronous inference.
+"""All contact with OpenVINO (and NNCF's logging): compiling an exported OpenVINO model (or an ONNX file: one plain
+layer) for the CPU with a fixed number of threads, and one synchronous inference.
 
 Models are exported, and quantized to INT8 with NNCF, by ultralytics' own exporter (``format=openvino``, ``int8``;
 see :func:`autoprune.adapters.ultra_export.export_model`), which keeps the detection head's decoding in floating
@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compile_model", "compile_module", "infer", "version", "quiet_nncf"]
+__all__ = ["compile_model", "infer", "version", "quiet_nncf"]
 
 
 def _core() -> Any:
@@ -40,21 +40,9 @@ def model_file(path: str | Path) -> Path:
 
 
 def compile_model(path: str | Path, threads: int | None = None) -> Any:
-    """An infer request over the OpenVINO model at ``path`` (its folder or .xml), compiled for the CPU with the
-    latency hint and ``threads`` inference threads."""
+    """An infer request over the model at ``path`` (an OpenVINO folder or .xml, or an ONNX file), compiled for the
+    CPU with the latency hint and ``threads`` inference threads."""
     return _core().compile_model(str(model_file(path)), "CPU", _config(threads)).create_infer_request()
-
-
-def compile_module(module: Any, example: Any, threads: int | None = None) -> Any:
-    """An infer request over a torch module (one plain layer) converted by OpenVINO's own converter."""
-    import warnings
-
-    import openvino
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation notices
-        ov_model = openvino.convert_model(module, example_input=example, input=[tuple(example.shape)])
-    return _core().compile_model(ov_model, "CPU", _config(threads)).create_infer_request()
 
 
 def infer(request: Any, x: Any) -> Any:
