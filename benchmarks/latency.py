@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import logger, machine, setup_logging, write_json  # noqa: E402
+from _common import commit, logger, machine, setup_logging, write_json  # noqa: E402
 from autoprune.model import criteria  # noqa: E402
 from autoprune.model.shapes import target_keep  # noqa: E402
 
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         plain.append(measure_latency(probe, args.imgsz, timing=timing).median_ms)
     first = per_runtime[runtimes[0]]
     result = {
-        "machine": machine(), "imgsz": args.imgsz, "runs": args.runs, "rounds": args.rounds,
+        "commit": commit(), "machine": machine(), "imgsz": args.imgsz, "runs": args.runs, "rounds": args.rounds,
         "source": f"front of study {args.study}" if args.study else "uniform policies",
         "rows": first["rows"],  # the first runtime's (kept for readers of the earlier layout)
         "mean_latency_reduction_per_macs_reduction": first["mean_latency_reduction_per_macs_reduction"],
