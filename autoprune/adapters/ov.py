@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compile_model", "infer", "version", "quiet_nncf"]
+__all__ = ["compile_model", "infer", "model_file", "quiet_nncf"]
 
 
 def _core() -> Any:
@@ -48,12 +48,6 @@ def compile_model(path: str | Path, threads: int | None = None) -> Any:
 def infer(request: Any, x: Any) -> Any:
     """One synchronous inference of ``x`` (the model's first input)."""
     return request.infer({0: x})
-
-
-def version() -> str:
-    import openvino
-
-    return str(openvino.__version__)
 
 
 def quiet_nncf() -> None:
