@@ -148,10 +148,9 @@ def export_deployed(model: nn.Module, rs: RunSpec, runtime: str = "onnxruntime")
         raise ValueError(f"runtime {runtime} runs the torch model, not an exported file")
     if rs.int8 and not rs.calibration:
         raise InputError("latency.precision: int8 needs a data set to calibrate on (its train split)")
-    if fmt != "onnx":
-        return _exported(model, rs, fmt, int8_data=rs.calibration if rs.int8 else None)
-    path = _exported(model, rs, "onnx")
-    if not rs.int8:
+    # OpenVINO (and TensorRT) quantize inside ultralytics' exporter; ONNX Runtime quantizes the exported file below
+    path = _exported(model, rs, fmt, int8_data=rs.calibration if rs.int8 and fmt != "onnx" else None)
+    if fmt != "onnx" or not rs.int8:
         return path
     assert rs.calibration is not None
     from autoprune.adapters import ort, ultra
@@ -224,7 +223,7 @@ def _openvino_layer(layer: nn.Module, rs: RunSpec) -> Runner:
 def _tensorrt(model: nn.Module, rs: RunSpec) -> Runner:
     from autoprune.adapters import ultra
 
-    engine = _exported(model, rs, "engine")
+    engine = export_deployed(model, rs, "tensorrt")
     run = ultra.backend_runner(engine, rs.device, rs.batch, rs.imgsz, rs.half)
     shutil.rmtree(engine.parent, ignore_errors=True)  # the backend holds the engine
     return run
