@@ -29,7 +29,8 @@ def machine() -> dict[str, Any]:
     from autoprune.engine.latency import device_name
 
     return {"cpu": device_name("cpu"), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": str(torch.__version__), "cuda": torch.cuda.is_available()}
+            "torch": str(torch.__version__), "cuda": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def run_arm(workdir: Path, raw: dict[str, Any]) -> tuple[optuna.Study, float]:
@@ -62,9 +63,12 @@ def setup_logging() -> None:
 
 
 def commit() -> str | None:
-    """The git commit the benchmarks run on (None outside a checkout)."""
+    """The git commit the benchmarks run on; outside a checkout (a copy sent to a GPU machine) the one named by
+    ``AUTOPRUNE_BENCH_COMMIT``, else None."""
+    import os
+
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).resolve().parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("AUTOPRUNE_BENCH_COMMIT")

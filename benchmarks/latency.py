@@ -62,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--storage", help="take the policies from this study storage's front ...")
     p.add_argument("--study", help="... of this study")
-    p.add_argument("--runtime", action="append", choices=("torch", "onnxruntime", "openvino"),
+    p.add_argument("--runtime", action="append",
+                   choices=("torch", "onnxruntime", "openvino", "cuda-graph", "tensorrt"),
                    help="runtime(s) to time on (repeatable; default torch)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N (cuda-graph and tensorrt need cuda)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="deployed precision")
     p.add_argument("--lut", action="store_true", help="also estimate each model with the latency lookup table")
     p.add_argument("--random", type=int, default=0, help="random per-layer policies to add (uniform ones only)")
     p.add_argument("--seed", type=int, default=0)
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.engine.pipeline import TRACE_IMGSZ
 
     # the spec's timing (its estimator, re-timing a spread ratio), with this script's passes and rounds
-    timing = LatencySettings(warmup=3, runs=args.runs, rounds=args.rounds, threads=args.threads)
+    timing = LatencySettings(warmup=3, runs=args.runs, rounds=args.rounds, threads=args.threads,
+                             precision=args.precision)
     base_path = resolve_demo_model()
     base = ultra.load_model(base_path)
     original = tp.channel_counts(base, TRACE_IMGSZ)
@@ -110,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     per_runtime = {}
     for runtime in runtimes:
         rows = []
-        table = LatencyTable(runtime, "cpu", args.threads) if args.lut else None
+        table = LatencyTable(runtime, args.device, args.threads) if args.lut else None
         base_lut = table.estimate(base_deployed, args.imgsz).ms if table else None
         for label, deployed, macs_ratio in pruned_models:
-            il = measure_interleaved(deployed, base_deployed, args.imgsz, timing=replace(timing, runtime=runtime))
+            il = measure_interleaved(deployed, base_deployed, args.imgsz, args.device,
+                                     timing=replace(timing, runtime=runtime))
             row = {"policy": label, "macs_ratio": macs_ratio, "latency_ratio": il.ratio,
                    "latency_ms": il.candidate.median_ms, "baseline_ms": il.reference.median_ms,
                    "ratio_cv_within": il.ratio_cv,
@@ -140,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     probe = pruned_models[len(pruned_models) // 2][1]
     ratios, plain = [], []
     for _ in range(args.repeats):
-        ratios.append(measure_interleaved(probe, base_deployed, args.imgsz, timing=timing).ratio)
-        plain.append(measure_latency(probe, args.imgsz, timing=timing).median_ms)
+        ratios.append(measure_interleaved(probe, base_deployed, args.imgsz, args.device, timing=timing).ratio)
+        plain.append(measure_latency(probe, args.imgsz, args.device, timing=timing).median_ms)
     first = per_runtime[runtimes[0]]
     result = {
-        "commit": commit(), "machine": machine(), "imgsz": args.imgsz, "runs": args.runs, "rounds": args.rounds,
+        "commit": commit(), "machine": machine(), "device": args.device, "precision": args.precision,
+        "imgsz": args.imgsz, "runs": args.runs, "rounds": args.rounds,
         "source": f"front of study {args.study}" if args.study else "uniform policies",
         "rows": first["rows"],  # the first runtime's (kept for readers of the earlier layout)
         "mean_latency_reduction_per_macs_reduction": first["mean_latency_reduction_per_macs_reduction"],
