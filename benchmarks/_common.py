@@ -63,12 +63,14 @@ def setup_logging() -> None:
 
 
 def commit() -> str | None:
-    """The git commit the benchmarks run on; outside a checkout (a copy sent to a GPU machine) the one named by
-    ``AUTOPRUNE_BENCH_COMMIT``, else None."""
+    """The git commit the benchmarks run on: ``AUTOPRUNE_BENCH_COMMIT`` where set (a copy of the tree sent to a GPU
+    machine, whose git metadata may name an older commit), else the checkout's HEAD (None outside a checkout)."""
     import os
 
+    if os.environ.get("AUTOPRUNE_BENCH_COMMIT"):
+        return os.environ["AUTOPRUNE_BENCH_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).resolve().parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("AUTOPRUNE_BENCH_COMMIT")
+        return None
