@@ -17,6 +17,9 @@ every seed. The arms:
   the same base model): the scan is made once per task before the seeds, outside the arm's budget, and marked as
   reused in the arm's ledger.
 
+``--final-share S`` and ``--patience N`` set the search arms' ``budget.final_share`` / ``budget.patience``; such an
+arm is recorded as ``ARM@finalS`` / ``ARM@patienceN``.
+
 The final fine-tune is the same function for every arm (:func:`autoprune.deploy.finalize.final_finetune`: one
 optimizer step a batch, one warm-up epoch, cosine decay, EMA, lr 0.01, ultralytics' time-budgeted training). Model
 selection uses the val split only; the reported mAP50-95 is that of the finalized model on a test split of >= 200
@@ -120,7 +123,7 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
 
 
 def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budget: float, cuts: list[float],
-                   workdir: Path, final_share: float | None = None) -> dict[str, Any]:
+                   workdir: Path, budget_knobs: dict[str, float] | None = None) -> dict[str, Any]:
     from autoprune.config.spec import parse_spec
     from autoprune.deploy.deliver import run_budgeted
     from autoprune.model import records
@@ -128,7 +131,7 @@ def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budge
     started = time.perf_counter()
     raw = yaml.safe_load(DEMO_SPEC.read_text())
     raw.update({"name": f"{arm}-s{seed}", "model": model, "data": data, "imgsz": imgsz, "seed": seed,
-                "budget": budget if final_share is None else {"seconds": budget, "final_share": final_share},
+                "budget": {"seconds": budget, **(budget_knobs or {})},
                 "targets": [{"params": round(1 - c, 6)} for c in cuts]})
     if arm == "random":
         raw.update({"sampler": {"name": "random"}, "sensitivity": {"probes": 0},
@@ -264,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", default=["recipe", "autoprune"], choices=ARMS)
     p.add_argument("--final-share", type=float, default=None, help="the search arms' budget.final_share (default: the "
                    "spec's); recorded as the arm ARM@finalSHARE")
+    p.add_argument("--patience", type=int, default=None, help="the search arms' budget.patience (default: the spec's); "
+                   "recorded as the arm ARM@patienceN")
     p.add_argument("--imgsz", type=int, default=160, help="image size of the dense11 task")
     p.add_argument("--n-test", type=int, default=250)
     p.add_argument("--workdir", type=Path, default=None)
@@ -286,10 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         res = {"task": args.task, "budget_s": args.budget, "targets": keys, "imgsz": imgsz,
                "base_test_map": base_test_map(model, data, imgsz), "seeds": [], "arms": {}}
     res.update({"commit": commit(), "machine": machine(), "n_test": args.n_test})
+    tagged = [(tag, v) for tag, v in (("final", args.final_share), ("patience", args.patience)) if v is not None]
+    knobs = {k: v for k, v in (("final_share", args.final_share), ("patience", args.patience)) if v is not None}
     for seed in args.seeds:
         order = args.arms if seed % 2 == 0 else list(reversed(args.arms))  # alternate: machine load hits both
         for arm in order:
-            key = arm if args.final_share is None or arm == "recipe" else f"{arm}@final{args.final_share:g}"
+            key = arm if arm == "recipe" else arm + "".join(f"@{tag}{v:g}" for tag, v in tagged)
             rec = res["arms"].setdefault(key, {"seeds": [], "test_map": {k: [] for k in keys},
                                                "params_ratio": {k: [] for k in keys},
                                                "policies": {k: [] for k in keys}, "epochs": {k: [] for k in keys},
@@ -303,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 one = run_recipe(model, data, imgsz, seed, args.budget, args.cuts)
             else:
                 one = run_search_arm(arm, model, data, imgsz, seed, args.budget, args.cuts,
-                                     workdir / f"{key}-{seed}", args.final_share)
+                                     workdir / f"{key}-{seed}", knobs)
             rec["seeds"].append(seed)
             for field in ("test_map", "params_ratio", "policies", "epochs"):
                 for k in keys:

@@ -268,3 +268,39 @@ def test_a_round_may_borrow_grace_only_while_a_target_is_uncovered():
     study.tell(t, [0.6, 480.0])
     assert clock.round_deadline(study, spec) == 100.0
     assert Clock(deadline=100.0, ledger=Ledger(), started=0.0).round_deadline(study, _spec()) == 100.0
+
+
+def test_patience_hands_the_search_share_to_the_final_once_no_winner_improves():
+    """``budget.patience: 1``: the round plan stops after a round in which no target's winner got better; without
+    it (0) the rounds go on. The rounds are driven by hand: each "round" adds a completed trial to the study."""
+    import time as _time
+
+    from autoprune.model import records
+    from autoprune.search.run import Clock, _round_plan
+
+    def add(study, m, p):
+        t = study.ask()
+        records.write_result(t, {}, {"map50_95": m, "params": p})
+        study.tell(t, [m, p])
+
+    def rounds(patience):
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
+        spec = _spec(budget={"seconds": 1000, "patience": patience}, targets=[{"params": 0.5}])
+        plan = _round_plan(study, spec, 100, Clock(deadline=_time.time() + 1000, ledger=Ledger(), started=0.0))
+        sizes = [next(plan)]  # round 1: nothing meets the target yet
+        for m, p in ((0.6, 480.0), (0.7, 450.0), (0.65, 400.0), (0.69, 300.0)):  # better, better, worse, worse
+            add(study, m, p)
+            sizes.append(next(plan, None))
+        return sizes
+
+    assert rounds(1) == [2, 2, 2, None, None]  # the round after the first that did not improve the winner stops it
+    assert rounds(2) == [2, 2, 2, 2, None]
+    assert rounds(0) == [2, 2, 2, 2, 2]
+
+
+def test_patience_is_read_and_checked():
+    assert _spec(budget={"seconds": 60, "patience": 3}).budget.patience == 3
+    assert _spec(budget="60s").budget.patience == 0
+    with pytest.raises(SpecError, match="budget.patience"):
+        _spec(budget={"seconds": 60, "patience": -1})

@@ -147,6 +147,9 @@ class Budget:
     seconds: float | None = None  # None: no clock; the search runs ``trials`` trials
     final_share: float = field(default=0.5, metadata=bounds(gt=0))  # of the budget, for the final fine-tunes
     final_lr: float = field(default=0.01, metadata=bounds(gt=0))  # the final fine-tune's initial learning rate
+    # rounds in a row in which no target's winner improved, after which the search hands what is left of its share
+    # to the final fine-tunes (0: the search uses its whole share)
+    patience: int = field(default=0, metadata=bounds(min=0, max=10_000))
 
 
 @dataclass(frozen=True)

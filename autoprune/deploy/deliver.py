@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from autoprune.config.spec import SearchSpec
 from autoprune.deploy.finalize import FinalizeSettings, finalize_trial
 from autoprune.errors import AutopruneError
 from autoprune.model import records
 from autoprune.model.budget import Ledger, Target, format_duration
-from autoprune.model.constraints import feasible
 from autoprune.search.run import Clock, Progress, SearchOutcome, run_search
+from autoprune.search.targets import trial_for_target
 
 logger = logging.getLogger(__name__)
 
@@ -66,20 +66,6 @@ class BudgetedOutcome:
 
 def delivery_dir(spec: SearchSpec, target: Target) -> Path:
     return spec.study_dir / "final" / target.label
-
-
-def trial_for_target(study: optuna.Study, target: Target) -> FrozenTrial | None:
-    """The completed, feasible trial with the best val mAP50-95 (then the fewest parameters) among those that meet
-    ``target`` (None: none do)."""
-    base = records.baseline_metrics(study)
-    fits = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if feasible(t.constraints) and "map50_95" in records.trial(t).metrics
-            and target.meets(records.trial(t).metrics, base)]
-    def rank(t: FrozenTrial) -> tuple[float, float]:  # best mAP; of equals the smaller (so it is on the front)
-        m = records.trial(t).metrics
-        return m["map50_95"], -float(m.get("params", 0.0))
-
-    return max(fits, key=rank, default=None)
 
 
 def run_budgeted(spec: SearchSpec, started: float, max_new_trials: int | None = None,

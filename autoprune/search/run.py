@@ -35,6 +35,7 @@ from autoprune.search.study import (
     masked,
     open_study_for,
 )
+from autoprune.search.targets import covered, winner_maps
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +117,23 @@ def round_sizes(n: int, rounds: int) -> list[int]:
 def _round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock | None) -> Iterator[int]:
     """Fine-tuned trials per round: ``screening.rounds`` equal rounds of ``n_new``; with a clock, rounds of
     ``max(2, concurrent)`` trials while a round is expected to end before the deadline (from the trials and screens
-    so far: the first round always runs), shrunk to what fits, until ``n_new`` trials ran."""
+    so far: the first round always runs), shrunk to what fits, until ``n_new`` trials ran, or until
+    ``budget.patience`` rounds in a row left every target's winner as it was (what is left of the search's share
+    then goes to the final fine-tunes)."""
     if clock is None:
         yield from round_sizes(n_new, spec.screening.rounds)
         return
     from autoprune.search.promotion import mean_screen_seconds
 
     size, left = max(2, spec.resources.concurrent), n_new
+    stale, best = 0, None  # rounds in a row after which no target's winner improved (a winner's mAP only rises)
     while left > 0:
+        now = winner_maps(study, spec.targets)
+        stale, best = (stale + 1 if now == best else 0), now
+        if spec.budget.patience and spec.targets and None not in now and stale >= spec.budget.patience:
+            logger.info("budget: no target's winner improved in %d round(s): the search hands its remaining %.0f s "
+                        "to the final fine-tune", stale, max(0.0, clock.deadline - time.time()))
+            return
         trial_s = records.mean_wall_seconds(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         screen_s = mean_screen_seconds(spec, study)
         remaining = clock.round_deadline(study, spec) - time.time()
@@ -172,13 +182,7 @@ class Clock:
         """The deadline of the next round's screens and trials: ``grace`` while a target is uncovered."""
         if self.grace is None or not spec.targets:
             return self.deadline
-        from autoprune.model.constraints import feasible
-
-        base = records.baseline_metrics(study)
-        done = [records.trial(t).metrics for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if feasible(t.constraints)]
-        covered = all(any(t.meets(m, base) for m in done) for t in spec.targets)
-        return self.deadline if covered else max(self.deadline, self.grace)
+        return self.deadline if covered(study, spec.targets) else max(self.deadline, self.grace)
 
 
 def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address: str | None = None,

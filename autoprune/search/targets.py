@@ -1,0 +1,44 @@
+"""Which completed trial a budgeted run would deliver for each target, read from the study (the search's rounds and
+the final fine-tunes ask the same question)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune.model import records
+from autoprune.model.budget import Target
+from autoprune.model.constraints import feasible
+
+__all__ = ["trial_for_target", "covered", "winner_maps"]
+
+
+def trial_for_target(study: optuna.Study, target: Target) -> FrozenTrial | None:
+    """The completed, feasible trial with the best val mAP50-95 (then the fewest parameters) among those that meet
+    ``target`` (None: none do)."""
+    base = records.baseline_metrics(study)
+    fits = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if feasible(t.constraints) and "map50_95" in records.trial(t).metrics
+            and target.meets(records.trial(t).metrics, base)]
+
+    def rank(t: FrozenTrial) -> tuple[float, float]:  # best mAP; of equals the smaller (so it is on the front)
+        m = records.trial(t).metrics
+        return m["map50_95"], -float(m.get("params", 0.0))
+
+    return max(fits, key=rank, default=None)
+
+
+def winner_maps(study: optuna.Study, targets: Sequence[Target]) -> tuple[float | None, ...]:
+    """Each target's winner's val mAP50-95 (None: no trial meets the target yet)."""
+    winners = (trial_for_target(study, t) for t in targets)
+    return tuple(float(records.trial(w).metrics["map50_95"]) if w is not None else None for w in winners)
+
+
+def covered(study: optuna.Study, targets: Sequence[Target]) -> bool:
+    """Whether every target has a completed, feasible trial that meets it."""
+    base = records.baseline_metrics(study)
+    done = [records.trial(t).metrics for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if feasible(t.constraints)]
+    return all(any(t.meets(m, base) for m in done) for t in targets)
