@@ -126,11 +126,14 @@ def _round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock 
     from autoprune.search.promotion import mean_screen_seconds
 
     size, left = max(2, spec.resources.concurrent), n_new
-    stale, best = 0, None  # rounds in a row after which no target's winner improved (a winner's mAP only rises)
+    patience = spec.budget.patience if spec.targets else 0
+    # rounds in a row after which no target's winner improved (a winner's mAP only rises)
+    stale, best = 0, tuple[float | None, ...]()
     while left > 0:
-        now = winner_maps(study, spec.targets)
-        stale, best = (stale + 1 if now == best else 0), now
-        if spec.budget.patience and spec.targets and None not in now and stale >= spec.budget.patience:
+        if patience:
+            now = winner_maps(study, spec.targets)
+            stale, best = (stale + 1 if now == best else 0), now
+        if patience and None not in best and stale >= patience:
             logger.info("budget: no target's winner improved in %d round(s): the search hands its remaining %.0f s "
                         "to the final fine-tune", stale, max(0.0, clock.deadline - time.time()))
             return
