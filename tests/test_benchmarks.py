@@ -114,6 +114,7 @@ def test_search_vs_recipe_benchmark(tmp_path):
                          "--workdir", str(tmp_path / "w"))
     assert res["task"] == "demo" and res["budget_s"] == 45 and res["targets"] == ["0.5"] and res["seeds"] == [0]
     assert 0 < res["base_test_map"] <= 1 and res["commit"]
+    assert 0 < res["base_finetuned_test_map"] <= 1 and res["base_epochs"] is None  # what training alone buys
     recipe, auto = res["arms"]["recipe"], res["arms"]["autoprune"]
     assert recipe["seeds"] == auto["seeds"] == [0]
     assert 0 <= recipe["test_map"]["0.5"][0] <= 1 and recipe["params_ratio"]["0.5"][0] <= 0.5

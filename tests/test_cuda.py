@@ -61,3 +61,17 @@ def test_fractional_gpu_trials_then_export_and_apply_finetune_on_cuda(tmp_path, 
           "--device", "cuda:0", "--out", "again.pt"], tmp_path)
     again = ultra.load_model(tmp_path / "again.pt")
     assert ultra.count_params(again) == int(study.trials[0].user_attrs["metrics"]["params"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_round_to_auto_on_cuda_times_a_cuda_graph_in_the_deployed_precision(monkeypatch, tmp_path, precision):
+    from autoprune.engine import rounding
+
+    monkeypatch.setenv("AUTOPRUNE_HOME", str(tmp_path))
+    k, m = rounding.choose_round_to("cuda:0", "cuda-graph", 2, precision)
+    assert m["graph"] is True and m["dtype"] == ("float16" if precision == "fp16" else "float32")
+    assert m["counts"] == 14 and m["ratio"] > 0 and k == (8 if m["ratio"] > 1 + rounding.TOLERANCE else 1)
+    eager = rounding.measure_alignment("cuda:0", 2, precision=precision, graph=False)
+    assert eager["graph"] is False and eager["counts"] == 14
+    print(f"{precision}: graph ratio {m['ratio']:.3f} (max {m['max_ratio']:.3f}) -> round_to {k}; "
+          f"eager ratio {eager['ratio']:.3f} (max {eager['max_ratio']:.3f})")

@@ -216,12 +216,15 @@ def test_round_to_auto_is_the_default_and_is_measured_once_per_device(monkeypatc
     monkeypatch.setenv("AUTOPRUNE_HOME", str(tmp_path))
     k, m = rounding.choose_round_to("cpu", "torch", 1)
     assert k in (1, 8) and k == (8 if m["ratio"] > 1 + rounding.TOLERANCE else 1) and m["counts"] == 14
+    assert m["graph"] is False and m["dtype"] == "float32"  # a CUDA graph and half precision only on a GPU
     calls: list[tuple] = []
 
-    def measure(*a, **kw):
+    def measure(*a, **kw):  # fakes the timing: says counts off a multiple run as fast
         calls.append(a)
-        return {}
+        return {"ratio": 1.0}
 
     monkeypatch.setattr(rounding, "measure_alignment", measure)
     assert rounding.choose_round_to("cpu", "torch", 1) == (k, m | {"round_to": k})  # cached: not measured again
     assert calls == []
+    rounding.choose_round_to("cpu", "torch", 1, "int8")  # another deployed precision is measured on its own
+    assert len(calls) == 1

@@ -242,7 +242,7 @@ def _resolve_round_to(spec: SearchSpec) -> SearchSpec:
         return spec
     from autoprune.engine.rounding import choose_round_to
 
-    k, m = choose_round_to(spec.device, spec.latency.runtime, spec.latency.threads)
+    k, m = choose_round_to(spec.device, spec.latency.runtime, spec.latency.threads, spec.latency.precision)
     logger.info("round_to %d (auto): on %s, channel counts off a multiple of 8 ran %.2fx the time of the multiple "
                 "above (measured once, cached)", k, spec.device, m["ratio"])
     return spec.replace(space=spec.space.replace(round_to=(k,)))
