@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="runtime(s) to time on (repeatable; default torch)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (cuda-graph and tensorrt need cuda)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="deployed precision")
+    p.add_argument("--batch", type=int, default=1, help="images per timed pass")
     p.add_argument("--lut", action="store_true", help="also estimate each model with the latency lookup table")
     p.add_argument("--random", type=int, default=0, help="random per-layer policies to add (uniform ones only)")
     p.add_argument("--seed", type=int, default=0)
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # the spec's timing (its estimator, re-timing a spread ratio), with this script's passes and rounds
     timing = LatencySettings(warmup=3, runs=args.runs, rounds=args.rounds, threads=args.threads,
-                             precision=args.precision)
+                             precision=args.precision, batch=args.batch)
     base_path = resolve_demo_model()
     base = ultra.load_model(base_path)
     original = tp.channel_counts(base, TRACE_IMGSZ)
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     first = per_runtime[runtimes[0]]
     result = {
         "commit": commit(), "machine": machine(), "device": args.device, "precision": args.precision,
-        "imgsz": args.imgsz, "runs": args.runs, "rounds": args.rounds,
+        "batch": args.batch, "imgsz": args.imgsz, "runs": args.runs, "rounds": args.rounds,
         "source": f"front of study {args.study}" if args.study else "uniform policies",
         "rows": first["rows"],  # the first runtime's (kept for readers of the earlier layout)
         "mean_latency_reduction_per_macs_reduction": first["mean_latency_reduction_per_macs_reduction"],
