@@ -7,9 +7,9 @@ picks 8 when counts off a multiple are slower than the multiple above by more th
 ``TOLERANCE``, else 1. The result is cached per (device name, runtime, precision, threads) under
 ``$AUTOPRUNE_HOME/cache``. Measured with PyTorch on the device (an ONNX Runtime or TensorRT target
 is approximated by it). On a GPU the convolutions are replayed from a CUDA graph in the deployed
-precision (fp16 in half, else fp32): timed eagerly one by one they are launch-bound and every
-channel count looks alike, while the deployed graph (cuda-graph, TensorRT) runs counts off a
-multiple of 8 up to 1.5x slower (benchmarks/README.md, GPU section).
+precision (fp16 in half, else fp32), as the GPU runtimes run them: timed eagerly, kernel launches
+dilute the difference (on an H100, counts off a multiple of 8 took 1.29-1.42x the time of the
+multiple above eagerly, 2.14-2.16x replayed; benchmarks/README.md, GPU section).
 """
 
 from __future__ import annotations
