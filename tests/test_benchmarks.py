@@ -126,3 +126,14 @@ def test_search_vs_recipe_benchmark(tmp_path):
     assert "autoprune-recipe" in res["summary"] and "recipe: test mAP50-95" in stdout
     warm = res["arms"]["autoprune_warm"]["ledgers"][0]
     assert warm["scan_reused"] and warm["charged_s"]["scan"] < ledger["charged_s"]["scan"]  # the cached scan is free
+    # the winner-rule replay reads that run back: with a tolerance of a whole point every trial that meets the
+    # target is near enough, so the alternative is the largest of them
+    replay, out = _bench(tmp_path, "winner_replay", "--workdir", str(tmp_path / "w"), "--results",
+                         str(tmp_path / "search_vs_recipe.json"), "--tolerance", "1")
+    (row,) = replay["rows"]
+    assert row["seed"] == 0 and row["target"] == "params-50" and row["delivered"] is not None
+    assert replay["summary"]["of"] == 1 and replay["summary"]["differs"] == ("alt" in row)
+    if "alt" in row:  # finalized with the delivered model's epochs, and the delivered trial again as the control
+        assert row["params_ratio"]["alternative"] > row["params_ratio"]["delivered"]
+        assert row["alt"]["epochs"] == row["control"]["epochs"] == row["epochs"]
+        assert 0 <= row["alt"]["test_map"] <= 1 and 0 <= row["control"]["test_map"] <= 1

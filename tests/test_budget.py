@@ -141,6 +141,15 @@ def test_trial_for_target_picks_the_best_feasible_that_meets_it():
     assert trial_for_target(study, Target((("params", 0.5),))).number == 1  # 0.75 at 400 is infeasible
     assert trial_for_target(study, Target((("params", 0.3),))).number == 3
     assert trial_for_target(study, Target((("params", 0.2),))) is None
+    for m, p in ((0.705, 420.0), (0.69, 480.0)):  # two more that meet -50%: better but smaller, worse but larger
+        t = study.ask()
+        records.write_result(t, {}, {"map50_95": m, "params": p})
+        t.set_constraint("map_floor", 0.0)
+        study.tell(t, [m, p])
+    half = Target((("params", 0.5),))
+    assert trial_for_target(study, half).number == 4  # the best mAP
+    assert trial_for_target(study, half, tolerance=0.02).number == 1  # the largest within 2 points of it: 500
+    assert trial_for_target(study, half, tolerance=0.003).number == 4  # 0.7 is 0.005 below: outside
 
 
 def _write_spec(tmp_path, tiny_data, tiny_model_pt, **extra):

@@ -15,9 +15,10 @@ from autoprune.model.constraints import feasible
 __all__ = ["trial_for_target", "covered", "winner_maps"]
 
 
-def trial_for_target(study: optuna.Study, target: Target) -> FrozenTrial | None:
+def trial_for_target(study: optuna.Study, target: Target, tolerance: float = 0.0) -> FrozenTrial | None:
     """The completed, feasible trial with the best val mAP50-95 (then the fewest parameters) among those that meet
-    ``target`` (None: none do)."""
+    ``target`` (None: none do). With ``tolerance`` > 0: of the trials within ``tolerance`` of that best mAP50-95,
+    the one with the most parameters (the least pruned that still meets the target)."""
     base = records.baseline_metrics(study)
     fits = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if feasible(t.constraints) and "map50_95" in records.trial(t).metrics
@@ -27,7 +28,12 @@ def trial_for_target(study: optuna.Study, target: Target) -> FrozenTrial | None:
         m = records.trial(t).metrics
         return m["map50_95"], -float(m.get("params", 0.0))
 
-    return max(fits, key=rank, default=None)
+    best = max(fits, key=rank, default=None)
+    if best is None or tolerance <= 0:
+        return best
+    floor = records.trial(best).metrics["map50_95"] - tolerance
+    near = [t for t in fits if records.trial(t).metrics["map50_95"] >= floor]
+    return max(near, key=lambda t: (float(records.trial(t).metrics.get("params", 0.0)), rank(t)))
 
 
 def winner_maps(study: optuna.Study, targets: Sequence[Target]) -> tuple[float | None, ...]:
