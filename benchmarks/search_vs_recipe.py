@@ -287,11 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=250)
     p.add_argument("--base-epochs", type=int, default=DENSE11_EPOCHS, help="epochs the dense11 base is trained")
     p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="default: results/search_vs_recipe_TASK.json "
+                   "(dense11 on a base of other than 100 epochs: search_vs_recipe_dense11_baseN.json)")
     p.add_argument("--markdown", action="store_true", help="print the results file as a markdown table and exit")
     args = p.parse_args(argv)
     setup_logging()
-    out = args.out or Path(__file__).resolve().parent / "results" / f"search_vs_recipe_{args.task}.json"
+    suffix = f"_base{args.base_epochs}" if args.task == "dense11" and args.base_epochs != 100 else ""
+    out = args.out or Path(__file__).resolve().parent / "results" / f"search_vs_recipe_{args.task}{suffix}.json"
     if args.markdown:
         res = json.loads(out.read_text())
         res["summary"] = summarise(res)
