@@ -18,6 +18,8 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -42,9 +44,7 @@ def _time(c: int, device: torch.device, runs: int, dtype: torch.dtype = torch.fl
     conv = conv.to(device, dtype).eval()
     x = torch.rand(1, c, SIZE, SIZE, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    call, per = (lambda: conv(x)), 1
-    if graph:
-        call, per = _graph_replay(conv, x), GRAPH_REPLAYS
+    call, per = (_graph_replay(conv, x), GRAPH_REPLAYS) if graph else (partial(conv, x), 1)
     for _ in range(3):
         call()
     sync()
@@ -57,7 +57,7 @@ def _time(c: int, device: torch.device, runs: int, dtype: torch.dtype = torch.fl
     return statistics.median(times)
 
 
-def _graph_replay(conv: nn.Module, x: torch.Tensor) -> Any:
+def _graph_replay(conv: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     """A function replaying ``conv(x)`` from a CUDA graph ``GRAPH_REPLAYS`` times."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
