@@ -65,7 +65,8 @@ DEMO_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 # pruned models 0.97; 100 epochs on these gave 0.904, and every finalized model 0.95-0.96.)
 DENSE11 = {"n_train": 300, "n_val": 60, "n_test": 60, "imgsz": 160, "min_size": 8, "max_size": 20,
            "max_objects": 8, "seed": 12}
-DENSE11_EPOCHS = 400  # --base-epochs; results files made before it existed used 100
+DENSE11_EPOCHS = 400  # --base-epochs
+LEGACY_DENSE11_EPOCHS = 100  # the base of results files made before --base-epochs existed (they keep their names)
 
 
 def task_data(task: str, workdir: Path, imgsz: int, n_test: int,
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", action="store_true", help="print the results file as a markdown table and exit")
     args = p.parse_args(argv)
     setup_logging()
-    suffix = f"_base{args.base_epochs}" if args.task == "dense11" and args.base_epochs != 100 else ""
+    base_epochs = args.base_epochs if args.task == "dense11" else None
+    suffix = f"_base{base_epochs}" if base_epochs not in (None, LEGACY_DENSE11_EPOCHS) else ""
     out = args.out or Path(__file__).resolve().parent / "results" / f"search_vs_recipe_{args.task}{suffix}.json"
     if args.markdown:
         res = json.loads(out.read_text())
@@ -303,11 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("AUTOPRUNE_HOME", str(workdir / "home"))
     model, data, imgsz = task_data(args.task, workdir, args.imgsz, args.n_test, args.base_epochs)
     keys = [f"{c:g}" for c in args.cuts]
-    base_epochs = args.base_epochs if args.task == "dense11" else None
     res: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
-    if (res.get("budget_s"), res.get("targets"), res.get("task"), res.get("base_epochs", 100 if
-                                                                              args.task == "dense11" else None)) \
-            != (args.budget, keys, args.task, base_epochs):
+    made_with = res.get("base_epochs", LEGACY_DENSE11_EPOCHS if args.task == "dense11" else None)
+    if (res.get("budget_s"), res.get("targets"), res.get("task"), made_with) != (args.budget, keys, args.task,
+                                                                                 base_epochs):
         res = {"task": args.task, "budget_s": args.budget, "targets": keys, "imgsz": imgsz, "base_epochs": base_epochs,
                "base_test_map": base_test_map(model, data, imgsz), "seeds": [], "arms": {}}
     if "base_finetuned_test_map" not in res:
