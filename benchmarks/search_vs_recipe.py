@@ -17,8 +17,9 @@ every seed. The arms:
   the same base model): the scan is made once per task before the seeds, outside the arm's budget, and marked as
   reused in the arm's ledger.
 
-``--final-share S`` and ``--patience N`` set the search arms' ``budget.final_share`` / ``budget.patience``; such an
-arm is recorded as ``ARM@finalS`` / ``ARM@patienceN``.
+``--final-share S``, ``--patience N`` and ``--direct`` set the search arms' ``budget.final_share`` /
+``budget.patience`` / ``budget.direct``; such an arm is recorded as ``ARM@finalS`` / ``ARM@patienceN`` /
+``ARM@direct``.
 
 The final fine-tune is the same function for every arm (:func:`autoprune.deploy.finalize.final_finetune`: one
 optimizer step a batch, one warm-up epoch, cosine decay, EMA, lr 0.01, ultralytics' time-budgeted training). Model
@@ -138,7 +139,7 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
 
 
 def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budget: float, cuts: list[float],
-                   workdir: Path, budget_knobs: dict[str, float] | None = None) -> dict[str, Any]:
+                   workdir: Path, budget_knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     from autoprune.config.spec import parse_spec
     from autoprune.deploy.deliver import run_budgeted
     from autoprune.model import records
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                    "spec's); recorded as the arm ARM@finalSHARE")
     p.add_argument("--patience", type=int, default=None, help="the search arms' budget.patience (default: the spec's); "
                    "recorded as the arm ARM@patienceN")
+    p.add_argument("--direct", action="store_true", help="the search arms with budget.direct: true (each target's best "
+                   "screened candidate straight to its final fine-tune); recorded as the arm ARM@direct")
     p.add_argument("--imgsz", type=int, default=160, help="image size of the dense11 task")
     p.add_argument("--n-test", type=int, default=250)
     p.add_argument("--base-epochs", type=int, default=DENSE11_EPOCHS, help="epochs the dense11 base is trained")
@@ -316,12 +319,16 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("the unpruned base after the final fine-tune of one target's share: test mAP50-95 %.4f (from %.4f)",
                     res["base_finetuned_test_map"], res["base_test_map"])
     res.update({"commit": commit(), "machine": machine(), "n_test": args.n_test})
-    tagged = [(tag, v) for tag, v in (("final", args.final_share), ("patience", args.patience)) if v is not None]
-    knobs = {k: v for k, v in (("final_share", args.final_share), ("patience", args.patience)) if v is not None}
+    tagged = [f"@{tag}{v:g}" for tag, v in (("final", args.final_share), ("patience", args.patience)) if v is not None]
+    knobs: dict[str, Any] = {k: v for k, v in (("final_share", args.final_share), ("patience", args.patience))
+                             if v is not None}
+    if args.direct:
+        tagged.append("@direct")
+        knobs["direct"] = True
     for seed in args.seeds:
         order = args.arms if seed % 2 == 0 else list(reversed(args.arms))  # alternate: machine load hits both
         for arm in order:
-            key = arm if arm == "recipe" else arm + "".join(f"@{tag}{v:g}" for tag, v in tagged)
+            key = arm if arm == "recipe" else arm + "".join(tagged)
             rec = res["arms"].setdefault(key, {"seeds": [], "test_map": {k: [] for k in keys},
                                                "params_ratio": {k: [] for k in keys},
                                                "policies": {k: [] for k in keys}, "epochs": {k: [] for k in keys},

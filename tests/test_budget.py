@@ -313,3 +313,82 @@ def test_patience_is_read_and_checked():
     assert _spec(budget="60s").budget.patience == 0
     with pytest.raises(SpecError, match="budget.patience"):
         _spec(budget={"seconds": 60, "patience": -1})
+
+
+def test_direct_is_read_and_needs_targets_and_screens():
+    s = _spec(budget={"seconds": 60, "direct": True}, targets={"params": 0.5})
+    assert s.budget.direct is True and _spec(budget="60s").budget.direct is False
+    with pytest.raises(SpecError, match="budget.direct: needs targets"):
+        _spec(budget={"seconds": 60, "direct": True})
+    with pytest.raises(SpecError, match=r"budget.direct: needs screening \(screening.factor >= 2\)"):
+        _spec(budget={"seconds": 60, "direct": True}, targets={"params": 0.5}, screening={"factor": 0})
+    with pytest.raises(SpecError, match="budget.direct"):
+        _spec(budget={"seconds": 60, "direct": "yes please"}, targets={"params": 0.5})
+
+
+def test_direct_runs_one_trial_per_target_and_more_only_for_an_uncovered_target():
+    """``budget.direct``'s round plan, driven by hand: each "round" adds completed trials to the study."""
+    import time as _time
+
+    from autoprune.model import records
+    from autoprune.search.run import Clock, _direct_plan
+
+    def add(study, m, p):
+        t = study.ask()
+        records.write_result(t, {}, {"map50_95": m, "params": p})
+        study.tell(t, [m, p])
+
+    def fresh():
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
+        return study
+
+    spec = _spec(budget={"seconds": 1000, "direct": True}, targets=[{"params": 0.5}, {"params": 0.3}])
+    now = _time.time()
+    study = fresh()
+    plan = _direct_plan(study, spec, 100, Clock(deadline=now + 1000, ledger=Ledger(), started=0.0))
+    assert next(plan) == 2
+    add(study, 0.7, 480.0)
+    add(study, 0.6, 290.0)
+    assert next(plan, None) is None  # both targets met: no second round
+    study = fresh()
+    plan = _direct_plan(study, spec, 100, Clock(deadline=now + 1000, ledger=Ledger(), started=0.0))
+    assert next(plan) == 2
+    add(study, 0.7, 480.0)
+    add(study, 0.65, 450.0)
+    assert next(plan) == 1  # -70% has no trial yet: one more, for it alone
+    add(study, 0.6, 290.0)
+    assert next(plan, None) is None
+    study = fresh()  # past the clock's deadline (and no grace): an uncovered target gets no second round
+    plan = _direct_plan(study, spec, 100, Clock(deadline=now - 1, ledger=Ledger(), started=0.0))
+    assert next(plan) == 2
+    add(study, 0.7, 480.0)
+    assert next(plan, None) is None
+
+
+@pytest.mark.slow
+def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained(tmp_path, tiny_data, tiny_model_pt):
+    budget = 90
+    _write_spec(tmp_path, tiny_data, tiny_model_pt, name="direct", budget={"seconds": budget, "direct": True},
+                targets=[{"params": 0.8}, {"params": 0.6}])
+    r = _cli(tmp_path, "search", "s.yaml")
+    assert r.returncode == 0, r.stderr[-3000:]
+    url = f"sqlite:///{tmp_path}/studies/autoprune.db"
+    study = optuna.load_study(study_name="direct", storage=url)
+    from autoprune.model import records
+
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    for t in trials:  # screened, then pruned and BN-recalibrated: no gradient step before the final fine-tune
+        trained = t.user_attrs["finetune"]
+        assert records.trial(t).screen is not None
+        assert trained["optimizer_steps"] == 0 and trained["kept"] == "adaptive_bn"
+    run = records.budget_runs(study)[-1]
+    assert sum(run["charged_s"].values()) == pytest.approx(run["total_s"], abs=0.01)
+    assert run["charged_s"]["final"] > run["charged_s"]["trials"] + run["charged_s"]["screens"]
+    deliveries = records.deliveries(study)
+    assert set(deliveries) == {"params-20", "params-40"}
+    assert {d["trial"] for d in deliveries.values()} <= {t.number for t in trials}
+    for label, d in deliveries.items():
+        doc = yaml.safe_load((tmp_path / "studies" / "direct" / "final" / label / "policy.yaml").read_text())
+        assert doc["finalize"]["epochs"] >= 1 and d["params_ratio"] <= 1 - int(label.split("-")[1]) / 100 + 1e-9

@@ -6,7 +6,7 @@ import pytest
 
 from autoprune.adapters import tp, ultra
 from autoprune.config.spec import parse_spec
-from autoprune.engine.pipeline import TRACE_IMGSZ
+from autoprune.engine.pipeline import TRACE_IMGSZ, prune_once
 from autoprune.engine.trial import run_trial
 from autoprune.model import Layer, Policy
 from autoprune.model.shapes import target_keep
@@ -119,3 +119,36 @@ def test_a_sparse_policy_prunes_the_sparse_trained_base(tmp_path, tiny_data, tin
     assert result.ok and result.attrs["sparse"]["l1"] == 3.0
     assert result.attrs["sparse"]["after"]["mean"] < result.attrs["sparse"]["before"]["mean"]
     assert result.attrs["policy"]["sparsity"] == 3.0
+
+
+def test_a_trial_without_fine_tune_gets_adaptive_bn_and_no_gradient_step(tmp_path, tiny_data, tiny_model_pt,
+                                                                          monkeypatch):
+    """``finetune=False`` (``budget.direct``): ultralytics' fine-tune is replaced by one that fails the test if it is
+    called; the trial prunes, re-estimates BatchNorm statistics, measures and saves a checkpoint that round-trips."""
+    import torch
+
+    def never(*a, **kw):
+        raise AssertionError("a trial without fine-tune trained")
+
+    monkeypatch.setattr(ultra, "finetune", never)
+    spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
+                       "latency": {"warmup": 0, "runs": 3, "rounds": 1}, "finetune": {"batch": 8, "bn_batches": 2}},
+                      "s.yaml")
+    base = ultra.load_model(tiny_model_pt)
+    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(base, TRACE_IMGSZ)]
+    policy = Policy(ratios=tuple((lay.name, 0.3) for lay in layers), criterion="l2", iterations=1, lr=0.01, ema=True,
+                    epochs=2)
+    result = run_trial(spec.trial_settings, policy, layers, tmp_path / "trials" / "00000", finetune=False)
+    assert result.ok and result.attrs["finetune"] == {"epochs": 0, "batches": 0, "optimizer_steps": 0,
+                                                      "kept": "adaptive_bn"}
+    assert "adaptive_bn" in result.attrs["seconds"] and "finetune" not in result.attrs["seconds"]
+    assert not (tmp_path / "trials" / "00000" / "step1").exists()
+    pruned = ultra.load_model(result.attrs["checkpoint"])
+    assert ultra.count_params(pruned) == int(result.metrics["params"]) < ultra.count_params(base)
+    # the BN statistics were re-estimated: they differ from those of the same prune without adaptive BN
+    keep = target_keep({lay.name: lay.channels for lay in layers}, policy.ratio_map, 1, 1)
+    prune_once(base, spec.trial_settings, "l2", keep)
+    bn_new = [m for m in pruned.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    bn_old = [m for m in base.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [a.running_mean.shape for a in bn_new] == [b.running_mean.shape for b in bn_old]
+    assert not all(torch.allclose(a.running_mean, b.running_mean) for a, b in zip(bn_new, bn_old))

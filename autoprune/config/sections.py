@@ -142,7 +142,8 @@ class Constraints:
 @dataclass(frozen=True)
 class Budget:
     """A wall-clock budget for the whole run (``budget: 30m``): scan, screens, fine-tuned trials and, with targets,
-    the final fine-tune of each target's winner, which gets ``final_share`` of it."""
+    the final fine-tune of each target's winner, which gets ``final_share`` of it (with ``direct``, all that the scan
+    and one round of screens leave)."""
 
     seconds: float | None = None  # None: no clock; the search runs ``trials`` trials
     final_share: float = field(default=0.5, metadata=bounds(gt=0))  # of the budget, for the final fine-tunes
@@ -150,6 +151,9 @@ class Budget:
     # rounds in a row in which no target's winner improved, after which the search hands what is left of its share
     # to the final fine-tunes (0: the search uses its whole share)
     patience: int = field(default=0, metadata=bounds(min=0, max=10_000))
+    # with targets: no fine-tuned trials; each target's best screened candidate is pruned, BN-recalibrated, measured
+    # and handed straight to its final fine-tune, which gets what the short fine-tunes would have spent
+    direct: bool = False
 
 
 @dataclass(frozen=True)

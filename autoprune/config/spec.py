@@ -265,6 +265,13 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
             raise SpecError(f"space.imgsz: {size} is not a multiple of 32")
     budget = read_budget(raw.get("budget"))
     targets = read_targets(raw.get("targets"), budget, latency.interleave)
+    screening = _screening(raw.get("screening"))
+    if budget.direct and not targets:
+        raise SpecError("budget.direct: needs targets (it hands each target's best screened candidate to its final "
+                        "fine-tune)")
+    if budget.direct and not screening.factor:
+        raise SpecError("budget.direct: needs screening (screening.factor >= 2): the screens choose each target's "
+                        "model")
     return SearchSpec(
         name=name,
         model=read_str(raw["model"], "model"),
@@ -282,7 +289,7 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         retries=read_int(raw.get("retries", 0), "retries", 0, 100),
         sampler=_sampler(raw.get("sampler")),
         warm_start=read_section(WarmStart, raw.get("warm_start"), "warm_start"),
-        screening=_screening(raw.get("screening")),
+        screening=screening,
         sensitivity=read_section(ScanSettings, raw.get("sensitivity"), "sensitivity"),
         constraints=_constraints(raw.get("constraints"), latency),
         budget=budget,

@@ -31,8 +31,11 @@ __all__ = ["TrialResult", "run_trial", "run_trial_safely", "verify_roundtrip", "
 ROUNDTRIP_TOLERANCE = 1e-3
 
 
-def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], workdir: Path) -> TrialResult:
-    """Run one trial for real; raises on failure (see :func:`run_trial_safely`)."""
+def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], workdir: Path,
+              finetune: bool = True) -> TrialResult:
+    """Run one trial for real; raises on failure (see :func:`run_trial_safely`). Without ``finetune`` the pruned
+    model gets adaptive BN (re-estimated BatchNorm statistics, no gradient step) in place of each fine-tune: what a
+    budgeted run's ``budget.direct`` hands to the final fine-tune."""
     from autoprune.adapters import ultra
 
     s = settings.deployed_as(policy.precision, policy.deploy_imgsz)  # the policy's deployment, if it has one
@@ -49,6 +52,11 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
     for step in range(1, policy.iterations + 1):
         keep = target_keep(original, policy.ratio_map, step, policy.iterations, policy.round_to)
         channels = prune_once(model, s, policy.criterion, keep, lr=policy.lr, step=step, phases=phases)
+        if not finetune:
+            with phases("adaptive_bn"):
+                before = _adaptive_bn_state(model, s)
+            trained["kept"] = "adaptive_bn"
+            continue
         if step == policy.iterations and s.finetune.keep_best:
             with phases("keep_best"):
                 before = _adaptive_bn_state(model, s)
@@ -69,7 +77,7 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
             trained[key] += getattr(stats, key)
     reference = ultra.load_model(s.model) if s.latency.interleave else None
     measurement = measure_model(model, s, phases, reference=reference)
-    if before is not None:
+    if before is not None and finetune:
         trained["map50_95_before"] = before.map50_95
         trained["kept"] = "finetuned"
         if measurement.map50_95 < before.map50_95:  # fine-tuning made it worse: keep the adaptive-BN weights
@@ -81,6 +89,7 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
     if bad:
         raise TrialError(f"metric {bad[0]} is not finite")
     with phases("roundtrip"):
+        workdir.mkdir(parents=True, exist_ok=True)  # a trial without fine-tune has no trainer that made it
         checkpoint = workdir / "pruned.pt"
         roundtrip = verify_roundtrip(model, checkpoint, s, measurement)
     return TrialResult(ok=True, metrics=metrics, policy=policy.to_dict(), channels=channels,
@@ -146,11 +155,12 @@ def failure_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"[:500]
 
 
-def run_trial_safely(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], workdir: Path) -> TrialResult:
+def run_trial_safely(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], workdir: Path,
+                     finetune: bool = True) -> TrialResult:
     """Like :func:`run_trial`, but every failure becomes a failed result with a one-line reason."""
     t0 = time.perf_counter()
     try:
-        result = run_trial(settings, policy, layers, workdir)
+        result = run_trial(settings, policy, layers, workdir, finetune)
     except Exception as e:  # a trial must never take the study down
         result = TrialResult(ok=False, reason=failure_reason(e))
     result.policy = result.policy or policy.to_dict()

@@ -69,6 +69,7 @@ class Job:
     # run only the study's queued trials (a scan's probes): the batch ends when none is waiting, since another
     # driver on the same study may have taken them
     queued_only: bool = False
+    finetune: bool = True  # False: trials get adaptive BN in place of their fine-tunes (budget.direct)
 
 
 def encode(result: TrialResult) -> dict[str, str]:
@@ -264,7 +265,7 @@ def trainable(config: dict[str, Any], job: Job) -> None:
     if job.kind == "screen":
         result = screen_safely(job.settings, policy, job.layers, job.screen_batches)
     else:
-        result = run_trial_safely(job.settings, policy, job.layers, Path(config["workdir"]))
+        result = run_trial_safely(job.settings, policy, job.layers, Path(config["workdir"]), job.finetune)
     result.ray_node = _node_id()  # which node of the cluster ran it
     result.ray_worker = {"pid": os.getpid(), "jobs": _jobs_run}  # jobs > 1: a warm worker ran it
     tune.report(encode(result))

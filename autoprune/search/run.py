@@ -153,6 +153,18 @@ def _round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock 
         left -= k
 
 
+def _direct_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock) -> Iterator[int]:
+    """``budget.direct``'s rounds: one trial per target; another round, for the targets no trial meets yet, only
+    while a round may still start (the clock's grace) and trials are left."""
+    size = min(len(spec.targets), n_new)
+    while size > 0:
+        yield size
+        n_new -= size
+        if covered(study, spec.targets) or time.time() >= clock.round_deadline(study, spec):
+            return
+        size = min(n_new, sum(not covered(study, (t,)) for t in spec.targets))
+
+
 def main_job(spec: SearchSpec, layers: list[Layer]) -> Job:
     return Job(kind="trial", settings=spec.trial_settings, space=spec.space, layers=tuple(layers),
                objectives=spec.objectives, study_dir=spec.study_dir, artifact_dir=spec.artifacts_dir,
@@ -294,7 +306,13 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
         if clock is not None:
             clock.ledger.charge("scan", time.perf_counter() - t0)
     started = 0
-    for k, size in enumerate(_round_plan(study, spec, n_new, clock)):
+    direct = clock is not None and spec.budget.direct
+    if direct:  # one round: each target's best screened candidate, adaptive BN in place of the short fine-tune
+        job = dataclasses.replace(job, finetune=False)
+        logger.info("budget.direct: one round of screens; each target's best screened candidate goes straight to its "
+                    "final fine-tune")
+    plan = _direct_plan(study, spec, n_new, clock) if direct and clock else _round_plan(study, spec, n_new, clock)
+    for k, size in enumerate(plan):
         t0 = time.perf_counter()
         phase(f"round {k + 1}: screening")
         deadline = clock.round_deadline(study, spec) if clock is not None else None
