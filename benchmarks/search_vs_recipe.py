@@ -17,9 +17,9 @@ every seed. The arms:
   the same base model): the scan is made once per task before the seeds, outside the arm's budget, and marked as
   reused in the arm's ledger.
 
-``--final-share S``, ``--patience N`` and ``--direct`` set the search arms' ``budget.final_share`` /
-``budget.patience`` / ``budget.direct``; such an arm is recorded as ``ARM@finalS`` / ``ARM@patienceN`` /
-``ARM@direct``.
+``--final-share S``, ``--patience N`` and ``--direct on|off`` set the search arms' ``budget.final_share`` /
+``budget.patience`` / ``budget.direct`` (otherwise the demo spec's); such an arm is recorded as ``ARM@finalS`` /
+``ARM@patienceN`` / ``ARM@direct`` / ``ARM@nodirect``.
 
 The final fine-tune is the same function for every arm (:func:`autoprune.deploy.finalize.final_finetune`: one
 optimizer step a batch, one warm-up epoch, cosine decay, EMA, lr 0.01, ultralytics' time-budgeted training). Model
@@ -146,8 +146,9 @@ def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budge
 
     started = time.perf_counter()
     raw = yaml.safe_load(DEMO_SPEC.read_text())
+    spec_budget = raw.get("budget") if isinstance(raw.get("budget"), dict) else {}  # the spec's knobs, its clock ours
     raw.update({"name": f"{arm}-s{seed}", "model": model, "data": data, "imgsz": imgsz, "seed": seed,
-                "budget": {"seconds": budget, **(budget_knobs or {})},
+                "budget": {**spec_budget, "seconds": budget, **(budget_knobs or {})},
                 "targets": [{"params": round(1 - c, 6)} for c in cuts]})
     if arm == "random":
         raw.update({"sampler": {"name": "random"}, "sensitivity": {"probes": 0},
@@ -285,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                    "spec's); recorded as the arm ARM@finalSHARE")
     p.add_argument("--patience", type=int, default=None, help="the search arms' budget.patience (default: the spec's); "
                    "recorded as the arm ARM@patienceN")
-    p.add_argument("--direct", action="store_true", help="the search arms with budget.direct: true (each target's best "
-                   "screened candidate straight to its final fine-tune); recorded as the arm ARM@direct")
+    p.add_argument("--direct", choices=("on", "off"), default=None, help="the search arms' budget.direct (on: each "
+                   "target's best screened candidate straight to its final fine-tune; default: the spec's); recorded "
+                   "as the arm ARM@direct / ARM@nodirect")
     p.add_argument("--imgsz", type=int, default=160, help="image size of the dense11 task")
     p.add_argument("--n-test", type=int, default=250)
     p.add_argument("--base-epochs", type=int, default=DENSE11_EPOCHS, help="epochs the dense11 base is trained")
@@ -322,9 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     tagged = [f"@{tag}{v:g}" for tag, v in (("final", args.final_share), ("patience", args.patience)) if v is not None]
     knobs: dict[str, Any] = {k: v for k, v in (("final_share", args.final_share), ("patience", args.patience))
                              if v is not None}
-    if args.direct:
-        tagged.append("@direct")
-        knobs["direct"] = True
+    if args.direct is not None:
+        tagged.append("@direct" if args.direct == "on" else "@nodirect")
+        knobs["direct"] = args.direct == "on"
     for seed in args.seeds:
         order = args.arms if seed % 2 == 0 else list(reversed(args.arms))  # alternate: machine load hits both
         for arm in order:

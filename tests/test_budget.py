@@ -75,6 +75,10 @@ def test_spec_budget_and_targets():
     assert parse_spec({"name": "b", "model": "m.pt", "data": "d.yaml"}, "s.yaml",
                       Overrides(budget="90")).budget.seconds == 90.0
     assert _spec().budget.seconds is None and _spec().targets == ()
+    # --budget sets the clock and keeps the spec's other budget knobs
+    s = parse_spec({"name": "b", "model": "m.pt", "data": "d.yaml", "targets": {"params": 0.5},
+                    "budget": {"seconds": 60, "final_share": 0.3, "direct": True}}, "s.yaml", Overrides(budget="2m"))
+    assert (s.budget.seconds, s.budget.final_share, s.budget.direct) == (120.0, 0.3, True)
 
 
 @pytest.mark.parametrize("extra,field", [

@@ -221,9 +221,11 @@ def _looks_like_dataset(d: Mapping[str, Any]) -> bool:
 
 def _apply_overrides(raw: dict[str, Any], o: Overrides) -> dict[str, Any]:
     raw.update({k: v for k, v in {"trials": o.trials, "storage": o.storage, "name": o.study_name,
-                                  "device": o.device, "seed": o.seed, "model": o.model, "data": o.data,
-                                  "budget": o.budget}.items()
+                                  "device": o.device, "seed": o.seed, "model": o.model, "data": o.data}.items()
                 if v is not None})
+    if o.budget is not None:  # --budget sets the clock; the spec's other budget knobs stay
+        given = raw.get("budget")
+        raw["budget"] = {**given, "seconds": o.budget} if isinstance(given, Mapping) else o.budget
     res = {k: v for k, v in {"cpus": o.cpus_per_trial, "gpus": o.gpus_per_trial,
                              "concurrent": o.concurrent}.items() if v is not None}
     if res:
