@@ -194,7 +194,7 @@ def screen_and_promote(ctx: RunContext, n_promote: int, *, recipe_knobs: bool = 
         rec = records.trial(t)
         score = records.ScreenScore(t.number, rec.metrics["map50_95"], rec.metrics["map50"], rec.wall_seconds or None)
         study.enqueue_trial({**screen_visible(t.params), **knobs}, user_attrs=records.screen_source_attrs(score))
-    logger.info("promoted %d of %d screened candidates to fine-tuning (recovery so far %+.3f mAP): screen trials %s",
+    logger.info("promoted %d of %d screened candidates (recovery by fine-tuning so far %+.3f mAP): screen trials %s",
                 len(chosen), len(candidates), gain, [t.number for t in chosen])
     return screen, {t.number for t in screen.get_trials(deepcopy=False)} - before
 
@@ -219,7 +219,7 @@ def record_screening(study: optuna.Study, store: StudyStorage, spec: SearchSpec)
     records.set_screening(study, summary)
 
     def fmt(v: Any) -> str:
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
+        return f"{v:.2f}" if isinstance(v, float) else "n/a" if v is None else str(v)
     logger.info("screening: Kendall tau %s over %d promoted trials; a screen costs 1/%s of a trial",
                 fmt(summary["kendall_tau"]), summary["pairs"], fmt(summary["compute_saved_x"]))
     return summary

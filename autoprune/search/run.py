@@ -321,9 +321,10 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
         screen_s = time.perf_counter() - t0
         run = dataclasses.replace(run, screen_run_s=run.screen_run_s + screen_s,
                                   screen_trial_s=run.screen_trial_s + _trial_seconds(screen, screened, busy))
-        logger.info("study %s, round %d: fine-tuning %d promoted trial(s)", spec.name, k + 1, size)
+        doing = "measuring (adaptive BN, no fine-tune)" if direct else "fine-tuning"
+        logger.info("study %s, round %d: %s %d promoted trial(s)", spec.name, k + 1, doing, size)
         t0 = time.perf_counter()
-        phase(f"round {k + 1}: fine-tuning")
+        phase(f"round {k + 1}: {doing.split(' ')[0]}")
         count = len(study.get_trials(deepcopy=False))
         run_trials(study, store, job, size, ray_address=ctx.ray_address, on_trial=on_trial, deadline=deadline)
         started += len(study.get_trials(deepcopy=False)) - count
