@@ -386,7 +386,7 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
     for t in trials:  # screened, then pruned and BN-recalibrated: no gradient step before the final fine-tune
         trained = t.user_attrs["finetune"]
         assert records.trial(t).screen is not None
-        assert trained["optimizer_steps"] == 0 and trained["kept"] == "adaptive_bn"
+        assert trained["optimizer_steps"] == 0 and trained["kept"] == "adaptive_bn" and trained["finetuned"] is False
     run = records.budget_runs(study)[-1]
     assert sum(run["charged_s"].values()) == pytest.approx(run["total_s"], abs=0.01)
     assert run["charged_s"]["final"] > run["charged_s"]["trials"] + run["charged_s"]["screens"]
@@ -396,3 +396,4 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
     for label, d in deliveries.items():
         doc = yaml.safe_load((tmp_path / "studies" / "direct" / "final" / label / "policy.yaml").read_text())
         assert doc["finalize"]["epochs"] >= 1 and d["params_ratio"] <= 1 - int(label.split("-")[1]) / 100 + 1e-9
+        assert doc["source"]["finetuned"] is False  # `apply --finetune` repeats the trial: adaptive BN, no training

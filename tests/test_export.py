@@ -192,6 +192,29 @@ def test_apply_finetune_repeats_the_trial(tmp_path, exported):
     assert (tmp_path / "ft.pt").is_file()
 
 
+def test_apply_finetune_of_a_trial_without_fine_tune_repeats_adaptive_bn(tmp_path, exported, monkeypatch):
+    """A policy file whose trial had adaptive BN in place of its fine-tune (``budget.direct``: ``source.finetuned:
+    false``): ``apply --finetune`` repeats that, so ultralytics' fine-tune is replaced by one that fails the test if
+    it is called; the applied model validates."""
+    from autoprune.adapters import ultra
+    from autoprune.demo import ensure_dataset
+    from autoprune.demo.baseline import PACKAGED_BASELINE
+    from autoprune.deploy.apply import apply_policy
+
+    out, _, _ = exported
+    raw = yaml.safe_load((out / "policy.yaml").read_text())
+    raw["source"]["finetuned"] = False
+    (tmp_path / "direct.yaml").write_text(yaml.safe_dump(raw))
+
+    def never(*a, **kw):
+        raise AssertionError("a trial without fine-tune was re-applied with one")
+
+    monkeypatch.setattr(ultra, "finetune", never)
+    res = apply_policy(tmp_path / "direct.yaml", PACKAGED_BASELINE, tmp_path / "d.pt", data=str(ensure_dataset()),
+                       finetune=True)
+    assert (tmp_path / "d.pt").is_file() and res.channels == raw["channels"] and res.metrics["map50_95"] > 0
+
+
 @pytest.mark.parametrize("args,message", [
     (["--trial", "99"], "has no trial 99"),
     (["--best", "map50_95", "--where", "params<=1"], "no completed trial matches"),

@@ -140,7 +140,7 @@ def test_a_trial_without_fine_tune_gets_adaptive_bn_and_no_gradient_step(tmp_pat
                     epochs=2)
     result = run_trial(spec.trial_settings, policy, layers, tmp_path / "trials" / "00000", finetune=False)
     assert result.ok and result.attrs["finetune"] == {"epochs": 0, "batches": 0, "optimizer_steps": 0,
-                                                      "kept": "adaptive_bn"}
+                                                      "kept": "adaptive_bn", "finetuned": False}
     assert "adaptive_bn" in result.attrs["seconds"] and "finetune" not in result.attrs["seconds"]
     assert not (tmp_path / "trials" / "00000" / "step1").exists()
     pruned = ultra.load_model(result.attrs["checkpoint"])

@@ -135,13 +135,15 @@ def _prune_only(doc: PolicyDocument, model: nn.Module, settings: TrialSettings) 
 
 def _repeat_trial(doc: PolicyDocument, settings: TrialSettings, out: Path,
                   base_channels: dict[str, int]) -> tuple[dict[str, int], dict[str, float]]:
-    """Run the trial again: the same prune steps, criterion and fine-tuning settings."""
+    """Run the trial again: the same prune steps, criterion and fine-tuning settings (adaptive BN in place of the
+    fine-tune for a trial that had none, ``budget.direct``)."""
     from autoprune.engine.trial import run_trial
 
     layers = [Layer(n, c) for n, c in base_channels.items()]
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         try:
-            result = run_trial(settings, doc.policy, layers, Path(tmp))
+            result = run_trial(settings, doc.policy, layers, Path(tmp),
+                               finetune=doc.source.get("finetuned") is not False)
         except TrialError as e:
             raise InputError(f"re-applying the policy failed: {e}") from e
         _atomic_copy(Path(str(result.checkpoint)), out)

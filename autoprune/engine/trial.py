@@ -55,7 +55,7 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
         if not finetune:
             with phases("adaptive_bn"):
                 before = _adaptive_bn_state(model, s)
-            trained["kept"] = "adaptive_bn"
+            trained.update(kept="adaptive_bn", finetuned=False)
             continue
         if step == policy.iterations and s.finetune.keep_best:
             with phases("keep_best"):

@@ -13,7 +13,7 @@ Schema (version 1)::
     channels: {layer name: channels kept}          # what the ratios produced
     metrics: {map50_95, map50, params, macs, latency_ms}
     baseline: {same keys}
-    source: {study, trial, storage, data}
+    source: {study, trial, storage, data, finetuned}  # finetuned: false for a trial not fine-tuned (budget.direct)
     versions: {torch, ultralytics, torch_pruning, autoprune}
     finalize: {epochs, lr, before, after, ...}     # autoprune finalize only
     deployed: {format, file, imgsz, map50_95, map50, split, latency_ms, latency_ratio_vs_base, ...}  # onnx-int8
@@ -98,7 +98,8 @@ def document_for_trial(study: records.Attrs, study_name: str, number: int, trial
         policy=Policy.from_dict(rec.policy), channels=rec.channels,
         metrics={k: float(v) for k, v in rec.metrics.items()},
         baseline={k: float(v) for k, v in records.baseline_metrics(study).items()},
-        source={"study": study_name, "trial": number, "data": base.get("data")},
+        source={"study": study_name, "trial": number, "data": base.get("data"),
+                **({"finetuned": False} if rec.trained.get("finetuned") is False else {})},
         versions=dict(versions), seed=int(settings.get("seed", 0)), finetune=dict(settings.get("finetune") or {}))
 
 

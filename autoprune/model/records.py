@@ -306,6 +306,8 @@ class TrialRecord:
     latency: dict[str, Any]  # the latency record (engine.measure): pass statistics, ratio, its spread, ...
     sparse: dict[str, Any] | None  # the sparse base it pruned: L1 strength, epochs, BN-scale histograms
     remeasured: list[dict[str, Any]]  # earlier values that ``autoprune remeasure`` replaced, oldest first
+    trained: dict[str, Any]  # its fine-tune: epochs, batches, optimizer steps, what keep-best kept (``finetuned``:
+    # False for a trial that had adaptive BN in place of its fine-tune, ``budget.direct``)
 
 
 def trial(t: Attrs) -> TrialRecord:
@@ -321,7 +323,8 @@ def trial(t: Attrs) -> TrialRecord:
         artifact_dir=a.get("artifact_dir"), channels=dict(a.get("channels") or {}),
         ray_node=str(a.get("ray_node") or ""), ray_worker=dict(a.get("ray_worker") or {}),
         latency=dict(a.get("latency") or {}), remeasured=list(a.get("remeasured") or []),
-        sparse=dict(a["sparse"]) if isinstance(a.get("sparse"), dict) else None)
+        sparse=dict(a["sparse"]) if isinstance(a.get("sparse"), dict) else None,
+        trained=dict(a["finetune"]) if isinstance(a.get("finetune"), dict) else {})
 
 
 def remeasured_attrs(rec: TrialRecord, metrics: Mapping[str, float], latency: Mapping[str, Any],
