@@ -52,9 +52,9 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
     for step in range(1, policy.iterations + 1):
         keep = target_keep(original, policy.ratio_map, step, policy.iterations, policy.round_to)
         channels = prune_once(model, s, policy.criterion, keep, lr=policy.lr, step=step, phases=phases)
-        if not finetune:
+        if not finetune:  # adaptive BN in place of the fine-tune; measure_model validates it below
             with phases("adaptive_bn"):
-                before = _adaptive_bn_state(model, s)
+                _recalibrate(model, s)
             trained.update(kept="adaptive_bn", finetuned=False)
             continue
         if step == policy.iterations and s.finetune.keep_best:
@@ -77,7 +77,7 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
             trained[key] += getattr(stats, key)
     reference = ultra.load_model(s.model) if s.latency.interleave else None
     measurement = measure_model(model, s, phases, reference=reference)
-    if before is not None and finetune:
+    if before is not None:
         trained["map50_95_before"] = before.map50_95
         trained["kept"] = "finetuned"
         if measurement.map50_95 < before.map50_95:  # fine-tuning made it worse: keep the adaptive-BN weights
@@ -109,10 +109,17 @@ def _adaptive_bn_state(model: nn.Module, settings: TrialSettings) -> _Snapshot:
     from autoprune.adapters import ultra
 
     s = settings
-    recalibrate_bn(model, ultra.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.bn_batches, s.device,
-                                                 s.seed, task=ultra.model_task(model)))
+    _recalibrate(model, s)
     val = ultra.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
     return _Snapshot(val.map50_95, {k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+def _recalibrate(model: nn.Module, s: TrialSettings) -> None:
+    """Adaptive BN: re-estimate the BatchNorm statistics on ``finetune.bn_batches`` training batches."""
+    from autoprune.adapters import ultra
+
+    recalibrate_bn(model, ultra.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.bn_batches, s.device,
+                                                 s.seed, task=ultra.model_task(model)))
 
 
 def _check_device(model: nn.Module, device: str) -> None:
