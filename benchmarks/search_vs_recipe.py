@@ -25,8 +25,9 @@ The final fine-tune is the same function for every arm (:func:`autoprune.deploy.
 optimizer step a batch, one warm-up epoch, cosine decay, EMA, lr 0.01, ultralytics' time-budgeted training). Model
 selection uses the val split only; the reported mAP50-95 is that of the finalized model on a test split of >= 200
 images drawn from another random stream. Targets: params -50% and -70% (fixed before the run). Tasks: ``demo`` (the
-packaged YOLOv8n, mAP50-95 0.98) and ``dense11`` (YOLO11n trained ``--base-epochs`` epochs on crowded scenes of tiny
-shapes, made once in the workdir).
+packaged YOLOv8n, mAP50-95 0.98), ``dense11`` (YOLO11n trained ``--base-epochs`` epochs on crowded scenes of tiny
+shapes, made once in the workdir) and ``tiny11`` (the same on smaller shapes, 5-12 px, up to 16 a scene: a base well
+below 0.9, where differences have room to show).
 
 What training alone buys: each results file also records ``base_finetuned_test_map``, the unpruned base given the
 same final fine-tune with one target's share of the budget (seed 0, outside every arm's budget). A pruned model that
@@ -36,6 +37,7 @@ Results are written after every (seed, arm), and a re-run with the same --out co
 
     python benchmarks/search_vs_recipe.py --task demo --seeds 0 1 2 3 4 5 --budget 300
     python benchmarks/search_vs_recipe.py --task dense11 --seeds 0 1 2 3 4 5 --budget 300
+    python benchmarks/search_vs_recipe.py --task tiny11 --seeds 0 1 2 3 4 5 --budget 300
 """
 
 from __future__ import annotations
@@ -66,7 +68,11 @@ DEMO_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 # pruned models 0.97; 100 epochs on these gave 0.904, and every finalized model 0.95-0.96.)
 DENSE11 = {"n_train": 300, "n_val": 60, "n_test": 60, "imgsz": 160, "min_size": 8, "max_size": 20,
            "max_objects": 8, "seed": 12}
-DENSE11_EPOCHS = 400  # --base-epochs
+# the third: the same model on smaller, more crowded shapes, a converged base well below 0.9 mAP50-95
+TINY11 = {"n_train": 300, "n_val": 60, "n_test": 60, "imgsz": 160, "min_size": 5, "max_size": 12,
+          "max_objects": 16, "seed": 13}
+SYNTHETIC_TASKS = {"dense11": DENSE11, "tiny11": TINY11}
+DENSE11_EPOCHS = 400  # --base-epochs (both YOLO11n tasks)
 LEGACY_DENSE11_EPOCHS = 100  # the base of results files made before --base-epochs existed (they keep their names)
 
 
@@ -79,8 +85,8 @@ def task_data(task: str, workdir: Path, imgsz: int, n_test: int,
     if task == "demo":
         model, cfg, size = str(resolve_demo_model()), SyntheticConfig(), 160
     else:
-        cfg, size = SyntheticConfig(**DENSE11), imgsz
-        path = workdir / f"yolo11n_dense11_e{base_epochs}.pt"
+        cfg, size = SyntheticConfig(**SYNTHETIC_TASKS[task]), imgsz
+        path = workdir / f"yolo11n_{task}_e{base_epochs}.pt"
         if not path.exists():
             train_baseline(path, epochs=base_epochs, model_yaml="yolo11n.yaml", data_cfg=cfg,
                            data_root=workdir / "data", imgsz=size)
@@ -277,7 +283,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="demo", choices=("demo", "dense11"))
+    p.add_argument("--task", default="demo", choices=("demo", *SYNTHETIC_TASKS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     p.add_argument("--budget", type=float, default=300.0, help="seconds per arm and seed, all targets together")
     p.add_argument("--cuts", type=float, nargs="+", default=[0.5, 0.7], help="params cuts to deliver")
@@ -289,17 +295,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--direct", choices=("on", "off"), default=None, help="the search arms' budget.direct (on: each "
                    "target's best screened candidate straight to its final fine-tune; default: the spec's); recorded "
                    "as the arm ARM@direct / ARM@nodirect")
-    p.add_argument("--imgsz", type=int, default=160, help="image size of the dense11 task")
+    p.add_argument("--imgsz", type=int, default=160, help="image size of the YOLO11n tasks")
     p.add_argument("--n-test", type=int, default=250)
-    p.add_argument("--base-epochs", type=int, default=DENSE11_EPOCHS, help="epochs the dense11 base is trained")
+    p.add_argument("--base-epochs", type=int, default=DENSE11_EPOCHS, help="epochs the YOLO11n tasks' base is trained")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="default: results/search_vs_recipe_TASK.json "
                    "(dense11 on a base of other than 100 epochs: search_vs_recipe_dense11_baseN.json)")
     p.add_argument("--markdown", action="store_true", help="print the results file as a markdown table and exit")
     args = p.parse_args(argv)
     setup_logging()
-    base_epochs = args.base_epochs if args.task == "dense11" else None
-    suffix = f"_base{base_epochs}" if base_epochs not in (None, LEGACY_DENSE11_EPOCHS) else ""
+    base_epochs = args.base_epochs if args.task in SYNTHETIC_TASKS else None
+    plain = {"dense11": LEGACY_DENSE11_EPOCHS, "tiny11": DENSE11_EPOCHS}.get(args.task)  # no suffix in the file name
+    suffix = f"_base{base_epochs}" if base_epochs not in (None, plain) else ""
     out = args.out or Path(__file__).resolve().parent / "results" / f"search_vs_recipe_{args.task}{suffix}.json"
     if args.markdown:
         res = json.loads(out.read_text())
