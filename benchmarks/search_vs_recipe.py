@@ -282,6 +282,14 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def default_out(task: str, base_epochs: int | None) -> Path:
+    """results/search_vs_recipe_TASK.json; a YOLO11n task on a base of other epochs than its file's first one gets
+    ``_baseN`` (dense11's first file was made on a 100-epoch base)."""
+    plain = {"dense11": LEGACY_DENSE11_EPOCHS, "crowd11": BASE_EPOCHS["crowd11"]}.get(task)
+    suffix = f"_base{base_epochs}" if base_epochs not in (None, plain) else ""
+    return Path(__file__).resolve().parent / "results" / f"search_vs_recipe_{task}{suffix}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="demo", choices=("demo", *SYNTHETIC_TASKS))
@@ -307,9 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     base_epochs = (args.base_epochs or BASE_EPOCHS[args.task]) if args.task in SYNTHETIC_TASKS else None
-    plain = {"dense11": LEGACY_DENSE11_EPOCHS, "crowd11": BASE_EPOCHS["crowd11"]}.get(args.task)  # no suffix
-    suffix = f"_base{base_epochs}" if base_epochs not in (None, plain) else ""
-    out = args.out or Path(__file__).resolve().parent / "results" / f"search_vs_recipe_{args.task}{suffix}.json"
+    out = args.out or default_out(args.task, base_epochs)
     if args.markdown:
         res = json.loads(out.read_text())
         res["summary"] = summarise(res)

@@ -139,3 +139,19 @@ def test_search_vs_recipe_benchmark(tmp_path):
         assert row["params_ratio"]["alternative"] > row["params_ratio"]["delivered"]
         assert row["alt"]["epochs"] == row["control"]["epochs"] == row["epochs"]
         assert 0 <= row["alt"]["test_map"] <= 1 and 0 <= row["control"]["test_map"] <= 1
+
+
+def test_search_vs_recipe_results_names():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import search_vs_recipe as svr
+    finally:
+        sys.path.remove(str(BENCH))
+    names = {(task, n): svr.default_out(task, n).name for task, n in
+             (("demo", None), ("dense11", 100), ("dense11", 400), ("crowd11", 300), ("crowd11", 50))}
+    assert names == {("demo", None): "search_vs_recipe_demo.json", ("dense11", 100): "search_vs_recipe_dense11.json",
+                     ("dense11", 400): "search_vs_recipe_dense11_base400.json",
+                     ("crowd11", 300): "search_vs_recipe_crowd11.json",
+                     ("crowd11", 50): "search_vs_recipe_crowd11_base50.json"}
+    assert set(svr.SYNTHETIC_TASKS) == set(svr.BASE_EPOCHS) == {"dense11", "crowd11"}
+    assert svr.SYNTHETIC_TASKS["crowd11"]["max_objects"] == 2 * svr.SYNTHETIC_TASKS["dense11"]["max_objects"]
