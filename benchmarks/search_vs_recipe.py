@@ -72,13 +72,12 @@ DENSE11 = {"n_train": 300, "n_val": 60, "n_test": 60, "imgsz": 160, "min_size": 
 # shapes are no task for it: on 5-12 or 8-14 px shapes its training loss fell to 0 within 10 epochs, nothing learned.)
 CROWD11 = {**DENSE11, "max_objects": 16, "seed": 13}
 SYNTHETIC_TASKS = {"dense11": DENSE11, "crowd11": CROWD11}
-DENSE11_EPOCHS = 400
-BASE_EPOCHS = {"dense11": DENSE11_EPOCHS, "crowd11": 300}  # --base-epochs by default
+BASE_EPOCHS = {"dense11": 400, "crowd11": 300}  # --base-epochs by default
 LEGACY_DENSE11_EPOCHS = 100  # the base of results files made before --base-epochs existed (they keep their names)
 
 
 def task_data(task: str, workdir: Path, imgsz: int, n_test: int,
-              base_epochs: int = DENSE11_EPOCHS) -> tuple[str, str, int]:
+              base_epochs: int | None = None) -> tuple[str, str, int]:
     """(model, data set YAML with a test split of ``n_test`` images from another random stream, imgsz)."""
     from autoprune.demo.baseline import resolve_demo_model, train_baseline
     from autoprune.demo.synthetic import SyntheticConfig, ensure_dataset
@@ -87,9 +86,10 @@ def task_data(task: str, workdir: Path, imgsz: int, n_test: int,
         model, cfg, size = str(resolve_demo_model()), SyntheticConfig(), 160
     else:
         cfg, size = SyntheticConfig(**SYNTHETIC_TASKS[task]), imgsz
-        path = workdir / f"yolo11n_{task}_e{base_epochs}.pt"
+        epochs = base_epochs or BASE_EPOCHS[task]
+        path = workdir / f"yolo11n_{task}_e{epochs}.pt"
         if not path.exists():
-            train_baseline(path, epochs=base_epochs, model_yaml="yolo11n.yaml", data_cfg=cfg,
+            train_baseline(path, epochs=epochs, model_yaml="yolo11n.yaml", data_cfg=cfg,
                            data_root=workdir / "data", imgsz=size)
         model = str(path)
     data = ensure_dataset(cfg, workdir / "data")
@@ -285,7 +285,7 @@ def markdown(res: dict[str, Any]) -> str:
 def default_out(task: str, base_epochs: int | None) -> Path:
     """results/search_vs_recipe_TASK.json; a YOLO11n task on a base of other epochs than its file's first one gets
     ``_baseN`` (dense11's first file was made on a 100-epoch base)."""
-    plain = {"dense11": LEGACY_DENSE11_EPOCHS, "crowd11": BASE_EPOCHS["crowd11"]}.get(task)
+    plain = LEGACY_DENSE11_EPOCHS if task == "dense11" else BASE_EPOCHS.get(task)
     suffix = f"_base{base_epochs}" if base_epochs not in (None, plain) else ""
     return Path(__file__).resolve().parent / "results" / f"search_vs_recipe_{task}{suffix}.json"
 
@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                    + ", ".join(f"{k} {v}" for k, v in BASE_EPOCHS.items()) + ")")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None, help="default: results/search_vs_recipe_TASK.json "
-                   "(dense11 on a base of other than 100 epochs: search_vs_recipe_dense11_baseN.json)")
+                   "(a YOLO11n task on a base of other epochs than the default, dense11's 100 for its first file: "
+                   "search_vs_recipe_TASK_baseN.json)")
     p.add_argument("--markdown", action="store_true", help="print the results file as a markdown table and exit")
     args = p.parse_args(argv)
     setup_logging()
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="autoprune-bench-"))
     os.environ.setdefault("AUTOPRUNE_HOME", str(workdir / "home"))
-    model, data, imgsz = task_data(args.task, workdir, args.imgsz, args.n_test, base_epochs or DENSE11_EPOCHS)
+    model, data, imgsz = task_data(args.task, workdir, args.imgsz, args.n_test, base_epochs)
     keys = [f"{c:g}" for c in args.cuts]
     res: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     made_with = res.get("base_epochs", LEGACY_DENSE11_EPOCHS if args.task == "dense11" else None)
