@@ -71,8 +71,11 @@ DENSE11 = {"n_train": 300, "n_val": 60, "n_test": 60, "imgsz": 160, "min_size": 
 # the third: the same model and shapes, twice as crowded, for a converged base further from the ceiling. (Smaller
 # shapes are no task for it: on 5-12 or 8-14 px shapes its training loss fell to 0 within 10 epochs, nothing learned.)
 CROWD11 = {**DENSE11, "max_objects": 16, "seed": 13}
-SYNTHETIC_TASKS = {"dense11": DENSE11, "crowd11": CROWD11}
-BASE_EPOCHS = {"dense11": 400, "crowd11": 300}  # --base-epochs by default
+# the fourth: dense11's scenes with each shape in a random one of the three colours, so the class is told by shape
+# alone (on 8-20 px shapes): a converged base well below the ceiling, where capacity should matter
+SHAPECUE11 = {**DENSE11, "colour_by_class": False, "seed": 14}
+SYNTHETIC_TASKS = {"dense11": DENSE11, "crowd11": CROWD11, "shapecue11": SHAPECUE11}
+BASE_EPOCHS = {"dense11": 400, "crowd11": 300, "shapecue11": 300}  # --base-epochs by default
 LEGACY_DENSE11_EPOCHS = 100  # the base of results files made before --base-epochs existed (they keep their names)
 
 

@@ -47,3 +47,31 @@ def test_demo_baseline_command_trains_and_writes_a_loadable_checkpoint(tmp_path)
     from autoprune.adapters import ultra
 
     assert ultra.model_nc(ultra.load_model(out)) == 3
+
+
+def test_shapes_told_apart_by_shape_alone_take_colours_independent_of_the_class(tmp_path):
+    """colour_by_class=False draws each shape in one of the three colours at random: every class shows up in more
+    than one colour (with the default, the colour names the class); the default's folder key is unchanged."""
+    from PIL import Image
+
+    from autoprune.demo.synthetic import _COLOURS
+
+    cfg = SyntheticConfig(n_train=40, n_val=1, n_test=0, imgsz=64, min_size=16, max_size=24, max_objects=2, seed=5)
+    assert "colour_by_class" not in repr(cfg.key) and cfg.key == SyntheticConfig(**{**cfg.__dict__}).key
+    mixed = SyntheticConfig(**{**cfg.__dict__, "colour_by_class": False})
+    assert mixed.key != cfg.key
+
+    def hues(c):
+        root = ensure_dataset(c, root=tmp_path).parent
+        seen: dict[int, set[int]] = {}
+        for lab in (root / "labels" / "train").glob("*.txt"):
+            img = Image.open(root / "images" / "train" / f"{lab.stem}.png").convert("RGB")
+            for line in filter(None, lab.read_text().split("\n")):
+                cls, x, y, *_ = line.split()
+                rgb = img.getpixel((int(float(x) * 64), int(float(y) * 64)))
+                hue = min(range(3), key=lambda i: sum((a - b) ** 2 for a, b in zip(rgb, _COLOURS[i])))
+                seen.setdefault(int(cls), set()).add(hue)
+        return seen
+
+    assert all(v == {k} for k, v in hues(cfg).items())
+    assert sum(len(v) > 1 for v in hues(mixed).values()) >= 2

@@ -49,6 +49,7 @@ class SyntheticConfig:
     max_objects: int = 3
     seed: int = 0
     task: str = "detect"  # detect | segment | pose: which labels are written (the images are the same)
+    colour_by_class: bool = True  # False: each shape in one of the three colours at random (told apart by shape)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -59,6 +60,8 @@ class SyntheticConfig:
         fields = asdict(self)
         if self.task == "detect":  # detection keys predate the task field: existing data sets keep their folder
             del fields["task"]
+        if self.colour_by_class:  # so do keys of data sets whose colour tells the class
+            del fields["colour_by_class"]
         digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
         prefix = {"detect": "shapes", "segment": "shapes-seg", "pose": "shapes-pose"}[self.task]
         return f"{prefix}-{digest}"
@@ -118,8 +121,9 @@ def _draw_image(rng: np.random.Generator, cfg: SyntheticConfig
         else:
             continue
         cls = int(rng.integers(0, len(CLASS_NAMES)))
+        hue = cls if cfg.colour_by_class else int(rng.integers(0, len(_COLOURS)))
         jitter = rng.integers(-25, 26, size=3)
-        colour = tuple(int(c) for c in np.clip(np.array(_COLOURS[cls]) + jitter, 0, 255))
+        colour = tuple(int(c) for c in np.clip(np.array(_COLOURS[hue]) + jitter, 0, 255))
         x0, y0, x1, y1 = box
         if cls == 0:
             draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=colour)
