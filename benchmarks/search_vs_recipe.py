@@ -26,8 +26,9 @@ optimizer step a batch, one warm-up epoch, cosine decay, EMA, lr 0.01, ultralyti
 selection uses the val split only; the reported mAP50-95 is that of the finalized model on a test split of >= 200
 images drawn from another random stream. Targets: params -50% and -70% (fixed before the run). Tasks: ``demo`` (the
 packaged YOLOv8n, mAP50-95 0.98), ``dense11`` (YOLO11n trained ``--base-epochs`` epochs on crowded scenes of tiny
-shapes, made once in the workdir) and ``crowd11`` (the same shapes twice as crowded, up to 16 a scene: a base
-further below the ceiling, where differences have room to show).
+shapes, made once in the workdir), ``crowd11`` (the same shapes twice as crowded, up to 16 a scene: a base
+further below the ceiling, where differences have room to show) and ``shapecue11`` (dense11's scenes with each shape
+in a random one of the three colours, so that only its shape tells its class: a converged base well below 0.9).
 
 What training alone buys: each results file also records ``base_finetuned_test_map``, the unpruned base given the
 same final fine-tune with one target's share of the budget (seed 0, outside every arm's budget). A pruned model that
@@ -38,6 +39,7 @@ Results are written after every (seed, arm), and a re-run with the same --out co
     python benchmarks/search_vs_recipe.py --task demo --seeds 0 1 2 3 4 5 --budget 300
     python benchmarks/search_vs_recipe.py --task dense11 --seeds 0 1 2 3 4 5 --budget 300
     python benchmarks/search_vs_recipe.py --task crowd11 --seeds 0 1 2 3 4 5 --budget 300
+    python benchmarks/search_vs_recipe.py --task shapecue11 --seeds 0 1 2 3 4 5 --budget 300
 """
 
 from __future__ import annotations
