@@ -76,8 +76,10 @@ CROWD11 = {**DENSE11, "max_objects": 16, "seed": 13}
 # the fourth: dense11's scenes with each shape in a random one of the three colours, so the class is told by shape
 # alone (on 8-20 px shapes): a converged base well below the ceiling, where capacity should matter
 SHAPECUE11 = {**DENSE11, "colour_by_class": False, "seed": 14}
-SYNTHETIC_TASKS = {"dense11": DENSE11, "crowd11": CROWD11, "shapecue11": SHAPECUE11}
-BASE_EPOCHS = {"dense11": 400, "crowd11": 300, "shapecue11": 300}  # --base-epochs by default
+# the fifth: the same with a third of the training images (100), a data-limited base
+FEWCUE11 = {**SHAPECUE11, "n_train": 100, "seed": 15}
+SYNTHETIC_TASKS = {"dense11": DENSE11, "crowd11": CROWD11, "shapecue11": SHAPECUE11, "fewcue11": FEWCUE11}
+BASE_EPOCHS = {"dense11": 400, "crowd11": 300, "shapecue11": 300, "fewcue11": 400}  # --base-epochs by default
 LEGACY_DENSE11_EPOCHS = 100  # the base of results files made before --base-epochs existed (they keep their names)
 
 
