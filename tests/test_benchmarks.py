@@ -139,6 +139,15 @@ def test_search_vs_recipe_benchmark(tmp_path):
         assert row["params_ratio"]["alternative"] > row["params_ratio"]["delivered"]
         assert row["alt"]["epochs"] == row["control"]["epochs"] == row["epochs"]
         assert 0 <= row["alt"]["test_map"] <= 1 and 0 <= row["control"]["test_map"] <= 1
+    # the equal-epoch replay: the warm arm's delivery finalized for the recipe's epochs, beside the recipe's model
+    delivered = row["delivered"]
+    replay, out = _bench(tmp_path, "epoch_replay", "--workdir", str(tmp_path / "w"), "--results",
+                         str(tmp_path / "search_vs_recipe.json"), "--arm", "autoprune_warm")
+    (row,) = replay["rows"]
+    assert row["seed"] == 0 and row["target"] == "0.5" and row["trial"] == delivered
+    assert row["replay"]["epochs"] == row["recipe_epochs"] == recipe["epochs"]["0.5"][0]
+    assert row["recipe_test_map"] == recipe["test_map"]["0.5"][0] and 0 <= row["replay"]["test_map"] <= 1
+    assert replay["summary"]["0.5"]["n"] == 1 and replay["arm"] == "autoprune_warm" and '"0.5"' in out
 
 
 def test_search_vs_recipe_results_names():
