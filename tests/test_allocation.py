@@ -198,3 +198,36 @@ def test_an_interrupted_probe_is_not_a_result_and_is_screened_again():
     assert [was_interrupted(t) for t in done] == [True, True, False, False]
     sens = read_scan(scan, 1000.0)
     assert sorted((p.block, p.map50_95) for p in sens.probes) == [("model.4", 0.7), ("model.6", None)]
+
+
+def test_fit_count_keeps_between_its_bounds():
+    from autoprune.model.budget import fit_count
+
+    assert fit_count(10.0, 3.0, most=5) == 3 and fit_count(100.0, 3.0, most=5) == 5
+    assert fit_count(-4.0, 3.0, most=5) == 0 and fit_count(-4.0, 3.0, most=5, least=1) == 1
+    assert fit_count(10.0, 0.0, most=5) == 5 and fit_count(1.0, 3.0, most=0, least=1) == 0  # most wins
+
+
+def test_a_budgeted_scan_shrinks_to_its_share_from_a_probes_cost():
+    """``seconds_left`` is a stand-in for the run's clock (a lambda returning fixed seconds)."""
+    from autoprune.search.sensitivity import Scan, ScanBudget
+
+    spec = parse_spec({**BASE, "budget": {"seconds": 300, "direct": True}, "targets": [{"params": 0.5},
+                                                                                       {"params": 0.3}],
+                       "sensitivity": {"probes": 2, "candidates": 8}}, "s.yaml")
+    n_blocks = len(blocks(LAYERS))
+    sizing = ScanBudget.of(spec, 0.25, lambda: 100.0)
+    assert sizing.reserve == 2 * 2 + 2 * 2  # two allocations per target cut, factor x targets proposals
+    levels = sizing.levels(spec, LAYERS)
+    assert levels(None) == 2  # no cost measured: full size
+    free = 100.0 - sizing.reserve * 1.3  # a probe of 1 s; a screen 1.3 probes
+    assert levels(1.0) == min(2, int(free // n_blocks))
+    assert levels(100.0) == 1  # never below one ratio per block
+    scan = Scan(Sensitivity(0.5, 100.0, (), ()), set(), None, 1, 2.0)  # type: ignore[arg-type]
+    assert sizing.allocations(spec, scan) == min(8, int((100.0 - sizing.reserve * 2.6) // 2.6))
+    tight = ScanBudget.of(spec, 0.25, lambda: 5.0)
+    assert tight.allocations(spec, scan) == 0  # with targets the spread may go: each target keeps its allocations
+    untargeted = parse_spec({**BASE, "budget": 300}, "s.yaml")
+    assert ScanBudget.of(untargeted, 0.25, lambda: 5.0).allocations(untargeted, scan) == 1
+    assert ScanBudget.of(untargeted, 0.25, lambda: 5.0).allocations(
+        untargeted, Scan(scan.sensitivity, set(), None, 2, None)) == 8  # type: ignore[arg-type]

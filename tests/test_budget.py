@@ -79,6 +79,7 @@ def test_spec_budget_and_targets():
     s = parse_spec({"name": "b", "model": "m.pt", "data": "d.yaml", "targets": {"params": 0.5},
                     "budget": {"seconds": 60, "final_share": 0.3, "direct": True}}, "s.yaml", Overrides(budget="2m"))
     assert (s.budget.seconds, s.budget.final_share, s.budget.direct) == (120.0, 0.3, True)
+    assert s.budget.scan_share == 0.25 and _spec(budget={"seconds": 60, "scan_share": None}).budget.scan_share is None
 
 
 @pytest.mark.parametrize("extra,field", [
@@ -90,6 +91,8 @@ def test_spec_budget_and_targets():
     ({"budget": "5m", "targets": [{}]}, "targets[0]: empty"),
     ({"budget": "soon"}, "budget.seconds"),
     ({"budget": {"seconds": 60, "final_share": 1.0}}, "budget.final_share"),
+    ({"budget": {"seconds": 60, "scan_share": 0}}, "budget.scan_share"),
+    ({"budget": {"seconds": 60, "scan_share": 1.5}}, "budget.scan_share"),
 ])
 def test_bad_budgets_and_targets_name_their_field(extra, field):
     with pytest.raises(SpecError, match=field.replace("[", r"\[").replace("]", r"\]")):
@@ -372,9 +375,10 @@ def test_direct_runs_one_trial_per_target_and_more_only_for_an_uncovered_target(
 
 @pytest.mark.slow
 def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained(tmp_path, tiny_data, tiny_model_pt):
-    budget = 90
-    _write_spec(tmp_path, tiny_data, tiny_model_pt, name="direct", budget={"seconds": budget, "direct": True},
-                targets=[{"params": 0.8}, {"params": 0.6}])
+    budget = 90  # scan_share 5%: less than the baseline takes, so the scan shrinks to one ratio per block, no spread
+    _write_spec(tmp_path, tiny_data, tiny_model_pt, name="direct",
+                budget={"seconds": budget, "direct": True, "scan_share": 0.05},
+                sensitivity={"probes": 2, "sweep": 2, "candidates": 3}, targets=[{"params": 0.8}, {"params": 0.6}])
     r = _cli(tmp_path, "search", "s.yaml")
     assert r.returncode == 0, r.stderr[-3000:]
     url = f"sqlite:///{tmp_path}/studies/autoprune.db"
@@ -390,6 +394,17 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
     run = records.budget_runs(study)[-1]
     assert sum(run["charged_s"].values()) == pytest.approx(run["total_s"], abs=0.01)
     assert run["charged_s"]["final"] > run["charged_s"]["trials"] + run["charged_s"]["screens"]
+    assert run["scan_size"] == {"levels": 1, "allocations": 0} and run["charged_s"]["scan"] > 0
+    scan = next(s for s in optuna.get_all_study_names(url) if s.startswith("sensitivity-"))
+    probes = [records.probe(t) for t in optuna.load_study(study_name=scan, storage=url).trials]
+    per_block = {}
+    for block, ratio in probes:
+        per_block.setdefault(block, set()).add(ratio)
+    assert per_block.pop("-") == {0.0} and len(per_block.pop("*")) == 2  # the reference and the sweep
+    assert per_block and all(r == {0.6} for r in per_block.values())  # one ratio per block: the space's top
+    sources = [t.user_attrs.get("warm_start", "") for t in optuna.load_study(study_name="direct-screen",
+                                                                              storage=url).trials]
+    assert sum(s.startswith("allocation:") for s in sources) <= 4  # each target's two allocations, no spread
     deliveries = records.deliveries(study)
     assert set(deliveries) == {"params-20", "params-40"}
     assert {d["trial"] for d in deliveries.values()} <= {t.number for t in trials}

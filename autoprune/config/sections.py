@@ -143,7 +143,7 @@ class Constraints:
 class Budget:
     """A wall-clock budget for the whole run (``budget: 30m``): scan, screens, fine-tuned trials and, with targets,
     the final fine-tune of each target's winner, which gets ``final_share`` of it (with ``direct``, all that the scan
-    and one round of screens leave)."""
+    and one round of screens leave); the scan and its allocations shrink to fit ``scan_share`` of it."""
 
     seconds: float | None = None  # None: no clock; the search runs ``trials`` trials
     final_share: float = field(default=0.5, metadata=bounds(gt=0))  # of the budget, for the final fine-tunes
@@ -154,6 +154,10 @@ class Budget:
     # with targets: no fine-tuned trials; each target's best screened candidate is pruned, BN-recalibrated, measured
     # and handed straight to its final fine-tune, which gets what the short fine-tunes would have spent
     direct: bool = False
+    # the most of the budget the sensitivity scan and its allocations' screens may take: at short budgets they
+    # shrink to fit (fewer probe ratios per block, fewer allocations), from the first probes' measured cost;
+    # None: always full size
+    scan_share: float | None = field(default=0.25, metadata=bounds(gt=0, max=1))
 
 
 @dataclass(frozen=True)

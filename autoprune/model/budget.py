@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["parse_duration", "format_duration", "TARGET_METRICS", "Target", "Ledger", "PHASES"]
+__all__ = ["parse_duration", "format_duration", "TARGET_METRICS", "Target", "Ledger", "PHASES", "fit_count"]
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
@@ -91,6 +91,8 @@ class Ledger:
     budget_s: float | None = None
     charged: dict[str, float] = field(default_factory=dict)
     scan_reused: bool = False  # the sensitivity scan came from the cache: its cost was charged to the run that made it
+    # how the run sized its scan to the budget: probe ratios per block and allocations screened (empty: full size)
+    scan_size: dict[str, int] = field(default_factory=dict)
 
     def charge(self, phase: str, seconds: float) -> None:
         if phase not in PHASES:
@@ -108,4 +110,12 @@ class Ledger:
 
     def to_dict(self) -> dict[str, object]:
         return {"budget_s": self.budget_s, "charged_s": {k: round(self.charged.get(k, 0.0), 3) for k in PHASES},
-                "total_s": round(self.total, 3), "scan_reused": self.scan_reused}
+                "total_s": round(self.total, 3), "scan_reused": self.scan_reused, "scan_size": dict(self.scan_size)}
+
+
+def fit_count(seconds: float, each_s: float, most: int, least: int = 0) -> int:
+    """How many steps of ``each_s`` seconds fit in ``seconds``, at least ``least`` and at most ``most`` (``most``
+    wins)."""
+    if each_s <= 0 or not math.isfinite(seconds):
+        return most
+    return min(most, max(least, math.floor(max(0.0, seconds) / each_s)))

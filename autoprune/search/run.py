@@ -193,6 +193,10 @@ class Clock:
     started: float
     grace: float | None = None
 
+    def share_left(self, share: float) -> float:
+        """Seconds until ``share`` of the budget has passed since the command's start (negative: past it)."""
+        return self.started + share * (self.ledger.budget_s or 0.0) - time.perf_counter()
+
     def round_deadline(self, study: optuna.Study, spec: SearchSpec) -> float:
         """The deadline of the next round's screens and trials: ``grace`` while a target is uncovered."""
         if self.grace is None or not spec.targets:
@@ -231,17 +235,24 @@ def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, 
               clock: Clock | None = None) -> tuple[list[tuple[dict[str, object], str]], records.RunTimings]:
     """The sensitivity scan (cached) and the first round's allocated candidates, as screening seeds (with targets,
     allocations at each target's parameter cut too)."""
-    from autoprune.search.sensitivity import allocated_candidates, ensure_scan, scan_knobs
+    from autoprune.search.sensitivity import ScanBudget, allocated_candidates, ensure_scan, scan_knobs
 
     spec, layers = ctx.spec, list(ctx.layers)
-    sens, ran, scan = ensure_scan(ctx.study, ctx.store, spec, layers, ctx.ray_address)
+    share = spec.budget.scan_share if clock is not None else None
+    sizing = ScanBudget.of(spec, share, lambda: clock.share_left(share)) if clock is not None and share else None
+    scan = ensure_scan(ctx.study, ctx.store, spec, layers, ctx.ray_address,
+                       levels=sizing.levels(spec, layers) if sizing else None)
+    sens, ran = scan.sensitivity, scan.ran
     if clock is not None and not ran:
         clock.ledger.scan_reused = True
         logger.info("sensitivity scan: reused from the cache (its cost was charged to the run that made it)")
-    run = dataclasses.replace(run, screen_trial_s=run.screen_trial_s + _trial_seconds(scan, ran, busy))
+    run = dataclasses.replace(run, screen_trial_s=run.screen_trial_s + _trial_seconds(scan.study, ran, busy))
     n = spec.sensitivity.candidates
     criterion, round_to = scan_knobs(spec.space)
     cuts = [c for c in (t.params_cut for t in spec.targets) if c is not None]
+    if sizing is not None and clock is not None:
+        n = sizing.allocations(spec, scan)
+        clock.ledger.scan_size = {"levels": scan.levels, "allocations": n}
     found = allocated_candidates(sens, spec.space, layers, n, cuts=cuts)
     logger.info("sensitivity allocation: %d candidate(s) over the cost range (reference screen mAP50-95 %.3f)",
                 len(found), sens.reference_map)

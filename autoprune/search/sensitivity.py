@@ -9,6 +9,11 @@ criterion, rounding and the screen's batches (not the seed): a later study on th
 finds the probes done and screens only what is missing. :func:`allocated_candidates` turns the
 scan into per-layer ratios at cost targets spread over the sweep's range
 (:mod:`autoprune.model.allocation`).
+
+In a budgeted run (:class:`ScanBudget`) the scan and the allocations' screens are sized to ``budget.scan_share``
+of the budget: the calibration probes (reference and sweep) go first, their measured cost says at how many ratios
+each block fits (at least one) and how many allocations over the cost range are screened (each target keeps its
+own allocations).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import fcntl
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ from autoprune.model.allocation import (
     calibrated,
     cost_targets,
 )
+from autoprune.model.budget import fit_count
 from autoprune.model.shapes import recipe_params, screen_space
 from autoprune.model.space import Layer, Space, blocks
 from autoprune.search import journal
@@ -48,10 +55,11 @@ from autoprune.search.study import StudyOptions, StudyStorage, fail_stale_trials
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCAN_OBJECTIVES", "scan_knobs", "scan_levels", "scan_name", "scan_job", "probe_params", "ensure_scan",
-           "read_scan", "Candidate", "allocated_candidates", "grid"]
+__all__ = ["SCAN_OBJECTIVES", "scan_knobs", "scan_levels", "scan_name", "scan_job", "probe_params", "Scan",
+           "ScanBudget", "ensure_scan", "read_scan", "Candidate", "allocated_candidates", "grid"]
 
 SCAN_OBJECTIVES = ("map50_95", "params", "macs")  # deterministic costs: a probe is not timed
+TARGET_MARGINS = (0.0, 0.04)  # allocations per target cut: at it, and a little past it (calibration is approximate)
 
 
 def scan_knobs(space: Space) -> tuple[str, int]:
@@ -107,11 +115,11 @@ def probe_params(layers: Sequence[Layer], block: str, ratio: float) -> dict[str,
     return {f"ratio/{layer.name}": ratio if block == UNIFORM or layer.name in members else 0.0 for layer in layers}
 
 
-def _wanted(spec: SearchSpec, layers: Sequence[Layer]) -> list[tuple[str, float]]:
-    s = spec.sensitivity
+def _wanted(spec: SearchSpec, layers: Sequence[Layer], levels: int) -> list[tuple[str, float]]:
+    """The reference and the sweep (the calibration), then each block at ``levels`` ratios."""
     out = [(REFERENCE, 0.0)]
-    out += [(b, r) for b in blocks(list(layers)) for r in scan_levels(spec.space, s.probes)]
-    out += [(UNIFORM, r) for r in scan_levels(spec.space, s.sweep)]
+    out += [(UNIFORM, r) for r in scan_levels(spec.space, spec.sensitivity.sweep)]
+    out += [(b, r) for b in blocks(list(layers)) for r in scan_levels(spec.space, levels)]
     return out
 
 
@@ -136,9 +144,83 @@ def _have(scan: optuna.Study) -> set[tuple[str, float] | None]:
             and not was_interrupted(t)}
 
 
+SCREEN_PER_PROBE = 1.3  # a screen's wall time over a probe's (a screen also times latency; 2.0 s / 1.55 s, §6i)
+
+
+@dataclass(frozen=True)
+class ScanBudget:
+    """What a budgeted run allows its scan and the allocations' screens: ``seconds_left()`` until its ``share`` of
+    the budget (``budget.scan_share``) is spent, of which the first round's other screens (each target's
+    allocations and the sampler's proposals: ``reserve``) must be left."""
+
+    share: float
+    seconds_left: Callable[[], float]
+    reserve: int
+
+    @classmethod
+    def of(cls, spec: SearchSpec, share: float, seconds_left: Callable[[], float]) -> ScanBudget:
+        cuts = sum(t.params_cut is not None for t in spec.targets)
+        proposals = spec.screening.factor * max(1, len(spec.targets)) if spec.screening.proposals else 0
+        return cls(share, seconds_left, cuts * len(TARGET_MARGINS) + proposals)
+
+    def _free(self, probe_s: float) -> float:
+        return self.seconds_left() - self.reserve * probe_s * SCREEN_PER_PROBE
+
+    def levels(self, spec: SearchSpec, layers: Sequence[Layer]) -> Callable[[float | None], int]:
+        """Probe ratios per block that fit, given a probe's cost (at least one; all without a cost)."""
+        n_blocks = max(1, len(blocks(list(layers))))
+        most = spec.sensitivity.probes
+        return lambda probe_s: most if probe_s is None else fit_count(self._free(probe_s), n_blocks * probe_s, most,
+                                                                      least=1)
+
+    def allocations(self, spec: SearchSpec, scan: Scan) -> int:
+        """Allocations over the cost range whose screens fit after ``scan`` (all without a cost; at least one
+        without targets to allocate at); says so when the budget shrank the scan or them."""
+        most, probe_s = spec.sensitivity.candidates, scan.probe_s
+        least = 0 if any(t.params_cut is not None for t in spec.targets) else min(1, most)
+        n = most if probe_s is None else fit_count(self._free(probe_s), probe_s * SCREEN_PER_PROBE, most, least)
+        if (scan.levels, n) != (spec.sensitivity.probes, most):
+            logger.info("budget: the scan probed each block at %d ratio(s) of %d and %d allocation(s) of %d are "
+                        "screened, to fit budget.scan_share %.0f%% (a probe took %.1f s)", scan.levels,
+                        spec.sensitivity.probes, n, most, 100 * self.share, probe_s or 0.0)
+        return n
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A run's sensitivity scan: what it holds, the probes screened now (their trial numbers) and, when the run
+    sized it to a budget, the probe ratios per block it asked for and a probe's measured cost."""
+
+    sensitivity: Sensitivity
+    ran: set[int]
+    study: optuna.Study
+    levels: int
+    probe_s: float | None = None
+
+
+def _screen_missing(scan: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer], name: str,
+                    wanted: Sequence[tuple[str, float]], ray_address: str | None) -> int:
+    """Queue the ``wanted`` probes the scan lacks and screen what is queued; returns how many were screened."""
+    job = scan_job(spec, layers, name)
+    with _queue_lock(job.study_dir):  # drivers on this machine queue one at a time
+        missing = [p for p in wanted if p not in _have(scan)]
+        for block, ratio in missing:
+            scan.enqueue_trial(probe_params(layers, block, ratio), user_attrs=records.probe_attrs(block, ratio))
+    waiting = len(scan.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    if waiting:
+        logger.info("sensitivity scan: screening %d probe(s) (%d cached in %s)", waiting, len(wanted) - len(missing),
+                    name)
+        run_trials(scan, store, job, waiting, ray_address=ray_address)
+    else:
+        logger.info("sensitivity scan: all %d probes cached in %s", len(wanted), name)
+    return waiting
+
+
 def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer],
-                ray_address: str | None = None) -> tuple[Sensitivity, set[int], optuna.Study]:
-    """Screen the probes the cached scan lacks; return the scan, the numbers of the trials run now and its study."""
+                ray_address: str | None = None, levels: Callable[[float | None], int] | None = None) -> Scan:
+    """Screen the probes the cached scan lacks. With ``levels`` (a budgeted run) the calibration probes (reference
+    and sweep) go first, and ``levels(seconds a probe took)`` says at how many ratios each block is probed
+    (``sensitivity.probes`` without it)."""
     fingerprint = records.fingerprint(study) or ""
     name = scan_name(spec, fingerprint)
     scan = open_study(StudyOptions(name, SCAN_OBJECTIVES, spec.sampler, spec.seed, spec.trials, role="sensitivity"),
@@ -149,19 +231,17 @@ def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, laye
     journal.replay(scan, store, scan_job(spec, layers, name).study_dir)
     fail_stale_trials(scan, store, 0)
     before = {t.number for t in scan.get_trials(deepcopy=False)}  # before enqueueing: the probes run now are new
-    with _queue_lock(scan_job(spec, layers, name).study_dir):  # drivers on this machine queue one at a time
-        missing = [p for p in _wanted(spec, layers) if p not in _have(scan)]
-        for block, ratio in missing:
-            scan.enqueue_trial(probe_params(layers, block, ratio), user_attrs=records.probe_attrs(block, ratio))
-    waiting = len(scan.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    if waiting:
-        logger.info("sensitivity scan: screening %d probe(s) (%d cached in %s)", waiting,
-                    len(_wanted(spec, layers)) - len(missing), name)
-        run_trials(scan, store, scan_job(spec, layers, name), waiting, ray_address=ray_address)
-    else:
-        logger.info("sensitivity scan: all %d probes cached in %s", len(_wanted(spec, layers)), name)
-    return read_scan(scan, records.baseline_metrics(study).get("params", 0.0)), \
-        {t.number for t in scan.get_trials(deepcopy=False)} - before, scan
+    n, probe_s = spec.sensitivity.probes, None
+    if levels is not None:
+        t0 = time.perf_counter()
+        ran = _screen_missing(scan, store, spec, layers, name, _wanted(spec, layers, 0), ray_address)
+        # a probe's cost with its share of the orchestration; from the records when the calibration was cached
+        probe_s = (time.perf_counter() - t0) / ran if ran else records.mean_wall_seconds(
+            scan.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        n = levels(probe_s)
+    _screen_missing(scan, store, spec, layers, name, _wanted(spec, layers, n), ray_address)
+    return Scan(read_scan(scan, records.baseline_metrics(study).get("params", 0.0)),
+                {t.number for t in scan.get_trials(deepcopy=False)} - before, scan, n, probe_s)
 
 
 def read_scan(scan: optuna.Study, base_params: float) -> Sensitivity:
@@ -194,9 +274,6 @@ class Candidate:
     @property
     def source(self) -> str:
         return f"allocation: params -{self.target:.0%}, predicted screen mAP50-95 {self.predicted_map:.3f}"
-
-
-TARGET_MARGINS = (0.0, 0.04)  # allocations per target cut: at it, and a little past it (calibration is approximate)
 
 
 def allocated_candidates(sens: Sensitivity, space: Space, layers: Sequence[Layer], n: int,
