@@ -329,9 +329,6 @@ def _cmd_finalize(args: argparse.Namespace) -> int:
         was = fin["before"][split]["map50_95"]
         print(f"  {split}: mAP50-95 {was:.4f} -> {m['map50_95']:.4f}" + (f" (base {base:.4f} on val)" if base and
                                                                             split == "val" else ""))
-    if fin.get("kept") == "untrained":
-        print(f"  the fine-tune ended lower on val ({fin['trained']['val']['map50_95']:.4f}): kept the untrained "
-              "weights")
     _print_deployed(res.policy)
     return 0
 

@@ -134,7 +134,7 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
 
     started = time.perf_counter()
     settings = TrialSettings(model=model, data=data, imgsz=imgsz, seed=seed)
-    out: dict[str, Any] = {"test_map": {}, "params_ratio": {}, "policies": {}, "epochs": {}, "kept": {}}
+    out: dict[str, Any] = {"test_map": {}, "params_ratio": {}, "policies": {}, "epochs": {}}
     for i, cut in enumerate(cuts):
         share = (budget - (time.perf_counter() - started)) / (len(cuts) - i)
         t0 = time.perf_counter()
@@ -149,7 +149,6 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
         out["params_ratio"][key] = ultra.count_params(pruned) / ultra.count_params(base)
         out["policies"][key] = f"uniform {ratio:.2f} l2 round_to 8"
         out["epochs"][key] = rec["epochs"]
-        out["kept"][key] = rec["kept"]
     out["wall_s"] = time.perf_counter() - started
     return out
 
@@ -181,7 +180,7 @@ def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budge
     res = run_budgeted(spec, started)
     wall = time.perf_counter() - started
     deliveries = records.deliveries(res.search.study)
-    out: dict[str, Any] = {"test_map": {}, "params_ratio": {}, "policies": {}, "epochs": {}, "kept": {}, "wall_s": wall,
+    out: dict[str, Any] = {"test_map": {}, "params_ratio": {}, "policies": {}, "epochs": {}, "wall_s": wall,
                            "ledger": res.ledger.to_dict(),
                            "trials": len(res.search.study.get_trials(deepcopy=False))}
     by_trial = {t.number: t for t in res.search.study.get_trials(deepcopy=False)}
@@ -192,7 +191,6 @@ def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budge
         out["test_map"][key] = after["map50_95"] if after else None
         out["params_ratio"][key] = d.get("params_ratio")
         out["epochs"][key] = d.get("epochs")
-        out["kept"][key] = d.get("kept")
         t = by_trial.get(d["trial"]) if d.get("trial") is not None else None
         out["policies"][key] = json.dumps(records.trial(t).policy, sort_keys=True) if t is not None else None
     return out
@@ -371,10 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 one = run_search_arm(arm, model, data, imgsz, seed, args.budget, args.cuts,
                                      workdir / f"{key}-{seed}", knobs)
-            # which weights each final fine-tune kept (None for seeds run before the final fine-tune recorded it)
-            rec.setdefault("kept", {k: [None] * len(rec["seeds"]) for k in keys})
             rec["seeds"].append(seed)
-            for field in ("test_map", "params_ratio", "policies", "epochs", "kept"):
+            for field in ("test_map", "params_ratio", "policies", "epochs"):
                 for k in keys:
                     rec[field][k].append(one[field].get(k))
             rec["wall_s"].append(one["wall_s"])

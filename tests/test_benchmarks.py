@@ -119,7 +119,6 @@ def test_search_vs_recipe_benchmark(tmp_path):
     assert recipe["seeds"] == auto["seeds"] == [0]
     assert 0 <= recipe["test_map"]["0.5"][0] <= 1 and recipe["params_ratio"]["0.5"][0] <= 0.5
     assert recipe["policies"]["0.5"][0].startswith("uniform") and recipe["epochs"]["0.5"][0] >= 1
-    assert recipe["kept"]["0.5"][0] in ("trained", "untrained") and auto["kept"]["0.5"][0] in ("trained", "untrained")
     assert recipe["wall_s"][0] <= 60 + 20  # the budget, within one step and the last validation
     ledger = auto["ledgers"][0]
     assert ledger["budget_s"] == 60 and ledger["charged_s"]["prepare"] > 0  # everything charged

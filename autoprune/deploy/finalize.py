@@ -3,9 +3,8 @@
 What users deploy is this model, not the search's proxy: the trial's pruned checkpoint is
 fine-tuned for ``epochs`` with the recovery recipe (one optimizer step per batch, one warm-up
 epoch, cosine decay, EMA), then validated on the val split and, where the data set has one, on
-its test split (never used by the search to select); a fine-tune that ended lower on val than
-the model it started from gives way to the untrained weights. The result is exported like
-``autoprune export``, with a ``finalize`` section in policy.yaml.
+its test split (never used by the search to select). The result is exported like ``autoprune
+export``, with a ``finalize`` section in policy.yaml.
 """
 
 from __future__ import annotations
@@ -67,9 +66,7 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     batch, one warm-up epoch, cosine decay to 1%, EMA; ``settings.epochs`` epochs, or with ``settings.seconds``
     as many as fit in it less ``reserve_s`` and what validating before and after costs; the study's ``finetune``
     settings give the batch, optimizer and distillation gain (with ``teacher``). Validates on val (and test,
-    where the data set has it) before and after, and keeps the untrained weights when the fine-tune ended below
-    them on val (``kept``; ``after`` is the kept model's, ``trained`` the fine-tune's); returns the record a policy
-    file's ``finalize`` section holds.
+    where the data set has it) before and after; returns the record a policy file's ``finalize`` section holds.
     The trainer's files go to a temporary folder (``scratch``: in this folder, with this name prefix; default the
     system's temporary folder), removed after."""
     from autoprune.adapters import ultra
@@ -88,21 +85,14 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
                 f"{train_s:.0f} s of training" if train_s is not None else f"{settings.epochs} epochs", lr,
                 before["val"]["map50_95"])
     where, prefix = scratch or (None, "autoprune-finalize-")
-    untrained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with tempfile.TemporaryDirectory(dir=where, prefix=prefix) as tmp:
         t1 = time.perf_counter()
         stats = ultra.finetune(model, cfg, Path(tmp) / "train")
         trained_s = time.perf_counter() - t1
-    trained = _split_metrics(model, data, imgsz, settings, finetune.batch)
-    kept = "trained" if trained["val"]["map50_95"] >= before["val"]["map50_95"] else "untrained"
-    if kept == "untrained":  # a short fine-tune can end below where it started: ship the better model on val
-        model.load_state_dict(untrained)
-        logger.info("final fine-tune: val mAP50-95 fell %.4f -> %.4f: kept the untrained weights",
-                    before["val"]["map50_95"], trained["val"]["map50_95"])
+    after = _split_metrics(model, data, imgsz, settings, finetune.batch)
     return {"epochs": stats.epochs, "lr": lr, "optimizer_steps": stats.optimizer_steps, "schedule": "cosine",
             "warmup_epochs": 1.0, "ema": True, "distill": teacher is not None, "data": data, "before": before,
-            "after": trained if kept == "trained" else before, "trained": trained, "kept": kept,
-            "train_s": round(trained_s, 2), "seconds": settings.seconds}
+            "after": after, "train_s": round(trained_s, 2), "seconds": settings.seconds}
 
 
 def _teacher(study: optuna.Study) -> str:
