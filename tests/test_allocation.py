@@ -223,11 +223,11 @@ def test_a_budgeted_scan_shrinks_to_its_share_from_a_probes_cost():
     free = 100.0 - sizing.reserve * 1.3  # a probe of 1 s; a screen 1.3 probes
     assert levels(1.0) == min(2, int(free // n_blocks))
     assert levels(100.0) == 1  # never below one ratio per block
-    scan = Scan(Sensitivity(0.5, 100.0, (), ()), set(), None, 1, 2.0)  # type: ignore[arg-type]
+    scan = Scan(Sensitivity(0.5, 100.0, (), ()), set(), None, 1, 2.0)
     assert sizing.allocations(spec, scan) == min(8, int((100.0 - sizing.reserve * 2.6) // 2.6))
     tight = ScanBudget.of(spec, 0.25, lambda: 5.0)
     assert tight.allocations(spec, scan) == 0  # with targets the spread may go: each target keeps its allocations
     untargeted = parse_spec({**BASE, "budget": 300}, "s.yaml")
     assert ScanBudget.of(untargeted, 0.25, lambda: 5.0).allocations(untargeted, scan) == 1
     assert ScanBudget.of(untargeted, 0.25, lambda: 5.0).allocations(
-        untargeted, Scan(scan.sensitivity, set(), None, 2, None)) == 8  # type: ignore[arg-type]
+        untargeted, Scan(scan.sensitivity, set(), None, 2, None)) == 8

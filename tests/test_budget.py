@@ -396,9 +396,9 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
     assert run["charged_s"]["final"] > run["charged_s"]["trials"] + run["charged_s"]["screens"]
     assert run["scan_size"] == {"levels": 1, "allocations": 0} and run["charged_s"]["scan"] > 0
     scan = next(s for s in optuna.get_all_study_names(url) if s.startswith("sensitivity-"))
-    probes = [records.probe(t) for t in optuna.load_study(study_name=scan, storage=url).trials]
-    per_block = {}
-    for block, ratio in probes:
+    per_block: dict[str, set[float]] = {}
+    for t in optuna.load_study(study_name=scan, storage=url).trials:
+        block, ratio = records.probe(t) or ("?", -1.0)
         per_block.setdefault(block, set()).add(ratio)
     assert per_block.pop("-") == {0.0} and len(per_block.pop("*")) == 2  # the reference and the sweep
     assert per_block and all(r == {0.6} for r in per_block.values())  # one ratio per block: the space's top
