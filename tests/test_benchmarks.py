@@ -108,27 +108,31 @@ def test_lut_promotion_benchmark(tmp_path):
     assert set(res["summary"]) == {"hv_latency", "hv_params_latency"} and "lut / macs hv_latency" in stdout
 
 
+SMOKE_BUDGET = 75  # s per arm: the warm arm must deliver for the replays below (at 60 s a slow CI machine's did not)
+
+
 def test_search_vs_recipe_benchmark(tmp_path):
-    res, stdout = _bench(tmp_path, "search_vs_recipe", "--task", "demo", "--seeds", "0", "--budget", "60",
+    res, stdout = _bench(tmp_path, "search_vs_recipe", "--task", "demo", "--seeds", "0", "--budget", str(SMOKE_BUDGET),
                          "--cuts", "0.5", "--n-test", "8", "--arms", "recipe", "autoprune", "autoprune_warm",
                          "--workdir", str(tmp_path / "w"))
-    assert res["task"] == "demo" and res["budget_s"] == 60 and res["targets"] == ["0.5"] and res["seeds"] == [0]
+    assert res["task"] == "demo" and res["budget_s"] == SMOKE_BUDGET and res["targets"] == ["0.5"]
+    assert res["seeds"] == [0]
     assert 0 < res["base_test_map"] <= 1 and res["commit"]
     assert 0 < res["base_finetuned_test_map"] <= 1 and res["base_epochs"] is None  # what training alone buys
     recipe, auto = res["arms"]["recipe"], res["arms"]["autoprune"]
     assert recipe["seeds"] == auto["seeds"] == [0]
     assert 0 <= recipe["test_map"]["0.5"][0] <= 1 and recipe["params_ratio"]["0.5"][0] <= 0.5
     assert recipe["policies"]["0.5"][0].startswith("uniform") and recipe["epochs"]["0.5"][0] >= 1
-    assert recipe["wall_s"][0] <= 60 + 20  # the budget, within one step and the last validation
+    assert recipe["wall_s"][0] <= SMOKE_BUDGET + 20  # the budget, within one step and the last validation
     ledger = auto["ledgers"][0]
-    assert ledger["budget_s"] == 60 and ledger["charged_s"]["prepare"] > 0  # everything charged
+    assert ledger["budget_s"] == SMOKE_BUDGET and ledger["charged_s"]["prepare"] > 0  # everything charged
     assert sum(ledger["charged_s"].values()) == pytest.approx(ledger["total_s"], abs=0.01)
     assert "autoprune-recipe" in res["summary"] and "recipe: test mAP50-95" in stdout
     warm = res["arms"]["autoprune_warm"]["ledgers"][0]
     assert warm["scan_reused"] and warm["charged_s"]["scan"] < ledger["charged_s"]["scan"]  # the cached scan is free
     # the winner-rule replay reads that run back (the warm arm: in so short a run the cold one may spend its search
-    # on the scan and deliver nothing, and at 45 s the warm one once did too, on a slower machine): with a tolerance
-    # of a whole point every trial that meets the target is near enough, so the alternative is the largest of them
+    # on the scan and deliver nothing, and at 45 s and 60 s the warm one once did too, on slower machines): with a
+    # tolerance of a whole point every trial that meets the target is near enough, so the alternative is the largest
     assert res["arms"]["autoprune_warm"]["test_map"]["0.5"][0] is not None
     replay, out = _bench(tmp_path, "winner_replay", "--workdir", str(tmp_path / "w"), "--results",
                          str(tmp_path / "search_vs_recipe.json"), "--arm", "autoprune_warm", "--tolerance", "1")
