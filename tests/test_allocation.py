@@ -218,7 +218,9 @@ def test_a_budgeted_scan_shrinks_to_its_share_from_a_probes_cost():
     n_blocks = len(blocks(LAYERS))
     sizing = ScanBudget.of(spec, 0.25, lambda: 100.0)
     assert sizing.reserve == 2 * 2 + 2 * 2  # two allocations per target cut, factor x targets proposals
-    levels = sizing.levels(spec, LAYERS)
+    def levels(probe_s):
+        return sizing.levels(spec, LAYERS, probe_s)
+
     assert levels(None) == 2  # no cost measured: full size
     free = 100.0 - sizing.reserve * 1.3  # a probe of 1 s; a screen 1.3 probes
     assert levels(1.0) == min(2, int(free // n_blocks))

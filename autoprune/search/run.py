@@ -240,8 +240,7 @@ def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, 
     spec, layers = ctx.spec, list(ctx.layers)
     share = spec.budget.scan_share if clock is not None else None
     sizing = ScanBudget.of(spec, share, lambda: clock.share_left(share)) if clock is not None and share else None
-    scan = ensure_scan(ctx.study, ctx.store, spec, layers, ctx.ray_address,
-                       levels=sizing.levels(spec, layers) if sizing else None)
+    scan = ensure_scan(ctx.study, ctx.store, spec, layers, ctx.ray_address, sizing=sizing)
     sens, ran = scan.sensitivity, scan.ran
     if clock is not None and not ran:
         clock.ledger.scan_reused = True

@@ -144,7 +144,7 @@ def _have(scan: optuna.Study) -> set[tuple[str, float] | None]:
             and not was_interrupted(t)}
 
 
-SCREEN_PER_PROBE = 1.3  # a screen's wall time over a probe's (a screen also times latency; 2.0 s / 1.55 s, §6i)
+SCREEN_PER_PROBE = 1.3  # a screen's wall time over a probe's (a screen also times latency; 2.0 s / 1.55 s in §6g)
 
 
 @dataclass(frozen=True)
@@ -166,12 +166,12 @@ class ScanBudget:
     def _free(self, probe_s: float) -> float:
         return self.seconds_left() - self.reserve * probe_s * SCREEN_PER_PROBE
 
-    def levels(self, spec: SearchSpec, layers: Sequence[Layer]) -> Callable[[float | None], int]:
+    def levels(self, spec: SearchSpec, layers: Sequence[Layer], probe_s: float | None) -> int:
         """Probe ratios per block that fit, given a probe's cost (at least one; all without a cost)."""
-        n_blocks = max(1, len(blocks(list(layers))))
         most = spec.sensitivity.probes
-        return lambda probe_s: most if probe_s is None else fit_count(self._free(probe_s), n_blocks * probe_s, most,
-                                                                      least=1)
+        if probe_s is None:
+            return most
+        return fit_count(self._free(probe_s), max(1, len(blocks(list(layers)))) * probe_s, most, least=1)
 
     def allocations(self, spec: SearchSpec, scan: Scan) -> int:
         """Allocations over the cost range whose screens fit after ``scan`` (all without a cost; at least one
@@ -217,10 +217,10 @@ def _screen_missing(scan: optuna.Study, store: StudyStorage, spec: SearchSpec, l
 
 
 def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer],
-                ray_address: str | None = None, levels: Callable[[float | None], int] | None = None) -> Scan:
-    """Screen the probes the cached scan lacks. With ``levels`` (a budgeted run) the calibration probes (reference
-    and sweep) go first, and ``levels(seconds a probe took)`` says at how many ratios each block is probed
-    (``sensitivity.probes`` without it)."""
+                ray_address: str | None = None, sizing: ScanBudget | None = None) -> Scan:
+    """Screen the probes the cached scan lacks. With ``sizing`` (a budgeted run) the calibration probes (reference
+    and sweep) go first, and what one took says at how many ratios each block is probed (``sensitivity.probes``
+    without it)."""
     fingerprint = records.fingerprint(study) or ""
     name = scan_name(spec, fingerprint)
     scan = open_study(StudyOptions(name, SCAN_OBJECTIVES, spec.sampler, spec.seed, spec.trials, role="sensitivity"),
@@ -232,13 +232,13 @@ def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, laye
     fail_stale_trials(scan, store, 0)
     before = {t.number for t in scan.get_trials(deepcopy=False)}  # before enqueueing: the probes run now are new
     n, probe_s = spec.sensitivity.probes, None
-    if levels is not None:
+    if sizing is not None:
         t0 = time.perf_counter()
         ran = _screen_missing(scan, store, spec, layers, name, _wanted(spec, layers, 0), ray_address)
         # a probe's cost with its share of the orchestration; from the records when the calibration was cached
         probe_s = (time.perf_counter() - t0) / ran if ran else records.mean_wall_seconds(
             scan.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        n = levels(probe_s)
+        n = sizing.levels(spec, layers, probe_s)
     _screen_missing(scan, store, spec, layers, name, _wanted(spec, layers, n), ray_address)
     return Scan(read_scan(scan, records.baseline_metrics(study).get("params", 0.0)),
                 {t.number for t in scan.get_trials(deepcopy=False)} - before, scan, n, probe_s)
