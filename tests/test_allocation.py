@@ -11,7 +11,16 @@ import pytest
 from autoprune.config.spec import parse_spec
 from autoprune.errors import SpecError
 from autoprune.model import records, shapes
-from autoprune.model.allocation import Option, Probe, Sensitivity, allocate, block_options, calibrated, cost_targets
+from autoprune.model.allocation import (
+    Option,
+    Probe,
+    Sensitivity,
+    allocate,
+    block_options,
+    calibrated,
+    cost_targets,
+    loss_exponent,
+)
 from autoprune.model.space import FloatRange, Layer, Space, block_of, blocks
 from autoprune.search.sensitivity import allocated_candidates, grid, probe_params, scan_levels
 
@@ -104,6 +113,55 @@ def test_a_failed_probe_caps_its_block_and_negative_losses_count_as_none():
     opts = block_options(sens, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])["a"]
     assert [o.ratio for o in opts] == [0.0, 0.1, 0.2, 0.3]
     assert all(o.loss == 0.0 for o in opts) and opts[-1].saving == pytest.approx(30.0)
+
+
+def _power_sweep(power: float, scale: float = 2.0, reference: float = 0.9) -> tuple[Probe, ...]:
+    """A uniform sweep whose loss is ``scale * ratio ** power``, down to collapse at the top."""
+    return tuple(Probe("*", r, max(0.0, reference - scale * r ** power), 1000.0 * (1 - r))
+                 for r in (0.15, 0.3, 0.4, 0.55, 0.7))
+
+
+@pytest.mark.parametrize("power", [1.0, 1.7, 2.5])
+def test_the_loss_exponent_is_the_sweeps_log_log_slope_on_its_unsaturated_points(power):
+    # 0.55 and 0.7 lose more than half the reference (collapse) and stay out of the fit
+    sens = Sensitivity(0.9, 1000.0, (), _power_sweep(power))
+    assert loss_exponent(sens) == pytest.approx(power)
+
+
+def test_the_loss_exponent_falls_back_to_linear_and_stays_in_bounds():
+    assert loss_exponent(Sensitivity(0.9, 1000.0, ())) == 1.0  # no sweep
+    one = (Probe("*", 0.3, 0.8, 700.0), Probe("*", 0.6, 0.1, 400.0))  # one unsaturated point
+    assert loss_exponent(Sensitivity(0.9, 1000.0, (), one)) == 1.0
+    noise = (Probe("*", 0.1, 0.899, 900.0), Probe("*", 0.2, 0.895, 800.0), Probe("*", 0.3, 0.6, 700.0))
+    assert loss_exponent(Sensitivity(0.9, 1000.0, (), noise)) == 1.0  # losses under FIT_MIN_LOSS are noise
+    steep = (Probe("*", 0.2, 0.9 - 0.012, 800.0), Probe("*", 0.4, 0.9 - 0.4, 600.0))
+    assert loss_exponent(Sensitivity(0.9, 1000.0, (), steep)) == 3.0
+    concave = (Probe("*", 0.2, 0.9 - 0.2, 800.0), Probe("*", 0.4, 0.9 - 0.25, 600.0))
+    assert loss_exponent(Sensitivity(0.9, 1000.0, (), concave)) == 1.0
+
+
+def test_with_one_probe_a_block_loses_along_the_sweeps_power_and_saves_linearly():
+    probes = (Probe("a", 0.6, 0.9 - 0.4, 400.0),)
+    curved = block_options(Sensitivity(0.9, 1000.0, probes, _power_sweep(2.0)), [0.0, 0.3, 0.6])["a"]
+    assert [o.loss for o in curved] == pytest.approx([0.0, 0.1, 0.4])  # (0.3 / 0.6) ** 2 of the probe's loss
+    assert [o.saving for o in curved] == pytest.approx([0.0, 300.0, 600.0])
+    linear = block_options(Sensitivity(0.9, 1000.0, probes), [0.0, 0.3, 0.6])["a"]
+    assert [o.loss for o in linear] == pytest.approx([0.0, 0.2, 0.4])
+    # between two probes the curve still passes through both
+    two = (Probe("a", 0.3, 0.9 - 0.05, 700.0), Probe("a", 0.6, 0.9 - 0.4, 400.0))
+    opts = block_options(Sensitivity(0.9, 1000.0, two, _power_sweep(2.0)), [0.0, 0.15, 0.3, 0.45, 0.6])["a"]
+    assert [o.loss for o in opts] == pytest.approx([0.0, 0.0125, 0.05, 0.05 + 0.35 * (0.45**2 - 0.09) / 0.27, 0.4])
+
+
+def test_a_convex_loss_curve_spreads_a_cut_over_blocks_instead_of_maxing_one():
+    # two equal blocks, each probed at 0.6 only; half the reachable saving is wanted
+    probes = (Probe("a", 0.6, 0.5, 400.0), Probe("b", 0.6, 0.5, 400.0))
+    grid_ = [round(0.05 * i, 2) for i in range(13)]
+    linear = block_options(Sensitivity(0.9, 1000.0, probes), grid_)
+    curved = block_options(Sensitivity(0.9, 1000.0, probes, _power_sweep(2.0)), grid_)
+    assert allocate(linear, 0.9, 600.0).predicted_map == pytest.approx(0.9 - 0.4)  # linear: every split costs 0.4
+    assert allocate(curved, 0.9, 600.0).ratios == {"a": 0.3, "b": 0.3}
+    assert allocate(curved, 0.9, 600.0).predicted_map == pytest.approx(0.9 - 0.2)
 
 
 def test_cost_targets_span_the_uniform_sweep():

@@ -4,12 +4,15 @@ A sensitivity scan screens each block pruned alone at a few ratios (mAP lost, pa
 saved) and a uniform sweep over the whole model. :func:`allocate` then solves, for a target
 saving, the multiple-choice knapsack "which ratio per block loses the least mAP in total
 while saving at least the target" by dynamic programming over discretised savings, with
-each block's loss and saving interpolated linearly between its probes. :func:`cost_targets`
-spreads the targets over the cost range the uniform sweep spans, so the candidates cover the
-cost axis; :func:`calibrated` maps a true saving to the summed-probe saving the knapsack counts
-(the sum overstates: pruning two neighbours removes their shared weights once), fitted on the
-uniform sweep, whose true savings are measured. Losses are assumed additive: a prediction for
-ranking, not a measurement (every allocated candidate is screened for real before it is promoted).
+each block's saving interpolated linearly between its probes and its loss along ``ratio ** p``
+(:func:`loss_exponent`: pruning losses grow faster than linearly, and ``p`` is the log-log slope of
+the uniform sweep's own loss curve, so a scan that probed each block at its top ratio alone does
+not charge a moderate ratio half the top's loss). :func:`cost_targets` spreads the targets over
+the cost range the uniform sweep spans, so the candidates cover the cost axis; :func:`calibrated`
+maps a true saving to the summed-probe saving the knapsack counts (the sum overstates: pruning two
+neighbours removes their shared weights once), fitted on the uniform sweep, whose true savings
+are measured. Losses are assumed additive: a prediction for ranking, not a measurement (every
+allocated candidate is screened for real before it is promoted).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["Probe", "Sensitivity", "Allocation", "Option", "block_options", "allocate", "cost_targets",
-           "calibrated", "UNIFORM", "REFERENCE"]
+           "calibrated", "loss_exponent", "UNIFORM", "REFERENCE"]
 
 UNIFORM = "*"  # the block of a uniform-sweep probe (every layer at the ratio)
 REFERENCE = "-"  # the block of the reference probe (nothing pruned, screened the same way)
+EXPONENT_BOUNDS = (1.0, 3.0)  # the loss curve's fitted power: linear at least, never steeper than cubic
+FIT_MIN_LOSS = 0.01  # a sweep point enters the fit above this loss (below: screen noise) and above half the reference
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,25 @@ class Allocation:
     saving: float  # predicted parameters removed
 
 
+def loss_exponent(sens: Sensitivity) -> float:
+    """The power ``p`` of the loss curve ``loss ~ ratio ** p``: the least-squares log-log slope of the uniform sweep's
+    loss over its points that are neither noise (loss under FIT_MIN_LOSS) nor collapse (mAP under half the
+    reference), within EXPONENT_BOUNDS; 1 (linear) without two such points."""
+    pts = [(math.log(p.ratio), math.log(sens.reference_map - p.map50_95)) for p in sens.sweep
+           if p.map50_95 is not None and p.ratio > 0 and sens.reference_map - p.map50_95 >= FIT_MIN_LOSS
+           and p.map50_95 >= sens.reference_map / 2]
+    if len({x for x, _ in pts}) < 2:
+        return 1.0
+    mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    return min(max(slope, EXPONENT_BOUNDS[0]), EXPONENT_BOUNDS[1])
+
+
 def block_options(sens: Sensitivity, grid: Sequence[float]) -> dict[str, list[Option]]:
-    """Each block's choices: the ``grid`` ratios up to its largest successful probe, loss and saving interpolated
-    linearly between its probes (and 0 at ratio 0); savings made non-decreasing, losses clipped at 0."""
+    """Each block's choices: the ``grid`` ratios up to its largest successful probe, saving interpolated linearly
+    between its probes (and 0 at ratio 0) and loss along ``ratio ** loss_exponent(sens)``; savings made
+    non-decreasing, losses clipped at 0."""
+    power = loss_exponent(sens)
     by_block: dict[str, list[Probe]] = {}
     for p in sens.probes:
         by_block.setdefault(p.block, []).append(p)
@@ -74,18 +95,21 @@ def block_options(sens: Sensitivity, grid: Sequence[float]) -> dict[str, list[Op
         top = points[-1][0]
         opts, best_saving = [], 0.0
         for r in sorted({0.0, *(g for g in grid if 0.0 <= g <= top + 1e-9)}):
-            loss, saving = _interpolate(points, r)
+            loss, saving = _interpolate(points, r, power)
             best_saving = max(best_saving, saving)
             opts.append(Option(r, loss, best_saving))
         out[block] = opts
     return out
 
 
-def _interpolate(points: Sequence[tuple[float, float, float]], r: float) -> tuple[float, float]:
+def _interpolate(points: Sequence[tuple[float, float, float]], r: float, power: float) -> tuple[float, float]:
     for (r0, l0, s0), (r1, l1, s1) in zip(points, points[1:]):
         if r0 - 1e-9 <= r <= r1 + 1e-9:
-            w = 0.0 if r1 == r0 else (r - r0) / (r1 - r0)
-            return l0 + w * (l1 - l0), s0 + w * (s1 - s0)
+            if r1 == r0:
+                return l0, s0
+            w = (r - r0) / (r1 - r0)
+            wl = (max(r, 0.0) ** power - r0 ** power) / (r1 ** power - r0 ** power)
+            return l0 + wl * (l1 - l0), s0 + w * (s1 - s0)
     return points[-1][1], points[-1][2]
 
 
