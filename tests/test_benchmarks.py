@@ -171,3 +171,33 @@ def test_search_vs_recipe_results_names():
     assert svr.SYNTHETIC_TASKS["crowd11"]["max_objects"] == 2 * svr.SYNTHETIC_TASKS["dense11"]["max_objects"]
     cue = dict(svr.SYNTHETIC_TASKS["shapecue11"])
     assert cue.pop("colour_by_class") is False and {**cue, "seed": 12} == svr.DENSE11
+
+
+def test_loss_shape_benchmark(tmp_path):
+    """A scan written by hand (no model run): every loss follows ``2 * ratio ** 2``; the hidden 0.35 probes are
+    predicted exactly by the fitted curve and overstated by the linear one."""
+    import optuna
+
+    from autoprune.model import records
+    from autoprune.model.allocation import REFERENCE, UNIFORM
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    scan = optuna.create_study(study_name="sensitivity-test", storage=url,
+                               directions=["maximize", "minimize", "minimize"])
+    probes = [(REFERENCE, 0.0, 1.0), *((UNIFORM, r, 1.0) for r in (0.1, 0.2, 0.3)),
+              *((b, r, 0.1 * (i + 1)) for i, b in enumerate(("model.1", "model.2")) for r in (0.35, 0.7))]
+    for block, ratio, scale in probes:
+        t = scan.ask()
+        for k, v in records.probe_attrs(block, ratio).items():
+            t.set_user_attr(k, v)
+        m = {"map50_95": 0.9 - 2 * scale * ratio**2, "params": 1000.0 * (1 - ratio), "macs": 1.0}
+        records.write_result(t, {}, m)
+        scan.tell(t, [m["map50_95"], m["params"], 1.0])
+    res, out = _bench(tmp_path, "loss_shape", f"toy={tmp_path / 's.db'}")
+    (row,) = res["scans"]
+    assert row["task"] == "toy" and row["hidden"] == 2 and row["exponent"] == pytest.approx(2.0)
+    assert row["mae_fitted"] == pytest.approx(0.0, abs=1e-9) and row["mae_linear"] == pytest.approx(0.03675)
+    assert "1 scan(s)" in out
+    r = subprocess.run([sys.executable, str(BENCH / "loss_shape.py"), str(tmp_path / "none.db")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip() == f"loss_shape: {tmp_path / 'none.db'}: no such file"
