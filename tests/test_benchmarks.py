@@ -201,3 +201,38 @@ def test_loss_shape_benchmark(tmp_path):
     r = subprocess.run([sys.executable, str(BENCH / "loss_shape.py"), str(tmp_path / "none.db")], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.strip() == f"loss_shape: {tmp_path / 'none.db'}: no such file"
+
+
+def test_allocation_ab_benchmark(tmp_path, tiny_data, tiny_model_pt):
+    """A hand-written scan of the tiny model's blocks (fakes the probes' measurements, not the screens): each target's
+    two allocations under each rule are screened for real and paired per target."""
+    import optuna
+
+    from autoprune.adapters import tp, ultra
+    from autoprune.engine.criteria import TRACE_IMGSZ
+    from autoprune.model import records
+    from autoprune.model.allocation import REFERENCE, UNIFORM
+    from autoprune.model.space import Layer, blocks
+
+    model = ultra.load_model(tiny_model_pt)
+    layers = [Layer(q.name, q.channels, ultra.layer_stage(model, q.name))
+              for q in tp.prunable_layers(model, TRACE_IMGSZ)]
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    scan = optuna.create_study(study_name="sensitivity-test", storage=url,
+                               directions=["maximize", "minimize", "minimize"])
+    names = list(blocks(layers))
+    probes = [(REFERENCE, 0.0, 0.0, 0.0), *((UNIFORM, r, 0.5 * r**2, 0.9 * r) for r in (0.2, 0.4, 0.6)),
+              *((b, 0.6, 0.02 * (i % 4), 0.9 * 0.6 / len(names)) for i, b in enumerate(names))]
+    for block, ratio, loss, saved in probes:
+        t = scan.ask()
+        for k, v in records.probe_attrs(block, ratio).items():
+            t.set_user_attr(k, v)
+        m = {"map50_95": 0.5 - loss, "params": 1000.0 * (1 - saved), "macs": 1.0}
+        records.write_result(t, {}, m)
+        scan.tell(t, [m["map50_95"], m["params"], 1.0])
+    res, _ = _bench(tmp_path, "allocation_ab", "--model", str(tiny_model_pt), "--data", str(tiny_data), "--imgsz", "64",
+                    str(tmp_path / "s.db"))
+    assert len(res["rows"]) == 2 * 2 * 2  # rules x targets x (cut, cut + margin)
+    assert {r["rule"] for r in res["rows"]} == {"linear", "fitted"} and set(res["summary"]) == {"0.5", "0.7"}
+    assert all(r["screen_map"] is None or 0.0 <= r["screen_map"] <= 1.0 for r in res["rows"])
+    assert res["rows"][0]["exponent"] == pytest.approx(2.0)
