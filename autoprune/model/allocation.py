@@ -108,7 +108,7 @@ def _interpolate(points: Sequence[tuple[float, float, float]], r: float, power: 
             if r1 == r0:
                 return l0, s0
             w = (r - r0) / (r1 - r0)
-            wl = (max(r, 0.0) ** power - r0 ** power) / (r1 ** power - r0 ** power)
+            wl = (r ** power - r0 ** power) / (r1 ** power - r0 ** power)
             return l0 + wl * (l1 - l0), s0 + w * (s1 - s0)
     return points[-1][1], points[-1][2]
 
