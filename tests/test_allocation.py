@@ -20,6 +20,7 @@ from autoprune.model.allocation import (
     calibrated,
     cost_targets,
     loss_exponent,
+    sized,
 )
 from autoprune.model.space import FloatRange, Layer, Space, block_of, blocks
 from autoprune.search.sensitivity import allocated_candidates, grid, probe_params, scan_levels
@@ -197,6 +198,50 @@ def test_calibration_maps_true_savings_onto_the_summed_probe_savings():
     assert calibrated(Sensitivity(0.8, 1000.0, probes), opts, [450.0]) == [450.0]  # no sweep: unchanged
 
 
+def _overlapping_saving(calls):
+    """A stand-in for pruning a copy and counting (fakes the model): blocks "a" and "b" share weights, so pruning
+    both at r1, r2 saves 600*(r1 + r2) - 400*r1*r2 of 1000 parameters, less than the probes' sum."""
+    def saving(ratios):
+        calls.append(dict(ratios))
+        r1, r2 = ratios.get("a", 0.0), ratios.get("b", 0.0)
+        return 600 * (r1 + r2) - 400 * r1 * r2
+    return saving
+
+
+def _ab_options():
+    sens = Sensitivity(0.8, 1000.0, (Probe("a", 0.5, 0.7, 700.0), Probe("b", 0.5, 0.6, 700.0)))
+    return block_options(sens, [round(0.05 * i, 2) for i in range(15)])
+
+
+def test_sized_meets_the_true_cut_that_the_summed_probes_miss():
+    opts, calls = _ab_options(), list[dict[str, float]]()
+    guess = allocate(opts, 0.8, 500.0)  # the summed probes say 500: the model truly loses less
+    assert _overlapping_saving([])(guess.ratios) < 500.0
+    a, true = sized(opts, 0.8, 500.0, 500.0, _overlapping_saving(calls), tolerance=10.0)
+    assert 500.0 <= true <= 510.0 and true == pytest.approx(_overlapping_saving([])(a.ratios))
+    assert 2 <= len(calls) <= 4  # the guess, then secant steps until the window
+
+
+def test_sized_returns_the_largest_saving_when_the_cut_is_out_of_reach_and_stops_on_a_repeat():
+    opts, calls = _ab_options(), list[dict[str, float]]()
+    a, true = sized(opts, 0.8, 700.0, 700.0, _overlapping_saving(calls), tolerance=10.0)
+    assert a.ratios == {"a": 0.5, "b": 0.5} and true == pytest.approx(500.0)  # the options end at the probes
+    assert len(calls) == 1  # the knapsack already gives everything: a repeat is not measured again
+
+
+def test_allocated_candidates_size_each_cut_on_the_true_saving():
+    space = Space(ratio=FloatRange(0.0, 0.7, step=0.05), shape="block")
+    sens = Sensitivity(0.8, 1000.0, (Probe("a", 0.5, 0.7, 700.0), Probe("b", 0.5, 0.6, 700.0)))
+    layers = [Layer("a", 16), Layer("b", 16)]
+    calls: list[dict[str, float]] = []
+    share = _overlapping_saving(calls)
+    found = allocated_candidates(sens, space, layers, 0, cuts=[0.5], saving=lambda r: share(r) / 1000.0)
+    assert len(found) == 1 and found[0].target == 0.5 and calls
+    assert 500.0 <= _overlapping_saving([])(found[0].ratios) <= 510.0
+    unsized = allocated_candidates(sens, space, layers, 0, cuts=[0.5])
+    assert len(unsized) == 1 and _overlapping_saving([])(unsized[0].ratios) < 500.0  # what sizing corrects
+
+
 def test_probe_params_and_levels():
     space = Space(ratio=FloatRange(0.0, 0.7, step=0.05))
     assert scan_levels(space, 2) == [0.35, 0.7] and scan_levels(space, 5) == [0.15, 0.3, 0.4, 0.55, 0.7]
@@ -275,7 +320,7 @@ def test_a_budgeted_scan_shrinks_to_its_share_from_a_probes_cost():
                        "sensitivity": {"probes": 2, "candidates": 8}}, "s.yaml")
     n_blocks = len(blocks(LAYERS))
     sizing = ScanBudget.of(spec, 0.25, lambda: 100.0)
-    assert sizing.reserve == 2 * 2 + 2 * 2  # two allocations per target cut, factor x targets proposals
+    assert sizing.reserve == 2 + 2 * 2  # one allocation per target cut, factor x targets proposals
     def levels(probe_s):
         return sizing.levels(spec, LAYERS, probe_s)
 

@@ -205,7 +205,8 @@ def test_loss_shape_benchmark(tmp_path):
 
 def test_allocation_ab_benchmark(tmp_path, tiny_data, tiny_model_pt):
     """A hand-written scan of the tiny model's blocks (fakes the probes' measurements, not the screens): each target's
-    two allocations under each rule are screened for real and paired per target."""
+    allocations under each rule (two calibrated ones for linear and fitted, one truly sized) are screened for real and
+    paired per target."""
     import optuna
 
     from autoprune.adapters import tp, ultra
@@ -232,7 +233,9 @@ def test_allocation_ab_benchmark(tmp_path, tiny_data, tiny_model_pt):
         scan.tell(t, [m["map50_95"], m["params"], 1.0])
     res, _ = _bench(tmp_path, "allocation_ab", "--model", str(tiny_model_pt), "--data", str(tiny_data), "--imgsz", "64",
                     str(tmp_path / "s.db"))
-    assert len(res["rows"]) == 2 * 2 * 2  # rules x targets x (cut, cut + margin)
-    assert {r["rule"] for r in res["rows"]} == {"linear", "fitted"} and set(res["summary"]) == {"0.5", "0.7"}
+    assert len(res["rows"]) == 2 * 2 * 2 + 2  # calibrated rules x targets x (cut, cut + margin), sized x targets
+    assert {r["rule"] for r in res["rows"]} == {"linear", "fitted", "sized"} and set(res["summary"]) == {"0.5", "0.7"}
+    assert {r["cut"] for r in res["rows"] if r["rule"] == "sized"} == {0.5, 0.7}
+    assert all(0 <= res["summary"][c][f"meets_{rule}"] <= 1 for c in ("0.5", "0.7") for rule in ("linear", "sized"))
     assert all(r["screen_map"] is None or 0.0 <= r["screen_map"] <= 1.0 for r in res["rows"])
     assert res["rows"][0]["exponent"] == pytest.approx(2.0)

@@ -152,3 +152,28 @@ def test_a_trial_without_fine_tune_gets_adaptive_bn_and_no_gradient_step(tmp_pat
     bn_old = [m for m in base.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert [a.running_mean.shape for a in bn_new] == [b.running_mean.shape for b in bn_old]
     assert not all(torch.allclose(a.running_mean, b.running_mean) for a, b in zip(bn_new, bn_old))
+
+
+def test_true_saving_is_what_a_screen_of_the_allocation_measures(tiny_data, tiny_model_pt):
+    """The search sizes an allocation at a target cut by pruning a copy; the screen later prunes it for real."""
+    import optuna
+
+    from autoprune.engine.screen import screen_policy
+    from autoprune.model.shapes import params_for_policy, sample_policy
+    from autoprune.model.space import blocks
+    from autoprune.search.sensitivity import true_saving
+
+    spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
+                       "latency": {"warmup": 0, "runs": 3, "interleave": False}, "finetune": {"batch": 8}}, "s.yaml")
+    base = ultra.load_model(tiny_model_pt)
+    layers = [Layer(p.name, p.channels, ultra.layer_stage(base, p.name)) for p in tp.prunable_layers(base, TRACE_IMGSZ)]
+    names = list(blocks(layers))
+    block_ratios = {b: (0.6 if i % 3 == 0 else 0.15) for i, b in enumerate(names)}  # lopsided, off the grid's ends
+    saving = true_saving(spec, layers, "l2", 8)
+    share = saving(block_ratios)
+    assert 0.05 < share < 0.9
+    ratios = {layer.name: block_ratios[b] for b, members in blocks(layers).items() for layer in members}
+    policy = sample_policy(optuna.trial.FixedTrial(params_for_policy(
+        spec.space, layers, {"ratios": ratios, "criterion": "l2", "round_to": 8})), spec.space, layers)
+    screened = screen_policy(spec.trial_settings, policy, layers, batches=1)
+    assert screened.metrics["params"] == pytest.approx((1 - share) * ultra.count_params(base), abs=0.5)

@@ -15,7 +15,8 @@ from autoprune.model.shapes import target_keep
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["uniform_prune", "uniform_ratio_for", "check_reachable", "RECIPE_CRITERION", "RECIPE_ROUND_TO"]
+__all__ = ["uniform_prune", "uniform_ratio_for", "check_reachable", "pruned_params", "RECIPE_CRITERION",
+           "RECIPE_ROUND_TO"]
 
 RECIPE_CRITERION = "l2"  # torch-pruning's GroupMagnitudeImportance(p=2)
 RECIPE_ROUND_TO = 8
@@ -42,6 +43,17 @@ def _cost(model: Any, imgsz: int) -> dict[str, float]:
     from autoprune.adapters import tp, ultra
 
     return {"params": float(ultra.count_params(model)), "macs": float(tp.count_macs(model, imgsz))}
+
+
+def pruned_params(model: Any, settings: TrialSettings, keep: Mapping[str, int]) -> int:
+    """The parameter count of ``model`` with each unit cut to ``keep[name]`` channels, on a CPU copy (``model`` is
+    not touched; sizes only: channels ranked by L1, no training)."""
+    from autoprune.adapters import ultra
+    from autoprune.engine.pipeline import prune_once
+
+    m = copy.deepcopy(model).cpu()
+    prune_once(m, settings.replace(device="cpu"), "l1", keep, regularize=False)
+    return ultra.count_params(m)
 
 
 def _pruned_cost(model: Any, settings: TrialSettings, ratio: float, round_to: int) -> dict[str, float]:

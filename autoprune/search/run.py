@@ -235,7 +235,7 @@ def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, 
               clock: Clock | None = None) -> tuple[list[tuple[dict[str, object], str]], records.RunTimings]:
     """The sensitivity scan (cached) and the first round's allocated candidates, as screening seeds (with targets,
     allocations at each target's parameter cut too)."""
-    from autoprune.search.sensitivity import ScanBudget, allocated_candidates, ensure_scan, scan_knobs
+    from autoprune.search.sensitivity import ScanBudget, allocated_candidates, ensure_scan, scan_knobs, true_saving
 
     spec, layers = ctx.spec, list(ctx.layers)
     share = spec.budget.scan_share if clock is not None else None
@@ -252,7 +252,8 @@ def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, 
     if sizing is not None and clock is not None:
         n = sizing.allocations(spec, scan)
         clock.ledger.scan_size = {"levels": scan.levels, "allocations": n}
-    found = allocated_candidates(sens, spec.space, layers, n, cuts=cuts)
+    saving = true_saving(spec, layers, criterion, round_to) if cuts else None
+    found = allocated_candidates(sens, spec.space, layers, n, cuts=cuts, saving=saving)
     logger.info("sensitivity allocation: %d candidate(s) over the cost range (reference screen mAP50-95 %.3f)",
                 len(found), sens.reference_map)
     return [({"ratios": c.ratios, "criterion": criterion, "round_to": round_to}, c.source) for c in found], run

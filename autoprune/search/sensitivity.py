@@ -7,8 +7,9 @@ latency timing: the cost is parameters). The probes are trials of an internal si
 ``sensitivity-<key>`` whose key is the base model's weights fingerprint, the data set, imgsz,
 criterion, rounding and the screen's batches (not the seed): a later study on the same base model and data
 finds the probes done and screens only what is missing. :func:`allocated_candidates` turns the
-scan into per-layer ratios at cost targets spread over the sweep's range
-(:mod:`autoprune.model.allocation`).
+scan into per-layer ratios at cost targets spread over the sweep's range and at each target's parameter cut
+(:mod:`autoprune.model.allocation`); an allocation at a cut is sized on the true parameter count of the model it
+prunes (:func:`true_saving`), so it meets the cut a user asked for.
 
 In a budgeted run (:class:`ScanBudget`) the scan and the allocations' screens are sized to ``budget.scan_share``
 of the budget: the calibration probes (reference and sweep) go first, their measured cost says at how many ratios
@@ -25,7 +26,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,15 +39,17 @@ from autoprune.model import records
 from autoprune.model.allocation import (
     REFERENCE,
     UNIFORM,
+    Allocation,
     Probe,
     Sensitivity,
     allocate,
     block_options,
     calibrated,
     cost_targets,
+    sized,
 )
 from autoprune.model.budget import fit_count
-from autoprune.model.shapes import recipe_params, screen_space
+from autoprune.model.shapes import params_for_policy, recipe_params, sample_policy, screen_space, target_keep
 from autoprune.model.space import Layer, Space, blocks
 from autoprune.search import journal
 from autoprune.search.executor import Job
@@ -56,10 +59,10 @@ from autoprune.search.study import StudyOptions, StudyStorage, fail_stale_trials
 logger = logging.getLogger(__name__)
 
 __all__ = ["SCAN_OBJECTIVES", "scan_knobs", "scan_levels", "scan_name", "scan_job", "probe_params", "Scan",
-           "ScanBudget", "ensure_scan", "read_scan", "Candidate", "allocated_candidates", "grid"]
+           "ScanBudget", "ensure_scan", "read_scan", "Candidate", "allocated_candidates", "true_saving", "grid"]
 
 SCAN_OBJECTIVES = ("map50_95", "params", "macs")  # deterministic costs: a probe is not timed
-TARGET_MARGINS = (0.0, 0.04)  # allocations per target cut: at it, and a little past it (calibration is approximate)
+SIZE_TOLERANCE = 0.01  # an allocation at a cut may remove up to this share of the base's parameters more
 
 
 def scan_knobs(space: Space) -> tuple[str, int]:
@@ -161,7 +164,7 @@ class ScanBudget:
     def of(cls, spec: SearchSpec, share: float, seconds_left: Callable[[], float]) -> ScanBudget:
         cuts = sum(t.params_cut is not None for t in spec.targets)
         proposals = spec.screening.factor * max(1, len(spec.targets)) if spec.screening.proposals else 0
-        return cls(share, seconds_left, cuts * len(TARGET_MARGINS) + proposals)
+        return cls(share, seconds_left, cuts + proposals)
 
     def _free(self, probe_s: float) -> float:
         return self.seconds_left() - self.reserve * probe_s * SCREEN_PER_PROBE
@@ -276,21 +279,60 @@ class Candidate:
         return f"allocation: params -{self.target:.0%}, predicted screen mAP50-95 {self.predicted_map:.3f}"
 
 
+def true_saving(spec: SearchSpec, layers: Sequence[Layer], criterion: str,
+                round_to: int) -> Callable[[Mapping[str, float]], float]:
+    """The share of the base's parameters a per-block allocation truly removes: projected onto the space and sampled
+    back as the search screens it (criterion and rounding as the allocations get them), then a copy pruned and
+    counted."""
+    from autoprune.adapters import ultra
+    from autoprune.engine.uniform import pruned_params
+
+    model = ultra.load_model(spec.model)
+    base = ultra.count_params(model)
+    grouped = blocks(list(layers))
+    original = {layer.name: layer.channels for layer in layers}
+
+    def saving(block_ratios: Mapping[str, float]) -> float:
+        ratios = {layer.name: block_ratios.get(b, 0.0) for b, members in grouped.items() for layer in members}
+        params = params_for_policy(spec.space, layers, {"ratios": ratios, "criterion": criterion,
+                                                        "round_to": round_to})
+        policy = sample_policy(optuna.trial.FixedTrial(params), spec.space, layers)
+        keep = target_keep(original, policy.ratio_map, 1, 1, policy.round_to)
+        return 1.0 - pruned_params(model, spec.trial_settings, keep) / base
+
+    return saving
+
+
 def allocated_candidates(sens: Sensitivity, space: Space, layers: Sequence[Layer], n: int,
-                         cuts: Sequence[float] = ()) -> list[Candidate]:
-    """Up to ``n`` distinct allocations at cost targets spread over the sweep's range, and with ``cuts`` (shares of
-    the base's parameters a user targets) allocations at each cut too."""
+                         cuts: Sequence[float] = (),
+                         saving: Callable[[Mapping[str, float]], float] | None = None) -> list[Candidate]:
+    """An allocation at each of ``cuts`` (shares of the base's parameters a user targets), sized with ``saving`` (the
+    share an allocation truly removes: :func:`true_saving`) to meet it within :data:`SIZE_TOLERANCE`, and up to ``n``
+    distinct allocations at cost targets spread over the sweep's range; without ``saving``, the uniform sweep's
+    calibration alone sizes them."""
     options = block_options(sens, grid(space))
     grouped = blocks(list(layers))
+    base = sens.base_params
+    found: list[tuple[Allocation, float]] = []
+    for cut, first in zip(cuts, calibrated(sens, options, [c * base for c in cuts])):
+        if saving is None:
+            found.append((allocate(options, sens.reference_map, first), cut))
+            continue
+        a, true = sized(options, sens.reference_map, cut * base, first, lambda r: saving(r) * base,
+                        SIZE_TOLERANCE * base)
+        logger.info("allocation at params -%.0f%%: it removes %.1f%% of the parameters (pruned and counted)",
+                    100 * cut, 100 * true / base if base else 0.0)
+        found.append((a, cut))
+    spread = cost_targets(sens, n)
+    found += [(allocate(options, sens.reference_map, summed), t / base if base else 0.0)
+              for t, summed in zip(spread, calibrated(sens, options, spread))]
     out: list[Candidate] = []
     seen: set[tuple[float, ...]] = set()
-    targets = [(c + m) * sens.base_params for c in cuts for m in TARGET_MARGINS] + cost_targets(sens, n)
-    for target, summed in zip(targets, calibrated(sens, options, targets)):
-        a = allocate(options, sens.reference_map, summed)
+    for a, target in found:
         key = tuple(a.ratios.get(b, 0.0) for b in grouped)
         if key in seen or not any(key):
             continue
         seen.add(key)
         ratios = {layer.name: a.ratios.get(b, 0.0) for b, members in grouped.items() for layer in members}
-        out.append(Candidate(ratios, target / sens.base_params if sens.base_params else 0.0, a.predicted_map))
+        out.append(Candidate(ratios, target, a.predicted_map))
     return out
