@@ -39,7 +39,6 @@ from autoprune.model import records
 from autoprune.model.allocation import (
     REFERENCE,
     UNIFORM,
-    Allocation,
     Probe,
     Sensitivity,
     allocate,
@@ -47,6 +46,7 @@ from autoprune.model.allocation import (
     calibrated,
     cost_targets,
     sized,
+    uniform_at,
 )
 from autoprune.model.budget import fit_count
 from autoprune.model.shapes import params_for_policy, recipe_params, sample_policy, screen_space, target_keep
@@ -63,6 +63,7 @@ __all__ = ["SCAN_OBJECTIVES", "scan_knobs", "scan_levels", "scan_name", "scan_jo
 
 SCAN_OBJECTIVES = ("map50_95", "params", "macs")  # deterministic costs: a probe is not timed
 SIZE_TOLERANCE = 0.01  # an allocation at a cut may remove up to this share of the base's parameters more
+CANDIDATES_PER_CUT = 2  # screened at each target's cut: the sized allocation and the uniform ratio
 
 
 def scan_knobs(space: Space) -> tuple[str, int]:
@@ -164,7 +165,7 @@ class ScanBudget:
     def of(cls, spec: SearchSpec, share: float, seconds_left: Callable[[], float]) -> ScanBudget:
         cuts = sum(t.params_cut is not None for t in spec.targets)
         proposals = spec.screening.factor * max(1, len(spec.targets)) if spec.screening.proposals else 0
-        return cls(share, seconds_left, cuts + proposals)
+        return cls(share, seconds_left, CANDIDATES_PER_CUT * cuts + proposals)
 
     def _free(self, probe_s: float) -> float:
         return self.seconds_left() - self.reserve * probe_s * SCREEN_PER_PROBE
@@ -273,10 +274,12 @@ class Candidate:
     ratios: dict[str, float]  # per layer
     target: float  # the share of the base model's parameters it was allocated to remove
     predicted_map: float  # predicted adaptive-BN mAP50-95
+    uniform: float | None = None  # the ratio of a uniform candidate (every layer the same), None for an allocation
 
     @property
     def source(self) -> str:
-        return f"allocation: params -{self.target:.0%}, predicted screen mAP50-95 {self.predicted_map:.3f}"
+        kind = "allocation" if self.uniform is None else f"uniform ratio {self.uniform:.2f}"
+        return f"{kind}: params -{self.target:.0%}, predicted screen mAP50-95 {self.predicted_map:.3f}"
 
 
 def true_saving(spec: SearchSpec, layers: Sequence[Layer], criterion: str,
@@ -306,33 +309,43 @@ def true_saving(spec: SearchSpec, layers: Sequence[Layer], criterion: str,
 def allocated_candidates(sens: Sensitivity, space: Space, layers: Sequence[Layer], n: int,
                          cuts: Sequence[float] = (),
                          saving: Callable[[Mapping[str, float]], float] | None = None) -> list[Candidate]:
-    """An allocation at each of ``cuts`` (shares of the base's parameters a user targets), sized with ``saving`` (the
-    share an allocation truly removes: :func:`true_saving`) to meet it within :data:`SIZE_TOLERANCE`, and up to ``n``
-    distinct allocations at cost targets spread over the sweep's range; without ``saving``, the uniform sweep's
-    calibration alone sizes them."""
+    """At each of ``cuts`` (shares of the base's parameters a user targets) an allocation, sized with ``saving`` (the
+    share an allocation truly removes: :func:`true_saving`) to meet it within :data:`SIZE_TOLERANCE`, and the
+    smallest uniform ratio that meets it (the recipe's policy on the space's grid); then up to ``n`` distinct
+    allocations at cost targets spread over the sweep's range. Without ``saving``, the uniform sweep's calibration
+    alone sizes the allocations, and no uniform candidate is made."""
     options = block_options(sens, grid(space))
     grouped = blocks(list(layers))
     base = sens.base_params
-    found: list[tuple[Allocation, float]] = []
+    found: list[Candidate] = []
+
+    def per_layer(block_ratios: Mapping[str, float]) -> dict[str, float]:
+        return {layer.name: block_ratios.get(b, 0.0) for b, members in grouped.items() for layer in members}
+
     for cut, first in zip(cuts, calibrated(sens, options, [c * base for c in cuts])):
         if saving is None:
-            found.append((allocate(options, sens.reference_map, first), cut))
+            a = allocate(options, sens.reference_map, first)
+            found.append(Candidate(per_layer(a.ratios), cut, a.predicted_map))
             continue
         a, true = sized(options, sens.reference_map, cut * base, first, lambda r: saving(r) * base,
                         SIZE_TOLERANCE * base)
-        logger.info("allocation at params -%.0f%%: it removes %.1f%% of the parameters (pruned and counted)",
-                    100 * cut, 100 * true / base if base else 0.0)
-        found.append((a, cut))
+        found.append(Candidate(per_layer(a.ratios), cut, a.predicted_map))
+        u = uniform_at(sens, grid(space), cut * base, lambda r: saving(dict.fromkeys(grouped, r)) * base)
+        if u is not None:
+            found.append(Candidate(per_layer(dict.fromkeys(grouped, u[0])), cut, u[2], uniform=u[0]))
+        logger.info("at params -%.0f%%: the allocation removes %.1f%% of the parameters, %s (pruned and counted)",
+                    100 * cut, 100 * true / base if base else 0.0,
+                    f"uniform ratio {u[0]:.2f} {100 * u[1] / base:.1f}%" if u and base else "no uniform ratio meets it")
     spread = cost_targets(sens, n)
-    found += [(allocate(options, sens.reference_map, summed), t / base if base else 0.0)
-              for t, summed in zip(spread, calibrated(sens, options, spread))]
+    for t, summed in zip(spread, calibrated(sens, options, spread)):
+        a = allocate(options, sens.reference_map, summed)
+        found.append(Candidate(per_layer(a.ratios), t / base if base else 0.0, a.predicted_map))
     out: list[Candidate] = []
     seen: set[tuple[float, ...]] = set()
-    for a, target in found:
-        key = tuple(a.ratios.get(b, 0.0) for b in grouped)
+    for c in found:
+        key = tuple(c.ratios[layer.name] for layer in layers)
         if key in seen or not any(key):
             continue
         seen.add(key)
-        ratios = {layer.name: a.ratios.get(b, 0.0) for b, members in grouped.items() for layer in members}
-        out.append(Candidate(ratios, target, a.predicted_map))
+        out.append(c)
     return out
