@@ -4,8 +4,8 @@ For each finished sensitivity scan given (a ``search_vs_recipe.py`` workdir's, s
 from the same probes under the rules ``--rules`` names: ``linear`` (the loss interpolated linearly from ratio 0, the
 rule before commit 8f0d7b6) and ``fitted`` (along ``ratio ** p``), both sized by the uniform sweep's calibration at
 the cut and at the cut plus 4 points (the search's per-target allocations before true sizing), and ``sized`` (the
-current search: the fitted rule, per cut one allocation sized on the pruned model's true parameter count and the
-smallest uniform ratio of the space's grid that meets the cut, pruned and counted too). It
+current search: per cut an allocation under the fitted and one under the linear loss curve, each sized on the pruned
+model's true parameter count). It
 screens every allocation with adaptive BN on the same batches as a search's screen (val mAP50-95, real channel
 removal), and per target keeps the best-screened one that meets the cut, as a direct run delivers (none: NaN, the
 run would deliver another candidate). No fine-tune: it measures the allocation, not what a final fine-tune then does
@@ -48,7 +48,7 @@ def allocations(sens: Any, space: Any, layers: list[Layer], cuts: list[float], r
     if rule == "sized":
         found = allocated_candidates(sens, space, layers, 0, cuts=cuts, saving=saving)
         return [{"cut": c.target, "margin": 0.0, "ratios": c.ratios, "predicted": c.predicted_map,
-                 "uniform": c.uniform} for c in found]
+                 "exponent": c.exponent} for c in found]
     curve = sens if rule == "fitted" else dataclasses.replace(sens, sweep=())  # no sweep: p = 1, the linear rule
     options = block_options(curve, grid(space))
     targets = [(c + m) * sens.base_params for c in cuts for m in CALIBRATED_MARGINS]
@@ -58,7 +58,8 @@ def allocations(sens: Any, space: Any, layers: list[Layer], cuts: list[float], r
                               calibrated(sens, block_options(sens, grid(space)), targets)):
         a = allocate(options, sens.reference_map, summed)
         ratios = {layer.name: a.ratios.get(b, 0.0) for b, members in grouped.items() for layer in members}
-        out.append({"cut": c, "margin": m, "ratios": ratios, "predicted": a.predicted_map, "uniform": None})
+        out.append({"cut": c, "margin": m, "ratios": ratios, "predicted": a.predicted_map,
+                    "exponent": loss_exponent(curve)})
     return out
 
 
@@ -108,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 policy = sample_policy(optuna.trial.FixedTrial(params), spec.space, layers)
                 r = screen_safely(spec.trial_settings, policy, layers, spec.screening.batches)
                 m = r.metrics if r.ok else {}
-                rows.append({"db": str(db), "rule": rule, "exponent": loss_exponent(sens),
-                             "cut": a["cut"], "margin": a["margin"], "uniform": a["uniform"],
-                             "predicted": a["predicted"],
+                rows.append({"db": str(db), "rule": rule, "exponent": a["exponent"],
+                             "cut": a["cut"], "margin": a["margin"], "predicted": a["predicted"],
                              "screen_map": m.get("map50_95"), "params_ratio": m.get("params", 0.0) / base,
                              "reason": r.reason})
                 logger.info("%s %s -%.0f%%+%.0f: screen %s, params %.3f", db.parent.parent.name, rows[-1]["rule"],

@@ -21,7 +21,6 @@ from autoprune.model.allocation import (
     cost_targets,
     loss_exponent,
     sized,
-    uniform_at,
 )
 from autoprune.model.space import FloatRange, Layer, Space, block_of, blocks
 from autoprune.search.sensitivity import allocated_candidates, grid, probe_params, scan_levels
@@ -187,7 +186,7 @@ def test_allocated_candidates_cover_the_cost_axis_with_per_layer_ratios():
     for c in found:
         assert set(c.ratios) == {layer.name for layer in LAYERS}
         assert c.ratios["model.2.cv1"] == c.ratios["model.2.m.0.cv1"]  # a block moves as one
-        assert c.source.startswith("allocation: params -")
+        assert c.source.startswith("allocation (loss ~ ratio^")
 
 
 def test_calibration_maps_true_savings_onto_the_summed_probe_savings():
@@ -230,41 +229,23 @@ def test_sized_returns_the_largest_saving_when_the_cut_is_out_of_reach_and_stops
     assert len(calls) == 1  # the knapsack already gives everything: a repeat is not measured again
 
 
-def test_allocated_candidates_size_each_cut_on_the_true_saving():
+def test_allocated_candidates_size_each_cut_on_the_true_saving_under_two_loss_curves():
     space = Space(ratio=FloatRange(0.0, 0.7, step=0.05), shape="block")
-    # "a" costs little mAP, "b" much: the knapsack prunes "a" hard, unlike a uniform ratio
-    sens = Sensitivity(0.8, 1000.0, (Probe("a", 0.7, 0.78, 580.0), Probe("b", 0.7, 0.3, 580.0)))
+    # "a" costs little mAP, "b" much; the sweep's losses grow with the square of the ratio (p = 2)
+    sweep = (Probe("*", 0.3, 0.8 - 0.045, 600.0), Probe("*", 0.6, 0.8 - 0.18, 300.0))
+    sens = Sensitivity(0.8, 1000.0, (Probe("a", 0.7, 0.78, 580.0), Probe("b", 0.7, 0.3, 580.0)), sweep)
     layers = [Layer("a", 16), Layer("b", 16)]
     calls: list[dict[str, float]] = []
     share = _overlapping_saving(calls)
     found = allocated_candidates(sens, space, layers, 0, cuts=[0.5], saving=lambda r: share(r) / 1000.0)
-    assert [c.target for c in found] == [0.5, 0.5] and [c.uniform for c in found] == [None, 0.5]
-    assert 500.0 <= _overlapping_saving([])(found[0].ratios) <= 510.0
-    assert found[0].ratios["a"] > found[0].ratios["b"]
-    assert found[1].ratios == {"a": 0.5, "b": 0.5}  # 0.45 saves 459
-    assert found[1].source.startswith("uniform ratio 0.50: params -50%")
+    assert 1 <= len(found) <= 2 and all(c.target == 0.5 for c in found) and calls
+    assert [c.exponent for c in found][:1] == [pytest.approx(2.0)]
+    for c in found:
+        assert 500.0 <= _overlapping_saving([])(c.ratios) <= 510.0
+        assert c.ratios["a"] > c.ratios["b"]  # the knapsack prunes the cheap block harder
+        assert c.source.startswith(f"allocation (loss ~ ratio^{c.exponent:.1f}): params -50%")
     unsized = allocated_candidates(sens, space, layers, 0, cuts=[0.5])
-    assert len(unsized) == 1 and _overlapping_saving([])(unsized[0].ratios) < 500.0  # what sizing corrects
-
-
-def test_uniform_at_walks_the_grid_from_the_sweeps_guess_to_the_smallest_ratio_that_meets_the_cut():
-    sweep = (Probe("*", 0.2, 0.75, 640.0), Probe("*", 0.6, 0.3, 160.0))  # true savings 360 and 840
-    sens = Sensitivity(0.8, 1000.0, (), sweep)
-    g = [round(0.05 * i, 2) for i in range(15)]
-    asked: list[float] = []
-
-    def saving(r):  # a stand-in for pruning a uniform copy: (1 - (1 - r)^2) of 1000 parameters
-        asked.append(r)
-        return 1000.0 * (1 - (1 - r) ** 2)
-
-    found = uniform_at(sens, g, 500.0, saving)
-    assert found is not None
-    ratio, saved, predicted = found
-    assert ratio == 0.3 and saved == pytest.approx(510.0)  # 0.25 saves 437.5
-    assert predicted == pytest.approx(0.75 + (0.3 - 0.2) / 0.4 * (0.3 - 0.75))
-    assert len(asked) <= 3  # the sweep's guess (0.35) is near: a short walk
-    assert uniform_at(sens, g, 950.0, saving) is None  # 0.7 saves 910
-    assert (uniform_at(sens, g, 100.0, saving) or (None,))[0] == 0.1  # 0.05 saves 97.5
+    assert all(_overlapping_saving([])(c.ratios) != pytest.approx(505.0, abs=5.0) for c in unsized)  # sizing's work
 
 
 def test_probe_params_and_levels():
@@ -345,7 +326,7 @@ def test_a_budgeted_scan_shrinks_to_its_share_from_a_probes_cost():
                        "sensitivity": {"probes": 2, "candidates": 8}}, "s.yaml")
     n_blocks = len(blocks(LAYERS))
     sizing = ScanBudget.of(spec, 0.25, lambda: 100.0)
-    assert sizing.reserve == 2 * 2 + 2 * 2  # per target cut the sized allocation and the uniform ratio; proposals
+    assert sizing.reserve == 2 * 2 + 2 * 2  # per target cut two sized allocations; factor x targets proposals
     def levels(probe_s):
         return sizing.levels(spec, LAYERS, probe_s)
 

@@ -205,8 +205,8 @@ def test_loss_shape_benchmark(tmp_path):
 
 def test_allocation_ab_benchmark(tmp_path, tiny_data, tiny_model_pt):
     """A hand-written scan of the tiny model's blocks (fakes the probes' measurements, not the screens): each target's
-    allocations under each rule (two calibrated ones for linear and fitted; for sized, one sized on the true count and
-    the uniform ratio meeting the cut) are screened for real and paired per target."""
+    allocations under each rule (two calibrated ones for linear and fitted; for sized, one per loss curve sized on the
+    true count) are screened for real and paired per target."""
     import optuna
 
     from autoprune.adapters import tp, ultra
@@ -235,9 +235,9 @@ def test_allocation_ab_benchmark(tmp_path, tiny_data, tiny_model_pt):
                     str(tmp_path / "s.db"))
     sized = [r for r in res["rows"] if r["rule"] == "sized"]
     assert len(res["rows"]) - len(sized) == 2 * 2 * 2  # calibrated rules x targets x (cut, cut + margin)
-    assert 2 <= len(sized) <= 4 and any(r["uniform"] for r in sized)  # per target: sized, uniform unless the same
+    assert 2 <= len(sized) <= 4  # per target one per loss curve, unless the two coincide
     assert {r["rule"] for r in res["rows"]} == {"linear", "fitted", "sized"} and set(res["summary"]) == {"0.5", "0.7"}
     assert {r["cut"] for r in res["rows"] if r["rule"] == "sized"} == {0.5, 0.7}
     assert all(0 <= res["summary"][c][f"meets_{rule}"] <= 1 for c in ("0.5", "0.7") for rule in ("linear", "sized"))
     assert all(r["screen_map"] is None or 0.0 <= r["screen_map"] <= 1.0 for r in res["rows"])
-    assert res["rows"][0]["exponent"] == pytest.approx(2.0)
+    assert res["rows"][0]["exponent"] == 1.0 and res["rows"][2 * 2]["exponent"] == pytest.approx(2.0)

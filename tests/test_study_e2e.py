@@ -159,7 +159,7 @@ def test_sensitivity_scan_is_cached_per_base_model_and_seeds_the_first_round(tmp
     assert sorted(p["ratio"] for p in probes if p["block"] == "*") == [0.25, 0.5]  # the uniform sweep
     screen = optuna.load_study(study_name="a-screen", storage=url)
     sources = [t.user_attrs.get("warm_start", "") for t in screen.trials]
-    assert sources[0].startswith("allocation: params -")  # allocated candidates are screened first
+    assert sources[0].startswith("allocation (loss ~ ratio^")  # allocated candidates are screened first
     ratio_params = {k for k in screen.trials[0].params if k.startswith("ratio/")}
     assert ratio_params == {f"ratio/{b}" for b in block_names}  # the block shape is the default
     front = _run(["front", "--storage", url], tmp_path)  # side studies are not user studies: no --study needed

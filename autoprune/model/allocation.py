@@ -13,9 +13,7 @@ maps a true saving to the summed-probe saving the knapsack counts (the sum overs
 neighbours removes their shared weights once), fitted on the uniform sweep, whose true savings
 are measured; that fit is off by up to ~5 points of the parameters for an allocation far from
 uniform, so :func:`sized` corrects a target's allocation on the true saving of the pruned model
-(a callback: the caller prunes a copy). Beside it, :func:`uniform_at` finds the uniform ratio that meets a cut (the
-hand recipe's policy on the space's grid), so a ranking the additive model gets wrong cannot leave the search
-without the recipe's own candidate. Losses are assumed additive: a prediction for ranking, not a measurement (every
+(a callback: the caller prunes a copy). Losses are assumed additive: a prediction for ranking, not a measurement (every
 allocated candidate is screened for real before it is promoted).
 """
 
@@ -26,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["Probe", "Sensitivity", "Allocation", "Option", "block_options", "allocate", "cost_targets",
-           "calibrated", "sized", "uniform_at", "loss_exponent", "UNIFORM", "REFERENCE"]
+           "calibrated", "sized", "loss_exponent", "UNIFORM", "REFERENCE"]
 
 UNIFORM = "*"  # the block of a uniform-sweep probe (every layer at the ratio)
 REFERENCE = "-"  # the block of the reference probe (nothing pruned, screened the same way)
@@ -184,41 +182,6 @@ def sized(options: Mapping[str, Sequence[Option]], reference_map: float, want: f
         summed *= aim / true if true > 0 else 2.0
     meets = [f for f in found if f[1] >= want]
     return min(meets, key=lambda f: f[1]) if meets else max(found, key=lambda f: f[1])
-
-
-def uniform_at(sens: Sensitivity, grid: Sequence[float], want: float,
-               saving: Callable[[float], float]) -> tuple[float, float, float] | None:
-    """The smallest ratio of ``grid`` whose uniform allocation truly saves at least ``want`` parameters (``saving``
-    of a ratio, monotone), its saving and its predicted screen mAP50-95 (the uniform sweep's, interpolated linearly):
-    a walk along the grid from the sweep's guess, one measurement a step. None when the top of the grid falls short."""
-    up = sorted(r for r in grid if r > 0)
-    if not up:
-        return None
-    sweep = sorted((sens.saving(p), p.ratio, p.map50_95) for p in sens.sweep if p.map50_95 is not None)
-    points = [(0.0, 0.0, sens.reference_map), *sweep]
-    guess = next((r0 + (want - s0) / (s1 - s0) * (r1 - r0) for (s0, r0, _), (s1, r1, _) in zip(points, points[1:])
-                  if s0 < want <= s1 and s1 > s0), up[-1])
-    measured: dict[int, float] = {}
-
-    def meets(i: int) -> bool:
-        if i not in measured:
-            measured[i] = saving(up[i])
-        return measured[i] >= want
-
-    i = next((k for k, r in enumerate(up) if r >= guess - 1e-9), len(up) - 1)
-    if meets(i):
-        while i > 0 and meets(i - 1):
-            i -= 1
-    else:
-        while i < len(up) - 1 and not meets(i):
-            i += 1
-        if not meets(i):
-            return None
-    ratio = up[i]
-    maps = [(r, m) for _, r, m in points if m is not None]
-    predicted = next((m0 + (ratio - r0) / (r1 - r0) * (m1 - m0) for (r0, m0), (r1, m1) in zip(maps, maps[1:])
-                      if r0 <= ratio <= r1 and r1 > r0), maps[-1][1])
-    return ratio, measured[i], predicted
 
 
 def cost_targets(sens: Sensitivity, n: int) -> list[float]:

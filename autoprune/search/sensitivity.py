@@ -45,8 +45,8 @@ from autoprune.model.allocation import (
     block_options,
     calibrated,
     cost_targets,
+    loss_exponent,
     sized,
-    uniform_at,
 )
 from autoprune.model.budget import fit_count
 from autoprune.model.shapes import params_for_policy, recipe_params, sample_policy, screen_space, target_keep
@@ -63,7 +63,7 @@ __all__ = ["SCAN_OBJECTIVES", "scan_knobs", "scan_levels", "scan_name", "scan_jo
 
 SCAN_OBJECTIVES = ("map50_95", "params", "macs")  # deterministic costs: a probe is not timed
 SIZE_TOLERANCE = 0.01  # an allocation at a cut may remove up to this share of the base's parameters more
-CANDIDATES_PER_CUT = 2  # screened at each target's cut: the sized allocation and the uniform ratio
+CANDIDATES_PER_CUT = 2  # screened at each target's cut: sized allocations under the fitted and the linear loss curve
 
 
 def scan_knobs(space: Space) -> tuple[str, int]:
@@ -274,12 +274,12 @@ class Candidate:
     ratios: dict[str, float]  # per layer
     target: float  # the share of the base model's parameters it was allocated to remove
     predicted_map: float  # predicted adaptive-BN mAP50-95
-    uniform: float | None = None  # the ratio of a uniform candidate (every layer the same), None for an allocation
+    exponent: float = 1.0  # the loss curve's power it was allocated under (loss ~ ratio ** exponent)
 
     @property
     def source(self) -> str:
-        kind = "allocation" if self.uniform is None else f"uniform ratio {self.uniform:.2f}"
-        return f"{kind}: params -{self.target:.0%}, predicted screen mAP50-95 {self.predicted_map:.3f}"
+        return (f"allocation (loss ~ ratio^{self.exponent:.1f}): params -{self.target:.0%}, predicted screen "
+                f"mAP50-95 {self.predicted_map:.3f}")
 
 
 def true_saving(spec: SearchSpec, layers: Sequence[Layer], criterion: str,
@@ -309,12 +309,15 @@ def true_saving(spec: SearchSpec, layers: Sequence[Layer], criterion: str,
 def allocated_candidates(sens: Sensitivity, space: Space, layers: Sequence[Layer], n: int,
                          cuts: Sequence[float] = (),
                          saving: Callable[[Mapping[str, float]], float] | None = None) -> list[Candidate]:
-    """At each of ``cuts`` (shares of the base's parameters a user targets) an allocation, sized with ``saving`` (the
-    share an allocation truly removes: :func:`true_saving`) to meet it within :data:`SIZE_TOLERANCE`, and the
-    smallest uniform ratio that meets it (the recipe's policy on the space's grid); then up to ``n`` distinct
-    allocations at cost targets spread over the sweep's range. Without ``saving``, the uniform sweep's calibration
-    alone sizes the allocations, and no uniform candidate is made."""
-    options = block_options(sens, grid(space))
+    """At each of ``cuts`` (shares of the base's parameters a user targets) two allocations, one with the loss along
+    the scan's fitted curve and one with it linear (the knapsack's additive prediction ranks allocations of one size
+    only roughly, so two answers of the same size are screened), each sized with ``saving`` (the share an allocation
+    truly removes: :func:`true_saving`) to meet the cut within :data:`SIZE_TOLERANCE`; then up to ``n`` distinct
+    fitted allocations at cost targets spread over the sweep's range. Without ``saving``, the uniform sweep's
+    calibration alone sizes them."""
+    g = grid(space)
+    fitted = block_options(sens, g)
+    curves = [(loss_exponent(sens), fitted), (1.0, block_options(dataclasses.replace(sens, sweep=()), g))]
     grouped = blocks(list(layers))
     base = sens.base_params
     found: list[Candidate] = []
@@ -322,24 +325,20 @@ def allocated_candidates(sens: Sensitivity, space: Space, layers: Sequence[Layer
     def per_layer(block_ratios: Mapping[str, float]) -> dict[str, float]:
         return {layer.name: block_ratios.get(b, 0.0) for b, members in grouped.items() for layer in members}
 
-    for cut, first in zip(cuts, calibrated(sens, options, [c * base for c in cuts])):
-        if saving is None:
-            a = allocate(options, sens.reference_map, first)
-            found.append(Candidate(per_layer(a.ratios), cut, a.predicted_map))
-            continue
-        a, true = sized(options, sens.reference_map, cut * base, first, lambda r: saving(r) * base,
-                        SIZE_TOLERANCE * base)
-        found.append(Candidate(per_layer(a.ratios), cut, a.predicted_map))
-        u = uniform_at(sens, grid(space), cut * base, lambda r: saving(dict.fromkeys(grouped, r)) * base)
-        if u is not None:
-            found.append(Candidate(per_layer(dict.fromkeys(grouped, u[0])), cut, u[2], uniform=u[0]))
-        logger.info("at params -%.0f%%: the allocation removes %.1f%% of the parameters, %s (pruned and counted)",
-                    100 * cut, 100 * true / base if base else 0.0,
-                    f"uniform ratio {u[0]:.2f} {100 * u[1] / base:.1f}%" if u and base else "no uniform ratio meets it")
+    for cut, first in zip(cuts, calibrated(sens, fitted, [c * base for c in cuts])):
+        for p, options in curves:
+            if saving is None:
+                a = allocate(options, sens.reference_map, first)
+            else:
+                a, true = sized(options, sens.reference_map, cut * base, first, lambda r: saving(r) * base,
+                                SIZE_TOLERANCE * base)
+                logger.info("allocation at params -%.0f%% (loss ~ ratio^%.1f): it removes %.1f%% of the parameters "
+                            "(pruned and counted)", 100 * cut, p, 100 * true / base if base else 0.0)
+            found.append(Candidate(per_layer(a.ratios), cut, a.predicted_map, p))
     spread = cost_targets(sens, n)
-    for t, summed in zip(spread, calibrated(sens, options, spread)):
-        a = allocate(options, sens.reference_map, summed)
-        found.append(Candidate(per_layer(a.ratios), t / base if base else 0.0, a.predicted_map))
+    for t, summed in zip(spread, calibrated(sens, fitted, spread)):
+        a = allocate(fitted, sens.reference_map, summed)
+        found.append(Candidate(per_layer(a.ratios), t / base if base else 0.0, a.predicted_map, loss_exponent(sens)))
     out: list[Candidate] = []
     seen: set[tuple[float, ...]] = set()
     for c in found:
