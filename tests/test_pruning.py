@@ -219,3 +219,30 @@ def test_training_batches_are_loaded_once_per_process_and_handed_out_fresh(tiny_
     assert torch.equal(again[1]["img"], first[1]["img"])
     list(ultra.training_batches(str(tiny_data), 64, 4, 3))  # other arguments: loaded again
     assert built == [1, 1]
+
+
+def test_training_batches_are_the_same_whatever_the_processs_random_state_and_leave_it_as_it_was(tiny_data):
+    """Ray workers screen on the batches each loads itself: the augmentation's draws must not depend on what the
+    process drew before (a worker's earlier trials), and loading must not move the caller's generators."""
+    import random
+
+    import numpy as np
+
+    from autoprune.adapters import ultra
+
+    def load(seed_before):
+        ultra._loaded_batches.cache_clear()
+        random.seed(seed_before)
+        np.random.seed(seed_before)
+        torch.manual_seed(seed_before)
+        batches = [b["img"].clone() for b in ultra.training_batches(str(tiny_data), 64, 4, 2)]
+        return batches, (random.random(), float(np.random.rand()), float(torch.rand(1)))
+
+    a, after_a = load(1)
+    b, after_b = load(2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 2
+    random.seed(1)
+    np.random.seed(1)
+    torch.manual_seed(1)
+    assert after_a == (random.random(), float(np.random.rand()), float(torch.rand(1)))  # the caller's draws, untouched
+    assert after_a != after_b

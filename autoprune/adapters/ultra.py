@@ -5,10 +5,12 @@ Nothing else in autoprune imports ultralytics.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
 import math
+import random
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -309,8 +311,10 @@ def training_batches(data: str, imgsz: int, batch: int, n_batches: int, device: 
     """Up to ``n_batches`` preprocessed training batches (images in [0, 1]; with masks or keypoints for those
     tasks) for gradient-based criteria and BN recalibration.
 
-    The same arguments give the same batches (no shuffling), so a process keeps the last set it loaded (as the
-    loader's uint8 images): a Ray worker screening one candidate after another loads them once."""
+    The same arguments give the same batches in every process (no shuffling; the training augmentation's random
+    draws seeded with ``seed``), so screens on different Ray workers see the same batches, and a process keeps the
+    last set it loaded (as the loader's uint8 images): a worker screening one candidate after another loads them
+    once."""
     for b in _loaded_batches(str(data), imgsz, batch, n_batches, seed, task):
         b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}  # a fresh dict each time
         b["img"] = b["img"].float() / 255
@@ -322,14 +326,32 @@ def _loaded_batches(data: str, imgsz: int, batch: int, n_batches: int, seed: int
                     task: str) -> tuple[dict[str, Any], ...]:
     info = read_dataset(data)
     cfg = get_cfg(overrides=dict(imgsz=imgsz, mosaic=0.0, mixup=0.0, seed=seed, data=data, task=task))
-    dataset = build_yolo_dataset(cfg, info["train"], batch, info, mode="train", stride=32)
-    loader = build_dataloader(dataset, batch, workers=0, shuffle=False, pin_memory=False)
     out = []
-    for i, b in enumerate(loader):
-        if i >= n_batches:
-            break
-        out.append(b)
+    with _seeded(seed):  # the augmentation draws from the global generators: unseeded, each process's batches differ
+        dataset = build_yolo_dataset(cfg, info["train"], batch, info, mode="train", stride=32)
+        loader = build_dataloader(dataset, batch, workers=0, shuffle=False, pin_memory=False)
+        for i, b in enumerate(loader):
+            if i >= n_batches:
+                break
+            out.append(b)
     return tuple(out)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Python's, NumPy's and torch's global generators seeded with ``seed`` inside, restored after."""
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
 
 
 def total_loss(trainer: Any) -> float:
