@@ -13,8 +13,8 @@ maps a true saving to the summed-probe saving the knapsack counts (the sum overs
 neighbours removes their shared weights once), fitted on the uniform sweep, whose true savings
 are measured; that fit is off by up to ~5 points of the parameters for an allocation far from
 uniform, so :func:`sized` corrects a target's allocation on the true saving of the pruned model
-(a callback: the caller prunes a copy). Losses are assumed additive: a prediction for ranking, not a measurement (every
-allocated candidate is screened for real before it is promoted).
+(a callback: the caller prunes a copy). Losses are assumed additive: a prediction for ranking,
+not a measurement (every allocated candidate is screened for real before it is promoted).
 """
 
 from __future__ import annotations
