@@ -5,11 +5,12 @@ from the same probes under the rules ``--rules`` names: ``linear`` (the loss int
 rule before commit 8f0d7b6) and ``fitted`` (along ``ratio ** p``), both sized by the uniform sweep's calibration at
 the cut and at the cut plus 4 points (the search's per-target allocations before true sizing), and ``sized`` (the
 current search: per cut an allocation under the fitted and one under the linear loss curve, each sized on the pruned
-model's true parameter count). It
-screens every allocation with adaptive BN on the same batches as a search's screen (val mAP50-95, real channel
-removal), and per target keeps the best-screened one that meets the cut, as a direct run delivers (none: NaN, the
-run would deliver another candidate). No fine-tune: it measures the allocation, not what a final fine-tune then does
-with it. Paired differences fitted - linear and sized - fitted per (scan, target).
+model's true parameter count). It screens every allocation with adaptive BN on the same batches as a search's screen
+(val mAP50-95, real channel removal), and per target keeps the best-screened one that meets the cut, as a direct run
+delivers (none: NaN, the run would deliver another candidate). No fine-tune: it measures the allocation, not what a
+final fine-tune then does with it. Paired differences fitted - linear and sized - fitted per (scan, target), over
+the scans where both meet the cut. A row's ``exponent`` is the power of the loss curve its allocation used (files
+made before commit 8017afc recorded the scan's fitted power on every row).
 
     python benchmarks/allocation_ab.py --model /tmp/bench-shape/yolo11n_fewcue11_e400.pt \\
         --data /tmp/bench-shape/fewcue11-bench.yaml --imgsz 160 /tmp/bench-shape/autoprune@direct-*/studies/autoprune.db
@@ -37,8 +38,7 @@ from autoprune.search.sensitivity import allocated_candidates, grid, scan_knobs,
 from search_vs_recipe import DEMO_SPEC, bootstrap_diff  # noqa: E402
 
 RULES = ("linear", "fitted", "sized")
-CALIBRATED_MARGINS = (0.0, 0.04)  # the calibrated rules' allocations per cut: at it and past it (true sizing's former
-# insurance against the calibration's error)
+CALIBRATED_MARGINS = (0.0, 0.04)  # the calibrated rules' allocations per cut: at it and 4 points past it
 
 
 def allocations(sens: Any, space: Any, layers: list[Layer], cuts: list[float], rule: str,
