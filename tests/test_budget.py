@@ -235,7 +235,7 @@ def test_allocation_only_screens_nothing_but_the_allocations(tmp_path, tiny_data
     url = f"sqlite:///{tmp_path}/studies/autoprune.db"
     screen = optuna.load_study(study_name="alloc-screen", storage=url)
     sources = [t.user_attrs.get("warm_start", "") for t in screen.trials]
-    assert sources and all(s.startswith("allocation:") for s in sources)  # no sampler proposal, no warm start
+    assert sources and all(s.startswith("allocation (") for s in sources)  # no sampler proposal, no warm start
     main = optuna.load_study(study_name="alloc", storage=url)
     assert len(main.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
 

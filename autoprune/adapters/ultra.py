@@ -311,10 +311,8 @@ def training_batches(data: str, imgsz: int, batch: int, n_batches: int, device: 
     """Up to ``n_batches`` preprocessed training batches (images in [0, 1]; with masks or keypoints for those
     tasks) for gradient-based criteria and BN recalibration.
 
-    The same arguments give the same batches in every process (no shuffling; the training augmentation's random
-    draws seeded with ``seed``), so screens on different Ray workers see the same batches, and a process keeps the
-    last set it loaded (as the loader's uint8 images): a worker screening one candidate after another loads them
-    once."""
+    The same arguments give the same batches in every process (no shuffling, the augmentation seeded), and a process
+    keeps the last set it loaded (uint8): a Ray worker screening one candidate after another loads them once."""
     for b in _loaded_batches(str(data), imgsz, batch, n_batches, seed, task):
         b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}  # a fresh dict each time
         b["img"] = b["img"].float() / 255
@@ -341,11 +339,8 @@ def _loaded_batches(data: str, imgsz: int, batch: int, n_batches: int, seed: int
 def _seeded(seed: int) -> Iterator[None]:
     """Python's, NumPy's and torch's global generators seeded with ``seed`` inside, restored after."""
     import numpy as np
-
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
     try:
         yield
     finally:
