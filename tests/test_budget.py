@@ -404,7 +404,7 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
     assert per_block and all(r == {0.6} for r in per_block.values())  # one ratio per block: the space's top
     sources = [t.user_attrs.get("warm_start", "") for t in optuna.load_study(study_name="direct-screen",
                                                                               storage=url).trials]
-    assert sum(s.startswith("allocation:") for s in sources) <= 4  # each target's two allocations, no spread
+    assert 1 <= sum(s.startswith("allocation (") for s in sources) <= 4  # two per target (may coincide), no spread
     deliveries = records.deliveries(study)
     assert set(deliveries) == {"params-20", "params-40"}
     assert {d["trial"] for d in deliveries.values()} <= {t.number for t in trials}
