@@ -282,6 +282,11 @@ class Candidate:
                 f"mAP50-95 {self.predicted_map:.3f}")
 
 
+def _per_layer(grouped: Mapping[str, Sequence[Layer]], block_ratios: Mapping[str, float]) -> dict[str, float]:
+    """Per-block ratios spelled out for every layer of each block (0 for a block without one)."""
+    return {layer.name: block_ratios.get(b, 0.0) for b, members in grouped.items() for layer in members}
+
+
 def true_saving(spec: SearchSpec, layers: Sequence[Layer], criterion: str,
                 round_to: int) -> Callable[[Mapping[str, float]], float]:
     """The share of the base's parameters a per-block allocation truly removes: projected onto the space and sampled
@@ -296,7 +301,7 @@ def true_saving(spec: SearchSpec, layers: Sequence[Layer], criterion: str,
     original = {layer.name: layer.channels for layer in layers}
 
     def saving(block_ratios: Mapping[str, float]) -> float:
-        ratios = {layer.name: block_ratios.get(b, 0.0) for b, members in grouped.items() for layer in members}
+        ratios = _per_layer(grouped, block_ratios)
         params = params_for_policy(spec.space, layers, {"ratios": ratios, "criterion": criterion,
                                                         "round_to": round_to})
         policy = sample_policy(optuna.trial.FixedTrial(params), spec.space, layers)
@@ -323,7 +328,7 @@ def allocated_candidates(sens: Sensitivity, space: Space, layers: Sequence[Layer
     found: list[Candidate] = []
 
     def per_layer(block_ratios: Mapping[str, float]) -> dict[str, float]:
-        return {layer.name: block_ratios.get(b, 0.0) for b, members in grouped.items() for layer in members}
+        return _per_layer(grouped, block_ratios)
 
     for cut, first in zip(cuts, calibrated(sens, fitted, [c * base for c in cuts])):
         for p, options in curves:
