@@ -79,8 +79,13 @@ CROWD11 = {**DENSE11, "max_objects": 16, "seed": 13}
 SHAPECUE11 = {**DENSE11, "colour_by_class": False, "seed": 14}
 # the fifth: the same with a third of the training images (100): a data-limited base (test 0.910 after 400 epochs)
 FEWCUE11 = {**SHAPECUE11, "n_train": 100, "seed": 15}
-SYNTHETIC_TASKS = {"dense11": DENSE11, "crowd11": CROWD11, "shapecue11": SHAPECUE11, "fewcue11": FEWCUE11}
-BASE_EPOCHS = {"dense11": 400, "crowd11": 300, "shapecue11": 300, "fewcue11": 400}  # --base-epochs by default
+# the sixth: shapecue11's scenes with up to 6 unlabelled near-misses an image (ellipses, oblongs, upside-down
+# triangles in the same colours and sizes), 200 training images: a base that has to tell fine shape differences apart
+CLUTTER11 = {**SHAPECUE11, "n_train": 200, "distractors": 6, "seed": 16}
+SYNTHETIC_TASKS = {"dense11": DENSE11, "crowd11": CROWD11, "shapecue11": SHAPECUE11, "fewcue11": FEWCUE11,
+                   "clutter11": CLUTTER11}
+# --base-epochs by default
+BASE_EPOCHS = {"dense11": 400, "crowd11": 300, "shapecue11": 300, "fewcue11": 400, "clutter11": 300}
 LEGACY_DENSE11_EPOCHS = 100  # the base of results files made before --base-epochs existed (they keep their names)
 
 

@@ -50,6 +50,7 @@ class SyntheticConfig:
     seed: int = 0
     task: str = "detect"  # detect | segment | pose: which labels are written (the images are the same)
     colour_by_class: bool = True  # False: each shape in one of the three colours at random (told apart by shape)
+    distractors: int = 0  # up to this many unlabelled near-misses an image: ellipses, oblongs, upside-down triangles
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -62,6 +63,8 @@ class SyntheticConfig:
             del fields["task"]
         if self.colour_by_class:  # so do keys of data sets whose colour tells the class
             del fields["colour_by_class"]
+        if not self.distractors:  # and of data sets without distractors
+            del fields["distractors"]
         digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
         prefix = {"detect": "shapes", "segment": "shapes-seg", "pose": "shapes-pose"}[self.task]
         return f"{prefix}-{digest}"
@@ -133,7 +136,37 @@ def _draw_image(rng: np.random.Generator, cfg: SyntheticConfig
             draw.polygon([((x0 + x1) / 2, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=colour)
         boxes.append(box)
         labels.append((cls, (x0 + x1) / 2 / s, (y0 + y1) / 2 / s, w / s, w / s))
+    if cfg.distractors:  # drawn after the shapes, so data sets without them keep their images
+        _draw_distractors(rng, cfg, draw, list(boxes))
     return img, labels, boxes
+
+
+def _draw_distractors(rng: np.random.Generator, cfg: SyntheticConfig, draw: ImageDraw.ImageDraw,
+                      taken: list[tuple[int, int, int, int]]) -> None:
+    """Up to ``cfg.distractors`` unlabelled shapes that nearly pass for a class, clear of every labelled shape: an
+    ellipse or oblong 0.55-0.8 as tall as wide (or as wide as tall), or a triangle standing on its apex."""
+    s = cfg.imgsz
+    for _ in range(int(rng.integers(0, cfg.distractors + 1))):
+        kind = int(rng.integers(0, 3))
+        w = int(rng.integers(cfg.min_size, cfg.max_size + 1))
+        h = max(3, int(round(w * rng.uniform(0.55, 0.8)))) if kind < 2 else w
+        if rng.random() < 0.5:
+            w, h = h, w
+        x0, y0 = int(rng.integers(0, s - w)), int(rng.integers(0, s - h))
+        box = (x0, y0, x0 + w, y0 + h)
+        if not all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in taken):
+            continue
+        hue = int(rng.integers(0, len(_COLOURS)))
+        jitter = rng.integers(-25, 26, size=3)
+        colour = tuple(int(c) for c in np.clip(np.array(_COLOURS[hue]) + jitter, 0, 255))
+        x1, y1 = x0 + w - 1, y0 + h - 1
+        if kind == 0:
+            draw.ellipse((x0, y0, x1, y1), fill=colour)
+        elif kind == 1:
+            draw.rectangle((x0, y0, x1, y1), fill=colour)
+        else:
+            draw.polygon([(x0, y0), (x1, y0), ((x0 + x1) / 2, y1)], fill=colour)
+        taken.append(box)
 
 
 def _write_split(root: Path, split: str, count: int, rng: np.random.Generator, cfg: SyntheticConfig) -> None:
