@@ -167,10 +167,13 @@ def test_search_vs_recipe_results_names():
                      ("crowd11", 300): "search_vs_recipe_crowd11.json",
                      ("crowd11", 50): "search_vs_recipe_crowd11_base50.json"}
     assert svr.default_out("shapecue11", 300).name == "search_vs_recipe_shapecue11.json"
-    assert set(svr.SYNTHETIC_TASKS) == set(svr.BASE_EPOCHS) == {"dense11", "crowd11", "shapecue11", "fewcue11"}
+    assert set(svr.SYNTHETIC_TASKS) == set(svr.BASE_EPOCHS) == {"dense11", "crowd11", "shapecue11", "fewcue11",
+                                                                 "clutter11"}
     assert svr.SYNTHETIC_TASKS["crowd11"]["max_objects"] == 2 * svr.SYNTHETIC_TASKS["dense11"]["max_objects"]
     cue = dict(svr.SYNTHETIC_TASKS["shapecue11"])
     assert cue.pop("colour_by_class") is False and {**cue, "seed": 12} == svr.DENSE11
+    clutter = dict(svr.SYNTHETIC_TASKS["clutter11"])
+    assert clutter.pop("distractors") == 6 and {**clutter, "n_train": 300, "seed": 14} == svr.SHAPECUE11
 
 
 def test_loss_shape_benchmark(tmp_path):

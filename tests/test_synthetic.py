@@ -76,3 +76,31 @@ def test_shapes_told_apart_by_shape_alone_take_colours_independent_of_the_class(
 
     assert all(v == {k} for k, v in hues(cfg).items())
     assert sum(len(v) > 1 for v in hues(mixed).values()) >= 2
+
+
+def test_distractors_are_unlabelled_near_misses_drawn_clear_of_every_labelled_shape(tmp_path):
+    """distractors=N adds unlabelled shapes to an image after its labelled ones: the first image's labels are those
+    of the same config without distractors, its pixels inside every labelled box are unchanged, and some pixels
+    outside them are (distractors are drawn); without distractors a config keeps its folder key."""
+    import numpy as np
+    from PIL import Image
+
+    changed = 0
+    for seed in range(4):
+        plain = SyntheticConfig(n_train=1, n_val=1, n_test=0, imgsz=96, min_size=10, max_size=20, max_objects=3,
+                                seed=seed)
+        assert "distractors" not in repr(plain.key) and SyntheticConfig(**{**plain.__dict__, "distractors": 0}).key \
+            == plain.key
+        cluttered = SyntheticConfig(**{**plain.__dict__, "distractors": 6})
+        assert cluttered.key != plain.key
+        roots = [ensure_dataset(c, root=tmp_path).parent for c in (plain, cluttered)]
+        labels = [(r / "labels" / "train" / "00000.txt").read_text() for r in roots]
+        assert labels[0] == labels[1]
+        a, b = (np.asarray(Image.open(r / "images" / "train" / "00000.png").convert("RGB")) for r in roots)
+        inside = np.zeros(a.shape[:2], dtype=bool)
+        for line in filter(None, labels[0].split("\n")):
+            _, x, y, w, h = (float(v) * 96 for v in line.split())
+            inside[int(y - h / 2):int(np.ceil(y + h / 2)), int(x - w / 2):int(np.ceil(x + w / 2))] = True
+        assert (a[inside] == b[inside]).all()
+        changed += int((a[~inside] != b[~inside]).any(axis=-1).sum())
+    assert changed > 100  # distractors of 10-20 px in 4 images, up to 6 each
