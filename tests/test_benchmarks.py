@@ -173,7 +173,8 @@ def test_search_vs_recipe_results_names():
     cue = dict(svr.SYNTHETIC_TASKS["shapecue11"])
     assert cue.pop("colour_by_class") is False and {**cue, "seed": 12} == svr.DENSE11
     clutter = dict(svr.SYNTHETIC_TASKS["clutter11"])
-    assert clutter.pop("distractors") == 6 and {**clutter, "n_train": 300, "seed": 14} == svr.SHAPECUE11
+    assert clutter.pop("distractors") == 6 and clutter.pop("grain") == 60.0
+    assert {**clutter, "n_train": 300, "seed": 14} == svr.SHAPECUE11
 
 
 def test_loss_shape_benchmark(tmp_path):

@@ -104,3 +104,21 @@ def test_distractors_are_unlabelled_near_misses_drawn_clear_of_every_labelled_sh
         assert (a[inside] == b[inside]).all()
         changed += int((a[~inside] != b[~inside]).any(axis=-1).sum())
     assert changed > 100  # distractors of 10-20 px in 4 images, up to 6 each
+
+
+def test_grain_is_noise_over_the_finished_image_and_leaves_labels_alone(tmp_path):
+    """grain=σ adds pixel noise of that deviation over the whole image, shapes included; the labels are those of
+    the same config without grain (for the first image, drawn before any grain); grain 0 keeps the folder key."""
+    import numpy as np
+    from PIL import Image
+
+    plain = SyntheticConfig(n_train=1, n_val=1, n_test=0, imgsz=96, min_size=10, max_size=20, max_objects=3, seed=2)
+    assert SyntheticConfig(**{**plain.__dict__, "grain": 0.0}).key == plain.key and "grain" not in repr(plain.key)
+    grained = SyntheticConfig(**{**plain.__dict__, "grain": 20.0})
+    roots = [ensure_dataset(c, root=tmp_path).parent for c in (plain, grained)]
+    assert len({r.name for r in roots}) == 2
+    labels = [(r / "labels" / "train" / "00000.txt").read_text() for r in roots]
+    assert labels[0] == labels[1] and labels[0].strip()
+    a, b = (np.asarray(Image.open(r / "images" / "train" / "00000.png").convert("RGB"), dtype=float) for r in roots)
+    diff = b - a
+    assert 15.0 < diff.std() < 21.0 and abs(diff.mean()) < 2.0  # clipping at 0/255 shrinks it a little at most

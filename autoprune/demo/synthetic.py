@@ -51,6 +51,7 @@ class SyntheticConfig:
     task: str = "detect"  # detect | segment | pose: which labels are written (the images are the same)
     colour_by_class: bool = True  # False: each shape in one of the three colours at random (told apart by shape)
     distractors: int = 0  # up to this many unlabelled near-misses an image: ellipses, oblongs, upside-down triangles
+    grain: float = 0.0  # standard deviation of pixel noise over the finished image, shapes included (0: none)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -63,8 +64,9 @@ class SyntheticConfig:
             del fields["task"]
         if self.colour_by_class:  # so do keys of data sets whose colour tells the class
             del fields["colour_by_class"]
-        if not self.distractors:  # and of data sets without distractors
-            del fields["distractors"]
+        for name in ("distractors", "grain"):  # and of data sets without distractors or grain
+            if not fields[name]:
+                del fields[name]
         digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
         prefix = {"detect": "shapes", "segment": "shapes-seg", "pose": "shapes-pose"}[self.task]
         return f"{prefix}-{digest}"
@@ -138,6 +140,9 @@ def _draw_image(rng: np.random.Generator, cfg: SyntheticConfig
         labels.append((cls, (x0 + x1) / 2 / s, (y0 + y1) / 2 / s, w / s, w / s))
     if cfg.distractors:  # drawn after the shapes, so data sets without them keep their images
         _draw_distractors(rng, cfg, draw, list(boxes))
+    if cfg.grain:  # last, for the same reason
+        grained = np.asarray(img, dtype=float) + rng.normal(0.0, cfg.grain, size=(s, s, 3))
+        img = Image.fromarray(np.clip(grained, 0, 255).astype(np.uint8), "RGB")
     return img, labels, boxes
 
 
