@@ -326,9 +326,10 @@ def _cmd_finalize(args: argparse.Namespace) -> int:
           f"optimizer steps) to {res.out_dir}")
     base = fin.get("baseline_map50_95")
     for split, m in fin["after"].items():
-        was = fin["before"][split]["map50_95"]
-        print(f"  {split}: mAP50-95 {was:.4f} -> {m['map50_95']:.4f}" + (f" (base {base:.4f} on val)" if base and
-                                                                            split == "val" else ""))
+        tail = f" (base {base:.4f} on val)" if base and split == "val" else ""
+        print(f"  {split}: mAP50-95 {fin['before'][split]['map50_95']:.4f} -> {m['map50_95']:.4f}{tail}")
+    if fin.get("kept") == "start":
+        print(f"  (the fine-tune lowered val to {fin['finetuned']['val']['map50_95']:.4f}: the start is delivered)")
     _print_deployed(res.policy)
     return 0
 

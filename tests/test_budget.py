@@ -412,3 +412,22 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
         doc = yaml.safe_load((tmp_path / "studies" / "direct" / "final" / label / "policy.yaml").read_text())
         assert doc["finalize"]["epochs"] >= 1 and d["params_ratio"] <= 1 - int(label.split("-")[1]) / 100 + 1e-9
         assert doc["source"]["finetuned"] is False  # `apply --finetune` repeats the trial: adaptive BN, no training
+
+
+def test_the_deliveries_table_says_which_target_was_delivered_how():
+    """One line per target with a delivery record, in the targets' order: an undone fine-tune says so, a target
+    with no model says why, one with no record is left out."""
+    from autoprune.views.text import render_deliveries
+
+    split = {"val": {"map50_95": 0.8}, "test": {"map50_95": 0.7}}
+    deliveries = {"params-50": {"out_dir": "f/params-50", "trial": 3, "params_ratio": 0.5, "epochs": 22,
+                                "before": split, "after": split, "kept": "start"},
+                  "params-70": {"out_dir": "f/params-70", "trial": 5, "params_ratio": 0.3, "epochs": 25,
+                                "before": split, "after": {"val": {"map50_95": 0.81}, "test": {"map50_95": 0.72}},
+                                "kept": "fine-tuned"},
+                  "params-90": {"out_dir": None, "reason": "no trial reached it within the budget"}}
+    lines = render_deliveries(deliveries, ["params-90", "params-50", "params-70", "params-95"])
+    assert lines[0] == "target params-90: not delivered: no trial reached it within the budget"
+    assert lines[1].startswith("target params-50: trial 3 params -50%, 22 final epochs (undone: it lowered val);")
+    assert "val mAP50-95 0.8000 -> 0.8000" in lines[1]
+    assert "undone" not in lines[2] and "test mAP50-95 0.7000 -> 0.7200" in lines[2] and len(lines) == 3

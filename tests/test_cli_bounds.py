@@ -4,6 +4,7 @@ command it stopped."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from autoprune import cli
 
@@ -213,10 +214,47 @@ def test_finalize_trains_in_a_folder_beside_its_staging_folder(tmp_path, monkeyp
         return SimpleNamespace(epochs=1, optimizer_steps=2)
 
     monkeypatch.setattr(ultra, "finetune", trainer)
-    finalize.final_finetune(None, "d.yaml", 64, finalize.FinalizeSettings(epochs=1), lr=0.01, seed=0,
-                            scratch=(tmp_path, ".final.train-"))
+    finalize.final_finetune(torch.nn.Linear(2, 2), "d.yaml", 64, finalize.FinalizeSettings(epochs=1), lr=0.01,
+                            seed=0, scratch=(tmp_path, ".final.train-"))
     assert seen["path"].parent.parent == tmp_path and seen["path"].parent.name.startswith(".final.train-")
     assert not seen["path"].exists()
+
+
+@pytest.mark.parametrize("tuned_val, keep_better, kept", [(0.4, True, "start"), (0.6, True, "fine-tuned"),
+                                                          (0.4, False, "fine-tuned")])
+def test_a_final_fine_tune_that_lowers_val_is_undone(tmp_path, monkeypatch, tuned_val, keep_better, kept):
+    """keep_better (the default) delivers the starting weights when the fine-tune lowered val mAP50-95, and the
+    record says so: ``after`` is the delivered model's, ``finetuned`` the fine-tuned weights'. Fakes: the trainer
+    (it adds 1 to every weight) and the validator (val 0.5 before, ``tuned_val`` after; test the other way round,
+    so the choice is seen to follow val alone)."""
+    from types import SimpleNamespace
+
+    from autoprune.adapters import ultra
+    from autoprune.deploy import finalize
+
+    calls = []
+
+    def metrics(*a, **k):
+        calls.append(1)
+        val, test = (0.5, 0.7) if len(calls) == 1 else (tuned_val, 1.2 - tuned_val)
+        return {"val": {"map50_95": val, "map50": val}, "test": {"map50_95": test, "map50": test}}
+
+    def trainer(model, cfg, path):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        return SimpleNamespace(epochs=3, optimizer_steps=6)
+
+    monkeypatch.setattr(finalize, "_split_metrics", metrics)
+    monkeypatch.setattr(ultra, "finetune", trainer)
+    model = torch.nn.Linear(2, 2)
+    start = model.weight.detach().clone()
+    rec = finalize.final_finetune(model, "d.yaml", 64, finalize.FinalizeSettings(epochs=3, keep_better=keep_better),
+                                  lr=0.01, seed=0, scratch=(tmp_path, "t-"))
+    assert rec["kept"] == kept and rec["finetuned"]["val"]["map50_95"] == tuned_val
+    assert torch.equal(model.weight, start) == (kept == "start")
+    assert rec["after"] == (rec["before"] if kept == "start" else rec["finetuned"])
+    assert rec["epochs"] == 3 and rec["before"]["val"]["map50_95"] == 0.5
 
 
 def test_a_segmentation_model_on_box_labels_is_refused_before_any_study(tmp_path, tiny_data, capsys):

@@ -265,7 +265,9 @@ def test_finalize_fine_tunes_a_front_member_and_reports_val_and_test(demo_study)
     final = ultra.load_model(root / "fin" / "pruned.pt")
     assert ultra.count_params(final) == int(knee.user_attrs["metrics"]["params"])  # same structure, new weights
     assert abs(fin["before"]["val"]["map50_95"] - knee.user_attrs["metrics"]["map50_95"]) < 1e-3
-    assert fin["after"]["val"]["map50_95"] != fin["before"]["val"]["map50_95"]
+    assert fin["finetuned"]["val"]["map50_95"] != fin["before"]["val"]["map50_95"]  # the fine-tune moved the weights
+    assert fin["after"] == (fin["before"] if fin["kept"] == "start" else fin["finetuned"])  # what was delivered
+    assert fin["after"]["val"]["map50_95"] >= fin["before"]["val"]["map50_95"]  # keep_better: never worse on val
 
 
 def test_finalize_with_distillation_from_the_base(demo_study):

@@ -51,7 +51,7 @@ class Delivered:
         if self.finalize:
             out.update({"before": self.finalize.get("before"), "after": self.finalize.get("after"),
                         "epochs": self.finalize.get("epochs"), "optimizer_steps": self.finalize.get("optimizer_steps"),
-                        "train_s": self.finalize.get("train_s")})
+                        "train_s": self.finalize.get("train_s"), "kept": self.finalize.get("kept")})
         if self.params is not None and base_params:
             out["params_ratio"] = self.params / base_params
         return out

@@ -43,6 +43,7 @@ class FinalizeSettings:
     device: str = "cpu"
     threads: int = 2
     distill: bool = False  # knowledge distillation from the study's unpruned base (ultralytics' distill_model)
+    keep_better: bool = True  # deliver the starting weights where the fine-tune lowered val mAP50-95
 
 
 EXPORT_RESERVE_S = 5.0  # kept from a time-budgeted finalize for writing and checking the ONNX export
@@ -66,12 +67,16 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     batch, one warm-up epoch, cosine decay to 1%, EMA; ``settings.epochs`` epochs, or with ``settings.seconds``
     as many as fit in it less ``reserve_s`` and what validating before and after costs; the study's ``finetune``
     settings give the batch, optimizer and distillation gain (with ``teacher``). Validates on val (and test,
-    where the data set has it) before and after; returns the record a policy file's ``finalize`` section holds.
+    where the data set has it) before and after; with ``settings.keep_better`` a fine-tune that lowered val
+    mAP50-95 is undone (a short, high-lr fine-tune can knock a near-converged start off its optimum; the choice
+    looks at val only). Returns the record a policy file's ``finalize`` section holds: ``after`` is the delivered
+    model's, ``finetuned`` the fine-tuned weights', ``kept`` which of the two was delivered.
     The trainer's files go to a temporary folder (``scratch``: in this folder, with this name prefix; default the
     system's temporary folder), removed after."""
     from autoprune.adapters import ultra
 
     t0 = time.perf_counter()
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()} if settings.keep_better else None
     before = _split_metrics(model, data, imgsz, settings, finetune.batch)
     val_s = time.perf_counter() - t0
     train_s = None
@@ -89,10 +94,17 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
         t1 = time.perf_counter()
         stats = ultra.finetune(model, cfg, Path(tmp) / "train")
         trained_s = time.perf_counter() - t1
-    after = _split_metrics(model, data, imgsz, settings, finetune.batch)
+    tuned = _split_metrics(model, data, imgsz, settings, finetune.batch)
+    kept = "fine-tuned"
+    if start is not None and tuned["val"]["map50_95"] < before["val"]["map50_95"]:
+        model.load_state_dict(start)
+        kept = "start"
+        logger.info("final fine-tune: val mAP50-95 fell to %.4f from %.4f; the starting weights are kept",
+                    tuned["val"]["map50_95"], before["val"]["map50_95"])
     return {"epochs": stats.epochs, "lr": lr, "optimizer_steps": stats.optimizer_steps, "schedule": "cosine",
             "warmup_epochs": 1.0, "ema": True, "distill": teacher is not None, "data": data, "before": before,
-            "after": after, "train_s": round(trained_s, 2), "seconds": settings.seconds}
+            "after": before if kept == "start" else tuned, "finetuned": tuned, "kept": kept,
+            "train_s": round(trained_s, 2), "seconds": settings.seconds}
 
 
 def _teacher(study: optuna.Study) -> str:
