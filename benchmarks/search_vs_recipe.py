@@ -41,6 +41,7 @@ Results are written after every (seed, arm), and a re-run with the same --out co
     python benchmarks/search_vs_recipe.py --task dense11 --seeds 0 1 2 3 4 5 --budget 300
     python benchmarks/search_vs_recipe.py --task crowd11 --seeds 0 1 2 3 4 5 --budget 300
     python benchmarks/search_vs_recipe.py --task fewcue11 --arms recipe autoprune --direct on --budget 300
+    python benchmarks/search_vs_recipe.py --task clutter11 --arms recipe autoprune --direct on --budget 300
 """
 
 from __future__ import annotations
