@@ -104,6 +104,11 @@ def _label_line(cfg: SyntheticConfig, label: Label, box: tuple[int, int, int, in
     return line
 
 
+def _clear(box: tuple[int, int, int, int], taken: list[tuple[int, int, int, int]]) -> bool:
+    """Whether ``box`` overlaps none of ``taken``."""
+    return all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in taken)
+
+
 def _draw_image(rng: np.random.Generator, cfg: SyntheticConfig
                 ) -> tuple[Image.Image, list[Label], list[tuple[int, int, int, int]]]:
     s = cfg.imgsz
@@ -121,7 +126,7 @@ def _draw_image(rng: np.random.Generator, cfg: SyntheticConfig
             x0 = int(rng.integers(0, s - w))
             y0 = int(rng.integers(0, s - w))
             box = (x0, y0, x0 + w, y0 + w)
-            if all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in boxes):
+            if _clear(box, boxes):
                 break
         else:
             continue
@@ -159,7 +164,7 @@ def _draw_distractors(rng: np.random.Generator, cfg: SyntheticConfig, draw: Imag
             w, h = h, w
         x0, y0 = int(rng.integers(0, s - w)), int(rng.integers(0, s - h))
         box = (x0, y0, x0 + w, y0 + h)
-        if not all(box[2] <= b[0] or box[0] >= b[2] or box[3] <= b[1] or box[1] >= b[3] for b in taken):
+        if not _clear(box, taken):
             continue
         hue = int(rng.integers(0, len(_COLOURS)))
         jitter = rng.integers(-25, 26, size=3)
