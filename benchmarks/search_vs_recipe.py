@@ -236,31 +236,42 @@ def cut_within(rec: dict[str, Any], base: float, seed_index: int) -> float:
     return best
 
 
+def _paired(rec: dict[str, Any], ref: dict[str, Any], targets: list[str]) -> dict[str, Any] | None:
+    """Paired differences rec - ref on the seeds both ran: test mAP50-95 per target (with the ratio of the means,
+    the issue's "1.1x random" measure) and the cut within 1 point; None when they share no seed."""
+    common = [s for s in rec["seeds"] if s in ref["seeds"]]
+    if not common:
+        return None
+    ia, ib = [rec["seeds"].index(s) for s in common], [ref["seeds"].index(s) for s in common]
+    row: dict[str, Any] = {}
+    for key in targets:
+        a = [rec["test_map"][key][i] for i in ia]
+        b = [ref["test_map"][key][i] for i in ib]
+        pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+        row[f"test_map@{key}"] = bootstrap_diff([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
+        row[f"ratio@{key}"] = (statistics.fmean(p[0] for p in pairs) / statistics.fmean(p[1] for p in pairs)
+                               if pairs and any(p[1] for p in pairs) else None)
+        row[f"missing@{key}"] = sum(x is None for x in a)
+    row["cut_within_1pt"] = bootstrap_diff([rec["cut_within_1pt"][i] for i in ia],
+                                           [ref["cut_within_1pt"][i] for i in ib])
+    return row
+
+
 def summarise(res: dict[str, Any]) -> dict[str, Any]:
+    """Every arm against the recipe, and every other search arm against ``random`` of the same knobs
+    (``autoprune@direct`` against ``random@direct``), paired by seed."""
     arms, base = res["arms"], res["base_test_map"]
     out: dict[str, Any] = {}
     for rec in arms.values():
         n = len(rec["seeds"])
         rec["cut_within_1pt"] = [cut_within(rec, base, i) for i in range(n)]
         rec["distinct_policies"] = {k: len({p for p in v if p}) for k, v in rec["policies"].items()}
-    ref = arms.get("recipe")
     for arm, rec in arms.items():
-        if arm == "recipe" or ref is None:
-            continue
-        common = [s for s in rec["seeds"] if s in ref["seeds"]]
-        if not common:
-            continue
-        ia, ib = [rec["seeds"].index(s) for s in common], [ref["seeds"].index(s) for s in common]
-        row: dict[str, Any] = {}
-        for key in res["targets"]:
-            a = [rec["test_map"][key][i] for i in ia]
-            b = [ref["test_map"][key][i] for i in ib]
-            pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-            row[f"test_map@{key}"] = bootstrap_diff([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
-            row[f"missing@{key}"] = sum(x is None for x in a)
-        row["cut_within_1pt"] = bootstrap_diff([rec["cut_within_1pt"][i] for i in ia],
-                                               [ref["cut_within_1pt"][i] for i in ib])
-        out[f"{arm}-recipe"] = row
+        name, _, tag = arm.partition("@")
+        refs = [] if name == "recipe" else ["recipe"] + ([] if name == "random" else ["random" + "@" * bool(tag) + tag])
+        for ref in refs:
+            if ref in arms and (row := _paired(rec, arms[ref], res["targets"])) is not None:
+                out[f"{arm}-{ref.partition('@')[0]}"] = row
     return out
 
 
@@ -288,6 +299,8 @@ def markdown(res: dict[str, Any]) -> str:
                 parts.append(f"{k}: {v['mean'] * 100:+.2f} points [{v['lo95'] * 100:+.2f}, {v['hi95'] * 100:+.2f}], "
                              f"{v['wins']}/{v['n']} wins" if k.startswith("test_map") else
                              f"{k}: {v['mean'] * 100:+.1f} pp [{v['lo95'] * 100:+.1f}, {v['hi95'] * 100:+.1f}]")
+            elif isinstance(v, float):
+                parts.append(f"{k}: {v:.3f}x")
             elif isinstance(v, int) and v:
                 parts.append(f"{k}: {v}")
         lines.append(f"- {name}: " + "; ".join(parts))

@@ -154,6 +154,35 @@ def test_search_vs_recipe_benchmark(tmp_path):
     assert replay["summary"]["0.5"]["n"] == 1 and replay["arm"] == "autoprune_warm" and '"0.5"' in out
 
 
+def test_search_vs_recipe_summary_pairs_arms_by_seed():
+    """Each arm against the recipe, and autoprune against random of the same knobs, on the seeds both ran."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import search_vs_recipe as svr
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def arm(seeds, maps, ratios):
+        return {"seeds": seeds, "test_map": {"0.5": maps}, "params_ratio": {"0.5": ratios},
+                "policies": {"0.5": [f"p{i}" for i in range(len(seeds))]}, "wall_s": [300.0] * len(seeds)}
+
+    res = {"base_test_map": 0.80, "targets": ["0.5"], "arms": {
+        "recipe": arm([0, 1, 2], [0.70, 0.72, 0.74], [0.5, 0.5, 0.5]),
+        "autoprune@direct": arm([0, 1, 2], [0.80, 0.79, 0.75], [0.5, 0.45, 0.5]),
+        "random@direct": arm([2, 1], [0.60, 0.70], [0.5, 0.5])}}
+    out = svr.summarise(res)
+    assert set(out) == {"autoprune@direct-recipe", "random@direct-recipe", "autoprune@direct-random"}
+    vs_recipe = out["autoprune@direct-recipe"]["test_map@0.5"]
+    assert vs_recipe["n"] == 3 and vs_recipe["wins"] == 3 and vs_recipe["mean"] == pytest.approx(0.06)
+    vs_random = out["autoprune@direct-random"]
+    assert vs_random["test_map@0.5"]["n"] == 2  # seeds 1 and 2, paired by seed, not by position
+    assert vs_random["test_map@0.5"]["mean"] == pytest.approx(((0.79 - 0.70) + (0.75 - 0.60)) / 2)
+    assert vs_random["ratio@0.5"] == pytest.approx((0.79 + 0.75) / (0.70 + 0.60))
+    assert res["arms"]["autoprune@direct"]["cut_within_1pt"] == [0.5, 0.55, 0.0]  # within 1 point of 0.80
+    assert "autoprune@direct-random: test_map@0.5: +12.00 points" in svr.markdown({**res, "seeds": [0, 1, 2],
+                                                                                   "summary": out})
+
+
 def test_search_vs_recipe_results_names():
     sys.path.insert(0, str(BENCH))
     try:
