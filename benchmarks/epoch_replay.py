@@ -7,6 +7,10 @@ same final fine-tune recipe and learning rate), and reports its test mAP50-95 be
 is not charged its search here, so this is not an equal-time comparison: it measures the delivered policy against
 the uniform one at equal fine-tuning. The test split is read only to report, as in the benchmark.
 
+With ``--epochs-of delivered --lr LR`` it replays each delivery for its *own* epoch count at another learning rate
+instead: whether the final fine-tune's lr, not its length, is what a delivery lacks (each row also records the
+start, i.e. the pruned model after adaptive BN, and the fine-tuned weights beside the delivered ones).
+
     python benchmarks/epoch_replay.py --workdir /tmp/bench-cue \\
         --results benchmarks/results/search_vs_recipe_fewcue11.json --arm autoprune@direct --seeds 0 1 2
 """
@@ -34,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arm", default="autoprune@direct", help="the search arm whose deliveries are replayed")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: every seed both arms ran")
     p.add_argument("--lr", type=float, default=0.01, help="the final fine-tune's lr (the recipe's and budget.final_lr)")
+    p.add_argument("--epochs-of", choices=("recipe", "delivered"), default="recipe",
+                   help="replay for the recipe's epoch count of the seed and target, or the delivery's own")
+    p.add_argument("--targets", nargs="+", default=None, help="params cuts to replay (default: all of the run's)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     setup_logging()
@@ -49,27 +56,28 @@ def main(argv: list[str] | None = None) -> int:
     out_path = args.out or args.results.with_name(args.results.stem.replace("search_vs_recipe", "epoch_replay")
                                                   + ".json")
     res: dict[str, Any] = {"commit": commit(), "machine": machine(), "source": args.results.name,
-                           "source_commit": bench.get("commit"), "arm": args.arm, "lr": args.lr, "rows": []}
+                           "source_commit": bench.get("commit"), "arm": args.arm, "lr": args.lr,
+                           "epochs_of": args.epochs_of, "rows": []}
     study_prefix = args.arm.split("@")[0]  # the benchmark names a search arm's study after the arm without its tags
     for seed in seeds:
         studies = args.workdir / f"{args.arm}-{seed}" / "studies"
         name = f"{study_prefix}-s{seed}"
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{studies / 'autoprune.db'}")
         deliveries = records.deliveries(study)
-        for key in bench["targets"]:
+        for key in args.targets or bench["targets"]:
             d = deliveries.get(Target((("params", round(1 - float(key), 6)),)).label) or {}
             i_r, i_a = recipe["seeds"].index(seed), arm["seeds"].index(seed)
             if d.get("trial") is None or recipe["epochs"][key][i_r] is None:
                 continue
-            epochs = int(recipe["epochs"][key][i_r])
+            epochs = int(recipe["epochs"][key][i_r] if args.epochs_of == "recipe" else d["epochs"])
             row: dict[str, Any] = {"seed": seed, "target": key, "trial": d["trial"], "delivered_epochs": d["epochs"],
                                    "delivered_test_map": arm["test_map"][key][i_a], "recipe_epochs": epochs,
                                    "recipe_test_map": recipe["test_map"][key][i_r]}
             row["replay"] = _finalize(studies, name, d["trial"], epochs, args.lr,
                                       args.workdir / "epoch-replay" / f"{name}-{key}")
-            logger.info("seed %d at -%s: trial %d, %d epochs test %.4f; at the recipe's %d: %.4f (recipe %.4f)", seed,
-                        key, d["trial"], d["epochs"], row["delivered_test_map"], epochs, row["replay"]["test_map"],
-                        row["recipe_test_map"])
+            logger.info("seed %d at -%s: trial %d, %d epochs test %.4f; replayed for %d at lr %g: %.4f (recipe %.4f)",
+                        seed, key, d["trial"], d["epochs"], row["delivered_test_map"], epochs, args.lr,
+                        row["replay"]["test_map"], row["recipe_test_map"])
             res["rows"].append(row)
             write_json(out_path, res)
     res["summary"] = {}
@@ -78,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         if rows:
             replay = [r["replay"]["test_map"] for r in rows]
             res["summary"][key] = {"n": len(rows), "replay_minus_recipe": bootstrap_diff(replay, [
-                r["recipe_test_map"] for r in rows]), "replay_minus_delivered_mean": statistics.fmean(
+                r["recipe_test_map"] for r in rows]), "replay_minus_delivered": bootstrap_diff(replay, [
+                r["delivered_test_map"] for r in rows]), "replay_minus_delivered_mean": statistics.fmean(
                 a - r["delivered_test_map"] for a, r in zip(replay, rows))}
     write_json(out_path, res)
     print(json.dumps(res["summary"]))

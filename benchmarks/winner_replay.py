@@ -40,8 +40,12 @@ def _finalize(studies: Path, study: str, trial: int, epochs: int, lr: float, out
     if r.returncode != 0:
         raise RuntimeError(f"finalize of trial {trial} failed: {r.stderr[-1500:]}")
     fin = load_policy_file(out / "policy.yaml").finalize or {}
+    tuned = fin.get("finetuned") or fin["after"]
     return {"trial": trial, "test_map": fin["after"]["test"]["map50_95"], "val_map": fin["after"]["val"]["map50_95"],
-            "epochs": fin["epochs"], "train_s": fin.get("train_s"), "wall_s": time.perf_counter() - t0}
+            "start_test_map": fin["before"]["test"]["map50_95"], "start_val_map": fin["before"]["val"]["map50_95"],
+            "finetuned_test_map": tuned["test"]["map50_95"], "finetuned_val_map": tuned["val"]["map50_95"],
+            "kept": fin.get("kept", "fine-tuned"), "epochs": fin["epochs"], "train_s": fin.get("train_s"),
+            "wall_s": time.perf_counter() - t0}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,6 +152,16 @@ def test_search_vs_recipe_benchmark(tmp_path):
     assert row["replay"]["epochs"] == row["recipe_epochs"] == recipe["epochs"]["0.5"][0]
     assert row["recipe_test_map"] == recipe["test_map"]["0.5"][0] and 0 <= row["replay"]["test_map"] <= 1
     assert replay["summary"]["0.5"]["n"] == 1 and replay["arm"] == "autoprune_warm" and '"0.5"' in out
+    assert row["replay"]["kept"] in ("start", "fine-tuned") and 0 <= row["replay"]["start_test_map"] <= 1
+    # the lr replay: the same delivery for its own epochs at another lr
+    replay, out = _bench(tmp_path, "epoch_replay", "--workdir", str(tmp_path / "w"), "--results",
+                         str(tmp_path / "search_vs_recipe.json"), "--arm", "autoprune_warm", "--epochs-of", "delivered",
+                         "--lr", "0.002", "--targets", "0.5")
+    (row,) = replay["rows"]
+    assert replay["lr"] == 0.002 and replay["epochs_of"] == "delivered"
+    assert row["replay"]["epochs"] == row["delivered_epochs"] and row["trial"] == delivered
+    assert 0 <= row["replay"]["finetuned_test_map"] <= 1
+    assert replay["summary"]["0.5"]["replay_minus_delivered"]["n"] == 1
 
 
 def test_search_vs_recipe_summary_pairs_arms_by_seed():
