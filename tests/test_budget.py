@@ -80,6 +80,7 @@ def test_spec_budget_and_targets():
                     "budget": {"seconds": 60, "final_share": 0.3, "direct": True}}, "s.yaml", Overrides(budget="2m"))
     assert (s.budget.seconds, s.budget.final_share, s.budget.direct) == (120.0, 0.3, True)
     assert s.budget.scan_share == 0.25 and _spec(budget={"seconds": 60, "scan_share": None}).budget.scan_share is None
+    assert s.budget.fit_lr is True and _spec(budget={"seconds": 60, "fit_lr": False}).budget.fit_lr is False
 
 
 @pytest.mark.parametrize("extra,field", [
@@ -93,6 +94,7 @@ def test_spec_budget_and_targets():
     ({"budget": {"seconds": 60, "final_share": 1.0}}, "budget.final_share"),
     ({"budget": {"seconds": 60, "scan_share": 0}}, "budget.scan_share"),
     ({"budget": {"seconds": 60, "scan_share": 1.5}}, "budget.scan_share"),
+    ({"budget": {"seconds": 60, "fit_lr": "maybe"}}, "budget.fit_lr"),
 ])
 def test_bad_budgets_and_targets_name_their_field(extra, field):
     with pytest.raises(SpecError, match=field.replace("[", r"\[").replace("]", r"\]")):

@@ -148,6 +148,9 @@ class Budget:
     seconds: float | None = None  # None: no clock; the search runs ``trials`` trials
     final_share: float = field(default=0.5, metadata=bounds(gt=0))  # of the budget, for the final fine-tunes
     final_lr: float = field(default=0.01, metadata=bounds(gt=0))  # the final fine-tune's initial learning rate
+    # scale final_lr to how much of the base's val mAP the start lost: all of it from a 10% loss, a fifth for a
+    # near-lossless start (autoprune.deploy.finalize.start_fitted_lr); the same rule for every arm of a benchmark
+    fit_lr: bool = True
     # rounds in a row in which no target's winner improved, after which the search hands what is left of its share
     # to the final fine-tunes (0: the search uses its whole share)
     patience: int = field(default=0, metadata=bounds(min=0, max=10_000))

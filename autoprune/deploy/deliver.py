@@ -124,8 +124,9 @@ def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, 
              seconds: float) -> Delivered:
     if seconds <= 0:
         return Delivered(target, trial=t.number, reason="the budget was spent before its final fine-tune")
+    base_map = records.baseline_metrics(study).get("map50_95") if spec.budget.fit_lr else None
     settings = FinalizeSettings(seconds=seconds, lr=spec.budget.final_lr, device=spec.device,
-                                threads=spec.train_threads)
+                                threads=spec.train_threads, fit_lr_to=base_map)
     out = delivery_dir(spec, target)
     try:
         res = finalize_trial(study, store, t, out, settings, artifact_dir=spec.artifacts_dir,

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FINETUNE = FinetuneSettings()  # batch 16, SGD: the recipe's
 
-__all__ = ["FinalizeSettings", "finalize_trial", "final_finetune", "MAX_EPOCHS"]
+__all__ = ["FinalizeSettings", "finalize_trial", "final_finetune", "start_fitted_lr", "MAX_EPOCHS"]
 
 MAX_EPOCHS = 10_000  # the cap of a time-budgeted fine-tune (its epochs follow from the time)
 
@@ -44,6 +44,20 @@ class FinalizeSettings:
     threads: int = 2
     distill: bool = False  # knowledge distillation from the study's unpruned base (ultralytics' distill_model)
     keep_better: bool = True  # deliver the starting weights where the fine-tune lowered val mAP50-95
+    fit_lr_to: float | None = None  # the base's val mAP50-95: ``lr`` fitted to the start's loss against it
+
+
+FULL_LR_LOSS = 0.10  # a start that lost this share of the base's val mAP50-95 or more gets the whole lr
+LEAST_LR_SCALE = 0.2  # and one at the base's mAP a fifth of it
+
+
+def start_fitted_lr(lr: float, start_map: float, base_map: float) -> float:
+    """The final fine-tune's learning rate for a pruned start at ``start_map`` (val mAP50-95) of a base at
+    ``base_map``: all of ``lr`` where pruning lost at least ``FULL_LR_LOSS`` of the base's mAP (the fine-tune must
+    re-learn; a uniform recipe model starts near 0), down linearly to ``LEAST_LR_SCALE`` of it for a start at the
+    base's mAP, which the whole lr knocks off its optimum in a short fine-tune (benchmarks §6l, §6n)."""
+    loss = max(0.0, (base_map - start_map) / base_map) if base_map > 0 else 1.0
+    return lr * min(1.0, LEAST_LR_SCALE + (1 - LEAST_LR_SCALE) * loss / FULL_LR_LOSS)
 
 
 EXPORT_RESERVE_S = 5.0  # kept from a time-budgeted finalize for writing and checking the ONNX export
@@ -69,8 +83,10 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     settings give the batch, optimizer and distillation gain (with ``teacher``). Validates on val (and test,
     where the data set has it) before and after; with ``settings.keep_better`` a fine-tune that lowered val
     mAP50-95 is undone (a short, high-lr fine-tune can knock a near-converged start off its optimum; the choice
-    looks at val only). Returns the record a policy file's ``finalize`` section holds: ``after`` is the delivered
-    model's, ``finetuned`` the fine-tuned weights', ``kept`` which of the two was delivered.
+    looks at val only). With ``settings.fit_lr_to`` (the base's val mAP50-95) the lr is :func:`start_fitted_lr`
+    of ``lr``. Returns the record a policy file's ``finalize`` section holds: ``after`` is
+    the delivered model's, ``finetuned`` the fine-tuned weights', ``kept`` which of the two was delivered, ``lr``
+    the learning rate trained with.
     The trainer's files go to a temporary folder (``scratch``: in this folder, with this name prefix; default the
     system's temporary folder), removed after."""
     from autoprune.adapters import ultra
@@ -79,6 +95,9 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     start = {k: v.detach().clone() for k, v in model.state_dict().items()} if settings.keep_better else None
     before = _split_metrics(model, data, imgsz, settings, finetune.batch)
     val_s = time.perf_counter() - t0
+    asked = lr
+    if settings.fit_lr_to is not None:
+        lr = start_fitted_lr(lr, before["val"]["map50_95"], settings.fit_lr_to)
     train_s = None
     if settings.seconds is not None:
         train_s = max(1.0, settings.seconds - reserve_s - 2 * val_s)
@@ -101,9 +120,9 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
         kept = "start"
         logger.info("final fine-tune: val mAP50-95 fell to %.4f from %.4f; the starting weights are kept",
                     tuned["val"]["map50_95"], before["val"]["map50_95"])
-    return {"epochs": stats.epochs, "lr": lr, "optimizer_steps": stats.optimizer_steps, "schedule": "cosine",
-            "warmup_epochs": 1.0, "ema": True, "distill": teacher is not None, "data": data, "before": before,
-            "after": before if kept == "start" else tuned, "finetuned": tuned, "kept": kept,
+    return {"epochs": stats.epochs, "lr": lr, "lr_asked": asked, "optimizer_steps": stats.optimizer_steps,
+            "schedule": "cosine", "warmup_epochs": 1.0, "ema": True, "distill": teacher is not None, "data": data,
+            "before": before, "after": before if kept == "start" else tuned, "finetuned": tuned, "kept": kept,
             "train_s": round(trained_s, 2), "seconds": settings.seconds}
 
 
