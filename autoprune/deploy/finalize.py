@@ -84,9 +84,9 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     where the data set has it) before and after; with ``settings.keep_better`` a fine-tune that lowered val
     mAP50-95 is undone (a short, high-lr fine-tune can knock a near-converged start off its optimum; the choice
     looks at val only). With ``settings.fit_lr_to`` (the base's val mAP50-95) the lr is :func:`start_fitted_lr`
-    of ``lr``. Returns the record a policy file's ``finalize`` section holds: ``after`` is
-    the delivered model's, ``finetuned`` the fine-tuned weights', ``kept`` which of the two was delivered, ``lr``
-    the learning rate trained with.
+    of ``lr``. Returns the record a policy file's ``finalize`` section holds: ``after`` is the delivered model's,
+    ``finetuned`` the fine-tuned weights', ``kept`` which of the two was delivered, ``lr`` the learning rate trained
+    with (``lr_asked`` the one given).
     The trainer's files go to a temporary folder (``scratch``: in this folder, with this name prefix; default the
     system's temporary folder), removed after."""
     from autoprune.adapters import ultra
