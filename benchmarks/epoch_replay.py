@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             epochs = int(recipe["epochs"][key][i_r] if args.epochs_of == "recipe" else d["epochs"])
             row: dict[str, Any] = {"seed": seed, "target": key, "trial": d["trial"], "delivered_epochs": d["epochs"],
-                                   "delivered_test_map": arm["test_map"][key][i_a], "recipe_epochs": epochs,
+                                   "delivered_test_map": arm["test_map"][key][i_a],
+                                   "recipe_epochs": int(recipe["epochs"][key][i_r]),
                                    "recipe_test_map": recipe["test_map"][key][i_r]}
             row["replay"] = _finalize(studies, name, d["trial"], epochs, args.lr,
                                       args.workdir / "epoch-replay" / f"{name}-{key}")
