@@ -8,6 +8,10 @@ every seed. The arms:
 - ``recipe``: Torch-Pruning's YOLOv8 recipe as its users run it, per target: the smallest uniform channel ratio that
   meets the target (found by pruning copies, charged), group L2 importance, channels rounded to 8, one shot, then the
   shared final fine-tune with all the target's share of the budget.
+- ``recipe_iter``: the same recipe iterated, as the example's ``--iterative-steps`` runs it: ``--rounds`` rounds
+  of uniform pruning (Torch-Pruning's linear schedule to the same ratio, so the same final size) each followed by the
+  shared fine-tune with an equal part of what is left of the target's share (the rounds before the last validate on
+  val only).
 - ``autoprune``: ``autoprune search`` with the demo spec's defaults, the budget and the targets (its own split of
   the budget between search and final fine-tunes), model/data/imgsz of the task.
 - ``random``: the same with random proposals in the screens (no sensitivity scan, no warm starts).
@@ -65,7 +69,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import commit, logger, machine, setup_logging, write_json  # noqa: E402
 
-ARMS = ("recipe", "autoprune", "random", "allocation_only", "autoprune_warm")
+ARMS = ("recipe", "recipe_iter", "autoprune", "random", "allocation_only", "autoprune_warm")
+RECIPES = ("recipe", "recipe_iter")  # the hand recipes every search arm is paired with
+# prune-fine-tune rounds of recipe_iter, fixed before its first run: Torch-Pruning's YOLOv8 example scripts use 5 to 20
+# rounds of 10 epochs each, and 5 rounds of ~10 epochs is what a target's 150 s buys here
+ITERATIVE_STEPS = 5
 DEMO_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 
 
@@ -135,11 +143,15 @@ def retrained_base_map(model: str, data: str, imgsz: int, seconds: float) -> flo
     return float(rec["after"]["test"]["map50_95"])
 
 
-def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts: list[float]) -> dict[str, Any]:
+def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts: list[float],
+               steps: int = 1) -> dict[str, Any]:
+    """The hand recipe per target: the smallest uniform ratio that meets it, pruned in one shot (``steps`` 1) or in
+    ``steps`` rounds of Torch-Pruning's linear schedule, each round followed by the shared fine-tune with an equal
+    part of what is left of the target's share (the last round's is the final fine-tune)."""
     from autoprune.adapters import ultra
     from autoprune.config.sections import Budget, TrialSettings
     from autoprune.deploy.finalize import FinalizeSettings, final_finetune
-    from autoprune.engine.uniform import RECIPE_CRITERION, RECIPE_ROUND_TO, uniform_prune, uniform_ratio_for
+    from autoprune.engine import uniform
     from autoprune.model.budget import Target
 
     started = time.perf_counter()
@@ -147,23 +159,40 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
     out: dict[str, Any] = {"test_map": {}, "params_ratio": {}, "policies": {}, "epochs": {}}
     # the final fine-tune as the search arms (the demo spec's budget) get it; the base's val mAP is charged
     base_map = ultra.validate(ultra.load_model(model), data, imgsz).map50_95 if Budget().fit_lr else None
+    val_only = _without_test(data) if steps > 1 else data
     for i, cut in enumerate(cuts):
-        share = (budget - (time.perf_counter() - started)) / (len(cuts) - i)
-        t0 = time.perf_counter()
+        share_end = time.perf_counter() + (budget - (time.perf_counter() - started)) / (len(cuts) - i)
         base = ultra.load_model(model)
-        ratio, _ = uniform_ratio_for(base, settings, Target((("params", 1 - cut),)))
-        pruned = ultra.load_model(model)
-        uniform_prune(pruned, settings, ratio, RECIPE_CRITERION, RECIPE_ROUND_TO)
-        spent = time.perf_counter() - t0
-        rec = final_finetune(pruned, data, imgsz, FinalizeSettings(seconds=share - spent, fit_lr_to=base_map),
-                             lr=0.01, seed=seed)
+        ratio, _ = uniform.uniform_ratio_for(base, settings, Target((("params", 1 - cut),)))
+        pruned, original, epochs = ultra.load_model(model), uniform.unit_channels(base), 0
+        for step in range(1, steps + 1):
+            t0 = time.perf_counter()
+            uniform.uniform_prune(pruned, settings, ratio, uniform.RECIPE_CRITERION, uniform.RECIPE_ROUND_TO,
+                                  step=step, steps=steps, original=original)
+            rec = final_finetune(pruned, data if step == steps else val_only, imgsz,
+                                 FinalizeSettings(seconds=(share_end - time.perf_counter()) / (steps - step + 1),
+                                                  fit_lr_to=base_map), lr=0.01, seed=seed)
+            epochs += rec["epochs"]
+            if steps > 1:
+                logger.info("  recipe -%g%%, round %d of %d: %d epochs in %.0f s, val mAP50-95 %.4f", 100 * cut, step,
+                            steps, rec["epochs"], time.perf_counter() - t0, rec["after"]["val"]["map50_95"])
         key = f"{cut:g}"
         out["test_map"][key] = rec["after"]["test"]["map50_95"]
         out["params_ratio"][key] = ultra.count_params(pruned) / ultra.count_params(base)
-        out["policies"][key] = f"uniform {ratio:.2f} l2 round_to 8"
-        out["epochs"][key] = rec["epochs"]
+        out["policies"][key] = f"uniform {ratio:.2f} l2 round_to 8" + (f" in {steps} rounds" if steps > 1 else "")
+        out["epochs"][key] = epochs
     out["wall_s"] = time.perf_counter() - started
     return out
+
+
+def _without_test(data: str) -> str:
+    """A copy of the data set YAML without its test split, beside it: the rounds before the last validate on val
+    only (selection never looks at test, and validating it each round would charge the recipe for nothing)."""
+    doc = yaml.safe_load(Path(data).read_text())
+    doc.pop("test", None)
+    out = Path(data).with_name(Path(data).stem + "-val.yaml")
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(out)
 
 
 def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budget: float, cuts: list[float],
@@ -264,8 +293,9 @@ def _paired(rec: dict[str, Any], ref: dict[str, Any], targets: list[str]) -> dic
 
 
 def summarise(res: dict[str, Any]) -> dict[str, Any]:
-    """Every arm against the recipe, and every other search arm against ``random`` of the same knobs
-    (``autoprune@direct`` against ``random@direct``), paired by seed."""
+    """Every search arm against each hand recipe run (one-shot and iterative), the iterative recipe against the
+    one-shot one, and every other search arm against ``random`` of the same knobs (``autoprune@direct`` against
+    ``random@direct``), paired by seed."""
     arms, base = res["arms"], res["base_test_map"]
     out: dict[str, Any] = {}
     for rec in arms.values():
@@ -274,7 +304,8 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
         rec["distinct_policies"] = {k: len({p for p in v if p}) for k, v in rec["policies"].items()}
     for arm, rec in arms.items():
         name, _, tag = arm.partition("@")
-        refs = [] if name == "recipe" else ["recipe"] + ([] if name == "random" else ["random" + "@" * bool(tag) + tag])
+        refs = ([] if name == "recipe" else ["recipe"]) if name in RECIPES else \
+            [*RECIPES, *([] if name == "random" else ["random" + "@" * bool(tag) + tag])]
         for ref in refs:
             if ref in arms and (row := _paired(rec, arms[ref], res["targets"])) is not None:
                 out[f"{arm}-{ref.partition('@')[0]}"] = row
@@ -331,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=300.0, help="seconds per arm and seed, all targets together")
     p.add_argument("--cuts", type=float, nargs="+", default=[0.5, 0.7], help="params cuts to deliver")
     p.add_argument("--arms", nargs="+", default=["recipe", "autoprune"], choices=ARMS)
+    p.add_argument("--rounds", type=int, default=ITERATIVE_STEPS, help="prune-fine-tune rounds of recipe_iter")
     p.add_argument("--final-share", type=float, default=None, help="the search arms' budget.final_share (default: the "
                    "spec's); recorded as the arm ARM@finalSHARE")
     p.add_argument("--patience", type=int, default=None, help="the search arms' budget.patience (default: the spec's); "
@@ -380,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         order = args.arms if seed % 2 == 0 else list(reversed(args.arms))  # alternate: machine load hits both
         for arm in order:
-            key = arm if arm == "recipe" else arm + "".join(tagged)
+            key = arm if arm in RECIPES else arm + "".join(tagged)
             rec = res["arms"].setdefault(key, {"seeds": [], "test_map": {k: [] for k in keys},
                                                "params_ratio": {k: [] for k in keys},
                                                "policies": {k: [] for k in keys}, "epochs": {k: [] for k in keys},
@@ -390,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
             rec.setdefault("commits", []).append(res["commit"])  # per seed: arms of one file may come from reruns
             logger.info("task %s, seed %d, arm %s: budget %.0f s", args.task, seed, key, args.budget)
             load0 = os.getloadavg()[0]
-            if arm == "recipe":
-                one = run_recipe(model, data, imgsz, seed, args.budget, args.cuts)
+            if arm in RECIPES:
+                one = run_recipe(model, data, imgsz, seed, args.budget, args.cuts,
+                                 steps=args.rounds if arm == "recipe_iter" else 1)
             else:
                 one = run_search_arm(arm, model, data, imgsz, seed, args.budget, args.cuts,
                                      workdir / f"{key}-{seed}", knobs)

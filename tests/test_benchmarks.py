@@ -113,8 +113,8 @@ SMOKE_BUDGET = 75  # s per arm: the warm arm must deliver for the replays below 
 
 def test_search_vs_recipe_benchmark(tmp_path):
     res, stdout = _bench(tmp_path, "search_vs_recipe", "--task", "demo", "--seeds", "0", "--budget", str(SMOKE_BUDGET),
-                         "--cuts", "0.5", "--n-test", "8", "--arms", "recipe", "autoprune", "autoprune_warm",
-                         "--workdir", str(tmp_path / "w"))
+                         "--cuts", "0.5", "--n-test", "8", "--arms", "recipe", "recipe_iter", "autoprune",
+                         "autoprune_warm", "--rounds", "2", "--workdir", str(tmp_path / "w"))
     assert res["task"] == "demo" and res["budget_s"] == SMOKE_BUDGET and res["targets"] == ["0.5"]
     assert res["seeds"] == [0]
     assert 0 < res["base_test_map"] <= 1 and res["commit"]
@@ -124,6 +124,12 @@ def test_search_vs_recipe_benchmark(tmp_path):
     assert 0 <= recipe["test_map"]["0.5"][0] <= 1 and recipe["params_ratio"]["0.5"][0] <= 0.5
     assert recipe["policies"]["0.5"][0].startswith("uniform") and recipe["epochs"]["0.5"][0] >= 1
     assert recipe["wall_s"][0] <= SMOKE_BUDGET + 20  # the budget, within one step and the last validation
+    iterated = res["arms"]["recipe_iter"]  # the recipe in rounds: one uniform ratio a round, to the same target
+    assert iterated["policies"]["0.5"][0] == recipe["policies"]["0.5"][0] + " in 2 rounds"
+    assert iterated["params_ratio"]["0.5"][0] == recipe["params_ratio"]["0.5"][0]  # the same model size
+    assert iterated["epochs"]["0.5"][0] >= 2  # at least one epoch a round
+    assert iterated["wall_s"][0] <= SMOKE_BUDGET + 20 and 0 <= iterated["test_map"]["0.5"][0] <= 1
+    assert {"autoprune-recipe_iter", "recipe_iter-recipe"} <= set(res["summary"])
     ledger = auto["ledgers"][0]
     assert ledger["budget_s"] == SMOKE_BUDGET and ledger["charged_s"]["prepare"] > 0  # everything charged
     assert sum(ledger["charged_s"].values()) == pytest.approx(ledger["total_s"], abs=0.01)
@@ -164,13 +170,19 @@ def test_search_vs_recipe_benchmark(tmp_path):
     assert replay["summary"]["0.5"]["replay_minus_delivered"]["n"] == 1
 
 
-def test_search_vs_recipe_summary_pairs_arms_by_seed():
-    """Each arm against the recipe, and autoprune against random of the same knobs, on the seeds both ran."""
+def _svr():
+    """benchmarks/search_vs_recipe.py as a module."""
     sys.path.insert(0, str(BENCH))
     try:
-        import search_vs_recipe as svr
+        import search_vs_recipe
     finally:
         sys.path.remove(str(BENCH))
+    return search_vs_recipe
+
+
+def test_search_vs_recipe_summary_pairs_arms_by_seed():
+    """Each arm against the recipe, and autoprune against random of the same knobs, on the seeds both ran."""
+    svr = _svr()
 
     def arm(seeds, maps, ratios):
         return {"seeds": seeds, "test_map": {"0.5": maps}, "params_ratio": {"0.5": ratios},
@@ -179,9 +191,13 @@ def test_search_vs_recipe_summary_pairs_arms_by_seed():
     res = {"base_test_map": 0.80, "targets": ["0.5"], "arms": {
         "recipe": arm([0, 1, 2], [0.70, 0.72, 0.74], [0.5, 0.5, 0.5]),
         "autoprune@direct": arm([0, 1, 2], [0.80, 0.79, 0.75], [0.5, 0.45, 0.5]),
-        "random@direct": arm([2, 1], [0.60, 0.70], [0.5, 0.5])}}
+        "random@direct": arm([2, 1], [0.60, 0.70], [0.5, 0.5]),
+        "recipe_iter": arm([0, 1], [0.72, 0.75], [0.5, 0.5])}}
     out = svr.summarise(res)
-    assert set(out) == {"autoprune@direct-recipe", "random@direct-recipe", "autoprune@direct-random"}
+    assert set(out) == {"autoprune@direct-recipe", "random@direct-recipe", "autoprune@direct-random",
+                        "autoprune@direct-recipe_iter", "random@direct-recipe_iter", "recipe_iter-recipe"}
+    assert out["recipe_iter-recipe"]["test_map@0.5"]["mean"] == pytest.approx((0.02 + 0.03) / 2)
+    assert out["autoprune@direct-recipe_iter"]["test_map@0.5"]["n"] == 2
     vs_recipe = out["autoprune@direct-recipe"]["test_map@0.5"]
     assert vs_recipe["n"] == 3 and vs_recipe["wins"] == 3 and vs_recipe["mean"] == pytest.approx(0.06)
     vs_random = out["autoprune@direct-random"]
@@ -194,11 +210,7 @@ def test_search_vs_recipe_summary_pairs_arms_by_seed():
 
 
 def test_search_vs_recipe_results_names():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import search_vs_recipe as svr
-    finally:
-        sys.path.remove(str(BENCH))
+    svr = _svr()
     names = {(task, n): svr.default_out(task, n).name for task, n in
              (("demo", None), ("dense11", 100), ("dense11", 400), ("crowd11", 300), ("crowd11", 50))}
     assert names == {("demo", None): "search_vs_recipe_demo.json", ("dense11", 100): "search_vs_recipe_dense11.json",

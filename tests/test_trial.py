@@ -177,3 +177,22 @@ def test_true_saving_is_what_a_screen_of_the_allocation_measures(tiny_data, tiny
         spec.space, layers, {"ratios": ratios, "criterion": "l2", "round_to": 8})), spec.space, layers)
     screened = screen_policy(spec.trial_settings, policy, layers, batches=1)
     assert screened.metrics["params"] == pytest.approx((1 - share) * ultra.count_params(base), abs=0.5)
+
+
+def test_uniform_prune_in_rounds_ends_at_the_one_shot_size(tiny_data, tiny_model_pt):
+    """The hand recipe iterated (Torch-Pruning's linear schedule): each round shrinks every unit, and the last one
+    leaves exactly the channels the one-shot prune at the same ratio leaves."""
+    from autoprune.engine.uniform import uniform_prune, unit_channels
+
+    spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64}, "s.yaml")
+    one_shot, rounds = ultra.load_model(tiny_model_pt), ultra.load_model(tiny_model_pt)
+    original = unit_channels(one_shot)
+    final = uniform_prune(one_shot, spec.trial_settings, 0.5, round_to=1)
+    sizes = []
+    for step in (1, 2, 3):
+        uniform_prune(rounds, spec.trial_settings, 0.5, round_to=1, step=step, steps=3, original=original)
+        sizes.append(unit_channels(rounds))
+    assert all(sizes[0][n] < original[n] for n in original if original[n] > 3)
+    assert all(sizes[1][n] <= sizes[0][n] and sizes[2][n] <= sizes[1][n] for n in original)
+    assert sizes[2] == {n: final[n] for n in sizes[2]}
+    assert ultra.count_params(rounds) == ultra.count_params(one_shot)

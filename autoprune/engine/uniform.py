@@ -15,14 +15,15 @@ from autoprune.model.shapes import target_keep
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["uniform_prune", "uniform_ratio_for", "check_reachable", "pruned_params", "RECIPE_CRITERION",
-           "RECIPE_ROUND_TO"]
+__all__ = ["uniform_prune", "uniform_ratio_for", "unit_channels", "check_reachable", "pruned_params",
+           "RECIPE_CRITERION", "RECIPE_ROUND_TO"]
 
 RECIPE_CRITERION = "l2"  # torch-pruning's GroupMagnitudeImportance(p=2)
 RECIPE_ROUND_TO = 8
 
 
-def _units(model: Any) -> dict[str, int]:
+def unit_channels(model: Any) -> dict[str, int]:
+    """The channels of each prunable unit of ``model``, by name."""
     from autoprune.adapters import tp
     from autoprune.engine.pipeline import TRACE_IMGSZ
 
@@ -30,12 +31,15 @@ def _units(model: Any) -> dict[str, int]:
 
 
 def uniform_prune(model: Any, settings: TrialSettings, ratio: float, criterion: str = RECIPE_CRITERION,
-                  round_to: int = RECIPE_ROUND_TO) -> dict[str, int]:
-    """Prune ``model`` in place: every prunable unit loses ``ratio`` of its channels (rounded); its channels."""
+                  round_to: int = RECIPE_ROUND_TO, *, step: int = 1, steps: int = 1,
+                  original: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Prune ``model`` in place: every prunable unit loses ``ratio`` of its channels (rounded); its channels. In
+    rounds (Torch-Pruning's ``iterative_steps``, linear schedule): round ``step`` of ``steps`` leaves each unit what
+    ``ratio * step / steps`` leaves of its ``original`` channels (the unpruned model's :func:`unit_channels`)."""
     from autoprune.engine.pipeline import prune_once
 
-    original = _units(model)
-    keep = target_keep(original, dict.fromkeys(original, ratio), 1, 1, round_to)
+    original = dict(original) if original is not None else unit_channels(model)
+    keep = target_keep(original, dict.fromkeys(original, ratio), step, steps, round_to)
     return prune_once(model, settings, criterion, keep, regularize=False)
 
 
