@@ -304,11 +304,12 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
         rec["distinct_policies"] = {k: len({p for p in v if p}) for k, v in rec["policies"].items()}
     for arm, rec in arms.items():
         name, _, tag = arm.partition("@")
+        recipes = [k for k in arms if k.partition("@")[0] in RECIPES]  # recipe, recipe_iter, recipe_iter@rounds2
         refs = ([] if name == "recipe" else ["recipe"]) if name in RECIPES else \
-            [*RECIPES, *([] if name == "random" else ["random" + "@" * bool(tag) + tag])]
+            [*recipes, *([] if name == "random" else ["random" + "@" * bool(tag) + tag])]
         for ref in refs:
             if ref in arms and (row := _paired(rec, arms[ref], res["targets"])) is not None:
-                out[f"{arm}-{ref.partition('@')[0]}"] = row
+                out[f"{arm}-{ref if ref in recipes else ref.partition('@')[0]}"] = row
     return out
 
 
@@ -362,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=300.0, help="seconds per arm and seed, all targets together")
     p.add_argument("--cuts", type=float, nargs="+", default=[0.5, 0.7], help="params cuts to deliver")
     p.add_argument("--arms", nargs="+", default=["recipe", "autoprune"], choices=ARMS)
-    p.add_argument("--rounds", type=int, default=ITERATIVE_STEPS, help="prune-fine-tune rounds of recipe_iter")
+    p.add_argument("--rounds", type=int, default=ITERATIVE_STEPS, help="prune-fine-tune rounds of recipe_iter "
+                   f"(other than {ITERATIVE_STEPS}: recorded as the arm recipe_iter@roundsN)")
     p.add_argument("--final-share", type=float, default=None, help="the search arms' budget.final_share (default: the "
                    "spec's); recorded as the arm ARM@finalSHARE")
     p.add_argument("--patience", type=int, default=None, help="the search arms' budget.patience (default: the spec's); "
@@ -412,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         order = args.arms if seed % 2 == 0 else list(reversed(args.arms))  # alternate: machine load hits both
         for arm in order:
-            key = arm if arm in RECIPES else arm + "".join(tagged)
+            key = arm if arm == "recipe" else arm + "".join(tagged)
+            if arm == "recipe_iter":  # the recipe has no search knobs; rounds other than the default are named
+                key = arm + (f"@rounds{args.rounds}" if args.rounds != ITERATIVE_STEPS else "")
             rec = res["arms"].setdefault(key, {"seeds": [], "test_map": {k: [] for k in keys},
                                                "params_ratio": {k: [] for k in keys},
                                                "policies": {k: [] for k in keys}, "epochs": {k: [] for k in keys},

@@ -124,12 +124,12 @@ def test_search_vs_recipe_benchmark(tmp_path):
     assert 0 <= recipe["test_map"]["0.5"][0] <= 1 and recipe["params_ratio"]["0.5"][0] <= 0.5
     assert recipe["policies"]["0.5"][0].startswith("uniform") and recipe["epochs"]["0.5"][0] >= 1
     assert recipe["wall_s"][0] <= SMOKE_BUDGET + 20  # the budget, within one step and the last validation
-    iterated = res["arms"]["recipe_iter"]  # the recipe in rounds: one uniform ratio a round, to the same target
+    iterated = res["arms"]["recipe_iter@rounds2"]  # the recipe in rounds: one uniform ratio a round, same target
     assert iterated["policies"]["0.5"][0] == recipe["policies"]["0.5"][0] + " in 2 rounds"
     assert iterated["params_ratio"]["0.5"][0] == recipe["params_ratio"]["0.5"][0]  # the same model size
     assert iterated["epochs"]["0.5"][0] >= 2  # at least one epoch a round
     assert iterated["wall_s"][0] <= SMOKE_BUDGET + 20 and 0 <= iterated["test_map"]["0.5"][0] <= 1
-    assert {"autoprune-recipe_iter", "recipe_iter-recipe"} <= set(res["summary"])
+    assert {"autoprune-recipe_iter@rounds2", "recipe_iter@rounds2-recipe"} <= set(res["summary"])
     ledger = auto["ledgers"][0]
     assert ledger["budget_s"] == SMOKE_BUDGET and ledger["charged_s"]["prepare"] > 0  # everything charged
     assert sum(ledger["charged_s"].values()) == pytest.approx(ledger["total_s"], abs=0.01)
@@ -192,10 +192,13 @@ def test_search_vs_recipe_summary_pairs_arms_by_seed():
         "recipe": arm([0, 1, 2], [0.70, 0.72, 0.74], [0.5, 0.5, 0.5]),
         "autoprune@direct": arm([0, 1, 2], [0.80, 0.79, 0.75], [0.5, 0.45, 0.5]),
         "random@direct": arm([2, 1], [0.60, 0.70], [0.5, 0.5]),
-        "recipe_iter": arm([0, 1], [0.72, 0.75], [0.5, 0.5])}}
+        "recipe_iter": arm([0, 1], [0.72, 0.75], [0.5, 0.5]), "recipe_iter@rounds2": arm([2], [0.6], [0.5])}}
     out = svr.summarise(res)
     assert set(out) == {"autoprune@direct-recipe", "random@direct-recipe", "autoprune@direct-random",
-                        "autoprune@direct-recipe_iter", "random@direct-recipe_iter", "recipe_iter-recipe"}
+                        "autoprune@direct-recipe_iter", "random@direct-recipe_iter", "recipe_iter-recipe",
+                        "autoprune@direct-recipe_iter@rounds2", "random@direct-recipe_iter@rounds2",
+                        "recipe_iter@rounds2-recipe"}
+    assert out["autoprune@direct-recipe_iter@rounds2"]["test_map@0.5"]["mean"] == pytest.approx(0.75 - 0.6)
     assert out["recipe_iter-recipe"]["test_map@0.5"]["mean"] == pytest.approx((0.02 + 0.03) / 2)
     assert out["autoprune@direct-recipe_iter"]["test_map@0.5"]["n"] == 2
     vs_recipe = out["autoprune@direct-recipe"]["test_map@0.5"]
