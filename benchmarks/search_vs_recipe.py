@@ -382,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                    "search_vs_recipe_TASK_baseN.json)")
     p.add_argument("--markdown", action="store_true", help="print the results file as a markdown table and exit")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error(f"--rounds: {args.rounds} is not a number of rounds (at least 1)")
     setup_logging()
     base_epochs = (args.base_epochs or BASE_EPOCHS[args.task]) if args.task in SYNTHETIC_TASKS else None
     out = args.out or default_out(args.task, base_epochs)

@@ -212,8 +212,11 @@ def test_search_vs_recipe_summary_pairs_arms_by_seed():
                                                                                    "summary": out})
 
 
-def test_search_vs_recipe_results_names():
+def test_search_vs_recipe_results_names(capsys):
     svr = _svr()
+    with pytest.raises(SystemExit) as stop:  # bad input: one line naming the flag, exit 2, before any work
+        svr.main(["--rounds", "0"])
+    assert stop.value.code == 2 and "--rounds: 0" in capsys.readouterr().err
     names = {(task, n): svr.default_out(task, n).name for task, n in
              (("demo", None), ("dense11", 100), ("dense11", 400), ("crowd11", 300), ("crowd11", 50))}
     assert names == {("demo", None): "search_vs_recipe_demo.json", ("dense11", 100): "search_vs_recipe_dense11.json",
