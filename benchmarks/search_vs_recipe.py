@@ -302,9 +302,9 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
         n = len(rec["seeds"])
         rec["cut_within_1pt"] = [cut_within(rec, base, i) for i in range(n)]
         rec["distinct_policies"] = {k: len({p for p in v if p}) for k, v in rec["policies"].items()}
+    recipes = [k for k in arms if k.partition("@")[0] in RECIPES]  # recipe, recipe_iter, recipe_iter@rounds2
     for arm, rec in arms.items():
         name, _, tag = arm.partition("@")
-        recipes = [k for k in arms if k.partition("@")[0] in RECIPES]  # recipe, recipe_iter, recipe_iter@rounds2
         refs = ([] if name == "recipe" else ["recipe"]) if name in RECIPES else \
             [*recipes, *([] if name == "random" else ["random" + "@" * bool(tag) + tag])]
         for ref in refs:
@@ -416,9 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         order = args.arms if seed % 2 == 0 else list(reversed(args.arms))  # alternate: machine load hits both
         for arm in order:
-            key = arm if arm == "recipe" else arm + "".join(tagged)
-            if arm == "recipe_iter":  # the recipe has no search knobs; rounds other than the default are named
-                key = arm + (f"@rounds{args.rounds}" if args.rounds != ITERATIVE_STEPS else "")
+            if arm in RECIPES:  # no search knobs; recipe_iter's rounds other than the default are named
+                key = arm + (f"@rounds{args.rounds}" if arm == "recipe_iter" and args.rounds != ITERATIVE_STEPS else "")
+            else:
+                key = arm + "".join(tagged)
             rec = res["arms"].setdefault(key, {"seeds": [], "test_map": {k: [] for k in keys},
                                                "params_ratio": {k: [] for k in keys},
                                                "policies": {k: [] for k in keys}, "epochs": {k: [] for k in keys},
