@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-all test-fast lint install clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,9 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 test: lint
+	$(VENV)/bin/python -m pytest -m "not heavy"
+
+test-all: lint
 	$(VENV)/bin/python -m pytest -m "slow or not slow"
 
 test-fast: $(STAMP)

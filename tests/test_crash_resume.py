@@ -46,7 +46,9 @@ def test_kill_minus_9_then_resume(tmp_path, tiny_data, tiny_model_pt):
         while time.time() < deadline:
             trials = _states(url)
             done = [t for t in trials if t.state == TrialState.COMPLETE]
-            running = [t for t in trials if t.state == TrialState.RUNNING]
+            # mid-trial: its policy drawn and recorded (killed while it is still being sampled, a trial has only the
+            # parameters drawn so far, and its retry draws the rest anew)
+            running = [t for t in trials if t.state == TrialState.RUNNING and "policy" in t.user_attrs]
             if done and running:
                 break
             assert proc.poll() is None, f"search ended ({proc.returncode}) before it could be killed: " + \

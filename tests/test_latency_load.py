@@ -124,6 +124,7 @@ def test_the_front_shows_which_latencies_to_doubt(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_under_artificial_load_pruned_models_keep_their_quiet_ranking(tmp_path):
     """Issue 22, item 2: 8 pruned demo models (uniform 0.0 and 0.2-0.8, real channel removal: quiet latencies >= 4%
     apart) timed against the base on the quiet machine, then with 2 processes spinning on this 2-core CPU; the new

@@ -5,9 +5,10 @@ The budget covers the whole command, from its start: input checks and the baseli
 scan when this run makes it (a cached scan costs nothing here, and the ledger says it was reused), screens,
 fine-tuned trials and the final fine-tunes with their validations and exports (``final``); what no phase claims is
 ``other``. No trial or screen starts after the search's deadline (a target that no completed trial meets yet may
-borrow half the final share for its first trials), and each final fine-tune is ultralytics' own
-time-budgeted training (it fits its epochs and cosine schedule to the time it is given), so a run ends within one
-trial (or one optimizer step and an export) of its budget.
+borrow half the final share for its first trials; with ``budget.direct`` the picks of a round whose screens ran are
+measured whatever the clock says: adaptive BN, seconds each, charged to the trials), and each final fine-tune is
+ultralytics' own time-budgeted training (it fits its epochs and cosine schedule to the time it is given), so a run
+ends within one trial (or one optimizer step and an export) of its budget.
 """
 
 from __future__ import annotations

@@ -28,19 +28,12 @@ from autoprune.search.inputs import materialise_yaml_model, prepare_inputs
 from autoprune.search.ray_setup import check_cluster_resources, ray_session
 from autoprune.search.references import ensure_references
 from autoprune.search.session import TuneSession, run_trials
-from autoprune.search.study import (
-    StudyStorage,
-    fail_stale_trials,
-    get_storage,
-    masked,
-    open_study_for,
-)
+from autoprune.search.study import StudyStorage, fail_stale_trials, get_storage, masked, open_study_for
 from autoprune.search.targets import covered, winner_maps
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_search", "Clock", "SearchOutcome", "main_job", "round_sizes",
-           "union_seconds"]
+__all__ = ["run_search", "Clock", "SearchOutcome", "main_job", "round_sizes", "union_seconds"]
 
 
 @dataclass(frozen=True)
@@ -337,7 +330,10 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
         t0 = time.perf_counter()
         phase(f"round {k + 1}: {doing.split(' ')[0]}")
         count = len(study.get_trials(deepcopy=False))
-        run_trials(study, store, job, size, ray_address=ctx.ray_address, on_trial=on_trial, deadline=deadline)
+        # a direct round's promoted picks (one per target, adaptive BN: seconds each) are measured even past the
+        # deadline: the screens that chose them are paid for, and an unmeasured pick leaves its target undelivered
+        run_trials(study, store, job, size, ray_address=ctx.ray_address, on_trial=on_trial,
+                   deadline=None if direct else deadline)
         started += len(study.get_trials(deepcopy=False)) - count
         run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
         if clock is not None:
