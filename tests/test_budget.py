@@ -375,6 +375,37 @@ def test_direct_runs_one_trial_per_target_and_more_only_for_an_uncovered_target(
     assert next(plan, None) is None
 
 
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_direct_round_measures_its_picks_even_past_the_deadline(monkeypatch, direct):
+    """Fakes the screens and the trial runner (they record the deadline they are given; no model runs): on a clock
+    whose deadline and grace have passed, a direct round's picks (adaptive BN, seconds) are still measured, since
+    the screens that chose them were paid for; a full search's fine-tuned trials keep the deadline."""
+    import time as _time
+
+    from autoprune.model import records
+    from autoprune.search import promotion
+    from autoprune.search import run as run_mod
+    from autoprune.search.context import RunContext
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
+    spec = _spec(budget={"seconds": 100, "direct": direct}, targets=[{"params": 0.5}], sensitivity={"probes": 0})
+    given: list[tuple[str, float | None]] = []
+
+    def screen(ctx, size, **kw):
+        given.append(("screens", kw["deadline"]))
+        return study, set()
+    monkeypatch.setattr(promotion, "screen_and_promote", screen)
+    monkeypatch.setattr(run_mod, "run_trials", lambda *a, **kw: given.append(("trials", kw["deadline"])))
+    now = _time.time()
+    grace = now - 5 if direct else now + 60  # a full search starts no round past it: its clock still runs
+    clock = run_mod.Clock(deadline=grace - 5, ledger=Ledger(budget_s=100), started=_time.perf_counter() - 50,
+                          grace=grace)
+    run_mod._screened_rounds(RunContext(study, None, spec), records.RunTimings(started="", ray_init_s=0.0), [], 1,
+                             None, lambda text: None, clock)
+    assert given[:2] == [("screens", grace), ("trials", None if direct else grace)]
+
+
 @pytest.mark.slow
 def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained(tmp_path, tiny_data, tiny_model_pt):
     # scan_share 4% (4.8 s): less than the baseline takes, so the scan shrinks to one ratio per block, no spread;
