@@ -377,9 +377,10 @@ def test_direct_runs_one_trial_per_target_and_more_only_for_an_uncovered_target(
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_a_direct_round_measures_its_picks_even_past_the_deadline(monkeypatch, direct):
-    """Fakes the screens and the trial runner (they record the deadline they are given; no model runs): on a clock
-    whose deadline and grace have passed, a direct round's picks (adaptive BN, seconds) are still measured, since
-    the screens that chose them were paid for; a full search's fine-tuned trials keep the deadline."""
+    """Fakes the screens and the trial runner (they record the deadline and job they are given; no model runs): on a
+    clock whose deadline and grace have passed, a direct round's picks (adaptive BN, seconds) are still measured,
+    since the screens that chose them were paid for, and only they (no sampled policy); a full search's fine-tuned
+    trials keep the deadline."""
     import time as _time
 
     from autoprune.model import records
@@ -396,7 +397,12 @@ def test_a_direct_round_measures_its_picks_even_past_the_deadline(monkeypatch, d
         given.append(("screens", kw["deadline"]))
         return study, set()
     monkeypatch.setattr(promotion, "screen_and_promote", screen)
-    monkeypatch.setattr(run_mod, "run_trials", lambda *a, **kw: given.append(("trials", kw["deadline"])))
+    jobs = []
+
+    def trials(study, store, job, n, **kw):
+        jobs.append(job)
+        given.append(("trials", kw["deadline"]))
+    monkeypatch.setattr(run_mod, "run_trials", trials)
     now = _time.time()
     grace = now - 5 if direct else now + 60  # a full search starts no round past it: its clock still runs
     clock = run_mod.Clock(deadline=grace - 5, ledger=Ledger(budget_s=100), started=_time.perf_counter() - 50,
@@ -404,6 +410,7 @@ def test_a_direct_round_measures_its_picks_even_past_the_deadline(monkeypatch, d
     run_mod._screened_rounds(RunContext(study, None, spec), records.RunTimings(started="", ray_init_s=0.0), [], 1,
                              None, lambda text: None, clock)
     assert given[:2] == [("screens", grace), ("trials", None if direct else grace)]
+    assert jobs[0].queued_only is direct  # a direct round runs its screened picks only, never a fresh draw
 
 
 @pytest.mark.slow

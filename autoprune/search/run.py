@@ -312,7 +312,7 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
     started = 0
     direct = clock is not None and spec.budget.direct
     if direct:  # one round: each target's best screened candidate, adaptive BN in place of the short fine-tune
-        job = dataclasses.replace(job, finetune=False)
+        job = dataclasses.replace(job, finetune=False, queued_only=True)  # the screened picks, never a fresh draw
         logger.info("budget.direct: one round of screens; each target's best screened candidate goes straight to its "
                     "final fine-tune")
     plan = _direct_plan(study, spec, n_new, clock) if direct and clock else _round_plan(study, spec, n_new, clock)
