@@ -81,3 +81,24 @@ def test_nothing_listening_and_bad_shapes():
         check_ray_address("nohost")
     check_ray_address("auto")
     check_ray_address(None)
+
+
+def test_a_local_rays_workers_run_at_the_drivers_priority(monkeypatch):
+    """Ray starts its workers at niceness 15 by default: beside ordinary busy processes a trial got ~5% of a core.
+    A local Ray started by autoprune runs them at niceness 0 (a real Ray, one remote task)."""
+    import os
+
+    import ray
+
+    from autoprune.search.ray_setup import WORKER_NICENESS_ENV, ray_session
+
+    monkeypatch.delenv(WORKER_NICENESS_ENV, raising=False)
+    if ray.is_initialized():
+        pytest.skip("a Ray session is already up in this process")
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    with ray_session(None):
+        assert ray.get(niceness.remote()) == os.nice(0)  # Ray's default would be 15 above it
