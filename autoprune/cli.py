@@ -207,17 +207,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _print_front(study: optuna.Study, store: Any, fmt: str) -> None:
     from autoprune.model import records
-    from autoprune.search.front import latency_checks, read_front, sync_front
-    from autoprune.views.text import delivered_trials, front_records, render_front
+    from autoprune.search.front import latency_checks, read_front, sync_front, with_delivered
+    from autoprune.views.text import delivered_maps, delivered_trials, front_records, render_front
 
     sync_front(study, store)
-    names = records.study_objectives(study)
-    rows = read_front(store.engine, study.study_name)
+    names, done = records.study_objectives(study), records.deliveries(study)
+    rows = with_delivered(study, read_front(store.engine, study.study_name), delivered_maps(done))
     checks = latency_checks(study)
     for number, flags in sorted(checks.items()):
         logger.warning("trial %d: latency %s", number, "; ".join(flags))
-    records_ = front_records(rows, names, records.baseline(study) or None,
-                             delivered_trials(records.deliveries(study)), checks, records.references(study))
+    records_ = front_records(rows, names, records.baseline(study) or None, delivered_trials(done), checks,
+                             records.references(study), delivered_maps(done))
     if fmt == "table":
         print(f"Pareto front of {study.study_name} ({len(rows)} trial(s)):")
     print(render_front(records_, names, fmt))

@@ -26,10 +26,10 @@ every seed. The arms:
 ``ARM@patienceN`` / ``ARM@direct`` / ``ARM@nodirect``.
 
 The final fine-tune is the same function for every arm (:func:`autoprune.deploy.finalize.final_finetune`: one
-optimizer step a batch, one warm-up epoch, cosine decay, EMA, lr 0.01 fitted to the start's loss against the base's
-val mAP50-95 as ``budget.fit_lr`` does, ultralytics' time-budgeted training; the recipe arm validates the base for
-it, charged). Model selection uses the val split only; the reported mAP50-95 is that of the finalized model on a
-test split of >= 200 images drawn from another random stream. Targets: params -50% and -70% (fixed before the run).
+optimizer step a batch, one warm-up epoch, cosine decay, EMA, ultralytics' time-budgeted training; the recipe arm at
+ultralytics' default lr 0.01, the search arms at what their final race chose). Model selection uses the val split
+only; the reported mAP50-95 is that of the finalized model on a test split of >= 200 images drawn from another
+random stream. Targets: params -50% and -70% (fixed before the run).
 Tasks: ``demo`` (the packaged YOLOv8n, mAP50-95 0.98), ``dense11`` (YOLO11n trained ``--base-epochs`` epochs on
 crowded scenes of tiny shapes, made once in the workdir), ``crowd11`` (the same shapes twice as crowded, up to 16 a
 scene: a base further below the ceiling, where differences have room to show), ``shapecue11`` (dense11's scenes with
@@ -149,7 +149,7 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
     ``steps`` rounds of Torch-Pruning's linear schedule, each round followed by the shared fine-tune with an equal
     part of what is left of the target's share (the last round's is the final fine-tune)."""
     from autoprune.adapters import ultra
-    from autoprune.config.sections import Budget, TrialSettings
+    from autoprune.config.sections import TrialSettings
     from autoprune.deploy.finalize import FinalizeSettings, final_finetune
     from autoprune.engine import uniform
     from autoprune.model.budget import Target
@@ -157,8 +157,6 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
     started = time.perf_counter()
     settings = TrialSettings(model=model, data=data, imgsz=imgsz, seed=seed)
     out: dict[str, Any] = {"test_map": {}, "params_ratio": {}, "policies": {}, "epochs": {}}
-    # the final fine-tune as the search arms (the demo spec's budget) get it; the base's val mAP is charged
-    base_map = ultra.validate(ultra.load_model(model), data, imgsz).map50_95 if Budget().fit_lr else None
     val_only = _without_test(data) if steps > 1 else data
     for i, cut in enumerate(cuts):
         share_end = time.perf_counter() + (budget - (time.perf_counter() - started)) / (len(cuts) - i)
@@ -170,8 +168,8 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
             uniform.uniform_prune(pruned, settings, ratio, uniform.RECIPE_CRITERION, uniform.RECIPE_ROUND_TO,
                                   step=step, steps=steps, original=original)
             rec = final_finetune(pruned, data if step == steps else val_only, imgsz,
-                                 FinalizeSettings(seconds=(share_end - time.perf_counter()) / (steps - step + 1),
-                                                  fit_lr_to=base_map), lr=0.01, seed=seed)
+                                 FinalizeSettings(seconds=(share_end - time.perf_counter()) / (steps - step + 1)),
+                                 lr=0.01, seed=seed)
             epochs += rec["epochs"]
             if steps > 1:
                 logger.info("  recipe -%g%%, round %d of %d: %d epochs in %.0f s, val mAP50-95 %.4f", 100 * cut, step,

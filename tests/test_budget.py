@@ -80,7 +80,8 @@ def test_spec_budget_and_targets():
                     "budget": {"seconds": 60, "final_share": 0.3, "direct": True}}, "s.yaml", Overrides(budget="2m"))
     assert (s.budget.seconds, s.budget.final_share, s.budget.direct) == (120.0, 0.3, True)
     assert s.budget.scan_share == 0.25 and _spec(budget={"seconds": 60, "scan_share": None}).budget.scan_share is None
-    assert s.budget.fit_lr is True and _spec(budget={"seconds": 60, "fit_lr": False}).budget.fit_lr is False
+    assert (s.budget.race_share, s.budget.race_lrs, s.budget.final_lr, s.budget.race_lr_low) == (0.3, 2, 0.01, 0.001)
+    assert _spec(budget={"seconds": 60, "race_share": 0}).budget.race_share == 0
 
 
 @pytest.mark.parametrize("extra,field", [
@@ -94,7 +95,11 @@ def test_spec_budget_and_targets():
     ({"budget": {"seconds": 60, "final_share": 1.0}}, "budget.final_share"),
     ({"budget": {"seconds": 60, "scan_share": 0}}, "budget.scan_share"),
     ({"budget": {"seconds": 60, "scan_share": 1.5}}, "budget.scan_share"),
-    ({"budget": {"seconds": 60, "fit_lr": "maybe"}}, "budget.fit_lr"),
+    ({"budget": {"seconds": 60, "fit_lr": True}}, "budget.fit_lr: unknown key"),
+    ({"budget": {"seconds": 60, "race_share": 0.95}}, "budget.race_share"),
+    ({"budget": {"seconds": 60, "race_lrs": 0}}, "budget.race_lrs"),
+    ({"budget": {"seconds": 60, "final_lr": 0.001}}, "budget.race_lr_low: 0.001 must be below final_lr"),
+    ({"budget": {"seconds": 60, "final_lr": 2}}, "budget.final_lr"),
 ])
 def test_bad_budgets_and_targets_name_their_field(extra, field):
     with pytest.raises(SpecError, match=field.replace("[", r"\[").replace("]", r"\]")):
@@ -159,6 +164,26 @@ def test_trial_for_target_picks_the_best_feasible_that_meets_it():
     assert trial_for_target(study, half).number == 4  # the best mAP
     assert trial_for_target(study, half, tolerance=0.02).number == 1  # the largest within 2 points of it: 500
     assert trial_for_target(study, half, tolerance=0.003).number == 4  # 0.7 is 0.005 below: outside
+
+
+def test_each_target_races_the_searchs_own_pick_against_its_own_recipe_model():
+    """The search's pick leaves the hand recipe's models out (a recipe model made for a deeper cut also meets a
+    shallower one, but it is not the search's); each target's recipe model is its own; none: the pick alone."""
+    from autoprune.deploy.deliver import target_entrants
+    from autoprune.model import records
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
+    for m, p, recipe in ((0.70, 700.0, None), (0.75, 450.0, ("params-50", 0.30)), (0.72, 790.0, ("params-20", 0.1))):
+        if recipe:
+            study.enqueue_trial({}, user_attrs=records.recipe_attrs(*recipe))
+        t = study.ask()
+        records.write_result(t, {}, {"map50_95": m, "params": p})
+        study.tell(t, [m, p])
+    shallow, deep, deeper = (Target((("params", f),)) for f in (0.8, 0.5, 0.3))
+    assert [(e.trial.number, e.source) for e in target_entrants(study, shallow)] == [(0, "search"), (2, "recipe")]
+    assert [(e.trial.number, e.source) for e in target_entrants(study, deep)] == [(1, "recipe")]
+    assert target_entrants(study, deeper) == []
 
 
 def _write_spec(tmp_path, tiny_data, tiny_model_pt, **extra):
@@ -256,9 +281,9 @@ def test_the_final_time_goes_to_the_targets_that_have_a_winner(monkeypatch):
     spec = _spec(budget="100s", targets=[{"params": 0.3}, {"params": 0.5}])
     given = {}
 
-    def fake_deliver(study, store, spec, target, trial, seconds):  # fakes the final fine-tune: records its time
-        given[target.label] = (trial.number, seconds)
-        return deliver.Delivered(target, trial=trial.number, out_dir=None)
+    def fake_deliver(study, store, spec, target, entrants, seconds):  # fakes the race and final fine-tune
+        given[target.label] = (entrants[0].trial.number, seconds)
+        return deliver.Delivered(target, trial=entrants[0].trial.number, out_dir=None)
     monkeypatch.setattr(deliver, "_deliver", fake_deliver)
     ledger = Ledger(budget_s=100.0)
     outcome = deliver.SearchOutcome(study=study, spec=spec, new_trials=1, store=None)
@@ -427,15 +452,23 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
     study = optuna.load_study(study_name="direct", storage=url)
     from autoprune.model import records
 
-    trials = study.get_trials(deepcopy=False)
-    assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    for t in trials:  # screened, then pruned and BN-recalibrated: no gradient step before the final fine-tune
+    every = study.get_trials(deepcopy=False)
+    assert len(every) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in every)
+    for t in every:  # pruned and BN-recalibrated: no gradient step before the final fine-tune
         trained = t.user_attrs["finetune"]
-        assert records.trial(t).screen is not None
         assert trained["optimizer_steps"] == 0 and trained["kept"] == "adaptive_bn" and trained["finetuned"] is False
+    trials = [t for t in every if records.trial(t).recipe is None]  # the screened picks, one per target
+    assert len(trials) == 2 and all(records.trial(t).screen is not None for t in trials)
+    recipes = {records.trial(t).recipe["target"]: t for t in every if records.trial(t).recipe}
+    assert set(recipes) == {"params-20", "params-40"}  # the hand recipe's model at each target, measured alike
+    for label, t in recipes.items():
+        ratios = set(records.trial(t).policy["ratios"].values())
+        assert ratios == {records.trial(t).recipe["ratio"]}  # uniform, at its exact ratio (off the space's grid)
+        kept = records.trial(t).metrics["params"] / records.baseline_metrics(study)["params"]
+        assert kept <= 1 - int(label.split("-")[1]) / 100 + 1e-9
     run = records.budget_runs(study)[-1]
     assert sum(run["charged_s"].values()) == pytest.approx(run["total_s"], abs=0.01)
-    assert run["charged_s"]["final"] > run["charged_s"]["trials"] + run["charged_s"]["screens"]
+    assert run["charged_s"]["final"] > 0 and run["charged_s"]["trials"] > 0  # the recipe's models: trials too
     assert run["scan_size"] == {"levels": 1, "allocations": 0} and run["charged_s"]["scan"] > 0
     scan = next(s for s in optuna.get_all_study_names(url) if s.startswith("sensitivity-"))
     per_block: dict[str, set[float]] = {}
@@ -449,11 +482,16 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
     assert 1 <= sum(s.startswith("allocation (") for s in sources) <= 4  # two per target (may coincide), no spread
     deliveries = records.deliveries(study)
     assert set(deliveries) == {"params-20", "params-40"}
-    assert {d["trial"] for d in deliveries.values()} <= {t.number for t in trials}
-    for label, d in deliveries.items():
+    for label, d in deliveries.items():  # the race chose between the target's screened pick and its recipe model
         doc = yaml.safe_load((tmp_path / "studies" / "direct" / "final" / label / "policy.yaml").read_text())
         assert doc["finalize"]["epochs"] >= 1 and d["params_ratio"] <= 1 - int(label.split("-")[1]) / 100 + 1e-9
         assert doc["source"]["finetuned"] is False  # `apply --finetune` repeats the trial: adaptive BN, no training
+        race = doc["finalize"]["race"]
+        raced = {a["trial"] for a in race["arms"]}
+        assert recipes[label].number in raced and len(raced) == 2 and d["trial"] in raced
+        assert race["winner"]["trial"] == d["trial"] and doc["finalize"]["lr"] == race["winner"]["lr"]
+        assert d["source"] == ("recipe" if d["trial"] == recipes[label].number else "search")
+        assert d["trial"] in {recipes[label].number} | {t.number for t in trials}  # its own recipe or a search pick
 
 
 def test_the_deliveries_table_says_which_target_was_delivered_how():

@@ -257,40 +257,25 @@ def test_a_final_fine_tune_that_lowers_val_is_undone(tmp_path, monkeypatch, tune
     assert rec["epochs"] == 3 and rec["before"]["val"]["map50_95"] == 0.5
 
 
-def test_start_fitted_lr_scales_with_what_pruning_lost():
-    from autoprune.deploy.finalize import FULL_LR_LOSS, LEAST_LR_SCALE, start_fitted_lr
-
-    assert start_fitted_lr(0.01, 0.05, 0.8) == pytest.approx(0.01)  # a uniform recipe model: all of it
-    assert start_fitted_lr(0.01, 0.8 * (1 - FULL_LR_LOSS), 0.8) == pytest.approx(0.01)
-    assert start_fitted_lr(0.01, 0.8, 0.8) == pytest.approx(0.01 * LEAST_LR_SCALE)  # at the base's mAP
-    assert start_fitted_lr(0.01, 0.83, 0.8) == pytest.approx(0.01 * LEAST_LR_SCALE)  # above it
-    half = 0.8 * (1 - FULL_LR_LOSS / 2)
-    assert start_fitted_lr(0.01, half, 0.8) == pytest.approx(0.01 * (LEAST_LR_SCALE + (1 - LEAST_LR_SCALE) / 2))
-    assert start_fitted_lr(0.01, 0.5, 0.0) == pytest.approx(0.01)  # no base mAP to measure against
-
-
-@pytest.mark.parametrize("base_map, trained_lr", [(0.5, 0.002), (1.0, 0.01), (None, 0.01)])
-def test_the_final_fine_tune_trains_at_the_start_fitted_lr(monkeypatch, base_map, trained_lr):
-    """The trainer gets the fitted lr (the start at val 0.5; a base at 0.5 leaves a fifth, one at 1.0 all of it,
-    none given the lr as asked), and the record holds it beside the lr asked for. Fakes: validator and trainer
-    (which records its config)."""
+def test_the_final_fine_tune_trains_at_the_lr_it_is_given_with_the_warmup_it_is_given(monkeypatch):
+    """No rule rescales the lr (the race measured it): the trainer gets the lr and warm-up asked for, and the record
+    holds both. Fakes: validator and trainer (which records its config)."""
     from types import SimpleNamespace
 
     from autoprune.adapters import ultra
     from autoprune.deploy import finalize
 
-    seen = {}
+    seen: dict[str, float] = {}
     monkeypatch.setattr(finalize, "_split_metrics", lambda *a, **k: {"val": {"map50_95": 0.5, "map50": 0.6}})
 
     def trainer(model, cfg, path):
-        seen["lr"] = cfg.lr
+        seen.update(lr=cfg.lr, warmup=cfg.warmup_epochs)
         return SimpleNamespace(epochs=1, optimizer_steps=2)
 
     monkeypatch.setattr(ultra, "finetune", trainer)
-    rec = finalize.final_finetune(torch.nn.Linear(2, 2), "d.yaml", 64, finalize.FinalizeSettings(epochs=1,
-                                  fit_lr_to=base_map), lr=0.01, seed=0)
-    assert seen["lr"] == pytest.approx(trained_lr) and rec["lr"] == pytest.approx(trained_lr)
-    assert rec["lr_asked"] == 0.01
+    rec = finalize.final_finetune(torch.nn.Linear(2, 2), "d.yaml", 64,
+                                  finalize.FinalizeSettings(epochs=1, warmup_epochs=0.0), lr=0.0037, seed=0)
+    assert seen == {"lr": 0.0037, "warmup": 0.0} and rec["lr"] == 0.0037 and rec["warmup_epochs"] == 0.0
 
 
 def test_a_segmentation_model_on_box_labels_is_refused_before_any_study(tmp_path, tiny_data, capsys):

@@ -159,4 +159,33 @@ def test_targets_delivered_are_marked_in_the_front_and_the_report(tmp_path, caps
     assert {r["trial"]: r["target"] for r in rows if r["target"]} == {member: "params-50"}
     assert cli.main(["front", "--storage", url, "--study", study.study_name]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[1].split()[-1] == "target" and any(line.endswith("params-50") for line in table)
+    assert table[1].split()[-6:] == ["target", "delivered", "mAP50-95", "val", "/", "test"]
+    assert any(line.split()[-4:] == ["params-50", "0.6000", "/", "-"] for line in table)
+
+
+def test_the_front_shows_what_was_delivered_even_off_the_front(tmp_path, capsys):
+    """A delivered model's finalized val and test mAP50-95 stand beside the search's proxy, in the table, JSON and
+    CSV; a delivered trial the proxy kept off the front (the hand recipe's model before its fine-tune) is listed
+    too, marked so."""
+    from autoprune.model import records
+
+    study, url = make_study(tmp_path, n=12)
+    on = study.best_trials[0].number
+    off = next(t.number for t in study.get_trials(states=(TrialState.COMPLETE,))
+               if t.number not in {b.number for b in study.best_trials})
+    after = {"val": {"map50_95": 0.7912}, "test": {"map50_95": 0.8004}}
+    records.set_delivery(study, study, "params-50", {"trial": on, "out_dir": "f/params-50", "after": after})
+    records.set_delivery(study, study, "params-70", {"trial": off, "out_dir": "f/params-70",
+                                                     "after": {"val": {"map50_95": 0.65}}})
+    assert cli.main(["front", "--storage", url, "--study", study.study_name, "--format", "json"]) == 0
+    rows = {r["trial"]: r for r in json.loads(capsys.readouterr().out)}
+    assert (rows[on]["delivered_val_map50_95"], rows[on]["delivered_test_map50_95"]) == (0.7912, 0.8004)
+    assert rows[on]["map50_95"] != 0.7912  # the search's proxy stays beside it
+    assert rows[off]["delivered_val_map50_95"] == 0.65 and rows[off]["delivered_test_map50_95"] is None
+    assert rows[off]["joined_at"] == "(delivered, off the front)" and rows[off]["target"] == "params-70"
+    assert cli.main(["front", "--storage", url, "--study", study.study_name, "--format", "csv"]) == 0
+    by_trial = {r["trial"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert by_trial[str(on)]["delivered_test_map50_95"] == "0.8004"
+    assert cli.main(["front", "--storage", url, "--study", study.study_name]) == 0
+    table = capsys.readouterr().out
+    assert "0.7912 / 0.8004" in table and "0.6500 / -" in table and "delivered: the target's finalized model" in table

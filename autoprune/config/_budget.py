@@ -28,6 +28,9 @@ def read_budget(v: Any) -> Budget:
     b = read_section(Budget, raw, "budget", {"seconds": _duration})
     if b.final_share >= 1:
         raise SpecError(f"budget.final_share: {b.final_share:g} must be below 1 (the search needs some of the budget)")
+    if b.race_lrs > 1 and b.race_lr_low >= b.final_lr:
+        raise SpecError(f"budget.race_lr_low: {b.race_lr_low:g} must be below final_lr {b.final_lr:g} (the race tries "
+                        f"{b.race_lrs} learning rates between them)")
     return b
 
 

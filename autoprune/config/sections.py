@@ -147,10 +147,14 @@ class Budget:
 
     seconds: float | None = None  # None: no clock; the search runs ``trials`` trials
     final_share: float = field(default=0.5, metadata=bounds(gt=0))  # of the budget, for the final fine-tunes
-    final_lr: float = field(default=0.01, metadata=bounds(gt=0))  # the final fine-tune's initial learning rate
-    # scale final_lr to how much of the base's val mAP the start lost: all of it from a 10% loss, a fifth for a
-    # near-lossless start (autoprune.deploy.finalize.start_fitted_lr); the same rule for every arm of a benchmark
-    fit_lr: bool = True
+    # the final fine-tune's highest learning rate (ultralytics' default lr0, the hand recipe's)
+    final_lr: float = field(default=0.01, metadata=bounds(gt=0, max=1))
+    # the final phase's race (autoprune.deploy.race): of each target's final seconds, the share spent fine-tuning
+    # its candidates (the search's pick, the hand recipe's model) at ``race_lrs`` learning rates from final_lr down
+    # to race_lr_low (log-spaced) for a short while; the winner on val mAP50-95 x latency gets the rest (0: no race)
+    race_share: float = field(default=0.3, metadata=bounds(min=0, max=0.9))
+    race_lrs: int = field(default=2, metadata=bounds(min=1, max=8))
+    race_lr_low: float = field(default=0.001, metadata=bounds(gt=0, max=1))
     # rounds in a row in which no target's winner improved, after which the search hands what is left of its share
     # to the final fine-tunes (0: the search uses its whole share)
     patience: int = field(default=0, metadata=bounds(min=0, max=10_000))

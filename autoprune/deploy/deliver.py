@@ -20,19 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from autoprune.config.spec import SearchSpec
-from autoprune.deploy.finalize import FinalizeSettings, finalize_trial
+from autoprune.deploy.finalize import FinalizeSettings, Raced, finalize_trial
+from autoprune.deploy.race import Entrant, RaceOutcome, RaceSettings, run_race
 from autoprune.errors import AutopruneError
 from autoprune.model import records
 from autoprune.model.budget import Ledger, Target, format_duration
+from autoprune.model.race import lr_grid
 from autoprune.search.run import Clock, Progress, SearchOutcome, run_search
 from autoprune.search.targets import trial_for_target
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Delivered", "BudgetedOutcome", "run_budgeted", "trial_for_target", "delivery_dir"]
+__all__ = ["Delivered", "BudgetedOutcome", "run_budgeted", "trial_for_target", "delivery_dir", "target_entrants"]
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,20 @@ class Delivered:
         if self.finalize:
             out.update({"before": self.finalize.get("before"), "after": self.finalize.get("after"),
                         "epochs": self.finalize.get("epochs"), "optimizer_steps": self.finalize.get("optimizer_steps"),
-                        "train_s": self.finalize.get("train_s"), "kept": self.finalize.get("kept")})
+                        "train_s": self.finalize.get("train_s"), "kept": self.finalize.get("kept"),
+                        "lr": self.finalize.get("lr"), "source": self.finalize.get("source"),
+                        "race": _race_summary(self.finalize.get("race") or {})})
         if self.params is not None and base_params:
             out["params_ratio"] = self.params / base_params
         return out
+
+
+def _race_summary(race: dict[str, Any]) -> dict[str, Any]:
+    """What the study's delivery record keeps of a race (the policy file has all of it)."""
+    keep = ("winner", "why", "rungs", "lrs", "spent_s")
+    arms = [{k: a.get(k) for k in ("trial", "source", "lr", "latency_ratio", "val_map50_95")}
+            for a in race.get("arms", [])]
+    return {**{k: race[k] for k in keep if k in race}, **({"arms": arms} if arms else {})}
 
 
 @dataclass(frozen=True)
@@ -98,45 +109,70 @@ def run_budgeted(spec: SearchSpec, started: float, max_new_trials: int | None = 
 
 def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, started: float, budget: float,
                       ledger: Ledger) -> list[Delivered]:
-    """Finalize each target's winner; the time left is shared equally by the targets that have one."""
+    """Race and finalize each target's candidates; the time left is shared equally by the targets that have one."""
     study, store = outcome.study, outcome.store
     base_params = records.baseline_metrics(study).get("params")
-    winners = {t: trial_for_target(study, t) for t in spec.targets}
-    pending = [t for t in spec.targets if winners[t] is not None]
+    entrants = {t: target_entrants(study, t) for t in spec.targets}
+    pending = [t for t in spec.targets if entrants[t]]
     out: list[Delivered] = []
     for target in spec.targets:
         t0 = time.perf_counter()
-        winner = winners[target]
-        if winner is None:
+        if not entrants[target]:
             reason = "no trial reached it within the budget"
             logger.warning("target %s: %s", target.label, reason)
             d = Delivered(target, reason=reason)
         else:
             seconds = (budget - (t0 - started)) / len(pending)
             pending.remove(target)
-            d = _deliver(study, store, spec, target, winner, seconds)
+            d = _deliver(study, store, spec, target, entrants[target], seconds)
         ledger.charge("final", time.perf_counter() - t0)
         records.set_delivery(study, study, target.label, d.record(base_params))
         out.append(d)
     return out
 
 
-def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, t: FrozenTrial,
+def target_entrants(study: optuna.Study, target: Target) -> list[Entrant]:
+    """What the final phase races at ``target``: the search's pick (the best val mAP50-95 that meets it) and the hand
+    recipe's model (:mod:`autoprune.search.recipe`), where the study has them."""
+    from autoprune.search.recipe import recipe_trial
+
+    pick, recipe = trial_for_target(study, target, searched_only=True), recipe_trial(study, target)
+    return [*([Entrant(pick, "search")] if pick is not None else []),
+            *([Entrant(recipe, "recipe")] if recipe is not None else [])]
+
+
+def _race(study: optuna.Study, store: Any, spec: SearchSpec, entrants: list[Entrant], seconds: float) -> RaceOutcome:
+    b = spec.budget
+    lrs = tuple(lr_grid(b.final_lr, b.race_lr_low, b.race_lrs))
+    if len(entrants) == 1 and (len(lrs) == 1 or b.race_share <= 0):
+        return RaceOutcome(entrants[0].trial, entrants[0].source, b.final_lr, None,
+                           {"why": "one candidate" + ("" if len(lrs) == 1 else ", no race (budget.race_share 0)")})
+    data = str(records.baseline(study).get("data") or spec.data)
+    settings = RaceSettings(data=data, imgsz=spec.imgsz, seconds=seconds * b.race_share, lrs=lrs, device=spec.device,
+                            threads=spec.train_threads, seed=spec.seed, finetune=spec.finetune)
+    return run_race(study, store, entrants, settings, artifact_dir=spec.artifacts_dir, scratch=spec.study_dir)
+
+
+def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, entrants: list[Entrant],
              seconds: float) -> Delivered:
+    first = entrants[0].trial.number
     if seconds <= 0:
-        return Delivered(target, trial=t.number, reason="the budget was spent before its final fine-tune")
-    base_map = records.baseline_metrics(study).get("map50_95") if spec.budget.fit_lr else None
-    settings = FinalizeSettings(seconds=seconds, lr=spec.budget.final_lr, device=spec.device,
-                                threads=spec.train_threads, fit_lr_to=base_map)
+        return Delivered(target, trial=first, reason="the budget was spent before its final fine-tune")
+    t0 = time.perf_counter()
     out = delivery_dir(spec, target)
     try:
-        res = finalize_trial(study, store, t, out, settings, artifact_dir=spec.artifacts_dir,
-                             force=True)
+        won = _race(study, store, spec, entrants, seconds)
+        if won.source == "recipe" and len(entrants) > 1:
+            logger.info("%s: the uniform recipe's model won on this task (trial %d)", target.label, won.trial.number)
+        settings = FinalizeSettings(seconds=seconds - (time.perf_counter() - t0), lr=won.lr, device=spec.device,
+                                    threads=spec.train_threads, warmup_epochs=0.0 if won.state is not None else 1.0)
+        res = finalize_trial(study, store, won.trial, out, settings, artifact_dir=spec.artifacts_dir, force=True,
+                             raced=Raced(won.state, {"race": won.record, "source": won.source}))
     except AutopruneError as e:
-        logger.warning("target %s: trial %d could not be finalized: %s", target.label, t.number, e)
-        return Delivered(target, trial=t.number, reason=f"finalize failed: {e}")
+        logger.warning("target %s: trial %d could not be finalized: %s", target.label, first, e)
+        return Delivered(target, trial=first, reason=f"finalize failed: {e}")
     from autoprune.model.document import load_policy_file
 
     doc = load_policy_file(res.policy)
-    return Delivered(target, trial=t.number, out_dir=res.out_dir, finalize=dict(doc.finalize or {}),
-                     params=records.trial(t).metrics.get("params"))
+    return Delivered(target, trial=won.trial.number, out_dir=res.out_dir, finalize=dict(doc.finalize or {}),
+                     params=records.trial(won.trial).metrics.get("params"))

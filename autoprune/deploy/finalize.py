@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FINETUNE = FinetuneSettings()  # batch 16, SGD: the recipe's
 
-__all__ = ["FinalizeSettings", "finalize_trial", "final_finetune", "start_fitted_lr", "MAX_EPOCHS"]
+__all__ = ["FinalizeSettings", "Raced", "finalize_trial", "final_finetune", "MAX_EPOCHS"]
 
 MAX_EPOCHS = 10_000  # the cap of a time-budgeted fine-tune (its epochs follow from the time)
 
@@ -44,20 +45,16 @@ class FinalizeSettings:
     threads: int = 2
     distill: bool = False  # knowledge distillation from the study's unpruned base (ultralytics' distill_model)
     keep_better: bool = True  # deliver the starting weights where the fine-tune lowered val mAP50-95
-    fit_lr_to: float | None = None  # the base's val mAP50-95: ``lr`` fitted to the start's loss against it
+    warmup_epochs: float = 1.0  # 0 for a start that already trained at ``lr`` (a race's winner)
 
 
-FULL_LR_LOSS = 0.10  # a start that lost this share of the base's val mAP50-95 or more gets the whole lr
-LEAST_LR_SCALE = 0.2  # and one at the base's mAP a fifth of it
+@dataclass(frozen=True)
+class Raced:
+    """What the final phase's race hands the final fine-tune: the winner's weights (a state dict of the trial's
+    model; None: it starts from the trial's checkpoint) and the evidence that chose it (for the policy file)."""
 
-
-def start_fitted_lr(lr: float, start_map: float, base_map: float) -> float:
-    """The final fine-tune's learning rate for a pruned start at ``start_map`` (val mAP50-95) of a base at
-    ``base_map``: all of ``lr`` where pruning lost at least ``FULL_LR_LOSS`` of the base's mAP (the fine-tune must
-    re-learn; a uniform recipe model starts near 0), down linearly to ``LEAST_LR_SCALE`` of it for a start at the
-    base's mAP, which the whole lr knocks off its optimum in a short fine-tune (benchmarks §6l, §6n)."""
-    loss = max(0.0, (base_map - start_map) / base_map) if base_map > 0 else 1.0
-    return lr * min(1.0, LEAST_LR_SCALE + (1 - LEAST_LR_SCALE) * loss / FULL_LR_LOSS)
+    state: Mapping[str, Any] | None
+    evidence: Mapping[str, Any]
 
 
 EXPORT_RESERVE_S = 5.0  # kept from a time-budgeted finalize for writing and checking the ONNX export
@@ -83,10 +80,9 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     settings give the batch, optimizer and distillation gain (with ``teacher``). Validates on val (and test,
     where the data set has it) before and after; with ``settings.keep_better`` a fine-tune that lowered val
     mAP50-95 is undone (a short, high-lr fine-tune can knock a near-converged start off its optimum; the choice
-    looks at val only). With ``settings.fit_lr_to`` (the base's val mAP50-95) the lr is :func:`start_fitted_lr`
-    of ``lr``. Returns the record a policy file's ``finalize`` section holds: ``after`` is the delivered model's,
-    ``finetuned`` the fine-tuned weights', ``kept`` which of the two was delivered, ``lr`` the learning rate trained
-    with (``lr_asked`` the one given).
+    looks at val only). Returns the record a policy file's ``finalize`` section holds: ``after`` is the delivered
+    model's, ``finetuned`` the fine-tuned weights', ``kept`` which of the two was delivered, ``lr`` the learning
+    rate trained with.
     The trainer's files go to a temporary folder (``scratch``: in this folder, with this name prefix; default the
     system's temporary folder), removed after."""
     from autoprune.adapters import ultra
@@ -95,14 +91,12 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     start = {k: v.detach().clone() for k, v in model.state_dict().items()} if settings.keep_better else None
     before = _split_metrics(model, data, imgsz, settings, finetune.batch)
     val_s = time.perf_counter() - t0
-    asked = lr
-    if settings.fit_lr_to is not None:
-        lr = start_fitted_lr(lr, before["val"]["map50_95"], settings.fit_lr_to)
     train_s = None
     if settings.seconds is not None:
         train_s = max(1.0, settings.seconds - reserve_s - 2 * val_s)
     cfg = ultra.FinetuneConfig(data=data, imgsz=imgsz, epochs=settings.epochs, lr=lr, ema=True, batch=finetune.batch,
-                               device=settings.device, threads=settings.threads, seed=seed, warmup_epochs=1.0,
+                               device=settings.device, threads=settings.threads, seed=seed,
+                               warmup_epochs=settings.warmup_epochs,
                                cos_lr=True, lrf=0.01, optimizer=finetune.optimizer, distill_model=teacher,
                                distill_weight=finetune.distill_weight, seconds=train_s)
     logger.info("final fine-tune: %s at lr %.4g (val mAP50-95 %.4f before)",
@@ -120,8 +114,9 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
         kept = "start"
         logger.info("final fine-tune: val mAP50-95 fell to %.4f from %.4f; the starting weights are kept",
                     tuned["val"]["map50_95"], before["val"]["map50_95"])
-    return {"epochs": stats.epochs, "lr": lr, "lr_asked": asked, "optimizer_steps": stats.optimizer_steps,
-            "schedule": "cosine", "warmup_epochs": 1.0, "ema": True, "distill": teacher is not None, "data": data,
+    return {"epochs": stats.epochs, "lr": lr, "optimizer_steps": stats.optimizer_steps,
+            "schedule": "cosine", "warmup_epochs": settings.warmup_epochs, "ema": True, "distill": teacher is not None,
+            "data": data,
             "before": before, "after": before if kept == "start" else tuned, "finetuned": tuned, "kept": kept,
             "train_s": round(trained_s, 2), "seconds": settings.seconds}
 
@@ -136,8 +131,9 @@ def _teacher(study: optuna.Study) -> str:
 
 def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_dir: str | Path,
                    settings: FinalizeSettings, onnx: bool = True, artifact_dir: str | Path | None = None,
-                   force: bool = False, fmt: str = "onnx") -> Any:
-    """Fine-tune trial ``t``'s pruned model with the full budget and export it (see module doc)."""
+                   force: bool = False, fmt: str = "onnx", raced: Raced | None = None) -> Any:
+    """Fine-tune trial ``t``'s pruned model with the full budget and export it (see module doc); with ``raced``, from
+    the race winner's weights, and with the race's evidence in the policy file's ``finalize`` section."""
     from autoprune.adapters import ultra
     from autoprune.deploy.export import STAGING_PREFIX, export_trial
 
@@ -151,7 +147,10 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
     finetune = FinetuneSettings.from_record(records.trial_settings(study).get("finetune"))
 
     def prepare(checkpoint: Path, doc: PolicyDocument) -> dict[str, Any]:
-        model = ultra.load_model(checkpoint).to(settings.device)
+        model = ultra.load_model(checkpoint)
+        if raced is not None and raced.state is not None:
+            model.load_state_dict(dict(raced.state))
+        model = model.to(settings.device)
         if ultra.model_nc(model) != int(ultra.read_dataset(data)["nc"]):
             raise InputError(f"--data: {data} has {ultra.read_dataset(data)['nc']} classes but the model predicts "
                              f"{ultra.model_nc(model)}")
@@ -167,7 +166,8 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
         logger.info("finalized trial %d: val mAP50-95 %.4f -> %.4f%s", t.number, record["before"]["val"]["map50_95"],
                     after["val"]["map50_95"],
                     f", test {after['test']['map50_95']:.4f}" if "test" in after else " (no test split)")
-        return {**record, "baseline_map50_95": records.baseline(study).get("map50_95")}
+        return {**record, **dict(raced.evidence if raced else {}),
+                "baseline_map50_95": records.baseline(study).get("map50_95")}
 
     return export_trial(study, store, t, out_dir, onnx=onnx, artifact_dir=artifact_dir, prepare=prepare, force=force,
                         fmt=fmt)

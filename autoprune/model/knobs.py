@@ -249,9 +249,10 @@ register(Knob("warmup", "warm-up epochs (unset: finetune.warmup_epochs; capped a
 register(Knob("lr_step", "prune step k of k iterations fine-tunes at lr * lr_step ** (k - 1)", Real(0.01, 10.0),
               None, 1.0, "finetune", screen_fix=off))
 register(Knob("sparsity", "BN-scale L1 of the sparse-trained base pruned from (network slimming; 0: the base "
-              "itself)", Numbers(0.0, 100.0, what="L1 strengths (0: no sparse training)"), (0.0,), 0.0, "base"))
+              "itself)", Numbers(0.0, 100.0, what="L1 strengths (0: no sparse training)"), (0.0,), 0.0, "base",
+              recipe=prefer(0.0)))
 register(Knob("depth", "layer pruning: share of each block's repeated bottlenecks removed (at least one kept)",
-              Real(0.0, 1.0, high_open=True), None, 0.0, "prune"))
+              Real(0.0, 1.0, high_open=True), None, 0.0, "prune", recipe=_low))
 register(Knob("precision", "the deployed model's precision (unset: latency.precision): fp32, fp16 (GPU runtimes) or "
               "int8 (static quantization on ONNX Runtime or OpenVINO, calibrated on training images); latency and "
               "deployed mAP are measured on the model in it", Names(("fp32", "fp16", "int8"), "precision"), None, None,

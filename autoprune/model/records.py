@@ -23,8 +23,8 @@ __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline
            "model_file_sha256", "set_layers",
            "set_trial_settings", "mark_warm_started", "set_screening", "append_run", "set_heartbeat", "set_role",
            "start_trial", "set_policy", "set_fail_reason", "write_result", "set_screen_score", "retry_attrs",
-           "warm_start_attrs", "screen_source_attrs", "remeasured_attrs", "set_artifact_dir", "copy_study_attrs",
-           "probe_attrs", "probe",
+           "warm_start_attrs", "recipe_attrs", "screen_source_attrs", "remeasured_attrs", "set_artifact_dir",
+           "copy_study_attrs", "probe_attrs", "probe",
            "set_scan_key", "scan_key", "set_driver_start", "driver_starts", "deliveries", "set_delivery",
            "append_budget_run", "budget_runs", "mean_wall_seconds"]
 
@@ -308,6 +308,7 @@ class TrialRecord:
     remeasured: list[dict[str, Any]]  # earlier values that ``autoprune remeasure`` replaced, oldest first
     trained: dict[str, Any]  # its fine-tune: epochs, batches, optimizer steps, what keep-best kept (``finetuned``:
     # False for a trial that had adaptive BN in place of its fine-tune, ``budget.direct``)
+    recipe: dict[str, Any] | None = None  # the hand recipe's model at a target: ``{"target": label, "ratio": r}``
 
 
 def trial(t: Attrs) -> TrialRecord:
@@ -324,7 +325,8 @@ def trial(t: Attrs) -> TrialRecord:
         ray_node=str(a.get("ray_node") or ""), ray_worker=dict(a.get("ray_worker") or {}),
         latency=dict(a.get("latency") or {}), remeasured=list(a.get("remeasured") or []),
         sparse=dict(a["sparse"]) if isinstance(a.get("sparse"), dict) else None,
-        trained=dict(a["finetune"]) if isinstance(a.get("finetune"), dict) else {})
+        trained=dict(a["finetune"]) if isinstance(a.get("finetune"), dict) else {},
+        recipe=dict(a["recipe"]) if isinstance(a.get("recipe"), dict) else None)
 
 
 def remeasured_attrs(rec: TrialRecord, metrics: Mapping[str, float], latency: Mapping[str, Any],
@@ -382,6 +384,12 @@ def retry_attrs(t: Attrs) -> dict[str, Any]:
 
 def warm_start_attrs(source: str) -> dict[str, Any]:
     return {"warm_start": source}
+
+
+def recipe_attrs(label: str, ratio: float) -> dict[str, Any]:
+    """User attributes of the hand recipe's model at target ``label``: every layer pruned at ``ratio``."""
+    return {"recipe": {"target": label, "ratio": ratio},
+            **warm_start_attrs(f"hand recipe at {label}: uniform ratio {ratio:.2f}")}
 
 
 def screen_source_attrs(score: ScreenScore) -> dict[str, Any]:

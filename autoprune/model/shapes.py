@@ -95,8 +95,8 @@ def _block_project(space: Space, layers: Sequence[Layer], per_layer: dict[str, f
 
 def _global_sample(trial: Suggester, space: Space, layers: Sequence[Layer]) -> Ratios:
     r = space.ratio
-    g = _float(trial, "ratio/global", r)
-    return tuple((layer.name, _clip(g * _float(trial, f"mult/{layer.name}", space.multiplier), r.low, r.high))
+    g = _float(trial, "ratio/global", r)  # a fixed one may lie above the range (the hand recipe's): kept as it is
+    return tuple((layer.name, _clip(g * _float(trial, f"mult/{layer.name}", space.multiplier), r.low, max(r.high, g)))
                  for layer in layers)
 
 
@@ -175,9 +175,13 @@ def params_for_policy(space: Space, layers: Sequence[Layer], policy: Mapping[str
     return params
 
 
-def uniform_params(space: Space, layers: Sequence[Layer], ratio: float) -> dict[str, Any]:
+def uniform_params(space: Space, layers: Sequence[Layer], ratio: float, exact: bool = False) -> dict[str, Any]:
     """Fixed parameters of the uniform-ratio policy at ``ratio`` (every layer the same), other knobs at
-    their first choice / the middle of their range."""
+    their first choice / the middle of their range. With ``exact`` the ratio is neither snapped to the space's step
+    nor clipped to its range (the hand recipe's ratio, which the space's own sampling may not draw; Optuna takes a
+    fixed parameter off its grid as it is)."""
+    if exact:
+        space = space.replace(ratio=FloatRange(0.0, 1.0))
     return params_for_policy(space, layers, {"ratios": {layer.name: ratio for layer in layers}})
 
 

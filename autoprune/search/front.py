@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import optuna
@@ -25,7 +26,8 @@ from autoprune.search.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FrontRow", "FrontBase", "sync_front", "read_front", "ensure_schema", "SCHEMA_VERSION", "latency_checks"]
+__all__ = ["FrontRow", "FrontBase", "sync_front", "read_front", "ensure_schema", "SCHEMA_VERSION", "latency_checks",
+           "with_delivered"]
 
 SCHEMA_VERSION = 1
 
@@ -119,6 +121,18 @@ def read_front(engine: sa.Engine, study_name: str) -> list[dict[str, Any]]:
                          .order_by(FrontRow.trial_number)).all()
         return [r.as_dict() for r in rows]
 
+
+def with_delivered(study: optuna.Study, rows: list[dict[str, Any]], delivered: Collection[int]) -> list[dict[str, Any]]:
+    """``rows`` (:func:`read_front`) and a row for each ``delivered`` trial that is not on the front (the search's
+    proxy put it behind others, e.g. the hand recipe's model before its fine-tune): what a user deploys is always
+    listed."""
+    on = {r["trial_number"] for r in rows}
+    names = records.study_objectives(study)
+    extra = [{"trial_number": t.number, "values": dict(zip(names, t.values)), "policy": records.trial(t).policy or {},
+              "joined_at": "(delivered, off the front)"}
+             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+             if t.number in delivered and t.number not in on]
+    return [*rows, *extra]
 
 
 def latency_checks(study: optuna.Study) -> dict[int, list[str]]:

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoprune.config.spec import AUTO_IMGSZ, DEFAULT_IMGSZ, SearchSpec
+from autoprune.config.spec import AUTO_IMGSZ, AUTO_ROUND_TO, DEFAULT_IMGSZ, SearchSpec
 from autoprune.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreparedInputs", "prepare_inputs", "materialise_yaml_model", "check_data", "check_folder"]
+__all__ = ["PreparedInputs", "prepare_inputs", "materialise_yaml_model", "check_data", "check_folder",
+           "resolve_round_to"]
 
 
 @dataclass(frozen=True)
@@ -173,3 +174,15 @@ def materialise_yaml_model(spec: SearchSpec, nc: int) -> SearchSpec:
         kpts = ultra.kpt_shape(ultra.read_dataset(spec.data))
         ultra.save_checkpoint(ultra.load_model(spec.model, nc=nc, kpt_shape=kpts), path)
     return spec.replace(model=str(path))
+
+
+def resolve_round_to(spec: SearchSpec) -> SearchSpec:
+    """``space.round_to: auto``: 8 or 1 from a measurement on the device (cached), said once in the log."""
+    if spec.space.round_to != AUTO_ROUND_TO:
+        return spec
+    from autoprune.engine.rounding import choose_round_to
+
+    k, m = choose_round_to(spec.device, spec.latency.runtime, spec.latency.threads, spec.latency.precision)
+    logger.info("round_to %d (auto): on %s, channel counts off a multiple of 8 ran %.2fx the time of the multiple "
+                "above (measured once, cached)", k, spec.device, m["ratio"])
+    return spec.replace(space=spec.space.replace(round_to=(k,)))

@@ -17,14 +17,14 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
-from autoprune.config.spec import AUTO_ROUND_TO, SearchSpec
+from autoprune.config.spec import SearchSpec
 from autoprune.errors import StorageWriteError
 from autoprune.model import records
 from autoprune.model.budget import Ledger
 from autoprune.model.space import Layer
 from autoprune.search.context import RunContext
 from autoprune.search.executor import Job
-from autoprune.search.inputs import materialise_yaml_model, prepare_inputs
+from autoprune.search.inputs import materialise_yaml_model, prepare_inputs, resolve_round_to
 from autoprune.search.ray_setup import check_cluster_resources, ray_session
 from autoprune.search.references import ensure_references
 from autoprune.search.session import TuneSession, run_trials
@@ -252,25 +252,13 @@ def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, 
     return [({"ratios": c.ratios, "criterion": criterion, "round_to": round_to}, c.source) for c in found], run
 
 
-def _resolve_round_to(spec: SearchSpec) -> SearchSpec:
-    """``space.round_to: auto``: 8 or 1 from a measurement on the device (cached), said once in the log."""
-    if spec.space.round_to != AUTO_ROUND_TO:
-        return spec
-    from autoprune.engine.rounding import choose_round_to
-
-    k, m = choose_round_to(spec.device, spec.latency.runtime, spec.latency.threads, spec.latency.precision)
-    logger.info("round_to %d (auto): on %s, channel counts off a multiple of 8 ran %.2fx the time of the multiple "
-                "above (measured once, cached)", k, spec.device, m["ratio"])
-    return spec.replace(space=spec.space.replace(round_to=(k,)))
-
-
 BUDGETED_MAX_TRIALS = 100_000  # a budgeted run's trial cap when none is given: its clock ends it
 
 
 def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int | None, ray_address: str | None,
             ray_init_s: float, progress: Progress | None = None, clock: Clock | None = None) -> SearchOutcome:
     study = open_study_for(spec, store)
-    spec = _resolve_round_to(spec)
+    spec = resolve_round_to(spec)
     spec = materialise_yaml_model(spec, nc)
     from autoprune.search import journal
 
@@ -382,6 +370,13 @@ def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session:
         if clock is not None:
             clock.ledger.charge("trials", run.run_s)
             n_new = len(study.get_trials(deepcopy=False)) - count
+    if clock is not None and spec.targets:  # the hand recipe's model at each target: the final phase races it
+        from autoprune.search.recipe import ensure_recipe_trials
+
+        t0 = time.perf_counter()
+        phase("the hand recipe's models")
+        ensure_recipe_trials(ctx, job)
+        clock.ledger.charge("trials", time.perf_counter() - t0)
     new = {t.number for t in study.get_trials(deepcopy=False)} - before
     run = dataclasses.replace(run, trials=len(new), trial_s=_trial_seconds(study, new, busy))
     wall = run.run_s + run.screen_run_s

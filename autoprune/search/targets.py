@@ -15,14 +15,17 @@ from autoprune.model.constraints import feasible
 __all__ = ["trial_for_target", "covered", "winner_maps"]
 
 
-def trial_for_target(study: optuna.Study, target: Target, tolerance: float = 0.0) -> FrozenTrial | None:
+def trial_for_target(study: optuna.Study, target: Target, tolerance: float = 0.0,
+                     searched_only: bool = False) -> FrozenTrial | None:
     """The completed, feasible trial with the best val mAP50-95 (then the fewest parameters) among those that meet
     ``target`` (None: none do). With ``tolerance`` > 0: of the trials within ``tolerance`` of that best mAP50-95,
-    the one with the most parameters (the least pruned that still meets the target)."""
+    the one with the most parameters (the least pruned that still meets the target). With ``searched_only`` the
+    hand recipe's models (:mod:`autoprune.search.recipe`) are left out: the search's own pick."""
     base = records.baseline_metrics(study)
     fits = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if feasible(t.constraints) and "map50_95" in records.trial(t).metrics
-            and target.meets(records.trial(t).metrics, base)]
+            and target.meets(records.trial(t).metrics, base)
+            and not (searched_only and records.trial(t).recipe is not None)]
 
     def rank(t: FrozenTrial) -> tuple[float, float]:  # best mAP; of equals the smaller (so it is on the front)
         m = records.trial(t).metrics

@@ -13,7 +13,7 @@ from autoprune.model.budget import PHASES, format_duration
 from autoprune.model.policy import ratio_summary
 
 __all__ = ["front_records", "reference_values", "render_front", "relative_change", "render_budget", "render_deliveries",
-           "delivered_trials", "render_deployed"]
+           "delivered_trials", "delivered_maps", "render_deployed"]
 
 
 def relative_change(value: float, base: float | None) -> float | None:
@@ -31,6 +31,19 @@ def delivered_trials(deliveries: Mapping[str, Mapping[str, Any]]) -> dict[int, l
     return out
 
 
+def delivered_maps(deliveries: Mapping[str, Mapping[str, Any]]) -> dict[int, dict[str, float | None]]:
+    """``{trial number: {"val": mAP50-95, "test": mAP50-95 or None}}`` of the models finalized for a target (what
+    was delivered, after the final fine-tune; the trial's own values are the search's proxy)."""
+    out: dict[int, dict[str, float | None]] = {}
+    for d in deliveries.values():
+        after = d.get("after") or {}
+        if d.get("trial") is None or not d.get("out_dir") or "val" not in after:
+            continue
+        out[int(d["trial"])] = {"val": float(after["val"]["map50_95"]),
+                                "test": float(after["test"]["map50_95"]) if "test" in after else None}
+    return out
+
+
 def reference_values(ref: Mapping[str, Any], name: str, baseline: Mapping[str, Any] | None) -> float | None:
     """A reference point's value of objective ``name``: what it measured (deployed mAP, latency), else the base's
     where the deployment does not change it (parameters, MACs, the validated mAP); None for a ratio."""
@@ -45,10 +58,12 @@ def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
                   baseline: dict[str, Any] | None,
                   targets: Mapping[int, Sequence[str]] | None = None,
                   checks: Mapping[int, Sequence[str]] | None = None,
-                  references: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+                  references: Sequence[Mapping[str, Any]] = (),
+                  delivered: Mapping[int, Mapping[str, float | None]] | None = None) -> list[dict[str, Any]]:
     """One flat record per front member (best first by the first objective), baseline first, then the reference
     points (the base at each searched deployment); ``target`` names the targets a member was finalized for,
-    ``latency_check`` the reasons to doubt its latency (``checks``)."""
+    ``latency_check`` the reasons to doubt its latency (``checks``); a finalized member (``delivered``:
+    :func:`delivered_maps`) has its delivered val and test mAP50-95 beside the search's proxy."""
     first = objectives.get(names[0])
     ordered = sorted(rows, key=lambda r: r["values"][first.name], reverse=first.direction == "maximize")
     out = []
@@ -79,6 +94,9 @@ def front_records(rows: Sequence[dict[str, Any]], names: Sequence[str],
                    deployment=deployment(policy), joined_at=r.get("joined_at", ""),
                    target=",".join((targets or {}).get(r["trial_number"], ())),
                    latency_check="; ".join((checks or {}).get(r["trial_number"], ())))
+        done = (delivered or {}).get(r["trial_number"])
+        if done is not None:
+            rec.update(delivered_val_map50_95=done["val"], delivered_test_map50_95=done["test"])
         out.append(rec)
     return out
 
@@ -105,7 +123,7 @@ def render_front(records: Sequence[dict[str, Any]], names: Sequence[str], fmt: s
     if fmt == "csv":
         buf = io.StringIO()
         fields = ["trial", *[x for n in names for x in (n, f"{n}_change")], "criterion", "ratios", "deployment",
-                  "joined_at", "target", "latency_check"]
+                  "joined_at", "target", "latency_check", "delivered_val_map50_95", "delivered_test_map50_95"]
         w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(records)
@@ -113,9 +131,11 @@ def render_front(records: Sequence[dict[str, Any]], names: Sequence[str], fmt: s
     marked = any(r.get("target") for r in records)
     checked = any(r.get("latency_check") for r in records)
     deployed = any(r.get("deployment") for r in records)
+    finalized = any(r.get("delivered_val_map50_95") is not None for r in records)
     header = ["trial", *[objectives.get(n).label for n in names], "criterion", "ratios"]
     header += ["deployed as"] if deployed else []
     header += ["target"] if marked else []
+    header += ["delivered mAP50-95 val / test"] if finalized else []
     header += ["latency check"] if checked else []
     table = [header]
     for r in records:
@@ -126,6 +146,7 @@ def render_front(records: Sequence[dict[str, Any]], names: Sequence[str], fmt: s
             cells.append(f"{_fmt(n, r[n])} {change}".strip())
         cells += [r["criterion"] or "-", r["ratios"], *([r.get("deployment") or "-"] if deployed else []),
                   *([r.get("target") or ""] if marked else []),
+                  *([_delivered(r)] if finalized else []),
                   *([r.get("latency_check") or ""] if checked else [])]
         table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -133,10 +154,20 @@ def render_front(records: Sequence[dict[str, Any]], names: Sequence[str], fmt: s
     for row in table:
         lines.append("  ".join(c.rjust(w) if 0 < i <= len(names) else c.ljust(w)
                                for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+    if finalized:
+        lines.append("delivered: the target's finalized model (after its final fine-tune); the mAP50-95 column is the "
+                     "search's measurement before it")
     if checked:
         lines.append("latency check: these timings look off (a busy machine?); `autoprune remeasure` times the front "
                      "again")
     return "\n".join(lines)
+
+
+def _delivered(r: Mapping[str, Any]) -> str:
+    val, test = r.get("delivered_val_map50_95"), r.get("delivered_test_map50_95")
+    if val is None:
+        return ""
+    return f"{val:.4f} / {test:.4f}" if test is not None else f"{val:.4f} / -"
 
 
 def render_budget(ledger: Mapping[str, Any]) -> str:
