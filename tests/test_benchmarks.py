@@ -319,3 +319,46 @@ def test_allocation_ab_benchmark(tmp_path, tiny_data, tiny_model_pt):
     assert all(0 <= res["summary"][c][f"meets_{rule}"] <= 1 for c in ("0.5", "0.7") for rule in ("linear", "sized"))
     assert all(r["screen_map"] is None or 0.0 <= r["screen_map"] <= 1.0 for r in res["rows"])
     assert res["rows"][0]["exponent"] == 1.0 and res["rows"][2 * 2]["exponent"] == pytest.approx(2.0)
+
+
+@pytest.mark.heavy
+def test_fresh_tasks_benchmark_records_both_arms_at_every_target(tmp_path):
+    """A one-task draw at smoke size: both arms deliver at the three targets, every delivery is timed on ONNX Runtime
+    against the base, the JSON records the draw, the commit and which tasks are done; a re-run continues it."""
+    res, _ = _bench(tmp_path, "fresh_tasks", "--tasks", "1", "--tiny", "--draw-seed", "7", "--n-test", "8",
+                    "--max-epochs", "2", "--patience", "1", "--target-s", "40", "--workdir", str(tmp_path / "w"))
+    assert res["draw_seed"] == 7 and res["commit"] and len(res["tasks"]) == 1
+    task = res["tasks"][0]
+    assert task["done"] and task["regime"] == "converged" and task["budget_s"] == 40
+    assert set(task["targets"]) == {"params-50", "params-70", "latency-50"}
+    for label, cell in task["targets"].items():
+        recipe = cell["recipe"]
+        assert recipe["test_map"] is not None and recipe["latency_ratio"] > 0 and recipe["epochs"] >= 1
+        if label.startswith("params"):
+            assert recipe["params_kept"] <= 1 - int(label.split("-")[1]) / 100 + 1e-9
+        assert cell["dominated"] in (True, False, None) and "ledger" in cell["autoprune"]
+    assert res["summary"]["all/params-50"]["n"] <= 1
+    again, _ = _bench(tmp_path, "fresh_tasks", "--tasks", "1", "--tiny")  # done: nothing to run
+    assert again["tasks"] == res["tasks"]
+
+
+def test_fresh_tasks_dominance_and_summary():
+    sys.path.insert(0, str(BENCH))
+    import fresh_tasks
+
+    assert fresh_tasks.draw_task(123) == fresh_tasks.draw_task(123) != fresh_tasks.draw_task(124)
+    rec = {"test_map": 0.80, "latency_ratio": 0.39}
+    assert fresh_tasks.dominated({"test_map": 0.79, "latency_ratio": 0.56}, rec) is True  # issue 38's -50% row
+    assert fresh_tasks.dominated({"test_map": 0.805, "latency_ratio": 0.44}, {"test_map": 0.803,
+                                                                            "latency_ratio": 0.31}) is True
+    assert fresh_tasks.dominated({"test_map": 0.82, "latency_ratio": 0.56}, rec) is False
+    assert fresh_tasks.dominated({"test_map": None}, rec) is None
+    tasks = [{"done": True, "regime": r, "targets": {label: {"autoprune": {"test_map": 0.5 + d, "latency_ratio": 0.5},
+                                                             "recipe": {"test_map": 0.5, "latency_ratio": 0.5}}
+                                                     for label in fresh_tasks.TARGETS}}
+             for r, d in (("converged", 0.01), ("converged", 0.03), ("early", -0.01))]
+    s = fresh_tasks.summarise(tasks)
+    cell = s["converged/params-70"]
+    assert cell["n"] == 2 and cell["mean_test_map_diff"] == pytest.approx(0.02) and cell["wins"] == 2
+    assert cell["ci95"][0] < 0.02 < cell["ci95"][1]
+    assert s["early/latency-50"]["losses"] == 1 and s["all/params-50"]["dominated"] == 1
