@@ -51,7 +51,7 @@ def allocations(sens: Any, space: Any, layers: list[Layer], cuts: list[float], r
                  "exponent": c.exponent} for c in found]
     curve = sens if rule == "fitted" else dataclasses.replace(sens, sweep=())  # no sweep: p = 1, the linear rule
     options = block_options(curve, grid(space))
-    targets = [(c + m) * sens.base_params for c in cuts for m in CALIBRATED_MARGINS]
+    targets = [(c + m) * sens.base_cost for c in cuts for m in CALIBRATED_MARGINS]
     grouped = blocks(layers)
     out = []
     for (c, m), summed in zip([(c, m) for c in cuts for m in CALIBRATED_MARGINS],

@@ -342,3 +342,32 @@ def test_a_budgeted_scan_shrinks_to_its_share_from_a_probes_cost():
     assert ScanBudget.of(untargeted, 0.25, lambda: 5.0).allocations(untargeted, scan) == 1
     assert ScanBudget.of(untargeted, 0.25, lambda: 5.0).allocations(
         untargeted, Scan(scan.sensitivity, set(), None, 2, None)) == 8
+
+
+def test_a_latency_cut_is_allocated_on_macs_once_and_sized_on_timed_copies():
+    """The same knapsack costed in MACs; a latency target gets one allocation (the fitted curve), sized by a
+    saving that stands for pruned copies timed against the base (faked: the MACs saving, discounted as latency is);
+    its source names latency."""
+    space = Space(ratio=FloatRange(0.0, 0.7, step=0.05), shape="block")
+    sweep = (Probe("*", 0.3, 0.8 - 0.045, 600.0), Probe("*", 0.6, 0.8 - 0.18, 300.0))
+    sens = Sensitivity(0.8, 1000.0, (Probe("a", 0.7, 0.78, 580.0), Probe("b", 0.7, 0.3, 580.0)), sweep)
+    layers = [Layer("a", 16), Layer("b", 16)]
+    share = _overlapping_saving([])
+
+    def timed(r):  # latency falls slower than MACs: 70% of the MACs saving
+        return 0.7 * share(r) / 1000.0
+
+    found = allocated_candidates(sens, space, layers, 0, cuts=[0.3], saving=timed, metric="latency_ratio", curves=1)
+    assert len(found) == 1 and found[0].metric == "latency_ratio" and found[0].target == 0.3
+    assert timed(found[0].ratios) >= 0.3  # meets the latency cut, not merely the MACs one
+    assert found[0].source.startswith("allocation (loss ~ ratio^2.0): latency -30%")
+
+
+def test_each_target_is_sized_on_what_it_bounds():
+    from autoprune.model.budget import Target
+    from autoprune.search.target_allocation import sized_on
+
+    assert sized_on(Target((("params", 0.5),))) == ("params", pytest.approx(0.5))
+    assert sized_on(Target((("macs", 0.4),))) == ("macs", pytest.approx(0.6))
+    assert sized_on(Target((("latency_ratio", 0.5),))) == ("latency_ratio", pytest.approx(0.5))
+    assert sized_on(Target((("latency_ratio", 0.5), ("params", 0.7)))) == ("params", pytest.approx(0.3))

@@ -494,6 +494,38 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
         assert d["trial"] in {recipes[label].number} | {t.number for t in trials}  # its own recipe or a search pick
 
 
+@pytest.mark.slow
+def test_macs_and_latency_targets_get_allocations_and_recipe_models_sized_on_what_they_bound(tmp_path, tiny_data,
+                                                                                          tiny_model_pt):
+    """A MACs target's allocations are sized on counted MACs, a latency target's on pruned copies timed against the
+    base; each has the hand recipe's model (the latency one's ratio found by timing copies); both are raced and
+    delivered or say why not."""
+    _write_spec(tmp_path, tiny_data, tiny_model_pt, name="speed",
+                budget={"seconds": 150, "direct": True, "scan_share": 0.04},
+                latency={"warmup": 1, "runs": 6, "rounds": 3},
+                sensitivity={"probes": 1, "sweep": 2, "candidates": 0},
+                targets=[{"macs": 0.6}, {"latency_ratio": 0.9}])
+    r = _cli(tmp_path, "search", "s.yaml")
+    assert r.returncode == 0, r.stderr[-3000:]
+    url = f"sqlite:///{tmp_path}/studies/autoprune.db"
+    from autoprune.model import records
+
+    sources = [t.user_attrs.get("warm_start", "") for t in optuna.load_study(study_name="speed-screen",
+                                                                              storage=url).trials]
+    assert any(": MACs -40%" in s for s in sources) and any(": latency -10%" in s for s in sources), sources
+    assert "(pruned and counted)" in r.stderr and "(pruned and timed)" in r.stderr
+    study = optuna.load_study(study_name="speed", storage=url)
+    recipes = {records.trial(t).recipe["target"]: records.trial(t) for t in study.get_trials(deepcopy=False)
+               if records.trial(t).recipe}
+    assert set(recipes) == {"macs-40", "latency_ratio-10"}
+    base = records.baseline_metrics(study)
+    assert recipes["macs-40"].metrics["macs"] <= 0.6 * base["macs"] and recipes["latency_ratio-10"].recipe["ratio"] > 0
+    deliveries = records.deliveries(study)
+    assert set(deliveries) == {"macs-40", "latency_ratio-10"}
+    assert all(d["out_dir"] or d["reason"] for d in deliveries.values())
+    assert deliveries["macs-40"]["out_dir"]  # MACs are counted: its allocations and recipe model meet it
+
+
 def test_the_deliveries_table_says_which_target_was_delivered_how():
     """One line per target with a delivery record, in the targets' order: an undone fine-tune says so, a target
     with no model says why, one with no record is left out."""

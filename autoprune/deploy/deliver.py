@@ -161,7 +161,13 @@ def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, 
     t0 = time.perf_counter()
     out = delivery_dir(spec, target)
     try:
-        won = _race(study, store, spec, entrants, seconds)
+        try:
+            won = _race(study, store, spec, entrants, seconds)
+        except (AutopruneError, RuntimeError, ValueError, OSError) as e:  # the race only chooses: deliver without it
+            why = f"the race failed ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})"
+            logger.warning("target %s: %s; the first candidate is delivered at lr %g", target.label, why,
+                           spec.budget.final_lr)
+            won = RaceOutcome(entrants[0].trial, entrants[0].source, spec.budget.final_lr, None, {"why": why})
         if won.source == "recipe" and len(entrants) > 1:
             logger.info("%s: the uniform recipe's model won on this task (trial %d)", target.label, won.trial.number)
         settings = FinalizeSettings(seconds=seconds - (time.perf_counter() - t0), lr=won.lr, device=spec.device,

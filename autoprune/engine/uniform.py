@@ -15,8 +15,8 @@ from autoprune.model.shapes import target_keep
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["uniform_prune", "uniform_ratio_for", "unit_channels", "check_reachable", "pruned_params",
-           "RECIPE_CRITERION", "RECIPE_ROUND_TO"]
+__all__ = ["uniform_prune", "uniform_ratio_for", "uniform_ratio_for_latency", "unit_channels", "check_reachable",
+           "pruned_params", "pruned_share", "RECIPE_CRITERION", "RECIPE_ROUND_TO"]
 
 RECIPE_CRITERION = "l2"  # torch-pruning's GroupMagnitudeImportance(p=2)
 RECIPE_ROUND_TO = 8
@@ -43,6 +43,37 @@ def uniform_prune(model: Any, settings: TrialSettings, ratio: float, criterion: 
     return prune_once(model, settings, criterion, keep, regularize=False)
 
 
+def pruned_share(model: Any, settings: TrialSettings, keep: Mapping[str, int], metric: str) -> float:
+    """What a copy of ``model`` with each unit cut to ``keep[name]`` channels keeps of the base's ``metric``:
+    params or macs counted, latency_ratio timed interleaved with ``model`` on ``settings.latency``'s runtime (a
+    short timing: a few rounds, no re-timing; the copy pruned on the CPU, timed on ``settings.device``)."""
+    from autoprune.adapters import tp, ultra
+    from autoprune.engine.pipeline import prune_once
+
+    m = copy.deepcopy(model).cpu()
+    prune_once(m, settings.replace(device="cpu"), "l1", keep, regularize=False)
+    if metric == "params":
+        return ultra.count_params(m) / ultra.count_params(model)
+    if metric == "macs":
+        return float(tp.count_macs(m, settings.imgsz)) / float(tp.count_macs(model, settings.imgsz))
+    return _timed_ratio(m, model, settings)
+
+
+def _timed_ratio(candidate: Any, reference: Any, settings: TrialSettings) -> float:
+    import dataclasses
+
+    from autoprune.adapters import ultra
+    from autoprune.engine.latency import measure_interleaved
+
+    lat = settings.latency
+    short = dataclasses.replace(lat, warmup=min(lat.warmup, 3), runs=min(lat.runs, 20), rounds=min(lat.rounds, 4),
+                                retries=0)
+    dev = settings.device
+    il = measure_interleaved(ultra.deploy_copy(candidate).to(dev), ultra.deploy_copy(reference).to(dev),
+                             lat.imgsz or settings.imgsz, dev, short, calibration=settings.data)
+    return float(il.ratio)
+
+
 def _cost(model: Any, imgsz: int) -> dict[str, float]:
     from autoprune.adapters import tp, ultra
 
@@ -66,10 +97,32 @@ def _pruned_cost(model: Any, settings: TrialSettings, ratio: float, round_to: in
     return _cost(m, settings.imgsz)
 
 
+def uniform_ratio_for_latency(model: Any, settings: TrialSettings, bound: float, low: float = 0.0,
+                              round_to: int = RECIPE_ROUND_TO, step: float = 0.02, high: float = 0.9) -> float:
+    """The smallest uniform ratio from ``low`` (on a ``step`` grid up to ``high``) whose pruned copy times at or under
+    ``bound`` x ``model`` on ``settings.latency``'s runtime (interleaved, short; bisection: the timing is taken to
+    fall with the ratio); ``high`` if none does."""
+    original = unit_channels(model)
+    lo, hi = int(round(low / step)) - 1, int(round(high / step))
+
+    def meets(i: int) -> bool:
+        keep = target_keep(original, dict.fromkeys(original, i * step), 1, 1, round_to)
+        return pruned_share(model, settings, keep, "latency_ratio") <= bound
+
+    while hi - lo > 1:  # meets(hi) is assumed (the top of the range), meets(lo) is not
+        mid = (lo + hi) // 2
+        if meets(mid):
+            hi = mid
+        else:
+            lo = mid
+    return round(hi * step, 6)
+
+
 def uniform_ratio_for(model: Any, settings: TrialSettings, target: Target, round_to: int = RECIPE_ROUND_TO,
                       step: float = 0.01, high: float = 0.95) -> tuple[float, dict[str, float]]:
     """The smallest uniform ratio (on a ``step`` grid up to ``high``) whose pruned model meets ``target``'s params
-    and MACs limits (latency limits are not predicted), with its cost; InputError if even ``high`` does not."""
+    and MACs limits (a latency limit: :func:`uniform_ratio_for_latency`), with its cost; InputError if even ``high``
+    does not."""
     base = _cost(model, settings.imgsz)
     limits = {k: v for k, v in target.limits if k in base}
     if not limits:

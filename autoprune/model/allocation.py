@@ -39,32 +39,35 @@ class Probe:
     block: str
     ratio: float
     map50_95: float | None  # None: the probe failed (the block cannot be pruned that far)
-    params: float
+    cost: float  # the pruned model's parameters (or MACs: what the knapsack trades, see Sensitivity)
 
 
 @dataclass(frozen=True)
 class Sensitivity:
+    """A scan's probes, costed in one currency: parameters for a params target, MACs for a MACs or a latency
+    target (the same probes read twice)."""
+
     reference_map: float  # the unpruned model screened the same way (adaptive BN on the same batches)
-    base_params: float
+    base_cost: float  # the unpruned model's parameters (or MACs)
     probes: tuple[Probe, ...]  # one block pruned alone
     sweep: tuple[Probe, ...] = ()  # every block at the same ratio
 
     def saving(self, p: Probe) -> float:
-        return max(0.0, self.base_params - p.params)
+        return max(0.0, self.base_cost - p.cost)
 
 
 @dataclass(frozen=True)
 class Option:
     ratio: float
     loss: float  # mAP50-95 lost (>= 0)
-    saving: float  # parameters removed
+    saving: float  # cost removed (parameters or MACs)
 
 
 @dataclass(frozen=True)
 class Allocation:
     ratios: dict[str, float]  # block -> ratio
     predicted_map: float  # reference mAP minus the summed losses
-    saving: float  # predicted parameters removed
+    saving: float  # predicted cost removed
 
 
 def loss_exponent(sens: Sensitivity) -> float:

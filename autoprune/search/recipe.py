@@ -47,18 +47,25 @@ def _recipe_ratio(ctx: RunContext, target: Target) -> float | None:
     """The smallest uniform ratio that meets ``target`` with the channel rounding the recipe's trial will prune
     with (the recipe's 8 where the space searches round_to, else the space's own)."""
     from autoprune.adapters import ultra
-    from autoprune.engine.uniform import uniform_ratio_for
+    from autoprune.engine.uniform import uniform_ratio_for, uniform_ratio_for_latency
 
     space = ctx.spec.space
     domain = space.domain("round_to")
     unsearched = domain[0] if isinstance(domain, tuple) and domain else knobs.get("round_to").value
     round_to = int(recipe_params(space, ["round_to"]).get("round_to", unsearched) or 1)
     model = ultra.load_model(ctx.spec.model)
+    limits = dict(target.limits)
+    ratio = 0.0
     try:
-        ratio, _ = uniform_ratio_for(model, ctx.spec.trial_settings.replace(device="cpu"), target, round_to=round_to)
-    except InputError as e:  # a latency-only target: the recipe's ratio is a guess, not a computation
+        if set(limits) - {"latency_ratio"}:
+            ratio, _ = uniform_ratio_for(model, ctx.spec.trial_settings.replace(device="cpu"), target,
+                                         round_to=round_to)
+    except InputError as e:
         logger.info("target %s: no hand-recipe candidate (%s)", target.label, e)
         return None
+    if "latency_ratio" in limits:  # as a user tuning for speed would: prune copies uniformly and time them
+        ratio = uniform_ratio_for_latency(model.to(ctx.spec.device), ctx.spec.trial_settings,
+                                          limits["latency_ratio"], low=ratio, round_to=round_to)
     return ratio
 
 

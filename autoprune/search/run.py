@@ -228,7 +228,8 @@ def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, 
               clock: Clock | None = None) -> tuple[list[tuple[dict[str, object], str]], records.RunTimings]:
     """The sensitivity scan (cached) and the first round's allocated candidates, as screening seeds (with targets,
     allocations at each target's parameter cut too)."""
-    from autoprune.search.sensitivity import ScanBudget, allocated_candidates, ensure_scan, scan_knobs, true_saving
+    from autoprune.search.sensitivity import ScanBudget, ensure_scan, scan_knobs
+    from autoprune.search.target_allocation import target_candidates
 
     spec, layers = ctx.spec, list(ctx.layers)
     share = spec.budget.scan_share if clock is not None else None
@@ -241,12 +242,10 @@ def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, 
     run = dataclasses.replace(run, screen_trial_s=run.screen_trial_s + _trial_seconds(scan.study, ran, busy))
     n = spec.sensitivity.candidates
     criterion, round_to = scan_knobs(spec.space)
-    cuts = [c for c in (t.params_cut for t in spec.targets) if c is not None]
     if sizing is not None and clock is not None:
         n = sizing.allocations(spec, scan)
         clock.ledger.scan_size = {"levels": scan.levels, "allocations": n}
-    saving = true_saving(spec, layers, criterion, round_to) if cuts else None
-    found = allocated_candidates(sens, spec.space, layers, n, cuts=cuts, saving=saving)
+    found = target_candidates(spec, layers, scan, n, criterion, round_to, records.baseline_metrics(ctx.study))
     logger.info("sensitivity allocation: %d candidate(s) over the cost range (reference screen mAP50-95 %.3f)",
                 len(found), sens.reference_map)
     return [({"ratios": c.ratios, "criterion": criterion, "round_to": round_to}, c.source) for c in found], run
@@ -375,7 +374,11 @@ def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session:
 
         t0 = time.perf_counter()
         phase("the hand recipe's models")
-        ensure_recipe_trials(ctx, job)
+        try:
+            ensure_recipe_trials(ctx, job)
+        except Exception as e:  # the search's picks are still delivered, only without the recipe's beside them
+            logger.warning("the hand recipe's models could not be made: %s", str(e).strip().splitlines()[0][:300]
+                           if str(e).strip() else type(e).__name__)
         clock.ledger.charge("trials", time.perf_counter() - t0)
     new = {t.number for t in study.get_trials(deepcopy=False)} - before
     run = dataclasses.replace(run, trials=len(new), trial_s=_trial_seconds(study, new, busy))

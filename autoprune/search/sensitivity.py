@@ -163,7 +163,7 @@ class ScanBudget:
 
     @classmethod
     def of(cls, spec: SearchSpec, share: float, seconds_left: Callable[[], float]) -> ScanBudget:
-        cuts = sum(t.params_cut is not None for t in spec.targets)
+        cuts = len(spec.targets)  # each target's allocations (target_allocation: params, MACs or latency)
         proposals = spec.screening.factor * max(1, len(spec.targets)) if spec.screening.proposals else 0
         return cls(share, seconds_left, CANDIDATES_PER_CUT * cuts + proposals)
 
@@ -181,7 +181,7 @@ class ScanBudget:
         """Allocations over the cost range whose screens fit after ``scan`` (all without a cost; at least one
         without targets to allocate at); says so when the budget shrank the scan or them."""
         most, probe_s = spec.sensitivity.candidates, scan.probe_s
-        least = 0 if any(t.params_cut is not None for t in spec.targets) else min(1, most)
+        least = 0 if spec.targets else min(1, most)
         n = most if probe_s is None else fit_count(self._free(probe_s), probe_s * SCREEN_PER_PROBE, most, least)
         if (scan.levels, n) != (spec.sensitivity.probes, most):
             logger.info("budget: the scan probed each block at %d ratio(s) of %d and %d allocation(s) of %d are "
@@ -248,8 +248,9 @@ def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, laye
                 {t.number for t in scan.get_trials(deepcopy=False)} - before, scan, n, probe_s)
 
 
-def read_scan(scan: optuna.Study, base_params: float) -> Sensitivity:
-    """The scan's probes (a failed probe has no mAP); the reference mAP from the reference probe."""
+def read_scan(scan: optuna.Study, base_cost: float, metric: str = "params") -> Sensitivity:
+    """The scan's probes (a failed probe has no mAP), costed in ``metric`` (params or macs; ``base_cost``: the
+    base's); the reference mAP from the reference probe."""
     probes, sweep, reference = [], [], None
     for t in scan.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         key = records.probe(t)
@@ -257,7 +258,7 @@ def read_scan(scan: optuna.Study, base_params: float) -> Sensitivity:
             continue
         m = records.trial(t).metrics
         ok = t.state == TrialState.COMPLETE and "map50_95" in m
-        p = Probe(key[0], key[1], float(m["map50_95"]) if ok else None, float(m.get("params", base_params)))
+        p = Probe(key[0], key[1], float(m["map50_95"]) if ok else None, float(m.get(metric, base_cost)))
         if p.block == REFERENCE:
             reference = p.map50_95 if p.map50_95 is not None else reference
         elif p.block == UNIFORM:
@@ -266,20 +267,27 @@ def read_scan(scan: optuna.Study, base_params: float) -> Sensitivity:
             probes.append(p)
     if reference is None:
         reference = max((p.map50_95 for p in probes if p.map50_95 is not None), default=0.0)
-    return Sensitivity(reference, base_params, tuple(probes), tuple(sweep))
+    return Sensitivity(reference, base_cost, tuple(probes), tuple(sweep))
 
 
 @dataclass(frozen=True)
 class Candidate:
     ratios: dict[str, float]  # per layer
-    target: float  # the share of the base model's parameters it was allocated to remove
+    target: float  # the share of the base model's ``metric`` it was allocated to remove
     predicted_map: float  # predicted adaptive-BN mAP50-95
     exponent: float = 1.0  # the loss curve's power it was allocated under (loss ~ ratio ** exponent)
+    metric: str = "params"  # what it was sized on: params, macs (counted) or latency_ratio (timed)
 
     @property
     def source(self) -> str:
-        return (f"allocation (loss ~ ratio^{self.exponent:.1f}): params -{self.target:.0%}, predicted screen "
-                f"mAP50-95 {self.predicted_map:.3f}")
+        return (f"allocation (loss ~ ratio^{self.exponent:.1f}): {_METRIC_WORDS[self.metric]} -{self.target:.0%}, "
+                f"predicted screen mAP50-95 {self.predicted_map:.3f}")
+
+
+_METRIC_WORDS = {"params": "params", "macs": "MACs", "latency_ratio": "latency"}
+# the knapsack's currency for a target on each metric: a latency target is allocated on MACs, then sized on the
+# pruned copies' measured latency
+ALLOCATION_COST = {"params": "params", "macs": "macs", "latency_ratio": "macs"}
 
 
 def _per_layer(grouped: Mapping[str, Sequence[Layer]], block_ratios: Mapping[str, float]) -> dict[str, float]:
@@ -287,16 +295,15 @@ def _per_layer(grouped: Mapping[str, Sequence[Layer]], block_ratios: Mapping[str
     return {layer.name: block_ratios.get(b, 0.0) for b, members in grouped.items() for layer in members}
 
 
-def true_saving(spec: SearchSpec, layers: Sequence[Layer], criterion: str,
-                round_to: int) -> Callable[[Mapping[str, float]], float]:
-    """The share of the base's parameters a per-block allocation truly removes: projected onto the space and sampled
+def true_saving(spec: SearchSpec, layers: Sequence[Layer], criterion: str, round_to: int,
+                metric: str = "params") -> Callable[[Mapping[str, float]], float]:
+    """The share of the base's ``metric`` a per-block allocation truly removes: projected onto the space and sampled
     back as the search screens it (criterion and rounding as the allocations get them), then a copy pruned and
-    counted."""
+    counted (params, macs) or timed against the base (latency_ratio, on the spec's runtime)."""
     from autoprune.adapters import ultra
-    from autoprune.engine.uniform import pruned_params
+    from autoprune.engine.uniform import pruned_share
 
-    model = ultra.load_model(spec.model)
-    base = ultra.count_params(model)
+    model = ultra.load_model(spec.model).to(spec.device if metric == "latency_ratio" else "cpu")
     grouped = blocks(list(layers))
     original = {layer.name: layer.channels for layer in layers}
 
@@ -306,40 +313,44 @@ def true_saving(spec: SearchSpec, layers: Sequence[Layer], criterion: str,
                                                         "round_to": round_to})
         policy = sample_policy(optuna.trial.FixedTrial(params), spec.space, layers)
         keep = target_keep(original, policy.ratio_map, 1, 1, policy.round_to)
-        return 1.0 - pruned_params(model, spec.trial_settings, keep) / base
+        return 1.0 - pruned_share(model, spec.trial_settings, keep, metric)
 
     return saving
 
 
-def allocated_candidates(sens: Sensitivity, space: Space, layers: Sequence[Layer], n: int,
+def allocated_candidates(sens: Sensitivity, space: Space, layers: Sequence[Layer], n: int,  # noqa: PLR0913
                          cuts: Sequence[float] = (),
-                         saving: Callable[[Mapping[str, float]], float] | None = None) -> list[Candidate]:
+                         saving: Callable[[Mapping[str, float]], float] | None = None,
+                         metric: str = "params", curves: int = 2) -> list[Candidate]:
     """At each of ``cuts`` (shares of the base's parameters a user targets) two allocations, one with the loss along
     the scan's fitted curve and one with it linear (the knapsack's additive prediction ranks allocations of one size
     only roughly, so two answers of the same size are screened), each sized with ``saving`` (the share an allocation
     truly removes: :func:`true_saving`) to meet the cut within :data:`SIZE_TOLERANCE`; then up to ``n`` distinct
     fitted allocations at cost targets spread over the sweep's range. Without ``saving``, the uniform sweep's
-    calibration alone sizes them."""
+    calibration alone sizes them. ``metric``: what the cuts and ``saving`` are shares of (``sens`` costed in params,
+    or in MACs for a MACs or latency cut); ``curves`` 1: the fitted curve's allocation alone (each sizing of a
+    latency cut times pruned copies)."""
     g = grid(space)
     fitted = block_options(sens, g)
-    curves = [(loss_exponent(sens), fitted), (1.0, block_options(dataclasses.replace(sens, sweep=()), g))]
+    shapes = [(loss_exponent(sens), fitted), (1.0, block_options(dataclasses.replace(sens, sweep=()), g))][:curves]
     grouped = blocks(list(layers))
-    base = sens.base_params
+    base = sens.base_cost
     found: list[Candidate] = []
 
     def per_layer(block_ratios: Mapping[str, float]) -> dict[str, float]:
         return _per_layer(grouped, block_ratios)
 
     for cut, first in zip(cuts, calibrated(sens, fitted, [c * base for c in cuts])):
-        for p, options in curves:
+        for p, options in shapes:
             if saving is None:
                 a = allocate(options, sens.reference_map, first)
             else:
                 a, true = sized(options, sens.reference_map, cut * base, first, lambda r: saving(r) * base,
                                 SIZE_TOLERANCE * base)
-                logger.info("allocation at params -%.0f%% (loss ~ ratio^%.1f): it removes %.1f%% of the parameters "
-                            "(pruned and counted)", 100 * cut, p, 100 * true / base if base else 0.0)
-            found.append(Candidate(per_layer(a.ratios), cut, a.predicted_map, p))
+                logger.info("allocation at %s -%.0f%% (loss ~ ratio^%.1f): it removes %.1f%% of it (pruned and %s)",
+                            _METRIC_WORDS[metric], 100 * cut, p, 100 * true / base if base else 0.0,
+                            "timed" if metric == "latency_ratio" else "counted")
+            found.append(Candidate(per_layer(a.ratios), cut, a.predicted_map, p, metric))
     spread = cost_targets(sens, n)
     for t, summed in zip(spread, calibrated(sens, fitted, spread)):
         a = allocate(fitted, sens.reference_map, summed)
