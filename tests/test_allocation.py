@@ -333,8 +333,10 @@ def test_a_budgeted_scan_shrinks_to_its_share_from_a_probes_cost():
     assert levels(None) == 2  # no cost measured: full size
     free = 100.0 - sizing.reserve * 1.3  # a probe of 1 s; a screen 1.3 probes
     assert levels(1.0) == min(2, int(free // n_blocks))
-    assert levels(100.0) == 1  # never below one ratio per block
-    scan = Scan(Sensitivity(0.5, 100.0, (), ()), set(), None, 1, 2.0)
+    assert levels(100.0) == 0  # not even one ratio per block fits: no block is probed (the share is a bound)
+    assert n_blocks == 5 and levels(5.0) == 1  # 100 - 8 x 1.3 x 5 = 48 s: one ratio per block (25 s), not two
+    assert sizing.allocations(spec, Scan(Sensitivity(0.5, 100.0, (), ()), set(), None, 0, 2.0)) == 0  # no probe
+    scan = Scan(Sensitivity(0.5, 100.0, (Probe("model.0", 0.6, 0.4, 90.0),), ()), set(), None, 1, 2.0)
     assert sizing.allocations(spec, scan) == min(8, int((100.0 - sizing.reserve * 2.6) // 2.6))
     tight = ScanBudget.of(spec, 0.25, lambda: 5.0)
     assert tight.allocations(spec, scan) == 0  # with targets the spread may go: each target keeps its allocations

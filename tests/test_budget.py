@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -440,12 +441,13 @@ def test_a_direct_round_measures_its_picks_even_past_the_deadline(monkeypatch, d
 
 @pytest.mark.slow
 def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained(tmp_path, tiny_data, tiny_model_pt):
-    # scan_share 4% (4.8 s): less than the baseline takes, so the scan shrinks to one ratio per block, no spread;
-    # 120 s: on a slow machine the screens of a 90-s run could start only past the grace, leaving no pick measured
+    # scan_share 4% (4.8 s): less than the calibration probes take, so the scan stops at its deadline: no block
+    # probed, no allocation; 120 s: on a slow machine the screens of a 90-s run could start only past the grace
     budget = 120
     _write_spec(tmp_path, tiny_data, tiny_model_pt, name="direct",
                 budget={"seconds": budget, "direct": True, "scan_share": 0.04},
                 sensitivity={"probes": 2, "sweep": 2, "candidates": 3}, targets=[{"params": 0.8}, {"params": 0.6}])
+    t0 = time.time()
     r = _cli(tmp_path, "search", "s.yaml")
     assert r.returncode == 0, r.stderr[-3000:]
     url = f"sqlite:///{tmp_path}/studies/autoprune.db"
@@ -469,17 +471,15 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
     run = records.budget_runs(study)[-1]
     assert sum(run["charged_s"].values()) == pytest.approx(run["total_s"], abs=0.01)
     assert run["charged_s"]["final"] > 0 and run["charged_s"]["trials"] > 0  # the recipe's models: trials too
-    assert run["scan_size"] == {"levels": 1, "allocations": 0} and run["charged_s"]["scan"] > 0
-    scan = next(s for s in optuna.get_all_study_names(url) if s.startswith("sensitivity-"))
-    per_block: dict[str, set[float]] = {}
-    for t in optuna.load_study(study_name=scan, storage=url).trials:
-        block, ratio = records.probe(t) or ("?", -1.0)
-        per_block.setdefault(block, set()).add(ratio)
-    assert per_block.pop("-") == {0.0} and len(per_block.pop("*")) == 2  # the reference and the sweep
-    assert per_block and all(r == {0.6} for r in per_block.values())  # one ratio per block: the space's top
+    assert run["scan_size"] == {"levels": 0, "allocations": 0} and run["charged_s"]["scan"] > 0
+    scan = optuna.load_study(study_name=next(s for s in optuna.get_all_study_names(url)
+                                             if s.startswith("sensitivity-")), storage=url)
+    started = [t for t in scan.trials if t.state != optuna.trial.TrialState.WAITING]
+    assert {(records.probe(t) or ("?",))[0] for t in scan.trials} <= {"-", "*"}  # calibration only: no block probe
+    assert all(t.datetime_start.timestamp() <= t0 + 4.8 + 20 for t in started)  # none past the share (+ start-up)
     sources = [t.user_attrs.get("warm_start", "") for t in optuna.load_study(study_name="direct-screen",
                                                                               storage=url).trials]
-    assert 1 <= sum(s.startswith("allocation (") for s in sources) <= 4  # two per target (may coincide), no spread
+    assert not any(s.startswith("allocation (") for s in sources)  # nothing to allocate from
     deliveries = records.deliveries(study)
     assert set(deliveries) == {"params-20", "params-40"}
     for label, d in deliveries.items():  # the race chose between the target's screened pick and its recipe model

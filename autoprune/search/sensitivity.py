@@ -171,16 +171,24 @@ class ScanBudget:
         return self.seconds_left() - self.reserve * probe_s * SCREEN_PER_PROBE
 
     def levels(self, spec: SearchSpec, layers: Sequence[Layer], probe_s: float | None) -> int:
-        """Probe ratios per block that fit, given a probe's cost (at least one; all without a cost)."""
+        """Probe ratios per block that fit, given a probe's cost (none when not even one ratio per block fits: a
+        busy machine's probes are slow, and a scan past its share would leave the final fine-tunes nothing; all
+        without a cost)."""
         most = spec.sensitivity.probes
         if probe_s is None:
             return most
-        return fit_count(self._free(probe_s), max(1, len(blocks(list(layers)))) * probe_s, most, least=1)
+        return fit_count(self._free(probe_s), max(1, len(blocks(list(layers)))) * probe_s, most, least=0)
+
+    def deadline(self) -> float:
+        """The ``time.time()`` after which no probe starts: where the scan's share ends."""
+        return time.time() + self.seconds_left()
 
     def allocations(self, spec: SearchSpec, scan: Scan) -> int:
         """Allocations over the cost range whose screens fit after ``scan`` (all without a cost; at least one
         without targets to allocate at); says so when the budget shrank the scan or them."""
         most, probe_s = spec.sensitivity.candidates, scan.probe_s
+        if not scan.sensitivity.probes:  # no block was probed (now or before): nothing to allocate from
+            return 0
         least = 0 if spec.targets else min(1, most)
         n = most if probe_s is None else fit_count(self._free(probe_s), probe_s * SCREEN_PER_PROBE, most, least)
         if (scan.levels, n) != (spec.sensitivity.probes, most):
@@ -203,8 +211,10 @@ class Scan:
 
 
 def _screen_missing(scan: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer], name: str,
-                    wanted: Sequence[tuple[str, float]], ray_address: str | None) -> int:
-    """Queue the ``wanted`` probes the scan lacks and screen what is queued; returns how many were screened."""
+                    wanted: Sequence[tuple[str, float]], ray_address: str | None,
+                    deadline: float | None = None) -> int:
+    """Queue the ``wanted`` probes the scan lacks and screen what is queued, none started after ``deadline`` (those
+    stay queued for the next run); returns how many were queued to screen."""
     job = scan_job(spec, layers, name)
     with _queue_lock(job.study_dir):  # drivers on this machine queue one at a time
         missing = [p for p in wanted if p not in _have(scan)]
@@ -214,7 +224,7 @@ def _screen_missing(scan: optuna.Study, store: StudyStorage, spec: SearchSpec, l
     if waiting:
         logger.info("sensitivity scan: screening %d probe(s) (%d cached in %s)", waiting, len(wanted) - len(missing),
                     name)
-        run_trials(scan, store, job, waiting, ray_address=ray_address)
+        run_trials(scan, store, job, waiting, ray_address=ray_address, deadline=deadline)
     else:
         logger.info("sensitivity scan: all %d probes cached in %s", len(wanted), name)
     return waiting
@@ -238,12 +248,19 @@ def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, laye
     n, probe_s = spec.sensitivity.probes, None
     if sizing is not None:
         t0 = time.perf_counter()
-        ran = _screen_missing(scan, store, spec, layers, name, _wanted(spec, layers, 0), ray_address)
+        done = len(scan.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        _screen_missing(scan, store, spec, layers, name, _wanted(spec, layers, 0), ray_address, sizing.deadline())
+        ran = len(scan.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) - done
         # a probe's cost with its share of the orchestration; from the records when the calibration was cached
         probe_s = (time.perf_counter() - t0) / ran if ran else records.mean_wall_seconds(
             scan.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        n = sizing.levels(spec, layers, probe_s)
-    _screen_missing(scan, store, spec, layers, name, _wanted(spec, layers, n), ray_address)
+        n = sizing.levels(spec, layers, probe_s) if probe_s is not None else 0  # none measured: the share is gone
+    if n or sizing is None:
+        _screen_missing(scan, store, spec, layers, name, _wanted(spec, layers, n), ray_address,
+                        sizing.deadline() if sizing is not None else None)
+    else:
+        logger.info("budget: not one probe ratio per block fits budget.scan_share %.0f%% (a probe took %.1f s): no "
+                    "block is probed, no allocation is made", 100 * sizing.share, probe_s or 0.0)
     return Scan(read_scan(scan, records.baseline_metrics(study).get("params", 0.0)),
                 {t.number for t in scan.get_trials(deepcopy=False)} - before, scan, n, probe_s)
 
