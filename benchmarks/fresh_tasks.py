@@ -12,7 +12,8 @@ Arms, per target at equal wall-clock (each target's budget is what lets the reci
 the base's own training epochs, the usual advice after pruning, unless ``--target-s`` fixes it):
 
 - ``recipe``: the smallest uniform channel ratio meeting the target (params: by pruning copies; a latency target: the
-  first ratio of a 0.05 grid whose copy times at or under it on ONNX Runtime, interleaved with the base), group L2,
+  smallest ratio of a 0.02 grid, by bisection, whose copy times at or under it on ONNX Runtime, interleaved with
+  the base), group L2,
   channels rounded to 8, then ultralytics' time-budgeted fine-tune at its default lr 0.01 with all the time left
   (:func:`autoprune.deploy.finalize.final_finetune`). Everything is charged to its target.
 - ``autoprune``: ``autoprune search`` with the demo spec's defaults, only model/data/imgsz, the budget (the targets'
@@ -117,24 +118,13 @@ def _train_base(task: dict[str, Any], regime: str, data: str, out: Path, patienc
 
 
 def _ratio_for_latency(model: Any, data: str, imgsz: int, bound: float) -> float:
-    """The first uniform ratio of a 0.05 grid whose pruned copy times at or under ``bound`` x the base on ONNX
-    Runtime (interleaved): what a user tuning by hand for speed would settle on."""
-    import copy
-
+    """The smallest uniform ratio (0.02 grid, bisection) whose pruned copy times at or under ``bound`` x the base on
+    ONNX Runtime (interleaved): what a user tuning by hand for speed would settle on."""
     from autoprune.config.sections import LatencySettings, TrialSettings
-    from autoprune.engine.latency import measure_interleaved
-    from autoprune.engine.uniform import uniform_prune
+    from autoprune.engine.uniform import uniform_ratio_for_latency
 
-    settings = TrialSettings(model="", data=data, imgsz=imgsz)
-    timing = LatencySettings(runtime="onnxruntime", rounds=4, runs=20, warmup=3, retries=0)
-    ratio = 0.3
-    while ratio < 0.9:
-        pruned = copy.deepcopy(model)
-        uniform_prune(pruned, settings, ratio)
-        if measure_interleaved(pruned, model, imgsz, "cpu", timing).ratio <= bound:
-            return ratio
-        ratio = round(ratio + 0.05, 2)
-    return ratio
+    settings = TrialSettings(model="", data=data, imgsz=imgsz, latency=LatencySettings(runtime="onnxruntime"))
+    return uniform_ratio_for_latency(model, settings, bound)
 
 
 def run_recipe(task: dict[str, Any], label: str, target_s: float, seed: int, out: Path) -> dict[str, Any]:
@@ -208,7 +198,8 @@ def time_deliveries(base: str, imgsz: int, arms: dict[str, dict[str, Any]]) -> N
         if arm.get("checkpoint"):
             il = measure_interleaved(ultra.deploy_copy(ultra.load_model(arm["checkpoint"])), reference, imgsz, "cpu",
                                      timing)
-            arm["latency_ratio"], arm["latency_spread"] = il.ratio, il.spread
+            arm.update(latency_ratio=il.ratio, latency_spread=il.ratio_spread, latency_unreliable=il.unreliable,
+                       latency_ms=il.candidate.median_ms, base_latency_ms=il.reference.median_ms)
 
 
 def dominated(auto: dict[str, Any], recipe: dict[str, Any]) -> bool | None:

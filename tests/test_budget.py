@@ -543,3 +543,5 @@ def test_the_deliveries_table_says_which_target_was_delivered_how():
     assert lines[1].startswith("target params-50: trial 3 params -50%, 22 final epochs (undone: it lowered val);")
     assert "val mAP50-95 0.8000 -> 0.8000" in lines[1]
     assert "undone" not in lines[2] and "test mAP50-95 0.7000 -> 0.7200" in lines[2] and len(lines) == 3
+    late = render_deliveries({"params-50": {**deliveries["params-50"], "epochs": 0}}, ["params-50"])
+    assert "0 final epochs (no time left for it: delivered as measured)" in late[0]

@@ -4,6 +4,7 @@ the hand recipe's policy at its exact ratio, and one real small race on the tiny
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import optuna
 import pytest
@@ -127,3 +128,43 @@ def test_a_real_race_trains_each_arm_and_hands_over_the_winners_weights(tmp_path
         model = ultra.load_model(records.trial(out.trial).checkpoint)
         model.load_state_dict(out.state)  # the raced weights are the winner trial's architecture
     assert not list(tmp_path.glob("autoprune-race-*"))  # its scratch folder is gone
+
+
+def test_with_no_time_left_the_start_is_delivered_untrained(monkeypatch):
+    """The clock ran out before a target's final fine-tune: its candidates are judged on their starts (a race of
+    no seconds) and the winner is exported untrained (epochs 0), not left undelivered. Fakes: the race's
+    training-free judgement and the finalize/export (which records the settings it got); the final fine-tune's
+    no-training path runs for real with a faked validator."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from autoprune.config.spec import parse_spec
+    from autoprune.deploy import deliver, finalize
+    from autoprune.model import records
+    from autoprune.model.budget import Target
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
+    t = study.ask()
+    records.write_result(t, {}, {"map50_95": 0.7, "params": 450.0})
+    study.tell(t, [0.7, 450.0])
+    entrant = deliver.Entrant(study.trials[0], "search")
+    got: dict[str, Any] = {}
+    monkeypatch.setattr(deliver, "_race", lambda *a: (got.setdefault("race_s", a[-1]),
+                                                       deliver.RaceOutcome(entrant.trial, "search", 0.01, None,
+                                                                           {"why": "starts"}))[1])
+
+    def fake_finalize(study, store, t, out, settings, **kw):
+        got["settings"] = settings
+        return SimpleNamespace(policy=None, out_dir=out)
+    monkeypatch.setattr(deliver, "finalize_trial", fake_finalize)
+    monkeypatch.setattr("autoprune.model.document.load_policy_file", lambda p: SimpleNamespace(finalize={}))
+    spec = parse_spec({"name": "b", "model": "m.pt", "data": "d.yaml", "budget": 60, "targets": {"params": 0.5}},
+                      "s.yaml")
+    d = deliver._deliver(study, None, spec, Target((("params", 0.5),)), [entrant], -5.0)
+    assert d.reason is None and d.trial == 0 and got["race_s"] == 0.0
+    assert got["settings"].epochs == 0 and got["settings"].seconds is None
+    monkeypatch.setattr(finalize, "_split_metrics", lambda *a, **k: {"val": {"map50_95": 0.7, "map50": 0.9}})
+    rec = finalize.final_finetune(torch.nn.Linear(2, 2), "d.yaml", 64, got["settings"], lr=0.01, seed=0)
+    assert rec["epochs"] == 0 and rec["kept"] == "start" and rec["after"] == rec["before"]

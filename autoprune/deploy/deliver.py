@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 
 from autoprune.config.spec import SearchSpec
-from autoprune.deploy.finalize import FinalizeSettings, Raced, finalize_trial
+from autoprune.deploy.finalize import MAX_EPOCHS, FinalizeSettings, Raced, finalize_trial
 from autoprune.deploy.race import Entrant, RaceOutcome, RaceSettings, run_race
 from autoprune.errors import AutopruneError
 from autoprune.model import records
@@ -156,13 +156,11 @@ def _race(study: optuna.Study, store: Any, spec: SearchSpec, entrants: list[Entr
 def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, entrants: list[Entrant],
              seconds: float) -> Delivered:
     first = entrants[0].trial.number
-    if seconds <= 0:
-        return Delivered(target, trial=first, reason="the budget was spent before its final fine-tune")
     t0 = time.perf_counter()
     out = delivery_dir(spec, target)
     try:
         try:
-            won = _race(study, store, spec, entrants, seconds)
+            won = _race(study, store, spec, entrants, max(0.0, seconds))  # no time: judged on the starts alone
         except (AutopruneError, RuntimeError, ValueError, OSError) as e:  # the race only chooses: deliver without it
             why = f"the race failed ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})"
             logger.warning("target %s: %s; the first candidate is delivered at lr %g", target.label, why,
@@ -170,8 +168,13 @@ def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, 
             won = RaceOutcome(entrants[0].trial, entrants[0].source, spec.budget.final_lr, None, {"why": why})
         if won.source == "recipe" and len(entrants) > 1:
             logger.info("%s: the uniform recipe's model won on this task (trial %d)", target.label, won.trial.number)
-        settings = FinalizeSettings(seconds=seconds - (time.perf_counter() - t0), lr=won.lr, device=spec.device,
-                                    threads=spec.train_threads, warmup_epochs=0.0 if won.state is not None else 1.0)
+        left = seconds - (time.perf_counter() - t0)
+        if left <= 0:
+            logger.warning("target %s: the budget was spent before its final fine-tune: trial %d is delivered as it "
+                           "was measured (adaptive BN, no fine-tune)", target.label, won.trial.number)
+        settings = FinalizeSettings(seconds=left if left > 0 else None, epochs=MAX_EPOCHS if left > 0 else 0,
+                                    lr=won.lr, device=spec.device, threads=spec.train_threads,
+                                    warmup_epochs=0.0 if won.state is not None else 1.0)
         res = finalize_trial(study, store, won.trial, out, settings, artifact_dir=spec.artifacts_dir, force=True,
                              raced=Raced(won.state, {"race": won.record, "source": won.source}))
     except AutopruneError as e:

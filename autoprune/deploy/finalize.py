@@ -91,6 +91,11 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     start = {k: v.detach().clone() for k, v in model.state_dict().items()} if settings.keep_better else None
     before = _split_metrics(model, data, imgsz, settings, finetune.batch)
     val_s = time.perf_counter() - t0
+    if settings.epochs == 0:  # no time to train (a budgeted run's clock ran out): the start, validated, as it is
+        logger.info("final fine-tune: none (no time left); val mAP50-95 %.4f", before["val"]["map50_95"])
+        return {"epochs": 0, "lr": lr, "optimizer_steps": 0, "schedule": None, "warmup_epochs": 0.0, "ema": False,
+                "distill": False, "data": data, "before": before, "after": before, "finetuned": None,
+                "kept": "start", "train_s": 0.0, "seconds": settings.seconds}
     train_s = None
     if settings.seconds is not None:
         train_s = max(1.0, settings.seconds - reserve_s - 2 * val_s)

@@ -196,7 +196,8 @@ def render_deliveries(deliveries: Mapping[str, Mapping[str, Any]], labels: Seque
             before = (d.get("before") or {}).get(split, {})
             splits.append(f"{split} mAP50-95 {before.get('map50_95', float('nan')):.4f} -> {after['map50_95']:.4f}")
         size = f" params {d['params_ratio'] - 1:+.0%}" if d.get("params_ratio") is not None else ""
-        undone = " (undone: it lowered val)" if d.get("kept") == "start" else ""
+        undone = (" (no time left for it: delivered as measured)" if d.get("epochs") == 0
+                  else " (undone: it lowered val)" if d.get("kept") == "start" else "")
         lines.append(f"target {label}: trial {d['trial']}{size}, {d.get('epochs')} final epochs{undone}; "
                      f"{'; '.join(splits)}; {d['out_dir']}")
     return lines
