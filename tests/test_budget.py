@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 import optuna
 import pytest
@@ -532,12 +533,13 @@ def test_the_deliveries_table_says_which_target_was_delivered_how():
     from autoprune.views.text import render_deliveries
 
     split = {"val": {"map50_95": 0.8}, "test": {"map50_95": 0.7}}
-    deliveries = {"params-50": {"out_dir": "f/params-50", "trial": 3, "params_ratio": 0.5, "epochs": 22,
-                                "before": split, "after": split, "kept": "start"},
-                  "params-70": {"out_dir": "f/params-70", "trial": 5, "params_ratio": 0.3, "epochs": 25,
-                                "before": split, "after": {"val": {"map50_95": 0.81}, "test": {"map50_95": 0.72}},
-                                "kept": "fine-tuned"},
-                  "params-90": {"out_dir": None, "reason": "no trial reached it within the budget"}}
+    deliveries: dict[str, dict[str, Any]] = {
+        "params-50": {"out_dir": "f/params-50", "trial": 3, "params_ratio": 0.5, "epochs": 22,
+                      "before": split, "after": split, "kept": "start"},
+        "params-70": {"out_dir": "f/params-70", "trial": 5, "params_ratio": 0.3, "epochs": 25,
+                      "before": split, "after": {"val": {"map50_95": 0.81}, "test": {"map50_95": 0.72}},
+                      "kept": "fine-tuned"},
+        "params-90": {"out_dir": None, "reason": "no trial reached it within the budget"}}
     lines = render_deliveries(deliveries, ["params-90", "params-50", "params-70", "params-95"])
     assert lines[0] == "target params-90: not delivered: no trial reached it within the budget"
     assert lines[1].startswith("target params-50: trial 3 params -50%, 22 final epochs (undone: it lowered val);")
