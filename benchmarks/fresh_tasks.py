@@ -52,7 +52,8 @@ from _common import commit, logger, machine, setup_logging, write_json  # noqa: 
 
 DEMO_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 TARGETS = {"params-50": {"params": 0.5}, "params-70": {"params": 0.3}, "latency-50": {"latency_ratio": 0.5}}
-MARGIN_MAP, MARGIN_LATENCY = 0.005, 0.10  # the dominance test: half a point, a tenth of the latency
+MARGIN_MAP, MARGIN_LATENCY = 0.005, 0.10
+REGIMES = ("converged", "early")  # the dominance test: half a point, a tenth of the latency
 
 
 def draw_task(task_seed: int) -> dict[str, Any]:
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path("runs/fresh_tasks"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tiny", action="store_true", help="a smoke run: 16 training images at 64 px, 1-2 epoch bases")
+    ap.add_argument("--first-regime", choices=("converged", "early"), default="converged",
+                    help="the regime of the draw's first task (they alternate)")
     args = ap.parse_args(argv)
     if args.tasks < 1:
         print("--tasks: must be at least 1", file=sys.stderr)
@@ -266,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = random.Random(draw).sample(range(10**6, 10**7), args.tasks)
         result = {"benchmark": "fresh_tasks", "commit": commit(), "draw_seed": draw, "machine": machine(),
                   "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                  "targets": TARGETS, "tasks": [{"task_seed": s, "regime": ("converged", "early")[i % 2], "done": False}
-                                                for i, s in enumerate(seeds)]}
+                  "targets": TARGETS,
+                  "tasks": [{"task_seed": s, "regime": REGIMES[(i + REGIMES.index(args.first_regime)) % 2],
+                             "done": False} for i, s in enumerate(seeds)]}
         write_json(args.out, result)
     for entry in result["tasks"]:
         if entry.get("done"):
