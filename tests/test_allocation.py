@@ -373,3 +373,12 @@ def test_each_target_is_sized_on_what_it_bounds():
     assert sized_on(Target((("macs", 0.4),))) == ("macs", pytest.approx(0.6))
     assert sized_on(Target((("latency_ratio", 0.5),))) == ("latency_ratio", pytest.approx(0.5))
     assert sized_on(Target((("latency_ratio", 0.5), ("params", 0.7)))) == ("params", pytest.approx(0.3))
+
+
+def test_a_scan_without_block_probes_allocates_nothing_and_prunes_no_copy():
+    from autoprune.search.sensitivity import Scan
+    from autoprune.search.target_allocation import target_candidates
+
+    spec = parse_spec({**BASE, "budget": 300, "targets": [{"params": 0.5}, {"latency_ratio": 0.5}]}, "s.yaml")
+    sweep_only = Scan(Sensitivity(0.8, 1000.0, (), (Probe("*", 0.3, 0.7, 600.0),)), set(), None, 0, 3.0)
+    assert target_candidates(spec, LAYERS, sweep_only, 4, "l2", 8, {"params": 1000.0, "macs": 5000.0}) == []

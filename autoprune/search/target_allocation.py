@@ -28,7 +28,10 @@ def sized_on(target: Target) -> tuple[str, float]:
 def target_candidates(spec: SearchSpec, layers: Sequence[Layer], scan: Scan, n: int, criterion: str, round_to: int,
                       baseline: Mapping[str, float]) -> list[Candidate]:
     """Allocations at each target's cut (two per target: the fitted and the linear loss curve; one for a latency
-    target, each of whose sizing steps times a pruned copy) and ``n`` spread over the cost range (on parameters)."""
+    target, each of whose sizing steps times a pruned copy) and ``n`` spread over the cost range (on parameters);
+    none without a block probe (a scan cut short by its share: nothing to allocate from, no copy pruned)."""
+    if not scan.sensitivity.probes:
+        return []
     cuts: dict[str, list[float]] = {}
     for target in spec.targets:
         metric, cut = sized_on(target)
