@@ -48,10 +48,8 @@ def pruned_share(model: Any, settings: TrialSettings, keep: Mapping[str, int], m
     params or macs counted, latency_ratio timed interleaved with ``model`` on ``settings.latency``'s runtime (a
     short timing: a few rounds, no re-timing; the copy pruned on the CPU, timed on ``settings.device``)."""
     from autoprune.adapters import tp, ultra
-    from autoprune.engine.pipeline import prune_once
 
-    m = copy.deepcopy(model).cpu()
-    prune_once(m, settings.replace(device="cpu"), "l1", keep, regularize=False)
+    m = _pruned_copy(model, settings, keep)
     if metric == "params":
         return ultra.count_params(m) / ultra.count_params(model)
     if metric == "macs":
@@ -84,11 +82,17 @@ def pruned_params(model: Any, settings: TrialSettings, keep: Mapping[str, int]) 
     """The parameter count of ``model`` with each unit cut to ``keep[name]`` channels, on a CPU copy (``model`` is
     not touched; sizes only: channels ranked by L1, no training)."""
     from autoprune.adapters import ultra
+
+    return ultra.count_params(_pruned_copy(model, settings, keep))
+
+
+def _pruned_copy(model: Any, settings: TrialSettings, keep: Mapping[str, int]) -> Any:
+    """A CPU copy of ``model`` with each unit cut to ``keep[name]`` channels (ranked by L1: sizes only)."""
     from autoprune.engine.pipeline import prune_once
 
     m = copy.deepcopy(model).cpu()
     prune_once(m, settings.replace(device="cpu"), "l1", keep, regularize=False)
-    return ultra.count_params(m)
+    return m
 
 
 def _pruned_cost(model: Any, settings: TrialSettings, ratio: float, round_to: int) -> dict[str, float]:
