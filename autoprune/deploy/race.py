@@ -73,15 +73,16 @@ def plan_rungs(seconds: float, candidates: int, lrs: int, val_s: float) -> tuple
     one per candidate) when both candidates and learning rates are several, else one; shrunk (one rung, then one
     learning rate) until an arm's rung trains at least :data:`MIN_RUNG_S` and three validations' time; ``(0, 1,
     0.0)``: no training race fits."""
+    if candidates * lrs <= 1:
+        return 0, 1, 0.0  # one arm: nothing to choose between
     floor = max(MIN_RUNG_S, 3 * val_s)
     options = []
     if candidates > 1 and lrs > 1:
         options.append((2, lrs))
     options += [(1, lrs), (1, 1)] if lrs > 1 else [(1, 1)]
+    options = [(r, n) for r, n in options if candidates * n > 1]  # a rung of one arm chooses nothing
     for rungs, n_lrs in options:
         arm_rungs = candidates * n_lrs + (candidates if rungs == 2 else 0)
-        if arm_rungs <= 1 and candidates * n_lrs <= 1:
-            return 0, 1, 0.0  # one arm: nothing to choose between
         each = seconds / arm_rungs - val_s
         if each >= floor:
             return rungs, n_lrs, each
