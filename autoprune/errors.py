@@ -41,42 +41,51 @@ class UnsupportedModelError(AutopruneError):
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(.*)$", re.S)
 _SECRET_PARAM = re.compile(r"(?i)([?&](?:password|passwd|pwd|sslpassword)=)[^&]*")
+_SHORT = 4  # a userinfo part shorter than this is masked only where it stands as a word of its own
 
 
-def _password(url: str) -> str | None:
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """``url`` split as (scheme, userinfo, rest) where it has a userinfo: everything between the scheme and the
+    URL's last '@' (a malformed password may hold '@', ':', '/' or '?'; the host never holds '@'); sqlite paths
+    have none."""
     m = _SCHEME.match(url)
     if not m or m.group(1).lower().startswith("sqlite"):
         return None
-    authority = m.group(2).split("?", 1)[0]
-    at = authority.rfind("@")  # a password may hold '@', '/' or ':'; the host part holds none of '@'
-    if at < 0 or ":" not in authority[:at]:
-        return None
-    return authority[:at].split(":", 1)[1] or None
+    at = m.group(2).rfind("@")
+    return (m.group(1), m.group(2)[:at], m.group(2)[at:]) if at >= 0 else None
 
 
 def masked(url: str, limit: int = 300) -> str:
-    """``url`` as every message shows it: any password (in the user part, whatever it holds, or as a
-    ``password=`` parameter) replaced by ***, and at most ``limit`` characters."""
-    out = url
-    m = _SCHEME.match(url)
-    if m and not m.group(1).lower().startswith("sqlite"):
-        head, _, query = m.group(2).partition("?")
-        at = head.rfind("@")
-        if at >= 0 and ":" in head[:at]:
-            head = head[:at].split(":", 1)[0] + ":***" + head[at:]
-        out = m.group(1) + head + ("?" + query if query else "")
+    """``url`` as every message shows it: its whole userinfo (user and password, however malformed) and any
+    ``password=`` parameter replaced by ***, and at most ``limit`` characters."""
+    parts = _userinfo(url)
+    out = parts[0] + "***" + parts[2] if parts else url
     out = _SECRET_PARAM.sub(r"\1***", out)
     return out if len(out) <= limit else out[:limit] + "..."
 
 
+def _secrets(url: str) -> list[str]:
+    """The pieces of ``url`` no message may quote: its userinfo, each piece of it between ':', '@' and '/' (a
+    library that splits a malformed URL elsewhere quotes such pieces), their %-decoded forms, and ``password=``
+    values; longest first."""
+    from urllib.parse import unquote
+
+    pieces = []
+    parts = _userinfo(url)
+    if parts:
+        pieces += [parts[1], *re.split(r"[:@/?#]", parts[1])]
+    pieces += [url[m.end(1):m.end()] for m in _SECRET_PARAM.finditer(url)]
+    pieces += [unquote(p) for p in pieces]
+    return sorted({p for p in pieces if p}, key=len, reverse=True)
+
+
 def scrubbed(text: str, url: str) -> str:
-    """``text`` (a library's error message) with ``url``'s password, wherever it appears, replaced by ***."""
-    secret = _password(url)
+    """``text`` (a library's error message) with ``url`` masked and every piece of its userinfo and password,
+    wherever it appears, replaced by *** (a piece shorter than 4 characters where it stands as a word)."""
     out = text.replace(url, masked(url))
-    if secret:
-        out = out.replace(secret, "***")
-    for m in _SECRET_PARAM.finditer(url):
-        value = url[m.end(1):m.end()]
-        if value:
-            out = out.replace(value, "***")
+    for piece in _secrets(url):
+        if len(piece) >= _SHORT:
+            out = out.replace(piece, "***")
+        else:
+            out = re.sub(rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])", "***", out)
     return out

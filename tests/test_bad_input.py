@@ -47,7 +47,7 @@ for _n, _needle in [
     ("data_no_labels", "no label files for the train images"),
     ("class_mismatch", "predicts 3 classes but data"),
     ("storage_scheme", "storage: 'redis://localhost:6379' is not a supported URL"),
-    ("postgres_unreachable", "storage: cannot open postgresql+psycopg://autoprune:***@127.0.0.1:9/none"),
+    ("postgres_unreachable", "storage: cannot open postgresql+psycopg://***@127.0.0.1:9/none"),
     ("existing_study_other_objectives", "name: study 'taken' exists with objectives"),
     ("cuda_on_cpu", "device: 'cuda' requested but no CUDA device is available"),
     ("gpus_on_cpu", "resources.gpus: 0.5 GPU(s) per trial requested but no CUDA device"),

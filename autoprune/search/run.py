@@ -18,7 +18,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from autoprune.config.spec import SearchSpec
-from autoprune.errors import StorageWriteError
+from autoprune.errors import StorageWriteError, scrubbed
 from autoprune.model import records
 from autoprune.model.budget import Ledger
 from autoprune.model.space import Layer
@@ -221,7 +221,7 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
             cause = e.__cause__ or e  # optuna wraps the database's own error
             first = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
-            raise StorageWriteError(f"storage: {masked(store.url)} cannot be written ({first})") from None
+            raise StorageWriteError(f"storage: {masked(store.url)} cannot be written ({scrubbed(first, store.url)})") from None
 
 
 def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, float]],
