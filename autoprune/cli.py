@@ -9,11 +9,11 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from autoprune import cli_args as arg
 from autoprune.cli_args import EXIT_USAGE
-from autoprune.errors import AutopruneError
+from autoprune.errors import AutopruneError, SpecError
 from autoprune.model.formats import FORMATS
 from autoprune.paths import artifacts_dir
 
@@ -50,7 +50,13 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from autoprune.config.sections import ESTIMATORS
+    from autoprune.config.sections import ESTIMATORS, LatencySettings, Resources
+    from autoprune.config.spec import SearchSpec
+
+    # each numeric flag is bounded as the spec key (or knob) it overrides
+    trials, seed = (arg.setting(SearchSpec, k) for k in ("trials", "seed"))
+    concurrent, cpus, gpus = (arg.setting(Resources, k) for k in ("concurrent", "cpus", "gpus"))
+    rounds, spread, retries = (arg.setting(LatencySettings, k) for k in ("rounds", "max_spread", "retries"))
 
     p = arg.Parser(prog="autoprune", description="AutoML search for structured-pruning policies of YOLO detectors.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -58,20 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="run or continue a pruning-policy search")
     s.add_argument("spec", help="search spec YAML (or an ultralytics data set YAML, with --model)")
-    s.add_argument("--trials", type=arg.positive_int, help="run exactly N new trials (default: fill the spec's budget)")
+    s.add_argument("--trials", type=trials, help="run exactly N new trials (default: fill the spec's budget)")
     s.add_argument("--budget", help="wall-clock budget of the whole run, e.g. 300, 30m, 2h (the spec's budget)")
     s.add_argument("--storage", help="study storage URL (default: sqlite file under studies/)")
     s.add_argument("--study-name", help="study name (default: the spec's name)")
     s.add_argument("--device", help="cpu, cuda or cuda:N")
-    s.add_argument("--seed", type=arg.nonneg_int)
+    s.add_argument("--seed", type=seed)
     s.add_argument("--model", help="base model checkpoint (.pt) or model YAML")
     s.add_argument("--data", help="ultralytics data set YAML")
     s.add_argument("--studies-dir", type=Path, default=Path("studies"), help="home of study files (default studies/)")
     s.add_argument("--ray-address", help="join this Ray cluster (e.g. auto or ray://host:10001) instead of "
                                          "starting a local one")
-    s.add_argument("--concurrent", type=arg.positive_int, help="trials run at once")
-    s.add_argument("--cpus-per-trial", type=arg.positive_float, help="CPUs Ray reserves per trial (fractions allowed)")
-    s.add_argument("--gpus-per-trial", type=arg.nonneg_float, help="GPUs Ray reserves per trial, e.g. 0.5")
+    s.add_argument("--concurrent", type=concurrent, help="trials run at once")
+    s.add_argument("--cpus-per-trial", type=cpus, help="CPUs Ray reserves per trial (fractions allowed)")
+    s.add_argument("--gpus-per-trial", type=gpus, help="GPUs Ray reserves per trial, e.g. 0.5")
     s.add_argument("--trust-checkpoint", action="store_true", help="load the model with plain pickle (runs any code "
                    "in it; default: only ultralytics' and torch's classes are accepted)")
 
@@ -89,12 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "correct the stored latencies (the old values stay in each trial's record)")
     study_args(r)
     r.add_argument("--trial", type=arg.nonneg_int, action="append", help="this trial (repeatable; default: the front)")
-    r.add_argument("--rounds", type=arg.bounded_int, help="alternating rounds (default: the trial's first timing's)")
+    r.add_argument("--rounds", type=rounds, help="alternating rounds (default: the trial's first timing's)")
     r.add_argument("--estimator", choices=ESTIMATORS, default="min",
                    help="the median round ratio of fastest passes (default), pooled fastest passes, or median")
-    r.add_argument("--max-spread", type=arg.positive_float, default=0.25,
+    r.add_argument("--max-spread", type=spread, default=0.25,
                    help="time again while the round ratios spread more than this ((p90 - p10) / median)")
-    r.add_argument("--retries", type=arg.retries, default=2, help="re-timings before a ratio is marked unreliable")
+    r.add_argument("--retries", type=retries, default=2, help="re-timings before a ratio is marked unreliable")
 
     d = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
     d.add_argument("--storage", help="study storage URL (default: sqlite file under studies/)")
@@ -129,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=arg.epochs, help="fine-tune epochs (the full budget)")
     length.add_argument("--time", type=arg.duration, help="wall-clock budget of the whole finalize, e.g. 600, 10m "
                                                          "(validations and export included; epochs follow from it)")
-    z.add_argument("--lr", type=arg.positive_float, help="initial learning rate (default: the trial's)")
+    z.add_argument("--lr", type=arg.knob("lr"), help="initial learning rate (default: the trial's)")
     z.add_argument("--data", help="data set YAML (default: the study's); its test split is reported when present")
     z.add_argument("--device", default="cpu")
     z.add_argument("--distill", action="store_true", help="distil from the study's unpruned base while fine-tuning")
@@ -145,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", type=Path, required=True, help="pruned checkpoint to write (.pt)")
 
     b = sub.add_parser("demo-baseline", help="(re)train the demo baseline checkpoint")
-    b.add_argument("--epochs", type=arg.positive_int, default=80)
+    b.add_argument("--epochs", type=arg.epochs, default=80)
     b.add_argument("--out", type=Path, help="where to write it (default: the packaged demo checkpoint)")
     return p
 
@@ -282,7 +288,7 @@ def _chosen_trial(args: argparse.Namespace) -> tuple[optuna.Study, Any, optuna.t
     from autoprune.deploy.export import select_trial
 
     if args.where and not args.best:
-        raise_usage("--where needs --best METRIC")
+        raise SpecError("--where needs --best METRIC")
     study, store = _existing_study(args)
     return study, store, select_trial(study, trial=args.trial, best=args.best, where=args.where, knee=args.knee)
 
@@ -347,11 +353,6 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def raise_usage(message: str) -> NoReturn:
-    sys.stderr.write(f"autoprune: error: {message}\n")
-    raise SystemExit(EXIT_USAGE)
-
-
 def _cmd_demo_baseline(args: argparse.Namespace) -> int:
     from autoprune.demo.baseline import PACKAGED_BASELINE, train_baseline
 
@@ -361,10 +362,8 @@ def _cmd_demo_baseline(args: argparse.Namespace) -> int:
 
 
 def _quiet_ray() -> None:
-    """Without -v Ray's own log lines stay out of the terminal: its start-up banners (token auth, ...) and its
-    errors about its experiment-state files (Tune's sync of ``studies/NAME/ray``), which autoprune never reads
-    (the study lives in the SQL storage). What a Ray failure does to a trial, autoprune reports itself: the
-    trial ends FAILED with the reason."""
+    """Without -v Ray's own log lines (start-up banners, errors about Tune's experiment-state files, which
+    autoprune never reads) stay out of the terminal; a Ray failure ends its trial FAILED with the reason."""
     logging.getLogger("ray").setLevel(logging.CRITICAL)
 
 

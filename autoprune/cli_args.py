@@ -8,8 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
-__all__ = ["EXIT_USAGE", "Parser", "bounded_int", "duration", "epochs", "nonneg_float", "nonneg_int", "port",
-           "positive_float", "positive_int", "retries"]
+__all__ = ["EXIT_USAGE", "Parser", "duration", "epochs", "knob", "nonneg_int", "port", "setting"]
 
 T = TypeVar("T", int, float)
 
@@ -32,14 +31,45 @@ def _checked(convert: Callable[[str], T], expected: str, ok: Callable[[T], bool]
     return parse
 
 
-positive_int = _checked(int, "a positive integer", lambda v: v >= 1, ">= 1")
-nonneg_int = _checked(int, "an integer", lambda v: v >= 0, ">= 0")
-positive_float = _checked(float, "a number", lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+nonneg_int = _checked(int, "an integer", lambda v: v >= 0, ">= 0")  # a trial number
 port = _checked(int, "a port number", lambda v: 1 <= v <= 65535, "1 to 65535")
-epochs = _checked(int, "a positive integer", lambda v: 1 <= v <= 10_000, "1 to 10000")
-bounded_int = _checked(int, "a positive integer", lambda v: 1 <= v <= 10_000, "1 to 10000")
-retries = _checked(int, "an integer", lambda v: 0 <= v <= 100, "0 to 100")
-nonneg_float = _checked(float, "a number", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+epochs = _checked(int, "a positive integer", lambda v: 1 <= v <= 10_000, "1 to 10000")  # ultralytics: >= 1
+
+
+def knob(name: str) -> Callable[[str], float] | Callable[[str], int]:
+    """A flag that sets knob ``name``: bounded by the knob table's domain (which holds what the library it is
+    handed to accepts, e.g. ultralytics' lr0 in (0, 1])."""
+    from autoprune.model import knobs
+
+    d = knobs.get(name).domain
+    if isinstance(d, knobs.Whole):
+        return _checked(int, "an integer", d.admits, f"in {d.interval()}")
+    if isinstance(d, knobs.Real):
+        return _checked(float, "a number", lambda v: math.isfinite(v) and d.admits(v), f"a finite number in "
+                        f"{d.interval()}")
+    raise TypeError(f"knob {name!r} is not a number")  # a programming error
+
+
+def setting(section: type, name: str) -> Callable[[str], float] | Callable[[str], int]:
+    """A flag that overrides field ``name`` of a spec section (a frozen dataclass): bounded by the field's own
+    declared bounds (``min``, ``gt``, ``max`` in its metadata), as the spec's key is."""
+    import dataclasses
+    import typing
+
+    f = next(f for f in dataclasses.fields(section) if f.name == name)
+    kind = next(a for a in (*typing.get_args(typing.get_type_hints(section)[name]),
+                            typing.get_type_hints(section)[name]) if a in (int, float))
+    lo, gt, hi = (f.metadata.get(k) for k in ("min", "gt", "max"))
+
+    def ok(v: float) -> bool:
+        return math.isfinite(v) and (lo is None or v >= lo) and (gt is None or v > gt) and (hi is None or v <= hi)
+
+    if lo is not None and gt is not None and lo > gt:
+        gt = None  # implied by lo
+    bound = " and ".join(f"{op} {v}" for op, v in ((">=", lo), (">", gt), ("<=", hi)) if v is not None)
+    if kind is int:
+        return _checked(int, "an integer", ok, bound or "an integer")
+    return _checked(float, "a number", ok, f"a finite number {bound}".strip())
 
 
 def duration(text: str) -> float:

@@ -19,6 +19,15 @@ FIN = ["finalize", "--study", "s", "--trial", "0", "--out", "o"]
     (FIN, "one of the arguments --epochs --time is required"),
     (["dashboard", "--port", "70000"], "--port: must be 1 to 65535"),
     (["search", "s.yaml", "--gpus-per-trial", "nan"], "--gpus-per-trial: must be a finite"),
+    # issue 40: values that passed "finite and > 0" and failed inside ultralytics, numpy or Ray
+    ([*FIN, "--epochs", "3", "--lr", "1e30"], "--lr: must be a finite number in (0, 1], got 1e30"),
+    (["search", "s.yaml", "--seed", str(2**40)], "--seed: must be >= 0 and <= 2147483647"),
+    (["search", "s.yaml", "--cpus-per-trial", "0.001"], "--cpus-per-trial: must be a finite number >= 0.01"),
+    (["search", "s.yaml", "--concurrent", "5000"], "--concurrent: must be >= 1 and <= 1024"),
+    (["search", "s.yaml", "--trials", "0"], "--trials: must be >= 1"),
+    (["remeasure", "--rounds", "0"], "--rounds: must be >= 1"),
+    (["remeasure", "--max-spread", "1e9"], "--max-spread: must be a finite number > 0 and <= 100"),
+    (["demo-baseline", "--epochs", "0"], "--epochs: must be 1 to 10000"),
 ])
 def test_out_of_range_flags_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -26,6 +35,68 @@ def test_out_of_range_flags_are_one_line(argv, message, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("autoprune: error:") and message in err
+
+
+@pytest.mark.parametrize("flag,section,key", [
+    ("--seed", None, "seed"), ("--trials", None, "trials"), ("--cpus-per-trial", "resources", "cpus"),
+    ("--gpus-per-trial", "resources", "gpus"), ("--concurrent", "resources", "concurrent"),
+])
+def test_a_flag_and_the_spec_key_it_overrides_have_one_bound(flag, section, key):
+    """The flag's bound is read from the field that declares the spec key's: the largest value the spec takes, the
+    flag takes, and the next one both refuse."""
+    import dataclasses
+
+    from autoprune.config import sections
+    from autoprune.config.spec import SearchSpec, parse_spec
+    from autoprune.errors import SpecError
+
+    cls = SearchSpec if section is None else sections.Resources
+    high = next(f for f in dataclasses.fields(cls) if f.name == key).metadata["max"]
+    parser = cli.build_parser()
+
+    def raw(v):
+        return {key: v} if section is None else {section: {key: v}}
+
+    base = {"name": "x", "model": "m.pt", "data": "d.yaml"}
+    parse_spec({**base, **raw(high)}, "s.yaml")
+    assert getattr(parser.parse_args(["search", "s.yaml", flag, str(high)]), flag[2:].replace("-", "_")) == high
+    with pytest.raises(SpecError, match=f"{key}: must be <= "):
+        parse_spec({**base, **raw(high + 1)}, "s.yaml")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["search", "s.yaml", flag, str(high + 1)])
+
+
+def test_finalize_lr_beyond_ultralytics_bound_is_one_line_through_the_real_cli(tmp_path):
+    """Issue 40's case: `finalize --lr 1e30` ended in ultralytics' ValueError with a 39-line traceback, exit 1."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "autoprune", *FIN, "--epochs", "3", "--lr", "1e30"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--lr: must be a finite number in (0, 1]" in r.stderr and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"seed": 2**32}, "seed: must be <= 2147483647"),
+    ({"sampler": {"seed": 2**40}}, "sampler.seed: must be <= 2147483647"),
+    ({"finetune": {"sparse_lr": 5}}, "finetune.sparse_lr: must be <= 1"),
+])
+def test_spec_values_handed_to_ultralytics_or_numpy_are_bounded_by_them(extra, message):
+    from autoprune.config.spec import parse_spec
+    from autoprune.errors import SpecError
+
+    with pytest.raises(SpecError) as e:
+        parse_spec({"name": "x", "model": "m.pt", "data": "d.yaml", **extra}, "s.yaml")
+    assert str(e.value).startswith(message)
+
+
+def test_a_stepped_lr_never_passes_the_lr_bound():
+    from autoprune.model.policy import Policy
+
+    policy = Policy(ratios=(("model.0", 0.25),), criterion="l1", iterations=20, lr=0.5, ema=False, epochs=1,
+                    lr_step=10.0)
+    assert policy.step_lr(1) == 0.5 and policy.step_lr(2) == 1.0 and policy.step_lr(20) == 1.0
 
 
 @pytest.mark.parametrize("command,argv,words", [

@@ -10,9 +10,13 @@ from typing import Any
 
 from autoprune.config._read import bounds
 
-__all__ = ["RUNTIMES", "INT8_RUNTIMES", "ESTIMATORS", "PRECISIONS", "FinetuneSettings", "LatencySettings",
+__all__ = ["SEED_MAX", "RUNTIMES", "INT8_RUNTIMES", "ESTIMATORS", "PRECISIONS", "FinetuneSettings", "LatencySettings",
            "SamplerSettings", "WarmStart", "Screening", "ScanSettings", "Resources", "Constraints", "TrialSettings",
            "Budget"]
+
+
+# numpy's and Python's generators take seeds below 2**32 (ultralytics seeds them all, some with a step added)
+SEED_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class FinetuneSettings:
     distill_weight: float = field(default=6.0, metadata=bounds(min=0, max=1e4))
     # sparse training of the base (space.sparsity > 0): epochs and learning rate, trained once per lambda and cached
     sparse_epochs: int = field(default=3, metadata=bounds(min=1, max=1000))
-    sparse_lr: float = field(default=0.01, metadata=bounds(gt=0, max=10))
+    sparse_lr: float = field(default=0.01, metadata=bounds(gt=0, max=1))  # ultralytics' lr0: (0, 1]
 
     @classmethod
     def from_record(cls, record: Any) -> FinetuneSettings:
@@ -88,7 +92,7 @@ class LatencySettings:
 @dataclass(frozen=True)
 class SamplerSettings:
     name: str = "tpe"  # see autoprune.model.samplers: tpe, nsga2, gp, random
-    seed: int | None = field(default=None, metadata=bounds(min=0))  # default: the spec's seed
+    seed: int | None = field(default=None, metadata=bounds(min=0, max=SEED_MAX))  # default: the spec's seed
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from autoprune.config._budget import read_budget, read_targets
 from autoprune.config._checks import check_device_text, check_latency, check_name, check_storage, legacy_latency
 from autoprune.config._knobs import read_space
 from autoprune.config._read import (
+    bounds,
     mapping,
     read_int,
     read_section,
@@ -29,6 +30,7 @@ from autoprune.config._read import (
     type_name,
 )
 from autoprune.config.sections import (
+    SEED_MAX,
     Budget,
     Constraints,
     FinetuneSettings,
@@ -70,8 +72,8 @@ class SearchSpec:
     device: str = "cpu"
     objectives: tuple[str, ...] = objectives.DEFAULT
     space: Space = Space()
-    trials: int = 20
-    seed: int = 0
+    trials: int = field(default=20, metadata=bounds(min=1, max=1_000_000))
+    seed: int = field(default=0, metadata=bounds(min=0, max=SEED_MAX))
     storage: str | None = None
     finetune: FinetuneSettings = FinetuneSettings()
     latency: LatencySettings = LatencySettings()
@@ -147,6 +149,12 @@ def registered(registry: Registry[Any], name: str, where: str) -> None:
         registry.get(name)
     except UnknownName as e:
         raise SpecError(f"{where}: {e}") from None
+
+
+def _declared(raw: Mapping[str, Any], name: str) -> int:
+    """Integer top-level key ``name`` within the bounds its SearchSpec field declares."""
+    f = next(f for f in dataclasses.fields(SearchSpec) if f.name == name)
+    return read_int(raw.get(name, f.default), name, f.metadata.get("min"), f.metadata.get("max"))
 
 
 AUTO_ROUND_TO = knobs.AUTO_ROUND_TO  # space.round_to: auto (chosen from a measurement on the device)
@@ -282,8 +290,8 @@ def parse_spec(raw: Any, source: str, overrides: Overrides | None = None,
         device=device,
         objectives=_objectives(raw.get("objectives"), latency, space),
         space=space,
-        trials=read_int(raw.get("trials", 20), "trials", 1, 1_000_000),
-        seed=read_int(raw.get("seed", 0), "seed", 0),
+        trials=_declared(raw, "trials"),
+        seed=_declared(raw, "seed"),
         storage=storage,
         finetune=read_section(FinetuneSettings, raw.get("finetune"), "finetune"),
         latency=latency,

@@ -46,8 +46,11 @@ class Policy:
         return Policy(ratios, **{**dict(self.knobs), **changes})
 
     def step_lr(self, step: int) -> float:
-        """The initial learning rate of prune step ``step`` (1-based)."""
-        return float(self.lr * self.lr_step ** (step - 1))
+        """The initial learning rate of prune step ``step`` (1-based), at most the lr knob's bound (the trainer
+        refuses a higher one)."""
+        bound = knobs.get("lr").domain
+        cap = bound.high if isinstance(bound, knobs.Real) else float("inf")
+        return float(min(self.lr * self.lr_step ** (step - 1), cap))
 
     @property
     def ratio_map(self) -> dict[str, float]:

@@ -221,7 +221,8 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
             cause = e.__cause__ or e  # optuna wraps the database's own error
             first = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
-            raise StorageWriteError(f"storage: {masked(store.url)} cannot be written ({scrubbed(first, store.url)})") from None
+            first = scrubbed(first, store.url)
+            raise StorageWriteError(f"storage: {masked(store.url)} cannot be written ({first})") from None
 
 
 def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, float]],
