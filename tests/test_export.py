@@ -179,6 +179,25 @@ def test_apply_reproduces_channels_and_checks_the_base(tmp_path, demo_study, exp
     assert not (tmp_path / "y.pt").exists()
 
 
+@pytest.mark.parametrize("edit,words", [
+    ("empty", "channels: empty, but ratios prune"),  # issue 40: applied as the unpruned model before
+    ("one_layer_less", "parameters, but it records"),
+])
+def test_a_policy_whose_channels_do_not_give_its_parameters_is_refused(tmp_path, exported, edit, words):
+    """Applying a policy produces the parameter count it records, or refuses in one line with nothing written."""
+    from autoprune.demo.baseline import PACKAGED_BASELINE
+
+    out, best, _ = exported
+    raw = yaml.safe_load((out / "policy.yaml").read_text())
+    pruned = [n for n, c in raw["channels"].items() if c < 999 and raw["ratios"].get(n)]
+    assert pruned  # the exported trial pruned something
+    raw["channels"] = {} if edit == "empty" else {n: c for n, c in raw["channels"].items() if n != pruned[-1]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    r = _cli(["apply", "p.yaml", "--model", PACKAGED_BASELINE, "--out", "z/p.pt"], tmp_path, ok=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert words in r.stderr and not (tmp_path / "z" / "p.pt").exists()
+
+
 def test_apply_finetune_repeats_the_trial(tmp_path, exported):
     from autoprune.demo import ensure_dataset
     from autoprune.demo.baseline import PACKAGED_BASELINE
@@ -280,6 +299,34 @@ def test_finalize_with_distillation_from_the_base(demo_study):
     knee = next(t for t in study.trials if t.number == doc["source"]["trial"])
     final = ultra.load_model(root / "fin-kd" / "pruned.pt")
     assert ultra.count_params(final) == int(knee.user_attrs["metrics"]["params"])
+
+
+class _Pwn:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_finalize_distill_refuses_a_teacher_replaced_by_a_malicious_pickle(demo_study, tmp_path):
+    """Issue 40: --distill loaded the study's base as the teacher without autoprune's checked load (ultralytics'
+    safe loader refused it, with two chained tracebacks, exit 1). On a copy of the study whose recorded base is a
+    pickle that runs code when loaded: one line, exit 2, no code ran, nothing written to --out."""
+    import shutil
+
+    import torch
+
+    root, _ = demo_study
+    (tmp_path / "studies").mkdir()
+    shutil.copy(root / "studies" / "autoprune.db", tmp_path / "studies" / "autoprune.db")
+    shutil.copy(root / "spec.yaml", tmp_path / "spec.yaml")
+    torch.save({"model": _Pwn()}, tmp_path / "base.pt")
+    copy = optuna.load_study(study_name="exp", storage=f"sqlite:///{tmp_path}/studies/autoprune.db")
+    copy.set_user_attr("baseline", {**copy.user_attrs["baseline"], "model": str(tmp_path / "base.pt")})
+    r = _cli(["finalize", "spec.yaml", "--knee", "--epochs", "1", "--distill", "--no-onnx", "--out", "kd"], tmp_path,
+             ok=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert lines[0].startswith("autoprune: error: --distill: the teacher (the study's base model) is refused")
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "kd").exists()
 
 
 def fin_trial(root):

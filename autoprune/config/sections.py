@@ -9,14 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autoprune.config._read import bounds
+from autoprune.model.samplers import SEED_MAX
 
-__all__ = ["SEED_MAX", "RUNTIMES", "INT8_RUNTIMES", "ESTIMATORS", "PRECISIONS", "FinetuneSettings", "LatencySettings",
+__all__ = ["RUNTIMES", "INT8_RUNTIMES", "ESTIMATORS", "PRECISIONS", "FinetuneSettings", "LatencySettings",
            "SamplerSettings", "WarmStart", "Screening", "ScanSettings", "Resources", "Constraints", "TrialSettings",
            "Budget"]
-
-
-# numpy's and Python's generators take seeds below 2**32 (ultralytics seeds them all, some with a step added)
-SEED_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)

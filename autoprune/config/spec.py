@@ -30,7 +30,6 @@ from autoprune.config._read import (
     type_name,
 )
 from autoprune.config.sections import (
-    SEED_MAX,
     Budget,
     Constraints,
     FinetuneSettings,
@@ -45,6 +44,7 @@ from autoprune.config.sections import (
 from autoprune.errors import SpecError
 from autoprune.model import knobs, objectives, samplers
 from autoprune.model.budget import Target
+from autoprune.model.samplers import SEED_MAX
 from autoprune.model.space import Space
 from autoprune.paths import artifacts_dir
 from autoprune.registry import Registry, UnknownName

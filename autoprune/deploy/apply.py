@@ -41,6 +41,27 @@ def _check_layers(doc: PolicyDocument, base_channels: dict[str, int]) -> None:
             raise InputError(f"policy channels.{name} = {c} exceeds the base model's {base_channels[name]}")
 
 
+def _check_applied(doc: PolicyDocument, channels: dict[str, int], params: int, out: Path | None,
+                   same_base: bool) -> None:
+    """The applied model must have the channels the policy records and, on the policy's own base, the parameter
+    count it records (a file with an incomplete ``channels:`` section would otherwise leave layers unpruned); else
+    ``out`` is removed and this raises."""
+    wanted = dict(doc.channels)
+    got = {n: channels[n] for n in wanted}
+    recorded = doc.metrics.get("params") if same_base else None  # another base (--force) may have another head
+    why = ""
+    if got != wanted:
+        bad = next(n for n in wanted if got[n] != wanted[n])
+        why = f"re-applied layer {bad} has {got[bad]} channels, the policy records {wanted[bad]}"
+    elif isinstance(recorded, (int, float)) and int(recorded) != params:
+        why = (f"policy: applying it gives {params:,} parameters, but it records {int(recorded):,} (its channels: "
+               f"section names {len(wanted)} layer(s); export the trial again)")
+    if why:
+        if out is not None:
+            out.unlink(missing_ok=True)
+        raise InputError(why)
+
+
 def _atomic_copy(src: Path, out: Path) -> None:
     tmp = out.with_name(out.name + ".part")
     shutil.copyfile(src, tmp)
@@ -95,19 +116,15 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
         channels, metrics = _repeat_trial(doc, settings, out, base_channels)
     else:
         channels = _prune_only(doc, base, settings)
+        _check_applied(doc, channels, ultra.count_params(base), None, matched)  # before anything is written
         if data:
             from autoprune.engine.measure import measure_model
 
             metrics = measure_model(base, settings).metrics()
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             _atomic_copy(ultra.save_checkpoint(base, Path(tmp) / "pruned.pt"), out)
-    wanted = dict(doc.channels)
-    got = {n: channels[n] for n in wanted}
-    if got != wanted:
-        bad = next(n for n in wanted if got[n] != wanted[n])
-        out.unlink(missing_ok=True)
-        raise InputError(f"re-applied layer {bad} has {got[bad]} channels, the policy records {wanted[bad]}")
     params = ultra.checkpoint_param_count(out)
+    _check_applied(doc, channels, params, out, matched)
     logger.info("applied %s to %s: %s parameters -> %s", policy_path, model, f"{params:,}", out)
     return ApplyResult(out=out, channels=channels, params=params, metrics=metrics, fingerprint_matched=matched)
 

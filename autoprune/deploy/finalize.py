@@ -127,10 +127,17 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
 
 
 def _teacher(study: optuna.Study) -> str:
-    """The study's unpruned base checkpoint, the teacher of ``--distill``."""
+    """The study's unpruned base checkpoint, the teacher of ``--distill``, loaded once through autoprune's checked
+    load before ultralytics loads it (a damaged or foreign file is refused in one line, unloaded)."""
+    from autoprune.adapters import ultra
+
     model = str(records.baseline(study).get("model") or "")
     if not model or not Path(model).is_file():
         raise InputError(f"--distill: the study's base model {model or '(none recorded)'} is not there to teach")
+    try:
+        ultra.load_model(model)
+    except InputError as e:
+        raise InputError(f"--distill: the teacher (the study's base model) is refused: {e}") from None
     return model
 
 
@@ -149,6 +156,7 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
     from autoprune.search.inputs import check_data
 
     check_data(data, "--data")
+    teacher = _teacher(study) if settings.distill else None  # checked before anything is written
     finetune = FinetuneSettings.from_record(records.trial_settings(study).get("finetune"))
 
     def prepare(checkpoint: Path, doc: PolicyDocument) -> dict[str, Any]:
@@ -162,7 +170,7 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
         lr = settings.lr if settings.lr is not None else doc.policy.lr
         spent = time.perf_counter() - t0
         record = final_finetune(model, data, doc.imgsz, settings, finetune, lr=lr, seed=doc.seed,
-                                teacher=_teacher(study) if settings.distill else None,
+                                teacher=teacher,
                                 reserve_s=spent + (EXPORT_RESERVE_S if onnx else 1.0),
                                 # beside the export's staging folder: an export killed mid-way has both removed
                                 scratch=(checkpoint.parent.parent, f"{STAGING_PREFIX}{Path(out_dir).name}.train-"))

@@ -32,6 +32,7 @@ from autoprune import yamlsafe
 from autoprune.errors import InputError
 from autoprune.model import knobs, records
 from autoprune.model.policy import Policy
+from autoprune.model.samplers import SEED_MAX
 
 __all__ = ["SCHEMA", "VERSION", "PolicyDocument", "load_policy_file", "dump_policy_file", "document_for_trial",
            "schema_text"]
@@ -153,6 +154,10 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
     for name, c in channels.items():
         if not isinstance(c, int) or isinstance(c, bool) or c < 1:
             raise InputError(f"{where}: channels.{name}: {c!r} is not a positive integer")
+    pruned = [name for name, r in ratios.items() if r]
+    if pruned and not channels:
+        raise InputError(f"{where}: channels: empty, but ratios prune {len(pruned)} layer(s) (the file records what "
+                         "they kept; export the trial again)")
     finetune = raw.get("finetune") or {}
     if not isinstance(finetune, Mapping):
         raise InputError(f"{where}: 'finetune' has the wrong type ({type(finetune).__name__})")
@@ -162,8 +167,8 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
     imgsz = int(_need(raw, "imgsz", int, where))
     if not 32 <= imgsz <= 4096 or imgsz % 32:
         raise InputError(f"{where}: imgsz: {imgsz} is not a multiple of 32 in 32..4096")
-    if "seed" in raw and int(_need(raw, "seed", int, where)) < 0:
-        raise InputError(f"{where}: seed: must be >= 0")
+    if "seed" in raw and not 0 <= int(_need(raw, "seed", int, where)) <= SEED_MAX:
+        raise InputError(f"{where}: seed: must be 0 to {SEED_MAX}")
     return PolicyDocument(
         fingerprint=str(_need(base, "fingerprint", str, f"{where}: base_model")),
         architecture=str(base.get("architecture", "")), base_path=str(base.get("path", "")),

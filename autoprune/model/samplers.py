@@ -12,7 +12,11 @@ from dataclasses import dataclass
 
 from autoprune.registry import Registry
 
-__all__ = ["SamplerChoice", "REGISTRY", "get", "names", "stream_seed"]
+__all__ = ["SEED_MAX", "SamplerChoice", "REGISTRY", "get", "names", "stream_seed"]
+
+# the largest seed a spec or policy may give: numpy's and Python's generators take seeds below 2**32, and
+# ultralytics seeds them all, some with a step added
+SEED_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
