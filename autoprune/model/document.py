@@ -130,6 +130,20 @@ def _need(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: s
     return v
 
 
+def _check_layers(ratios: Mapping[str, Any], channels: Mapping[str, Any], where: str) -> None:
+    """Each ratio in [0, 1), each channel count a positive integer, and channels recorded where ratios prune."""
+    for name, r in ratios.items():
+        if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 <= r < 1:
+            raise InputError(f"{where}: ratios.{name}: {r!r} is not in [0, 1)")
+    for name, c in channels.items():
+        if not isinstance(c, int) or isinstance(c, bool) or c < 1:
+            raise InputError(f"{where}: channels.{name}: {c!r} is not a positive integer")
+    pruned = [name for name, r in ratios.items() if r]
+    if pruned and not channels:
+        raise InputError(f"{where}: channels: empty, but ratios prune {len(pruned)} layer(s) (the file records what "
+                         "they kept; export the trial again)")
+
+
 def load_policy_file(path: str | Path) -> PolicyDocument:
     """Parse and validate a policy file (safe YAML: never executes code)."""
     p = Path(path)
@@ -148,16 +162,7 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
     pol = _need(raw, "policy", Mapping, where)
     ratios = _need(raw, "ratios", Mapping, where)
     channels = _need(raw, "channels", Mapping, where)
-    for name, r in ratios.items():
-        if not isinstance(r, (int, float)) or isinstance(r, bool) or not 0 <= r < 1:
-            raise InputError(f"{where}: ratios.{name}: {r!r} is not in [0, 1)")
-    for name, c in channels.items():
-        if not isinstance(c, int) or isinstance(c, bool) or c < 1:
-            raise InputError(f"{where}: channels.{name}: {c!r} is not a positive integer")
-    pruned = [name for name, r in ratios.items() if r]
-    if pruned and not channels:
-        raise InputError(f"{where}: channels: empty, but ratios prune {len(pruned)} layer(s) (the file records what "
-                         "they kept; export the trial again)")
+    _check_layers(ratios, channels, where)
     finetune = raw.get("finetune") or {}
     if not isinstance(finetune, Mapping):
         raise InputError(f"{where}: 'finetune' has the wrong type ({type(finetune).__name__})")
