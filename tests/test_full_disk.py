@@ -99,3 +99,28 @@ def test_a_result_neither_the_storage_nor_the_journal_takes_is_reported_lost(tmp
     searcher._keep(journal.Outcome(0, "complete", {}, [0.5, 1.0]), OSError("database or disk is full"))
     assert searcher.lost == [0] and searcher.kept == []
     assert "its result is LOST" in caplog.text and "No space left" in caplog.text
+
+
+def test_an_artifact_upload_on_a_full_disk_leaves_no_partial_file(small_disk, tmp_path):
+    """Issue 40: zero-byte and partial files were left in studies/artifacts/ after an upload failed on a full disk.
+    The artifact folder is on the 2 MiB disk, the study (SQLite) on the normal one; the policy file fits, the
+    3 MiB checkpoint fills the disk mid-copy: the upload fails and the folder holds the policy's artifact only,
+    whole, with the trial recording just that one."""
+    from autoprune.search.artifacts import artifact_store, write_and_upload
+
+    arts = small_disk / "artifacts"
+    store = artifact_store(arts)
+    checkpoint = tmp_path / "pruned.pt"
+    checkpoint.write_bytes(os.urandom(3 * 2**20))  # larger than the whole disk
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db")
+    trial = study.ask()
+    with pytest.raises(OSError):
+        write_and_upload(trial, store, tmp_path / "trial", {"policy": {"lr": 0.01}}, str(checkpoint))
+    files = list(arts.iterdir())
+    assert len(files) == 1 and files[0].read_text() == (tmp_path / "trial" / "policy.yaml").read_text()
+    assert [k for k in study.trials[0].system_attrs if k.startswith("artifacts:")] == [f"artifacts:{files[0].name}"]
+    assert sorted(p.name for p in (tmp_path / "trial").iterdir()) == ["policy.yaml"]  # no half-written .part
+    _fill(small_disk)
+    with pytest.raises(OSError):  # now not even the policy file fits
+        write_and_upload(study.ask(), store, small_disk / "trial2", {"policy": {"lr": 0.01}}, None)
+    assert len(list(arts.iterdir())) == 1 and not list((small_disk / "trial2").iterdir())
