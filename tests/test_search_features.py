@@ -228,3 +228,21 @@ def test_round_to_auto_is_the_default_and_is_measured_once_per_device(monkeypatc
     assert calls == []
     rounding.choose_round_to("cpu", "torch", 1, "int8")  # another deployed precision is measured on its own
     assert len(calls) == 1
+
+
+def test_the_screening_line_says_when_a_screens_cost_was_not_measured(tmp_path, caplog):
+    """Issue 40: with nothing screened the log said "a screen costs 1/n/a of a trial"."""
+    import logging
+
+    from autoprune.search.promotion import record_screening
+    from autoprune.search.study import get_storage, open_study_for
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    store = get_storage(url)
+    spec = _spec(name="s", storage=url)
+    study = open_study_for(spec, store)
+    with caplog.at_level(logging.INFO, logger="autoprune"):
+        summary = record_screening(study, store, spec)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("screening:"))
+    assert summary["compute_saved_x"] is None and "1/n/a" not in line
+    assert line == "screening: Kendall tau n/a over 0 promoted trials; a screen's cost against a trial's was not measured"

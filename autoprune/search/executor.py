@@ -211,13 +211,11 @@ class StudySearcher(Searcher):
         except OSError as full:
             self.lost.append(outcome.number)
             logger.error("trial %d: its result is LOST: the storage cannot be written (%s) nor the journal (%s)",
-                         outcome.number, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__,
-                         full.strerror or full)
+                         outcome.number, journal.cause(e), full.strerror or full)
             return
         self.kept.append(path)
         logger.error("trial %d: the storage cannot be written (%s); its result is kept in %s and written on the "
-                     "next run", outcome.number, str(e).strip().splitlines()[0][:200] if str(e).strip() else
-                     type(e).__name__, path)
+                     "next run", outcome.number, journal.cause(e), path)
 
     def _upload(self, ot: optuna.Trial, attrs: dict[str, Any]) -> None:
         from autoprune.engine.identity import versions

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,8 +28,8 @@ from autoprune.search.study import StudyStorage, fail_trial
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-__all__ = ["Outcome", "STORAGE_ERRORS", "WRITE_RETRY_DELAYS_S", "write", "with_retries", "write_with_retries", "keep",
-           "replay", "journal_dir", "reserve", "release", "RESERVE_BYTES"]
+__all__ = ["Outcome", "STORAGE_ERRORS", "cause", "WRITE_RETRY_DELAYS_S", "write", "with_retries", "write_with_retries",
+           "keep", "replay", "journal_dir", "reserve", "release", "RESERVE_BYTES"]
 
 WRITE_RETRY_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 RESERVE_BYTES = 256 * 1024  # disk set aside per running trial for its journal entry (a result is a few kB)
@@ -46,6 +47,14 @@ class Outcome:
     values: list[float] | None = None  # objective values (complete)
     constraints: dict[str, float] = field(default_factory=dict)
     reason: str = ""  # why it failed (fail)
+
+
+def cause(e: BaseException) -> str:
+    """The first line of what the database (or the disk) said. Optuna wraps a failed commit in a
+    StorageInternalError whose own words only guess ("e.g. exceeding max length"), so the wrapped error's."""
+    inner = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
+    text = str(inner).strip()
+    return text.splitlines()[0][:200] if text else type(inner).__name__
 
 
 def write(study: optuna.Study, trial: optuna.Trial, o: Outcome, before_tell: Callable[[], None] | None = None) -> None:
@@ -70,9 +79,7 @@ def with_retries(fn: Callable[[], T], what: str) -> T:
         except STORAGE_ERRORS as e:
             if delay is None:
                 raise
-            logger.warning("%s: the storage refused it (%s); retry %d in %.0fs", what,
-                           str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__,
-                           attempt + 1, delay)
+            logger.warning("%s: the storage refused it (%s); retry %d in %.0fs", what, cause(e), attempt + 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -170,7 +177,9 @@ def replay(study: optuna.Study, store: StudyStorage, study_dir: Path) -> list[in
             logger.warning("journal entry %s is unreadable (%s); left in place", path, e)
             continue
         if states.get(o.number) == TrialState.RUNNING:
-            write(study, store.trial(study, o.number), o)
+            with warnings.catch_warnings():  # a live handle wakes the sampler, whose warnings mean nothing for a
+                warnings.simplefilter("ignore")  # result already decided (one printed on a replay: issue 40)
+                write(study, store.trial(study, o.number), o)
             written.append(o.number)
         else:
             logger.warning("journal entry %s: trial %d is no longer running; dropped", path, o.number)

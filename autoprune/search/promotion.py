@@ -218,8 +218,8 @@ def record_screening(study: optuna.Study, store: StudyStorage, spec: SearchSpec)
     summary = {k: (None if isinstance(v, float) and v != v else v) for k, v in summary.items()}
     records.set_screening(study, summary)
 
-    def fmt(v: Any) -> str:
-        return f"{v:.2f}" if isinstance(v, float) else "n/a" if v is None else str(v)
-    logger.info("screening: Kendall tau %s over %d promoted trials; a screen costs 1/%s of a trial",
-                fmt(summary["kendall_tau"]), summary["pairs"], fmt(summary["compute_saved_x"]))
+    tau, saved = summary["kendall_tau"], summary["compute_saved_x"]
+    logger.info("screening: Kendall tau %s over %d promoted trials; %s", "n/a" if tau is None else f"{tau:.2f}",
+                summary["pairs"], "a screen's cost against a trial's was not measured" if saved is None
+                else f"a screen costs 1/{saved:.2f} of a trial")
     return summary

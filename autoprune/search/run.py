@@ -22,6 +22,7 @@ from autoprune.errors import StorageWriteError, scrubbed
 from autoprune.model import records
 from autoprune.model.budget import Ledger
 from autoprune.model.space import Layer
+from autoprune.search import journal
 from autoprune.search.context import RunContext
 from autoprune.search.executor import Job
 from autoprune.search.inputs import materialise_yaml_model, prepare_inputs, resolve_round_to
@@ -219,9 +220,7 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
         try:
             return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s, progress, clock)
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
-            cause = e.__cause__ or e  # optuna wraps the database's own error
-            first = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
-            first = scrubbed(first, store.url)
+            first = scrubbed(journal.cause(e), store.url)  # the database's own words, not Optuna's wrapper's
             raise StorageWriteError(f"storage: {masked(store.url)} cannot be written ({first})") from None
 
 
@@ -260,8 +259,6 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
     study = open_study_for(spec, store)
     spec = resolve_round_to(spec)
     spec = materialise_yaml_model(spec, nc)
-    from autoprune.search import journal
-
     journal.replay(study, store, spec.study_dir)  # results the storage refused last time, before stale trials fail
     fail_stale_trials(study, store, spec.retries)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
