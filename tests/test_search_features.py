@@ -245,4 +245,5 @@ def test_the_screening_line_says_when_a_screens_cost_was_not_measured(tmp_path, 
         summary = record_screening(study, store, spec)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("screening:"))
     assert summary["compute_saved_x"] is None and "1/n/a" not in line
-    assert line == "screening: Kendall tau n/a over 0 promoted trials; a screen's cost against a trial's was not measured"
+    assert line == ("screening: Kendall tau n/a over 0 promoted trials; a screen's cost against a trial's was not "
+                    "measured")
