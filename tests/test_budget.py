@@ -297,7 +297,7 @@ def test_the_final_time_goes_to_the_targets_that_have_a_winner(monkeypatch):
 
 def test_a_round_may_borrow_grace_only_while_a_target_is_uncovered():
     from autoprune.model import records
-    from autoprune.search.run import Clock
+    from autoprune.search.plan import Clock
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
@@ -321,7 +321,8 @@ def test_patience_hands_the_search_share_to_the_final_once_no_winner_improves():
     import time as _time
 
     from autoprune.model import records
-    from autoprune.search.run import Clock, _round_plan
+    from autoprune.search.plan import Clock
+    from autoprune.search.plan import round_plan as _round_plan
 
     def add(study, m, p):
         t = study.ask()
@@ -367,7 +368,8 @@ def test_direct_runs_one_trial_per_target_and_more_only_for_an_uncovered_target(
     import time as _time
 
     from autoprune.model import records
-    from autoprune.search.run import Clock, _direct_plan
+    from autoprune.search.plan import Clock
+    from autoprune.search.plan import direct_plan as _direct_plan
 
     def add(study, m, p):
         t = study.ask()
@@ -471,7 +473,7 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
         assert kept <= 1 - int(label.split("-")[1]) / 100 + 1e-9
     run = records.budget_runs(study)[-1]
     assert sum(run["charged_s"].values()) == pytest.approx(run["total_s"], abs=0.01)
-    assert run["charged_s"]["final"] > 0 and run["charged_s"]["trials"] > 0  # the recipe's models: trials too
+    assert run["charged_s"]["final"] > 0 and run["charged_s"]["recipe"] > 0  # the recipe's models, made first
     assert run["scan_size"] == {"levels": 0, "allocations": 0} and run["charged_s"]["scan"] > 0
     scan = optuna.load_study(study_name=next(s for s in optuna.get_all_study_names(url)
                                              if s.startswith("sensitivity-")), storage=url)
@@ -547,3 +549,91 @@ def test_the_deliveries_table_says_which_target_was_delivered_how():
     assert "undone" not in lines[2] and "test mAP50-95 0.7000 -> 0.7200" in lines[2] and len(lines) == 3
     late = render_deliveries({"params-50": {**deliveries["params-50"], "epochs": 0}}, ["params-50"])
     assert "0 final epochs (no time left for it: delivered as measured)" in late[0]
+
+
+def _study_with_recipe_models(wall_s: float, n: int = 2):
+    """A study whose only completed trials are the hand recipe's models, each measured in ``wall_s`` seconds."""
+    from autoprune.model import records
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
+    for i in range(n):
+        study.enqueue_trial({}, user_attrs=records.recipe_attrs(f"params-{50 + i}", 0.3))
+        t = study.ask()
+        records.write_result(t, {"wall_seconds": wall_s}, {"map50_95": 0.5, "params": 480.0})
+        study.tell(t, [0.5, 480.0])
+    return study
+
+
+def test_the_smallest_search_is_one_round_of_screens_and_trials_at_a_measurement_each():
+    from autoprune.search.plan import measurement_s, smallest_search_s
+
+    assert smallest_search_s(_spec(), 3.0) == 3.0 * (2 * 2 + 2)  # factor 2 x 2 screens, then 2 trials
+    spec = _spec(resources={"concurrent": 4, "cpus": 0.5}, screening={"factor": 3})
+    assert smallest_search_s(spec, 2.0) == 2.0 * (3 + 1)  # 12 screens and 4 trials, 4 at a time
+    assert measurement_s(_study_with_recipe_models(7.5)) == 7.5
+    assert measurement_s(optuna.create_study()) is None
+
+
+def test_the_first_round_waits_for_no_measured_trial_when_a_measurement_says_it_cannot_fit():
+    """Before any trial of the search, a round is sized on what the recipe's models took to measure (a floor under
+    each screen and trial): with 10 s left and 7.5 s a measurement not even one trial and its screens fit."""
+    import time as _time
+
+    from autoprune.search.plan import Clock, round_plan
+
+    spec = _spec(budget="100s", targets=[{"params": 0.5}])
+    plan = round_plan(_study_with_recipe_models(7.5), spec, 100, Clock(deadline=_time.time() + 10, ledger=Ledger(),
+                                                                        started=0.0))
+    assert next(plan, None) is None
+    plan = round_plan(_study_with_recipe_models(1.0), spec, 100, Clock(deadline=_time.time() + 10, ledger=Ledger(),
+                                                                        started=0.0))
+    assert next(plan) == 2  # 2 trials and their 4 screens: 6 s of 10
+
+
+def test_a_search_that_cannot_fit_is_skipped_in_one_line_and_recorded(caplog):
+    import logging
+    import time as _time
+
+    from autoprune.search import run as run_mod
+    from autoprune.search.context import RunContext
+    from autoprune.search.plan import Clock
+
+    spec = _spec(budget="100s", targets=[{"params": 0.5}])
+    ledger = Ledger(budget_s=100.0)
+    ctx = RunContext(_study_with_recipe_models(7.5), None, spec)
+    with caplog.at_level(logging.WARNING):
+        assert not run_mod._search_fits(ctx, Clock(deadline=_time.time() + 30, ledger=ledger, started=0.0))
+    assert ledger.search_skipped.startswith("the search's 30 s hold less than its smallest useful size (~45 s at 7.5")
+    assert ledger.to_dict()["search_skipped"] == ledger.search_skipped
+    assert [r.getMessage() for r in caplog.records if "no search" in r.getMessage()]
+    assert run_mod._search_fits(ctx, Clock(deadline=_time.time() + 60, ledger=Ledger(), started=0.0))
+    assert run_mod._search_fits(RunContext(optuna.create_study(), None, spec),  # nothing measured: no judgement
+                                Clock(deadline=_time.time(), ledger=Ledger(), started=0.0))
+
+
+@pytest.mark.slow
+def test_a_budget_too_small_for_a_search_delivers_the_recipes_models_and_ends_on_time(tmp_path, tiny_data,
+                                                                                         tiny_model_pt):
+    """screening.factor 20 makes the smallest search (40 screens and 2 trials) far larger than a 60-s budget's
+    search share on any machine: the run makes the recipe's models, says in one line that it runs no search,
+    delivers each target from its recipe model and ends within 10% + 20 s of its budget."""
+    budget = 60
+    _write_spec(tmp_path, tiny_data, tiny_model_pt, name="small", budget=budget, screening={"factor": 20},
+                targets=[{"params": 0.8}, {"params": 0.6}])
+    t0 = time.perf_counter()
+    r = _cli(tmp_path, "search", "s.yaml")
+    wall = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr[-3000:]
+    from autoprune.model import records
+
+    study = optuna.load_study(study_name="small", storage=f"sqlite:///{tmp_path}/studies/autoprune.db")
+    run = records.budget_runs(study)[-1]
+    assert run["search_skipped"] and "no search" in r.stderr and "no search:" in r.stdout
+    assert run["charged_s"]["scan"] == run["charged_s"]["screens"] == run["charged_s"]["trials"] == 0
+    assert run["total_s"] <= 1.1 * budget + 20 and wall <= 1.1 * budget + 20 + 15  # + the interpreter's start
+    assert all(records.trial(t).recipe for t in study.get_trials(deepcopy=False))
+    deliveries = records.deliveries(study)
+    assert set(deliveries) == {"params-20", "params-40"}
+    for d in deliveries.values():
+        assert d["out_dir"] and d["source"] == "recipe", d

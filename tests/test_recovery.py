@@ -20,8 +20,9 @@ from autoprune.model.constraints import constraint_values, feasible
 from autoprune.model.shapes import recipe_params, sample_policy, screen_space, screen_visible
 from autoprune.search.executor import PAYLOAD_KEY, StudySearcher
 from autoprune.search.front import read_front, sync_front
+from autoprune.search.plan import round_sizes
 from autoprune.search.promotion import promotion_choice, recovery_gain
-from autoprune.search.run import main_job, round_sizes
+from autoprune.search.run import main_job
 from autoprune.search.study import get_storage, open_study_for
 
 LAYERS = [Layer("model.0", 16, "backbone"), Layer("model.12.cv1", 32, "neck")]

@@ -1,14 +1,17 @@
 """A budgeted run: search until the search's share of the wall-clock budget is spent, then give each target's
 winner the final fine-tune with the rest, and export it.
 
-The budget covers the whole command, from its start: input checks and the baseline (``prepare``), the sensitivity
-scan when this run makes it (a cached scan costs nothing here, and the ledger says it was reused), screens,
-fine-tuned trials and the final fine-tunes with their validations and exports (``final``); what no phase claims is
-``other``. No trial or screen starts after the search's deadline (a target that no completed trial meets yet may
-borrow half the final share for its first trials; with ``budget.direct`` the picks of a round whose screens ran are
-measured whatever the clock says: adaptive BN, seconds each, charged to the trials), and each final fine-tune is
-ultralytics' own time-budgeted training (it fits its epochs and cosine schedule to the time it is given), so a run
-ends within one trial (or one optimizer step and an export) of its budget.
+The budget covers the whole command, from its start: input checks and the baseline (``prepare``), the hand recipe's
+model at each target (``recipe``: measured first, it is what a target gets at worst, and what it took sizes the
+search), the sensitivity scan when this run makes it (a cached scan costs nothing here, and the ledger says it was
+reused), screens, fine-tuned trials and the final fine-tunes with their validations and exports (``final``); what no
+phase claims is ``other``. When the search's share cannot hold the smallest search that could change a delivery,
+there is none, and the run says so. No round of screens and trials starts unless it is expected to end before the
+search's deadline (a target that no completed trial meets yet may borrow half the final share for its first trials;
+with ``budget.direct`` the picks of a round whose screens ran are measured whatever the clock says: adaptive BN,
+seconds each, charged to the trials), and each final fine-tune is ultralytics' own time-budgeted training (it fits
+its epochs and cosine schedule to the time it is given), so a run ends within one trial (or one optimizer step and
+an export) of its budget.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from autoprune.errors import AutopruneError
 from autoprune.model import records
 from autoprune.model.budget import Ledger, Target, format_duration
 from autoprune.model.race import lr_grid
-from autoprune.search.run import Clock, Progress, SearchOutcome, run_search
+from autoprune.search.plan import Clock
+from autoprune.search.run import Progress, SearchOutcome, run_search
 from autoprune.search.targets import trial_for_target
 
 logger = logging.getLogger(__name__)

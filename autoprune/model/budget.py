@@ -81,7 +81,7 @@ class Target:
 
 
 # the phases a budgeted run charges: everything from the command's start to its end belongs to one of them
-PHASES = ("prepare", "scan", "screens", "trials", "final", "other")
+PHASES = ("prepare", "recipe", "scan", "screens", "trials", "final", "other")
 
 
 @dataclass
@@ -93,6 +93,7 @@ class Ledger:
     scan_reused: bool = False  # the sensitivity scan came from the cache: its cost was charged to the run that made it
     # how the run sized its scan to the budget: probe ratios per block and allocations screened (empty: full size)
     scan_size: dict[str, int] = field(default_factory=dict)
+    search_skipped: str = ""  # why the run made no search (its share could not hold one), else empty
 
     def charge(self, phase: str, seconds: float) -> None:
         if phase not in PHASES:
@@ -110,7 +111,8 @@ class Ledger:
 
     def to_dict(self) -> dict[str, object]:
         return {"budget_s": self.budget_s, "charged_s": {k: round(self.charged.get(k, 0.0), 3) for k in PHASES},
-                "total_s": round(self.total, 3), "scan_reused": self.scan_reused, "scan_size": dict(self.scan_size)}
+                "total_s": round(self.total, 3), "scan_reused": self.scan_reused, "scan_size": dict(self.scan_size),
+                "search_skipped": self.search_skipped}
 
 
 def fit_count(seconds: float, each_s: float, most: int, least: int = 0) -> int:

@@ -2,9 +2,9 @@
 uniform ratio that meets the target, group L2, channels rounded to 8: Torch-Pruning's YOLOv8 example), pruned,
 BN-recalibrated (adaptive BN, no fine-tune) and measured like every other trial, on the spec's runtime.
 
-A budgeted run adds one per target after its search, so the final phase always has the recipe's model among its
-candidates: the delivery is raced against it and is never a model the recipe's own start beat on the user's task.
-"""
+A budgeted run adds one per target before its search, so the final phase always has the recipe's model among its
+candidates (the delivery is raced against it and is never a model the recipe's own start beat on the user's task),
+and what one took to measure sizes the search (:mod:`autoprune.search.plan`)."""
 
 from __future__ import annotations
 

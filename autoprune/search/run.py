@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,21 +20,20 @@ from optuna.trial import TrialState
 from autoprune.config.spec import SearchSpec
 from autoprune.errors import StorageWriteError, scrubbed
 from autoprune.model import records
-from autoprune.model.budget import Ledger
 from autoprune.model.space import Layer
 from autoprune.search import journal
 from autoprune.search.context import RunContext
 from autoprune.search.executor import Job
 from autoprune.search.inputs import materialise_yaml_model, prepare_inputs, resolve_round_to
+from autoprune.search.plan import Clock, direct_plan, measurement_s, round_plan, searched, smallest_search_s
 from autoprune.search.ray_setup import check_cluster_resources, ray_session
 from autoprune.search.references import ensure_references
 from autoprune.search.session import TuneSession, run_trials
 from autoprune.search.study import StudyStorage, fail_stale_trials, get_storage, masked, open_study_for
-from autoprune.search.targets import covered, winner_maps
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_search", "Clock", "SearchOutcome", "main_job", "round_sizes", "union_seconds"]
+__all__ = ["run_search", "SearchOutcome", "main_job", "union_seconds"]
 
 
 @dataclass(frozen=True)
@@ -102,63 +101,6 @@ def union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total + ((end - start) if end is not None and start is not None else 0.0)
 
 
-def round_sizes(n: int, rounds: int) -> list[int]:
-    """``n`` trials split into at most ``rounds`` rounds as equal as possible (larger rounds first)."""
-    rounds = max(1, min(rounds, n))
-    return [n // rounds + (1 if i < n % rounds else 0) for i in range(rounds)]
-
-
-def _round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock | None) -> Iterator[int]:
-    """Fine-tuned trials per round: ``screening.rounds`` equal rounds of ``n_new``; with a clock, rounds of
-    ``max(2, concurrent)`` trials while a round is expected to end before the deadline (from the trials and screens
-    so far: the first round always runs), shrunk to what fits, until ``n_new`` trials ran, or until
-    ``budget.patience`` rounds in a row left every target's winner as it was (what is left of the search's share
-    then goes to the final fine-tunes)."""
-    if clock is None:
-        yield from round_sizes(n_new, spec.screening.rounds)
-        return
-    from autoprune.search.promotion import mean_screen_seconds
-
-    size, left = max(2, spec.resources.concurrent), n_new
-    patience = spec.budget.patience if spec.targets else 0
-    # rounds in a row after which no target's winner improved (a winner's mAP only rises)
-    stale, best = 0, tuple[float | None, ...]()
-    while left > 0:
-        if patience:
-            now = winner_maps(study, spec.targets)
-            stale, best = (stale + 1 if now == best else 0), now
-        if patience and None not in best and stale >= patience:
-            logger.info("budget: no target's winner improved in %d round(s): the search hands its remaining %.0f s "
-                        "to the final fine-tune", stale, max(0.0, clock.deadline - time.time()))
-            return
-        trial_s = records.mean_wall_seconds(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        screen_s = mean_screen_seconds(spec, study)
-        remaining = clock.round_deadline(study, spec) - time.time()
-        k = min(size, left)
-        if trial_s is not None:
-            c = spec.resources.concurrent
-            while k > 0 and (-(-k // c) * trial_s + spec.screening.factor * k * (screen_s or 0.0) / c) > remaining:
-                k -= 1
-        if k <= 0 or remaining <= 0:
-            logger.info("budget: %.0f s left for the search, less than a round of trials takes: stopping the search",
-                        max(0.0, remaining))
-            return
-        yield k
-        left -= k
-
-
-def _direct_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock) -> Iterator[int]:
-    """``budget.direct``'s rounds: one trial per target; another round, for the targets no trial meets yet, only
-    while a round may still start (the clock's grace) and trials are left."""
-    size = min(len(spec.targets), n_new)
-    while size > 0:
-        yield size
-        n_new -= size
-        if covered(study, spec.targets) or time.time() >= clock.round_deadline(study, spec):
-            return
-        size = min(n_new, sum(not covered(study, (t,)) for t in spec.targets))
-
-
 def main_job(spec: SearchSpec, layers: list[Layer]) -> Job:
     return Job(kind="trial", settings=spec.trial_settings, space=spec.space, layers=tuple(layers),
                objectives=spec.objectives, study_dir=spec.study_dir, artifact_dir=spec.artifacts_dir,
@@ -173,29 +115,6 @@ class Progress(Protocol):
     def phase(self, text: str) -> None: ...
 
     def trial_done(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None: ...
-
-
-@dataclass(frozen=True)
-class Clock:
-    """A budgeted run's clock: no trial or screen starts after ``deadline`` (a ``time.time()``), except that a round
-    that starts while a target has no completed trial that meets it may screen and fine-tune until ``grace``
-    (borrowed from the final fine-tunes: a target is better served by a short final fine-tune than by none); each
-    phase's wall time is charged to ``ledger``, from ``started`` (a ``time.perf_counter()``: the command's start)."""
-
-    deadline: float
-    ledger: Ledger
-    started: float
-    grace: float | None = None
-
-    def share_left(self, share: float) -> float:
-        """Seconds until ``share`` of the budget has passed since the command's start (negative: past it)."""
-        return self.started + share * (self.ledger.budget_s or 0.0) - time.perf_counter()
-
-    def round_deadline(self, study: optuna.Study, spec: SearchSpec) -> float:
-        """The deadline of the next round's screens and trials: ``grace`` while a target is uncovered."""
-        if self.grace is None or not spec.targets:
-            return self.deadline
-        return self.deadline if covered(study, spec.targets) else max(self.deadline, self.grace)
 
 
 def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address: str | None = None,
@@ -285,7 +204,7 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
 
     study, store, spec = ctx.study, ctx.store, ctx.spec
     job = main_job(spec, list(ctx.layers))
-    first = not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    first = not searched(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))  # the recipe's aside
     seeds: list[tuple[dict[str, object], str]] = []
     if first and spec.sensitivity.probes:
         t0 = time.perf_counter()
@@ -300,7 +219,7 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
         job = dataclasses.replace(job, finetune=False, queued_only=True)  # the screened picks, never a fresh draw
         logger.info("budget.direct: one round of screens; each target's best screened candidate goes straight to its "
                     "final fine-tune")
-    plan = _direct_plan(study, spec, n_new, clock) if direct and clock else _round_plan(study, spec, n_new, clock)
+    plan = direct_plan(study, spec, n_new, clock) if direct and clock else round_plan(study, spec, n_new, clock)
     for k, size in enumerate(plan):
         t0 = time.perf_counter()
         phase(f"round {k + 1}: screening")
@@ -327,6 +246,37 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
     return run, started
 
 
+def _recipe_models(ctx: RunContext, job: Job, clock: Clock, phase: Callable[[str], None]) -> None:
+    """The hand recipe's model at each target (:mod:`autoprune.search.recipe`), before the search: the final phase
+    races the search's picks against them, and delivers them where the search has nothing."""
+    from autoprune.search.recipe import ensure_recipe_trials
+
+    t0 = time.perf_counter()
+    phase("the hand recipe's models")
+    try:
+        ensure_recipe_trials(ctx, job)
+    except Exception as e:  # the search's picks are still delivered, only without the recipe's beside them
+        logger.warning("the hand recipe's models could not be made: %s", str(e).strip().splitlines()[0][:300]
+                       if str(e).strip() else type(e).__name__)
+    clock.ledger.charge("recipe", time.perf_counter() - t0)
+
+
+def _search_fits(ctx: RunContext, clock: Clock) -> bool:
+    """Whether the search's share still holds the smallest search that could change a delivery (from what a
+    measurement took here); if not, the run says so in one line and its final phase gets the whole rest."""
+    measure_s = measurement_s(ctx.study)
+    if measure_s is None:
+        return True  # nothing measured to judge by
+    need, left = smallest_search_s(ctx.spec, measure_s), clock.deadline - time.time()
+    if need <= left:
+        return True
+    clock.ledger.search_skipped = (f"the search's {max(0.0, left):.0f} s hold less than its smallest useful size "
+                                   f"(~{need:.0f} s at {measure_s:.1f} s a measurement here)")
+    logger.warning("budget: %s: no search; the hand recipe's models get the rest of the budget",
+                   clock.ledger.search_skipped)
+    return False
+
+
 def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session: TuneSession,
             progress: Progress | None, clock: Clock | None = None) -> SearchOutcome:
     """The search proper (in the session's phase thread): the baseline, then the scan, screens and trials."""
@@ -349,11 +299,16 @@ def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session:
     busy: list[tuple[float, float]] = []  # when trials and screens ran: orchestration is the rest of the wall time
     fingerprint = records.fingerprint(study)
     job = main_job(spec, layers)
-    if spec.screening.factor:
+    search = True
+    if clock is not None and spec.targets:  # the hand recipe's models first: what each target gets at worst
+        _recipe_models(ctx, job, clock, phase)
+        search = _search_fits(ctx, clock)
+        n_new = n_new if search else 0
+    if search and spec.screening.factor:
         run, started = _screened_rounds(ctx, run, busy, n_new, on_trial, phase, clock)
         if clock is not None:
             n_new = started
-    else:
+    elif search:
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         warm_start(study, store, spec.space, spec.warm_start, layers, fingerprint, limit=max(0, n_new - waiting))
         logger.info("study %s: running %d new trial(s) (%d completed so far) with Ray Tune", spec.name, n_new,
@@ -367,17 +322,6 @@ def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session:
         if clock is not None:
             clock.ledger.charge("trials", run.run_s)
             n_new = len(study.get_trials(deepcopy=False)) - count
-    if clock is not None and spec.targets:  # the hand recipe's model at each target: the final phase races it
-        from autoprune.search.recipe import ensure_recipe_trials
-
-        t0 = time.perf_counter()
-        phase("the hand recipe's models")
-        try:
-            ensure_recipe_trials(ctx, job)
-        except Exception as e:  # the search's picks are still delivered, only without the recipe's beside them
-            logger.warning("the hand recipe's models could not be made: %s", str(e).strip().splitlines()[0][:300]
-                           if str(e).strip() else type(e).__name__)
-        clock.ledger.charge("trials", time.perf_counter() - t0)
     new = {t.number for t in study.get_trials(deepcopy=False)} - before
     run = dataclasses.replace(run, trials=len(new), trial_s=_trial_seconds(study, new, busy))
     wall = run.run_s + run.screen_run_s

@@ -175,6 +175,8 @@ def render_budget(ledger: Mapping[str, Any]) -> str:
     charged = ledger.get("charged_s") or {}
     parts = [f"{k} {format_duration(float(charged[k]))}" for k in PHASES if charged.get(k)]
     scan = " (sensitivity scan reused from the cache)" if ledger.get("scan_reused") else ""
+    if ledger.get("search_skipped"):
+        scan += f" (no search: {ledger['search_skipped']})"
     budget = ledger.get("budget_s")
     return (f"budget {format_duration(float(budget)) if budget else '-'}: spent {format_duration(ledger['total_s'])}"
             f" = {', '.join(parts) or 'nothing'}{scan}")

@@ -1,0 +1,133 @@
+"""A budgeted run's time plan for its search: the clock the phases read (deadline, grace, ledger), the rounds of
+screens and trials that fit before the deadline, and whether a search fits at all.
+
+No round starts unless it is expected to end before its deadline: expected from the trials and screens measured so
+far, and before the first from what one measurement (prune, adaptive BN, validation, timing) took on this machine,
+which every screen, probe and trial costs at least.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoprune.config.spec import SearchSpec
+from autoprune.model import records
+from autoprune.model.budget import Ledger
+from autoprune.search.targets import covered, winner_maps
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Clock", "round_sizes", "round_plan", "direct_plan", "searched", "measurement_s", "smallest_search_s"]
+
+
+@dataclass(frozen=True)
+class Clock:
+    """A budgeted run's clock: no trial or screen starts after ``deadline`` (a ``time.time()``), except that a round
+    that starts while a target has no completed trial that meets it may screen and fine-tune until ``grace``
+    (borrowed from the final fine-tunes: a target is better served by a short final fine-tune than by none); each
+    phase's wall time is charged to ``ledger``, from ``started`` (a ``time.perf_counter()``: the command's start)."""
+
+    deadline: float
+    ledger: Ledger
+    started: float
+    grace: float | None = None
+
+    def share_left(self, share: float) -> float:
+        """Seconds until ``share`` of the budget has passed since the command's start (negative: past it)."""
+        return self.started + share * (self.ledger.budget_s or 0.0) - time.perf_counter()
+
+    def round_deadline(self, study: optuna.Study, spec: SearchSpec) -> float:
+        """The deadline of the next round's screens and trials: ``grace`` while a target is uncovered."""
+        if self.grace is None or not spec.targets:
+            return self.deadline
+        return self.deadline if covered(study, spec.targets) else max(self.deadline, self.grace)
+
+
+def searched(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials the search made (not the hand recipe's models)."""
+    return [t for t in trials if not records.trial(t).recipe]
+
+
+def measurement_s(study: optuna.Study) -> float | None:
+    """What one measurement took on this machine: the mean wall time of the hand recipe's models (each pruned,
+    BN-recalibrated, validated and timed, no fine-tune), a floor under every probe, screen and trial."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return records.mean_wall_seconds([t for t in done if records.trial(t).recipe])
+
+
+def smallest_search_s(spec: SearchSpec, measure_s: float) -> float:
+    """The least a search that can change a delivery costs, at ``measure_s`` a measurement: one round, its screens
+    and ``max(2, concurrent)`` fine-tuned trials (each at least a measurement), ``resources.concurrent`` at a time.
+    The scan is left out: it shrinks to its share, down to nothing."""
+    c = spec.resources.concurrent
+    k = max(2, c)
+    return measure_s * (math.ceil(spec.screening.factor * k / c) + math.ceil(k / c))
+
+
+def round_sizes(n: int, rounds: int) -> list[int]:
+    """``n`` trials split into at most ``rounds`` rounds as equal as possible (larger rounds first)."""
+    rounds = max(1, min(rounds, n))
+    return [n // rounds + (1 if i < n % rounds else 0) for i in range(rounds)]
+
+
+def round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock | None) -> Iterator[int]:
+    """Fine-tuned trials per round: ``screening.rounds`` equal rounds of ``n_new``; with a clock, rounds of
+    ``max(2, concurrent)`` trials while a round is expected to end before the deadline (from the trials and screens
+    so far; before the first, each at least a measurement: :func:`measurement_s`), shrunk to what fits, until
+    ``n_new`` trials ran, or until
+    ``budget.patience`` rounds in a row left every target's winner as it was (what is left of the search's share
+    then goes to the final fine-tunes)."""
+    if clock is None:
+        yield from round_sizes(n_new, spec.screening.rounds)
+        return
+    from autoprune.search.promotion import mean_screen_seconds
+
+    size, left = max(2, spec.resources.concurrent), n_new
+    patience = spec.budget.patience if spec.targets else 0
+    # rounds in a row after which no target's winner improved (a winner's mAP only rises)
+    stale, best = 0, tuple[float | None, ...]()
+    while left > 0:
+        if patience:
+            now = winner_maps(study, spec.targets)
+            stale, best = (stale + 1 if now == best else 0), now
+        if patience and None not in best and stale >= patience:
+            logger.info("budget: no target's winner improved in %d round(s): the search hands its remaining %.0f s "
+                        "to the final fine-tune", stale, max(0.0, clock.deadline - time.time()))
+            return
+        floor = measurement_s(study)
+        trial_s = records.mean_wall_seconds(searched(study.get_trials(deepcopy=False,
+                                                                      states=(TrialState.COMPLETE,)))) or floor
+        screen_s = mean_screen_seconds(spec, study) or floor
+        remaining = clock.round_deadline(study, spec) - time.time()
+        k = min(size, left)
+        if trial_s is not None:
+            c = spec.resources.concurrent
+            while k > 0 and (-(-k // c) * trial_s + spec.screening.factor * k * (screen_s or 0.0) / c) > remaining:
+                k -= 1
+        if k <= 0 or remaining <= 0:
+            logger.info("budget: %.0f s left for the search, less than a round of trials takes: stopping the search",
+                        max(0.0, remaining))
+            return
+        yield k
+        left -= k
+
+
+def direct_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock) -> Iterator[int]:
+    """``budget.direct``'s rounds: one trial per target; another round, for the targets no trial meets yet, only
+    while a round may still start (the clock's grace) and trials are left."""
+    size = min(len(spec.targets), n_new)
+    while size > 0:
+        yield size
+        n_new -= size
+        if covered(study, spec.targets) or time.time() >= clock.round_deadline(study, spec):
+            return
+        size = min(n_new, sum(not covered(study, (t,)) for t in spec.targets))
+
+
