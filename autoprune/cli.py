@@ -160,7 +160,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
     import time
 
     from autoprune.config.spec import Overrides, load_spec
-    from autoprune.search.run import run_search
 
     started = time.perf_counter()  # a budget counts from here
     spec = load_spec(args.spec, Overrides(trials=None, storage=args.storage, study_name=args.study_name,
@@ -174,19 +173,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
         import ray  # noqa: F401
 
         _quiet_ray()
-    bar = ProgressBar()
-    budgeted = None
-    try:
-        if spec.budget.seconds is not None:
-            from autoprune.deploy.deliver import run_budgeted
+    from autoprune.deploy.deliver import run
 
-            budgeted = run_budgeted(spec, started, max_new_trials=args.trials, ray_address=args.ray_address,
-                                    progress=bar)
-            outcome = budgeted.search
-        else:
-            outcome = run_search(spec, max_new_trials=args.trials, ray_address=args.ray_address, progress=bar)
+    bar = ProgressBar()
+    try:
+        ran = run(spec, started, max_new_trials=args.trials, ray_address=args.ray_address, progress=bar)
     finally:
         bar.close()
+    outcome = ran.search
     study = outcome.study
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
@@ -202,10 +196,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         tau = screening.get("kendall_tau")
         print(f"screening: {screening['screened']} candidates screened; Kendall tau of screen vs final mAP50-95 "
               f"{'n/a' if tau is None else f'{tau:.2f}'} over {screening['pairs']} promoted trials")
-    if budgeted is not None:
+    if ran.ledger.budget_s is not None:
         from autoprune.views.text import render_budget, render_deliveries
 
-        print(render_budget(budgeted.ledger.to_dict()))
+        print(render_budget(ran.ledger.to_dict()))
         for line in render_deliveries(records.deliveries(study), [t.label for t in spec.targets]):
             print(line)
     return 0

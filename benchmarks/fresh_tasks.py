@@ -157,7 +157,7 @@ def run_recipe(task: dict[str, Any], label: str, target_s: float, seed: int, out
 
 def run_autoprune(task: dict[str, Any], budget_s: float, seed: int, workdir: Path) -> dict[str, Any]:
     from autoprune.config.spec import parse_spec
-    from autoprune.deploy.deliver import run_budgeted
+    from autoprune.deploy.deliver import run
     from autoprune.model import records
 
     started = time.perf_counter()
@@ -168,7 +168,7 @@ def run_autoprune(task: dict[str, Any], budget_s: float, seed: int, workdir: Pat
                 "targets": list(TARGETS.values()),
                 "latency": {**raw.get("latency", {}), "runtime": "onnxruntime"}})
     spec = parse_spec(raw, "fresh.yaml", studies_dir=workdir / "studies")
-    res = run_budgeted(spec, started)
+    res = run(spec, started)
     wall = time.perf_counter() - started
     deliveries = records.deliveries(res.search.study)
     by_trial = {t.number: t for t in res.search.study.get_trials(deepcopy=False)}

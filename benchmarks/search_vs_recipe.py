@@ -196,7 +196,7 @@ def _without_test(data: str) -> str:
 def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budget: float, cuts: list[float],
                    workdir: Path, budget_knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     from autoprune.config.spec import parse_spec
-    from autoprune.deploy.deliver import run_budgeted
+    from autoprune.deploy.deliver import run
     from autoprune.model import records
 
     started = time.perf_counter()
@@ -217,7 +217,7 @@ def run_search_arm(arm: str, model: str, data: str, imgsz: int, seed: int, budge
         shutil.copytree(warm_scan(model, data, imgsz, workdir.parent / "warm-scan"), studies, dirs_exist_ok=True)
         started = time.perf_counter()
     spec = parse_spec(raw, f"{arm}.yaml", studies_dir=studies)
-    res = run_budgeted(spec, started)
+    res = run(spec, started)
     wall = time.perf_counter() - started
     deliveries = records.deliveries(res.search.study)
     out: dict[str, Any] = {"test_map": {}, "params_ratio": {}, "policies": {}, "epochs": {}, "wall_s": wall,

@@ -287,9 +287,11 @@ def test_the_final_time_goes_to_the_targets_that_have_a_winner(monkeypatch):
         given[target.label] = (entrants[0].trial.number, seconds)
         return deliver.Delivered(target, trial=entrants[0].trial.number, out_dir=None)
     monkeypatch.setattr(deliver, "_deliver", fake_deliver)
-    ledger = Ledger(budget_s=100.0)
+    from autoprune.search.plan import Plan
+
     outcome = deliver.SearchOutcome(study=study, spec=spec, new_trials=1, store=None)
-    out = deliver._finalize_targets(outcome, spec, _time.perf_counter() - 40.0, 100.0, ledger)
+    plan = Plan(deadline=_time.time(), ledger=Ledger(budget_s=100.0), started=_time.perf_counter() - 40.0)
+    out = deliver._finalize_targets(outcome, spec, plan)
     assert [d.reason for d in out] == ["no trial reached it within the budget", None]
     assert given["params-50"][0] == 0 and given["params-50"][1] == pytest.approx(60.0, abs=1.0)  # all of the rest
     assert records.deliveries(study)["params-70"]["reason"].startswith("no trial reached it")
@@ -297,12 +299,12 @@ def test_the_final_time_goes_to_the_targets_that_have_a_winner(monkeypatch):
 
 def test_a_round_may_borrow_grace_only_while_a_target_is_uncovered():
     from autoprune.model import records
-    from autoprune.search.plan import Clock
+    from autoprune.search.plan import Plan
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
     spec = _spec(budget="100s", targets=[{"params": 0.5}])
-    clock = Clock(deadline=100.0, ledger=Ledger(), started=0.0, grace=125.0)
+    clock = Plan(deadline=100.0, ledger=Ledger(), started=0.0, grace=125.0)
     assert clock.round_deadline(study, spec) == 125.0  # nothing meets -50% yet
     t = study.ask()
     records.write_result(t, {}, {"map50_95": 0.7, "params": 900.0})
@@ -312,7 +314,7 @@ def test_a_round_may_borrow_grace_only_while_a_target_is_uncovered():
     records.write_result(t, {}, {"map50_95": 0.6, "params": 480.0})
     study.tell(t, [0.6, 480.0])
     assert clock.round_deadline(study, spec) == 100.0
-    assert Clock(deadline=100.0, ledger=Ledger(), started=0.0).round_deadline(study, _spec()) == 100.0
+    assert Plan(deadline=100.0, ledger=Ledger(), started=0.0).round_deadline(study, _spec()) == 100.0
 
 
 def test_patience_hands_the_search_share_to_the_final_once_no_winner_improves():
@@ -321,7 +323,7 @@ def test_patience_hands_the_search_share_to_the_final_once_no_winner_improves():
     import time as _time
 
     from autoprune.model import records
-    from autoprune.search.plan import Clock
+    from autoprune.search.plan import Plan
     from autoprune.search.plan import round_plan as _round_plan
 
     def add(study, m, p):
@@ -333,7 +335,7 @@ def test_patience_hands_the_search_share_to_the_final_once_no_winner_improves():
         study = optuna.create_study(directions=["maximize", "minimize"])
         records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
         spec = _spec(budget={"seconds": 1000, "patience": patience}, targets=[{"params": 0.5}])
-        plan = _round_plan(study, spec, 100, Clock(deadline=_time.time() + 1000, ledger=Ledger(), started=0.0))
+        plan = _round_plan(study, spec, 100, Plan(deadline=_time.time() + 1000, ledger=Ledger(), started=0.0))
         sizes = [next(plan)]  # round 1: nothing meets the target yet
         for m, p in ((0.6, 480.0), (0.7, 450.0), (0.65, 400.0), (0.69, 300.0)):  # better, better, worse, worse
             add(study, m, p)
@@ -368,7 +370,7 @@ def test_direct_runs_one_trial_per_target_and_more_only_for_an_uncovered_target(
     import time as _time
 
     from autoprune.model import records
-    from autoprune.search.plan import Clock
+    from autoprune.search.plan import Plan
     from autoprune.search.plan import direct_plan as _direct_plan
 
     def add(study, m, p):
@@ -384,13 +386,13 @@ def test_direct_runs_one_trial_per_target_and_more_only_for_an_uncovered_target(
     spec = _spec(budget={"seconds": 1000, "direct": True}, targets=[{"params": 0.5}, {"params": 0.3}])
     now = _time.time()
     study = fresh()
-    plan = _direct_plan(study, spec, 100, Clock(deadline=now + 1000, ledger=Ledger(), started=0.0))
+    plan = _direct_plan(study, spec, 100, Plan(deadline=now + 1000, ledger=Ledger(), started=0.0))
     assert next(plan) == 2
     add(study, 0.7, 480.0)
     add(study, 0.6, 290.0)
     assert next(plan, None) is None  # both targets met: no second round
     study = fresh()
-    plan = _direct_plan(study, spec, 100, Clock(deadline=now + 1000, ledger=Ledger(), started=0.0))
+    plan = _direct_plan(study, spec, 100, Plan(deadline=now + 1000, ledger=Ledger(), started=0.0))
     assert next(plan) == 2
     add(study, 0.7, 480.0)
     add(study, 0.65, 450.0)
@@ -398,7 +400,7 @@ def test_direct_runs_one_trial_per_target_and_more_only_for_an_uncovered_target(
     add(study, 0.6, 290.0)
     assert next(plan, None) is None
     study = fresh()  # past the clock's deadline (and no grace): an uncovered target gets no second round
-    plan = _direct_plan(study, spec, 100, Clock(deadline=now - 1, ledger=Ledger(), started=0.0))
+    plan = _direct_plan(study, spec, 100, Plan(deadline=now - 1, ledger=Ledger(), started=0.0))
     assert next(plan) == 2
     add(study, 0.7, 480.0)
     assert next(plan, None) is None
@@ -434,7 +436,7 @@ def test_a_direct_round_measures_its_picks_even_past_the_deadline(monkeypatch, d
     monkeypatch.setattr(run_mod, "run_trials", trials)
     now = _time.time()
     grace = now - 5 if direct else now + 60  # a full search starts no round past it: its clock still runs
-    clock = run_mod.Clock(deadline=grace - 5, ledger=Ledger(budget_s=100), started=_time.perf_counter() - 50,
+    clock = run_mod.Plan(deadline=grace - 5, ledger=Ledger(budget_s=100), started=_time.perf_counter() - 50,
                           grace=grace)
     run_mod._screened_rounds(RunContext(study, None, spec), records.RunTimings(started="", ray_init_s=0.0), [], 1,
                              None, lambda text: None, clock)
@@ -580,13 +582,13 @@ def test_the_first_round_waits_for_no_measured_trial_when_a_measurement_says_it_
     each screen and trial): with 10 s left and 7.5 s a measurement not even one trial and its screens fit."""
     import time as _time
 
-    from autoprune.search.plan import Clock, round_plan
+    from autoprune.search.plan import Plan, round_plan
 
     spec = _spec(budget="100s", targets=[{"params": 0.5}])
-    plan = round_plan(_study_with_recipe_models(7.5), spec, 100, Clock(deadline=_time.time() + 10, ledger=Ledger(),
+    plan = round_plan(_study_with_recipe_models(7.5), spec, 100, Plan(deadline=_time.time() + 10, ledger=Ledger(),
                                                                         started=0.0))
     assert next(plan, None) is None
-    plan = round_plan(_study_with_recipe_models(1.0), spec, 100, Clock(deadline=_time.time() + 10, ledger=Ledger(),
+    plan = round_plan(_study_with_recipe_models(1.0), spec, 100, Plan(deadline=_time.time() + 10, ledger=Ledger(),
                                                                         started=0.0))
     assert next(plan) == 2  # 2 trials and their 4 screens: 6 s of 10
 
@@ -597,19 +599,19 @@ def test_a_search_that_cannot_fit_is_skipped_in_one_line_and_recorded(caplog):
 
     from autoprune.search import run as run_mod
     from autoprune.search.context import RunContext
-    from autoprune.search.plan import Clock
+    from autoprune.search.plan import Plan
 
     spec = _spec(budget="100s", targets=[{"params": 0.5}])
     ledger = Ledger(budget_s=100.0)
     ctx = RunContext(_study_with_recipe_models(7.5), None, spec)
     with caplog.at_level(logging.WARNING):
-        assert not run_mod._search_fits(ctx, Clock(deadline=_time.time() + 30, ledger=ledger, started=0.0))
+        assert not run_mod._search_fits(ctx, Plan(deadline=_time.time() + 30, ledger=ledger, started=0.0))
     assert ledger.search_skipped.startswith("the search's 30 s hold less than its smallest useful size (~45 s at 7.5")
     assert ledger.to_dict()["search_skipped"] == ledger.search_skipped
     assert [r.getMessage() for r in caplog.records if "no search" in r.getMessage()]
-    assert run_mod._search_fits(ctx, Clock(deadline=_time.time() + 60, ledger=Ledger(), started=0.0))
+    assert run_mod._search_fits(ctx, Plan(deadline=_time.time() + 60, ledger=Ledger(), started=0.0))
     assert run_mod._search_fits(RunContext(optuna.create_study(), None, spec),  # nothing measured: no judgement
-                                Clock(deadline=_time.time(), ledger=Ledger(), started=0.0))
+                                Plan(deadline=_time.time(), ledger=Ledger(), started=0.0))
 
 
 @pytest.mark.slow

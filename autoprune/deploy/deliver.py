@@ -1,5 +1,5 @@
-"""A budgeted run: search until the search's share of the wall-clock budget is spent, then give each target's
-winner the final fine-tune with the rest, and export it.
+"""``autoprune search`` as one entry: one plan of the budget, the search within it, then (with a budget and
+targets) each target's winner given the final fine-tune with the rest, and exported.
 
 The budget covers the whole command, from its start: input checks and the baseline (``prepare``), the hand recipe's
 model at each target (``recipe``: measured first, it is what a target gets at worst, and what it took sizes the
@@ -31,13 +31,13 @@ from autoprune.errors import AutopruneError
 from autoprune.model import records
 from autoprune.model.budget import Ledger, Target, format_duration
 from autoprune.model.race import lr_grid
-from autoprune.search.plan import Clock
+from autoprune.search.plan import Plan
 from autoprune.search.run import Progress, SearchOutcome, run_search
 from autoprune.search.targets import trial_for_target
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Delivered", "BudgetedOutcome", "run_budgeted", "trial_for_target", "delivery_dir", "target_entrants"]
+__all__ = ["Delivered", "RunOutcome", "run", "trial_for_target", "delivery_dir", "target_entrants"]
 
 
 @dataclass(frozen=True)
@@ -74,46 +74,44 @@ def _race_summary(race: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class BudgetedOutcome:
+class RunOutcome:
     search: SearchOutcome
-    delivered: tuple[Delivered, ...]
-    ledger: Ledger
+    delivered: tuple[Delivered, ...]  # one per target (a run with a budget and targets), else none
+    ledger: Ledger  # the plan's: seconds charged to each phase
 
 
 def delivery_dir(spec: SearchSpec, target: Target) -> Path:
     return spec.study_dir / "final" / target.label
 
 
-def run_budgeted(spec: SearchSpec, started: float, max_new_trials: int | None = None,
-                 ray_address: str | None = None, progress: Progress | None = None) -> BudgetedOutcome:
-    """Search within ``spec.budget`` counted from ``started`` (a ``time.perf_counter()``), then finalize a model per
-    target (see module doc)."""
-    budget = spec.budget.seconds
+def run(spec: SearchSpec, started: float, max_new_trials: int | None = None, ray_address: str | None = None,
+        progress: Progress | None = None) -> RunOutcome:
+    """``autoprune search``: the one plan of ``spec``'s budget from ``started`` (a ``time.perf_counter()``: the
+    command's start), the search within it, then, with a budget and targets, a finalized model per target (see
+    module doc)."""
+    plan = Plan.of(spec, started)
+    budget = plan.ledger.budget_s
+    if budget is not None:
+        search_s = plan.deadline - (time.time() - (time.perf_counter() - started))
+        logger.info("budget %s: %s for the search%s", format_duration(budget), format_duration(search_s),
+                    f", {format_duration(budget - search_s)} for the final fine-tune of {len(spec.targets)} "
+                    "target(s)" if spec.targets else "")
+    outcome = run_search(spec, max_new_trials=max_new_trials, ray_address=ray_address, progress=progress, plan=plan)
     if budget is None:
-        raise ValueError("run_budgeted needs spec.budget.seconds")
-    ledger = Ledger(budget_s=budget)
-    share = spec.budget.final_share if spec.targets else 0.0
-    search_s = budget * (1 - share)
-    deadline = time.time() - (time.perf_counter() - started) + search_s
-    logger.info("budget %s: %s for the search%s", format_duration(budget), format_duration(search_s),
-                f", {format_duration(budget - search_s)} for the final fine-tune of {len(spec.targets)} target(s)"
-                if spec.targets else "")
-    grace = deadline + budget * share / 2  # first trials of a target none has met yet may borrow half the final share
-    outcome = run_search(spec, max_new_trials=max_new_trials, ray_address=ray_address, progress=progress,
-                         clock=Clock(deadline=deadline, ledger=ledger, started=started, grace=grace))
+        return RunOutcome(outcome, (), plan.ledger)
     if progress is not None and spec.targets:
         progress.phase("final fine-tune")
-    delivered = _finalize_targets(outcome, spec, started, budget, ledger)
-    ledger.close(time.perf_counter() - started)
+    delivered = _finalize_targets(outcome, spec, plan)
+    plan.ledger.close(time.perf_counter() - started)
     study = outcome.study
-    records.append_budget_run(study, study, {**ledger.to_dict(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    records.append_budget_run(study, study, {**plan.ledger.to_dict(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                              "targets": [t.label for t in spec.targets]})
-    return BudgetedOutcome(outcome, tuple(delivered), ledger)
+    return RunOutcome(outcome, tuple(delivered), plan.ledger)
 
 
-def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, started: float, budget: float,
-                      ledger: Ledger) -> list[Delivered]:
-    """Race and finalize each target's candidates; the time left is shared equally by the targets that have one."""
+def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, plan: Plan) -> list[Delivered]:
+    """Race and finalize each target's candidates; the plan's time left is shared equally by the targets that have
+    one."""
     study, store = outcome.study, outcome.store
     base_params = records.baseline_metrics(study).get("params")
     entrants = {t: target_entrants(study, t) for t in spec.targets}
@@ -126,10 +124,10 @@ def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, started: float, 
             logger.warning("target %s: %s", target.label, reason)
             d = Delivered(target, reason=reason)
         else:
-            seconds = (budget - (t0 - started)) / len(pending)
+            seconds = plan.seconds_left() / len(pending)
             pending.remove(target)
             d = _deliver(study, store, spec, target, entrants[target], seconds)
-        ledger.charge("final", time.perf_counter() - t0)
+        plan.ledger.charge("final", time.perf_counter() - t0)
         records.set_delivery(study, study, target.label, d.record(base_params))
         out.append(d)
     return out

@@ -1,9 +1,11 @@
-"""A budgeted run's time plan for its search: the clock the phases read (deadline, grace, ledger), the rounds of
-screens and trials that fit before the deadline, and whether a search fits at all.
+"""A run's time plan: made once from the spec's budget at the command's start and handed to every phase (the
+search's deadline and grace, the scan's share, the ledger each phase charges, each target's final seconds); the
+rounds of screens and trials that fit before the deadline, and whether a search fits at all.
 
-No round starts unless it is expected to end before its deadline: expected from the trials and screens measured so
-far, and before the first from what one measurement (prune, adaptive BN, validation, timing) took on this machine,
-which every screen, probe and trial costs at least.
+A run without a budget has an unbounded plan (its deadline is infinite: the trial count ends it). No round starts
+unless it is expected to end before its deadline: expected from the trials and screens measured so far, and before
+the first from what one measurement (prune, adaptive BN, validation, timing) took on this machine, which every
+screen, probe and trial costs at least.
 """
 
 from __future__ import annotations
@@ -24,20 +26,49 @@ from autoprune.search.targets import covered, winner_maps
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Clock", "round_sizes", "round_plan", "direct_plan", "searched", "measurement_s", "smallest_search_s"]
+__all__ = ["Plan", "round_sizes", "round_plan", "direct_plan", "searched", "measurement_s", "smallest_search_s"]
 
 
 @dataclass(frozen=True)
-class Clock:
-    """A budgeted run's clock: no trial or screen starts after ``deadline`` (a ``time.time()``), except that a round
-    that starts while a target has no completed trial that meets it may screen and fine-tune until ``grace``
-    (borrowed from the final fine-tunes: a target is better served by a short final fine-tune than by none); each
-    phase's wall time is charged to ``ledger``, from ``started`` (a ``time.perf_counter()``: the command's start)."""
+class Plan:
+    """A run's time plan (:meth:`of`): no trial or screen starts after ``deadline`` (a ``time.time()``; infinite
+    without a budget), except that a round that starts while a target has no completed trial that meets it may
+    screen and fine-tune until ``grace`` (borrowed from the final fine-tunes); each phase's wall time is charged to
+    ``ledger``, from ``started`` (a ``time.perf_counter()``: the command's start); the final phase gets what the
+    search leaves of the budget."""
 
     deadline: float
     ledger: Ledger
     started: float
     grace: float | None = None
+
+    @classmethod
+    def of(cls, spec: SearchSpec, started: float) -> Plan:
+        """The plan of ``spec``'s budget from ``started``: the search gets ``1 - budget.final_share`` of it (all of
+        it without targets) and a round may borrow half the final share while a target is uncovered."""
+        budget = spec.budget.seconds
+        if budget is None:
+            return cls(deadline=math.inf, ledger=Ledger(), started=started)
+        share = spec.budget.final_share if spec.targets else 0.0
+        deadline = time.time() - (time.perf_counter() - started) + budget * (1 - share)
+        return cls(deadline=deadline, ledger=Ledger(budget_s=budget), started=started,
+                   grace=deadline + budget * share / 2)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether a budget bounds the run (else the trial count ends it)."""
+        return math.isfinite(self.deadline)
+
+    @property
+    def search_deadline(self) -> float | None:
+        """The search's deadline for the trial runner (None: none)."""
+        return self.deadline if self.bounded else None
+
+    def seconds_left(self) -> float:
+        """Seconds of the whole budget left now (infinite without one)."""
+        if self.ledger.budget_s is None:
+            return math.inf
+        return self.ledger.budget_s - (time.perf_counter() - self.started)
 
     def share_left(self, share: float) -> float:
         """Seconds until ``share`` of the budget has passed since the command's start (negative: past it)."""
@@ -77,14 +108,14 @@ def round_sizes(n: int, rounds: int) -> list[int]:
     return [n // rounds + (1 if i < n % rounds else 0) for i in range(rounds)]
 
 
-def round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock | None) -> Iterator[int]:
-    """Fine-tuned trials per round: ``screening.rounds`` equal rounds of ``n_new``; with a clock, rounds of
+def round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, plan: Plan) -> Iterator[int]:
+    """Fine-tuned trials per round: ``screening.rounds`` equal rounds of ``n_new``; with a budget, rounds of
     ``max(2, concurrent)`` trials while a round is expected to end before the deadline (from the trials and screens
     so far; before the first, each at least a measurement: :func:`measurement_s`), shrunk to what fits, until
     ``n_new`` trials ran, or until
     ``budget.patience`` rounds in a row left every target's winner as it was (what is left of the search's share
     then goes to the final fine-tunes)."""
-    if clock is None:
+    if not plan.bounded:
         yield from round_sizes(n_new, spec.screening.rounds)
         return
     from autoprune.search.promotion import mean_screen_seconds
@@ -99,13 +130,13 @@ def round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock |
             stale, best = (stale + 1 if now == best else 0), now
         if patience and None not in best and stale >= patience:
             logger.info("budget: no target's winner improved in %d round(s): the search hands its remaining %.0f s "
-                        "to the final fine-tune", stale, max(0.0, clock.deadline - time.time()))
+                        "to the final fine-tune", stale, max(0.0, plan.deadline - time.time()))
             return
         floor = measurement_s(study)
         trial_s = records.mean_wall_seconds(searched(study.get_trials(deepcopy=False,
                                                                       states=(TrialState.COMPLETE,)))) or floor
         screen_s = mean_screen_seconds(spec, study) or floor
-        remaining = clock.round_deadline(study, spec) - time.time()
+        remaining = plan.round_deadline(study, spec) - time.time()
         k = min(size, left)
         if trial_s is not None:
             c = spec.resources.concurrent
@@ -119,14 +150,14 @@ def round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock |
         left -= k
 
 
-def direct_plan(study: optuna.Study, spec: SearchSpec, n_new: int, clock: Clock) -> Iterator[int]:
+def direct_plan(study: optuna.Study, spec: SearchSpec, n_new: int, plan: Plan) -> Iterator[int]:
     """``budget.direct``'s rounds: one trial per target; another round, for the targets no trial meets yet, only
-    while a round may still start (the clock's grace) and trials are left."""
+    while a round may still start (the plan's grace) and trials are left."""
     size = min(len(spec.targets), n_new)
     while size > 0:
         yield size
         n_new -= size
-        if covered(study, spec.targets) or time.time() >= clock.round_deadline(study, spec):
+        if covered(study, spec.targets) or time.time() >= plan.round_deadline(study, spec):
             return
         size = min(n_new, sum(not covered(study, (t,)) for t in spec.targets))
 

@@ -25,7 +25,7 @@ from autoprune.search import journal
 from autoprune.search.context import RunContext
 from autoprune.search.executor import Job
 from autoprune.search.inputs import materialise_yaml_model, prepare_inputs, resolve_round_to
-from autoprune.search.plan import Clock, direct_plan, measurement_s, round_plan, searched, smallest_search_s
+from autoprune.search.plan import Plan, direct_plan, measurement_s, round_plan, searched, smallest_search_s
 from autoprune.search.ray_setup import check_cluster_resources, ray_session
 from autoprune.search.references import ensure_references
 from autoprune.search.session import TuneSession, run_trials
@@ -118,13 +118,14 @@ class Progress(Protocol):
 
 
 def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address: str | None = None,
-               progress: Progress | None = None, clock: Clock | None = None) -> SearchOutcome:
-    """Run (or continue) the spec's study.
+               progress: Progress | None = None, plan: Plan | None = None) -> SearchOutcome:
+    """Run (or continue) the spec's study within ``plan`` (default: the spec's budget's, from now).
 
-    Without ``max_new_trials`` the study is filled up to ``spec.trials`` completed trials;
-    with it, exactly that many new trials are started. With a ``clock`` (a budgeted run) rounds of screens and
-    trials go on until its deadline (or ``max_new_trials``), whatever ``spec.trials`` says.
+    Without a budget the study is filled up to ``spec.trials`` completed trials (without ``max_new_trials``) or
+    exactly that many new trials are started; with one, rounds of screens and trials go on until the plan's
+    deadline (or ``max_new_trials``), whatever ``spec.trials`` says.
     """
+    plan = plan or Plan.of(spec, time.perf_counter())
     prepared = prepare_inputs(spec)
     spec = prepared.spec
     t0 = time.perf_counter()
@@ -137,44 +138,44 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
 
             check_side_study(store, spec)
         try:
-            return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s, progress, clock)
+            return _search(spec, prepared.nc, store, max_new_trials, ray_address, ray_init_s, progress, plan)
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
             first = scrubbed(journal.cause(e), store.url)  # the database's own words, not Optuna's wrapper's
             raise StorageWriteError(f"storage: {masked(store.url)} cannot be written ({first})") from None
 
 
 def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, float]],
-              clock: Clock | None = None) -> tuple[list[tuple[dict[str, object], str]], records.RunTimings]:
+              plan: Plan) -> tuple[list[tuple[dict[str, object], str]], records.RunTimings]:
     """The sensitivity scan (cached) and the first round's allocated candidates, as screening seeds (with targets,
     allocations at each target's parameter cut too)."""
     from autoprune.search.sensitivity import ScanBudget, ensure_scan, scan_knobs
     from autoprune.search.target_allocation import target_candidates
 
     spec, layers = ctx.spec, list(ctx.layers)
-    share = spec.budget.scan_share if clock is not None else None
-    sizing = ScanBudget.of(spec, share, lambda: clock.share_left(share)) if clock is not None and share else None
+    share = spec.budget.scan_share if plan.bounded else None
+    sizing = ScanBudget.of(spec, share, lambda: plan.share_left(share)) if share else None
     scan = ensure_scan(ctx.study, ctx.store, spec, layers, ctx.ray_address, sizing=sizing)
     sens, ran = scan.sensitivity, scan.ran
-    if clock is not None and not ran:
-        clock.ledger.scan_reused = True
+    if plan.bounded and not ran:
+        plan.ledger.scan_reused = True
         logger.info("sensitivity scan: reused from the cache (its cost was charged to the run that made it)")
     run = dataclasses.replace(run, screen_trial_s=run.screen_trial_s + _trial_seconds(scan.study, ran, busy))
     n = spec.sensitivity.candidates
     criterion, round_to = scan_knobs(spec.space)
-    if sizing is not None and clock is not None:
+    if sizing is not None:
         n = sizing.allocations(spec, scan)
-        clock.ledger.scan_size = {"levels": scan.levels, "allocations": n}
+        plan.ledger.scan_size = {"levels": scan.levels, "allocations": n}
     found = target_candidates(spec, layers, scan, n, criterion, round_to, records.baseline_metrics(ctx.study))
     logger.info("sensitivity allocation: %d candidate(s) over the cost range (reference screen mAP50-95 %.3f)",
                 len(found), sens.reference_map)
     return [({"ratios": c.ratios, "criterion": criterion, "round_to": round_to}, c.source) for c in found], run
 
 
-BUDGETED_MAX_TRIALS = 100_000  # a budgeted run's trial cap when none is given: its clock ends it
+BUDGETED_MAX_TRIALS = 100_000  # a budgeted run's trial cap when none is given: its plan's deadline ends it
 
 
 def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int | None, ray_address: str | None,
-            ray_init_s: float, progress: Progress | None = None, clock: Clock | None = None) -> SearchOutcome:
+            ray_init_s: float, progress: Progress | None, plan: Plan) -> SearchOutcome:
     study = open_study_for(spec, store)
     spec = resolve_round_to(spec)
     spec = materialise_yaml_model(spec, nc)
@@ -182,7 +183,7 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
     fail_stale_trials(study, store, spec.retries)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     n_new = max_new_trials if max_new_trials is not None else max(0, spec.trials - done)
-    if clock is not None and max_new_trials is None:
+    if plan.bounded and max_new_trials is None:
         n_new = BUDGETED_MAX_TRIALS
     if n_new == 0:
         _ensure_baseline(study, spec)
@@ -192,12 +193,12 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
     # one Tune run for every phase; its first worker starts (imports the trial code) while the baseline is measured
     session = TuneSession(f"{spec.name}-ray", spec.study_dir / "ray", spec.resources, warm=True)
     base = RunContext(study, store, spec, ray_address=ray_address)
-    return session.drive(lambda: _phases(base, n_new, done, ray_init_s, session, progress, clock))
+    return session.drive(lambda: _phases(base, n_new, done, ray_init_s, session, progress, plan))
 
 
 def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, float]], n_new: int,
                      on_trial: Callable[[optuna.trial.FrozenTrial], None] | None, phase: Callable[[str], None],
-                     clock: Clock | None) -> tuple[records.RunTimings, int]:
+                     plan: Plan) -> tuple[records.RunTimings, int]:
     """The scan (first run only), then rounds of screening and fine-tuning the promoted; returns the run's timings
     and how many trials were started."""
     from autoprune.search.promotion import screen_and_promote
@@ -209,21 +210,20 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
     if first and spec.sensitivity.probes:
         t0 = time.perf_counter()
         phase("sensitivity scan")
-        seeds, run = _allocate(ctx, run, busy, clock)
+        seeds, run = _allocate(ctx, run, busy, plan)
         run = dataclasses.replace(run, screen_run_s=run.screen_run_s + time.perf_counter() - t0)
-        if clock is not None:
-            clock.ledger.charge("scan", time.perf_counter() - t0)
+        plan.ledger.charge("scan", time.perf_counter() - t0)
     started = 0
-    direct = clock is not None and spec.budget.direct
+    direct = plan.bounded and spec.budget.direct
     if direct:  # one round: each target's best screened candidate, adaptive BN in place of the short fine-tune
         job = dataclasses.replace(job, finetune=False, queued_only=True)  # the screened picks, never a fresh draw
         logger.info("budget.direct: one round of screens; each target's best screened candidate goes straight to its "
                     "final fine-tune")
-    plan = direct_plan(study, spec, n_new, clock) if direct and clock else round_plan(study, spec, n_new, clock)
-    for k, size in enumerate(plan):
+    sizes = direct_plan(study, spec, n_new, plan) if direct else round_plan(study, spec, n_new, plan)
+    for k, size in enumerate(sizes):
         t0 = time.perf_counter()
         phase(f"round {k + 1}: screening")
-        deadline = clock.round_deadline(study, spec) if clock is not None else None
+        deadline = plan.round_deadline(study, spec) if plan.bounded else None
         screen, screened = screen_and_promote(ctx, size, recipe_knobs=first and k == 0,
                                               seeds=seeds if k == 0 else (), deadline=deadline)
         screen_s = time.perf_counter() - t0
@@ -240,13 +240,12 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
                    deadline=None if direct else deadline)
         started += len(study.get_trials(deepcopy=False)) - count
         run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
-        if clock is not None:
-            clock.ledger.charge("screens", screen_s)
-            clock.ledger.charge("trials", time.perf_counter() - t0)
+        plan.ledger.charge("screens", screen_s)
+        plan.ledger.charge("trials", time.perf_counter() - t0)
     return run, started
 
 
-def _recipe_models(ctx: RunContext, job: Job, clock: Clock, phase: Callable[[str], None]) -> None:
+def _recipe_models(ctx: RunContext, job: Job, plan: Plan, phase: Callable[[str], None]) -> None:
     """The hand recipe's model at each target (:mod:`autoprune.search.recipe`), before the search: the final phase
     races the search's picks against them, and delivers them where the search has nothing."""
     from autoprune.search.recipe import ensure_recipe_trials
@@ -258,38 +257,37 @@ def _recipe_models(ctx: RunContext, job: Job, clock: Clock, phase: Callable[[str
     except Exception as e:  # the search's picks are still delivered, only without the recipe's beside them
         logger.warning("the hand recipe's models could not be made: %s", str(e).strip().splitlines()[0][:300]
                        if str(e).strip() else type(e).__name__)
-    clock.ledger.charge("recipe", time.perf_counter() - t0)
+    plan.ledger.charge("recipe", time.perf_counter() - t0)
 
 
-def _search_fits(ctx: RunContext, clock: Clock) -> bool:
+def _search_fits(ctx: RunContext, plan: Plan) -> bool:
     """Whether the search's share still holds the smallest search that could change a delivery (from what a
     measurement took here); if not, the run says so in one line and its final phase gets the whole rest."""
     measure_s = measurement_s(ctx.study)
     if measure_s is None:
         return True  # nothing measured to judge by
-    need, left = smallest_search_s(ctx.spec, measure_s), clock.deadline - time.time()
+    need, left = smallest_search_s(ctx.spec, measure_s), plan.deadline - time.time()
     if need <= left:
         return True
-    clock.ledger.search_skipped = (f"the search's {max(0.0, left):.0f} s hold less than its smallest useful size "
+    plan.ledger.search_skipped = (f"the search's {max(0.0, left):.0f} s hold less than its smallest useful size "
                                    f"(~{need:.0f} s at {measure_s:.1f} s a measurement here)")
     logger.warning("budget: %s: no search; the hand recipe's models get the rest of the budget",
-                   clock.ledger.search_skipped)
+                   plan.ledger.search_skipped)
     return False
 
 
 def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session: TuneSession,
-            progress: Progress | None, clock: Clock | None = None) -> SearchOutcome:
+            progress: Progress | None, plan: Plan) -> SearchOutcome:
     """The search proper (in the session's phase thread): the baseline, then the scan, screens and trials."""
     study, store, spec, ray_address = base.study, base.store, base.spec, base.ray_address
     layers = _ensure_baseline(study, spec, before_latency=session.wait_warm)
     ctx = dataclasses.replace(base, layers=tuple(layers))
-    if clock is not None:
-        clock.ledger.charge("prepare", time.perf_counter() - clock.started)
+    plan.ledger.charge("prepare", time.perf_counter() - plan.started)
     from autoprune.search.warmstart import warm_start
 
     run = records.RunTimings(started=time.strftime("%Y-%m-%dT%H:%M:%S"), ray_init_s=ray_init_s)
-    if progress is not None:  # a budgeted run's trial count is not known in advance: the clock ends it
-        progress.start(study, None if clock is not None and n_new == BUDGETED_MAX_TRIALS else n_new)
+    if progress is not None:  # a budgeted run's trial count is not known in advance: the deadline ends it
+        progress.start(study, None if plan.bounded and n_new == BUDGETED_MAX_TRIALS else n_new)
     on_trial = (lambda t: progress.trial_done(study, t)) if progress is not None else None
 
     def phase(text: str) -> None:
@@ -300,13 +298,13 @@ def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session:
     fingerprint = records.fingerprint(study)
     job = main_job(spec, layers)
     search = True
-    if clock is not None and spec.targets:  # the hand recipe's models first: what each target gets at worst
-        _recipe_models(ctx, job, clock, phase)
-        search = _search_fits(ctx, clock)
+    if plan.bounded and spec.targets:  # the hand recipe's models first: what each target gets at worst
+        _recipe_models(ctx, job, plan, phase)
+        search = _search_fits(ctx, plan)
         n_new = n_new if search else 0
     if search and spec.screening.factor:
-        run, started = _screened_rounds(ctx, run, busy, n_new, on_trial, phase, clock)
-        if clock is not None:
+        run, started = _screened_rounds(ctx, run, busy, n_new, on_trial, phase, plan)
+        if plan.bounded:
             n_new = started
     elif search:
         waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -317,10 +315,10 @@ def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session:
         phase("fine-tuning")
         count = len(study.get_trials(deepcopy=False))
         run_trials(study, store, job, n_new, ray_address=ray_address, on_trial=on_trial,
-                   deadline=clock.deadline if clock is not None else None)
+                   deadline=plan.search_deadline)
         run = dataclasses.replace(run, run_s=time.perf_counter() - t0)
-        if clock is not None:
-            clock.ledger.charge("trials", run.run_s)
+        plan.ledger.charge("trials", run.run_s)
+        if plan.bounded:
             n_new = len(study.get_trials(deepcopy=False)) - count
     new = {t.number for t in study.get_trials(deepcopy=False)} - before
     run = dataclasses.replace(run, trials=len(new), trial_s=_trial_seconds(study, new, busy))
