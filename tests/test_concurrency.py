@@ -251,10 +251,12 @@ def test_busy_time_counts_overlapping_trials_once():
     assert union_seconds([(3.0, 4.0), (0.0, 10.0)]) == 10.0
 
 
-def test_a_read_only_database_is_refused_in_one_line_with_nothing_written(tmp_path, capsys, tiny_data, tiny_model_pt):
+def test_a_read_only_database_is_refused_in_one_line_with_nothing_written(tmp_path, capsys, tiny_data, tiny_model_pt,
+                                                                           monkeypatch):
     """SQLite opened read-only (mode=ro: file permissions do not stop root, the URI mode does)."""
     from autoprune import cli
 
+    monkeypatch.chdir(tmp_path)
     db = tmp_path / "ro.db"
     optuna.create_study(study_name="other", storage=f"sqlite:///{db}")
     before = db.read_bytes()
@@ -265,3 +267,4 @@ def test_a_read_only_database_is_refused_in_one_line_with_nothing_written(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith(f"autoprune: error: storage: {url} cannot be written (")
     assert "readonly" in err[-1] and db.read_bytes() == before
+    assert not (tmp_path / "file:").exists()  # the URI filename is a path, not a folder to make under the cwd

@@ -162,7 +162,8 @@ class Budget:
     # with targets: no fine-tuned trials; each target's best screened candidate is pruned, BN-recalibrated, measured
     # and handed straight to its final fine-tune, which gets what the short fine-tunes would have spent
     direct: bool = False
-    # the most of the budget the sensitivity scan and its allocations' screens may take: at short budgets they
+    # the most of the budget the sensitivity scan and its allocations' screens may take (from the scan's start,
+    # within the search's share): at short budgets they
     # shrink to fit (fewer probe ratios per block, fewer allocations), from the first probes' measured cost;
     # None: always full size
     scan_share: float | None = field(default=0.25, metadata=bounds(gt=0, max=1))

@@ -170,6 +170,9 @@ def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, 
             won = RaceOutcome(entrants[0].trial, entrants[0].source, spec.budget.final_lr, None, {"why": why})
         if won.source == "recipe" and len(entrants) > 1:
             logger.info("%s: the uniform recipe's model won on this task (trial %d)", target.label, won.trial.number)
+        elif won.source == "recipe":
+            logger.info("%s: the search found no model that meets it; the uniform recipe's model is delivered (trial "
+                        "%d)", target.label, won.trial.number)
         left = seconds - (time.perf_counter() - t0)
         if left <= 0:
             logger.warning("target %s: the budget was spent before its final fine-tune: trial %d is delivered as it "

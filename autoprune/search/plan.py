@@ -70,9 +70,11 @@ class Plan:
             return math.inf
         return self.ledger.budget_s - (time.perf_counter() - self.started)
 
-    def share_left(self, share: float) -> float:
-        """Seconds until ``share`` of the budget has passed since the command's start (negative: past it)."""
-        return self.started + share * (self.ledger.budget_s or 0.0) - time.perf_counter()
+    def share_left(self, share: float, since: float) -> float:
+        """Seconds until ``share`` of the budget has passed since ``since`` (a ``time.perf_counter()``: the phase's
+        start), and never past the search's deadline (negative: past either)."""
+        left = since + share * (self.ledger.budget_s or 0.0) - time.perf_counter()
+        return min(left, self.deadline - time.time())
 
     def round_deadline(self, study: optuna.Study, spec: SearchSpec) -> float:
         """The deadline of the next round's screens and trials: ``grace`` while a target is uncovered."""

@@ -153,7 +153,8 @@ def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, 
 
     spec, layers = ctx.spec, list(ctx.layers)
     share = spec.budget.scan_share if plan.bounded else None
-    sizing = ScanBudget.of(spec, share, lambda: plan.share_left(share)) if share else None
+    since = time.perf_counter()  # the scan's share counts from its start (the baseline and the recipe's models
+    sizing = ScanBudget.of(spec, share, lambda: plan.share_left(share, since)) if share else None  # came first)
     scan = ensure_scan(ctx.study, ctx.store, spec, layers, ctx.ray_address, sizing=sizing)
     sens, ran = scan.sensitivity, scan.ran
     if plan.bounded and not ran:

@@ -58,7 +58,10 @@ def sqlite_path(url: str) -> str | None:
     """The database file of an ``sqlite:///PATH[?timeout=S]`` URL (None for other URLs and in-memory SQLite)."""
     if not url.startswith("sqlite:///"):
         return None
-    path = sa.engine.make_url(url).database
+    parsed = sa.engine.make_url(url)
+    path = parsed.database
+    if path and path.startswith("file:") and str(parsed.query.get("uri", "")).lower() == "true":
+        path = path[len("file:"):]  # an SQLite URI filename (sqlite:///file:PATH?mode=ro&uri=true)
     return path if path and path != ":memory:" else None
 
 
