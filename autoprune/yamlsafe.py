@@ -1,5 +1,6 @@
 """Reading YAML that a user hands us: safe types only, and a bound on aliases (a 'billion laughs' document
-expands to gigabytes once anything walks or prints it)."""
+expands to gigabytes once anything walks or prints it); writing YAML a user reads: safe types, in the given key
+order, without anchors and aliases (a value written twice is written out twice)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["load", "MAX_ALIASES"]
+__all__ = ["load", "dump", "MAX_ALIASES"]
 
 MAX_ALIASES = 20  # k aliases can expand to about e^(k/e) nodes at most: 20 keeps that near 1,500
 
@@ -33,3 +34,13 @@ def load(text: str) -> Any:
         return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+class _PlainDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump(data: Any) -> str:
+    """``yaml.safe_dump(data, sort_keys=False)`` without ``&id001`` anchors and ``*id001`` aliases."""
+    return yaml.dump(data, Dumper=_PlainDumper, sort_keys=False, allow_unicode=True)

@@ -33,6 +33,16 @@ def test_policy_file_round_trips(tmp_path):
     assert load_policy_file(path) == _doc()
 
 
+def test_a_policy_file_has_no_yaml_anchors(tmp_path):
+    """A value written twice (a delivery never fine-tuned: its finalize 'after' is its 'before') is written out
+    twice, not as &id001 / *id001 (issue 39)."""
+    split = {"val": {"map50_95": 0.7}}
+    doc = PolicyDocument(**{**_doc().__dict__, "finalize": {"before": split, "after": split}})
+    text = dump_policy_file(doc, tmp_path / "policy.yaml").read_text()
+    assert "&id" not in text and "*id" not in text
+    assert load_policy_file(tmp_path / "policy.yaml").finalize == {"before": split, "after": split}
+
+
 @pytest.mark.parametrize("edit,message", [
     (lambda d: d.update(schema="other"), "not an autoprune policy file"),
     (lambda d: d.update(version=2), "version 2 is not supported"),
@@ -54,7 +64,9 @@ def test_policy_file_round_trips(tmp_path):
     (lambda d: d["policy"].update(schedule="step"), "policy.schedule: 'step' is not one of cosine, linear"),
     (lambda d: d["policy"].update(distill="no"), "'distill' has the wrong type"),
     (lambda d: d.update(imgsz=100), "imgsz: 100 is not a multiple of 32"),
-    (lambda d: d.update(seed=-3), "seed: must be >= 0"),
+    (lambda d: d.update(seed=-3), "seed: must be 0 to 2147483647"),
+    (lambda d: d.update(seed=2**40), "seed: must be 0 to 2147483647"),  # numpy refuses it (issue 40)
+    (lambda d: d.update(channels={}), r"channels: empty, but ratios prune 2 layer\(s\)"),  # issue 40
     (lambda d: d["finetune"].update(batch=0), "finetune.batch: '0' is not an integer"),
     (lambda d: d["finetune"].update(optimizer="Lion"), "finetune.optimizer: 'Lion' is not one of"),
 ])

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from autoprune import yamlsafe
 from autoprune.errors import InputError
 from autoprune.model import objectives, records
 from autoprune.model.constraints import feasible
@@ -296,8 +296,7 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
         dump_policy_file(doc, stage / "policy.yaml")
         original = {layer.name: layer.channels for layer in records.layers(study) or []}
         modules = tp.torch_pruning_modules(ultra.load_model(checkpoint), list(original))
-        (stage / "tp_ratios.yaml").write_text(yaml.safe_dump(tp_ratio_mapping(modules, original, dict(doc.channels)),
-                                                             sort_keys=False))
+        (stage / "tp_ratios.yaml").write_text(yamlsafe.dump(tp_ratio_mapping(modules, original, dict(doc.channels))))
         diff = None
         if onnx:
             ultra.export_onnx(checkpoint, doc.imgsz, stage / "pruned.onnx")

@@ -117,7 +117,7 @@ def schema_text() -> str:
 
 def dump_policy_file(doc: PolicyDocument, path: str | Path) -> Path:
     path = Path(path)
-    path.write_text(yaml.safe_dump(doc.to_dict(), sort_keys=False))
+    path.write_text(yamlsafe.dump(doc.to_dict()))
     return path
 
 

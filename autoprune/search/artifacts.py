@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import optuna
-import yaml
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+from autoprune import yamlsafe
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def write_and_upload(trial: optuna.Trial, store: FileSystemArtifactStore, trial_
     policy_file = trial_dir / "policy.yaml"
     part = trial_dir / ".policy.yaml.part"
     try:
-        part.write_text(yaml.safe_dump(document, sort_keys=False))
+        part.write_text(yamlsafe.dump(document))
         part.replace(policy_file)
     finally:
         part.unlink(missing_ok=True)
