@@ -154,6 +154,18 @@ def test_targets_delivered_are_marked_in_the_front_and_the_report(tmp_path, caps
     marked = [p for p in pareto_data(study).points if p.targets]
     assert [(p.number, p.targets) for p in marked] == [(member, ("params-50",))]
     assert "finalized for target params-50" in marked[0].hover
+    # the report shows what was delivered: the same model at its finalized val mAP50-95, the proxy beside it
+    names = records.study_objectives(study)
+    m = names.index("map50_95")
+    assert marked[0].finalized is not None and marked[0].finalized[m] == 0.6 and marked[0].finalized_test is None
+    assert [v for k, v in enumerate(marked[0].finalized) if k != m] == [v for k, v in enumerate(marked[0].values)
+                                                                          if k != m]
+    assert "delivered (after its final fine-tune): val mAP50-95 0.6000" in marked[0].hover
+    assert all(p.finalized is None for p in pareto_data(study).points if not p.targets)
+    from autoprune.views import write_report
+
+    page = write_report(study, tmp_path / "d.html").read_text()
+    assert "delivered (after its final fine-tune)" in page
     assert cli.main(["front", "--storage", url, "--study", study.study_name, "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["trial"]: r["target"] for r in rows if r["target"]} == {member: "params-50"}

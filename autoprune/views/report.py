@@ -48,6 +48,12 @@ def _pareto_2d(data: Any) -> Any:
                                                                             line=dict(width=2)),
                                      name="finalized for a target", legendgroup="target", showlegend=k == 1,
                                      hovertext=[p.hover for p in marked], hoverinfo="text"), 1, k)
+        final = [p for p in data.points if p.finalized is not None]
+        if final:  # what was delivered: the same model after its final fine-tune (its val mAP50-95)
+            fig.add_trace(go.Scatter(x=[p.finalized[i] for p in final], y=[p.finalized[j] for p in final],
+                                     mode="markers", marker=dict(color=_FRONT, size=13, symbol="diamond"),
+                                     name="delivered (after its final fine-tune)", legendgroup="delivered",
+                                     showlegend=k == 1, hovertext=[p.hover for p in final], hoverinfo="text"), 1, k)
         doubtful = [p for p in data.points if p.on_front and p.latency_check]
         if doubtful:
             fig.add_trace(go.Scatter(x=[p.values[i] for p in doubtful], y=[p.values[j] for p in doubtful],

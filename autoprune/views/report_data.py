@@ -15,7 +15,7 @@ from autoprune.model import knobs, objectives, records
 from autoprune.model.pareto import baseline_hypervolume
 from autoprune.model.policy import ratio_summary
 from autoprune.model.timing import latency_flags
-from autoprune.views.text import delivered_trials, reference_values
+from autoprune.views.text import delivered_maps, delivered_trials, reference_values
 
 __all__ = ["ParetoPoint", "ParetoData", "pareto_data", "RatioProfile", "ratio_profiles", "KnobRow", "knob_rows",
            "HypervolumePoint", "hypervolume_history", "BnHistogram", "bn_scale_histograms"]
@@ -37,6 +37,10 @@ class ParetoPoint:
     hover: str
     targets: tuple[str, ...] = ()  # the targets this trial was finalized for (a budgeted run's deliveries)
     latency_check: tuple[str, ...] = ()  # reasons to doubt its latency (model.timing.latency_flags)
+    # a delivered trial's values after its final fine-tune (mAP50-95 on val; the rest unchanged: same structure,
+    # same deployment) and its test mAP50-95; None: not delivered
+    finalized: tuple[float, ...] | None = None
+    finalized_test: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,15 +71,23 @@ def pareto_data(study: optuna.Study) -> ParetoData:
     names = _names(study)
     front = {t.number for t in study.best_trials}
     delivered = delivered_trials(records.deliveries(study))
+    maps = delivered_maps(records.deliveries(study))
     base_metrics = records.baseline_metrics(study)
     points = []
     for t in _complete(study):
         rec = records.trial(t)
         flags = tuple(latency_flags(rec.metrics, rec.latency, base_metrics))
+        final = maps.get(t.number)
+        values = tuple(float(v) for v in t.values)
+        finalized = tuple(final["val"] if n == "map50_95" and final["val"] is not None else v
+                          for n, v in zip(names, values)) if final else None
         hover = (_hover(t, names) + "".join(f"<br>finalized for target {x}" for x in delivered.get(t.number, []))
+                 + (f"<br>delivered (after its final fine-tune): val mAP50-95 {final['val']:.4f}"
+                    + (f", test {final['test']:.4f}" if final.get("test") is not None else "")
+                    + " (the search's value above: before it)" if final else "")
                  + "".join(f"<br>latency check: {x}" for x in flags))
-        points.append(ParetoPoint(t.number, tuple(float(v) for v in t.values), t.number in front, hover,
-                                  tuple(delivered.get(t.number, [])), flags))
+        points.append(ParetoPoint(t.number, values, t.number in front, hover, tuple(delivered.get(t.number, [])),
+                                  flags, finalized, final.get("test") if final else None))
     base = records.baseline(study)
     baseline = tuple(float(base[n]) for n in names) if base and all(n in base for n in names) else None
     refs = tuple((str(r["name"]), tuple(reference_values(r, n, base) for n in names))
