@@ -247,6 +247,8 @@ def test_a_budgeted_search_delivers_a_finalized_model_per_target_within_its_budg
         assert doc["finalize"]["seconds"] > 0 and doc["finalize"]["epochs"] >= 1
         assert d["params_ratio"] <= 1 - int(label.split("-")[1]) / 100 + 1e-9
         assert f"target {label}: trial {d['trial']}" in r.stdout
+        marked = study.trials[d["trial"]].user_attrs["delivered"][label]  # on the trial, for the dashboard
+        assert marked["out_dir"] == d["out_dir"] and marked["val_map50_95"] == d["after"]["val"]["map50_95"]
     assert "budget 2m30s: spent" in r.stdout
     front = _cli(tmp_path, "front", "--study", "budgeted", "--format", "json")
     rows = json.loads(front.stdout)

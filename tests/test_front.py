@@ -201,3 +201,24 @@ def test_the_front_shows_what_was_delivered_even_off_the_front(tmp_path, capsys)
     assert cli.main(["front", "--storage", url, "--study", study.study_name]) == 0
     table = capsys.readouterr().out
     assert "0.7912 / 0.8004" in table and "0.6500 / -" in table and "delivered: the target's finalized model" in table
+
+
+def test_a_delivery_is_marked_on_its_trial_for_the_dashboard(tmp_path):
+    """optuna-dashboard shows a trial's user attributes: a delivered trial gets ``delivered`` (val and test
+    mAP50-95 after its final fine-tune, its folder) per target, its values left as the search measured them."""
+    import optuna
+
+    from autoprune.model import records
+
+    study, url = make_study(tmp_path, n=6)
+    store = get_storage(url)
+    t = study.best_trials[0]
+    after = {"val": {"map50_95": 0.61}, "test": {"map50_95": 0.58}}
+    store.mark(study, t.number, records.delivered_attrs(t, "params-50", {"out_dir": "f/p50", "after": after,
+                                                                           "epochs": 12}))
+    again = optuna.load_study(study_name=study.study_name, storage=url).trials[t.number]
+    store.mark(study, t.number, records.delivered_attrs(again, "params-70", {"out_dir": "f/p70", "after": after}))
+    final = optuna.load_study(study_name=study.study_name, storage=url).trials[t.number]
+    assert final.user_attrs["delivered"]["params-50"] == {"out_dir": "f/p50", "epochs": 12, "val_map50_95": 0.61,
+                                                          "test_map50_95": 0.58}
+    assert set(final.user_attrs["delivered"]) == {"params-50", "params-70"} and final.values == t.values

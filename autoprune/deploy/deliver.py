@@ -129,8 +129,15 @@ def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, plan: Plan) -> l
             d = _deliver(study, store, spec, target, entrants[target], seconds)
         plan.ledger.charge("final", time.perf_counter() - t0)
         records.set_delivery(study, study, target.label, d.record(base_params))
+        if d.out_dir is not None and d.trial is not None:  # on the trial too, for optuna-dashboard's trial page
+            store.mark(study, d.trial, records.delivered_attrs(_trial(study, d.trial), target.label,
+                                                               d.record(base_params)))
         out.append(d)
     return out
+
+
+def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
 def target_entrants(study: optuna.Study, target: Target) -> list[Entrant]:

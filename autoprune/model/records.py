@@ -27,7 +27,7 @@ __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline
            "warm_start_attrs", "recipe_attrs", "screen_source_attrs", "remeasured_attrs", "set_artifact_dir",
            "copy_study_attrs", "probe_attrs", "probe",
            "set_scan_key", "scan_key", "set_driver_start", "driver_starts", "deliveries", "set_delivery",
-           "append_budget_run", "budget_runs", "mean_wall_seconds"]
+           "append_budget_run", "budget_runs", "delivered_attrs", "mean_wall_seconds"]
 
 HEARTBEAT_PREFIX = "heartbeat:"
 _DRIVER_PREFIX = "driver:"  # when each driver (host:pid) opened the study
@@ -112,6 +112,16 @@ def deliveries(s: Attrs) -> dict[str, dict[str, Any]]:
 
 def set_delivery(s: Attrs, w: Writer, label: str, record: Mapping[str, Any]) -> None:
     w.set_user_attr("deliveries", {**deliveries(s), label: dict(record)})
+
+
+def delivered_attrs(t: Attrs, label: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial attribute ``delivered`` that marks trial ``t`` as delivered for target ``label`` (what the final
+    fine-tune made of it: val and test mAP50-95 after, its folder), beside any other target it was delivered for:
+    optuna-dashboard shows it on the trial's page next to the search's own values."""
+    after = record.get("after") or {}
+    entry = {"out_dir": record.get("out_dir"), "epochs": record.get("epochs"),
+             **{f"{split}_map50_95": m.get("map50_95") for split, m in after.items()}}
+    return {"delivered": {**dict(t.user_attrs.get("delivered") or {}), label: entry}}
 
 
 def budget_runs(s: Attrs) -> list[dict[str, Any]]:

@@ -132,16 +132,21 @@ class StudyStorage:
     def load(self, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=self.rdb, sampler=sampler)
 
+    def _trial_id(self, study: optuna.Study, number: int) -> int:
+        return self.rdb.get_trial_id_from_study_id_trial_number(self.rdb.get_study_id_from_name(study.study_name),
+                                                                number)
+
     def trial(self, study: optuna.Study, number: int) -> optuna.Trial:
         """A live handle on trial ``number`` of ``study`` (to record on, or tell)."""
-        sid = self.rdb.get_study_id_from_name(study.study_name)
-        return optuna.Trial(study, self.rdb.get_trial_id_from_study_id_trial_number(sid, number))
+        return optuna.Trial(study, self._trial_id(study, number))
 
     def was_queued(self, study: optuna.Study, number: int) -> bool:
         """Whether trial ``number`` came from the study's queue (``enqueue_trial``), not from its sampler."""
-        sid = self.rdb.get_study_id_from_name(study.study_name)
-        tid = self.rdb.get_trial_id_from_study_id_trial_number(sid, number)
-        return "fixed_params" in self.rdb.get_trial_system_attrs(tid)
+        return "fixed_params" in self.rdb.get_trial_system_attrs(self._trial_id(study, number))
+
+    def mark(self, study: optuna.Study, number: int, user_attrs: dict[str, Any]) -> None:
+        """Set user attributes of finished trial ``number`` (what became of it: a delivery); values stay."""
+        self.correct_finished(self._trial_id(study, number), {}, user_attrs, {})
 
     def correct_finished(self, trial_id: int, values: dict[int, float], user_attrs: dict[str, Any],
                          system_attrs: dict[str, Any]) -> None:
