@@ -62,6 +62,28 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+METHOD_PATHS = ("autoprune", "search_spaces", "pyproject.toml", "benchmarks/fresh_tasks.py", "benchmarks/_common.py")
+
+
+def method_commit() -> tuple[str | None, bool]:
+    """The last commit that changed the method a benchmark measures (the package, the specs, the dependencies and
+    the benchmark's own code: :data:`METHOD_PATHS`), and whether the checkout's copy of them is that commit's
+    (no uncommitted change). Documentation committed during a long draw does not change it."""
+    import os
+
+    if os.environ.get("AUTOPRUNE_BENCH_COMMIT"):
+        return os.environ["AUTOPRUNE_BENCH_COMMIT"], True
+    root = Path(__file__).resolve().parent.parent
+    try:
+        last = subprocess.run(["git", "log", "-1", "--format=%H", "--", *METHOD_PATHS], capture_output=True,
+                              text=True, check=True, cwd=root).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *METHOD_PATHS], capture_output=True,
+                               text=True, check=True, cwd=root).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None, False
+    return last or None, not dirty
+
+
 def commit() -> str | None:
     """The git commit the benchmarks run on: ``AUTOPRUNE_BENCH_COMMIT`` where set (a copy of the tree sent to a GPU
     machine, whose git metadata may name an older commit), else the checkout's HEAD (None outside a checkout)."""

@@ -25,7 +25,9 @@ that load shows as noise). ``dominated``: the recipe's model is > 0.5 point bett
 faster and not > 0.5 point worse. The summary pairs the arms by task with t-intervals (scipy) per target and regime.
 
 Results go to ``--out`` after every task; a re-run with the same ``--out`` continues the draw (its seeds, commit and
-settings are read back; a different commit is refused).
+settings are read back). The draw is tied to the method's commit (``method_commit``: the last commit that changed
+the package, the specs, the dependencies or this benchmark; documentation may be committed meanwhile): a checkout
+whose method differs, or has uncommitted changes, is refused.
 
     python benchmarks/fresh_tasks.py --tasks 6 --out benchmarks/results/fresh_tasks_<draw>.json
 """
@@ -48,7 +50,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import commit, logger, machine, setup_logging, write_json  # noqa: E402
+from _common import METHOD_PATHS, commit, logger, machine, method_commit, setup_logging, write_json  # noqa: E402
 
 DEMO_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 TARGETS = {"params-50": {"params": 0.5}, "params-70": {"params": 0.3}, "latency-50": {"latency_ratio": 0.5}}
@@ -260,14 +262,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging()
     result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if result and result.get("commit") != commit():
-        print(f"--out: {args.out} was drawn on commit {result.get('commit')}; this checkout is {commit()} "
-              "(a draw is run on one frozen commit)", file=sys.stderr)
+    method, clean = method_commit()
+    if not clean and not args.tiny:
+        print(f"the method ({', '.join(METHOD_PATHS)}) has uncommitted changes: a draw runs on one frozen commit",
+              file=sys.stderr)
+        return 2
+    if result and result.get("method_commit", result.get("commit")) != method:
+        print(f"--out: {args.out} was drawn on method commit {result.get('method_commit', result.get('commit'))}; "
+              f"this checkout's is {method} (a draw is run on one frozen commit)", file=sys.stderr)
         return 2
     if not result:
         draw = args.draw_seed if args.draw_seed is not None else int.from_bytes(os.urandom(4), "big")
         seeds = random.Random(draw).sample(range(10**6, 10**7), args.tasks)
-        result = {"benchmark": "fresh_tasks", "commit": commit(), "draw_seed": draw, "machine": machine(),
+        result = {"benchmark": "fresh_tasks", "commit": commit(), "method_commit": method, "draw_seed": draw,
+                  "machine": machine(),
                   "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                   "targets": TARGETS,
                   "tasks": [{"task_seed": s, "regime": REGIMES[(i + REGIMES.index(args.first_regime)) % 2],

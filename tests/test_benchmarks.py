@@ -327,7 +327,7 @@ def test_fresh_tasks_benchmark_records_both_arms_at_every_target(tmp_path):
     against the base, the JSON records the draw, the commit and which tasks are done; a re-run continues it."""
     res, _ = _bench(tmp_path, "fresh_tasks", "--tasks", "1", "--tiny", "--draw-seed", "7", "--n-test", "8",
                     "--max-epochs", "2", "--patience", "1", "--target-s", "40", "--workdir", str(tmp_path / "w"))
-    assert res["draw_seed"] == 7 and res["commit"] and len(res["tasks"]) == 1
+    assert res["draw_seed"] == 7 and res["commit"] and res["method_commit"] and len(res["tasks"]) == 1
     task = res["tasks"][0]
     assert task["done"] and task["regime"] == "converged" and task["budget_s"] == 40
     assert set(task["targets"]) == {"params-50", "params-70", "latency-50"}
@@ -340,6 +340,24 @@ def test_fresh_tasks_benchmark_records_both_arms_at_every_target(tmp_path):
     assert res["summary"]["all/params-50"]["n"] <= 1
     again, _ = _bench(tmp_path, "fresh_tasks", "--tasks", "1", "--tiny")  # done: nothing to run
     assert again["tasks"] == res["tasks"]
+
+
+def test_a_draw_is_tied_to_the_method_commit_not_to_documentation():
+    """The method commit is the last commit that touched the package, the specs, the dependencies or the benchmark
+    (a README commit during a long draw does not change it)."""
+    import re
+
+    sys.path.insert(0, str(BENCH))
+    import _common
+
+    method, clean = _common.method_commit()
+    assert method is not None and re.fullmatch(r"[0-9a-f]{40}", method) and isinstance(clean, bool)
+    last_readme = subprocess.run(["git", "log", "-1", "--format=%H", "--", "README.md"], capture_output=True,
+                                 text=True, cwd=BENCH.parent).stdout.strip()
+    touched = subprocess.run(["git", "show", "--name-only", "--format=", last_readme], capture_output=True,
+                             text=True, cwd=BENCH.parent).stdout.split()
+    if not any(p.startswith(_common.METHOD_PATHS) for p in touched):  # a documentation-only commit
+        assert method != last_readme
 
 
 def test_fresh_tasks_dominance_and_summary():
