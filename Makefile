@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/autoprune search search_spaces/demo.yaml
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check autoprune tests benchmarks
+	$(VENV)/bin/ruff check autoprune tests benchmarks docs
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
