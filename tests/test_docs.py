@@ -62,3 +62,15 @@ def test_the_docs_link_only_to_pages_that_exist():
         for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
             if not target.startswith("http"):
                 assert (page.parent / target).exists(), (page.name, target)
+
+
+def test_every_benchmark_result_is_marked_current_or_superseded():
+    import json
+
+    results = ROOT / "benchmarks" / "results"
+    index = json.loads((results / "index.json").read_text())["files"]
+    on_disk = {p.name for p in results.iterdir() if p.name != "index.json"}
+    assert set(index) == on_disk, sorted(on_disk ^ set(index))
+    for name, entry in index.items():
+        assert entry["status"] in ("current", "superseded"), name
+        assert entry.get("why" if entry["status"] == "superseded" else "what"), name
