@@ -20,7 +20,7 @@ from autoprune.paths import artifacts_dir
 if TYPE_CHECKING:
     import optuna
 
-    from autoprune.search.study import Opened
+    from autoprune.search.storage.study import Opened
 
 logger = logging.getLogger("autoprune")
 
@@ -186,7 +186,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
     from autoprune.model import records
-    from autoprune.search.study import masked
+    from autoprune.search.storage.study import masked
 
     print(f"study {study.study_name}: {', '.join(f'{v} {k.lower()}' for k, v in sorted(states.items()))}; "
           f"storage {masked(outcome.spec.storage_url)}")
@@ -207,7 +207,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _print_front(study: optuna.Study, store: Any, fmt: str) -> None:
     from autoprune.model import records
-    from autoprune.search.front import latency_checks, read_front, sync_front, with_delivered
+    from autoprune.search.storage.front import latency_checks, read_front, sync_front, with_delivered
     from autoprune.views.text import delivered_maps, delivered_trials, front_records, render_front
 
     sync_front(study, store)
@@ -231,7 +231,7 @@ def _storage_url(args: argparse.Namespace) -> str:
 
 def _existing_study(args: argparse.Namespace) -> Opened:
     from autoprune.config.spec import Overrides, load_spec
-    from autoprune.search.study import load_existing
+    from autoprune.search.storage.study import load_existing
 
     if args.spec:  # only the study's name and storage are used: no device or file checks
         spec = load_spec(args.spec, Overrides(storage=args.storage, study_name=args.study),
@@ -269,7 +269,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from autoprune.search.study import check_database
+    from autoprune.search.storage.study import check_database
     from autoprune.views.dashboard import serve_dashboard
 
     check_database(_storage_url(args))
@@ -384,8 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = "terminated (SIGTERM)" if _TERMINATED else "interrupted (SIGINT)"
         sys.stderr.write(f"autoprune: {how}: {_INTERRUPTED.get(args.command, 'nothing was written')}\n")
         code = EXIT_SIGTERM if _TERMINATED else EXIT_SIGINT
-        if "autoprune.search.session" in sys.modules:  # a phase still timing must not outlive the interpreter
-            sys.modules["autoprune.search.session"].exit_if_phases_alive(code)
+        if "autoprune.search.execution.session" in sys.modules:  # a phase still timing must not outlive the interpreter
+            sys.modules["autoprune.search.execution.session"].exit_if_phases_alive(code)
         return code
 
 

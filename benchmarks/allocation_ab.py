@@ -34,7 +34,7 @@ from autoprune.config.spec import parse_spec  # noqa: E402
 from autoprune.model.allocation import allocate, block_options, calibrated, loss_exponent  # noqa: E402
 from autoprune.model.shapes import params_for_policy, sample_policy  # noqa: E402
 from autoprune.model.space import Layer, blocks  # noqa: E402
-from autoprune.search.sensitivity import allocated_candidates, grid, scan_knobs, true_saving  # noqa: E402
+from autoprune.search.strategy.sensitivity import allocated_candidates, grid, scan_knobs, true_saving  # noqa: E402
 from search_vs_recipe import DEMO_SPEC, bootstrap_diff  # noqa: E402
 
 RULES = ("linear", "fitted", "sized")
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.engine.criteria import TRACE_IMGSZ
     from autoprune.engine.screen import screen_safely
     from autoprune.model import records
-    from autoprune.search.sensitivity import read_scan
+    from autoprune.search.strategy.sensitivity import read_scan
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     raw = yaml.safe_load(DEMO_SPEC.read_text())

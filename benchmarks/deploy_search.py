@@ -68,7 +68,7 @@ def scratch_references(study: optuna.Study, raw: dict[str, Any], seconds: float,
     """Train the narrower model from scratch for ``seconds`` and add it at each searched deployment."""
     from autoprune.adapters import ultra
     from autoprune.search.inputs import prepare_inputs
-    from autoprune.search.references import add_reference, deployments, measure_reference
+    from autoprune.search.strategy.references import add_reference, deployments, measure_reference
 
     spec = prepare_inputs(parse_spec(raw, SPEC.name, studies_dir=studies)).spec
     folder = Path(tempfile.mkdtemp(prefix="autoprune-scratch-"))

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     import optuna
 
-    from autoprune.search.sensitivity import read_scan
+    from autoprune.search.strategy.sensitivity import read_scan
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     scans = []

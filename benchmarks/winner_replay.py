@@ -3,10 +3,10 @@
 A budgeted run delivers, per target, the trial with the best short-fine-tune proxy (val mAP50-95) among those that
 meet it. Proxies of trials a few tenths of a point apart are within their noise, and the best of them is often the
 most pruned (e.g. -55% for a -50% target), while the final fine-tune recovers more of a larger model. The rule
-``tolerance`` (:func:`autoprune.search.targets.trial_for_target`) takes, of the trials within ``tolerance`` of the
-best proxy, the one with the most parameters. For each (seed, target) where it picks another trial, this finalizes
-that trial with ``autoprune finalize`` for the delivered model's epochs and learning rate, and, as a control for the
-noise of the replay itself, the delivered trial again with the same settings. Reported: test mAP50-95 of each
+``tolerance`` (:func:`autoprune.search.strategy.targets.trial_for_target`) takes, of the trials within ``tolerance``
+of the best proxy, the one with the most parameters. For each (seed, target) where it picks another trial, this
+finalizes that trial with ``autoprune finalize`` for the delivered model's epochs and learning rate, and, as a control
+for the noise of the replay itself, the delivered trial again with the same settings. Reported: test mAP50-95 of each
 (the test split is read here only to report, as in the benchmark), and the paired difference alternative - control.
 
     python benchmarks/winner_replay.py --workdir /tmp/bench-d11c \\
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from autoprune.model import records
     from autoprune.model.budget import Target
-    from autoprune.search.targets import trial_for_target
+    from autoprune.search.strategy.targets import trial_for_target
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     bench = json.loads(args.results.read_text())

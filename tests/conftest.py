@@ -102,8 +102,8 @@ def make_study(tmp_path, n=40, seed=0, name="fake"):
     from optuna.trial import TrialState
 
     from autoprune.config.spec import parse_spec
-    from autoprune.search.front import read_front, sync_front
-    from autoprune.search.study import get_storage, open_study_for
+    from autoprune.search.storage.front import read_front, sync_front
+    from autoprune.search.storage.study import get_storage, open_study_for
 
     url = f"sqlite:///{tmp_path}/studies/autoprune.db"
     spec = parse_spec({"name": name, "model": "m", "data": "d", "storage": url}, "s.yaml",

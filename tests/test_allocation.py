@@ -23,7 +23,7 @@ from autoprune.model.allocation import (
     sized,
 )
 from autoprune.model.space import FloatRange, Layer, Space, block_of, blocks
-from autoprune.search.sensitivity import allocated_candidates, grid, probe_params, scan_levels
+from autoprune.search.strategy.sensitivity import allocated_candidates, grid, probe_params, scan_levels
 
 LAYERS = [Layer("model.0", 16), Layer("model.2.cv1", 16), Layer("model.2.m.0.cv1", 8),
           Layer("model.12.cv2", 32, "neck"), Layer("model.22.cv2.0.0", 64, "head"),
@@ -284,8 +284,8 @@ def test_an_interrupted_probe_is_not_a_result_and_is_screened_again():
 
     from autoprune.model import records
     from autoprune.model.allocation import REFERENCE
-    from autoprune.search.sensitivity import read_scan
-    from autoprune.search.study import was_interrupted
+    from autoprune.search.storage.study import was_interrupted
+    from autoprune.search.strategy.sensitivity import read_scan
 
     scan = optuna.create_study(directions=["maximize", "minimize", "minimize"])
 
@@ -319,7 +319,7 @@ def test_fit_count_keeps_between_its_bounds():
 
 def test_a_budgeted_scan_shrinks_to_its_share_from_a_probes_cost():
     """``seconds_left`` is a stand-in for the run's clock (a lambda returning fixed seconds)."""
-    from autoprune.search.sensitivity import Scan, ScanBudget
+    from autoprune.search.strategy.sensitivity import Scan, ScanBudget
 
     spec = parse_spec({**BASE, "budget": {"seconds": 300, "direct": True}, "targets": [{"params": 0.5},
                                                                                        {"params": 0.3}],
@@ -367,7 +367,7 @@ def test_a_latency_cut_is_allocated_on_macs_once_and_sized_on_timed_copies():
 
 def test_each_target_is_sized_on_what_it_bounds():
     from autoprune.model.budget import Target
-    from autoprune.search.target_allocation import sized_on
+    from autoprune.search.strategy.target_allocation import sized_on
 
     assert sized_on(Target((("params", 0.5),))) == ("params", pytest.approx(0.5))
     assert sized_on(Target((("macs", 0.4),))) == ("macs", pytest.approx(0.6))
@@ -376,8 +376,8 @@ def test_each_target_is_sized_on_what_it_bounds():
 
 
 def test_a_scan_without_block_probes_allocates_nothing_and_prunes_no_copy():
-    from autoprune.search.sensitivity import Scan
-    from autoprune.search.target_allocation import target_candidates
+    from autoprune.search.strategy.sensitivity import Scan
+    from autoprune.search.strategy.target_allocation import target_candidates
 
     spec = parse_spec({**BASE, "budget": 300, "targets": [{"params": 0.5}, {"latency_ratio": 0.5}]}, "s.yaml")
     sweep_only = Scan(Sensitivity(0.8, 1000.0, (), (Probe("*", 0.3, 0.7, 600.0),)), set(), None, 0, 3.0)

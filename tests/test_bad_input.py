@@ -141,7 +141,7 @@ def _build(name: str, tmp: Path, good: dict, data: Path, model: Path, pg_url: st
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory, tiny_data, tiny_model_pt):
     from autoprune.config.spec import parse_spec
-    from autoprune.search.study import get_storage, open_study_for
+    from autoprune.search.storage.study import get_storage, open_study_for
 
     tmp = tmp_path_factory.mktemp("bad")
     good = {"name": "ok", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 1}

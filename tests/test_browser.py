@@ -51,7 +51,7 @@ class _Quiet(WSGIRequestHandler):
 def dashboard(tmp_path):
     from optuna.artifacts import get_all_artifact_meta
 
-    from autoprune.search.artifacts import artifact_store, write_and_upload
+    from autoprune.search.storage.artifacts import artifact_store, write_and_upload
     from autoprune.views.dashboard import dashboard_app
 
     study, url = make_study(tmp_path, n=20, name="dash-study")

@@ -17,7 +17,7 @@ from autoprune.config.spec import Overrides, parse_spec
 from autoprune.errors import SpecError
 from autoprune.model.budget import PHASES, Ledger, Target, format_duration, parse_duration
 from autoprune.model.samplers import stream_seed
-from autoprune.search.promotion import target_picks
+from autoprune.search.strategy.promotion import target_picks
 
 BASE = {"map50_95": 0.8, "params": 1000.0, "macs": 5000.0}
 
@@ -119,7 +119,7 @@ def test_seed_streams_do_not_overlap():
 def test_studies_of_neighbouring_seeds_draw_distinct_policies(tmp_path):
     """Each search run reopens the study (as a benchmark running one trial per run does): the sampler is seeded from
     (seed, trials there); seeds 0-3 over 5 runs each must not share a draw."""
-    from autoprune.search.study import StudyOptions, get_storage, open_study
+    from autoprune.search.storage.study import StudyOptions, get_storage, open_study
 
     store = get_storage(f"sqlite:///{tmp_path}/s.db")
     sampler = _spec(sampler="random").sampler
@@ -289,7 +289,7 @@ def test_the_final_time_goes_to_the_targets_that_have_a_winner(monkeypatch):
         given[target.label] = (entrants[0].trial.number, seconds)
         return deliver.Delivered(target, trial=entrants[0].trial.number, out_dir=None)
     monkeypatch.setattr(deliver, "_deliver", fake_deliver)
-    from autoprune.search.plan import Plan
+    from autoprune.search.strategy.plan import Plan
 
     outcome = deliver.SearchOutcome(study=study, spec=spec, new_trials=1, store=None)
     plan = Plan(deadline=_time.time(), ledger=Ledger(budget_s=100.0), started=_time.perf_counter() - 40.0)
@@ -301,7 +301,7 @@ def test_the_final_time_goes_to_the_targets_that_have_a_winner(monkeypatch):
 
 def test_a_round_may_borrow_grace_only_while_a_target_is_uncovered():
     from autoprune.model import records
-    from autoprune.search.plan import Plan
+    from autoprune.search.strategy.plan import Plan
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
@@ -325,8 +325,8 @@ def test_patience_hands_the_search_share_to_the_final_once_no_winner_improves():
     import time as _time
 
     from autoprune.model import records
-    from autoprune.search.plan import Plan
-    from autoprune.search.plan import round_plan as _round_plan
+    from autoprune.search.strategy.plan import Plan
+    from autoprune.search.strategy.plan import round_plan as _round_plan
 
     def add(study, m, p):
         t = study.ask()
@@ -372,8 +372,8 @@ def test_direct_runs_one_trial_per_target_and_more_only_for_an_uncovered_target(
     import time as _time
 
     from autoprune.model import records
-    from autoprune.search.plan import Plan
-    from autoprune.search.plan import direct_plan as _direct_plan
+    from autoprune.search.strategy.plan import Plan
+    from autoprune.search.strategy.plan import direct_plan as _direct_plan
 
     def add(study, m, p):
         t = study.ask()
@@ -417,9 +417,9 @@ def test_a_direct_round_measures_its_picks_even_past_the_deadline(monkeypatch, d
     import time as _time
 
     from autoprune.model import records
-    from autoprune.search import promotion
     from autoprune.search import run as run_mod
-    from autoprune.search.context import RunContext
+    from autoprune.search.strategy import promotion
+    from autoprune.search.strategy.context import RunContext
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
@@ -570,7 +570,7 @@ def _study_with_recipe_models(wall_s: float, n: int = 2):
 
 
 def test_the_smallest_search_is_one_round_of_screens_and_trials_at_a_measurement_each():
-    from autoprune.search.plan import measurement_s, smallest_search_s
+    from autoprune.search.strategy.plan import measurement_s, smallest_search_s
 
     assert smallest_search_s(_spec(), 3.0) == 3.0 * (2 * 2 + 2)  # factor 2 x 2 screens, then 2 trials
     spec = _spec(resources={"concurrent": 4, "cpus": 0.5}, screening={"factor": 3})
@@ -584,7 +584,7 @@ def test_the_first_round_waits_for_no_measured_trial_when_a_measurement_says_it_
     each screen and trial): with 10 s left and 7.5 s a measurement not even one trial and its screens fit."""
     import time as _time
 
-    from autoprune.search.plan import Plan, round_plan
+    from autoprune.search.strategy.plan import Plan, round_plan
 
     spec = _spec(budget="100s", targets=[{"params": 0.5}])
     plan = round_plan(_study_with_recipe_models(7.5), spec, 100, Plan(deadline=_time.time() + 10, ledger=Ledger(),
@@ -600,8 +600,8 @@ def test_a_search_that_cannot_fit_is_skipped_in_one_line_and_recorded(caplog):
     import time as _time
 
     from autoprune.search import run as run_mod
-    from autoprune.search.context import RunContext
-    from autoprune.search.plan import Plan
+    from autoprune.search.strategy.context import RunContext
+    from autoprune.search.strategy.plan import Plan
 
     spec = _spec(budget="100s", targets=[{"params": 0.5}])
     ledger = Ledger(budget_s=100.0)

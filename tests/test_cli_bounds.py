@@ -130,7 +130,7 @@ def test_a_huge_study_name_is_not_echoed_whole():
 def test_the_sensitivity_side_study_is_named_for_what_it_is(tmp_path):
     from autoprune.errors import SpecError
     from autoprune.model import records
-    from autoprune.search.study import StudyOptions, get_storage, open_study
+    from autoprune.search.storage.study import StudyOptions, get_storage, open_study
 
     store = get_storage(f"sqlite:///{tmp_path}/s.db")
     open_study(StudyOptions("sensitivity-abc", ("map50_95", "params", "macs"), role="sensitivity"), store)
@@ -220,7 +220,7 @@ def test_exporting_from_a_side_study_says_what_it_is(tmp_path, capsys):
     import optuna
 
     from autoprune.model import records
-    from autoprune.search.study import StudyOptions, get_storage, open_study
+    from autoprune.search.storage.study import StudyOptions, get_storage, open_study
 
     url = f"sqlite:///{tmp_path}/s.db"
     screen = open_study(StudyOptions("x-screen", ("map50_95", "params"), role="screen"), get_storage(url))

@@ -18,9 +18,9 @@ from optuna.trial import TrialState
 
 from autoprune.config.spec import parse_spec
 from autoprune.model import Layer, records
-from autoprune.search.executor import PAYLOAD_KEY, StudySearcher
+from autoprune.search.execution.executor import PAYLOAD_KEY, StudySearcher
 from autoprune.search.run import main_job
-from autoprune.search.study import driver_id, driver_rank, get_storage, open_study_for
+from autoprune.search.storage.study import driver_id, driver_rank, get_storage, open_study_for
 
 
 def _dead_pid() -> int:
@@ -32,7 +32,7 @@ def _dead_pid() -> int:
 def test_drivers_opening_a_fresh_database_at_once_all_get_it(tmp_path):
     # Without the creation-race retry, about one start in eight lost with "UNIQUE constraint failed:
     # alembic_version" (CI saw it in test_two_searches_started_at_once_explore_different_policies).
-    code = ("import sys; from autoprune.search.study import get_storage, open_study, StudyOptions; "
+    code = ("import sys; from autoprune.search.storage.study import get_storage, open_study, StudyOptions; "
             "s = get_storage(sys.argv[1]); open_study(StudyOptions('x', ('map50_95', 'params')), s); print('ok')")
     for k in range(4):
         url = f"sqlite:///{tmp_path}/fresh{k}.db"
@@ -48,7 +48,7 @@ def test_a_study_another_driver_is_still_creating_is_waited_for_not_refused(tmp_
     # CI saw the second race: driver B loaded the study between A's create_study and A's recording of its
     # objectives, took it for a foreign study, and exited "exists with objectives None". Here "driver A" is a
     # thread that records the objectives 0.5 s after the bare study exists.
-    from autoprune.search import study as study_mod
+    from autoprune.search.storage import study as study_mod
     url = f"sqlite:///{tmp_path}/s.db"
     store = get_storage(url)
     bare = optuna.create_study(study_name="x", storage=store.rdb, directions=["maximize", "minimize"])
@@ -152,7 +152,7 @@ BASE = {"map50_95": 0.8, "map50": 0.95, "params": 3.0e6, "macs": 2.0e8, "latency
 
 def _locked_searcher(tmp_path, monkeypatch):
     """A real SQLite study and searcher; the SQLite busy wait and the retry delays are shortened (only timing)."""
-    from autoprune.search import journal, study
+    from autoprune.search.storage import journal, study
 
     monkeypatch.setattr(study, "SQLITE_BUSY_TIMEOUT_S", 0.2)
     monkeypatch.setattr(journal, "WRITE_RETRY_DELAYS_S", (0.3, 0.3, 0.3))
@@ -184,8 +184,8 @@ def test_a_result_survives_a_briefly_locked_database(tmp_path, monkeypatch):
 
 
 def test_a_result_the_database_refuses_is_journaled_and_written_next_run(tmp_path, monkeypatch):
-    from autoprune.search import journal
-    from autoprune.search.study import fail_stale_trials
+    from autoprune.search.storage import journal
+    from autoprune.search.storage.study import fail_stale_trials
 
     spec, store, st, searcher, number, lock = _locked_searcher(tmp_path, monkeypatch)
     searcher.on_trial_complete("a", _payload())  # every retry meets the lock
@@ -210,7 +210,7 @@ def _report_while_holding_the_database(config, job):
     from ray import tune
 
     from autoprune.engine.trial import TrialResult
-    from autoprune.search.executor import encode
+    from autoprune.search.execution.executor import encode
 
     con = sqlite3.connect(os.environ["AUTOPRUNE_TEST_DB"], isolation_level=None)
     con.execute("BEGIN EXCLUSIVE")
@@ -221,8 +221,8 @@ def _report_while_holding_the_database(config, job):
 def test_a_run_whose_storage_stays_unwritable_ends_with_one_line_and_the_journal(tmp_path, monkeypatch):
     """Real Ray Tune and SQLite; the trial itself is faked (it only locks the database and reports)."""
     from autoprune.errors import StorageWriteError
-    from autoprune.search import journal, study
-    from autoprune.search.session import run_trials
+    from autoprune.search.execution.session import run_trials
+    from autoprune.search.storage import journal, study
 
     monkeypatch.setattr(study, "SQLITE_BUSY_TIMEOUT_S", 0.2)
     monkeypatch.setattr(journal, "WRITE_RETRY_DELAYS_S", (0.3, 0.3))

@@ -15,8 +15,8 @@ from optuna.trial import TrialState
 
 from autoprune.config.spec import parse_spec
 from autoprune.model import Layer, Policy
-from autoprune.search.executor import PAYLOAD_KEY, StudySearcher
-from autoprune.search.study import fail_stale_trials, get_storage, open_study_for
+from autoprune.search.execution.executor import PAYLOAD_KEY, StudySearcher
+from autoprune.search.storage.study import fail_stale_trials, get_storage, open_study_for
 
 LAYERS = [Layer("model.0", 16), Layer("model.1", 32)]
 GOOD = {"map50_95": 0.5, "map50": 0.8, "params": 1e6, "macs": 1e8, "latency_ms": 9.0}
@@ -138,7 +138,7 @@ def test_real_ray_worker_death_raise_nan_missing_each_fail_and_study_goes_on(stu
 
     import ray.cloudpickle
 
-    from autoprune.search.session import run_trials
+    from autoprune.search.execution.session import run_trials
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     study, spec = study_and_spec
@@ -180,7 +180,7 @@ def test_stale_trials_of_other_hosts_follow_their_heartbeat(study_and_spec):
     import time
 
     from autoprune.model.records import HEARTBEAT_PREFIX
-    from autoprune.search.study import STALE_AFTER_S
+    from autoprune.search.storage.study import STALE_AFTER_S
 
     study, _ = study_and_spec
     gone, alive = study.ask(), study.ask()

@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 
 from autoprune import cli
 from autoprune.model.pareto import baseline_hypervolume as hypervolume
-from autoprune.search.front import read_front, sync_front
-from autoprune.search.study import get_storage
+from autoprune.search.storage.front import read_front, sync_front
+from autoprune.search.storage.study import get_storage
 from autoprune.views import (
     bn_scale_histograms,
     build_figures,

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autoprune.search import journal
+from autoprune.search.storage import journal
 
 
 @pytest.fixture()
@@ -66,7 +66,7 @@ def test_a_reserved_entry_is_kept_on_a_full_disk_and_an_unreserved_one_leaves_no
 def test_the_kept_entry_is_replayed_and_stale_reservations_are_freed(small_disk, tmp_path):
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/db.sqlite",
                                 directions=["maximize", "minimize"])
-    from autoprune.search.study import get_storage
+    from autoprune.search.storage.study import get_storage
 
     store = get_storage(f"sqlite:///{tmp_path}/db.sqlite")
     running, finished = study.ask(), study.ask()
@@ -86,7 +86,7 @@ def test_a_result_neither_the_storage_nor_the_journal_takes_is_reported_lost(tmp
     trial's number is kept as lost and the error line says the result is LOST, not that it was kept."""
     import errno
 
-    from autoprune.search.executor import StudySearcher
+    from autoprune.search.execution.executor import StudySearcher
     from test_session import _study_job  # noqa: E402
 
     study, store, job = _study_job(tmp_path, "a")
@@ -106,7 +106,7 @@ def test_an_artifact_upload_on_a_full_disk_leaves_no_partial_file(small_disk, tm
     The artifact folder is on the 2 MiB disk, the study (SQLite) on the normal one; the policy file fits, the
     3 MiB checkpoint fills the disk mid-copy: the upload fails and the folder holds the policy's artifact only,
     whole, with the trial recording just that one."""
-    from autoprune.search.artifacts import artifact_store, write_and_upload
+    from autoprune.search.storage.artifacts import artifact_store, write_and_upload
 
     arts = small_disk / "artifacts"
     store = artifact_store(arts)

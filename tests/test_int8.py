@@ -175,7 +175,7 @@ def test_a_search_over_precision_and_deployment_size_measures_each_trial_as_depl
     # another model as a reference point (the benchmark's smaller architecture trained from scratch): here the base
     # itself under another name, measured at one deployment and added to the study; the front lists it
     from autoprune.config.spec import parse_spec
-    from autoprune.search.references import add_reference, measure_reference
+    from autoprune.search.strategy.references import add_reference, measure_reference
 
     parsed = parse_spec(spec, "dep.yaml", studies_dir=tmp_path / "studies")
     ref = measure_reference(ultra.load_model(tiny_model_pt), parsed, "int8", 64, "other int8 @64",
@@ -197,8 +197,8 @@ def test_reference_points_are_listed_beside_the_front_in_the_table_report_and_da
     import optuna_dashboard
 
     from autoprune.config.spec import parse_spec
-    from autoprune.search.references import deployments
-    from autoprune.search.study import get_storage
+    from autoprune.search.storage.study import get_storage
+    from autoprune.search.strategy.references import deployments
     from autoprune.views.dashboard import annotate_references, reference_note
     from autoprune.views.report_data import pareto_data
     from autoprune.views.text import front_records, render_front

@@ -15,8 +15,8 @@ from autoprune.config.sections import ESTIMATORS, LatencySettings
 from autoprune.engine.latency import ESTIMATORS as ENGINE_ESTIMATORS
 from autoprune.engine.latency import measure_interleaved, ratio_of, round_ratios
 from autoprune.model.timing import latency_flags
-from autoprune.search.front import latency_checks, read_front, sync_front
-from autoprune.search.study import get_storage
+from autoprune.search.storage.front import latency_checks, read_front, sync_front
+from autoprune.search.storage.study import get_storage
 from autoprune.views.text import front_records, render_front
 from conftest import make_study  # noqa: E402
 

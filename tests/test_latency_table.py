@@ -17,7 +17,7 @@ from autoprune.engine.pipeline import TRACE_IMGSZ
 from autoprune.errors import SpecError
 from autoprune.model import criteria
 from autoprune.model.shapes import target_keep
-from autoprune.search.promotion import promotion_choice, promotion_objectives
+from autoprune.search.strategy.promotion import promotion_choice, promotion_objectives
 
 
 class _ConvAct(nn.Module):

@@ -12,7 +12,7 @@ import yaml
 from optuna.trial import TrialState
 
 from autoprune.config.spec import parse_spec
-from autoprune.search.study import get_storage, open_study_for
+from autoprune.search.storage.study import get_storage, open_study_for
 
 
 def test_study_round_trip_on_postgres(postgres_url):

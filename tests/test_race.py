@@ -76,7 +76,7 @@ def test_the_recipe_policy_holds_its_exact_ratio_off_the_spaces_grid():
     exactly 0.33 for every layer, and the recipe's knobs (l2, round_to 8, one step, no sparse base)."""
     from autoprune.model.shapes import sample_policy
     from autoprune.model.space import FloatRange, IntRange, Layer, Space
-    from autoprune.search.recipe import recipe_policy_params
+    from autoprune.search.strategy.recipe import recipe_policy_params
 
     layers = [Layer("model.0", 16, "backbone"), Layer("model.1", 32, "backbone"), Layer("model.12", 64, "neck")]
     for shape in ("block", "layer", "stage", "global"):

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from autoprune.errors import InputError
-from autoprune.search.ray_setup import check_ray_address
+from autoprune.search.execution.ray_setup import check_ray_address
 
 
 def _server(reply: bytes | None):
@@ -90,7 +90,7 @@ def test_a_local_rays_workers_run_at_the_drivers_priority(monkeypatch):
 
     import ray
 
-    from autoprune.search.ray_setup import WORKER_NICENESS_ENV, ray_session
+    from autoprune.search.execution.ray_setup import WORKER_NICENESS_ENV, ray_session
 
     monkeypatch.delenv(WORKER_NICENESS_ENV, raising=False)
     if ray.is_initialized():

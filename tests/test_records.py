@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from autoprune.model.records import TrialResult
-from autoprune.search.executor import PAYLOAD_KEY, decode, encode
+from autoprune.search.execution.executor import PAYLOAD_KEY, decode, encode
 
 
 def test_a_trial_result_round_trips_through_the_workers_payload():

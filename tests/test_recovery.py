@@ -18,12 +18,12 @@ from autoprune.errors import InputError, SpecError
 from autoprune.model import Layer
 from autoprune.model.constraints import constraint_values, feasible
 from autoprune.model.shapes import recipe_params, sample_policy, screen_space, screen_visible
-from autoprune.search.executor import PAYLOAD_KEY, StudySearcher
-from autoprune.search.front import read_front, sync_front
-from autoprune.search.plan import round_sizes
-from autoprune.search.promotion import promotion_choice, recovery_gain
+from autoprune.search.execution.executor import PAYLOAD_KEY, StudySearcher
 from autoprune.search.run import main_job
-from autoprune.search.study import get_storage, open_study_for
+from autoprune.search.storage.front import read_front, sync_front
+from autoprune.search.storage.study import get_storage, open_study_for
+from autoprune.search.strategy.plan import round_sizes
+from autoprune.search.strategy.promotion import promotion_choice, recovery_gain
 
 LAYERS = [Layer("model.0", 16, "backbone"), Layer("model.12.cv1", 32, "neck")]
 BASE = {"map50_95": 0.8, "map50": 0.95, "params": 3.0e6, "macs": 2.0e8, "latency_ms": 10.0}

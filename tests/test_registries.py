@@ -44,7 +44,7 @@ def test_every_objective_has_a_direction_and_is_accepted_by_specs(name):
 
 @pytest.mark.parametrize("name", samplers.names())
 def test_every_sampler_builds_the_optuna_class_it_names(name):
-    from autoprune.search.study import make_sampler
+    from autoprune.search.storage.study import make_sampler
 
     s = make_sampler(name, seed=1, startup=5)
     assert type(s).__name__ == samplers.get(name).optuna_class

@@ -25,8 +25,8 @@ from autoprune.model.shapes import (
     uniform_levels,
     uniform_params,
 )
-from autoprune.search.study import make_sampler
-from autoprune.search.warmstart import warm_start
+from autoprune.search.storage.study import make_sampler
+from autoprune.search.strategy.warmstart import warm_start
 
 LAYERS = [Layer("model.0", 16, "backbone"), Layer("model.2.cv1", 32, "backbone"), Layer("model.12.cv1", 32, "neck"),
           Layer("model.22.cv2.0.0", 64, "head")]
@@ -131,7 +131,7 @@ def test_uniform_levels():
 
 
 def test_warm_start_enqueues_uniform_policies_and_earlier_fronts(tmp_path):
-    from autoprune.search.study import get_storage, open_study_for
+    from autoprune.search.storage.study import get_storage, open_study_for
 
     url = f"sqlite:///{tmp_path}/w.db"
     storage = get_storage(url)
@@ -234,8 +234,8 @@ def test_the_screening_line_says_when_a_screens_cost_was_not_measured(tmp_path, 
     """Issue 40: with nothing screened the log said "a screen costs 1/n/a of a trial"."""
     import logging
 
-    from autoprune.search.promotion import record_screening
-    from autoprune.search.study import get_storage, open_study_for
+    from autoprune.search.storage.study import get_storage, open_study_for
+    from autoprune.search.strategy.promotion import record_screening
 
     url = f"sqlite:///{tmp_path}/s.db"
     store = get_storage(url)

@@ -16,10 +16,10 @@ from optuna.trial import TrialState
 
 from autoprune.config.spec import Resources, parse_spec
 from autoprune.model import Layer
-from autoprune.search import executor
-from autoprune.search.executor import PAYLOAD_KEY, StudySearcher
-from autoprune.search.session import JOB_KEY, WARM_KEY, Dispatcher, SessionClosed, TuneSession
-from autoprune.search.study import get_storage, open_study_for
+from autoprune.search.execution import executor
+from autoprune.search.execution.executor import PAYLOAD_KEY, StudySearcher
+from autoprune.search.execution.session import JOB_KEY, WARM_KEY, Dispatcher, SessionClosed, TuneSession
+from autoprune.search.storage.study import get_storage, open_study_for
 
 LAYERS = [Layer("model.0", 16), Layer("model.1", 32)]
 GOOD = {"map50_95": 0.5, "map50": 0.8, "params": 1e6, "macs": 1e8, "latency_ms": 9.0}
@@ -133,7 +133,7 @@ def test_closing_the_run_fails_what_is_in_flight_and_wakes_the_phase(tmp_path):
 def test_a_batch_must_share_the_sessions_resources(tmp_path, monkeypatch):
     import dataclasses
 
-    from autoprune.search import session as session_mod
+    from autoprune.search.execution import session as session_mod
 
     a, store, job_a = _study_job(tmp_path, "a")
     active = TuneSession("s-ray", tmp_path / "ray", Resources(cpus=2))
@@ -146,7 +146,7 @@ def test_a_batch_must_share_the_sessions_resources(tmp_path, monkeypatch):
 def test_a_phase_left_running_after_its_session_closed_starts_no_trial(tmp_path, monkeypatch):
     """Ctrl-C while the phases thread times the baseline: the Tune run ends and closes its dispatcher; when the
     phase then asks for trials it finds its closed session (not a fresh Tune run of its own) and starts none."""
-    from autoprune.search import session as session_mod
+    from autoprune.search.execution import session as session_mod
 
     a, store, job_a = _study_job(tmp_path, "a")
     closed = TuneSession("s-ray", tmp_path / "ray", job_a.resources)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from autoprune import cli
 from autoprune.config.spec import parse_spec
 from autoprune.errors import SpecError
-from autoprune.search.study import StudyOptions, get_storage, masked, open_study, open_study_for
+from autoprune.search.storage.study import StudyOptions, get_storage, masked, open_study, open_study_for
 
 
 @pytest.mark.parametrize("url,want", [
@@ -143,7 +143,7 @@ def test_what_ray_persists_of_the_searcher_holds_no_storage_url(tmp_path):
     import ray.cloudpickle
 
     from autoprune.model import Layer
-    from autoprune.search.executor import StudySearcher
+    from autoprune.search.execution.executor import StudySearcher
     from autoprune.search.run import main_job
 
     url = f"sqlite:///{tmp_path}/pw-secret-path.db"  # stands for postgresql://user:PASSWORD@host/db

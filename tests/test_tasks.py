@@ -125,7 +125,7 @@ def test_a_one_trial_search_and_its_export_load_in_plain_ultralytics(yaml_name, 
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "exp" / "pruned.onnx").stat().st_size > 0
-    from autoprune.search.study import load_existing
+    from autoprune.search.storage.study import load_existing
 
     study = load_existing(f"sqlite:///{tmp_path}/studies/autoprune.db", "fam").study
     metrics = study.trials[0].user_attrs["metrics"]

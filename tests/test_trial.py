@@ -161,7 +161,7 @@ def test_true_saving_is_what_a_screen_of_the_allocation_measures(tiny_data, tiny
     from autoprune.engine.screen import screen_policy
     from autoprune.model.shapes import params_for_policy, sample_policy
     from autoprune.model.space import blocks
-    from autoprune.search.sensitivity import true_saving
+    from autoprune.search.strategy.sensitivity import true_saving
 
     spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
                        "latency": {"warmup": 0, "runs": 3, "interleave": False}, "finetune": {"batch": 8}}, "s.yaml")

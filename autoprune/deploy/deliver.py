@@ -31,9 +31,9 @@ from autoprune.errors import AutopruneError
 from autoprune.model import records
 from autoprune.model.budget import Ledger, Target, format_duration
 from autoprune.model.race import lr_grid
-from autoprune.search.plan import Plan
 from autoprune.search.run import Progress, SearchOutcome, run_search
-from autoprune.search.targets import trial_for_target
+from autoprune.search.strategy.plan import Plan
+from autoprune.search.strategy.targets import trial_for_target
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
 
 def target_entrants(study: optuna.Study, target: Target) -> list[Entrant]:
     """What the final phase races at ``target``: the search's pick (the best val mAP50-95 that meets it) and the hand
-    recipe's model (:mod:`autoprune.search.recipe`), where the study has them."""
-    from autoprune.search.recipe import recipe_trial
+    recipe's model (:mod:`autoprune.search.strategy.recipe`), where the study has them."""
+    from autoprune.search.strategy.recipe import recipe_trial
 
     pick, recipe = trial_for_target(study, target, searched_only=True), recipe_trial(study, target)
     return [*([Entrant(pick, "search")] if pick is not None else []),

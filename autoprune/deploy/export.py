@@ -30,7 +30,7 @@ from autoprune.model.formats import FORMATS, Format
 from autoprune.model.objectives import Objective
 from autoprune.model.pareto import knee_index
 from autoprune.registry import UnknownName
-from autoprune.search.study import StudyStorage
+from autoprune.search.storage.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 

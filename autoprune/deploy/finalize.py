@@ -24,7 +24,7 @@ from autoprune.config.sections import FinetuneSettings
 from autoprune.errors import InputError
 from autoprune.model import records
 from autoprune.model.document import PolicyDocument
-from autoprune.search.study import StudyStorage
+from autoprune.search.storage.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial
 from autoprune.config.sections import FinetuneSettings
 from autoprune.model import records
 from autoprune.model.race import Arm, survivors, winner
-from autoprune.search.study import StudyStorage
+from autoprune.search.storage.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 

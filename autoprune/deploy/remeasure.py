@@ -24,8 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.config.sections import LatencySettings
 from autoprune.errors import InputError
 from autoprune.model import records
-from autoprune.search.front import sync_front
-from autoprune.search.study import StudyStorage
+from autoprune.search.storage.front import sync_front
+from autoprune.search.storage.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each entry names an ``optuna.samplers`` class and its constructor arguments; ``"$seed"`` and
 ``"$startup"`` stand for the study's seed and its number of start-up trials. The search layer
-builds the sampler (``autoprune.search.study.make_sampler``).
+builds the sampler (``autoprune.search.storage.study.make_sampler``).
 """
 
 from __future__ import annotations

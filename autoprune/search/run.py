@@ -21,15 +21,15 @@ from autoprune.config.spec import SearchSpec
 from autoprune.errors import StorageWriteError, scrubbed
 from autoprune.model import records
 from autoprune.model.space import Layer
-from autoprune.search import journal
-from autoprune.search.context import RunContext
-from autoprune.search.executor import Job
+from autoprune.search.execution.executor import Job
+from autoprune.search.execution.ray_setup import check_cluster_resources, ray_session
+from autoprune.search.execution.session import TuneSession, run_trials
 from autoprune.search.inputs import materialise_yaml_model, prepare_inputs, resolve_round_to
-from autoprune.search.plan import Plan, direct_plan, measurement_s, round_plan, searched, smallest_search_s
-from autoprune.search.ray_setup import check_cluster_resources, ray_session
-from autoprune.search.references import ensure_references
-from autoprune.search.session import TuneSession, run_trials
-from autoprune.search.study import StudyStorage, fail_stale_trials, get_storage, masked, open_study_for
+from autoprune.search.storage import journal
+from autoprune.search.storage.study import StudyStorage, fail_stale_trials, get_storage, masked, open_study_for
+from autoprune.search.strategy.context import RunContext
+from autoprune.search.strategy.plan import Plan, direct_plan, measurement_s, round_plan, searched, smallest_search_s
+from autoprune.search.strategy.references import ensure_references
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def run_search(spec: SearchSpec, max_new_trials: int | None = None, ray_address:
         ray_init_s = time.perf_counter() - t0
         store = get_storage(spec.storage_url)
         if spec.screening.factor:  # the side study's name must not be a user study's (checked before writing)
-            from autoprune.search.promotion import check_side_study
+            from autoprune.search.strategy.promotion import check_side_study
 
             check_side_study(store, spec)
         try:
@@ -148,8 +148,8 @@ def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, 
               plan: Plan) -> tuple[list[tuple[dict[str, object], str]], records.RunTimings]:
     """The sensitivity scan (cached) and the first round's allocated candidates, as screening seeds (with targets,
     allocations at each target's parameter cut too)."""
-    from autoprune.search.sensitivity import ScanBudget, ensure_scan, scan_knobs
-    from autoprune.search.target_allocation import target_candidates
+    from autoprune.search.strategy.sensitivity import ScanBudget, ensure_scan, scan_knobs
+    from autoprune.search.strategy.target_allocation import target_candidates
 
     spec, layers = ctx.spec, list(ctx.layers)
     share = spec.budget.scan_share if plan.bounded else None
@@ -202,7 +202,7 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
                      plan: Plan) -> tuple[records.RunTimings, int]:
     """The scan (first run only), then rounds of screening and fine-tuning the promoted; returns the run's timings
     and how many trials were started."""
-    from autoprune.search.promotion import screen_and_promote
+    from autoprune.search.strategy.promotion import screen_and_promote
 
     study, store, spec = ctx.study, ctx.store, ctx.spec
     job = main_job(spec, list(ctx.layers))
@@ -247,9 +247,9 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
 
 
 def _recipe_models(ctx: RunContext, job: Job, plan: Plan, phase: Callable[[str], None]) -> None:
-    """The hand recipe's model at each target (:mod:`autoprune.search.recipe`), before the search: the final phase
-    races the search's picks against them, and delivers them where the search has nothing."""
-    from autoprune.search.recipe import ensure_recipe_trials
+    """The hand recipe's model at each target (:mod:`autoprune.search.strategy.recipe`), before the search: the
+    final phase races the search's picks against them, and delivers them where the search has nothing."""
+    from autoprune.search.strategy.recipe import ensure_recipe_trials
 
     t0 = time.perf_counter()
     phase("the hand recipe's models")
@@ -284,7 +284,7 @@ def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session:
     layers = _ensure_baseline(study, spec, before_latency=session.wait_warm)
     ctx = dataclasses.replace(base, layers=tuple(layers))
     plan.ledger.charge("prepare", time.perf_counter() - plan.started)
-    from autoprune.search.warmstart import warm_start
+    from autoprune.search.strategy.warmstart import warm_start
 
     run = records.RunTimings(started=time.strftime("%Y-%m-%dT%H:%M:%S"), ray_init_s=ray_init_s)
     if progress is not None:  # a budgeted run's trial count is not known in advance: the deadline ends it
@@ -329,7 +329,7 @@ def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session:
                               trials_per_hour=3600.0 * len(new) / wall if wall else None)
     records.append_run(study, study, run)
     if spec.screening.factor:
-        from autoprune.search.promotion import record_screening
+        from autoprune.search.strategy.promotion import record_screening
 
         record_screening(study, store, spec)
     return SearchOutcome(study=study, spec=spec, new_trials=n_new, store=store)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.model import objectives, records
-from autoprune.search.artifacts import artifact_store
-from autoprune.search.study import check_database, get_storage, masked
+from autoprune.search.storage.artifacts import artifact_store
+from autoprune.search.storage.study import check_database, get_storage, masked
 from autoprune.views.text import reference_values
 
 logger = logging.getLogger(__name__)

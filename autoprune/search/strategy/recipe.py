@@ -4,7 +4,7 @@ BN-recalibrated (adaptive BN, no fine-tune) and measured like every other trial,
 
 A budgeted run adds one per target before its search, so the final phase always has the recipe's model among its
 candidates (the delivery is raced against it and is never a model the recipe's own start beat on the user's task),
-and what one took to measure sizes the search (:mod:`autoprune.search.plan`)."""
+and what one took to measure sizes the search (:mod:`autoprune.search.strategy.plan`)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from autoprune.model import knobs, records
 from autoprune.model.budget import Target
 from autoprune.model.shapes import recipe_params, uniform_params
 from autoprune.model.space import Layer, Space
-from autoprune.search.context import RunContext
-from autoprune.search.executor import Job
-from autoprune.search.session import run_trials
+from autoprune.search.execution.executor import Job
+from autoprune.search.execution.session import run_trials
+from autoprune.search.strategy.context import RunContext
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from autoprune.model import records
-from autoprune.search.study import StudyStorage, fail_trial
+from autoprune.search.storage.study import StudyStorage, fail_trial
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

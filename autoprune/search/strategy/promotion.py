@@ -28,17 +28,17 @@ from autoprune.model.constraints import feasible
 from autoprune.model.pareto import REFERENCE_MARGIN, contribution_order, kendall_tau, normalised_loss, promotion_order
 from autoprune.model.shapes import params_for_policy, recipe_params, screen_space, screen_visible
 from autoprune.model.space import Layer
-from autoprune.search import journal
-from autoprune.search.context import RunContext
-from autoprune.search.executor import Job
-from autoprune.search.session import run_trials
-from autoprune.search.study import (
+from autoprune.search.execution.executor import Job
+from autoprune.search.execution.session import run_trials
+from autoprune.search.storage import journal
+from autoprune.search.storage.study import (
     StudyOptions,
     StudyStorage,
     fail_stale_trials,
     open_study,
 )
-from autoprune.search.warmstart import warm_start
+from autoprune.search.strategy.context import RunContext
+from autoprune.search.strategy.warmstart import warm_start
 
 logger = logging.getLogger(__name__)
 

@@ -51,10 +51,10 @@ from autoprune.model.allocation import (
 from autoprune.model.budget import fit_count
 from autoprune.model.shapes import params_for_policy, recipe_params, sample_policy, screen_space, target_keep
 from autoprune.model.space import Layer, Space, blocks
-from autoprune.search import journal
-from autoprune.search.executor import Job
-from autoprune.search.session import run_trials
-from autoprune.search.study import StudyOptions, StudyStorage, fail_stale_trials, open_study, was_interrupted
+from autoprune.search.execution.executor import Job
+from autoprune.search.execution.session import run_trials
+from autoprune.search.storage import journal
+from autoprune.search.storage.study import StudyOptions, StudyStorage, fail_stale_trials, open_study, was_interrupted
 
 logger = logging.getLogger(__name__)
 

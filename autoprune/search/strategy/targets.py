@@ -20,7 +20,7 @@ def trial_for_target(study: optuna.Study, target: Target, tolerance: float = 0.0
     """The completed, feasible trial with the best val mAP50-95 (then the fewest parameters) among those that meet
     ``target`` (None: none do). With ``tolerance`` > 0: of the trials within ``tolerance`` of that best mAP50-95,
     the one with the most parameters (the least pruned that still meets the target). With ``searched_only`` the
-    hand recipe's models (:mod:`autoprune.search.recipe`) are left out: the search's own pick."""
+    hand recipe's models (:mod:`autoprune.search.strategy.recipe`) are left out: the search's own pick."""
     base = records.baseline_metrics(study)
     fits = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if feasible(t.constraints) and "map50_95" in records.trial(t).metrics

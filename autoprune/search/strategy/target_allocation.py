@@ -10,7 +10,14 @@ from collections.abc import Mapping, Sequence
 from autoprune.config.spec import SearchSpec
 from autoprune.model.budget import Target
 from autoprune.model.space import Layer
-from autoprune.search.sensitivity import ALLOCATION_COST, Candidate, Scan, allocated_candidates, read_scan, true_saving
+from autoprune.search.strategy.sensitivity import (
+    ALLOCATION_COST,
+    Candidate,
+    Scan,
+    allocated_candidates,
+    read_scan,
+    true_saving,
+)
 
 logger = logging.getLogger(__name__)
 

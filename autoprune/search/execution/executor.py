@@ -33,9 +33,9 @@ from autoprune.model.policy import Policy, ratio_summary
 from autoprune.model.records import TrialResult
 from autoprune.model.shapes import sample_policy
 from autoprune.model.space import Layer, Space
-from autoprune.search import journal
-from autoprune.search.front import sync_front
-from autoprune.search.study import (
+from autoprune.search.storage import journal
+from autoprune.search.storage.front import sync_front
+from autoprune.search.storage.study import (
     StudyStorage,
     driver_id,
     fail_trial,
@@ -94,7 +94,7 @@ class StudySearcher(Searcher):
     def __init__(self, study: optuna.Study, store: StudyStorage, job: Job, n_trials: int,
                  on_done: Callable[[optuna.trial.FrozenTrial], None] | None = None, deadline: float | None = None):
         super().__init__()
-        from autoprune.search.artifacts import artifact_store
+        from autoprune.search.storage.artifacts import artifact_store
 
         self._baseline = records.baseline_metrics(study)
         self._store = artifact_store(job.artifact_dir)
@@ -220,7 +220,7 @@ class StudySearcher(Searcher):
     def _upload(self, ot: optuna.Trial, attrs: dict[str, Any]) -> None:
         from autoprune.engine.identity import versions
         from autoprune.model.document import document_for_trial
-        from autoprune.search.artifacts import write_and_upload
+        from autoprune.search.storage.artifacts import write_and_upload
 
         trial_dir = self._trial_dir(ot.number)
         try:

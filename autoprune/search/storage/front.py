@@ -22,7 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from autoprune.model import records
 from autoprune.model.timing import latency_flags
-from autoprune.search.study import StudyStorage
+from autoprune.search.storage.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 

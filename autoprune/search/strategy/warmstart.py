@@ -12,7 +12,7 @@ from autoprune.config.spec import WarmStart
 from autoprune.model import records
 from autoprune.model.shapes import finetune_knobs, params_for_policy, recipe_params, uniform_levels, uniform_params
 from autoprune.model.space import Layer, Space
-from autoprune.search.study import StudyStorage
+from autoprune.search.storage.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 

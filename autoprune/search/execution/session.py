@@ -29,7 +29,7 @@ from ray.tune.search import Searcher
 from autoprune.config.spec import Resources
 from autoprune.errors import StorageWriteError
 from autoprune.model import objectives
-from autoprune.search.executor import (
+from autoprune.search.execution.executor import (
     Job,
     StudySearcher,
     TrialFn,
@@ -38,8 +38,8 @@ from autoprune.search.executor import (
     log_trial,
     trainable,
 )
-from autoprune.search.ray_setup import ray_session
-from autoprune.search.study import StudyStorage, masked
+from autoprune.search.execution.ray_setup import ray_session
+from autoprune.search.storage.study import StudyStorage, masked
 
 logger = logging.getLogger(__name__)
 

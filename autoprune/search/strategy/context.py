@@ -8,7 +8,7 @@ import optuna
 
 from autoprune.config.spec import SearchSpec
 from autoprune.model.space import Layer
-from autoprune.search.study import StudyStorage
+from autoprune.search.storage.study import StudyStorage
 
 __all__ = ["RunContext"]
 

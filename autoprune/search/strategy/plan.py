@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.config.spec import SearchSpec
 from autoprune.model import records
 from autoprune.model.budget import Ledger
-from autoprune.search.targets import covered, winner_maps
+from autoprune.search.strategy.targets import covered, winner_maps
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def round_plan(study: optuna.Study, spec: SearchSpec, n_new: int, plan: Plan) ->
     if not plan.bounded:
         yield from round_sizes(n_new, spec.screening.rounds)
         return
-    from autoprune.search.promotion import mean_screen_seconds
+    from autoprune.search.strategy.promotion import mean_screen_seconds
 
     size, left = max(2, spec.resources.concurrent), n_new
     patience = spec.budget.patience if spec.targets else 0
