@@ -384,8 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = "terminated (SIGTERM)" if _TERMINATED else "interrupted (SIGINT)"
         sys.stderr.write(f"autoprune: {how}: {_INTERRUPTED.get(args.command, 'nothing was written')}\n")
         code = EXIT_SIGTERM if _TERMINATED else EXIT_SIGINT
-        if "autoprune.search.execution.session" in sys.modules:  # a phase still timing must not outlive the interpreter
-            sys.modules["autoprune.search.execution.session"].exit_if_phases_alive(code)
+        if args.command == "search":  # a phase still timing must not outlive the interpreter
+            from autoprune.search.execution.session import exit_if_phases_alive
+
+            exit_if_phases_alive(code)
         return code
 
 

@@ -16,7 +16,6 @@ from optuna.trial import TrialState
 
 from autoprune.config.spec import Resources, parse_spec
 from autoprune.model import Layer
-from autoprune.search.execution import executor
 from autoprune.search.execution.executor import PAYLOAD_KEY, StudySearcher
 from autoprune.search.execution.session import JOB_KEY, WARM_KEY, Dispatcher, SessionClosed, TuneSession
 from autoprune.search.storage.study import get_storage, open_study_for
@@ -41,7 +40,7 @@ def _study_job(tmp_path, name):
 def _fake_trial(config, job):
     from ray import tune
 
-    attrs = {"worker": {"pid": os.getpid(), "jobs": executor._jobs_run}, "kind": job.kind}
+    attrs = {"ray_worker": {"pid": os.getpid()}, "kind": job.kind}  # the driver's session counts the jobs
     tune.report({PAYLOAD_KEY: json.dumps({"ok": True, "metrics": GOOD, "attrs": attrs, "reason": ""})})
 
 
@@ -76,7 +75,7 @@ def test_batches_of_two_studies_run_in_one_warm_worker(tmp_path, local_ray):
     done_a = a.get_trials(states=(TrialState.COMPLETE,))
     done_b = b.get_trials(states=(TrialState.COMPLETE,))
     assert len(done_a) == 3 and len(done_b) == 1 and len(a.trials) == 3 and len(b.trials) == 1
-    workers = [t.user_attrs["worker"] for t in sorted(done_a + done_b, key=lambda t: t.datetime_start)]
+    workers = [t.user_attrs["ray_worker"] for t in sorted(done_a + done_b, key=lambda t: t.datetime_start)]
     assert len({w["pid"] for w in workers}) == 1  # one worker process for every batch
     assert [w["jobs"] for w in workers] == [2, 3, 4, 5]  # job 1 was the warm-up: the first trial found it warm
 
@@ -137,9 +136,8 @@ def test_a_batch_must_share_the_sessions_resources(tmp_path, monkeypatch):
 
     a, store, job_a = _study_job(tmp_path, "a")
     active = TuneSession("s-ray", tmp_path / "ray", Resources(cpus=2))
-    monkeypatch.setattr(session_mod._PHASES, "session", active, raising=False)  # as in the session's phases thread
-    with pytest.raises(RuntimeError, match="resources"):
-        session_mod.run_trials(a, store, dataclasses.replace(job_a, resources=Resources(cpus=1)), 1)
+    with pytest.raises(RuntimeError, match="resources"):  # as a phase of the search passes its session
+        session_mod.run_trials(a, store, dataclasses.replace(job_a, resources=Resources(cpus=1)), 1, session=active)
     assert isinstance(a, optuna.Study) and not a.trials
 
 
@@ -151,9 +149,8 @@ def test_a_phase_left_running_after_its_session_closed_starts_no_trial(tmp_path,
     a, store, job_a = _study_job(tmp_path, "a")
     closed = TuneSession("s-ray", tmp_path / "ray", job_a.resources)
     closed.dispatcher.close()
-    monkeypatch.setattr(session_mod._PHASES, "session", closed, raising=False)
     with pytest.raises(SessionClosed):
-        session_mod.run_trials(a, store, job_a, 2)
+        session_mod.run_trials(a, store, job_a, 2, session=closed)
     assert not a.trials
 
 

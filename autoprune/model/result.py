@@ -32,7 +32,7 @@ class TrialResult:
     screen_seconds: float | None = None  # a screen: its own wall time
     wall_seconds: float | None = None  # the whole job's wall time
     ray_node: str | None = None  # the Ray node that ran it
-    ray_worker: dict[str, int] | None = None  # its worker process: pid and jobs run, this one included
+    ray_worker: dict[str, int] | None = None  # its worker process: pid, and (counted by the driver) jobs run
     extra: dict[str, Any] = field(default_factory=dict)  # attributes of a payload this version does not know
 
     @property

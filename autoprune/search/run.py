@@ -155,7 +155,7 @@ def _allocate(ctx: RunContext, run: records.RunTimings, busy: list[tuple[float, 
     share = spec.budget.scan_share if plan.bounded else None
     since = time.perf_counter()  # the scan's share counts from its start (the baseline and the recipe's models
     sizing = ScanBudget.of(spec, share, lambda: plan.share_left(share, since)) if share else None  # came first)
-    scan = ensure_scan(ctx.study, ctx.store, spec, layers, ctx.ray_address, sizing=sizing)
+    scan = ensure_scan(ctx.study, ctx.store, spec, layers, ctx.ray_address, sizing=sizing, session=ctx.session)
     sens, ran = scan.sensitivity, scan.ran
     if plan.bounded and not ran:
         plan.ledger.scan_reused = True
@@ -193,7 +193,7 @@ def _search(spec: SearchSpec, nc: int, store: StudyStorage, max_new_trials: int 
         return SearchOutcome(study=study, spec=spec, new_trials=0, store=store)
     # one Tune run for every phase; its first worker starts (imports the trial code) while the baseline is measured
     session = TuneSession(f"{spec.name}-ray", spec.study_dir / "ray", spec.resources, warm=True)
-    base = RunContext(study, store, spec, ray_address=ray_address)
+    base = RunContext(study, store, spec, ray_address=ray_address, session=session)
     return session.drive(lambda: _phases(base, n_new, done, ray_init_s, session, progress, plan))
 
 
@@ -238,7 +238,7 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
         # a direct round's promoted picks (one per target, adaptive BN: seconds each) are measured even past the
         # deadline: the screens that chose them are paid for, and an unmeasured pick leaves its target undelivered
         run_trials(study, store, job, size, ray_address=ctx.ray_address, on_trial=on_trial,
-                   deadline=None if direct else deadline)
+                   deadline=None if direct else deadline, session=ctx.session)
         started += len(study.get_trials(deepcopy=False)) - count
         run = dataclasses.replace(run, run_s=run.run_s + time.perf_counter() - t0)
         plan.ledger.charge("screens", screen_s)
@@ -316,7 +316,7 @@ def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session:
         phase("fine-tuning")
         count = len(study.get_trials(deepcopy=False))
         run_trials(study, store, job, n_new, ray_address=ray_address, on_trial=on_trial,
-                   deadline=plan.search_deadline)
+                   deadline=plan.search_deadline, session=ctx.session)
         run = dataclasses.replace(run, run_s=time.perf_counter() - t0)
         plan.ledger.charge("trials", run.run_s)
         if plan.bounded:

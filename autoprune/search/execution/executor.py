@@ -46,7 +46,7 @@ from autoprune.search.storage.study import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["Job", "StudySearcher", "trainable",
-           "encode", "decode", "beat", "log_trial", "count_job", "TrialFn", "PAYLOAD_KEY"]
+           "encode", "decode", "beat", "log_trial", "TrialFn", "PAYLOAD_KEY"]
 
 PAYLOAD_KEY = "autoprune"
 
@@ -265,17 +265,8 @@ def trainable(config: dict[str, Any], job: Job) -> None:
     else:
         result = run_trial_safely(job.settings, policy, job.layers, Path(config["workdir"]), job.finetune)
     result.ray_node = _node_id()  # which node of the cluster ran it
-    result.ray_worker = {"pid": os.getpid(), "jobs": _jobs_run}  # jobs > 1: a warm worker ran it
+    result.ray_worker = {"pid": os.getpid()}  # the driver counts the jobs each worker process ran
     tune.report(encode(result))
-
-
-_jobs_run = 0  # jobs this worker process has started (a session's warm-up included)
-
-
-def count_job() -> None:
-    """Called as a worker starts a job (a trial, a screen or the warm-up)."""
-    global _jobs_run
-    _jobs_run += 1
 
 
 def _node_id() -> str:

@@ -34,7 +34,8 @@ from autoprune.search.execution.executor import (
     StudySearcher,
     TrialFn,
     beat,
-    count_job,
+    decode,
+    encode,
     log_trial,
     trainable,
 )
@@ -78,6 +79,7 @@ class Dispatcher(Searcher):
         self._batch: _Batch | None = None
         self._owner: dict[str, _Batch] = {}
         self._closed = False
+        self._jobs: dict[int, int] = {}  # jobs run by each worker process (by pid) in this session
 
     def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
         return True
@@ -121,13 +123,26 @@ class Dispatcher(Searcher):
             if trial_id == self._warm_id:
                 if error:
                     logger.debug("the warm-up trial errored (the first trial starts its worker)")
+                elif result and "pid" in result:
+                    self._jobs[int(result["pid"])] = self._jobs.get(int(result["pid"]), 0) + 1
                 self.warmed.set()
                 return
             b = self._owner.pop(trial_id, None)
             if b is None:
                 return
-            b.searcher.on_trial_complete(trial_id, result, error)
+            b.searcher.on_trial_complete(trial_id, self._counted(result), error)
             self._end_if_done(b)
+
+    def _counted(self, result: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``result`` with its worker's ``jobs``: how many of this session's jobs (the warm-up included) that worker
+        process ran, this one included; more than one means a warm worker ran it."""
+        payload = decode(result)
+        pid = (payload.ray_worker or {}).get("pid") if payload is not None else None
+        if payload is None or pid is None or result is None:
+            return result
+        self._jobs[int(pid)] = self._jobs.get(int(pid), 0) + 1
+        payload.ray_worker = {"pid": int(pid), "jobs": self._jobs[int(pid)]}
+        return {**result, **encode(payload)}
 
     def _end_if_done(self, b: _Batch) -> None:
         if b.searcher.exhausted and not any(o is b for o in self._owner.values()):
@@ -157,12 +172,11 @@ class Dispatcher(Searcher):
 
 def run_job(config: dict[str, Any], trial_fn: TrialFn | None = None) -> None:
     """The Ray trainable of a session: the warm-up (import the trial code once per worker) or one job's trial."""
-    count_job()
     if config.get(WARM_KEY):
         import autoprune.engine.screen
         import autoprune.engine.trial  # noqa: F401
 
-        tune.report({WARM_KEY: 1})  # a trial that reports nothing is announced on the terminal
+        tune.report({WARM_KEY: 1, "pid": os.getpid()})  # a trial that reports nothing is announced on the terminal
         return
     (trial_fn or trainable)(config, job=config[JOB_KEY])
 
@@ -216,7 +230,6 @@ class TuneSession:
         out: dict[str, Any] = {}
 
         def target() -> None:
-            _PHASES.session = self  # run_trials in this thread runs here, even once closed (then it refuses)
             try:
                 out["value"] = work()
             except BaseException as e:  # handed to the caller's thread
@@ -249,32 +262,28 @@ class TuneSession:
         return value
 
 
-# The session whose phases run in the current thread (set in the phases thread by TuneSession.drive). Scoped to
-# that thread, so a phase still running after its session was interrupted (a baseline being timed when Ctrl-C
-# came) finds the closed session and cannot start a Tune run of its own.
-_PHASES = threading.local()
 PHASES_THREAD = "autoprune-phases"
 
 
 def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int, ray_address: str | None = None,
                trial_fn: TrialFn | None = None,
                on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
-               deadline: float | None = None) -> None:
-    """Run ``n_trials`` new trials of ``study`` under Ray Tune: in the search's session when one is driving, else
+               deadline: float | None = None, session: TuneSession | None = None) -> None:
+    """Run ``n_trials`` new trials of ``study`` under Ray Tune: in ``session`` (a search's phases pass theirs: once
+    it is closed, after an interrupt, it refuses, so a phase still running then starts no Tune run of its own), else
     in a Tune run of their own (a local Ray unless one is up or ``ray_address``).
 
     ``trial_fn(config, job=)`` replaces the default trial (tests); ``on_trial`` is called with each finished trial
     (after it is recorded). No trial starts after ``deadline`` (a ``time.time()``; a budgeted run).
     """
-    active: TuneSession | None = getattr(_PHASES, "session", None)
-    if active is not None:  # a phase of a search: its session runs every batch
-        if trial_fn is not active.trial_fn or job.resources != active.resources:
+    if session is not None:  # a phase of a search: its session runs every batch
+        if trial_fn is not session.trial_fn or job.resources != session.resources:
             raise RuntimeError("a search's batches share its session's trial function and resources")
-        active.run(study, store, job, n_trials, on_trial, deadline)
+        session.run(study, store, job, n_trials, on_trial, deadline)
         return
     with ray_session(ray_address):
-        session = TuneSession(f"{study.study_name}-ray", job.study_dir / "ray", job.resources, trial_fn=trial_fn)
-        session.drive(lambda: session.run(study, store, job, n_trials, on_trial, deadline))
+        own = TuneSession(f"{study.study_name}-ray", job.study_dir / "ray", job.resources, trial_fn=trial_fn)
+        own.drive(lambda: own.run(study, store, job, n_trials, on_trial, deadline))
 
 
 def exit_if_phases_alive(code: int) -> None:

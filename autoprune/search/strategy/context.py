@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import optuna
 
 from autoprune.config.spec import SearchSpec
 from autoprune.model.space import Layer
 from autoprune.search.storage.study import StudyStorage
+
+if TYPE_CHECKING:
+    from autoprune.search.execution.session import TuneSession
 
 __all__ = ["RunContext"]
 
@@ -23,3 +27,4 @@ class RunContext:
     spec: SearchSpec
     layers: tuple[Layer, ...] = ()
     ray_address: str | None = None
+    session: TuneSession | None = None  # the search's one Tune run, which every phase's batches run in

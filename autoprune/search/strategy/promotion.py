@@ -175,7 +175,7 @@ def screen_and_promote(ctx: RunContext, n_promote: int, *, recipe_knobs: bool = 
     logger.info("screening %d candidate policies with adaptive BatchNorm (%d batches each)", n_screen,
                 spec.screening.batches)
     if n_screen:
-        run_trials(screen, store, job, n_screen, ray_address=ctx.ray_address, deadline=deadline)
+        run_trials(screen, store, job, n_screen, ray_address=ctx.ray_address, deadline=deadline, session=ctx.session)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     promoted = {r.screen.trial for r in map(records.trial, study.get_trials(deepcopy=False)) if r.screen}
     candidates = [t for t in screen.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

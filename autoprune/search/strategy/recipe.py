@@ -93,5 +93,5 @@ def ensure_recipe_trials(ctx: RunContext, job: Job) -> list[int]:
     # alike (adaptive BN, seconds each), so that the recipe's models are measured too
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     run_trials(study, ctx.store, dataclasses.replace(job, finetune=False, queued_only=True), waiting,
-               ray_address=ctx.ray_address)
+               ray_address=ctx.ray_address, session=ctx.session)
     return sorted({t.number for t in study.get_trials(deepcopy=False)} - before)

@@ -52,7 +52,7 @@ from autoprune.model.budget import fit_count
 from autoprune.model.shapes import params_for_policy, recipe_params, sample_policy, screen_space, target_keep
 from autoprune.model.space import Layer, Space, blocks
 from autoprune.search.execution.executor import Job
-from autoprune.search.execution.session import run_trials
+from autoprune.search.execution.session import TuneSession, run_trials
 from autoprune.search.storage import journal
 from autoprune.search.storage.study import StudyOptions, StudyStorage, fail_stale_trials, open_study, was_interrupted
 
@@ -212,7 +212,7 @@ class Scan:
 
 def _screen_missing(scan: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer], name: str,
                     wanted: Sequence[tuple[str, float]], ray_address: str | None,
-                    deadline: float | None = None) -> int:
+                    deadline: float | None = None, session: TuneSession | None = None) -> int:
     """Queue the ``wanted`` probes the scan lacks and screen what is queued, none started after ``deadline`` (those
     stay queued for the next run); returns how many were queued to screen."""
     job = scan_job(spec, layers, name)
@@ -224,14 +224,15 @@ def _screen_missing(scan: optuna.Study, store: StudyStorage, spec: SearchSpec, l
     if waiting:
         logger.info("sensitivity scan: screening %d probe(s) (%d cached in %s)", waiting, len(wanted) - len(missing),
                     name)
-        run_trials(scan, store, job, waiting, ray_address=ray_address, deadline=deadline)
+        run_trials(scan, store, job, waiting, ray_address=ray_address, deadline=deadline, session=session)
     else:
         logger.info("sensitivity scan: all %d probes cached in %s", len(wanted), name)
     return waiting
 
 
 def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, layers: Sequence[Layer],
-                ray_address: str | None = None, sizing: ScanBudget | None = None) -> Scan:
+                ray_address: str | None = None, sizing: ScanBudget | None = None,
+                session: TuneSession | None = None) -> Scan:
     """Screen the probes the cached scan lacks. With ``sizing`` (a budgeted run) the calibration probes (reference
     and sweep) go first, and what one took says at how many ratios each block is probed (``sensitivity.probes``
     without it)."""
@@ -249,7 +250,8 @@ def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, laye
     if sizing is not None:
         t0 = time.perf_counter()
         done = len(scan.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        _screen_missing(scan, store, spec, layers, name, _wanted(spec, layers, 0), ray_address, sizing.deadline())
+        _screen_missing(scan, store, spec, layers, name, _wanted(spec, layers, 0), ray_address, sizing.deadline(),
+                        session)
         ran = len(scan.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) - done
         # a probe's cost with its share of the orchestration; from the records when the calibration was cached
         probe_s = (time.perf_counter() - t0) / ran if ran else records.mean_wall_seconds(
@@ -257,7 +259,7 @@ def ensure_scan(study: optuna.Study, store: StudyStorage, spec: SearchSpec, laye
         n = sizing.levels(spec, layers, probe_s) if probe_s is not None else 0  # none measured: the share is gone
     if n or sizing is None:
         _screen_missing(scan, store, spec, layers, name, _wanted(spec, layers, n), ray_address,
-                        sizing.deadline() if sizing is not None else None)
+                        sizing.deadline() if sizing is not None else None, session)
     else:
         logger.info("budget: not one probe ratio per block fits budget.scan_share %.0f%% (a probe took %.1f s): no "
                     "block is probed, no allocation is made", 100 * sizing.share, probe_s or 0.0)
