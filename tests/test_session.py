@@ -182,3 +182,29 @@ def test_a_queued_only_batch_runs_the_queue_and_never_a_sampled_trial(tmp_path, 
     states = [t.state for t in optuna.load_study(study_name="a", storage=store.rdb).trials]
     assert states[-1] == TrialState.FAIL and len(states) == 3
     assert "another driver took it" in a.trials[-1].user_attrs["fail_reason"]
+
+
+def test_the_log_names_probes_screens_and_trials_for_what_they_are(tmp_path, caplog):
+    """Issue 39: every job was logged as `trial N done ... latency` (a probe's latency means nothing)."""
+    import dataclasses
+    import logging
+
+    from autoprune.model import records
+    from autoprune.search.execution.executor import log_trial
+
+    _, _, job = _study_job(tmp_path, "a")
+    m = {"map50_95": 0.7, "map50": 0.9, "params": 1000.0, "latency_ms": 3.0}
+
+    def made(**attrs):
+        return optuna.trial.create_trial(values=[0.7, 1000.0, 3.0], user_attrs={"metrics": m, **attrs})
+    with caplog.at_level(logging.INFO):
+        log_trial(made(**records.probe_attrs("model.4", 0.35)), dataclasses.replace(job, kind="screen"))
+        log_trial(made(), dataclasses.replace(job, kind="screen"))
+        log_trial(made(**records.recipe_attrs("params-50", 0.33)), dataclasses.replace(job, finetune=False))
+        log_trial(made(), dataclasses.replace(job, finetune=False))
+        log_trial(made(), job)
+    lines = [r.getMessage() for r in caplog.records if r.name == "autoprune.search.execution.executor"]
+    assert lines[0].startswith("probe -1 (model.4 at 0.35) done") and "latency" not in lines[0]
+    assert lines[1].startswith("screen -1 done") and "latency 3.00 ms" in lines[1]
+    assert lines[2].startswith("trial -1 (the hand recipe's model at params-50) done")
+    assert lines[3].startswith("trial -1 (adaptive BN, no fine-tune) done") and lines[4].startswith("trial -1 done")

@@ -28,6 +28,7 @@ from ray.tune.search import Searcher
 
 from autoprune.config.spec import Constraints, Resources, TrialSettings
 from autoprune.model import records
+from autoprune.model.allocation import REFERENCE, UNIFORM
 from autoprune.model.constraints import constraint_values, feasible
 from autoprune.model.policy import Policy, ratio_summary
 from autoprune.model.records import TrialResult
@@ -288,17 +289,25 @@ def beat(study: optuna.Study, driver: str, stop: threading.Event, every_s: float
             return
 
 
-def log_trial(t: optuna.trial.FrozenTrial) -> None:
+def log_trial(t: optuna.trial.FrozenTrial, job: Job) -> None:
+    """One line for a finished job, named for what it was: a sensitivity ``probe`` (one block pruned alone: its mAP
+    and parameters, no latency), a ``screen`` (adaptive BN) or a ``trial`` (the hand recipe's model, a measured pick
+    or a fine-tuned trial)."""
     rec = records.trial(t)
-    if t.state == optuna.trial.TrialState.COMPLETE:
-        m, pol = rec.metrics, rec.policy or {}
-        logger.info("trial %d done in %.0fs%s: mAP50-95 %.3f, mAP50 %.3f, params %s, latency %.2f ms (%s, %s)",
-                    t.number, rec.wall_seconds, "" if feasible(t.constraints) else " (infeasible)",
-                    m.get("map50_95", float("nan")), m.get("map50", float("nan")),
-                    f"{int(m.get('params', 0)):,}", m.get("latency_ms", float("nan")), pol.get("criterion"),
-                    ratio_summary(pol.get("ratios", {})))
-    else:
-        logger.warning("trial %d FAILED: %s", t.number, rec.fail_reason)
+    key = records.probe(t)
+    block = {REFERENCE: "nothing pruned", UNIFORM: "every layer"}.get(key[0], key[0]) if key else ""
+    what = (f"probe {t.number} ({block} at {key[1]:.2f})" if key else f"screen {t.number}" if job.kind == "screen"
+            else f"trial {t.number}" + (f" (the hand recipe's model at {rec.recipe['target']})" if rec.recipe
+                                        else "" if job.finetune else " (adaptive BN, no fine-tune)"))
+    if t.state != optuna.trial.TrialState.COMPLETE:
+        logger.warning("%s FAILED: %s", what, rec.fail_reason)
+        return
+    m, pol = rec.metrics, rec.policy or {}
+    latency = "" if key else f", latency {m.get('latency_ms', float('nan')):.2f} ms"
+    logger.info("%s done in %.0fs%s: mAP50-95 %.3f, mAP50 %.3f, params %s%s (%s, %s)", what, rec.wall_seconds,
+                "" if feasible(t.constraints) else " (infeasible)", m.get("map50_95", float("nan")),
+                m.get("map50", float("nan")), f"{int(m.get('params', 0)):,}", latency, pol.get("criterion"),
+                ratio_summary(pol.get("ratios", {})))
 
 
 TrialFn = Callable[..., None]

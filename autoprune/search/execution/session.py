@@ -198,7 +198,7 @@ class TuneSession:
         """Run ``n_trials`` new trials of ``study`` in this session's Tune run (none started after ``deadline``,
         a ``time.time()``); back when they have all ended."""
         def done(t: optuna.trial.FrozenTrial) -> None:
-            log_trial(t)
+            log_trial(t, job)
             if on_trial is not None:
                 on_trial(t)
 
