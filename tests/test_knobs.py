@@ -45,7 +45,7 @@ def test_a_toy_knob_is_one_declaration(tmp_path):
     with knobs.REGISTRY.temporarily(toy):
         # parsed (bounds from the declaration), and absent from the default space
         spec = parse_spec({**SPEC, "space": {"toy": {"low": 0.1, "high": 0.9}, "round_to": [1, 8]}}, "s.yaml")
-        assert spec.space.toy == FloatRange(0.1, 0.9) and Space().toy is None
+        assert spec.space.domain("toy") == FloatRange(0.1, 0.9) and Space().domain("toy") is None
         with pytest.raises(SpecError, match=r"space.toy.high: 5 is outside \[0, 2\]"):
             parse_spec({**SPEC, "space": {"toy": {"low": 0.1, "high": 5}}}, "s.yaml")
         # sampled as an Optuna parameter of its own name; unsearched it takes its value
@@ -54,19 +54,20 @@ def test_a_toy_knob_is_one_declaration(tmp_path):
         for _ in range(4):
             trial = study.ask()
             policy = sample_policy(trial, spec.space, LAYERS)
-            assert 0.1 <= policy.toy <= 0.9 and trial.params["toy"] == policy.toy
+            assert 0.1 <= policy.value("toy") <= 0.9 and trial.params["toy"] == policy.value("toy")
             trial.set_user_attr("policy", policy.to_dict())
-            study.tell(trial, [policy.toy, sum(r for _, r in policy.ratios)])
+            study.tell(trial, [policy.value("toy"), sum(r for _, r in policy.ratios)])
             policies.append(policy)
-        assert sample_policy(optuna.create_study().ask(), Space(), LAYERS).toy == 0.5
+        assert sample_policy(optuna.create_study().ask(), Space(), LAYERS).value("toy") == 0.5
         # the screen's space, the recipe and the projection follow its declaration
-        assert screen_space(spec.space).toy is None and "toy" in finetune_knobs()
+        assert screen_space(spec.space).domain("toy") is None and "toy" in finetune_knobs()
         assert screen_visible({"toy": 0.2, "criterion": "l1"}) == {"criterion": "l1"}
         assert recipe_params(spec.space)["toy"] == pytest.approx(0.3)
-        assert params_for_policy(spec.space, LAYERS, policies[0].to_dict())["toy"] == pytest.approx(policies[0].toy)
+        projected = params_for_policy(spec.space, LAYERS, policies[0].to_dict())
+        assert projected["toy"] == pytest.approx(policies[0].value("toy"))
         # stored in the policy file and round-tripped, with the declared bounds checked on load
         path = dump_policy_file(_doc(policies[0]), tmp_path / "policy.yaml")
-        assert yaml.safe_load(path.read_text())["policy"]["toy"] == policies[0].toy
+        assert yaml.safe_load(path.read_text())["policy"]["toy"] == policies[0].value("toy")
         assert load_policy_file(path).policy == policies[0]
         assert Policy.from_dict(policies[0].to_dict()) == policies[0]
         raw = yaml.safe_load(path.read_text())
@@ -77,12 +78,13 @@ def test_a_toy_knob_is_one_declaration(tmp_path):
         assert "  toy: [0, 2] (default 0.5)  # a toy knob" in schema_text()
         # shown in the report: a knob column of every row, an axis of the parallel coordinates, the hover
         rows = knob_rows(study)
-        assert [r.knob("toy") for r in rows] == [p.toy for p in policies]
+        assert [r.knob("toy") for r in rows] == [p.value("toy") for p in policies]
         labels = [d["label"] for d in _parallel(rows, ("mAP", "size")).data[0].dimensions]
         assert "toy" in labels
-        assert f"toy {policies[0].toy:.2g}" in _hover(study.trials[0], ["map50_95", "params"])
+        assert f"toy {policies[0].value('toy'):.2g}" in _hover(study.trials[0], ["map50_95", "params"])
     assert "toy" not in knobs.names()
-    assert not hasattr(Policy.from_dict(policies[0].to_dict()), "toy")
+    with pytest.raises(KeyError, match="toy"):  # unregistered: the policy has no such knob any more
+        Policy.from_dict(policies[0].to_dict()).value("toy")
 
 
 def test_every_knob_has_one_home():
@@ -91,16 +93,33 @@ def test_every_knob_has_one_home():
     assert list(policy.to_dict()) == ["ratios", *knobs.names()]
     assert {k.key for k in knobs.knobs()} >= {"criteria", "lr", "depth"}
     for knob in knobs.knobs():
-        assert getattr(Space(), knob.key) == knob.space
-        assert getattr(policy, knob.name) == (knob.value if not knob.required else getattr(policy, knob.name))
+        assert getattr(Space(), SPACE_ATTR.get(knob.name, knob.name)) in (knob.space, ())
+        assert Space().domain(knob.name) == knob.space
+        assert policy.value(knob.name) == getattr(policy, knob.name)  # the typed attribute is the table's knob
     with pytest.raises(TypeError, match="unknown knob 'nope'"):
         Policy(ratios=(), criterion="l2", iterations=1, lr=0.01, ema=True, epochs=1, nope=1)
     with pytest.raises(TypeError, match="missing knob 'criterion'"):
         Policy(ratios=(), iterations=1, lr=0.01, ema=True, epochs=1)
 
 
+SPACE_ATTR = {"criterion": "criteria"}  # a Space attribute is the knob's name, but criteria (its spec key)
+
+
+def test_every_knob_has_a_typed_attribute_on_policy_and_space():
+    """mypy sees each knob as what it is (float, str, bool, a range, a tuple of choices), never Any: each knob of
+    the table has a typed property on Policy and on Space (issue 39)."""
+    import inspect
+
+    for knob in knobs.knobs():
+        for cls, attr in ((Policy, knob.name), (Space, SPACE_ATTR.get(knob.name, knob.name))):
+            prop = cls.__dict__.get(attr)
+            assert isinstance(prop, property), (cls.__name__, attr)
+            returns = inspect.signature(prop.fget).return_annotation
+            assert returns not in (inspect.Signature.empty, "Any"), (cls.__name__, attr, returns)
+
+
 def test_a_space_keeps_one_canonical_form():
     assert Space().replace(lr=Space().lr) == Space()
     assert Space().replace(criteria=("l1",)).criteria == ("l1",) == Space().replace(criterion=("l1",)).criteria
     with pytest.raises(AttributeError):
-        Space().nope  # noqa: B018
+        getattr(Space(), "nope")  # noqa: B009

@@ -1,7 +1,8 @@
 """A pruning policy: what one trial does to the base model, and its one dict codec.
 
 A policy is the per-layer prune ratios plus one value per knob of the knob table
-(:mod:`autoprune.model.knobs`); ``policy.lr`` reads the ``lr`` knob's value.
+(:mod:`autoprune.model.knobs`); ``policy.lr`` reads the ``lr`` knob's value, typed, and ``policy.value(name)``
+any knob's.
 """
 
 from __future__ import annotations
@@ -31,15 +32,77 @@ class Policy:
         object.__setattr__(self, "ratios", tuple(ratios))
         object.__setattr__(self, "knobs", tuple((k.name, values.get(k.name, k.value)) for k in table))
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name == "knobs":
-            raise AttributeError(name)
-        for key, value in self.__dict__.get("knobs", ()):
+    def value(self, name: str) -> Any:
+        """Knob ``name``'s value (its table value for a knob registered after this policy was made)."""
+        for key, value in self.knobs:
             if key == name:
                 return value
-        if name in knobs.REGISTRY:  # a knob registered after this policy was made
-            return knobs.get(name).value
-        raise AttributeError(f"Policy has no knob {name!r}")
+        return knobs.get(name).value  # raises KeyError naming the knob for one the table lacks
+
+    # Each knob of the table, typed (tests/test_knobs.py keeps these equal to the table).
+    @property
+    def criterion(self) -> str:
+        return str(self.value("criterion"))
+
+    @property
+    def iterations(self) -> int:
+        return int(self.value("iterations"))
+
+    @property
+    def lr(self) -> float:
+        return float(self.value("lr"))
+
+    @property
+    def ema(self) -> bool:
+        return bool(self.value("ema"))
+
+    @property
+    def epochs(self) -> int:
+        return int(self.value("epochs"))
+
+    @property
+    def round_to(self) -> int:
+        return int(self.value("round_to"))
+
+    @property
+    def schedule(self) -> str:
+        return str(self.value("schedule"))
+
+    @property
+    def distill(self) -> bool:
+        return bool(self.value("distill"))
+
+    @property
+    def lrf(self) -> float | None:
+        v = self.value("lrf")
+        return None if v is None else float(v)
+
+    @property
+    def warmup(self) -> float | None:
+        v = self.value("warmup")
+        return None if v is None else float(v)
+
+    @property
+    def lr_step(self) -> float:
+        return float(self.value("lr_step"))
+
+    @property
+    def sparsity(self) -> float:
+        return float(self.value("sparsity"))
+
+    @property
+    def depth(self) -> float:
+        return float(self.value("depth"))
+
+    @property
+    def precision(self) -> str | None:
+        v = self.value("precision")
+        return None if v is None else str(v)
+
+    @property
+    def deploy_imgsz(self) -> int | None:
+        v = self.value("deploy_imgsz")
+        return None if v is None else int(v)
 
     def replace(self, **changes: Any) -> Policy:
         ratios = changes.pop("ratios", self.ratios)

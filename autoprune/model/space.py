@@ -19,8 +19,8 @@ class Space:
     """What a search samples from: the per-layer ratios' range and shape, and one domain per knob.
 
     ``knobs`` holds the domains that differ from the knob table's defaults (:mod:`autoprune.model.knobs`),
-    as (knob name, domain) pairs; :meth:`domain` reads any knob's, and ``space.<spec key>`` (``space.lr``,
-    ``space.criteria``) is the same lookup.
+    as (knob name, domain) pairs; :meth:`domain` reads any knob's, and a typed attribute each knob's (``space.lr``,
+    ``space.criteria``).
     """
 
     ratio: FloatRange = FloatRange(0.0, 0.6)
@@ -52,13 +52,86 @@ class Space:
                 own[by_key.get(key, key)] = value
         return dataclasses.replace(self, **fields, knobs=tuple(own.items()))
 
-    def __getattr__(self, key: str) -> Any:
-        if key.startswith("_") or key == "knobs":
-            raise AttributeError(key)
-        for knob in knobs.knobs():
-            if key in (knob.key, knob.name):
-                return self.domain(knob.name)
-        raise AttributeError(f"Space has no knob or field {key!r}")
+    def _float_range(self, name: str) -> FloatRange | None:
+        d = self.domain(name)
+        if d is not None and not isinstance(d, FloatRange):
+            raise TypeError(f"space.{name}: {d!r} is not a float range")  # a programming error
+        return d
+
+    def _int_range(self, name: str) -> IntRange:
+        d = self.domain(name)
+        if not isinstance(d, IntRange):
+            raise TypeError(f"space.{name}: {d!r} is not an integer range")
+        return d
+
+    def _choices(self, name: str) -> tuple[Any, ...] | None:
+        d = self.domain(name)
+        if d is not None and not isinstance(d, tuple):
+            raise TypeError(f"space.{name}: {d!r} is not a list of choices")
+        return d
+
+    # Each knob's domain, typed (tests/test_knobs.py keeps these equal to the table); None: not searched.
+    @property
+    def criteria(self) -> tuple[str, ...]:
+        return self._choices("criterion") or ()
+
+    @property
+    def iterations(self) -> IntRange:
+        return self._int_range("iterations")
+
+    @property
+    def lr(self) -> FloatRange:
+        d = self._float_range("lr")
+        assert d is not None, "the lr knob is always searched or fixed"
+        return d
+
+    @property
+    def ema(self) -> tuple[bool, ...]:
+        return self._choices("ema") or ()
+
+    @property
+    def epochs(self) -> IntRange:
+        return self._int_range("epochs")
+
+    @property
+    def round_to(self) -> tuple[int, ...]:
+        return self._choices("round_to") or ()
+
+    @property
+    def schedule(self) -> tuple[str, ...]:
+        return self._choices("schedule") or ()
+
+    @property
+    def distill(self) -> tuple[bool, ...]:
+        return self._choices("distill") or ()
+
+    @property
+    def lrf(self) -> FloatRange | None:
+        return self._float_range("lrf")
+
+    @property
+    def warmup(self) -> FloatRange | None:
+        return self._float_range("warmup")
+
+    @property
+    def lr_step(self) -> FloatRange | None:
+        return self._float_range("lr_step")
+
+    @property
+    def sparsity(self) -> tuple[float, ...]:
+        return self._choices("sparsity") or ()
+
+    @property
+    def depth(self) -> FloatRange | None:
+        return self._float_range("depth")
+
+    @property
+    def precision(self) -> tuple[str, ...] | None:
+        return self._choices("precision")
+
+    @property
+    def deploy_imgsz(self) -> tuple[int, ...] | None:
+        return self._choices("deploy_imgsz")
 
 
 @dataclass(frozen=True)
