@@ -172,3 +172,14 @@ def test_roundtrip_check_catches_a_checkpoint_that_is_not_the_pruned_model(tmp_p
                     ema=False, epochs=1)
     result = run_trial_safely(spec.trial_settings, policy, layers, tmp_path / "trial")
     assert not result.ok and "round trip" in result.reason
+
+
+def test_a_trial_that_ran_no_fine_tune_says_so_in_its_policy_section(tmp_path):
+    """Issue 39: a direct delivery's policy section listed fine-tune epochs, lr and iterations that never ran; they
+    now stand apart under not_run, and the file still loads to the same policy."""
+    doc = PolicyDocument(**{**_doc().__dict__, "source": {"study": "s", "trial": 3, "finetuned": False}})
+    raw = yaml.safe_load(dump_policy_file(doc, tmp_path / "policy.yaml").read_text())
+    assert {"epochs", "lr", "iterations", "ema"}.isdisjoint(raw["policy"]) and "criterion" in raw["policy"]
+    assert raw["policy"]["not_run"]["epochs"] == 1 and raw["policy"]["not_run"]["lr"] == 0.01
+    assert load_policy_file(tmp_path / "policy.yaml") == doc
+    assert "not_run" not in yaml.safe_load(dump_policy_file(_doc(), tmp_path / "p2.yaml").read_text())["policy"]

@@ -8,7 +8,8 @@ Schema (version 1)::
     imgsz: 160
     seed: 0
     finetune: {batch, workers, optimizer, gradient_batches}   # the search's fine-tune settings
-    policy: {knob name: value}                     # one key per knob of autoprune.model.knobs (schema_text())
+    policy: {knob name: value}                     # one key per knob (schema_text()); a trial that ran no
+                                                   # fine-tune keeps its fine-tune knobs apart, under not_run
     ratios: {layer name: fraction removed}       # layer = module path of a prunable unit
     channels: {layer name: channels kept}          # what the ratios produced
     metrics: {map50_95, map50, params, macs, latency_ms}
@@ -39,6 +40,7 @@ __all__ = ["SCHEMA", "VERSION", "PolicyDocument", "load_policy_file", "dump_poli
 
 SCHEMA = "autoprune.policy"
 VERSION = 1
+NOT_RUN = "not_run"  # in a policy section: the fine-tune knobs of a trial that ran no fine-tune
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,17 @@ class PolicyDocument:
     # export --format onnx-int8: the quantized file, its mAP measured on it and its latency against the base's
     deployed: Mapping[str, Any] = field(default_factory=dict)
 
+    def _policy_section(self) -> dict[str, Any]:
+        """What the trial applied: every knob's value; for a trial that ran no fine-tune (adaptive BN in its place:
+        ``budget.direct``, the hand recipe's model) the fine-tune knobs it never ran stand apart, under
+        ``not_run``."""
+        values = self.policy.values
+        if self.source.get("finetuned") is not False:
+            return values
+        skipped = {k.name for k in knobs.knobs() if k.stage == "finetune"}
+        return {**{k: v for k, v in values.items() if k not in skipped},
+                NOT_RUN: {k: v for k, v in values.items() if k in skipped}}
+
     def to_dict(self) -> dict[str, Any]:
         p = self.policy
         return {
@@ -69,7 +82,7 @@ class PolicyDocument:
             "imgsz": self.imgsz,
             "seed": self.seed,
             "finetune": dict(self.finetune),
-            "policy": p.values,
+            "policy": self._policy_section(),
             "ratios": dict(p.ratios),
             "channels": dict(self.channels),
             "metrics": dict(self.metrics),
@@ -160,6 +173,10 @@ def load_policy_file(path: str | Path) -> PolicyDocument:
         raise InputError(f"{where}: policy schema version {raw.get('version')!r} is not supported (need {VERSION})")
     base = _need(raw, "base_model", Mapping, where)
     pol = _need(raw, "policy", Mapping, where)
+    not_run = pol.get(NOT_RUN) or {}
+    if not isinstance(not_run, Mapping):
+        raise InputError(f"{where}: policy.{NOT_RUN} has the wrong type ({type(not_run).__name__})")
+    pol = {**{k: v for k, v in pol.items() if k != NOT_RUN}, **not_run}
     ratios = _need(raw, "ratios", Mapping, where)
     channels = _need(raw, "channels", Mapping, where)
     _check_layers(ratios, channels, where)
