@@ -169,10 +169,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
                      studies_dir=args.studies_dir)
     from autoprune.views.progress import ProgressBar
 
-    if not args.verbose:  # importing Ray configures its loggers anew (INFO): quiet them again before ray.init
+    if not args.verbose:  # importing Ray and Optuna configures their loggers anew (INFO): quiet them again
+        import optuna
         import ray  # noqa: F401
 
         _quiet_ray()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line per side study
     from autoprune.deploy.deliver import run
 
     bar = ProgressBar()
