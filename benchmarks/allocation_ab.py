@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import commit, logger, machine, setup_logging, write_json  # noqa: E402
 from autoprune.config.spec import parse_spec  # noqa: E402
 from autoprune.model.allocation import allocate, block_options, calibrated, loss_exponent  # noqa: E402
-from autoprune.model.shapes import params_for_policy, sample_policy  # noqa: E402
+from autoprune.model.sampling import params_for_policy, sample_policy  # noqa: E402
 from autoprune.model.space import Layer, blocks  # noqa: E402
 from autoprune.search.strategy.sensitivity import allocated_candidates, grid, scan_knobs, true_saving  # noqa: E402
 from search_vs_recipe import DEMO_SPEC, bootstrap_diff  # noqa: E402

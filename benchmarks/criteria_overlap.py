@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.config.spec import parse_spec
     from autoprune.engine.pipeline import TRACE_IMGSZ, accumulate_gradients
     from autoprune.model import criteria
-    from autoprune.model.shapes import target_keep
+    from autoprune.model.sampling import target_keep
     from autoprune.search.inputs import prepare_inputs
 
     spec = prepare_inputs(parse_spec({"name": "overlap", "model": "demo", "data": "demo", "imgsz": 160},

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import commit, logger, machine, setup_logging, write_json  # noqa: E402
 from autoprune.model import criteria  # noqa: E402
-from autoprune.model.shapes import target_keep  # noqa: E402
+from autoprune.model.sampling import target_keep  # noqa: E402
 
 
 def _cv(xs: list[float]) -> float:

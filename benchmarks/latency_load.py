@@ -51,7 +51,7 @@ def pruned_models(n_random: int, seed: int, ratios: list[float]) -> tuple[Any, l
     from autoprune.demo.baseline import resolve_demo_model
     from autoprune.engine.pipeline import TRACE_IMGSZ
     from autoprune.model import criteria
-    from autoprune.model.shapes import target_keep
+    from autoprune.model.sampling import target_keep
 
     path = resolve_demo_model()
     base = ultra.load_model(path)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from autoprune.engine.trial import run_trial
     from autoprune.model import Layer, criteria
     from autoprune.model.pareto import kendall_tau
-    from autoprune.model.shapes import sample_policy, target_keep
+    from autoprune.model.sampling import sample_policy, target_keep
     from autoprune.search.inputs import prepare_inputs
 
     raw = {"name": "bench-screen", "model": "demo", "data": "demo", "imgsz": args.imgsz, "seed": args.seed,

@@ -10,7 +10,7 @@ import pytest
 
 from autoprune.config.spec import parse_spec
 from autoprune.errors import SpecError
-from autoprune.model import records, shapes
+from autoprune.model import records, sampling
 from autoprune.model.allocation import (
     Option,
     Probe,
@@ -59,10 +59,10 @@ def test_block_shape_samples_one_ratio_per_block_and_projects_back_exactly():
     values = {"ratio/model.0": 0.1, "ratio/model.2": 0.35, "ratio/model.12": 0.0, "ratio/model.22.cv2": 0.5,
               "ratio/model.22.cv3": 0.7}
     trial = _Fixed(values)
-    policy = shapes.sample_policy(trial, space, LAYERS)
+    policy = sampling.sample_policy(trial, space, LAYERS)
     assert [n for n in trial.asked if n.startswith("ratio/")] == list(values)
     assert policy.ratio_map["model.2.m.0.cv1"] == 0.35 and policy.ratio_map["model.22.cv2.1.1"] == 0.5
-    params = shapes.params_for_policy(space, LAYERS, policy.to_dict())
+    params = sampling.params_for_policy(space, LAYERS, policy.to_dict())
     assert {k: v for k, v in params.items() if k.startswith("ratio/")} == values
 
 

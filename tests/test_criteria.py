@@ -7,7 +7,7 @@ import torch
 
 from autoprune.adapters import tp, ultra
 from autoprune.model import criteria
-from autoprune.model.shapes import target_keep
+from autoprune.model.sampling import target_keep
 from autoprune.registry import UnknownName
 
 TINY_IMGSZ = 64

@@ -8,7 +8,7 @@ import torch
 from autoprune.adapters import tp, ultra
 from autoprune.errors import TrialError
 from autoprune.model import criteria
-from autoprune.model.shapes import target_keep
+from autoprune.model.sampling import target_keep
 
 TINY = 64
 
@@ -111,7 +111,7 @@ def test_distillation_reaches_ultralytics_trainer_and_leaves_a_plain_pruned_mode
 def test_distill_is_a_fine_tune_knob_the_screen_does_not_see():
     from autoprune.config.spec import parse_spec
     from autoprune.model.policy import Policy
-    from autoprune.model.shapes import finetune_knobs, recipe_params, screen_space
+    from autoprune.model.sampling import finetune_knobs, recipe_params, screen_space
 
     spec = parse_spec({"name": "k", "model": "m.pt", "data": "d.yaml", "space": {"distill": [False, True]}}, "s.yaml")
     assert spec.space.distill == (False, True) and "distill" in finetune_knobs()
@@ -158,7 +158,7 @@ def test_the_sparse_base_is_trained_once_per_strength_and_cached(tiny_data, tiny
 def test_sparsity_is_a_screen_visible_knob():
     from autoprune.config.spec import parse_spec
     from autoprune.errors import SpecError
-    from autoprune.model.shapes import screen_space, screen_visible
+    from autoprune.model.sampling import screen_space, screen_visible
 
     spec = parse_spec({"name": "k", "model": "m.pt", "data": "d.yaml", "space": {"sparsity": [0, 2.0]}}, "s.yaml")
     assert spec.space.sparsity == (0.0, 2.0) and screen_space(spec.space).sparsity == (0.0, 2.0)

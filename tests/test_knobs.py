@@ -17,7 +17,7 @@ from autoprune.model import knobs
 from autoprune.model.document import PolicyDocument, dump_policy_file, load_policy_file, schema_text
 from autoprune.model.knobs import FloatRange, Knob, Real
 from autoprune.model.policy import Policy
-from autoprune.model.shapes import (
+from autoprune.model.sampling import (
     finetune_knobs,
     params_for_policy,
     recipe_params,

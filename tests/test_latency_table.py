@@ -16,7 +16,7 @@ from autoprune.engine.measure import measure_model
 from autoprune.engine.pipeline import TRACE_IMGSZ
 from autoprune.errors import SpecError
 from autoprune.model import criteria
-from autoprune.model.shapes import target_keep
+from autoprune.model.sampling import target_keep
 from autoprune.search.strategy.promotion import promotion_choice, promotion_objectives
 
 

@@ -8,7 +8,7 @@ import torch
 from autoprune.adapters import tp, ultra
 from autoprune.errors import TrialError
 from autoprune.model import criteria
-from autoprune.model.shapes import target_keep
+from autoprune.model.sampling import target_keep
 
 TRACE = 64
 

@@ -74,7 +74,7 @@ def test_a_race_shrinks_to_the_time_it_has():
 def test_the_recipe_policy_holds_its_exact_ratio_off_the_spaces_grid():
     """The hand recipe's ratio (0.33) is not on the space's 0.05 grid: a trial enqueued with its parameters samples
     exactly 0.33 for every layer, and the recipe's knobs (l2, round_to 8, one step, no sparse base)."""
-    from autoprune.model.shapes import sample_policy
+    from autoprune.model.sampling import sample_policy
     from autoprune.model.space import FloatRange, IntRange, Layer, Space
     from autoprune.search.strategy.recipe import recipe_policy_params
 

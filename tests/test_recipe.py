@@ -26,7 +26,7 @@ def test_the_recipes_latency_ratio_is_the_smallest_that_times_under_the_bound(mo
     r = uniform.uniform_ratio_for_latency(yolov8n, s, 0.5)
     assert 0.2 < r < 0.5 and len(timed) <= 7
     original = uniform.unit_channels(yolov8n)
-    from autoprune.model.shapes import target_keep
+    from autoprune.model.sampling import target_keep
 
     def share(ratio):
         return uniform.pruned_share(yolov8n, s, target_keep(original, dict.fromkeys(original, ratio), 1, 1, 8),
@@ -38,7 +38,7 @@ def test_the_recipes_latency_ratio_is_the_smallest_that_times_under_the_bound(mo
 def test_a_pruned_copy_keeps_what_is_counted(yolov8n):
     from autoprune.adapters import ultra
     from autoprune.engine import uniform
-    from autoprune.model.shapes import target_keep
+    from autoprune.model.sampling import target_keep
 
     s = TrialSettings(model="yolov8n.yaml", data="d.yaml", imgsz=64)
     original = uniform.unit_channels(yolov8n)

@@ -17,7 +17,7 @@ from autoprune.config.spec import parse_spec
 from autoprune.errors import InputError, SpecError
 from autoprune.model import Layer
 from autoprune.model.constraints import constraint_values, feasible
-from autoprune.model.shapes import recipe_params, sample_policy, screen_space, screen_visible
+from autoprune.model.sampling import recipe_params, sample_policy, screen_space, screen_visible
 from autoprune.search.execution.executor import PAYLOAD_KEY, StudySearcher
 from autoprune.search.run import main_job
 from autoprune.search.storage.front import read_front, sync_front

@@ -11,7 +11,7 @@ import pytest
 
 from autoprune.config.spec import parse_spec
 from autoprune.errors import SpecError
-from autoprune.model import criteria, objectives, pareto, records, samplers, shapes
+from autoprune.model import criteria, objectives, pareto, records, samplers, sampling
 from autoprune.model.space import Layer
 from autoprune.registry import Registry, UnknownName
 
@@ -51,18 +51,18 @@ def test_every_sampler_builds_the_optuna_class_it_names(name):
     assert parse_spec({**BASE, "sampler": name}, "s.yaml").sampler.name == name
 
 
-@pytest.mark.parametrize("name", shapes.names())
+@pytest.mark.parametrize("name", sampling.names())
 def test_every_shape_projects_its_own_samples_back_to_the_same_parameters(name):
     spec = parse_spec({**BASE, "space": {"shape": name, "ratio": {"low": 0.0, "high": 0.6, "step": 0.05},
                                          "multiplier": {"low": 0.5, "high": 1.5, "step": 0.25}}}, "s.yaml")
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):
         t = study.ask()
-        policy = shapes.sample_policy(t, spec.space, LAYERS)
+        policy = sampling.sample_policy(t, spec.space, LAYERS)
         assert set(policy.ratio_map) == {layer.name for layer in LAYERS}
         assert all(0.0 <= r <= 0.6 for r in policy.ratio_map.values())
         if name != "global":  # global's projection is a fit of the mean; layer and stage are exact
-            projected = shapes.params_for_policy(spec.space, LAYERS, policy.to_dict())
+            projected = sampling.params_for_policy(spec.space, LAYERS, policy.to_dict())
             assert projected == pytest.approx(dict(t.params))
 
 

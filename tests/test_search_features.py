@@ -18,7 +18,7 @@ from autoprune.engine.screen import recalibrate_bn
 from autoprune.errors import SpecError
 from autoprune.model import Layer, Policy
 from autoprune.model.pareto import kendall_tau, promotion_order
-from autoprune.model.shapes import (
+from autoprune.model.sampling import (
     params_for_policy,
     sample_policy,
     target_keep,

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from autoprune.model import knobs
 from autoprune.model.document import load_policy_file
-from autoprune.model.shapes import screen_visible
+from autoprune.model.sampling import screen_visible
 from autoprune.model.space import Layer, block_of
 
 

@@ -19,7 +19,7 @@ import yaml
 from autoprune.adapters import tp, ultra
 from autoprune.demo.synthetic import KPT_SHAPE, SyntheticConfig, ensure_dataset
 from autoprune.model import criteria, records
-from autoprune.model.shapes import target_keep
+from autoprune.model.sampling import target_keep
 
 TRACE = 64
 

@@ -9,7 +9,7 @@ from autoprune.config.spec import parse_spec
 from autoprune.engine.pipeline import TRACE_IMGSZ, prune_once
 from autoprune.engine.trial import run_trial
 from autoprune.model import Layer, Policy
-from autoprune.model.shapes import target_keep
+from autoprune.model.sampling import target_keep
 
 
 @pytest.mark.parametrize("criterion,iterations", [("l2", 2), ("taylor", 1)])
@@ -81,7 +81,7 @@ def test_the_lr_schedule_knobs_reach_each_prune_steps_fine_tune(tmp_path, tiny_d
     prune step's fine-tune is asked to do: lr * lr_step ** (k - 1), the searched lrf and warm-up."""
     import optuna
 
-    from autoprune.model.shapes import finetune_knobs, sample_policy, screen_space
+    from autoprune.model.sampling import finetune_knobs, sample_policy, screen_space
 
     seen = []
 
@@ -159,7 +159,7 @@ def test_true_saving_is_what_a_screen_of_the_allocation_measures(tiny_data, tiny
     import optuna
 
     from autoprune.engine.screen import screen_policy
-    from autoprune.model.shapes import params_for_policy, sample_policy
+    from autoprune.model.sampling import params_for_policy, sample_policy
     from autoprune.model.space import blocks
     from autoprune.search.strategy.sensitivity import true_saving
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from autoprune.config._read import choice, float_range, int_range, mapping, read_float, read_int, shown, type_name
 from autoprune.errors import SpecError
-from autoprune.model import knobs, shapes
+from autoprune.model import knobs, sampling
 from autoprune.model.knobs import FloatRange, IntRange
 from autoprune.model.space import Space
 
@@ -78,7 +78,7 @@ def read_space(v: Any) -> Space:
     if "ratio" in d:
         fields["ratio"] = float_range(d["ratio"], "space.ratio", base.ratio, 0.0, 1.0, hi_open=True)
     if "shape" in d:
-        fields["shape"] = choice(d["shape"], "space.shape", tuple(shapes.names()))
+        fields["shape"] = choice(d["shape"], "space.shape", tuple(sampling.names()))
     if "multiplier" in d:
         fields["multiplier"] = float_range(d["multiplier"], "space.multiplier", base.multiplier, 0.0, 10.0)
     domains = {knob.name: _knob_reader(knob)(d[key], f"space.{key}") for key, knob in by_key.items() if key in d}

@@ -18,7 +18,7 @@ from autoprune.engine.pipeline import load_start, prune_once, recalibrate_bn
 from autoprune.engine.trial import failure_reason
 from autoprune.model.policy import Policy
 from autoprune.model.records import TrialResult
-from autoprune.model.shapes import target_keep
+from autoprune.model.sampling import target_keep
 from autoprune.model.space import Layer
 
 __all__ = ["recalibrate_bn", "screen_policy", "screen_safely"]  # recalibrate_bn: from engine.pipeline

@@ -20,7 +20,7 @@ from autoprune.engine.pipeline import load_start, prune_once, recalibrate_bn
 from autoprune.errors import AutopruneError, TrialError
 from autoprune.model.policy import Policy
 from autoprune.model.records import TrialResult
-from autoprune.model.shapes import target_keep
+from autoprune.model.sampling import target_keep
 from autoprune.model.space import Layer
 
 logger = logging.getLogger(__name__)

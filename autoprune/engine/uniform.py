@@ -11,7 +11,7 @@ from typing import Any
 from autoprune.config.spec import TrialSettings
 from autoprune.errors import InputError
 from autoprune.model.budget import Target
-from autoprune.model.shapes import target_keep
+from autoprune.model.sampling import target_keep
 
 logger = logging.getLogger(__name__)
 

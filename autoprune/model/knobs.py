@@ -5,11 +5,11 @@ the policy file's key), what a spec may set it to (its :class:`Domain`), what th
 searches, the value a policy holds when the space does not search it, whether an adaptive-BN
 screen can judge it, which stage of a trial uses it, what the hand recipe picks, and a line of help.
 The spec reader, :class:`~autoprune.model.space.Space`, sampling and projection
-(:mod:`autoprune.model.shapes`), the screen's space and the recipe, both policy codecs, the
+(:mod:`autoprune.model.sampling`), the screen's space and the recipe, both policy codecs, the
 policy file's checks and schema text, and the report's knob columns all read this table: a new
 knob is one :func:`register` call here plus the code that uses its value.
 
-The per-layer prune ratios are not a knob: their shape (:mod:`autoprune.model.shapes`) decides
+The per-layer prune ratios are not a knob: their shape (:mod:`autoprune.model.sampling`) decides
 how many parameters they take.
 """
 

@@ -24,7 +24,7 @@ class Space:
     """
 
     ratio: FloatRange = FloatRange(0.0, 0.6)
-    shape: str = "block"  # a name in autoprune.model.shapes: how per-layer ratios are parameterised
+    shape: str = "block"  # a name in autoprune.model.sampling: how per-layer ratios are parameterised
     multiplier: FloatRange = FloatRange(0.5, 1.5)  # shape global: per-layer factor on the global ratio
     knobs: tuple[tuple[str, SpaceDomain], ...] = ()
 

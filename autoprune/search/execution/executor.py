@@ -32,7 +32,7 @@ from autoprune.model.allocation import REFERENCE, UNIFORM
 from autoprune.model.constraints import constraint_values, feasible
 from autoprune.model.policy import Policy, ratio_summary
 from autoprune.model.records import TrialResult
-from autoprune.model.shapes import sample_policy
+from autoprune.model.sampling import sample_policy
 from autoprune.model.space import Layer, Space
 from autoprune.search.storage import journal
 from autoprune.search.storage.front import sync_front

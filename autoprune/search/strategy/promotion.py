@@ -26,7 +26,7 @@ from autoprune.model import records
 from autoprune.model.budget import Target
 from autoprune.model.constraints import feasible
 from autoprune.model.pareto import REFERENCE_MARGIN, contribution_order, kendall_tau, normalised_loss, promotion_order
-from autoprune.model.shapes import params_for_policy, recipe_params, screen_space, screen_visible
+from autoprune.model.sampling import params_for_policy, recipe_params, screen_space, screen_visible
 from autoprune.model.space import Layer
 from autoprune.search.execution.executor import Job
 from autoprune.search.execution.session import run_trials

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.errors import InputError
 from autoprune.model import knobs, records
 from autoprune.model.budget import Target
-from autoprune.model.shapes import recipe_params, uniform_params
+from autoprune.model.sampling import recipe_params, uniform_params
 from autoprune.model.space import Layer, Space
 from autoprune.search.execution.executor import Job
 from autoprune.search.execution.session import run_trials

@@ -49,7 +49,7 @@ from autoprune.model.allocation import (
     sized,
 )
 from autoprune.model.budget import fit_count
-from autoprune.model.shapes import params_for_policy, recipe_params, sample_policy, screen_space, target_keep
+from autoprune.model.sampling import params_for_policy, recipe_params, sample_policy, screen_space, target_keep
 from autoprune.model.space import Layer, Space, blocks
 from autoprune.search.execution.executor import Job
 from autoprune.search.execution.session import TuneSession, run_trials

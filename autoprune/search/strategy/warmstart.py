@@ -10,7 +10,7 @@ import optuna
 
 from autoprune.config.spec import WarmStart
 from autoprune.model import records
-from autoprune.model.shapes import finetune_knobs, params_for_policy, recipe_params, uniform_levels, uniform_params
+from autoprune.model.sampling import finetune_knobs, params_for_policy, recipe_params, uniform_levels, uniform_params
 from autoprune.model.space import Layer, Space
 from autoprune.search.storage.study import StudyStorage
 

@@ -1,4 +1,5 @@
-"""Search-space shapes: how per-layer ratios are parameterised, sampled and projected; the keep schedule.
+"""Sampling a policy from a space: how per-layer ratios are parameterised (the space's shape: block, layer, stage,
+global), sampled and projected; the keep schedule; the recipe's knobs.
 
 A shape samples per-layer ratios through any object with Optuna's ``suggest_*`` methods
 (an ``optuna.Trial``; nothing here imports Optuna) and projects a policy from elsewhere
