@@ -65,16 +65,16 @@ def default_storage_url(studies_dir: str | Path) -> str:
 
 @dataclass(frozen=True)
 class SearchSpec:
-    name: str
-    model: str
-    data: str
-    imgsz: int = DEFAULT_IMGSZ  # AUTO_IMGSZ: the checkpoint's training size
-    device: str = "cpu"
-    objectives: tuple[str, ...] = objectives.DEFAULT
-    space: Space = Space()
-    trials: int = field(default=20, metadata=bounds(min=1, max=1_000_000))
+    name: str  # the study's name: 1-100 letters, digits, '.', '_' or '-'
+    model: str  # the base: a trained ultralytics checkpoint (.pt), a model YAML, or 'demo'
+    data: str  # an ultralytics data set YAML (its test split, if any, is reported, never used), or 'demo'
+    imgsz: int = DEFAULT_IMGSZ  # training and validation size, a multiple of 32 (unset: the checkpoint's own)
+    device: str = "cpu"  # cpu, cuda or cuda:N
+    objectives: tuple[str, ...] = objectives.DEFAULT  # what the search's front trades off (names below)
+    space: Space = Space()  # what is searched (below)
+    trials: int = field(default=20, metadata=bounds(min=1, max=1_000_000))  # trials without a budget
     seed: int = field(default=0, metadata=bounds(min=0, max=SEED_MAX))
-    storage: str | None = None
+    storage: str | None = None  # a study storage URL (default: SQLite under studies/; or postgresql+psycopg://...)
     finetune: FinetuneSettings = FinetuneSettings()
     latency: LatencySettings = LatencySettings()
     resources: Resources = Resources()
@@ -84,7 +84,7 @@ class SearchSpec:
     screening: Screening = Screening()
     sensitivity: ScanSettings = ScanSettings()
     constraints: Constraints = Constraints()
-    budget: Budget = Budget()
+    budget: Budget = Budget()  # a wall-clock budget for the whole run: 300, 30m, 2h, or a mapping (below)
     targets: tuple[Target, ...] = ()  # sizes to deliver a finalized model at (each needs budget.seconds)
     studies_dir: str = str(DEFAULT_STUDIES_DIR)
 
