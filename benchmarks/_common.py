@@ -49,10 +49,22 @@ def front_hypervolume(study: optuna.Study) -> float:
     return hypervolume([t.values for t in complete(study)], records.study_objectives(study), records.baseline(study))
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a benchmark's results; a new file under ``benchmarks/results`` is entered in its index as current
+    (``results/index.json``: what each file measures, or why it is superseded)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=float))
     logger.info("wrote %s", path)
+    if path.resolve().parent == RESULTS:
+        index_path = RESULTS / "index.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {"files": {}}
+        if path.name not in index["files"]:
+            index["files"][path.name] = {"status": "current", "what": f"{data.get('benchmark', path.stem)} "
+                                                                      f"(method commit {data.get('method_commit')})"}
+            index_path.write_text(json.dumps(index, indent=1))
 
 
 def setup_logging() -> None:
