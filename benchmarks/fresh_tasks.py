@@ -82,7 +82,7 @@ def prepare_task(task: dict[str, Any], regime: str, workdir: Path, n_test: int, 
     test = ensure_dataset(SyntheticConfig(**{**task["data"], "n_train": 1, "n_val": 1, "n_test": n_test,
                                              "seed": cfg.seed + 4242}), workdir / "data")
     doc = yaml.safe_load(data.read_text())
-    doc["test"] = str(test.parent / "images" / "test")
+    doc["test"] = str((test.parent / "images" / "test").resolve())  # ultralytics reads a relative one under path
     data_yaml = workdir / "task.yaml"
     data_yaml.write_text(yaml.safe_dump(doc, sort_keys=False))
     base = workdir / f"base-{regime}.pt"
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         if entry.get("done"):
             continue
         seed, regime = entry["task_seed"], entry["regime"]
-        workdir = args.workdir / f"task-{seed}"
+        workdir = args.workdir.resolve() / f"task-{seed}"  # data set YAMLs name absolute paths
         workdir.mkdir(parents=True, exist_ok=True)
         task = draw_task(seed)
         if args.tiny:
