@@ -222,3 +222,23 @@ def test_a_delivery_is_marked_on_its_trial_for_the_dashboard(tmp_path):
     assert final.user_attrs["delivered"]["params-50"] == {"out_dir": "f/p50", "epochs": 12, "val_map50_95": 0.61,
                                                           "test_map50_95": 0.58}
     assert set(final.user_attrs["delivered"]) == {"params-50", "params-70"} and final.values == t.values
+
+
+def test_a_trial_delivered_for_two_targets_keeps_both_marks_when_the_study_is_cached(tmp_path):
+    """The study object a run holds caches its finished trials, and a mark written to the database does not show in
+    it: the run hands its own earlier marks on, so the second target's mark does not drop the first one's."""
+    import optuna
+
+    from autoprune.model import records
+
+    study, url = make_study(tmp_path, n=6)
+    store = get_storage(url)
+    t = study.best_trials[0]
+    first = records.delivered_attrs(t, "params-50", {"out_dir": "f/p50"})
+    store.mark(study, t.number, first)
+    stale = study.trials[t.number]  # as the run sees it: the mark is in the database, not in this copy
+    second = records.delivered_attrs(stale, "params-70", {"out_dir": "f/p70"}, earlier=first["delivered"])
+    store.mark(study, t.number, second)
+    final = optuna.load_study(study_name=study.study_name, storage=url).trials[t.number]
+    assert set(final.user_attrs["delivered"]) == {"params-50", "params-70"}
+    assert records.delivered_attrs(stale, "params-70", {"out_dir": "x"})["delivered"].keys() == {"params-70"}

@@ -117,7 +117,8 @@ def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, plan: Plan) -> l
     entrants = {t: target_entrants(study, t) for t in spec.targets}
     pending = [t for t in spec.targets if entrants[t]]
     out: list[Delivered] = []
-    for target in spec.targets:
+    marked: dict[int, dict[str, Any]] = {}  # what this run marked on each trial: the study's cache of a finished
+    for target in spec.targets:             # trial does not see a mark, and a trial can be delivered for two targets
         t0 = time.perf_counter()
         if not entrants[target]:
             reason = "no trial reached it within the budget"
@@ -130,8 +131,10 @@ def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, plan: Plan) -> l
         plan.ledger.charge("final", time.perf_counter() - t0)
         records.set_delivery(study, study, target.label, d.record(base_params))
         if d.out_dir is not None and d.trial is not None:  # on the trial too, for optuna-dashboard's trial page
-            store.mark(study, d.trial, records.delivered_attrs(_trial(study, d.trial), target.label,
-                                                               d.record(base_params)))
+            attrs = records.delivered_attrs(_trial(study, d.trial), target.label, d.record(base_params),
+                                            earlier=marked.get(d.trial))
+            marked[d.trial] = attrs["delivered"]
+            store.mark(study, d.trial, attrs)
         out.append(d)
     return out
 

@@ -114,14 +114,16 @@ def set_delivery(s: Attrs, w: Writer, label: str, record: Mapping[str, Any]) -> 
     w.set_user_attr("deliveries", {**deliveries(s), label: dict(record)})
 
 
-def delivered_attrs(t: Attrs, label: str, record: Mapping[str, Any]) -> dict[str, Any]:
+def delivered_attrs(t: Attrs, label: str, record: Mapping[str, Any],
+                    earlier: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The trial attribute ``delivered`` that marks trial ``t`` as delivered for target ``label`` (what the final
-    fine-tune made of it: val and test mAP50-95 after, its folder), beside any other target it was delivered for:
-    optuna-dashboard shows it on the trial's page next to the search's own values."""
+    fine-tune made of it: val and test mAP50-95 after, its folder), beside any other target it was delivered for
+    (``earlier``: this run's marks, which a cached trial ``t`` may not show yet): optuna-dashboard shows it on the
+    trial's page next to the search's own values."""
     after = record.get("after") or {}
     entry = {"out_dir": record.get("out_dir"), "epochs": record.get("epochs"),
              **{f"{split}_map50_95": m.get("map50_95") for split, m in after.items()}}
-    return {"delivered": {**dict(t.user_attrs.get("delivered") or {}), label: entry}}
+    return {"delivered": {**dict(t.user_attrs.get("delivered") or {}), **dict(earlier or {}), label: entry}}
 
 
 def budget_runs(s: Attrs) -> list[dict[str, Any]]:
