@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -22,8 +23,6 @@ logger = logging.getLogger("benchmarks")
 
 
 def machine() -> dict[str, Any]:
-    import os
-
     import torch
 
     from autoprune.engine.latency import device_name
@@ -31,6 +30,36 @@ def machine() -> dict[str, Any]:
     return {"cpu": device_name("cpu"), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": str(torch.__version__), "cuda": torch.cuda.is_available(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+class LoadMonitor:
+    """The machine's 1-minute load average sampled every ``every`` seconds while the block runs (a daemon thread), so
+    that an arm run while the shared machine was busy shows it in the record: ``summary()`` gives mean, max and the
+    number of samples. Load is a cause of noise a record must show, never a correction applied to a number."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        import threading
+
+        self.every, self.samples = every, [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, float | int]:
+        return {"mean": round(sum(self.samples) / len(self.samples), 2), "max": round(max(self.samples), 2),
+                "samples": len(self.samples), "cores": os.cpu_count() or 0}
 
 
 def run_arm(workdir: Path, raw: dict[str, Any]) -> tuple[optuna.Study, float]:
@@ -81,8 +110,6 @@ def method_commit() -> tuple[str | None, bool]:
     """The last commit that changed the method a benchmark measures (the package, the specs, the dependencies and
     the benchmark's own code: :data:`METHOD_PATHS`), and whether the checkout's copy of them is that commit's
     (no uncommitted change). Documentation committed during a long draw does not change it."""
-    import os
-
     if os.environ.get("AUTOPRUNE_BENCH_COMMIT"):
         return os.environ["AUTOPRUNE_BENCH_COMMIT"], True
     root = Path(__file__).resolve().parent.parent
@@ -99,8 +126,6 @@ def method_commit() -> tuple[str | None, bool]:
 def commit() -> str | None:
     """The git commit the benchmarks run on: ``AUTOPRUNE_BENCH_COMMIT`` where set (a copy of the tree sent to a GPU
     machine, whose git metadata may name an older commit), else the checkout's HEAD (None outside a checkout)."""
-    import os
-
     if os.environ.get("AUTOPRUNE_BENCH_COMMIT"):
         return os.environ["AUTOPRUNE_BENCH_COMMIT"]
     try:

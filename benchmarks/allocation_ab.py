@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     import optuna
 
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.engine.criteria import TRACE_IMGSZ
     from autoprune.engine.screen import screen_safely
     from autoprune.model import records
@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                 "latency": {"warmup": 0, "runs": 3, "rounds": 1, "interleave": False}})
     spec = parse_spec(raw, "ab.yaml")
     criterion, round_to = scan_knobs(spec.space)
-    model = ultra.load_model(args.model)
-    layers = [Layer(q.name, q.channels, ultra.layer_stage(model, q.name))
-              for q in tp.prunable_layers(model, TRACE_IMGSZ)]
+    model = yolo.load_model(args.model)
+    layers = [Layer(q.name, q.channels, yolo.layer_stage(model, q.name))
+              for q in pruning.prunable_layers(model, TRACE_IMGSZ)]
     saving = true_saving(spec, layers, criterion, round_to) if "sized" in args.rules else None
     rows: list[dict[str, Any]] = []
     for db in args.dbs:

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.config.spec import parse_spec
     from autoprune.engine.pipeline import TRACE_IMGSZ, accumulate_gradients
     from autoprune.model import criteria
@@ -42,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         kept: dict[str, dict[str, list[int]]] = {}
         for name in criteria.names():
             torch.manual_seed(0)
-            model = ultra.load_model(spec.model)
+            model = yolo.load_model(spec.model)
             crit = criteria.get(name)
             if "gradients" in crit.prepare:
                 accumulate_gradients(model, spec.trial_settings)
-            original = {la.name: la.channels for la in tp.prunable_layers(model, TRACE_IMGSZ)}
+            original = {la.name: la.channels for la in pruning.prunable_layers(model, TRACE_IMGSZ)}
             keep = target_keep(original, dict.fromkeys(original, ratio), 1, 1)
-            kept[name] = tp.kept_channels(model, keep, tp.importance(crit), TRACE_IMGSZ)
+            kept[name] = pruning.kept_channels(model, keep, pruning.importance(crit), TRACE_IMGSZ)
         pairs = {}
         for a, b in itertools.combinations(criteria.names(), 2):
             units = sorted(set(kept[a]) & set(kept[b]))

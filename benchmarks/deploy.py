@@ -37,7 +37,7 @@ SETUPS = (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
 
 def members(ratios: list[float], epochs: int, workdir: Path, extra: list[str]) -> tuple[str, str, list[dict]]:
     """(base checkpoint, data set, [{label, checkpoint, params_ratio}]) with each member finalized."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.config.spec import TrialSettings
     from autoprune.demo.baseline import resolve_demo_model
     from autoprune.demo.synthetic import ensure_dataset
@@ -45,21 +45,21 @@ def members(ratios: list[float], epochs: int, workdir: Path, extra: list[str]) -
     from autoprune.engine.uniform import RECIPE_CRITERION, RECIPE_ROUND_TO, uniform_prune
 
     base, data = str(resolve_demo_model()), str(ensure_dataset())
-    base_params = ultra.count_params(ultra.load_model(base))
+    base_params = yolo.count_params(yolo.load_model(base))
     settings = TrialSettings(model=base, data=data, imgsz=160)
     out = []
     for r in ratios:
-        model = ultra.load_model(base)
+        model = yolo.load_model(base)
         uniform_prune(model, settings, r, RECIPE_CRITERION, RECIPE_ROUND_TO)
         rec = final_finetune(model, data, 160, FinalizeSettings(epochs=epochs), lr=0.01, seed=0)
-        path = ultra.save_checkpoint(model.cpu(), workdir / f"uniform{r:.2f}.pt")
+        path = yolo.save_checkpoint(model.cpu(), workdir / f"uniform{r:.2f}.pt")
         out.append({"label": f"uniform {r:.2f} + {epochs} epochs", "checkpoint": str(path),
-                    "params_ratio": ultra.count_params(model) / base_params,
+                    "params_ratio": yolo.count_params(model) / base_params,
                     "finetune_val_map50_95_at_160": rec["after"]["val"]["map50_95"]})
     for p in extra:
         name = Path(p).parent.name if Path(p).name == "pruned.pt" else Path(p).stem  # a delivery: its folder
         out.append({"label": name, "checkpoint": p,
-                    "params_ratio": ultra.count_params(ultra.load_model(p)) / base_params})
+                    "params_ratio": yolo.count_params(yolo.load_model(p)) / base_params})
     return base, data, out
 
 
@@ -98,15 +98,15 @@ def ratio(a: list[float], b: list[float]) -> float:
 
 
 def deployed_map(model: Any, runtime: str, precision: str, imgsz: int, data: str) -> float:
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.engine.runtimes import RunSpec, export_deployed
 
     if runtime == "torch":
-        return ultra.validate(model, data, imgsz, batch=8).map50_95
+        return yolo.validate(model, data, imgsz, batch=8).map50_95
     path = export_deployed(model, RunSpec("cpu", imgsz, 1, False, 2, int8=precision == "int8", calibration=data),
                            runtime)
     try:
-        return ultra.validate_exported(path, data, imgsz, "detect")[1]
+        return yolo.validate_exported(path, data, imgsz, "detect")[1]
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
 
@@ -127,12 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "deploy_demo.json")
     args = p.parse_args(argv)
     setup_logging()
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     work = Path(tempfile.mkdtemp(prefix="autoprune-deploy-"))
     base_path, data, found = members(args.ratios, args.epochs, work, args.model)
-    models = {"base": ultra.deploy_copy(ultra.load_model(base_path))}
-    models.update({m["label"]: ultra.deploy_copy(ultra.load_model(m["checkpoint"])) for m in found})
+    models = {"base": yolo.deploy_copy(yolo.load_model(base_path))}
+    models.update({m["label"]: yolo.deploy_copy(yolo.load_model(m["checkpoint"])) for m in found})
     val_imgsz = args.val_imgsz or args.imgsz
     maps = {(n, rt, pr): deployed_map(model, rt, pr, val_imgsz, data) for n, model in models.items()
             for rt, pr in SETUPS}

@@ -66,21 +66,21 @@ def narrow_yaml(folder: Path) -> Path:
 
 def scratch_references(study: optuna.Study, raw: dict[str, Any], seconds: float, studies: Path) -> dict[str, Any]:
     """Train the narrower model from scratch for ``seconds`` and add it at each searched deployment."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.search.inputs import prepare_inputs
     from autoprune.search.strategy.references import add_reference, deployments, measure_reference
 
     spec = prepare_inputs(parse_spec(raw, SPEC.name, studies_dir=studies)).spec
     folder = Path(tempfile.mkdtemp(prefix="autoprune-scratch-"))
-    model = ultra.load_model(narrow_yaml(folder), nc=ultra.model_nc(ultra.load_model(spec.model)))
-    cfg = ultra.FinetuneConfig(data=spec.data, imgsz=spec.imgsz, epochs=1000, seconds=seconds, lr=0.01, ema=True,
+    model = yolo.load_model(narrow_yaml(folder), nc=yolo.model_nc(yolo.load_model(spec.model)))
+    cfg = yolo.FinetuneConfig(data=spec.data, imgsz=spec.imgsz, epochs=1000, seconds=seconds, lr=0.01, ema=True,
                                warmup_epochs=1.0, threads=spec.train_threads, seed=spec.seed, batch=16, nbs=64,
                                lrf=0.1)  # the demo baseline's recipe (autoprune.demo.baseline)
     t0 = time.perf_counter()
-    stats = ultra.finetune(model, cfg, folder / "train")
-    trained = ultra.load_model(folder / "train" / "weights" / "last.pt")
+    stats = yolo.finetune(model, cfg, folder / "train")
+    trained = yolo.load_model(folder / "train" / "weights" / "last.pt")
     wall = time.perf_counter() - t0
-    val = ultra.validate(trained, spec.data, spec.imgsz, threads=spec.train_threads)
+    val = yolo.validate(trained, spec.data, spec.imgsz, threads=spec.train_threads)
     base = records.baseline(study)
     out = []
     for precision, imgsz in deployments(spec):

@@ -23,6 +23,8 @@ After both arms, every delivered checkpoint is timed interleaved with the base o
 machine's 2 threads; 10 alternating rounds, the ratio of the rounds' fastest passes, its round spread recorded so
 that load shows as noise). ``dominated``: the recipe's model is > 0.5 point better and not > 10% slower, or > 10%
 faster and not > 0.5 point worse. The summary pairs the arms by task with t-intervals (scipy) per target and regime.
+Each arm records the machine's load average while it ran (``load``: mean, max, samples), as the machine is shared:
+an arm that ran busier than its rival got less compute in the same seconds, and the record shows it.
 
 Results go to ``--out`` after every task; a re-run with the same ``--out`` continues the draw (its seeds, commit and
 settings are read back). The draw is tied to the method's commit (``method_commit``: the last commit that changed
@@ -50,7 +52,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import METHOD_PATHS, commit, logger, machine, method_commit, setup_logging, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    METHOD_PATHS,
+    LoadMonitor,
+    commit,
+    logger,
+    machine,
+    method_commit,
+    setup_logging,
+    write_json,
+)
 
 DEMO_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"
 TARGETS = {"params-50": {"params": 0.5}, "params-70": {"params": 0.3}, "latency-50": {"latency_ratio": 0.5}}
@@ -74,7 +85,7 @@ def draw_task(task_seed: int) -> dict[str, Any]:
 def prepare_task(task: dict[str, Any], regime: str, workdir: Path, n_test: int, patience: int,
                  max_epochs: int) -> dict[str, Any]:
     """The task's data set (with its test split) and its base model, trained once in ``workdir``."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.demo.synthetic import SyntheticConfig, ensure_dataset
 
     cfg = SyntheticConfig(**task["data"])
@@ -92,11 +103,11 @@ def prepare_task(task: dict[str, Any], regime: str, workdir: Path, n_test: int, 
         epochs = _train_base(task, regime, str(data_yaml), base, patience, max_epochs)
         info_path.write_text(json.dumps({"epochs": epochs, "train_s": time.perf_counter() - t0}))
     info = json.loads(info_path.read_text())
-    model = ultra.load_model(base)
+    model = yolo.load_model(base)
     return {"model": str(base), "data": str(data_yaml), "imgsz": task["imgsz"], "base_epochs": info["epochs"],
             "epoch_s": info["train_s"] / max(1, info["epochs"]),
-            "base_val_map": ultra.validate(model, str(data_yaml), task["imgsz"]).map50_95,
-            "base_test_map": ultra.validate(model, str(data_yaml), task["imgsz"], split="test").map50_95}
+            "base_val_map": yolo.validate(model, str(data_yaml), task["imgsz"]).map50_95,
+            "base_test_map": yolo.validate(model, str(data_yaml), task["imgsz"], split="test").map50_95}
 
 
 def _train_base(task: dict[str, Any], regime: str, data: str, out: Path, patience: int, max_epochs: int) -> int:
@@ -104,12 +115,12 @@ def _train_base(task: dict[str, Any], regime: str, data: str, out: Path, patienc
     task's drawn epochs, ``converged`` until val mAP stops rising (early stopping, best weights); its epochs."""
     from ultralytics import YOLO
 
-    from autoprune.adapters import ultra  # configures ultralytics offline before it is imported
+    from autoprune.adapters import yolo  # configures ultralytics offline before it is imported
 
     converged = regime == "converged"
     with tempfile.TemporaryDirectory(prefix="fresh-base-") as tmp:
         model = YOLO(task["model"])
-        model.add_callback("on_train_start", lambda tr: ultra.set_threads(2))
+        model.add_callback("on_train_start", lambda tr: yolo.set_threads(2))
         model.train(data=data, imgsz=task["imgsz"], epochs=max_epochs if converged else task["early_epochs"],
                     patience=patience if converged else 0, val=converged, batch=16, workers=0, device="cpu",
                     lr0=0.01, lrf=0.1, nbs=64, warmup_epochs=1.0, mosaic=0.0, amp=False, plots=False,
@@ -131,7 +142,7 @@ def _ratio_for_latency(model: Any, data: str, imgsz: int, bound: float) -> float
 
 
 def run_recipe(task: dict[str, Any], label: str, target_s: float, seed: int, out: Path) -> dict[str, Any]:
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.config.sections import TrialSettings
     from autoprune.deploy.finalize import FinalizeSettings, final_finetune
     from autoprune.engine import uniform
@@ -140,19 +151,19 @@ def run_recipe(task: dict[str, Any], label: str, target_s: float, seed: int, out
     t0 = time.perf_counter()
     model, data, imgsz = task["model"], task["data"], task["imgsz"]
     limits = TARGETS[label]
-    base = ultra.load_model(model)
+    base = yolo.load_model(model)
     if "params" in limits:
         ratio, _ = uniform.uniform_ratio_for(base, TrialSettings(model=model, data=data, imgsz=imgsz, seed=seed),
                                              Target(tuple(limits.items())))
     else:
         ratio = _ratio_for_latency(base, data, imgsz, limits["latency_ratio"])
-    pruned = ultra.load_model(model)
+    pruned = yolo.load_model(model)
     uniform.uniform_prune(pruned, TrialSettings(model=model, data=data, imgsz=imgsz, seed=seed), ratio)
     rec = final_finetune(pruned, data, imgsz, FinalizeSettings(seconds=target_s - (time.perf_counter() - t0)),
                          lr=0.01, seed=seed)
-    ultra.save_checkpoint(pruned, out)
+    yolo.save_checkpoint(pruned, out)
     return {"test_map": rec["after"]["test"]["map50_95"], "val_map": rec["after"]["val"]["map50_95"],
-            "params_kept": ultra.count_params(pruned) / ultra.count_params(base), "epochs": rec["epochs"],
+            "params_kept": yolo.count_params(pruned) / yolo.count_params(base), "epochs": rec["epochs"],
             "wall_s": time.perf_counter() - t0, "policy": f"uniform {ratio:.2f} l2 round_to 8", "lr": 0.01,
             "checkpoint": str(out)}
 
@@ -191,15 +202,15 @@ def run_autoprune(task: dict[str, Any], budget_s: float, seed: int, workdir: Pat
 def time_deliveries(base: str, imgsz: int, arms: dict[str, dict[str, Any]]) -> None:
     """Each delivered checkpoint timed interleaved with the base on ONNX Runtime (in place: latency_ratio and its
     round spread)."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.config.sections import LatencySettings
     from autoprune.engine.latency import measure_interleaved
 
     timing = LatencySettings(runtime="onnxruntime", rounds=10, runs=100, warmup=10)
-    reference = ultra.deploy_copy(ultra.load_model(base))
+    reference = yolo.deploy_copy(yolo.load_model(base))
     for arm in arms.values():
         if arm.get("checkpoint"):
-            il = measure_interleaved(ultra.deploy_copy(ultra.load_model(arm["checkpoint"])), reference, imgsz, "cpu",
+            il = measure_interleaved(yolo.deploy_copy(yolo.load_model(arm["checkpoint"])), reference, imgsz, "cpu",
                                      timing)
             arm.update(latency_ratio=il.ratio, latency_spread=il.ratio_spread, latency_unreliable=il.unreliable,
                        latency_ms=il.candidate.median_ms, base_latency_ms=il.reference.median_ms)
@@ -294,10 +305,16 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("task %d (%s): %s", seed, regime, task)
         prepared = prepare_task(task, regime, workdir, args.n_test, args.patience, args.max_epochs)
         target_s = args.target_s or args.epoch_share * prepared["base_epochs"] * prepared["epoch_s"] + 30.0
-        recipe = {label: run_recipe(prepared, label, target_s, seed, workdir / f"recipe-{label}.pt")
-                  for label in TARGETS}
+        recipe = {}
+        for label in TARGETS:
+            with LoadMonitor() as load:
+                recipe[label] = run_recipe(prepared, label, target_s, seed, workdir / f"recipe-{label}.pt")
+            recipe[label]["load"] = load.summary()
         shutil.rmtree(workdir / "autoprune", ignore_errors=True)
-        auto = run_autoprune(prepared, target_s * len(TARGETS), seed, workdir / "autoprune")
+        with LoadMonitor() as load:
+            auto = run_autoprune(prepared, target_s * len(TARGETS), seed, workdir / "autoprune")
+        for arm in auto.values():
+            arm["load"] = load.summary()  # the three targets' run together
         entry.update({"task": task, "base_epochs": prepared["base_epochs"], "base_val_map": prepared["base_val_map"],
                       "base_test_map": prepared["base_test_map"], "budget_s": target_s, "targets": {}})
         for label in TARGETS:

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
 
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.config.sections import LatencySettings
     from autoprune.demo.baseline import resolve_demo_model
     from autoprune.engine.latency import measure_interleaved, measure_latency
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     timing = LatencySettings(warmup=3, runs=args.runs, rounds=args.rounds, threads=args.threads,
                              precision=args.precision, batch=args.batch)
     base_path = resolve_demo_model()
-    base = ultra.load_model(base_path)
-    original = tp.channel_counts(base, TRACE_IMGSZ)
+    base = yolo.load_model(base_path)
+    original = pruning.channel_counts(base, TRACE_IMGSZ)
     policies: list[tuple[str, dict[str, int]]] = []
     if args.storage and args.study:
         import optuna
@@ -104,14 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             round_to = rng.choice((1, 8))
             ratios = {name: rng.uniform(0.0, 0.7) for name in original}
             policies.append((f"random {i} round_to {round_to}", target_keep(original, ratios, 1, 1, round_to)))
-    base_deployed = ultra.deploy_copy(base)
-    base_macs = tp.count_macs(base, args.imgsz)
+    base_deployed = yolo.deploy_copy(base)
+    base_macs = pruning.count_macs(base, args.imgsz)
     runtimes = args.runtime or ["torch"]
     pruned_models = []
     for label, keep in policies:
-        model = ultra.load_model(base_path)
-        tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TRACE_IMGSZ)
-        pruned_models.append((label, ultra.deploy_copy(model), tp.count_macs(model, args.imgsz) / base_macs))
+        model = yolo.load_model(base_path)
+        pruning.prune_step(model, keep, pruning.importance(criteria.get("l2")), TRACE_IMGSZ)
+        pruned_models.append((label, yolo.deploy_copy(model), pruning.count_macs(model, args.imgsz) / base_macs))
     per_runtime = {}
     for runtime in runtimes:
         rows = []

@@ -47,27 +47,27 @@ def _spin(stop: Any) -> None:
 
 def pruned_models(n_random: int, seed: int, ratios: list[float]) -> tuple[Any, list[tuple[str, Any, float]]]:
     """(the deployable base, [(label, deployable pruned model, MACs ratio)])."""
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.demo.baseline import resolve_demo_model
     from autoprune.engine.pipeline import TRACE_IMGSZ
     from autoprune.model import criteria
     from autoprune.model.sampling import target_keep
 
     path = resolve_demo_model()
-    base = ultra.load_model(path)
-    original = tp.channel_counts(base, TRACE_IMGSZ)
+    base = yolo.load_model(path)
+    original = pruning.channel_counts(base, TRACE_IMGSZ)
     keeps = [(f"uniform {r:.2f}", target_keep(original, dict.fromkeys(original, r), 1, 1, 8)) for r in ratios]
     rng = random.Random(seed)
     for i in range(n_random):
         keeps.append((f"random {i}", target_keep(original, {k: rng.uniform(0.0, 0.7) for k in original}, 1, 1, 8)))
-    base_macs = tp.count_macs(base, TRACE_IMGSZ)
+    base_macs = pruning.count_macs(base, TRACE_IMGSZ)
     out = []
     for label, keep in keeps:
-        model = ultra.load_model(path)
+        model = yolo.load_model(path)
         if any(keep[k] != original[k] for k in keep):
-            tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TRACE_IMGSZ)
-        out.append((label, ultra.deploy_copy(model), tp.count_macs(model, TRACE_IMGSZ) / base_macs))
-    return ultra.deploy_copy(base), out
+            pruning.prune_step(model, keep, pruning.importance(criteria.get("l2")), TRACE_IMGSZ)
+        out.append((label, yolo.deploy_copy(model), pruning.count_macs(model, TRACE_IMGSZ) / base_macs))
+    return yolo.deploy_copy(base), out
 
 
 RATIOS = [0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]  # uniform ratios whose quiet latencies differ by >= 4% (0.1 ~ 0.0)

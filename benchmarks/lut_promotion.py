@@ -54,7 +54,7 @@ def arm_spec(arm: str, seed: int, trials: int, imgsz: int | None, deploy_imgsz: 
 
 def evaluate(study: Any, runs: int, rounds: int) -> dict[str, Any]:
     """Test-split mAP and a fresh ORT latency ratio of each feasible front member; hypervolumes."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.config.sections import LatencySettings
     from autoprune.engine.latency import measure_interleaved
     from autoprune.model import pareto, records
@@ -63,17 +63,17 @@ def evaluate(study: Any, runs: int, rounds: int) -> dict[str, Any]:
     base = records.baseline(study)
     lat = base["latency"]
     data, imgsz = base["data"], int(base["imgsz"])
-    base_model = ultra.load_model(base["model"])
-    base_test = ultra.validate(base_model, data, imgsz, split="test").map50_95
-    reference = ultra.deploy_copy(base_model)
+    base_model = yolo.load_model(base["model"])
+    base_test = yolo.validate(base_model, data, imgsz, split="test").map50_95
+    reference = yolo.deploy_copy(base_model)
     members = []
     for t in study.best_trials:
         if not feasible(t.constraints):
             continue
         rec = records.trial(t)
-        model = ultra.load_model(rec.checkpoint)
-        test = ultra.validate(model, data, imgsz, split="test").map50_95
-        il = measure_interleaved(ultra.deploy_copy(model), reference, int(lat["imgsz"]),
+        model = yolo.load_model(rec.checkpoint)
+        test = yolo.validate(model, data, imgsz, split="test").map50_95
+        il = measure_interleaved(yolo.deploy_copy(model), reference, int(lat["imgsz"]),
                                  timing=LatencySettings(warmup=2, runs=runs, rounds=rounds, threads=int(lat["threads"]),
                                                         runtime=str(lat["runtime"]), estimator="median", retries=0))
         members.append({"trial": t.number, "test_map50_95": test, "val_map50_95": rec.metrics["map50_95"],

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     import torch
 
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.config.spec import parse_spec
     from autoprune.engine.pipeline import TRACE_IMGSZ
     from autoprune.engine.screen import screen_policy
@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                      "iterations": args.iterations, "epochs": args.epochs, "round_to": [1, 8]},
            "finetune": {"batch": 16}, "latency": {"warmup": 2, "runs": 10, "rounds": 5}, "resources": {"cpus": 2}}
     spec = prepare_inputs(parse_spec(raw, "bench.yaml")).spec
-    base = ultra.load_model(spec.model)
-    layers = [Layer(p_.name, p_.channels, ultra.layer_stage(base, p_.name))
-              for p_ in tp.prunable_layers(base, TRACE_IMGSZ)]
+    base = yolo.load_model(spec.model)
+    layers = [Layer(p_.name, p_.channels, yolo.layer_stage(base, p_.name))
+              for p_ in pruning.prunable_layers(base, TRACE_IMGSZ)]
     sampler_study = optuna.create_study(directions=["maximize", "minimize"],
                                         sampler=optuna.samplers.RandomSampler(seed=args.seed))
     rows = []
@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         policy = sample_policy(sampler_study.ask(), spec.space, layers)
         screened = screen_policy(spec.trial_settings, policy, layers, args.batches)
         t0 = time.perf_counter()  # prune only, no BN recalibration
-        model = ultra.load_model(spec.model)
+        model = yolo.load_model(spec.model)
         keep = target_keep({la.name: la.channels for la in layers}, policy.ratio_map, 1, 1, policy.round_to)
         torch.manual_seed(spec.seed)
-        tp.prune_step(model, keep, tp.importance(criteria.get(policy.criterion)), TRACE_IMGSZ)
-        plain = ultra.validate(model, spec.data, spec.imgsz, batch=16, threads=spec.train_threads).map50_95
+        pruning.prune_step(model, keep, pruning.importance(criteria.get(policy.criterion)), TRACE_IMGSZ)
+        plain = yolo.validate(model, spec.data, spec.imgsz, batch=16, threads=spec.train_threads).map50_95
         plain_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         full = run_trial(spec.trial_settings, policy, layers, workdir / f"c{i}")

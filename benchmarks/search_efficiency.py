@@ -105,18 +105,18 @@ def test_front(outcome: Any, data: str, imgsz: int) -> dict[str, Any]:
     """Test-split mAP of the arm's feasible (val) front, its hypervolumes, and the best mAP at <= half the params."""
     from optuna.trial import TrialState
 
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.model import pareto, records
     from autoprune.model.constraints import feasible
 
     study = outcome.study
     base = records.baseline(study)
-    base_model = ultra.load_model(base["model"])
-    base_test = ultra.validate(base_model, data, imgsz, split="test").map50_95
+    base_model = yolo.load_model(base["model"])
+    base_test = yolo.validate(base_model, data, imgsz, split="test").map50_95
     points = []
     for t in study.best_trials:
         rec = records.trial(t)
-        m = ultra.validate(ultra.load_model(rec.checkpoint), data, imgsz, split="test").map50_95
+        m = yolo.validate(yolo.load_model(rec.checkpoint), data, imgsz, split="test").map50_95
         points.append((m, rec.metrics["params"]))
     norm = [[-m / base_test, p / base["params"]] for m, p in points]
     half = [m for m, p in points if p <= 0.5 * base["params"]]

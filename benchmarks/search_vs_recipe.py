@@ -128,18 +128,18 @@ def task_data(task: str, workdir: Path, imgsz: int, n_test: int,
 
 
 def base_test_map(model: str, data: str, imgsz: int) -> float:
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
-    return ultra.validate(ultra.load_model(model), data, imgsz, split="test").map50_95
+    return yolo.validate(yolo.load_model(model), data, imgsz, split="test").map50_95
 
 
 def retrained_base_map(model: str, data: str, imgsz: int, seconds: float) -> float:
     """Test mAP50-95 of the unpruned base after the shared final fine-tune of ``seconds`` (what training alone buys),
     at the whole lr 0.01: not fitted to the start, which for the unpruned base would be a fifth of it."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.deploy.finalize import FinalizeSettings, final_finetune
 
-    rec = final_finetune(ultra.load_model(model), data, imgsz, FinalizeSettings(seconds=seconds), lr=0.01, seed=0)
+    rec = final_finetune(yolo.load_model(model), data, imgsz, FinalizeSettings(seconds=seconds), lr=0.01, seed=0)
     return float(rec["after"]["test"]["map50_95"])
 
 
@@ -148,7 +148,7 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
     """The hand recipe per target: the smallest uniform ratio that meets it, pruned in one shot (``steps`` 1) or in
     ``steps`` rounds of Torch-Pruning's linear schedule, each round followed by the shared fine-tune with an equal
     part of what is left of the target's share (the last round's is the final fine-tune)."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.config.sections import TrialSettings
     from autoprune.deploy.finalize import FinalizeSettings, final_finetune
     from autoprune.engine import uniform
@@ -160,9 +160,9 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
     val_only = _without_test(data) if steps > 1 else data
     for i, cut in enumerate(cuts):
         share_end = time.perf_counter() + (budget - (time.perf_counter() - started)) / (len(cuts) - i)
-        base = ultra.load_model(model)
+        base = yolo.load_model(model)
         ratio, _ = uniform.uniform_ratio_for(base, settings, Target((("params", 1 - cut),)))
-        pruned, original, epochs = ultra.load_model(model), uniform.unit_channels(base), 0
+        pruned, original, epochs = yolo.load_model(model), uniform.unit_channels(base), 0
         for step in range(1, steps + 1):
             t0 = time.perf_counter()
             uniform.uniform_prune(pruned, settings, ratio, uniform.RECIPE_CRITERION, uniform.RECIPE_ROUND_TO,
@@ -176,7 +176,7 @@ def run_recipe(model: str, data: str, imgsz: int, seed: int, budget: float, cuts
                             steps, rec["epochs"], time.perf_counter() - t0, rec["after"]["val"]["map50_95"])
         key = f"{cut:g}"
         out["test_map"][key] = rec["after"]["test"]["map50_95"]
-        out["params_ratio"][key] = ultra.count_params(pruned) / ultra.count_params(base)
+        out["params_ratio"][key] = yolo.count_params(pruned) / yolo.count_params(base)
         out["policies"][key] = f"uniform {ratio:.2f} l2 round_to 8" + (f" in {steps} rounds" if steps > 1 else "")
         out["epochs"][key] = epochs
     out["wall_s"] = time.perf_counter() - started

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     setup_logging()
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.config.spec import parse_spec
     from autoprune.engine.pipeline import TRACE_IMGSZ
     from autoprune.engine.trial import run_trial_safely
@@ -80,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
            "finetune": {"batch": 16, "sparse_epochs": args.sparse_epochs},
            "latency": {"warmup": 1, "runs": 5, "rounds": 1, "interleave": False}}
     spec = prepare_inputs(parse_spec(raw, "techniques.yaml", studies_dir=workdir / "studies")).spec
-    base = ultra.load_model(spec.model)
-    layers = [Layer(q.name, q.channels, ultra.layer_stage(base, q.name)) for q in tp.prunable_layers(base, TRACE_IMGSZ)]
-    base_params = ultra.count_params(base)
-    base_test = ultra.validate(base, spec.data, spec.imgsz, split="test").map50_95
+    base = yolo.load_model(spec.model)
+    layers = [Layer(q.name, q.channels, yolo.layer_stage(base, q.name))
+              for q in pruning.prunable_layers(base, TRACE_IMGSZ)]
+    base_params = yolo.count_params(base)
+    base_test = yolo.validate(base, spec.data, spec.imgsz, split="test").map50_95
     result: dict[str, Any] = {
         "task": args.task, "seeds": args.seeds, "ratios": args.ratios, "epochs": args.epochs, "l1": args.l1,
         "sparse_epochs": args.sparse_epochs, "depth": args.depth, "tolerance": args.tolerance, "imgsz": args.imgsz,
@@ -100,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                 row: dict[str, Any] = {"seed": seed, "ratio": ratio, "ok": res.ok, "reason": res.reason,
                                        "wall_s": round(time.perf_counter() - t0, 1)}
                 if res.ok:
-                    ckpt = ultra.load_model(res.attrs["checkpoint"])
+                    ckpt = yolo.load_model(res.attrs["checkpoint"])
                     row.update(params=res.metrics["params"], params_cut=1 - res.metrics["params"] / base_params,
                                val_map50_95=res.metrics["map50_95"],
-                               test_map50_95=ultra.validate(ckpt, spec.data, spec.imgsz, split="test").map50_95,
+                               test_map50_95=yolo.validate(ckpt, spec.data, spec.imgsz, split="test").map50_95,
                                kept=(res.attrs.get("finetune") or {}).get("kept"),  # finetuned | adaptive_bn
                                sparse=res.attrs.get("sparse"))
                 rows.append(row)

@@ -28,18 +28,18 @@ def tiny_model_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained yolov8n (3 classes) in ultralytics' checkpoint layout."""
     import torch
 
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("models") / "tiny.pt"
-    return ultra.save_checkpoint(ultra.load_model("yolov8n.yaml", nc=3), path)
+    return yolo.save_checkpoint(yolo.load_model("yolov8n.yaml", nc=3), path)
 
 
 @pytest.fixture()
 def yolov8n():
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
-    return ultra.load_model("yolov8n.yaml", nc=3)
+    return yolo.load_model("yolov8n.yaml", nc=3)
 
 
 def _pg_bindir() -> Path | None:

@@ -121,11 +121,11 @@ def _build(name: str, tmp: Path, good: dict, data: Path, model: Path, pg_url: st
     elif name == "classifier_checkpoint":
         from ultralytics.nn.tasks import ClassificationModel
 
-        from autoprune.adapters import ultra
+        from autoprune.adapters import yolo
 
         cls = ClassificationModel("yolov8n-cls.yaml", nc=3, verbose=False)
         cls.args = {}
-        spec["model"] = str(ultra.save_checkpoint(cls, tmp / "cls.pt"))
+        spec["model"] = str(yolo.save_checkpoint(cls, tmp / "cls.pt"))
     elif name == "data_no_images":
         spec["data"] = str(_copy_data(data, tmp / "noimg", drop="images/val"))
     elif name == "data_no_labels":

@@ -287,15 +287,15 @@ def test_allocation_ab_benchmark(tmp_path, tiny_data, tiny_model_pt):
     true count) are screened for real and paired per target."""
     import optuna
 
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.engine.criteria import TRACE_IMGSZ
     from autoprune.model import records
     from autoprune.model.allocation import REFERENCE, UNIFORM
     from autoprune.model.space import Layer, blocks
 
-    model = ultra.load_model(tiny_model_pt)
-    layers = [Layer(q.name, q.channels, ultra.layer_stage(model, q.name))
-              for q in tp.prunable_layers(model, TRACE_IMGSZ)]
+    model = yolo.load_model(tiny_model_pt)
+    layers = [Layer(q.name, q.channels, yolo.layer_stage(model, q.name))
+              for q in pruning.prunable_layers(model, TRACE_IMGSZ)]
     url = f"sqlite:///{tmp_path / 's.db'}"
     scan = optuna.create_study(study_name="sensitivity-test", storage=url,
                                directions=["maximize", "minimize", "minimize"])
@@ -337,6 +337,8 @@ def test_fresh_tasks_benchmark_records_both_arms_at_every_target(tmp_path):
         if label.startswith("params"):
             assert recipe["params_kept"] <= 1 - int(label.split("-")[1]) / 100 + 1e-9
         assert cell["dominated"] in (True, False, None) and "ledger" in cell["autoprune"]
+        for arm in ("recipe", "autoprune"):  # the machine's load while each arm ran
+            assert cell[arm]["load"]["samples"] >= 2 and 0 <= cell[arm]["load"]["mean"] <= cell[arm]["load"]["max"]
     assert res["summary"]["all/params-50"]["n"] <= 1
     again, _ = _bench(tmp_path, "fresh_tasks", "--tasks", "1", "--tiny")  # done: nothing to run
     assert again["tasks"] == res["tasks"]
@@ -380,3 +382,17 @@ def test_fresh_tasks_dominance_and_summary():
     assert cell["n"] == 2 and cell["mean_test_map_diff"] == pytest.approx(0.02) and cell["wins"] == 2
     assert cell["ci95"][0] < 0.02 < cell["ci95"][1]
     assert s["early/latency-50"]["losses"] == 1 and s["all/params-50"]["dominated"] == 1
+
+
+def test_the_load_monitor_samples_the_load_average_while_its_block_runs():
+    """An arm's record shows how busy the shared machine was while it ran: one sample at the start, one every
+    ``every`` seconds, one at the end."""
+    import time
+
+    sys.path.insert(0, str(BENCH))
+    import _common
+
+    with _common.LoadMonitor(every=0.05) as load:
+        time.sleep(0.3)
+    summary = load.summary()
+    assert summary["samples"] >= 4 and 0 <= summary["mean"] <= summary["max"] and summary["cores"] >= 1

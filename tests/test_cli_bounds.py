@@ -273,7 +273,7 @@ def test_finalize_trains_in_a_folder_beside_its_staging_folder(tmp_path, monkeyp
     folder is checked): in the given folder with the given prefix, removed after."""
     from types import SimpleNamespace
 
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.deploy import finalize
 
     seen = {}
@@ -284,7 +284,7 @@ def test_finalize_trains_in_a_folder_beside_its_staging_folder(tmp_path, monkeyp
         path.mkdir(parents=True)
         return SimpleNamespace(epochs=1, optimizer_steps=2)
 
-    monkeypatch.setattr(ultra, "finetune", trainer)
+    monkeypatch.setattr(yolo, "finetune", trainer)
     finalize.final_finetune(torch.nn.Linear(2, 2), "d.yaml", 64, finalize.FinalizeSettings(epochs=1), lr=0.01,
                             seed=0, scratch=(tmp_path, ".final.train-"))
     assert seen["path"].parent.parent == tmp_path and seen["path"].parent.name.startswith(".final.train-")
@@ -300,7 +300,7 @@ def test_a_final_fine_tune_that_lowers_val_is_undone(tmp_path, monkeypatch, tune
     so the choice is seen to follow val alone)."""
     from types import SimpleNamespace
 
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.deploy import finalize
 
     calls = []
@@ -317,7 +317,7 @@ def test_a_final_fine_tune_that_lowers_val_is_undone(tmp_path, monkeypatch, tune
         return SimpleNamespace(epochs=3, optimizer_steps=6)
 
     monkeypatch.setattr(finalize, "_split_metrics", metrics)
-    monkeypatch.setattr(ultra, "finetune", trainer)
+    monkeypatch.setattr(yolo, "finetune", trainer)
     model = torch.nn.Linear(2, 2)
     start = model.weight.detach().clone()
     rec = finalize.final_finetune(model, "d.yaml", 64, finalize.FinalizeSettings(epochs=3, keep_better=keep_better),
@@ -333,7 +333,7 @@ def test_the_final_fine_tune_trains_at_the_lr_it_is_given_with_the_warmup_it_is_
     holds both. Fakes: validator and trainer (which records its config)."""
     from types import SimpleNamespace
 
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.deploy import finalize
 
     seen: dict[str, float] = {}
@@ -343,7 +343,7 @@ def test_the_final_fine_tune_trains_at_the_lr_it_is_given_with_the_warmup_it_is_
         seen.update(lr=cfg.lr, warmup=cfg.warmup_epochs)
         return SimpleNamespace(epochs=1, optimizer_steps=2)
 
-    monkeypatch.setattr(ultra, "finetune", trainer)
+    monkeypatch.setattr(yolo, "finetune", trainer)
     rec = finalize.final_finetune(torch.nn.Linear(2, 2), "d.yaml", 64,
                                   finalize.FinalizeSettings(epochs=1, warmup_epochs=0.0), lr=0.0037, seed=0)
     assert seen == {"lr": 0.0037, "warmup": 0.0} and rec["lr"] == 0.0037 and rec["warmup_epochs"] == 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoprune.adapters import tp, ultra
+from autoprune.adapters import pruning, yolo
 from autoprune.model import criteria
 from autoprune.model.sampling import target_keep
 from autoprune.registry import UnknownName
@@ -16,22 +16,22 @@ TINY_IMGSZ = 64
 @pytest.mark.parametrize("name", criteria.names())
 def test_every_criterion_prunes_and_model_still_runs(name, tiny_data):
     torch.manual_seed(0)
-    model = ultra.load_model("yolov8n.yaml", nc=3)
+    model = yolo.load_model("yolov8n.yaml", nc=3)
     crit = criteria.get(name)
-    original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TINY_IMGSZ)}
+    original = {lay.name: lay.channels for lay in pruning.prunable_layers(model, TINY_IMGSZ)}
     keep = target_keep(original, dict.fromkeys(original, 0.3), 1, 1)
     if "gradients" in crit.prepare:
-        for batch in ultra.training_batches(str(tiny_data), TINY_IMGSZ, 4, 1):
-            ultra.compute_loss(model, batch).backward()
+        for batch in yolo.training_batches(str(tiny_data), TINY_IMGSZ, 4, 1):
+            yolo.compute_loss(model, batch).backward()
         assert model.model[0].conv.weight.grad is not None
     if "regularize" in crit.prepare:
-        batches = ultra.training_batches(str(tiny_data), TINY_IMGSZ, 4, 2)
-        steps = tp.group_norm_regularize(model, TINY_IMGSZ, batches, ultra.compute_loss, lr=1e-3, reg=1e-3)
+        batches = yolo.training_batches(str(tiny_data), TINY_IMGSZ, 4, 2)
+        steps = pruning.group_norm_regularize(model, TINY_IMGSZ, batches, yolo.compute_loss, lr=1e-3, reg=1e-3)
         assert steps == 2
-    before = ultra.count_params(model)
-    after = tp.prune_step(model, keep, tp.importance(crit), TINY_IMGSZ)
+    before = yolo.count_params(model)
+    after = pruning.prune_step(model, keep, pruning.importance(crit), TINY_IMGSZ)
     assert after == keep
-    assert ultra.count_params(model) < 0.75 * before
+    assert yolo.count_params(model) < 0.75 * before
     model.eval()
     with torch.no_grad():
         y = model(torch.rand(1, 3, TINY_IMGSZ, TINY_IMGSZ))[0]
@@ -86,7 +86,7 @@ def test_criteria_choose_different_channels(yolov8n):
     """l1 keeps the largest-norm channels: the kept filters of model.0 are the top-k by L1."""
     w = yolov8n.model[0].conv.weight.detach().clone()
     norms = w.abs().flatten(1).sum(1)
-    tp.prune_step(yolov8n, {"model.0": 8}, tp.importance(criteria.get("l1")), TINY_IMGSZ)
+    pruning.prune_step(yolov8n, {"model.0": 8}, pruning.importance(criteria.get("l1")), TINY_IMGSZ)
     kept = yolov8n.model[0].conv.weight.detach()
     assert kept.shape[0] == 8
     # group importance also counts the next layer's input weights; the kept set must still be mostly the top-8

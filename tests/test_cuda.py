@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoprune.adapters import tp, ultra
+from autoprune.adapters import pruning, yolo
 from autoprune.config.spec import parse_spec
 from autoprune.engine.pipeline import TRACE_IMGSZ
 from autoprune.engine.trial import run_trial
@@ -19,11 +19,11 @@ def test_two_iteration_trial_on_cuda(tmp_path, tiny_data, tiny_model_pt, criteri
     spec = parse_spec({"name": "g", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
                        "device": "cuda:0", "latency": {"warmup": 1, "runs": 3, "rounds": 1},
                        "finetune": {"batch": 8}}, "s.yaml")
-    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(ultra.load_model(tiny_model_pt), TRACE_IMGSZ)]
+    layers = [Layer(p.name, p.channels) for p in pruning.prunable_layers(yolo.load_model(tiny_model_pt), TRACE_IMGSZ)]
     policy = Policy(ratios=tuple((lay.name, 0.3) for lay in layers), criterion=criterion, iterations=2, lr=0.005,
                     ema=True, epochs=1)
     result = run_trial(spec.trial_settings, policy, layers, tmp_path)
-    assert result.ok and result.metrics["params"] < ultra.count_params(ultra.load_model(tiny_model_pt))
+    assert result.ok and result.metrics["params"] < yolo.count_params(yolo.load_model(tiny_model_pt))
     assert result.attrs["finetune"]["epochs"] == 2
 
 
@@ -59,8 +59,8 @@ def test_fractional_gpu_trials_then_export_and_apply_finetune_on_cuda(tmp_path, 
     _cli(["export", "--study", "frac", "--trial", "0", "--no-onnx", "--out", "exp"], tmp_path)
     _cli(["apply", "exp/policy.yaml", "--model", tiny_model_pt, "--data", tiny_data, "--finetune",
           "--device", "cuda:0", "--out", "again.pt"], tmp_path)
-    again = ultra.load_model(tmp_path / "again.pt")
-    assert ultra.count_params(again) == int(study.trials[0].user_attrs["metrics"]["params"])
+    again = yolo.load_model(tmp_path / "again.pt")
+    assert yolo.count_params(again) == int(study.trials[0].user_attrs["metrics"]["params"])
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -56,7 +56,7 @@ def exported(demo_study):
 
 
 def test_export_writes_policy_checkpoint_onnx_and_mapping(demo_study, exported):
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.demo.baseline import PACKAGED_BASELINE
     from autoprune.deploy.export import onnx_max_abs_diff
     from autoprune.engine.identity import fingerprint
@@ -70,14 +70,14 @@ def test_export_writes_policy_checkpoint_onnx_and_mapping(demo_study, exported):
     assert raw["schema"] == "autoprune.policy" and raw["version"] == 1
     assert set(raw["versions"]) == {"torch", "ultralytics", "torch_pruning", "autoprune"}
     doc = load_policy_file(out / "policy.yaml")
-    assert doc.fingerprint == fingerprint(ultra.load_model(PACKAGED_BASELINE))
+    assert doc.fingerprint == fingerprint(yolo.load_model(PACKAGED_BASELINE))
     assert doc.architecture == "yolov8n.yaml" and doc.imgsz == DEMO_IMGSZ
     assert doc.policy.to_dict() == best.user_attrs["policy"]
     assert dict(doc.channels) == best.user_attrs["channels"]
     assert doc.metrics == pytest.approx(best.user_attrs["metrics"])
     assert doc.baseline["params"] == study.user_attrs["baseline"]["params"]
     assert doc.finetune["batch"] == 16 and doc.source["trial"] == best.number
-    assert ultra.checkpoint_param_count(out / "pruned.pt") == int(best.user_attrs["metrics"]["params"])
+    assert yolo.checkpoint_param_count(out / "pruned.pt") == int(best.user_attrs["metrics"]["params"])
     line = next(ln for ln in stdout.splitlines() if "max abs difference" in ln)
     assert float(line.rsplit(" ", 1)[1]) < 1e-3
     assert onnx_max_abs_diff(out / "pruned.pt", out / "pruned.onnx", DEMO_IMGSZ) < 1e-3
@@ -125,13 +125,13 @@ def test_tp_ratios_reproduce_the_channels_with_torch_pruning(exported):
     import torch
     import torch_pruning as tp
 
-    from autoprune.adapters import tp as atp
-    from autoprune.adapters import ultra
+    from autoprune.adapters import pruning as atp
+    from autoprune.adapters import yolo
     from autoprune.demo.baseline import PACKAGED_BASELINE
     from autoprune.model.document import load_policy_file
 
     out, best, _ = exported
-    model = ultra.load_model(PACKAGED_BASELINE)
+    model = yolo.load_model(PACKAGED_BASELINE)
     atp.split_c2f(model)  # the same layout as torch-pruning's YOLOv8 example's C2f_v2
     mapping = yaml.safe_load((out / "tp_ratios.yaml").read_text())
     ratio_dict = {model.get_submodule(name): r for name, r in mapping.items()}
@@ -144,19 +144,19 @@ def test_tp_ratios_reproduce_the_channels_with_torch_pruning(exported):
     pruner.step()
     atp.merge_c2f(model)
     assert atp.channel_counts(model) == dict(load_policy_file(out / "policy.yaml").channels)
-    assert ultra.count_params(model) == int(best.user_attrs["metrics"]["params"])
+    assert yolo.count_params(model) == int(best.user_attrs["metrics"]["params"])
 
 
 def test_apply_reproduces_channels_and_checks_the_base(tmp_path, demo_study, exported, tiny_model_pt):
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.demo.baseline import PACKAGED_BASELINE
 
     out, best, _ = exported
     r = _cli(["apply", out / "policy.yaml", "--model", PACKAGED_BASELINE, "--out", "re/pruned.pt"], tmp_path)
     assert "at the policy's channels" in r.stdout
-    model = ultra.load_model(tmp_path / "re" / "pruned.pt")
-    assert tp.channel_counts(model) == best.user_attrs["channels"]
-    assert ultra.count_params(model) == int(best.user_attrs["metrics"]["params"])
+    model = yolo.load_model(tmp_path / "re" / "pruned.pt")
+    assert pruning.channel_counts(model) == best.user_attrs["channels"]
+    assert yolo.count_params(model) == int(best.user_attrs["metrics"]["params"])
 
     other = _cli(["apply", out / "policy.yaml", "--model", tiny_model_pt, "--out", "x/other.pt"], tmp_path, ok=False)
     assert other.returncode == 2 and "Traceback" not in other.stderr
@@ -165,11 +165,11 @@ def test_apply_reproduces_channels_and_checks_the_base(tmp_path, demo_study, exp
 
     _cli(["apply", out / "policy.yaml", "--model", tiny_model_pt, "--out", "x/forced.pt", "--force"],
                   tmp_path)
-    assert tp.channel_counts(ultra.load_model(tmp_path / "x" / "forced.pt")) == best.user_attrs["channels"]
+    assert pruning.channel_counts(yolo.load_model(tmp_path / "x" / "forced.pt")) == best.user_attrs["channels"]
 
     _cli(["apply", out / "policy.yaml", "--model", out / "pruned.pt", "--out", "again.pt", "--force"],
                  tmp_path)  # re-applying to the pruned model changes nothing
-    assert ultra.count_params(ultra.load_model(tmp_path / "again.pt")) == int(best.user_attrs["metrics"]["params"])
+    assert yolo.count_params(yolo.load_model(tmp_path / "again.pt")) == int(best.user_attrs["metrics"]["params"])
 
     raw = yaml.safe_load((out / "policy.yaml").read_text())
     raw["channels"]["model.0"] = 999
@@ -215,7 +215,7 @@ def test_apply_finetune_of_a_trial_without_fine_tune_repeats_adaptive_bn(tmp_pat
     """A policy file whose trial had adaptive BN in place of its fine-tune (``budget.direct``: ``source.finetuned:
     false``): ``apply --finetune`` repeats that, so ultralytics' fine-tune is replaced by one that fails the test if
     it is called; the applied model validates."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.demo import ensure_dataset
     from autoprune.demo.baseline import PACKAGED_BASELINE
     from autoprune.deploy.apply import apply_policy
@@ -228,7 +228,7 @@ def test_apply_finetune_of_a_trial_without_fine_tune_repeats_adaptive_bn(tmp_pat
     def never(*a, **kw):
         raise AssertionError("a trial without fine-tune was re-applied with one")
 
-    monkeypatch.setattr(ultra, "finetune", never)
+    monkeypatch.setattr(yolo, "finetune", never)
     res = apply_policy(tmp_path / "direct.yaml", PACKAGED_BASELINE, tmp_path / "d.pt", data=str(ensure_dataset()),
                        finetune=True)
     assert (tmp_path / "d.pt").is_file() and res.channels == raw["channels"] and res.metrics["map50_95"] > 0
@@ -272,7 +272,7 @@ def test_front_report_export_work_on_a_cuda_spec_without_cuda(demo_study):
 def test_finalize_fine_tunes_a_front_member_and_reports_val_and_test(demo_study):
     """The full-budget fine-tune of a chosen member, measured on the val split and on a test split the search
     never selected on (the demo data set's test images come from their own random stream)."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     root, study = demo_study
     r = _cli(["finalize", "spec.yaml", "--knee", "--epochs", "2", "--no-onnx", "--out", "fin"], root)
@@ -281,8 +281,8 @@ def test_finalize_fine_tunes_a_front_member_and_reports_val_and_test(demo_study)
     assert set(fin["before"]) == set(fin["after"]) == {"val", "test"}
     assert "  val: mAP50-95" in r.stdout and "  test: mAP50-95" in r.stdout
     knee = next(t for t in study.trials if t.number == fin_trial(root))
-    final = ultra.load_model(root / "fin" / "pruned.pt")
-    assert ultra.count_params(final) == int(knee.user_attrs["metrics"]["params"])  # same structure, new weights
+    final = yolo.load_model(root / "fin" / "pruned.pt")
+    assert yolo.count_params(final) == int(knee.user_attrs["metrics"]["params"])  # same structure, new weights
     assert abs(fin["before"]["val"]["map50_95"] - knee.user_attrs["metrics"]["map50_95"]) < 1e-3
     assert fin["finetuned"]["val"]["map50_95"] != fin["before"]["val"]["map50_95"]  # the fine-tune moved the weights
     assert fin["after"] == (fin["before"] if fin["kept"] == "start" else fin["finetuned"])  # what was delivered
@@ -290,15 +290,15 @@ def test_finalize_fine_tunes_a_front_member_and_reports_val_and_test(demo_study)
 
 
 def test_finalize_with_distillation_from_the_base(demo_study):
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     root, study = demo_study
     r = _cli(["finalize", "spec.yaml", "--knee", "--epochs", "1", "--distill", "--no-onnx", "--out", "fin-kd"], root)
     doc = yaml.safe_load((root / "fin-kd" / "policy.yaml").read_text())
     assert doc["finalize"]["distill"] is True and "  val: mAP50-95" in r.stdout
     knee = next(t for t in study.trials if t.number == doc["source"]["trial"])
-    final = ultra.load_model(root / "fin-kd" / "pruned.pt")
-    assert ultra.count_params(final) == int(knee.user_attrs["metrics"]["params"])
+    final = yolo.load_model(root / "fin-kd" / "pruned.pt")
+    assert yolo.count_params(final) == int(knee.user_attrs["metrics"]["params"])
 
 
 class _Pwn:
@@ -338,7 +338,7 @@ def test_export_falls_back_to_the_artifact_store_when_the_trial_file_was_overwri
     parameter count and takes the intact copy from the artifact store instead of failing."""
     import shutil
 
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.demo.baseline import PACKAGED_BASELINE
 
     root, study = demo_study
@@ -349,7 +349,7 @@ def test_export_falls_back_to_the_artifact_store_when_the_trial_file_was_overwri
     shutil.copyfile(PACKAGED_BASELINE, path)  # the unpruned model now sits where the trial's file was
     try:
         _cli(["export", "spec.yaml", "--trial", str(t.number), "--no-onnx", "--out", "fallback"], root)
-        got = ultra.count_params(ultra.load_model(root / "fallback" / "pruned.pt"))
+        got = yolo.count_params(yolo.load_model(root / "fallback" / "pruned.pt"))
         assert got == int(t.user_attrs["metrics"]["params"])
     finally:
         shutil.copyfile(keep, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoprune.adapters import tp, ultra
+from autoprune.adapters import pruning, yolo
 from autoprune.errors import TrialError
 from autoprune.model import criteria
 from autoprune.model.sampling import target_keep
@@ -15,29 +15,29 @@ TINY = 64
 
 def _pruned(ratio=0.4):
     torch.manual_seed(0)
-    model = ultra.load_model("yolov8n.yaml", nc=3)
-    original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TINY)}
+    model = yolo.load_model("yolov8n.yaml", nc=3)
+    original = {lay.name: lay.channels for lay in pruning.prunable_layers(model, TINY)}
     keep = target_keep(original, dict.fromkeys(original, ratio), 1, 1)
-    tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TINY)
+    pruning.prune_step(model, keep, pruning.importance(criteria.get("l2")), TINY)
     return model
 
 
 def _cfg(data, ema=True, epochs=1):
-    return ultra.FinetuneConfig(data=str(data), imgsz=TINY, epochs=epochs, lr=0.01, ema=ema, batch=8)
+    return yolo.FinetuneConfig(data=str(data), imgsz=TINY, epochs=epochs, lr=0.01, ema=ema, batch=8)
 
 
 @pytest.mark.parametrize("ema", [True, False])
 def test_finetune_keeps_pruned_shapes_and_checkpoints(tiny_data, tmp_path, ema):
     model = _pruned()
-    channels = tp.channel_counts(model, TINY)
-    n = ultra.count_params(model)
+    channels = pruning.channel_counts(model, TINY)
+    n = yolo.count_params(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ultra.finetune(model, _cfg(tiny_data, ema=ema), tmp_path / "ft")
-    assert ultra.count_params(model) == n
-    assert tp.channel_counts(model, TINY) == channels
+    yolo.finetune(model, _cfg(tiny_data, ema=ema), tmp_path / "ft")
+    assert yolo.count_params(model) == n
+    assert pruning.channel_counts(model, TINY) == channels
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items() if v.is_floating_point())
     for name in ("last.pt", "best.pt"):
-        assert ultra.checkpoint_param_count(tmp_path / "ft" / "weights" / name) == n  # never the unpruned model
+        assert yolo.checkpoint_param_count(tmp_path / "ft" / "weights" / name) == n  # never the unpruned model
 
 
 def test_ema_flag_off_takes_raw_weights(tiny_data, tmp_path):
@@ -48,7 +48,7 @@ def test_ema_flag_off_takes_raw_weights(tiny_data, tmp_path):
     def grab(trainer):
         captured["raw"] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
-    ultra.finetune(model, _cfg(tiny_data, ema=False), tmp_path / "ft", callbacks={"on_train_end": grab})
+    yolo.finetune(model, _cfg(tiny_data, ema=False), tmp_path / "ft", callbacks={"on_train_end": grab})
     for k, v in model.state_dict().items():
         if v.is_floating_point():
             torch.testing.assert_close(v, captured["raw"][k].float(), rtol=0, atol=1e-6)
@@ -57,30 +57,30 @@ def test_ema_flag_off_takes_raw_weights(tiny_data, tmp_path):
 def test_pruning_inside_a_running_trainer_is_caught(tiny_data, tmp_path):
     """The EMA trap: pruning inside the trainer (after its EMA cached its tensors) leaves a stale unpruned EMA,
     which the trainer then validates and saves."""
-    model = ultra.load_model("yolov8n.yaml", nc=3)
-    original = {lay.name: lay.channels for lay in tp.prunable_layers(model, TINY)}
+    model = yolo.load_model("yolov8n.yaml", nc=3)
+    original = {lay.name: lay.channels for lay in pruning.prunable_layers(model, TINY)}
 
     def prune_mid_training(trainer):
-        tp.prune_step(trainer.model, target_keep(original, dict.fromkeys(original, 0.5), 1, 1),
-                      tp.importance(criteria.get("l1")), TINY)
+        pruning.prune_step(trainer.model, target_keep(original, dict.fromkeys(original, 0.5), 1, 1),
+                      pruning.importance(criteria.get("l1")), TINY)
 
     with pytest.raises(TrialError, match="EMA trap"):
-        ultra.finetune(model, _cfg(tiny_data), tmp_path / "ft", callbacks={"on_train_epoch_end": prune_mid_training})
+        yolo.finetune(model, _cfg(tiny_data), tmp_path / "ft", callbacks={"on_train_epoch_end": prune_mid_training})
 
 
 def test_checkpoint_check_rejects_unpruned_reload(tmp_path):
-    full = ultra.load_model("yolov8n.yaml", nc=3)
-    path = ultra.save_checkpoint(full, tmp_path / "full.pt")
+    full = yolo.load_model("yolov8n.yaml", nc=3)
+    path = yolo.save_checkpoint(full, tmp_path / "full.pt")
     with pytest.raises(TrialError, match=r"EMA trap: full.pt reloads with 3011\d+ parameters"):
-        ultra.check_checkpoint(path, ultra.count_params(_pruned()))
+        yolo.check_checkpoint(path, yolo.count_params(_pruned()))
 
 
 def test_each_batch_is_an_optimizer_step_unless_a_nominal_batch_is_set(tiny_data, tmp_path):
     """ultralytics accumulates gradients over nbs / batch batches (nbs 64 by default); autoprune's fine-tune takes
     one optimizer step per batch, and counts the steps."""
-    one = ultra.finetune(_pruned(), _cfg(tiny_data, epochs=2), tmp_path / "a")
+    one = yolo.finetune(_pruned(), _cfg(tiny_data, epochs=2), tmp_path / "a")
     assert one.epochs == 2 and one.batches == 4 and one.optimizer_steps == 4  # 16 images, batch 8: 2 a epoch
-    stock = ultra.finetune(_pruned(), ultra.FinetuneConfig(data=str(tiny_data), imgsz=TINY, epochs=2, lr=0.01,
+    stock = yolo.finetune(_pruned(), yolo.FinetuneConfig(data=str(tiny_data), imgsz=TINY, epochs=2, lr=0.01,
                                                            ema=True, batch=8, nbs=64), tmp_path / "b")
     assert stock.batches == 4 and stock.optimizer_steps < stock.batches
 
@@ -98,14 +98,14 @@ def test_distillation_reaches_ultralytics_trainer_and_leaves_a_plain_pruned_mode
         seen["distill_model"], seen["dis"] = tr.args.distill_model, tr.args.dis
 
     model = _pruned()
-    params = ultra.count_params(model)
+    params = yolo.count_params(model)
     cfg = dataclasses.replace(_cfg(tiny_data), distill_model=str(tiny_model_pt), distill_weight=3.0)
-    ultra.finetune(model, cfg, tmp_path / "kd", callbacks={"on_train_start": capture})
+    yolo.finetune(model, cfg, tmp_path / "kd", callbacks={"on_train_start": capture})
     assert seen == {"wrapper": "DistillationModel", "distill_model": str(tiny_model_pt), "dis": 3.0}
-    assert ultra.count_params(model) == params  # the student, pruned shapes kept
+    assert yolo.count_params(model) == params  # the student, pruned shapes kept
     assert not any(type(h).__name__ == "FeatureHook" for m in model.modules() for h in m._forward_hooks.values())
     copy.deepcopy(model)  # a hook holding graph tensors made this fail
-    assert ultra.checkpoint_param_count(tmp_path / "kd" / "weights" / "last.pt") == params
+    assert yolo.checkpoint_param_count(tmp_path / "kd" / "weights" / "last.pt") == params
 
 
 def test_distill_is_a_fine_tune_knob_the_screen_does_not_see():
@@ -128,9 +128,9 @@ def test_sparse_training_shrinks_bn_scales(tiny_data, tmp_path):
 
     def trained(l1):
         torch.manual_seed(0)
-        model = ultra.load_model("yolov8n.yaml", nc=3)
+        model = yolo.load_model("yolov8n.yaml", nc=3)
         cfg = dataclasses.replace(_cfg(tiny_data, ema=False, epochs=2), lr=0.05, bn_l1=l1)
-        ultra.finetune(model, cfg, tmp_path / f"l1-{l1}")
+        yolo.finetune(model, cfg, tmp_path / f"l1-{l1}")
         return bn_scale_summary(model)
 
     dense, sparse = trained(0.0), trained(5.0)
@@ -152,7 +152,7 @@ def test_the_sparse_base_is_trained_once_per_strength_and_cached(tiny_data, tiny
     assert again == path and path.stat().st_mtime_ns == mtime and same == summary  # cached, not retrained
     other, _ = sparse_base(spec.trial_settings, 1.0)
     assert other != path
-    assert ultra.count_params(ultra.load_model(path)) == ultra.count_params(ultra.load_model(tiny_model_pt))
+    assert yolo.count_params(yolo.load_model(path)) == yolo.count_params(yolo.load_model(tiny_model_pt))
 
 
 def test_sparsity_is_a_screen_visible_knob():

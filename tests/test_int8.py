@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoprune.adapters import ort, ultra
+from autoprune.adapters import onnx_runtime, yolo
 from autoprune.config.sections import LatencySettings
 from autoprune.engine import runtimes
 from autoprune.engine.latency import run_spec
@@ -21,7 +21,7 @@ TINY = 64
 
 
 def test_training_batches_come_from_the_train_split_only(tiny_data):
-    files = [f for b in ultra.training_batches(str(tiny_data), TINY, 4, 8) for f in b["im_file"]]
+    files = [f for b in yolo.training_batches(str(tiny_data), TINY, 4, 8) for f in b["im_file"]]
     assert files and all(Path(f).parent == tiny_data.parent / "images" / "train" for f in files)
 
 
@@ -29,16 +29,16 @@ def test_training_batches_come_from_the_train_split_only(tiny_data):
 def int8_file(tiny_data, tmp_path_factory):
     """The tiny model exported and quantized as an INT8 trial is; which data set the calibration read is recorded."""
     seen = []
-    real = ultra.training_batches
+    real = yolo.training_batches
 
     def spy(data, imgsz, batch, n, *a, **k):
         seen.append((data, imgsz, batch, n))
         return real(data, imgsz, batch, n, *a, **k)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(ultra, "training_batches", spy)
+    mp.setattr(yolo, "training_batches", spy)
     try:
-        model = ultra.deploy_copy(ultra.load_model("yolov8n.yaml", nc=3))
+        model = yolo.deploy_copy(yolo.load_model("yolov8n.yaml", nc=3))
         timing = LatencySettings(runtime="onnxruntime", precision="int8", threads=1)
         path = runtimes.export_deployed(model, run_spec("cpu", TINY, timing, str(tiny_data)))
     finally:
@@ -60,7 +60,7 @@ def test_the_int8_file_quantizes_the_convolutions_and_keeps_the_head_decoding_in
     model = onnx.load(str(int8_file[0]))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 10 and "DequantizeLinear" in ops
-    decode = ort.head_decode_nodes(model)
+    decode = onnx_runtime.head_decode_nodes(model)
     assert any("/dfl/" in n for n in decode) and not any("/cv2" in n or "/cv3" in n for n in decode)
     quantized_inputs = {i for n in model.graph.node if n.op_type == "DequantizeLinear" for i in n.output}
     dfl = [n for n in model.graph.node if "/dfl/" in n.name and n.op_type == "Conv"]
@@ -74,7 +74,7 @@ def test_the_int8_file_runs_in_onnxruntime_and_loads_in_ultralytics(int8_file, t
     sess = onnxruntime.InferenceSession(str(int8_file[0]), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 3, TINY, TINY), np.float32)})
     assert out[0].shape[0] == 1 and np.isfinite(out[0]).all()
-    m50, m = ultra.validate_exported(int8_file[0], str(tiny_data), TINY, "detect")
+    m50, m = yolo.validate_exported(int8_file[0], str(tiny_data), TINY, "detect")
     assert 0.0 <= m <= m50 <= 1.0
 
 
@@ -96,7 +96,7 @@ def test_an_int8_trial_records_the_map_of_its_quantized_file(tmp_path, tiny_data
                        "objectives": ["map50_95", "deployed_map50_95", "params"],
                        "latency": {"runtime": "onnxruntime", "precision": "int8", "warmup": 1, "runs": 4,
                                    "rounds": 2, "threads": 1, "retries": 0}}, "s.yaml")
-    model = ultra.load_model(tiny_model_pt)
+    model = yolo.load_model(tiny_model_pt)
     m = measure_model(model, spec.trial_settings).metrics()
     assert 0.0 <= m["deployed_map50_95"] <= m["deployed_map50"] <= 1.0
     assert m["latency_ratio"] > 0 and m["map50_95"] >= 0
@@ -178,7 +178,7 @@ def test_a_search_over_precision_and_deployment_size_measures_each_trial_as_depl
     from autoprune.search.strategy.references import add_reference, measure_reference
 
     parsed = parse_spec(spec, "dep.yaml", studies_dir=tmp_path / "studies")
-    ref = measure_reference(ultra.load_model(tiny_model_pt), parsed, "int8", 64, "other int8 @64",
+    ref = measure_reference(yolo.load_model(tiny_model_pt), parsed, "int8", 64, "other int8 @64",
                             study.user_attrs["baseline"])
     assert ref["params"] == study.user_attrs["baseline"]["params"] and 0 <= ref["deployed_map50_95"] <= 1
     add_reference(study, ref)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.adapters import tp, ultra
+from autoprune.adapters import pruning, yolo
 from autoprune.config.spec import parse_spec
 from autoprune.engine.latency_table import ConvShape, LatencyTable, conv_shapes
 from autoprune.engine.measure import measure_model
@@ -60,16 +60,16 @@ def test_an_entry_is_timed_once_and_cached_across_tables(tmp_path):
 
 def test_a_pruned_yolo_costs_less_in_the_table_and_the_estimate_is_repeatable(tmp_path, yolov8n):
     table = LatencyTable("torch", "cpu", threads=1, runs=3, warmup=1, folder=tmp_path)
-    base = ultra.deploy_copy(yolov8n)
+    base = yolo.deploy_copy(yolov8n)
     convs = sum(isinstance(m, nn.Conv2d) for m in base.modules())
     first = table.estimate(base, 64)
     assert first.layers == convs and first.timed_now > 0 and first.ms > 0
     second = table.estimate(base, 64)
     assert second.ms == first.ms and second.timed_now == 0  # deterministic once cached
-    original = tp.channel_counts(yolov8n, TRACE_IMGSZ)
-    tp.prune_step(yolov8n, target_keep(original, dict.fromkeys(original, 0.5), 1, 1, 8),
-                  tp.importance(criteria.get("l2")), TRACE_IMGSZ)
-    pruned = table.estimate(ultra.deploy_copy(yolov8n), 64)
+    original = pruning.channel_counts(yolov8n, TRACE_IMGSZ)
+    pruning.prune_step(yolov8n, target_keep(original, dict.fromkeys(original, 0.5), 1, 1, 8),
+                  pruning.importance(criteria.get("l2")), TRACE_IMGSZ)
+    pruned = table.estimate(yolo.deploy_copy(yolov8n), 64)
     assert pruned.layers == convs and pruned.ms < first.ms
 
 
@@ -85,10 +85,10 @@ def test_onnxruntime_times_layers_in_its_own_table(tmp_path):
 def test_measured_models_carry_the_estimate_when_the_spec_asks(tiny_data, tiny_model_pt):
     raw = {"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "finetune": {"batch": 8},
            "latency": {"warmup": 1, "runs": 3, "rounds": 1, "lut": True, "threads": 1}}
-    m = measure_model(ultra.load_model(tiny_model_pt), parse_spec(raw, "s.yaml").trial_settings)
+    m = measure_model(yolo.load_model(tiny_model_pt), parse_spec(raw, "s.yaml").trial_settings)
     assert m.metrics()["latency_lut_ms"] == m.latency_lut_ms > 0
     assert m.latency["lut"]["layers"] > 50 and m.latency["lut"]["table"].endswith(".json")
-    off = measure_model(ultra.load_model(tiny_model_pt), parse_spec({**raw, "latency": {"runs": 3, "rounds": 1}},
+    off = measure_model(yolo.load_model(tiny_model_pt), parse_spec({**raw, "latency": {"runs": 3, "rounds": 1}},
                                                                     "s.yaml").trial_settings)
     assert "latency_lut_ms" not in off.metrics() and "lut" not in off.latency
 

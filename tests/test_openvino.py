@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from autoprune import cli
-from autoprune.adapters import ultra
+from autoprune.adapters import yolo
 from autoprune.config.sections import INT8_RUNTIMES, LatencySettings
 from autoprune.engine import runtimes
 from autoprune.engine.latency import measure_interleaved, run_spec
@@ -47,12 +47,12 @@ def ov_int8(tiny_data, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(Exporter, "get_int8_calibration_dataloader", spy)
     try:
-        model = ultra.deploy_copy(ultra.load_model("yolov8n.yaml", nc=3))
+        model = yolo.deploy_copy(yolo.load_model("yolov8n.yaml", nc=3))
         timing = LatencySettings(runtime="openvino", precision="int8", threads=1)
         path = runtimes.export_deployed(model, run_spec("cpu", TINY, timing, str(tiny_data)), "openvino")
     finally:
         mp.undo()
-    keep = tmp_path_factory.mktemp("ov") / path.name
+    keep = tmp_path_factory.mktemp("openvino_runtime") / path.name
     shutil.copytree(path, keep)
     shutil.rmtree(path.parent)
     return keep, seen
@@ -64,7 +64,7 @@ def test_an_openvino_int8_model_is_calibrated_on_training_images_only(ov_int8, t
     n_train = len(list(train.iterdir()))
     assert len(seen) == min(runtimes.CALIBRATION_IMAGES, n_train) == n_train  # 16 < 64: all of them
     assert all(Path(f).parent == train for f in seen)
-    assert ultra.train_image_count(str(tiny_data)) == n_train
+    assert yolo.train_image_count(str(tiny_data)) == n_train
 
 
 def test_the_openvino_int8_folder_is_quantized_with_the_head_decoding_in_floating_point(ov_int8):
@@ -85,13 +85,14 @@ def test_the_openvino_int8_folder_is_quantized_with_the_head_decoding_in_floatin
 
 
 def test_the_openvino_folder_runs_in_openvino_alone_and_validates_in_ultralytics(ov_int8, tiny_data):
-    from autoprune.adapters import ov
+    from autoprune.adapters import openvino_runtime
 
     folder, _ = ov_int8
-    out = ov.infer(ov.compile_model(folder, threads=1), np.zeros((1, 3, TINY, TINY), np.float32))
+    compiled = openvino_runtime.compile_model(folder, threads=1)
+    out = openvino_runtime.infer(compiled, np.zeros((1, 3, TINY, TINY), np.float32))
     first = next(iter(out.values()))
     assert first.shape[0] == 1 and np.isfinite(first).all()
-    m50, m = ultra.validate_exported(folder, str(tiny_data), TINY, "detect")
+    m50, m = yolo.validate_exported(folder, str(tiny_data), TINY, "detect")
     assert 0.0 <= m <= m50 <= 1.0
 
 
@@ -99,7 +100,7 @@ def test_the_openvino_folder_runs_in_openvino_alone_and_validates_in_ultralytics
 def test_openvino_times_the_exported_model_interleaved_with_the_base(yolov8n, tiny_data, precision):
     timing = LatencySettings(warmup=1, runs=6, rounds=3, threads=1, runtime="openvino", precision=precision,
                              retries=0)
-    il = measure_interleaved(ultra.deploy_copy(yolov8n), ultra.deploy_copy(yolov8n), imgsz=TINY, timing=timing,
+    il = measure_interleaved(yolo.deploy_copy(yolov8n), yolo.deploy_copy(yolov8n), imgsz=TINY, timing=timing,
                              calibration=str(tiny_data))
     assert il.candidate.runtime == il.reference.runtime == "openvino"
     assert il.candidate.precision == precision and il.candidate.median_ms > 0
@@ -134,7 +135,7 @@ def test_openvino_or_nncf_missing_is_refused_in_one_line(monkeypatch, missing, p
 def test_a_search_on_openvino_without_nncf_is_refused_before_a_study_is_written(monkeypatch, tmp_path, tiny_data,
                                                                                  tiny_model_pt, capsys):
     _without(monkeypatch, "nncf")
-    spec = {"name": "ov", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": TINY, "trials": 1,
+    spec = {"name": "openvino_runtime", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": TINY, "trials": 1,
             "latency": {"runtime": "openvino"}, "space": {"precision": ["fp32", "int8"]}}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     code = cli.main(["search", str(tmp_path / "s.yaml"), "--studies-dir", str(tmp_path / "studies")])

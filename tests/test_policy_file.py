@@ -143,7 +143,7 @@ def test_tp_mapping_rounds_to_the_exact_channels():
 def test_roundtrip_check_catches_a_checkpoint_that_is_not_the_pruned_model(tmp_path, tiny_data, tiny_model_pt,
                                                                              monkeypatch):
     """Fakes the classic bug: the saver writes the unpruned base instead of the pruned model."""
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.config.spec import parse_spec
     from autoprune.engine.measure import measure_model
     from autoprune.engine.pipeline import TRACE_IMGSZ
@@ -151,23 +151,23 @@ def test_roundtrip_check_catches_a_checkpoint_that_is_not_the_pruned_model(tmp_p
 
     spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
                        "latency": {"warmup": 1, "runs": 3}, "finetune": {"batch": 8}}, "s.yaml")
-    model = ultra.load_model(tiny_model_pt)
-    keep = {layer.name: max(1, layer.channels // 2) for layer in tp.prunable_layers(model, TRACE_IMGSZ)}
-    tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TRACE_IMGSZ)
+    model = yolo.load_model(tiny_model_pt)
+    keep = {layer.name: max(1, layer.channels // 2) for layer in pruning.prunable_layers(model, TRACE_IMGSZ)}
+    pruning.prune_step(model, keep, pruning.importance(criteria.get("l2")), TRACE_IMGSZ)
     measured = measure_model(model, spec.trial_settings)
     ok = verify_roundtrip(model, tmp_path / "ok.pt", spec.trial_settings, measured)
     assert ok["params"] == measured.params and abs(ok["map50_95"] - measured.map50_95) <= 1e-3
 
-    real_save = ultra.save_checkpoint
-    monkeypatch.setattr(ultra, "save_checkpoint",
-                        lambda m, path, **kw: real_save(ultra.load_model(tiny_model_pt), path))
+    real_save = yolo.save_checkpoint
+    monkeypatch.setattr(yolo, "save_checkpoint",
+                        lambda m, path, **kw: real_save(yolo.load_model(tiny_model_pt), path))
     with pytest.raises(TrialError, match="round trip: bad.pt reloads with"):
         verify_roundtrip(model, tmp_path / "bad.pt", spec.trial_settings, measured)
 
     from autoprune.engine.trial import run_trial_safely
     from autoprune.model import Layer
 
-    layers = [Layer(n, c) for n, c in tp.channel_counts(ultra.load_model(tiny_model_pt)).items()]
+    layers = [Layer(n, c) for n, c in pruning.channel_counts(yolo.load_model(tiny_model_pt)).items()]
     policy = Policy(ratios=tuple((layer.name, 0.25) for layer in layers), criterion="l1", iterations=1, lr=0.001,
                     ema=False, epochs=1)
     result = run_trial_safely(spec.trial_settings, policy, layers, tmp_path / "trial")

@@ -96,7 +96,7 @@ def test_a_real_race_trains_each_arm_and_hands_over_the_winners_weights(tmp_path
     """Two pruned copies of the tiny model (a 'search' pick and a 'recipe' model) at two learning rates, on the
     tiny data set with ultralytics' trainer and validator: every arm of the first rung trains and is validated, the
     record holds what raced, and the winner's weights load into its own trial's model."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.config.spec import TrialSettings
     from autoprune.deploy.race import Entrant, RaceSettings, run_race
     from autoprune.engine.uniform import uniform_prune
@@ -106,11 +106,11 @@ def test_a_real_race_trains_each_arm_and_hands_over_the_winners_weights(tmp_path
     study = optuna.create_study(directions=["maximize", "minimize"])
     entrants = []
     for ratio, latency, source in ((0.2, 0.9, "search"), (0.5, 0.6, "recipe")):
-        model = ultra.load_model(tiny_model_pt)
+        model = yolo.load_model(tiny_model_pt)
         uniform_prune(model, settings, ratio)
-        path = ultra.save_checkpoint(model, tmp_path / f"r{ratio}.pt")
+        path = yolo.save_checkpoint(model, tmp_path / f"r{ratio}.pt")
         t = study.ask()
-        params = float(ultra.count_params(model))
+        params = float(yolo.count_params(model))
         records.write_result(t, {"checkpoint": str(path)}, {"map50_95": 0.0, "params": params,
                                                             "latency_ratio": latency})
         study.tell(t, [0.0, params])
@@ -125,7 +125,7 @@ def test_a_real_race_trains_each_arm_and_hands_over_the_winners_weights(tmp_path
     assert rec["winner"] == {"trial": out.trial.number, "source": out.source, "lr": out.lr}
     assert rec["spent_s"] <= s.seconds + 20
     if out.state is not None:
-        model = ultra.load_model(records.trial(out.trial).checkpoint)
+        model = yolo.load_model(records.trial(out.trial).checkpoint)
         model.load_state_dict(out.state)  # the raced weights are the winner trial's architecture
     assert not list(tmp_path.glob("autoprune-race-*"))  # its scratch folder is gone
 

@@ -36,7 +36,7 @@ def test_the_recipes_latency_ratio_is_the_smallest_that_times_under_the_bound(mo
 
 
 def test_a_pruned_copy_keeps_what_is_counted(yolov8n):
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.engine import uniform
     from autoprune.model.sampling import target_keep
 
@@ -45,5 +45,5 @@ def test_a_pruned_copy_keeps_what_is_counted(yolov8n):
     keep = target_keep(original, dict.fromkeys(original, 0.3), 1, 1, 8)
     params = uniform.pruned_share(yolov8n, s, keep, "params")
     macs = uniform.pruned_share(yolov8n, s, keep, "macs")
-    assert params == pytest.approx(uniform.pruned_params(yolov8n, s, keep) / ultra.count_params(yolov8n))
+    assert params == pytest.approx(uniform.pruned_params(yolov8n, s, keep) / yolo.count_params(yolov8n))
     assert 0.3 < macs < 0.7 and 0.3 < params < 0.7 and macs != params

@@ -22,11 +22,11 @@ BASE = {"name": "s", "model": "m.pt", "data": "d.yaml"}
 
 @pytest.mark.parametrize("name", criteria.names())
 def test_every_criterion_builds_its_torch_pruning_importance_and_is_accepted_by_specs(name):
-    from autoprune.adapters import tp
+    from autoprune.adapters import pruning
 
     crit = criteria.get(name)
-    imp = tp.importance(crit)
-    assert type(imp).__name__ == crit.importance and crit.importance in tp.IMPORTANCE_CLASSES
+    imp = pruning.importance(crit)
+    assert type(imp).__name__ == crit.importance and crit.importance in pruning.IMPORTANCE_CLASSES
     assert parse_spec({**BASE, "space": {"criteria": [name]}}, "s.yaml").space.criteria == (name,)
 
 

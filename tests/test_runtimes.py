@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoprune.adapters import ultra
+from autoprune.adapters import yolo
 from autoprune.config.sections import RUNTIMES, LatencySettings
 from autoprune.config.spec import parse_spec
 from autoprune.engine import runtimes
@@ -51,8 +51,8 @@ def test_runtime_availability_is_checked_before_a_search_starts():
 
 
 def test_onnxruntime_times_the_exported_model_interleaved_with_the_base(yolov8n):
-    base = ultra.deploy_copy(yolov8n)
-    il = measure_interleaved(base, ultra.deploy_copy(yolov8n), imgsz=64,
+    base = yolo.deploy_copy(yolov8n)
+    il = measure_interleaved(base, yolo.deploy_copy(yolov8n), imgsz=64,
                              timing=LatencySettings(warmup=1, runs=6, rounds=3, threads=1, runtime="onnxruntime",
                                                     batch=2, retries=0))
     assert il.candidate.runtime == il.reference.runtime == "onnxruntime"
@@ -65,7 +65,7 @@ def test_a_trial_records_runtime_batch_precision_and_deployment_size(tiny_data, 
                        "finetune": {"batch": 8},
                        "latency": {"runtime": "onnxruntime", "batch": 2, "imgsz": 96, "warmup": 1, "runs": 3,
                                    "rounds": 1}}, "s.yaml")
-    m = measure_model(ultra.load_model(tiny_model_pt), spec.trial_settings)
+    m = measure_model(yolo.load_model(tiny_model_pt), spec.trial_settings)
     lat = m.latency
     assert (lat["runtime"], lat["batch"], lat["precision"], lat["imgsz"]) == ("onnxruntime", 2, "fp32", 96)
     assert lat["reference_median_ms"] > 0 and m.latency_ratio is not None

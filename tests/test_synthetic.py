@@ -44,9 +44,9 @@ def test_demo_baseline_command_trains_and_writes_a_loadable_checkpoint(tmp_path)
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "baseline epoch 1/1: train loss" in r.stderr and "Traceback" not in r.stderr
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
-    assert ultra.model_nc(ultra.load_model(out)) == 3
+    assert yolo.model_nc(yolo.load_model(out)) == 3
 
 
 def test_shapes_told_apart_by_shape_alone_take_colours_independent_of_the_class(tmp_path):

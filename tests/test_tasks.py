@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from autoprune.adapters import tp, ultra
+from autoprune.adapters import pruning, yolo
 from autoprune.demo.synthetic import KPT_SHAPE, SyntheticConfig, ensure_dataset
 from autoprune.model import criteria, records
 from autoprune.model.sampling import target_keep
@@ -60,21 +60,21 @@ def test_the_synthetic_data_comes_with_masks_or_keypoints_and_detection_keeps_it
 ])
 def test_mask_prototypes_and_keypoint_outputs_keep_their_channels(yaml_name, task, outputs, tmp_path):
     torch.manual_seed(0)
-    model = ultra.load_model(yaml_name, nc=3, kpt_shape=KPT_SHAPE)
-    assert ultra.model_task(model) == task
-    layers = tp.prunable_layers(model, TRACE)
+    model = yolo.load_model(yaml_name, nc=3, kpt_shape=KPT_SHAPE)
+    assert yolo.model_task(model) == task
+    layers = pruning.prunable_layers(model, TRACE)
     original = {lay.name: lay.channels for lay in layers}
     keep = target_keep(original, dict.fromkeys(original, 0.3), 1, 1)
-    tp.prune_step(model, keep, tp.importance(criteria.get("l2")), TRACE)
+    pruning.prune_step(model, keep, pruning.importance(criteria.get("l2")), TRACE)
     head = model.model[-1]
     for path, channels in outputs.items():
         assert head.get_submodule(path).out_channels == channels, path
     model.eval()
     model(torch.rand(1, 3, TRACE, TRACE))
-    path = ultra.save_checkpoint(model, tmp_path / "p.pt")
-    reloaded = ultra.load_model(path)
-    assert ultra.model_task(reloaded) == task and ultra.count_params(reloaded) == ultra.count_params(model)
-    assert ultra.count_params(model) < ultra.count_params(ultra.load_model(yaml_name, nc=3, kpt_shape=KPT_SHAPE))
+    path = yolo.save_checkpoint(model, tmp_path / "p.pt")
+    reloaded = yolo.load_model(path)
+    assert yolo.model_task(reloaded) == task and yolo.count_params(reloaded) == yolo.count_params(model)
+    assert yolo.count_params(model) < yolo.count_params(yolo.load_model(yaml_name, nc=3, kpt_shape=KPT_SHAPE))
 
 
 def test_a_mask_objective_on_a_detection_model_is_refused_in_one_line(tmp_path, tiny_data, tiny_model_pt):
@@ -147,11 +147,11 @@ def test_a_one_trial_search_and_its_export_load_in_plain_ultralytics(yaml_name, 
 
 
 def test_the_task_of_a_model_yaml_comes_from_its_head():
-    from autoprune.adapters import ultra_tasks
+    from autoprune.adapters import yolo_tasks
     from autoprune.errors import InputError
 
-    assert [ultra_tasks.yaml_task(y) for y in ("yolov8n.yaml", "yolo11n-seg.yaml", "yolo26n-pose.yaml")] == [
+    assert [yolo_tasks.yaml_task(y) for y in ("yolov8n.yaml", "yolo11n-seg.yaml", "yolo26n-pose.yaml")] == [
         "detect", "segment", "pose"]
-    assert ultra_tasks.yaml_task("rtdetr-l.yaml") == "detect"  # unnamed head: built, then refused by the arch check
+    assert yolo_tasks.yaml_task("rtdetr-l.yaml") == "detect"  # unnamed head: built, then refused by the arch check
     with pytest.raises(InputError, match=r"^model: yolov8n-cls.yaml is a classify model; autoprune prunes detect"):
-        ultra_tasks.yaml_task("yolov8n-cls.yaml")
+        yolo_tasks.yaml_task("yolov8n-cls.yaml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoprune.adapters import tp, ultra
+from autoprune.adapters import pruning, yolo
 from autoprune.config.spec import parse_spec
 from autoprune.engine.pipeline import TRACE_IMGSZ, prune_once
 from autoprune.engine.trial import run_trial
@@ -16,8 +16,8 @@ from autoprune.model.sampling import target_keep
 def test_trial_prunes_to_policy_and_measures(tmp_path, tiny_data, tiny_model_pt, criterion, iterations):
     spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
                        "latency": {"warmup": 1, "runs": 10}, "finetune": {"batch": 8}}, "s.yaml")
-    base = ultra.load_model(tiny_model_pt)
-    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(base, TRACE_IMGSZ)]
+    base = yolo.load_model(tiny_model_pt)
+    layers = [Layer(p.name, p.channels) for p in pruning.prunable_layers(base, TRACE_IMGSZ)]
     ratios = tuple((lay.name, 0.5 if i % 2 else 0.2) for i, lay in enumerate(layers))
     policy = Policy(ratios=ratios, criterion=criterion, iterations=iterations, lr=0.005, ema=True, epochs=1)
     result = run_trial(spec.trial_settings, policy, layers, tmp_path)
@@ -32,12 +32,12 @@ def test_trial_prunes_to_policy_and_measures(tmp_path, tiny_data, tiny_model_pt,
     assert lat["reference_median_ms"] > 0 and lat["ratio_cv"] >= 0
     assert m["latency_ratio"] == lat["ratio"] > 0 and lat["ratio_p10"] <= lat["ratio_p90"]
     assert 0.0 <= m["map50_95"] <= m["map50"] <= 1.0
-    assert m["params"] < ultra.count_params(base) * 0.8 and m["macs"] > 0 and m["latency_ms"] > 0
+    assert m["params"] < yolo.count_params(base) * 0.8 and m["macs"] > 0 and m["latency_ms"] > 0
     assert lat["runs"] == 10 * lat["attempts"] and lat["p10_ms"] <= m["latency_ms"]
     seconds = result.attrs["seconds"]
     assert {"load", "prune", "finetune", "validate", "latency"} <= set(seconds)
     assert ("gradients" in seconds) == (criterion == "taylor")
-    assert ultra.checkpoint_param_count(result.attrs["checkpoint"]) == int(m["params"])
+    assert yolo.checkpoint_param_count(result.attrs["checkpoint"]) == int(m["params"])
     for step in range(1, iterations + 1):
         assert (tmp_path / f"step{step}" / "weights" / "last.pt").exists()
 
@@ -55,14 +55,14 @@ def test_a_fine_tune_that_makes_the_model_worse_is_not_kept(tmp_path, tiny_data,
             for m in model.modules():
                 if isinstance(m, torch.nn.Conv2d):
                     m.weight.zero_()
-        return ultra.FinetuneStats(epochs=1, batches=1, optimizer_steps=1)
+        return yolo.FinetuneStats(epochs=1, batches=1, optimizer_steps=1)
 
-    monkeypatch.setattr(ultra, "finetune", destroy)
+    monkeypatch.setattr(yolo, "finetune", destroy)
     model_pt = resolve_demo_model()
     spec = parse_spec({"name": "t", "model": str(model_pt), "data": str(tiny_data), "imgsz": 64,
                        "latency": {"warmup": 0, "runs": 3, "rounds": 1},
                        "finetune": {"batch": 8, "keep_best": keep_best}}, "s.yaml")
-    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(ultra.load_model(model_pt), TRACE_IMGSZ)]
+    layers = [Layer(p.name, p.channels) for p in pruning.prunable_layers(yolo.load_model(model_pt), TRACE_IMGSZ)]
     policy = Policy(ratios=tuple((lay.name, 0.2) for lay in layers), criterion="l1", iterations=1, lr=0.01, ema=True,
                     epochs=1)
     result = run_trial(spec.trial_settings, policy, layers, tmp_path)
@@ -87,14 +87,14 @@ def test_the_lr_schedule_knobs_reach_each_prune_steps_fine_tune(tmp_path, tiny_d
 
     def record(model, cfg, workdir, **kw):
         seen.append(cfg)
-        return ultra.FinetuneStats(epochs=cfg.epochs, batches=1, optimizer_steps=1)
+        return yolo.FinetuneStats(epochs=cfg.epochs, batches=1, optimizer_steps=1)
 
-    monkeypatch.setattr(ultra, "finetune", record)
+    monkeypatch.setattr(yolo, "finetune", record)
     spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
                        "latency": {"warmup": 0, "runs": 3, "rounds": 1}, "finetune": {"batch": 8, "keep_best": False},
                        "space": {"lrf": {"low": 0.01, "high": 0.2, "log": True}, "warmup": [0, 2],
                                  "lr_step": {"low": 0.2, "high": 1.0}}}, "s.yaml")
-    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(ultra.load_model(tiny_model_pt), TRACE_IMGSZ)]
+    layers = [Layer(p.name, p.channels) for p in pruning.prunable_layers(yolo.load_model(tiny_model_pt), TRACE_IMGSZ)]
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     sampled = sample_policy(trial, spec.space, layers)
     assert {"lrf", "warmup", "lr_step"} <= set(trial.params) & set(finetune_knobs())
@@ -112,7 +112,7 @@ def test_a_sparse_policy_prunes_the_sparse_trained_base(tmp_path, tiny_data, tin
     spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
                        "latency": {"warmup": 0, "runs": 3, "rounds": 1},
                        "finetune": {"batch": 8, "sparse_epochs": 1, "sparse_lr": 0.05}}, "s.yaml")
-    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(ultra.load_model(tiny_model_pt), TRACE_IMGSZ)]
+    layers = [Layer(p.name, p.channels) for p in pruning.prunable_layers(yolo.load_model(tiny_model_pt), TRACE_IMGSZ)]
     policy = Policy(ratios=tuple((lay.name, 0.3) for lay in layers), criterion="bn_scale", iterations=1, lr=0.005,
                     ema=True, epochs=1, sparsity=3.0)
     result = run_trial(spec.trial_settings, policy, layers, tmp_path)
@@ -130,12 +130,12 @@ def test_a_trial_without_fine_tune_gets_adaptive_bn_and_no_gradient_step(tmp_pat
     def never(*a, **kw):
         raise AssertionError("a trial without fine-tune trained")
 
-    monkeypatch.setattr(ultra, "finetune", never)
+    monkeypatch.setattr(yolo, "finetune", never)
     spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
                        "latency": {"warmup": 0, "runs": 3, "rounds": 1}, "finetune": {"batch": 8, "bn_batches": 2}},
                       "s.yaml")
-    base = ultra.load_model(tiny_model_pt)
-    layers = [Layer(p.name, p.channels) for p in tp.prunable_layers(base, TRACE_IMGSZ)]
+    base = yolo.load_model(tiny_model_pt)
+    layers = [Layer(p.name, p.channels) for p in pruning.prunable_layers(base, TRACE_IMGSZ)]
     policy = Policy(ratios=tuple((lay.name, 0.3) for lay in layers), criterion="l2", iterations=1, lr=0.01, ema=True,
                     epochs=2)
     result = run_trial(spec.trial_settings, policy, layers, tmp_path / "trials" / "00000", finetune=False)
@@ -143,8 +143,8 @@ def test_a_trial_without_fine_tune_gets_adaptive_bn_and_no_gradient_step(tmp_pat
                                                       "kept": "adaptive_bn", "finetuned": False}
     assert "adaptive_bn" in result.attrs["seconds"] and "finetune" not in result.attrs["seconds"]
     assert not (tmp_path / "trials" / "00000" / "step1").exists()
-    pruned = ultra.load_model(result.attrs["checkpoint"])
-    assert ultra.count_params(pruned) == int(result.metrics["params"]) < ultra.count_params(base)
+    pruned = yolo.load_model(result.attrs["checkpoint"])
+    assert yolo.count_params(pruned) == int(result.metrics["params"]) < yolo.count_params(base)
     # the BN statistics were re-estimated: they differ from those of the same prune without adaptive BN
     keep = target_keep({lay.name: lay.channels for lay in layers}, policy.ratio_map, 1, 1)
     prune_once(base, spec.trial_settings, "l2", keep)
@@ -165,8 +165,9 @@ def test_true_saving_is_what_a_screen_of_the_allocation_measures(tiny_data, tiny
 
     spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
                        "latency": {"warmup": 0, "runs": 3, "interleave": False}, "finetune": {"batch": 8}}, "s.yaml")
-    base = ultra.load_model(tiny_model_pt)
-    layers = [Layer(p.name, p.channels, ultra.layer_stage(base, p.name)) for p in tp.prunable_layers(base, TRACE_IMGSZ)]
+    base = yolo.load_model(tiny_model_pt)
+    layers = [Layer(p.name, p.channels, yolo.layer_stage(base, p.name))
+              for p in pruning.prunable_layers(base, TRACE_IMGSZ)]
     names = list(blocks(layers))
     block_ratios = {b: (0.6 if i % 3 == 0 else 0.15) for i, b in enumerate(names)}  # lopsided, off the grid's ends
     saving = true_saving(spec, layers, "l2", 8)
@@ -176,7 +177,7 @@ def test_true_saving_is_what_a_screen_of_the_allocation_measures(tiny_data, tiny
     policy = sample_policy(optuna.trial.FixedTrial(params_for_policy(
         spec.space, layers, {"ratios": ratios, "criterion": "l2", "round_to": 8})), spec.space, layers)
     screened = screen_policy(spec.trial_settings, policy, layers, batches=1)
-    assert screened.metrics["params"] == pytest.approx((1 - share) * ultra.count_params(base), abs=0.5)
+    assert screened.metrics["params"] == pytest.approx((1 - share) * yolo.count_params(base), abs=0.5)
 
 
 def test_uniform_prune_in_rounds_ends_at_the_one_shot_size(tiny_data, tiny_model_pt):
@@ -185,7 +186,7 @@ def test_uniform_prune_in_rounds_ends_at_the_one_shot_size(tiny_data, tiny_model
     from autoprune.engine.uniform import uniform_prune, unit_channels
 
     spec = parse_spec({"name": "t", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64}, "s.yaml")
-    one_shot, rounds = ultra.load_model(tiny_model_pt), ultra.load_model(tiny_model_pt)
+    one_shot, rounds = yolo.load_model(tiny_model_pt), yolo.load_model(tiny_model_pt)
     original = unit_channels(one_shot)
     final = uniform_prune(one_shot, spec.trial_settings, 0.5, round_to=1)
     sizes = []
@@ -195,4 +196,4 @@ def test_uniform_prune_in_rounds_ends_at_the_one_shot_size(tiny_data, tiny_model
     assert all(sizes[0][n] < original[n] for n in original if original[n] > 3)
     assert all(sizes[1][n] <= sizes[0][n] and sizes[2][n] <= sizes[1][n] for n in original)
     assert sizes[2] == {n: final[n] for n in sizes[2]}
-    assert ultra.count_params(rounds) == ultra.count_params(one_shot)
+    assert yolo.count_params(rounds) == yolo.count_params(one_shot)

@@ -102,14 +102,14 @@ def test_a_data_set_yaml_as_spec_takes_the_checkpoints_training_size(tmp_path, t
 
     import torch
 
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.config.spec import Overrides, load_spec
     from autoprune.search.inputs import prepare_inputs
 
     torch.manual_seed(0)
-    model = ultra.load_model("yolov8n.yaml", nc=3)
+    model = yolo.load_model("yolov8n.yaml", nc=3)
     model.args = {**vars(model.args), "imgsz": 96}
-    best = ultra.save_checkpoint(model, tmp_path / "best.pt")
+    best = yolo.save_checkpoint(model, tmp_path / "best.pt")
     spec = load_spec(tiny_data, Overrides(model=str(best)), studies_dir=tmp_path / "studies")
     with caplog.at_level(logging.INFO, logger="autoprune"):
         prepared = prepare_inputs(spec)

@@ -27,11 +27,11 @@ def train_baseline(out: Path, epochs: int = 80, threads: int = 2, seed: int = 0,
                    imgsz: int = DEMO_IMGSZ) -> Path:
     """Train ``model_yaml`` from scratch on a synthetic data set (the demo's by default) and write an ultralytics
     checkpoint to ``out``."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     data = ensure_dataset(data_cfg or SyntheticConfig(), data_root)
-    model = ultra.load_model(model_yaml, nc=3)
-    cfg = ultra.FinetuneConfig(data=str(data), imgsz=imgsz, epochs=epochs, lr=0.01, ema=True,
+    model = yolo.load_model(model_yaml, nc=3)
+    cfg = yolo.FinetuneConfig(data=str(data), imgsz=imgsz, epochs=epochs, lr=0.01, ema=True,
                                warmup_epochs=1.0, threads=threads, seed=seed, batch=16,
                                nbs=64, lrf=0.1)  # the settings the packaged checkpoint was trained with
     logger.info("training a baseline (%s, %d epochs) - minutes on 2 CPU cores", model_yaml, epochs)
@@ -39,13 +39,13 @@ def train_baseline(out: Path, epochs: int = 80, threads: int = 2, seed: int = 0,
         workdir = Path(tmp) / "train"
         def progress(trainer: Any) -> None:  # ultralytics' trainer
             logger.info("baseline epoch %d/%d: train loss %.3f", trainer.epoch + 1, trainer.epochs,
-                        ultra.total_loss(trainer))
+                        yolo.total_loss(trainer))
 
-        ultra.finetune(model, cfg, workdir, callbacks={"on_train_epoch_end": progress})
+        yolo.finetune(model, cfg, workdir, callbacks={"on_train_epoch_end": progress})
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(workdir / "weights" / "last.pt", out)
-    metrics = ultra.validate(ultra.load_model(out), str(data), imgsz, threads=threads)
+    metrics = yolo.validate(yolo.load_model(out), str(data), imgsz, threads=threads)
     logger.info("demo baseline written to %s: mAP50 %.3f, mAP50-95 %.3f", out, metrics.map50, metrics.map50_95)
     return out
 

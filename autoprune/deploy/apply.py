@@ -75,7 +75,7 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
     Refuses a base model whose weights fingerprint differs from the policy's, unless ``force``.
     The result always has exactly the channel counts recorded in the policy, or this raises.
     """
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.engine.identity import file_sha256, fingerprint
     from autoprune.engine.pipeline import TRACE_IMGSZ
 
@@ -96,18 +96,18 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
     if doc.base_file_sha256 and not force and file_sha256(model) != doc.base_file_sha256:
         raise InputError(f"--model: {model} is not the policy's base checkpoint (file fingerprint differs, sha256; "
                          "not loaded; --force to apply anyway)")
-    base = ultra.load_model(model)
+    base = yolo.load_model(model)
     if data:
         from autoprune.search.inputs import check_data
 
-        check_data(data, "--data", model_nc=ultra.model_nc(base))
+        check_data(data, "--data", model_nc=yolo.model_nc(base))
     matched = fingerprint(base) == doc.fingerprint
     if not matched and not force:
         raise InputError(f"--model: {model} is not the policy's base model (fingerprint differs; --force to apply "
                          "anyway)")
     if not matched:
         logger.warning("applying to a different base model than the policy's (forced)")
-    base_channels = tp.channel_counts(base, TRACE_IMGSZ)
+    base_channels = pruning.channel_counts(base, TRACE_IMGSZ)
     _check_layers(doc, base_channels)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = _settings(doc, Path(model), data, device)
@@ -116,14 +116,14 @@ def apply_policy(policy_path: str | Path, model: str | Path, out: str | Path, da
         channels, metrics = _repeat_trial(doc, settings, out, base_channels)
     else:
         channels = _prune_only(doc, base, settings)
-        _check_applied(doc, channels, ultra.count_params(base), None, matched)  # before anything is written
+        _check_applied(doc, channels, yolo.count_params(base), None, matched)  # before anything is written
         if data:
             from autoprune.engine.measure import measure_model
 
             metrics = measure_model(base, settings).metrics()
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            _atomic_copy(ultra.save_checkpoint(base, Path(tmp) / "pruned.pt"), out)
-    params = ultra.checkpoint_param_count(out)
+            _atomic_copy(yolo.save_checkpoint(base, Path(tmp) / "pruned.pt"), out)
+    params = yolo.checkpoint_param_count(out)
     _check_applied(doc, channels, params, out, matched)
     logger.info("applied %s to %s: %s parameters -> %s", policy_path, model, f"{params:,}", out)
     return ApplyResult(out=out, channels=channels, params=params, metrics=metrics, fingerprint_matched=matched)
@@ -142,9 +142,9 @@ def _prune_only(doc: PolicyDocument, model: nn.Module, settings: TrialSettings) 
     model.to(settings.device)
     torch.manual_seed(doc.seed)
     if doc.policy.depth > 0:
-        from autoprune.adapters import ultra
+        from autoprune.adapters import yolo
 
-        ultra.remove_blocks(model, doc.policy.depth)
+        yolo.remove_blocks(model, doc.policy.depth)
     channels = prune_once(model, settings, doc.policy.criterion, dict(doc.channels), regularize=False)
     model.cpu()
     return channels

@@ -143,13 +143,13 @@ def onnx_max_abs_diff(checkpoint: Path, onnx_path: Path, imgsz: int, seed: int =
     """Run the same input through the pruned torch model and onnxruntime; the largest absolute difference."""
     import torch
 
-    from autoprune.adapters import ort, ultra
+    from autoprune.adapters import onnx_runtime, yolo
 
     torch.manual_seed(seed)
     x = torch.rand(1, 3, imgsz, imgsz)
-    model = ultra.deploy_copy(ultra.load_model(checkpoint))
-    wants = [t.numpy() for t in ultra.inference_output(model, x)]
-    gots = ort.run(ort.session(onnx_path), x.numpy())
+    model = yolo.deploy_copy(yolo.load_model(checkpoint))
+    wants = [t.numpy() for t in yolo.inference_output(model, x)]
+    gots = onnx_runtime.run(onnx_runtime.session(onnx_path), x.numpy())
     if len(gots) != len(wants):
         raise InputError(f"ONNX has {len(gots)} outputs, the torch model {len(wants)}")
     for got, want in zip(gots, wants):
@@ -162,13 +162,13 @@ def trial_checkpoint(store: StudyStorage, t: FrozenTrial, artifact_dir: Path | N
                    params: int) -> Path:
     """The trial's pruned checkpoint: its recorded path if it still holds the trial's model (``params``
     parameters; another study of the same name may have overwritten it), else its copy in the artifact store."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     src = records.trial(t).checkpoint
     found = None
     if src and Path(src).is_file():
         shutil.copyfile(src, dest)
-        found = ultra.count_params(ultra.load_model(dest))
+        found = yolo.count_params(yolo.load_model(dest))
         if found == params:
             return dest
         logger.warning("trial %d: %s holds %d parameters, the trial recorded %d; trying the artifact store",
@@ -181,7 +181,7 @@ def trial_checkpoint(store: StudyStorage, t: FrozenTrial, artifact_dir: Path | N
                 dest.unlink(missing_ok=True)
                 download_artifact(artifact_store=FileSystemArtifactStore(str(artifact_dir)),
                                   artifact_id=meta.artifact_id, file_path=str(dest))
-                if ultra.count_params(ultra.load_model(dest)) == params:
+                if yolo.count_params(yolo.load_model(dest)) == params:
                     return dest
     if found is not None:
         raise InputError(f"trial {t.number}: checkpoint has {found} parameters, the trial recorded {params} "
@@ -220,7 +220,7 @@ def deployed_artifact(study: optuna.Study, t: FrozenTrial, checkpoint: Path, des
     size; INT8 quantized on 64 training images of the study's data set, head decoding in floating point); its mAP
     measured on that artifact (val split, ultralytics' backend for the format) and its latency timed interleaved
     with the study's base model exported alike (batch 1, the trial's threads)."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.config.sections import LatencySettings
     from autoprune.engine.latency import measure_interleaved, run_spec
     from autoprune.engine.runtimes import CALIBRATION_IMAGES, export_deployed
@@ -235,14 +235,14 @@ def deployed_artifact(study: optuna.Study, t: FrozenTrial, checkpoint: Path, des
     imgsz = int(lat.get("imgsz") or records.baseline(study).get("imgsz") or 640)
     timing = LatencySettings(warmup=5, runs=30, rounds=6, threads=int(lat.get("threads", 2)), runtime=fmt.runtime,
                              precision=fmt.precision)
-    model = ultra.deploy_copy(ultra.load_model(checkpoint))
+    model = yolo.deploy_copy(yolo.load_model(checkpoint))
     path = export_deployed(model, run_spec(fmt.device, imgsz, timing, data), fmt.runtime)
     try:
         (shutil.copytree if path.is_dir() else shutil.copyfile)(path, dest)
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
-    m50, m = ultra.validate_exported(dest, data, imgsz, ultra.model_task(model), device=fmt.device)
-    il = measure_interleaved(model, ultra.deploy_copy(ultra.load_model(base_path)), imgsz, fmt.device, timing,
+    m50, m = yolo.validate_exported(dest, data, imgsz, yolo.model_task(model), device=fmt.device)
+    il = measure_interleaved(model, yolo.deploy_copy(yolo.load_model(base_path)), imgsz, fmt.device, timing,
                              calibration=data)
     out = {"format": fmt.name, "file": dest.name, "runtime": fmt.runtime, "precision": fmt.precision, "imgsz": imgsz,
            "split": "val", "map50_95": m, "map50": m50, "latency_ms": il.candidate.median_ms,
@@ -263,7 +263,7 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
     fine-tunes it) and returns a record stored as the policy file's ``finalize`` section. Files are staged
     in a temporary folder and moved into ``out_dir`` only when all of them were made.
     """
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
 
     deployment = check_format(fmt)
     if fmt == "onnx-int8" and not onnx:
@@ -295,11 +295,11 @@ def export_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out_d
                                                                       deployment))
         dump_policy_file(doc, stage / "policy.yaml")
         original = {layer.name: layer.channels for layer in records.layers(study) or []}
-        modules = tp.torch_pruning_modules(ultra.load_model(checkpoint), list(original))
+        modules = pruning.torch_pruning_modules(yolo.load_model(checkpoint), list(original))
         (stage / "tp_ratios.yaml").write_text(yamlsafe.dump(tp_ratio_mapping(modules, original, dict(doc.channels))))
         diff = None
         if onnx:
-            ultra.export_onnx(checkpoint, doc.imgsz, stage / "pruned.onnx")
+            yolo.export_onnx(checkpoint, doc.imgsz, stage / "pruned.onnx")
             diff = onnx_max_abs_diff(checkpoint, stage / "pruned.onnx", doc.imgsz)
         out.mkdir(parents=True, exist_ok=True)
         for f in sorted(stage.iterdir()):

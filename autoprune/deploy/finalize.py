@@ -61,12 +61,12 @@ EXPORT_RESERVE_S = 5.0  # kept from a time-budgeted finalize for writing and che
 
 
 def _split_metrics(model: Any, data: str, imgsz: int, s: FinalizeSettings, batch: int) -> dict[str, dict[str, float]]:
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     out = {}
-    splits = ["val"] + (["test"] if ultra.read_dataset(data).get("test") else [])
+    splits = ["val"] + (["test"] if yolo.read_dataset(data).get("test") else [])
     for split in splits:
-        m = ultra.validate(model, data, imgsz, device=s.device, batch=batch, threads=s.threads, split=split)
+        m = yolo.validate(model, data, imgsz, device=s.device, batch=batch, threads=s.threads, split=split)
         out[split] = {"map50_95": m.map50_95, "map50": m.map50}
     return out
 
@@ -85,7 +85,7 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     rate trained with.
     The trainer's files go to a temporary folder (``scratch``: in this folder, with this name prefix; default the
     system's temporary folder), removed after."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     t0 = time.perf_counter()
     start = {k: v.detach().clone() for k, v in model.state_dict().items()} if settings.keep_better else None
@@ -99,7 +99,7 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     train_s = None
     if settings.seconds is not None:
         train_s = max(1.0, settings.seconds - reserve_s - 2 * val_s)
-    cfg = ultra.FinetuneConfig(data=data, imgsz=imgsz, epochs=settings.epochs, lr=lr, ema=True, batch=finetune.batch,
+    cfg = yolo.FinetuneConfig(data=data, imgsz=imgsz, epochs=settings.epochs, lr=lr, ema=True, batch=finetune.batch,
                                device=settings.device, threads=settings.threads, seed=seed,
                                warmup_epochs=settings.warmup_epochs,
                                cos_lr=True, lrf=0.01, optimizer=finetune.optimizer, distill_model=teacher,
@@ -110,7 +110,7 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
     where, prefix = scratch or (None, "autoprune-finalize-")
     with tempfile.TemporaryDirectory(dir=where, prefix=prefix) as tmp:
         t1 = time.perf_counter()
-        stats = ultra.finetune(model, cfg, Path(tmp) / "train")
+        stats = yolo.finetune(model, cfg, Path(tmp) / "train")
         trained_s = time.perf_counter() - t1
     tuned = _split_metrics(model, data, imgsz, settings, finetune.batch)
     kept = "fine-tuned"
@@ -129,13 +129,13 @@ def final_finetune(model: Any, data: str, imgsz: int, settings: FinalizeSettings
 def _teacher(study: optuna.Study) -> str:
     """The study's unpruned base checkpoint, the teacher of ``--distill``, loaded once through autoprune's checked
     load before ultralytics loads it (a damaged or foreign file is refused in one line, unloaded)."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     model = str(records.baseline(study).get("model") or "")
     if not model or not Path(model).is_file():
         raise InputError(f"--distill: the study's base model {model or '(none recorded)'} is not there to teach")
     try:
-        ultra.load_model(model)
+        yolo.load_model(model)
     except InputError as e:
         raise InputError(f"--distill: the teacher (the study's base model) is refused: {e}") from None
     return model
@@ -146,7 +146,7 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
                    force: bool = False, fmt: str = "onnx", raced: Raced | None = None) -> Any:
     """Fine-tune trial ``t``'s pruned model with the full budget and export it (see module doc); with ``raced``, from
     the race winner's weights, and with the race's evidence in the policy file's ``finalize`` section."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.deploy.export import STAGING_PREFIX, export_trial
 
     t0 = time.perf_counter()
@@ -160,13 +160,13 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
     finetune = FinetuneSettings.from_record(records.trial_settings(study).get("finetune"))
 
     def prepare(checkpoint: Path, doc: PolicyDocument) -> dict[str, Any]:
-        model = ultra.load_model(checkpoint)
+        model = yolo.load_model(checkpoint)
         if raced is not None and raced.state is not None:
             model.load_state_dict(dict(raced.state))
         model = model.to(settings.device)
-        if ultra.model_nc(model) != int(ultra.read_dataset(data)["nc"]):
-            raise InputError(f"--data: {data} has {ultra.read_dataset(data)['nc']} classes but the model predicts "
-                             f"{ultra.model_nc(model)}")
+        if yolo.model_nc(model) != int(yolo.read_dataset(data)["nc"]):
+            raise InputError(f"--data: {data} has {yolo.read_dataset(data)['nc']} classes but the model predicts "
+                             f"{yolo.model_nc(model)}")
         lr = settings.lr if settings.lr is not None else doc.policy.lr
         spent = time.perf_counter() - t0
         record = final_finetune(model, data, doc.imgsz, settings, finetune, lr=lr, seed=doc.seed,
@@ -174,7 +174,7 @@ def finalize_trial(study: optuna.Study, store: StudyStorage, t: FrozenTrial, out
                                 reserve_s=spent + (EXPORT_RESERVE_S if onnx else 1.0),
                                 # beside the export's staging folder: an export killed mid-way has both removed
                                 scratch=(checkpoint.parent.parent, f"{STAGING_PREFIX}{Path(out_dir).name}.train-"))
-        ultra.save_checkpoint(model.cpu(), checkpoint)
+        yolo.save_checkpoint(model.cpu(), checkpoint)
         after = record["after"]
         logger.info("finalized trial %d: val mAP50-95 %.4f -> %.4f%s", t.number, record["before"]["val"]["map50_95"],
                     after["val"]["map50_95"],

@@ -90,33 +90,33 @@ def plan_rungs(seconds: float, candidates: int, lrs: int, val_s: float) -> tuple
 
 
 def _load(store: StudyStorage, e: Entrant, artifact_dir: Path | None, tmp: Path, s: RaceSettings) -> Any:
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.deploy.export import trial_checkpoint
 
     params = int(records.trial(e.trial).metrics.get("params", 0))
     path = trial_checkpoint(store, e.trial, artifact_dir, tmp / f"trial{e.trial.number}.pt", params)
-    return ultra.load_model(path).to(s.device)
+    return yolo.load_model(path).to(s.device)
 
 
 def _validate(model: Any, s: RaceSettings) -> float:
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
-    return ultra.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads,
+    return yolo.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads,
                           split="val").map50_95
 
 
 def _train(model: Any, s: RaceSettings, lr: float, seconds: float, workdir: Path) -> float:
     """One rung: ``seconds`` of ultralytics' time-budgeted training (cosine from ``lr``, EMA, no warm-up); its
     wall time."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.deploy.finalize import MAX_EPOCHS
 
     f = s.finetune
-    cfg = ultra.FinetuneConfig(data=s.data, imgsz=s.imgsz, epochs=MAX_EPOCHS, lr=lr, ema=True, batch=f.batch,
+    cfg = yolo.FinetuneConfig(data=s.data, imgsz=s.imgsz, epochs=MAX_EPOCHS, lr=lr, ema=True, batch=f.batch,
                                device=s.device, threads=s.threads, seed=s.seed, warmup_epochs=0.0, cos_lr=True,
                                lrf=f.lrf, optimizer=f.optimizer, seconds=seconds)
     t0 = time.perf_counter()
-    ultra.finetune(model, cfg, workdir)
+    yolo.finetune(model, cfg, workdir)
     return time.perf_counter() - t0
 
 

@@ -52,13 +52,13 @@ class Remeasured:
 
 
 def _base_model(study: optuna.Study) -> Any:
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.engine.identity import fingerprint
 
     path = str(records.baseline(study).get("model") or "")
     if not path or not Path(path).is_file():
         raise InputError(f"remeasure: the study's base model {path or '(none recorded)'} is not there to time against")
-    model = ultra.load_model(path)
+    model = yolo.load_model(path)
     want = records.fingerprint(study)
     if want and fingerprint(model) != want:
         raise InputError(f"remeasure: {path} is not the base model the study was searched on (fingerprint differs)")
@@ -79,7 +79,7 @@ def _chosen(study: optuna.Study, numbers: list[int] | None) -> list[FrozenTrial]
 
 
 def _time(t: FrozenTrial, checkpoint: Path, base: Any, s: RemeasureSettings, data: str | None) -> Any:
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.engine.latency import measure_interleaved
 
     lat = records.trial(t).latency
@@ -89,14 +89,14 @@ def _time(t: FrozenTrial, checkpoint: Path, base: Any, s: RemeasureSettings, dat
                              threads=int(lat.get("threads", 2)), runtime=str(lat.get("runtime", "torch")),
                              batch=int(lat.get("batch", 1)), precision=str(lat.get("precision", "fp32")),
                              estimator=s.estimator, max_spread=s.max_spread, retries=s.retries)
-    return measure_interleaved(ultra.deploy_copy(ultra.load_model(checkpoint)), ultra.deploy_copy(base),
+    return measure_interleaved(yolo.deploy_copy(yolo.load_model(checkpoint)), yolo.deploy_copy(base),
                                int(lat["imgsz"]), str(lat.get("device", "cpu")), timing, calibration=data)
 
 
 def remeasure(study: optuna.Study, store: StudyStorage, settings: RemeasureSettings, artifact_dir: Path,
               trials: list[int] | None = None) -> list[Remeasured]:
     """Re-time ``trials`` (default: the front) against the base and correct their stored latencies."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.deploy.export import trial_checkpoint
     from autoprune.engine.measure import interleaved_record
 
@@ -111,7 +111,7 @@ def remeasure(study: optuna.Study, store: StudyStorage, settings: RemeasureSetti
     with tempfile.TemporaryDirectory(prefix="autoprune-remeasure-") as tmp:
         for t in chosen:
             rec = records.trial(t)
-            params = int(rec.metrics.get("params") or ultra.count_params(base))
+            params = int(rec.metrics.get("params") or yolo.count_params(base))
             checkpoint = trial_checkpoint(store, t, artifact_dir, Path(tmp) / f"trial{t.number}.pt", params)
             il = _time(t, checkpoint, base, settings, records.baseline(study).get("data"))
             new = {"latency_ms": il.candidate.median_ms, "latency_ratio": il.ratio}

@@ -53,26 +53,26 @@ PREPARATIONS: Registry[Preparation] = Registry("preparation")
 
 def accumulate_gradients(model: Any, settings: TrialSettings) -> None:
     """Fill ``.grad`` from the training loss on ``finetune.gradient_batches`` real training batches."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     s = settings
     model.train()
     model.zero_grad(set_to_none=True)
-    for batch in ultra.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.gradient_batches, s.device,
-                                        s.seed, task=ultra.model_task(model)):
-        loss = ultra.compute_loss(model, batch)
+    for batch in yolo.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.gradient_batches, s.device,
+                                        s.seed, task=yolo.model_task(model)):
+        loss = yolo.compute_loss(model, batch)
         if not torch.isfinite(loss):
             raise TrialError("training loss is not finite while computing gradients")
         loss.backward()
 
 
 def _regularize(model: nn.Module, ctx: PrepareContext) -> None:
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
 
     s = ctx.settings
-    batches = ultra.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.gradient_batches, s.device,
-                                     s.seed + ctx.step, task=ultra.model_task(model))
-    tp.group_norm_regularize(model, TRACE_IMGSZ, batches, ultra.compute_loss, ctx.lr, reg=1e-3)
+    batches = yolo.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.gradient_batches, s.device,
+                                     s.seed + ctx.step, task=yolo.model_task(model))
+    pruning.group_norm_regularize(model, TRACE_IMGSZ, batches, yolo.compute_loss, ctx.lr, reg=1e-3)
 
 
 PREPARATIONS.register(Preparation("gradients", "training-loss gradients on finetune.gradient_batches real batches",
@@ -111,9 +111,9 @@ class CriterionRunner:
 
     def importance(self) -> Any:
         """torch-pruning's importance object for this criterion."""
-        from autoprune.adapters import tp
+        from autoprune.adapters import pruning
 
-        return tp.importance(self.criterion)
+        return pruning.importance(self.criterion)
 
 
 def get(name: str) -> CriterionRunner:

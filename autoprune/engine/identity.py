@@ -39,7 +39,8 @@ def architecture(model: nn.Module) -> str:
 
 def versions() -> dict[str, str]:
     import autoprune
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
 
-    return {"torch": str(torch.__version__), "ultralytics": str(ultra.version()), "torch_pruning": str(tp.version()),
+    return {"torch": str(torch.__version__), "ultralytics": str(yolo.version()),
+            "torch_pruning": str(pruning.version()),
             "autoprune": str(autoprune.__version__)}

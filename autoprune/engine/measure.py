@@ -75,21 +75,21 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
     unpruned base; ``model`` itself when None, giving a ratio near 1) and the ratio is reported.
     ``before_latency`` is called before the timing starts (the driver waits there for other work on the CPU).
     """
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
 
     s = settings
     phases = phases or Phases()
     with phases("validate"):
-        val = ultra.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
+        val = yolo.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
     ratio = None
     if before_latency is not None:
         before_latency()
     with phases("latency"):
-        deployed = ultra.deploy_copy(model)
+        deployed = yolo.deploy_copy(model)
         lat_cfg = s.latency
         imgsz = lat_cfg.imgsz or s.imgsz
         if lat_cfg.interleave:
-            ref = ultra.deploy_copy(reference if reference is not None else model)
+            ref = yolo.deploy_copy(reference if reference is not None else model)
             il = measure_interleaved(deployed, ref, imgsz, s.device, lat_cfg, calibration=s.data)
             lat, ratio = il.candidate, il.ratio
             latency = interleaved_record(il)
@@ -102,12 +102,12 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
             est = table.estimate(deployed, imgsz)
             lut_ms = est.ms
             latency["lut"] = {**asdict(est), "table": str(table.path)}
-        macs = tp.count_macs(model, s.imgsz)
+        macs = pruning.count_macs(model, s.imgsz)
     extra = val.extra
     if lat_cfg.int8 or s.deployed_map:
         with phases("validate_deployed"):
             extra += deployed_map(deployed, s, imgsz)
-    return Measurement(map50_95=val.map50_95, map50=val.map50, params=ultra.count_params(model), macs=macs,
+    return Measurement(map50_95=val.map50_95, map50=val.map50, params=yolo.count_params(model), macs=macs,
                        latency_ms=lat.median_ms, latency=latency, latency_ratio=ratio, extra=extra,
                        latency_lut_ms=lut_ms)
 
@@ -119,15 +119,15 @@ def deployed_map(deployed: nn.Module, s: TrialSettings, imgsz: int) -> tuple[tup
     the torch runtimes: the model itself at that size."""
     import shutil
 
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     if runtimes.REGISTRY.get(s.latency.runtime).artifact is None:
-        val = ultra.validate(deployed, s.data, imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
+        val = yolo.validate(deployed, s.data, imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
         return ("deployed_map50", val.map50), ("deployed_map50_95", val.map50_95)
     path = export_deployed(deployed, run_spec(s.device, imgsz, dataclasses.replace(s.latency, batch=1), s.data),
                            s.latency.runtime)
     try:
-        m50, m = ultra.validate_exported(path, s.data, imgsz, ultra.model_task(deployed), device=s.device)
+        m50, m = yolo.validate_exported(path, s.data, imgsz, yolo.model_task(deployed), device=s.device)
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
     return ("deployed_map50", m50), ("deployed_map50_95", m)

@@ -34,7 +34,7 @@ class Start:
 def load_start(settings: TrialSettings, policy: Policy) -> Start:
     """The base (or its sparse-trained copy, trained once and cached) on the trial's device, layer-pruned by the
     policy's depth: what trials and screens prune channels from."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     s = settings
     base, sparse = s.model, None
@@ -43,8 +43,8 @@ def load_start(settings: TrialSettings, policy: Policy) -> Start:
 
         path, sparse = sparse_base(s, policy.sparsity)
         base = str(path)
-    model = ultra.load_model(base).to(s.device)
-    blocks = ultra.remove_blocks(model, policy.depth) if policy.depth > 0 else {}
+    model = yolo.load_model(base).to(s.device)
+    blocks = yolo.remove_blocks(model, policy.depth) if policy.depth > 0 else {}
     return Start(model, sparse, blocks)
 
 
@@ -57,13 +57,13 @@ def prune_once(model: nn.Module, settings: TrialSettings, criterion: str, keep: 
     batches; with ``regularize``, a regularising criterion's short training phase at ``lr``), then scores.
     Returns every unit's channel count; a unit pruned to nothing raises :class:`TrialError`.
     """
-    from autoprune.adapters import tp
+    from autoprune.adapters import pruning
 
     phases = phases or Phases()
     crit = criteria.get(criterion)
     crit.prepare(model, criteria.PrepareContext(settings, lr=lr, step=step, train=regularize), phases)
     with phases("prune"):
-        channels = tp.prune_step(model, keep, crit.importance(), TRACE_IMGSZ)
+        channels = pruning.prune_step(model, keep, crit.importance(), TRACE_IMGSZ)
         model.zero_grad(set_to_none=True)
     empty = [n for n, c in channels.items() if c < 1]
     if empty:

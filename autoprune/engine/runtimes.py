@@ -115,11 +115,11 @@ def _cuda_graph(model: nn.Module, rs: RunSpec) -> Runner:
 
 
 def _exported(model: nn.Module, rs: RunSpec, fmt: str, int8_data: str | None = None) -> Path:
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     folder = Path(tempfile.mkdtemp(prefix="autoprune-runtime-"))
-    ckpt = ultra.save_checkpoint(model.float().cpu(), folder / "model.pt")
-    return ultra.export_model(ckpt, fmt, rs.imgsz, rs.batch, rs.half, rs.device, int8_data=int8_data,
+    ckpt = yolo.save_checkpoint(model.float().cpu(), folder / "model.pt")
+    return yolo.export_model(ckpt, fmt, rs.imgsz, rs.batch, rs.half, rs.device, int8_data=int8_data,
                               int8_images=CALIBRATION_IMAGES)
 
 
@@ -127,13 +127,13 @@ def _ort_runner(model: str | bytes, rs: RunSpec) -> Runner:
     """An ONNX Runtime session over an ONNX file (path) or its bytes, fed a fixed random input."""
     import numpy as np
 
-    from autoprune.adapters import ort
+    from autoprune.adapters import onnx_runtime
 
-    sess = ort.session(model, rs.threads, cuda=torch.device(rs.device).type == "cuda")
+    sess = onnx_runtime.session(model, rs.threads, cuda=torch.device(rs.device).type == "cuda")
     x = np.random.default_rng(0).random(rs.shape).astype(np.float16 if rs.half else np.float32)
 
     def run() -> None:
-        ort.run(sess, x)
+        onnx_runtime.run(sess, x)
 
     return run
 
@@ -153,11 +153,11 @@ def export_deployed(model: nn.Module, rs: RunSpec, runtime: str = "onnxruntime")
     if fmt != "onnx" or not rs.int8:
         return path
     assert rs.calibration is not None
-    from autoprune.adapters import ort, ultra
+    from autoprune.adapters import onnx_runtime, yolo
 
     n = max(1, -(-CALIBRATION_IMAGES // rs.batch))
-    batches = [b["img"].numpy() for b in ultra.training_batches(rs.calibration, rs.imgsz, rs.batch, n)]
-    return ort.quantize_int8(path, path.with_name("model_int8.onnx"), batches)
+    batches = [b["img"].numpy() for b in yolo.training_batches(rs.calibration, rs.imgsz, rs.batch, n)]
+    return onnx_runtime.quantize_int8(path, path.with_name("model_int8.onnx"), batches)
 
 
 def _onnxruntime(model: nn.Module, rs: RunSpec) -> Runner:
@@ -188,15 +188,15 @@ def _onnxruntime_layer(layer: nn.Module, rs: RunSpec) -> Runner:
 def _openvino(model: nn.Module, rs: RunSpec) -> Runner:
     import numpy as np
 
-    from autoprune.adapters import ov
+    from autoprune.adapters import openvino_runtime
 
     folder = export_deployed(model, rs, "openvino")
-    request = ov.compile_model(folder, rs.threads)
+    request = openvino_runtime.compile_model(folder, rs.threads)
     shutil.rmtree(folder.parent, ignore_errors=True)  # the compiled model holds the network
     x = np.random.default_rng(0).random(rs.shape).astype(np.float32)
 
     def run() -> None:
-        ov.infer(request, x)
+        openvino_runtime.infer(request, x)
 
     return run
 
@@ -206,25 +206,25 @@ def _openvino_layer(layer: nn.Module, rs: RunSpec) -> Runner:
     OpenVINO (FP32)."""
     import numpy as np
 
-    from autoprune.adapters import ov
+    from autoprune.adapters import openvino_runtime
 
     with tempfile.TemporaryDirectory(prefix="autoprune-layer-") as folder:
         path = Path(folder) / "layer.onnx"
         path.write_bytes(_layer_onnx(layer, dataclasses.replace(rs, half=False)))
-        request = ov.compile_model(path, rs.threads)
+        request = openvino_runtime.compile_model(path, rs.threads)
     x = np.random.default_rng(0).random(rs.shape).astype(np.float32)
 
     def run() -> None:
-        ov.infer(request, x)
+        openvino_runtime.infer(request, x)
 
     return run
 
 
 def _tensorrt(model: nn.Module, rs: RunSpec) -> Runner:
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     engine = export_deployed(model, rs, "tensorrt")
-    run = ultra.backend_runner(engine, rs.device, rs.batch, rs.imgsz, rs.half)
+    run = yolo.backend_runner(engine, rs.device, rs.batch, rs.imgsz, rs.half)
     shutil.rmtree(engine.parent, ignore_errors=True)  # the backend holds the engine
     return run
 

@@ -26,19 +26,19 @@ __all__ = ["recalibrate_bn", "screen_policy", "screen_safely"]  # recalibrate_bn
 
 def screen_policy(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], batches: int) -> TrialResult:
     """Prune to the policy's final channels, recalibrate BN, measure."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     s = settings.deployed_as(policy.precision, policy.deploy_imgsz)  # the policy's deployment, if it has one
     t0 = time.perf_counter()
-    ultra.set_threads(s.threads)
+    yolo.set_threads(s.threads)
     torch.manual_seed(s.seed)
     model = load_start(s, policy).model  # sparse base and layer pruning first, as in a trial
     original = {layer.name: layer.channels for layer in layers}
     keep = target_keep(original, policy.ratio_map, 1, 1, policy.round_to)
     channels = prune_once(model, s, policy.criterion, keep, regularize=False)
-    n = recalibrate_bn(model, ultra.training_batches(s.data, s.imgsz, s.finetune.batch, batches, s.device, s.seed,
-                                                     task=ultra.model_task(model)))
-    reference = ultra.load_model(s.model) if s.latency.interleave else None
+    n = recalibrate_bn(model, yolo.training_batches(s.data, s.imgsz, s.finetune.batch, batches, s.device, s.seed,
+                                                     task=yolo.model_task(model)))
+    reference = yolo.load_model(s.model) if s.latency.interleave else None
     m = measure_model(model, s, reference=reference)
     return TrialResult(ok=True, metrics=m.metrics(), policy=policy.to_dict(), channels=channels, latency=m.latency,
                        bn_batches=n, screen_seconds=round(time.perf_counter() - t0, 3))

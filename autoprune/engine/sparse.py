@@ -43,7 +43,7 @@ def bn_scale_summary(model: nn.Module) -> dict[str, Any]:
 
 def sparse_base(settings: TrialSettings, l1: float) -> tuple[Path, dict[str, Any]]:
     """The sparse-trained base for ``l1`` (trained now if not cached) and its BN-scale summary."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     s, ft = settings, settings.finetune
     key = json.dumps([file_sha256(s.model), str(s.data), s.imgsz, l1, ft.sparse_epochs, ft.sparse_lr, ft.batch,
@@ -59,16 +59,16 @@ def sparse_base(settings: TrialSettings, l1: float) -> tuple[Path, dict[str, Any
                 return path, json.loads(summary_path.read_text())
             logger.info("sparse training of the base (BN-scale L1 %g, %d epochs)", l1, ft.sparse_epochs)
             torch.manual_seed(s.seed)
-            model = ultra.load_model(s.model).to(s.device)
+            model = yolo.load_model(s.model).to(s.device)
             before = bn_scale_summary(model)
-            cfg = ultra.FinetuneConfig(data=s.data, imgsz=s.imgsz, epochs=ft.sparse_epochs, lr=ft.sparse_lr, ema=False,
+            cfg = yolo.FinetuneConfig(data=s.data, imgsz=s.imgsz, epochs=ft.sparse_epochs, lr=ft.sparse_lr, ema=False,
                                        batch=ft.batch, device=s.device, workers=ft.workers, threads=s.threads,
                                        optimizer=ft.optimizer, seed=s.seed, warmup_epochs=0.0, lrf=1.0, bn_l1=l1)
             with tempfile.TemporaryDirectory(prefix="autoprune-sparse-") as tmp:
-                ultra.finetune(model, cfg, Path(tmp) / "train")
+                yolo.finetune(model, cfg, Path(tmp) / "train")
             after = bn_scale_summary(model)
             summary = {"l1": l1, "epochs": ft.sparse_epochs, "lr": ft.sparse_lr, "before": before, "after": after}
-            staged = ultra.save_checkpoint(model.cpu(), path.with_suffix(".part.pt"))
+            staged = yolo.save_checkpoint(model.cpu(), path.with_suffix(".part.pt"))
             os.replace(staged, path)  # atomic: a half-written base is never used
             summary_path.write_text(json.dumps(summary))
             logger.info("sparse base: mean |BN scale| %.3f -> %.3f, share below 0.01 %.1f%% -> %.1f%%",

@@ -36,10 +36,10 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
     """Run one trial for real; raises on failure (see :func:`run_trial_safely`). Without ``finetune`` the pruned
     model gets adaptive BN (re-estimated BatchNorm statistics, no gradient step) in place of each fine-tune: what a
     budgeted run's ``budget.direct`` hands to the final fine-tune."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     s = settings.deployed_as(policy.precision, policy.deploy_imgsz)  # the policy's deployment, if it has one
-    ultra.set_threads(s.threads)
+    yolo.set_threads(s.threads)
     torch.manual_seed(s.seed)
     phases = Phases()
     original = {layer.name: layer.channels for layer in layers}
@@ -61,7 +61,7 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
             with phases("keep_best"):
                 before = _adaptive_bn_state(model, s)
         with phases("finetune"):
-            cfg = ultra.FinetuneConfig(data=s.data, imgsz=s.imgsz, epochs=policy.epochs, lr=policy.step_lr(step),
+            cfg = yolo.FinetuneConfig(data=s.data, imgsz=s.imgsz, epochs=policy.epochs, lr=policy.step_lr(step),
                                        ema=policy.ema, batch=s.finetune.batch, device=s.device,
                                        workers=s.finetune.workers, threads=s.threads,
                                        optimizer=s.finetune.optimizer, seed=s.seed, nbs=s.finetune.nbs,
@@ -70,12 +70,12 @@ def run_trial(settings: TrialSettings, policy: Policy, layers: Sequence[Layer], 
                                        cos_lr=policy.schedule == "cosine",
                                        distill_model=s.model if policy.distill else None,
                                        distill_weight=s.finetune.distill_weight)
-            stats = ultra.finetune(model, cfg, workdir / f"step{step}")
+            stats = yolo.finetune(model, cfg, workdir / f"step{step}")
             model.zero_grad(set_to_none=True)  # the trainer's last gradients are stale for the next prune step
             _check_device(model, s.device)
         for key in trained:
             trained[key] += getattr(stats, key)
-    reference = ultra.load_model(s.model) if s.latency.interleave else None
+    reference = yolo.load_model(s.model) if s.latency.interleave else None
     measurement = measure_model(model, s, phases, reference=reference)
     if before is not None:
         trained["map50_95_before"] = before.map50_95
@@ -106,20 +106,20 @@ class _Snapshot:
 def _adaptive_bn_state(model: nn.Module, settings: TrialSettings) -> _Snapshot:
     """The pruned model with re-estimated BN statistics (adaptive BN, no gradient step), validated: what the last
     fine-tune must beat on the val split."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     s = settings
     _recalibrate(model, s)
-    val = ultra.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
+    val = yolo.validate(model, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
     return _Snapshot(val.map50_95, {k: v.detach().clone() for k, v in model.state_dict().items()})
 
 
 def _recalibrate(model: nn.Module, s: TrialSettings) -> None:
     """Adaptive BN: re-estimate the BatchNorm statistics on ``finetune.bn_batches`` training batches."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
-    recalibrate_bn(model, ultra.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.bn_batches, s.device,
-                                                 s.seed, task=ultra.model_task(model)))
+    recalibrate_bn(model, yolo.training_batches(s.data, s.imgsz, s.finetune.batch, s.finetune.bn_batches, s.device,
+                                                 s.seed, task=yolo.model_task(model)))
 
 
 def _check_device(model: nn.Module, device: str) -> None:
@@ -137,16 +137,16 @@ def verify_roundtrip(model: nn.Module, path: Path, settings: TrialSettings, meas
     The trial's metrics count only if the reloaded checkpoint has the same parameter count
     and mAP (within ``ROUNDTRIP_TOLERANCE``); otherwise :class:`TrialError`.
     """
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     s = settings
-    ultra.save_checkpoint(model, path)
-    reloaded = ultra.load_model(path).to(s.device)
-    params = ultra.count_params(reloaded)
+    yolo.save_checkpoint(model, path)
+    reloaded = yolo.load_model(path).to(s.device)
+    params = yolo.count_params(reloaded)
     if params != measured.params:
         raise TrialError(f"round trip: {path.name} reloads with {params} parameters, the trial measured "
                          f"{measured.params}")
-    val = ultra.validate(reloaded, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
+    val = yolo.validate(reloaded, s.data, s.imgsz, device=s.device, batch=s.finetune.batch, threads=s.threads)
     for name, got, want in (("mAP50-95", val.map50_95, measured.map50_95), ("mAP50", val.map50, measured.map50)):
         if abs(got - want) > ROUNDTRIP_TOLERANCE:
             raise TrialError(f"round trip: {path.name} validates to {name} {got:.4f}, the trial measured {want:.4f}")

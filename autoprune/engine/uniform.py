@@ -24,10 +24,10 @@ RECIPE_ROUND_TO = 8
 
 def unit_channels(model: Any) -> dict[str, int]:
     """The channels of each prunable unit of ``model``, by name."""
-    from autoprune.adapters import tp
+    from autoprune.adapters import pruning
     from autoprune.engine.pipeline import TRACE_IMGSZ
 
-    return {p.name: p.channels for p in tp.prunable_layers(model, TRACE_IMGSZ)}
+    return {p.name: p.channels for p in pruning.prunable_layers(model, TRACE_IMGSZ)}
 
 
 def uniform_prune(model: Any, settings: TrialSettings, ratio: float, criterion: str = RECIPE_CRITERION,
@@ -47,43 +47,43 @@ def pruned_share(model: Any, settings: TrialSettings, keep: Mapping[str, int], m
     """What a copy of ``model`` with each unit cut to ``keep[name]`` channels keeps of the base's ``metric``:
     params or macs counted, latency_ratio timed interleaved with ``model`` on ``settings.latency``'s runtime (a
     short timing: a few rounds, no re-timing; the copy pruned on the CPU, timed on ``settings.device``)."""
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
 
     m = _pruned_copy(model, settings, keep)
     if metric == "params":
-        return ultra.count_params(m) / ultra.count_params(model)
+        return yolo.count_params(m) / yolo.count_params(model)
     if metric == "macs":
-        return float(tp.count_macs(m, settings.imgsz)) / float(tp.count_macs(model, settings.imgsz))
+        return float(pruning.count_macs(m, settings.imgsz)) / float(pruning.count_macs(model, settings.imgsz))
     return _timed_ratio(m, model, settings)
 
 
 def _timed_ratio(candidate: Any, reference: Any, settings: TrialSettings) -> float:
     import dataclasses
 
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.engine.latency import measure_interleaved
 
     lat = settings.latency
     short = dataclasses.replace(lat, warmup=min(lat.warmup, 3), runs=min(lat.runs, 20), rounds=min(lat.rounds, 4),
                                 retries=0)
     dev = settings.device
-    il = measure_interleaved(ultra.deploy_copy(candidate).to(dev), ultra.deploy_copy(reference).to(dev),
+    il = measure_interleaved(yolo.deploy_copy(candidate).to(dev), yolo.deploy_copy(reference).to(dev),
                              lat.imgsz or settings.imgsz, dev, short, calibration=settings.data)
     return float(il.ratio)
 
 
 def _cost(model: Any, imgsz: int) -> dict[str, float]:
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
 
-    return {"params": float(ultra.count_params(model)), "macs": float(tp.count_macs(model, imgsz))}
+    return {"params": float(yolo.count_params(model)), "macs": float(pruning.count_macs(model, imgsz))}
 
 
 def pruned_params(model: Any, settings: TrialSettings, keep: Mapping[str, int]) -> int:
     """The parameter count of ``model`` with each unit cut to ``keep[name]`` channels, on a CPU copy (``model`` is
     not touched; sizes only: channels ranked by L1, no training)."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
-    return ultra.count_params(_pruned_copy(model, settings, keep))
+    return yolo.count_params(_pruned_copy(model, settings, keep))
 
 
 def _pruned_copy(model: Any, settings: TrialSettings, keep: Mapping[str, int]) -> Any:

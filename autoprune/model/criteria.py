@@ -23,7 +23,7 @@ __all__ = ["Criterion", "REGISTRY", "register", "get", "names", "DEFAULT"]
 class Criterion:
     name: str
     description: str
-    importance: str  # torch-pruning importance class (see adapters.tp.IMPORTANCE_CLASSES)
+    importance: str  # torch-pruning importance class (see adapters.pruning.IMPORTANCE_CLASSES)
     options: tuple[tuple[str, object], ...] = ()  # its constructor arguments
     prepare: tuple[str, ...] = ()  # what must run on the model before it is scored (names in engine.criteria)
 

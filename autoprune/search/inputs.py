@@ -59,7 +59,7 @@ def _resolve_model(model: str) -> str:
 
 def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     """Check the devices, the model and the data set without writing to the study (demo files may be generated)."""
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.engine.devices import check_device, check_gpus
 
     check_folder(spec.studies_dir, "--studies-dir")
@@ -70,22 +70,22 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
     for precision in sorted({spec.latency.precision, *(spec.space.precision or ())}):  # the searched ones too
         check_runtime(spec.latency.runtime, spec.device, precision)
     data = _resolve_data(spec.data)
-    info = ultra.read_dataset(str(data))
-    ultra.check_dataset_files(spec.data, info)
+    info = yolo.read_dataset(str(data))
+    yolo.check_dataset_files(spec.data, info)
     nc = int(info["nc"])
     model_path = _resolve_model(spec.model)
     imgsz = spec.imgsz or DEFAULT_IMGSZ
     if not model_path.endswith((".yaml", ".yml")):
-        model = ultra.load_model(model_path)
-        tp.check_supported(model, f"model: {spec.model}")
-        if ultra.model_nc(model) != nc:
-            raise InputError(f"model: {spec.model} predicts {ultra.model_nc(model)} classes but data {spec.data} "
+        model = yolo.load_model(model_path)
+        pruning.check_supported(model, f"model: {spec.model}")
+        if yolo.model_nc(model) != nc:
+            raise InputError(f"model: {spec.model} predicts {yolo.model_nc(model)} classes but data {spec.data} "
                              f"has {nc}")
-        trained = ultra.trained_imgsz(model)
+        trained = yolo.trained_imgsz(model)
         if spec.imgsz == AUTO_IMGSZ and trained and trained % 32 == 0:
             imgsz = trained
             logger.info("imgsz %d: the size %s was trained at (set imgsz in the spec to override)", imgsz, spec.model)
-        names = {int(k): str(v) for k, v in ultra.model_names(model).items()}
+        names = {int(k): str(v) for k, v in yolo.model_names(model).items()}
         raw_names = info.get("names") or {}
         data_names = {int(k): str(v) for k, v in (enumerate(raw_names) if isinstance(raw_names, list)
                                                  else raw_names.items())}
@@ -95,15 +95,15 @@ def prepare_inputs(spec: SearchSpec) -> PreparedInputs:
                            list(names.values())[:5], list(data_names.values())[:5])
     else:
         try:
-            built = ultra.load_model(model_path, nc=nc, kpt_shape=ultra.kpt_shape(info))
+            built = yolo.load_model(model_path, nc=nc, kpt_shape=yolo.kpt_shape(info))
         except InputError:
             raise
         except Exception as e:
             raise InputError(f"model: {model_path}: not a buildable ultralytics model config "
                              f"({type(e).__name__})") from None
-        tp.check_supported(built, f"model: {model_path}")
+        pruning.check_supported(built, f"model: {model_path}")
         model = built
-    _check_task(spec, ultra.model_task(model), info)
+    _check_task(spec, yolo.model_task(model), info)
     spec = spec.replace(model=model_path, data=str(data), imgsz=imgsz)
     _check_targets(spec, model)
     return PreparedInputs(spec=spec, nc=nc)
@@ -123,12 +123,12 @@ def check_folder(path: str | Path, flag: str) -> Path:
 def check_data(data: str, flag: str, model_nc: int | None = None) -> dict[str, Any]:
     """The data set YAML ``data`` read and its images and labels checked as ``autoprune search`` checks them (one
     line naming ``flag``); with ``model_nc``, its class count must match the model's."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     if not Path(data).is_file():
         raise InputError(f"{flag}: {str(data)[:200]}: data set YAML not found")
-    info = ultra.read_dataset(data)
-    ultra.check_dataset_files(data, info)
+    info = yolo.read_dataset(data)
+    yolo.check_dataset_files(data, info)
     if model_nc is not None and int(info["nc"]) != model_nc:
         raise InputError(f"{flag}: {str(data)[:200]} has {info['nc']} classes but the model predicts {model_nc}")
     return info
@@ -136,16 +136,16 @@ def check_data(data: str, flag: str, model_nc: int | None = None) -> dict[str, A
 
 def _check_task(spec: SearchSpec, task: str, info: dict[str, Any]) -> None:
     """A mask or pose objective needs a model of that task, and a pose model a data set with keypoints."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
-    needs_task = {f"{m[0]}_": t for t, m in ultra.TASK_METRICS.items() if m}  # "mask_" -> segment, "pose_" -> pose
+    needs_task = {f"{m[0]}_": t for t, m in yolo.TASK_METRICS.items() if m}  # "mask_" -> segment, "pose_" -> pose
     for name in spec.objectives:
         for prefix, needs in needs_task.items():
             if name.startswith(prefix) and task != needs:
                 raise InputError(f"objectives: {name} needs a {needs} model; {spec.model} is a {task} model")
     if task == "pose" and "kpt_shape" not in info:
         raise InputError(f"data: {spec.data} has no kpt_shape, which a pose model needs")
-    if task == "segment" and not ultra.has_polygons(info):
+    if task == "segment" and not yolo.has_polygons(info):
         raise InputError(f"data: {spec.data} has box labels only; a segmentation model ({spec.model}) needs polygon "
                          "labels (class x1 y1 x2 y2 x3 y3 ...)")
 
@@ -165,14 +165,14 @@ def materialise_yaml_model(spec: SearchSpec, nc: int) -> SearchSpec:
         return spec
     import torch
 
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
     path = spec.study_dir / "base.pt"
     if not path.exists():
         torch.manual_seed(spec.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        kpts = ultra.kpt_shape(ultra.read_dataset(spec.data))
-        ultra.save_checkpoint(ultra.load_model(spec.model, nc=nc, kpt_shape=kpts), path)
+        kpts = yolo.kpt_shape(yolo.read_dataset(spec.data))
+        yolo.save_checkpoint(yolo.load_model(spec.model, nc=nc, kpt_shape=kpts), path)
     return spec.replace(model=str(path))
 
 

@@ -46,7 +46,7 @@ class SearchOutcome:
 
 def _ensure_baseline(study: optuna.Study, spec: SearchSpec,
                      before_latency: Callable[[], object] | None = None) -> list[Layer]:
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.engine.identity import architecture, file_sha256, fingerprint
     from autoprune.engine.measure import measure_model
     from autoprune.engine.pipeline import TRACE_IMGSZ
@@ -57,9 +57,9 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec,
     if layers is not None and records.baseline(study):
         ensure_references(study, spec, records.baseline_metrics(study))
         return layers
-    model = ultra.load_model(spec.model).to(spec.device)
-    layers = [Layer(p.name, p.channels, ultra.layer_stage(model, p.name))
-              for p in tp.prunable_layers(model, TRACE_IMGSZ)]
+    model = yolo.load_model(spec.model).to(spec.device)
+    layers = [Layer(p.name, p.channels, yolo.layer_stage(model, p.name))
+              for p in pruning.prunable_layers(model, TRACE_IMGSZ)]
     logger.info("measuring the unpruned baseline (%d prunable layers)", len(layers))
     m = measure_model(model, spec.trial_settings, before_latency=before_latency)
     metrics = m.metrics()

@@ -46,14 +46,14 @@ def recipe_policy_params(space: Space, layers: Sequence[Layer], ratio: float) ->
 def _recipe_ratio(ctx: RunContext, target: Target) -> float | None:
     """The smallest uniform ratio that meets ``target`` with the channel rounding the recipe's trial will prune
     with (the recipe's 8 where the space searches round_to, else the space's own)."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.engine.uniform import uniform_ratio_for, uniform_ratio_for_latency
 
     space = ctx.spec.space
     domain = space.domain("round_to")
     unsearched = domain[0] if isinstance(domain, tuple) and domain else knobs.get("round_to").value
     round_to = int(recipe_params(space, ["round_to"]).get("round_to", unsearched) or 1)
-    model = ultra.load_model(ctx.spec.model)
+    model = yolo.load_model(ctx.spec.model)
     limits = dict(target.limits)
     ratio = 0.0
     try:

@@ -39,9 +39,9 @@ def ensure_references(study: optuna.Study, spec: SearchSpec, baseline: dict[str,
     wanted = deployments(spec)
     if not wanted or done:
         return done
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
-    model = ultra.load_model(spec.model).to(spec.device)
+    model = yolo.load_model(spec.model).to(spec.device)
     refs = [measure_reference(model, spec, precision, imgsz, f"base {precision} @{imgsz}", baseline)
             for precision, imgsz in wanted]
     records.set_references(study, refs)
@@ -52,19 +52,19 @@ def measure_reference(model: Any, spec: SearchSpec, precision: str, imgsz: int, 
                       baseline: dict[str, Any]) -> dict[str, Any]:
     """One reference point: ``model`` deployed at ``precision`` and ``imgsz`` as a trial would be (exported, in INT8
     quantized, validated on that file), timed plainly on it."""
-    from autoprune.adapters import tp, ultra
+    from autoprune.adapters import pruning, yolo
     from autoprune.engine.latency import measure_latency
     from autoprune.engine.measure import deployed_map
 
-    deployed = ultra.deploy_copy(model)
+    deployed = yolo.deploy_copy(model)
     s = spec.trial_settings.deployed_as(precision, imgsz)
     maps = dict(deployed_map(deployed, s, imgsz))
     lat = measure_latency(deployed, imgsz, s.device, s.latency, calibration=s.data)
     base_ms = float(baseline.get("latency_ms") or 0.0)
     logger.info("reference: %s: deployed mAP50-95 %.3f, latency %.2f ms", name, maps["deployed_map50_95"],
                 lat.median_ms)
-    return {"name": name, "precision": precision, "imgsz": imgsz, **maps, "params": float(ultra.count_params(model)),
-            "macs": float(tp.count_macs(model, spec.imgsz)),
+    return {"name": name, "precision": precision, "imgsz": imgsz, **maps, "params": float(yolo.count_params(model)),
+            "macs": float(pruning.count_macs(model, spec.imgsz)),
             "latency_ms": lat.median_ms, "latency_spread": lat.spread,
             "speedup_vs_baseline": base_ms / lat.median_ms if base_ms and lat.median_ms else None}
 

@@ -319,10 +319,10 @@ def true_saving(spec: SearchSpec, layers: Sequence[Layer], criterion: str, round
     """The share of the base's ``metric`` a per-block allocation truly removes: projected onto the space and sampled
     back as the search screens it (criterion and rounding as the allocations get them), then a copy pruned and
     counted (params, macs) or timed against the base (latency_ratio, on the spec's runtime)."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
     from autoprune.engine.uniform import pruned_share
 
-    model = ultra.load_model(spec.model).to(spec.device if metric == "latency_ratio" else "cpu")
+    model = yolo.load_model(spec.model).to(spec.device if metric == "latency_ratio" else "cpu")
     grouped = blocks(list(layers))
     original = {layer.name: layer.channels for layer in layers}
 

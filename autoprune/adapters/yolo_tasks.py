@@ -1,6 +1,6 @@
 """The YOLO tasks autoprune prunes (detection, segmentation, pose): which ultralytics model, trainer and
 validator each uses, and the metrics each reports. Part of the ultralytics adapter (re-exported by
-:mod:`autoprune.adapters.ultra`)."""
+:mod:`autoprune.adapters.yolo`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Layer pruning: removing whole repeated blocks (the ``n`` of a C2f/C3k2/C3 stage) from an ultralytics model.
 
-Part of the ultralytics adapter (re-exported by :mod:`autoprune.adapters.ultra`): the result stays made of
+Part of the ultralytics adapter (re-exported by :mod:`autoprune.adapters.yolo`): the result stays made of
 ultralytics' own classes.
 """
 

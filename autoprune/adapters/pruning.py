@@ -42,9 +42,9 @@ if not tp.__version__.startswith("1."):
 
 def _ultra() -> tuple[Any, Any, Any, Any, Any]:
     """ultralytics' module classes this adapter recognises, from the ultralytics adapter (the only importer)."""
-    from autoprune.adapters import ultra
+    from autoprune.adapters import yolo
 
-    return ultra.module_classes()
+    return yolo.module_classes()
 
 
 class C2fSplit(nn.Module):

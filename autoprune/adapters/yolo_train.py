@@ -1,5 +1,5 @@
 """Fine-tuning a given (pruned) model with ultralytics' own trainer, never rebuilt from YAML; the EMA-trap
-checks; sparse training. Part of the ultralytics adapter (re-exported by :mod:`autoprune.adapters.ultra`)."""
+checks; sparse training. Part of the ultralytics adapter (re-exported by :mod:`autoprune.adapters.yolo`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ _offline.configure()
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint  # noqa: E402
 from ultralytics.utils import torch_utils as _ul_torch_utils  # noqa: E402
 
-from autoprune.adapters.ultra_tasks import model_task, trainer_base  # noqa: E402
+from autoprune.adapters.yolo_tasks import model_task, trainer_base  # noqa: E402
 
 __all__ = ["FinetuneConfig", "FinetuneStats", "finetune", "set_threads", "count_params", "checkpoint_param_count",
            "check_checkpoint"]

@@ -2,7 +2,7 @@
 layer) for the CPU with a fixed number of threads, and one synchronous inference.
 
 Models are exported, and quantized to INT8 with NNCF, by ultralytics' own exporter (``format=openvino``, ``int8``;
-see :func:`autoprune.adapters.ultra_export.export_model`), which keeps the detection head's decoding in floating
+see :func:`autoprune.adapters.yolo_export.export_model`), which keeps the detection head's decoding in floating
 point; this module only runs what it wrote.
 """
 

@@ -34,16 +34,16 @@ from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace  # noqa:
 
 _offline.silence_settings()
 
-from autoprune.adapters.ultra_export import (  # noqa: E402
+from autoprune.adapters.yolo_export import (  # noqa: E402
     backend_runner,
     export_model,
     export_onnx,
     train_image_count,
     validate_exported,
 )
-from autoprune.adapters.ultra_layers import remove_blocks  # noqa: E402
-from autoprune.adapters.ultra_tasks import TASK_METRICS, TASKS, build_model, model_task, validator_class  # noqa: E402
-from autoprune.adapters.ultra_train import (  # noqa: E402
+from autoprune.adapters.yolo_layers import remove_blocks  # noqa: E402
+from autoprune.adapters.yolo_tasks import TASK_METRICS, TASKS, build_model, model_task, validator_class  # noqa: E402
+from autoprune.adapters.yolo_train import (  # noqa: E402
     FinetuneConfig,
     FinetuneStats,
     check_checkpoint,

@@ -1,5 +1,5 @@
 """Exports through ultralytics' exporter and inference through its AutoBackend (latency runtimes, ONNX files).
-Part of the ultralytics adapter (re-exported by :mod:`autoprune.adapters.ultra`)."""
+Part of the ultralytics adapter (re-exported by :mod:`autoprune.adapters.yolo`)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def export_model(checkpoint: str | Path, fmt: str, imgsz: int, batch: int = 1, h
     if fmt == "onnx":
         args["simplify"] = False  # onnxslim would try to pip-install
     if int8_data is not None:
-        from autoprune.adapters.ov import quiet_nncf
+        from autoprune.adapters.openvino_runtime import quiet_nncf
 
         quiet_nncf()
         n = train_image_count(int8_data)
