@@ -6,29 +6,43 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from dataclasses import dataclass
+from typing import Generic, NoReturn, TypeVar
 
-__all__ = ["EXIT_USAGE", "Parser", "duration", "epochs", "knob", "nonneg_int", "port", "setting"]
+__all__ = ["EXIT_USAGE", "Checked", "Parser", "duration", "epochs", "knob", "nonneg_int", "port", "setting"]
 
 T = TypeVar("T", int, float)
 
 EXIT_USAGE = 2
 
 
-def _checked(convert: Callable[[str], T], expected: str, ok: Callable[[T], bool],
-             bound: str) -> Callable[[str], T]:
-    """An argparse type: ``convert`` the text, then require ``ok(value)`` (else 'must be BOUND, got TEXT')."""
+@dataclass(frozen=True)
+class Checked(Generic[T]):
+    """An argparse type: ``convert`` the text, then require ``ok(value)`` (else 'must be BOUND, got TEXT'); what it
+    accepts is data, so the generated CLI reference (docs/cli.md) states each flag's bounds as the parser holds them."""
 
-    def parse(s: str) -> T:
+    convert: Callable[[str], T]
+    expected: str
+    ok: Callable[[T], bool]
+    bound: str
+
+    def __call__(self, s: str) -> T:
         try:
-            v = convert(s)
+            v = self.convert(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {s!r}") from None
-        if not ok(v):
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {s}")
+            raise argparse.ArgumentTypeError(f"expected {self.expected}, got {s!r}") from None
+        if not self.ok(v):
+            raise argparse.ArgumentTypeError(f"must be {self.bound}, got {s}")
         return v
 
-    return parse
+    @property
+    def accepts(self) -> str:
+        """What the flag accepts, in words (the reference's column)."""
+        return self.bound if self.bound.startswith(("a ", "an ")) else f"{self.expected}, {self.bound}"
+
+
+def _checked(convert: Callable[[str], T], expected: str, ok: Callable[[T], bool], bound: str) -> Checked[T]:
+    return Checked(convert, expected, ok, bound)
 
 
 nonneg_int = _checked(int, "an integer", lambda v: v >= 0, ">= 0")  # a trial number
@@ -36,7 +50,7 @@ port = _checked(int, "a port number", lambda v: 1 <= v <= 65535, "1 to 65535")
 epochs = _checked(int, "a positive integer", lambda v: 1 <= v <= 10_000, "1 to 10000")  # ultralytics: >= 1
 
 
-def knob(name: str) -> Callable[[str], float] | Callable[[str], int]:
+def knob(name: str) -> Checked[float] | Checked[int]:
     """A flag that sets knob ``name``: bounded by the knob table's domain (which holds what the library it is
     handed to accepts, e.g. ultralytics' lr0 in (0, 1])."""
     from autoprune.model import knobs
@@ -50,15 +64,15 @@ def knob(name: str) -> Callable[[str], float] | Callable[[str], int]:
     raise TypeError(f"knob {name!r} is not a number")  # a programming error
 
 
-def setting(section: type, name: str) -> Callable[[str], float] | Callable[[str], int]:
+def setting(section: type, name: str) -> Checked[float] | Checked[int]:
     """A flag that overrides field ``name`` of a spec section (a frozen dataclass): bounded by the field's own
     declared bounds (``min``, ``gt``, ``max`` in its metadata), as the spec's key is."""
     import dataclasses
     import typing
 
     f = next(f for f in dataclasses.fields(section) if f.name == name)
-    kind = next(a for a in (*typing.get_args(typing.get_type_hints(section)[name]),
-                            typing.get_type_hints(section)[name]) if a in (int, float))
+    hint = typing.get_type_hints(section)[name]
+    kind = next(a for a in (*typing.get_args(hint), hint) if a in (int, float))
     lo, gt, hi = (f.metadata.get(k) for k in ("min", "gt", "max"))
 
     def ok(v: float) -> bool:
@@ -73,6 +87,7 @@ def setting(section: type, name: str) -> Callable[[str], float] | Callable[[str]
 
 
 def duration(text: str) -> float:
+    """A duration: seconds, or with a unit (90, 90s, 30m, 2h)."""
     from autoprune.model.budget import parse_duration
 
     try:

@@ -140,6 +140,24 @@ def render_spec() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _accepts(a: argparse.Action) -> str:
+    """What an argument accepts, as its parser checks it: a bounded type's bounds, the choices, a duration's form."""
+    from autoprune.cli_args import Checked
+
+    if a.choices:
+        return ", ".join(f"`{c}`" for c in a.choices)
+    if isinstance(a.type, Checked):
+        return a.type.accepts.replace("|", "/")
+    if a.type is not None and a.type.__doc__ and callable(a.type) and a.type.__module__ == "autoprune.cli_args":
+        doc = a.type.__doc__.strip().rstrip(".").replace("|", "/")
+        return doc[0].lower() + doc[1:]
+    if isinstance(a.type, type) and a.type.__name__ == "Path":
+        return "a path"
+    if a.nargs == 0:
+        return "(a switch)"
+    return ""
+
+
 def render_cli() -> str:
     import os
 
@@ -153,13 +171,14 @@ def render_cli() -> str:
     helps = {a.dest: a.help for a in sub._choices_actions}
     for name, p in sub.choices.items():
         out += [f"## `autoprune {name}`", "", helps.get(name) or "", "", "```", p.format_usage().strip()
-                .replace("usage: ", ""), "```", "", "| argument | what it does | default |", "|---|---|---|"]
+                .replace("usage: ", ""), "```", "", "| argument | what it does | accepts | default |",
+                "|---|---|---|---|"]
         for a in p._actions:
             if isinstance(a, argparse._HelpAction):
                 continue
             flag = ", ".join(a.option_strings) or a.dest
             default = "" if a.default in (None, False, argparse.SUPPRESS, []) else str(a.default)
-            out.append(f"| `{flag}` | {(a.help or '').replace('|', '/')} | {default} |")
+            out.append(f"| `{flag}` | {(a.help or '').replace('|', '/')} | {_accepts(a)} | {default} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -45,6 +45,24 @@ def test_the_spec_reference_names_every_section_key_and_knob():
         assert f"`space.{k.key}`" in text
 
 
+def test_the_cli_reference_states_each_bounded_flags_bounds_as_its_parser_checks_them():
+    """A bounded flag's row says what its parser accepts (the same Checked object refuses the next value)."""
+    import argparse
+
+    from autoprune.cli import build_parser
+    from autoprune.cli_args import Checked
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    assert "| `--lr` | initial learning rate (default: the trial's) | a finite number in (0, 1] |" in text
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    bounded = [a for p in sub.choices.values() for a in p._actions if isinstance(a.type, Checked)]
+    assert len(bounded) >= 10
+    for a in bounded:
+        assert f"| {a.type.accepts} |" in text
+    with pytest.raises(argparse.ArgumentTypeError, match=r"must be .*\(0, 1\], got 1e30"):
+        next(a for a in bounded if a.option_strings == ["--lr"]).type("1e30")
+
+
 def test_the_readme_is_a_users_page():
     text = (ROOT / "README.md").read_text()
     lines = text.splitlines()
