@@ -57,6 +57,22 @@ def test_a_spread_ratio_is_timed_again_and_marked_unreliable_when_it_stays_sprea
         measure_interleaved(small, big, imgsz=32, timing=LatencySettings(runs=3, rounds=1, estimator="mean"))
 
 
+def test_the_baseline_timed_against_itself_is_timed_once_and_its_spread_recorded(tiny_model_pt, tiny_data):
+    """The base timed against itself has the ratio 1 by definition: a spread there is the machine's noise, recorded
+    (``unreliable``) but never a reason to time it again; a pruned model timed against the base is timed again."""
+    from autoprune.adapters import yolo
+    from autoprune.config.sections import TrialSettings
+    from autoprune.engine.measure import measure_model
+
+    timing = LatencySettings(warmup=1, runs=4, rounds=3, threads=1, max_spread=1e-9, retries=2)
+    settings = TrialSettings(model=str(tiny_model_pt), data=str(tiny_data), imgsz=64, latency=timing)
+    base = yolo.load_model(tiny_model_pt)
+    own = measure_model(base, settings)
+    assert own.latency["attempts"] == 1 and own.latency["rounds"] == 3 and own.latency["unreliable"]
+    against = measure_model(base, settings, reference=yolo.load_model(tiny_model_pt))
+    assert against.latency["attempts"] == 3 and against.latency["rounds"] == 9
+
+
 BASE = {"macs": 100.0, "latency_lut_ms": 10.0}
 
 

@@ -90,7 +90,10 @@ def measure_model(model: nn.Module, settings: TrialSettings, phases: Phases | No
         imgsz = lat_cfg.imgsz or s.imgsz
         if lat_cfg.interleave:
             ref = yolo.deploy_copy(reference if reference is not None else model)
-            il = measure_interleaved(deployed, ref, imgsz, s.device, lat_cfg, calibration=s.data)
+            # timed against itself (the baseline), the ratio is 1 by definition and its spread only says how noisy
+            # the machine is: recorded, never timed again for it
+            own = lat_cfg if reference is not None else dataclasses.replace(lat_cfg, retries=0)
+            il = measure_interleaved(deployed, ref, imgsz, s.device, own, calibration=s.data)
             lat, ratio = il.candidate, il.ratio
             latency = interleaved_record(il)
         else:
