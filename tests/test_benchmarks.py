@@ -396,3 +396,34 @@ def test_the_load_monitor_samples_the_load_average_while_its_block_runs():
         time.sleep(0.3)
     summary = load.summary()
     assert summary["samples"] >= 4 and 0 <= summary["mean"] <= summary["max"] and summary["cores"] >= 1
+
+
+def test_the_fresh_task_table_renders_each_task_and_target_and_the_summary(tmp_path):
+    """The write-up's table comes from the draw's JSON (a hand-written two-target record here, not a measurement):
+    one row per done task and target with both arms and the verdict, a summary row per regime/target with its
+    interval; an unreadable file is one line, exit 2."""
+    sys.path.insert(0, str(BENCH))
+    import fresh_tasks_table
+
+    arm = {"test_map": 0.8, "latency_ratio": 0.4, "epochs": 12, "wall_s": 100.0, "load": {"mean": 2.3}}
+    result = {"draw_seed": 5, "method_commit": "abcdef0123", "tasks": [
+        {"task_seed": 11, "regime": "early", "done": True, "base_test_map": 0.7, "budget_s": 100.0,
+         "targets": {"params-50": {"recipe": arm, "autoprune": {**arm, "test_map": 0.79, "source": "recipe"},
+                                   "dominated": False},
+                     "latency-50": {"recipe": arm, "autoprune": {**arm, "test_map": 0.7, "source": "search"},
+                                    "dominated": True}}},
+        {"task_seed": 12, "regime": "converged", "done": False}],
+        "summary": {"all/params-50": {"n": 2, "mean_test_map_diff": -0.01, "ci95": [-0.05, 0.03], "wins": 0,
+                                      "losses": 1, "dominated": 0, "latency_ratio_autoprune_over_recipe": 1.0},
+                    "early/params-70": {"n": 0}}}
+    text = fresh_tasks_table.render(result)
+    assert "Draw 5 on method commit abcdef0: 1 of 2 tasks done." in text
+    rows = [line for line in text.splitlines() if line.startswith("| 11 |")]
+    assert len(rows) == 2 and rows[1].endswith("| search | **yes** |")
+    assert "| 0.790 | ×0.40 | 12 | 100 | 2.3 |" in rows[0]
+    assert "| all/params-50 | 2 | -0.010 [-0.050, +0.030] | 0 | 1 | 0 | ×1.00 |" in text
+    assert "early/params-70" not in text
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    r = subprocess.run([sys.executable, str(BENCH / "fresh_tasks_table.py"), str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "bad.json" in r.stderr
