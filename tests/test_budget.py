@@ -82,7 +82,7 @@ def test_spec_budget_and_targets():
                     "budget": {"seconds": 60, "final_share": 0.3, "direct": True}}, "s.yaml", Overrides(budget="2m"))
     assert (s.budget.seconds, s.budget.final_share, s.budget.direct) == (120.0, 0.3, True)
     assert s.budget.scan_share == 0.25 and _spec(budget={"seconds": 60, "scan_share": None}).budget.scan_share is None
-    assert (s.budget.race_share, s.budget.race_lrs, s.budget.final_lr, s.budget.race_lr_low) == (0.3, 2, 0.01, 0.001)
+    assert (s.budget.race_share, s.budget.race_lrs, s.budget.final_lr, s.budget.race_lr_low) == (0.3, 1, 0.01, 0.001)
     assert _spec(budget={"seconds": 60, "race_share": 0}).budget.race_share == 0
 
 
@@ -100,7 +100,7 @@ def test_spec_budget_and_targets():
     ({"budget": {"seconds": 60, "fit_lr": True}}, "budget.fit_lr: unknown key"),
     ({"budget": {"seconds": 60, "race_share": 0.95}}, "budget.race_share"),
     ({"budget": {"seconds": 60, "race_lrs": 0}}, "budget.race_lrs"),
-    ({"budget": {"seconds": 60, "final_lr": 0.001}}, "budget.race_lr_low: 0.001 must be below final_lr"),
+    ({"budget": {"seconds": 60, "final_lr": 0.001, "race_lrs": 2}}, "budget.race_lr_low: 0.001 must be below final_lr"),
     ({"budget": {"seconds": 60, "final_lr": 2}}, "budget.final_lr"),
 ])
 def test_bad_budgets_and_targets_name_their_field(extra, field):
