@@ -41,13 +41,9 @@ class Checked(Generic[T]):
         return self.bound if self.bound.startswith(("a ", "an ")) else f"{self.expected}, {self.bound}"
 
 
-def _checked(convert: Callable[[str], T], expected: str, ok: Callable[[T], bool], bound: str) -> Checked[T]:
-    return Checked(convert, expected, ok, bound)
-
-
-nonneg_int = _checked(int, "an integer", lambda v: v >= 0, ">= 0")  # a trial number
-port = _checked(int, "a port number", lambda v: 1 <= v <= 65535, "1 to 65535")
-epochs = _checked(int, "a positive integer", lambda v: 1 <= v <= 10_000, "1 to 10000")  # ultralytics: >= 1
+nonneg_int = Checked(int, "an integer", lambda v: v >= 0, ">= 0")  # a trial number
+port = Checked(int, "a port number", lambda v: 1 <= v <= 65535, "1 to 65535")
+epochs = Checked(int, "a positive integer", lambda v: 1 <= v <= 10_000, "1 to 10000")  # ultralytics: >= 1
 
 
 def knob(name: str) -> Checked[float] | Checked[int]:
@@ -57,9 +53,9 @@ def knob(name: str) -> Checked[float] | Checked[int]:
 
     d = knobs.get(name).domain
     if isinstance(d, knobs.Whole):
-        return _checked(int, "an integer", d.admits, f"in {d.interval()}")
+        return Checked(int, "an integer", d.admits, f"in {d.interval()}")
     if isinstance(d, knobs.Real):
-        return _checked(float, "a number", lambda v: math.isfinite(v) and d.admits(v), f"a finite number in "
+        return Checked(float, "a number", lambda v: math.isfinite(v) and d.admits(v), f"a finite number in "
                         f"{d.interval()}")
     raise TypeError(f"knob {name!r} is not a number")  # a programming error
 
@@ -82,8 +78,8 @@ def setting(section: type, name: str) -> Checked[float] | Checked[int]:
         gt = None  # implied by lo
     bound = " and ".join(f"{op} {v}" for op, v in ((">=", lo), (">", gt), ("<=", hi)) if v is not None)
     if kind is int:
-        return _checked(int, "an integer", ok, bound or "an integer")
-    return _checked(float, "a number", ok, f"a finite number {bound}".strip())
+        return Checked(int, "an integer", ok, bound or "an integer")
+    return Checked(float, "a number", ok, f"a finite number {bound}".strip())
 
 
 def duration(text: str) -> float:
