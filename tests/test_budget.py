@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -285,7 +286,7 @@ def test_the_final_time_goes_to_the_targets_that_have_a_winner(monkeypatch):
     spec = _spec(budget="100s", targets=[{"params": 0.3}, {"params": 0.5}])
     given = {}
 
-    def fake_deliver(study, store, spec, target, entrants, seconds):  # fakes the race and final fine-tune
+    def fake_deliver(study, store, spec, target, entrants, seconds, links):  # fakes the race and final fine-tune
         given[target.label] = (entrants[0].trial.number, seconds)
         return deliver.Delivered(target, trial=entrants[0].trial.number, out_dir=None)
     monkeypatch.setattr(deliver, "_deliver", fake_deliver)
@@ -642,3 +643,15 @@ def test_a_budget_too_small_for_a_search_delivers_the_recipes_models_and_ends_on
     assert set(deliveries) == {"params-20", "params-40"}
     for d in deliveries.values():
         assert d["out_dir"] and d["source"] == "recipe", d
+    # progressive delivery: the smaller target's recipe model continues from the larger one's delivery, with the
+    # recipe's architecture (its trial's parameter count)
+    assert deliveries["params-20"]["continued_from"] is None
+    cont = deliveries["params-40"]["continued_from"]
+    assert cont["target"] == "params-20" and cont["trial"] == deliveries["params-20"]["trial"], cont
+    recipe40 = records.trial(study.trials[deliveries["params-40"]["trial"]])
+    assert cont["params"] == recipe40.metrics["params"]
+    from autoprune.adapters import yolo
+
+    assert yolo.checkpoint_param_count(Path(deliveries["params-40"]["out_dir"]) / "pruned.pt") == cont["params"]
+    doc = yaml.safe_load((Path(deliveries["params-40"]["out_dir"]) / "policy.yaml").read_text())
+    assert doc["finalize"]["continued_from"]["target"] == "params-20"

@@ -159,6 +159,13 @@ class Budget:
     race_share: float = field(default=0.3, metadata=bounds(min=0, max=0.9))
     race_lrs: int = field(default=1, metadata=bounds(min=1, max=8))
     race_lr_low: float = field(default=0.001, metadata=bounds(gt=0, max=1))
+    # progressive delivery (autoprune.deploy.chain): the targets are finalized from the largest model to the smallest,
+    # and the hand recipe's model at a later target continues from an earlier delivery pruned on to its channels (the
+    # recipe's architecture, the earlier targets' training inherited) instead of starting from the base; the chain's
+    # first target gets chain_first_share of the final phase's time (every later target inherits its training), the
+    # others equal parts of the rest (false: every target from its own start, equal parts)
+    progressive: bool = True
+    chain_first_share: float = field(default=0.5, metadata=bounds(gt=0, max=0.9))
     # rounds in a row in which no target's winner improved, after which the search hands what is left of its share
     # to the final fine-tunes (0: the search uses its whole share)
     patience: int = field(default=0, metadata=bounds(min=0, max=10_000))

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 
 from autoprune.config.spec import SearchSpec
+from autoprune.deploy import chain
 from autoprune.deploy.finalize import MAX_EPOCHS, FinalizeSettings, Raced, finalize_trial
 from autoprune.deploy.race import Entrant, RaceOutcome, RaceSettings, run_race
 from autoprune.errors import AutopruneError
@@ -50,6 +51,7 @@ class Delivered:
     finalize: dict[str, Any] = field(default_factory=dict)  # the policy file's finalize section
     params: float | None = None
     reason: str | None = None  # set when nothing was delivered
+    checkpoint: Path | None = None  # the delivered model's (a later target's recipe model may continue from it)
 
     def record(self, base_params: float | None) -> dict[str, Any]:
         out: dict[str, Any] = {"target": self.target.to_dict(), "trial": self.trial,
@@ -59,6 +61,7 @@ class Delivered:
                         "epochs": self.finalize.get("epochs"), "optimizer_steps": self.finalize.get("optimizer_steps"),
                         "train_s": self.finalize.get("train_s"), "kept": self.finalize.get("kept"),
                         "lr": self.finalize.get("lr"), "source": self.finalize.get("source"),
+                        "continued_from": self.finalize.get("continued_from"),
                         "race": _race_summary(self.finalize.get("race") or {})})
         if self.params is not None and base_params:
             out["params_ratio"] = self.params / base_params
@@ -110,24 +113,34 @@ def run(spec: SearchSpec, started: float, max_new_trials: int | None = None, ray
 
 
 def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, plan: Plan) -> list[Delivered]:
-    """Race and finalize each target's candidates; the plan's time left is shared equally by the targets that have
-    one."""
+    """Race and finalize each target's candidates, from the largest model to the smallest; with
+    ``budget.progressive`` each recipe model continues from an earlier delivery where it can
+    (:mod:`autoprune.deploy.chain`). The plan's time left is shared by the targets that have a candidate (the
+    chain's first gets ``budget.chain_first_share`` of it, else equal parts). Returned in the spec's order."""
     study, store = outcome.study, outcome.store
     base_params = records.baseline_metrics(study).get("params")
     entrants = {t: target_entrants(study, t) for t in spec.targets}
-    pending = [t for t in spec.targets if entrants[t]]
-    out: list[Delivered] = []
+    pending = chain.chain_order([t for t in spec.targets if entrants[t]], {
+        t: float(records.trial(_recipe_or_first(entrants[t]).trial).metrics.get("params", 0.0))
+        for t in spec.targets if entrants[t]})
+    progressive = spec.budget.progressive
+    done: dict[Target, Delivered] = {}
+    links: list[chain.Earlier] = []
     marked: dict[int, dict[str, Any]] = {}  # what this run marked on each trial: the study's cache of a finished
-    for target in spec.targets:             # trial does not see a mark, and a trial can be delivered for two targets
-        t0 = time.perf_counter()
+    for target in [*pending, *(t for t in spec.targets if not entrants[t])]:  # trial does not see a mark, and a
+        t0 = time.perf_counter()                                               # trial can be delivered twice
         if not entrants[target]:
             reason = "no trial reached it within the budget"
             logger.warning("target %s: %s", target.label, reason)
             d = Delivered(target, reason=reason)
         else:
-            seconds = plan.seconds_left() / len(pending)
+            seconds = chain.first_seconds(plan.seconds_left(), len(pending), spec.budget.chain_first_share,
+                                          progressive and not links)
             pending.remove(target)
-            d = _deliver(study, store, spec, target, entrants[target], seconds)
+            d = _deliver(study, store, spec, target, entrants[target], seconds, links if progressive else [])
+            link = chain.earlier_of(target, _trial(study, d.trial), d.checkpoint) if d.trial is not None else None
+            if link is not None:
+                links.append(link)
         plan.ledger.charge("final", time.perf_counter() - t0)
         records.set_delivery(study, study, target.label, d.record(base_params))
         if d.out_dir is not None and d.trial is not None:  # on the trial too, for optuna-dashboard's trial page
@@ -135,8 +148,12 @@ def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, plan: Plan) -> l
                                             earlier=marked.get(d.trial))
             marked[d.trial] = attrs["delivered"]
             store.mark(study, d.trial, attrs)
-        out.append(d)
-    return out
+        done[target] = d
+    return [done[t] for t in spec.targets]
+
+
+def _recipe_or_first(entrants: list[Entrant]) -> Entrant:
+    return next((e for e in entrants if e.source == "recipe"), entrants[0])
 
 
 def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
@@ -157,7 +174,8 @@ def _race(study: optuna.Study, store: Any, spec: SearchSpec, entrants: list[Entr
     b = spec.budget
     lrs = tuple(lr_grid(b.final_lr, b.race_lr_low, b.race_lrs))
     if len(entrants) == 1 and (len(lrs) == 1 or b.race_share <= 0):
-        return RaceOutcome(entrants[0].trial, entrants[0].source, b.final_lr, None,
+        e = entrants[0]
+        return RaceOutcome(e.trial, e.source, b.final_lr, e.state,
                            {"why": "one candidate" + ("" if len(lrs) == 1 else ", no race (budget.race_share 0)")})
     data = str(records.baseline(study).get("data") or spec.data)
     settings = RaceSettings(data=data, imgsz=spec.imgsz, seconds=seconds * b.race_share, lrs=lrs, device=spec.device,
@@ -165,33 +183,51 @@ def _race(study: optuna.Study, store: Any, spec: SearchSpec, entrants: list[Entr
     return run_race(study, store, entrants, settings, artifact_dir=spec.artifacts_dir, scratch=spec.study_dir)
 
 
+def _continued(study: optuna.Study, spec: SearchSpec, entrants: list[Entrant],
+               links: list[chain.Earlier]) -> list[Entrant]:
+    """``entrants`` with the recipe's model continued from an earlier delivery where one fits (progressive
+    delivery); a failure to continue leaves it as it was."""
+    if not links:
+        return entrants
+    out = []
+    for e in entrants:
+        got = chain.inherit(links, e.trial, spec.trial_settings) if e.source == "recipe" else None
+        out.append(Entrant(e.trial, e.source, got.state, got.record) if got is not None else e)
+    return out
+
+
 def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, entrants: list[Entrant],
-             seconds: float) -> Delivered:
+             seconds: float, links: list[chain.Earlier] | None = None) -> Delivered:
     first = entrants[0].trial.number
     t0 = time.perf_counter()
     out = delivery_dir(spec, target)
     try:
+        entrants = _continued(study, spec, entrants, list(links or []))
         try:
-            won = _race(study, store, spec, entrants, max(0.0, seconds))  # no time: judged on the starts alone
+            won = _race(study, store, spec, entrants, max(0.0, seconds - (time.perf_counter() - t0)))
         except (AutopruneError, RuntimeError, ValueError, OSError) as e:  # the race only chooses: deliver without it
             why = f"the race failed ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})"
             logger.warning("target %s: %s; the first candidate is delivered at lr %g", target.label, why,
                            spec.budget.final_lr)
-            won = RaceOutcome(entrants[0].trial, entrants[0].source, spec.budget.final_lr, None, {"why": why})
+            won = RaceOutcome(entrants[0].trial, entrants[0].source, spec.budget.final_lr, entrants[0].state,
+                              {"why": why})
         if won.source == "recipe" and len(entrants) > 1:
             logger.info("%s: the uniform recipe's model won on this task (trial %d)", target.label, won.trial.number)
         elif won.source == "recipe":
             logger.info("%s: the search found no model that meets it; the uniform recipe's model is delivered (trial "
                         "%d)", target.label, won.trial.number)
+        cont = next((e.continued_from for e in entrants if e.trial.number == won.trial.number
+                     and e.source == won.source), None)
         left = seconds - (time.perf_counter() - t0)
         if left <= 0:
             logger.warning("target %s: the budget was spent before its final fine-tune: trial %d is delivered as it "
                            "was measured (adaptive BN, no fine-tune)", target.label, won.trial.number)
         settings = FinalizeSettings(seconds=left if left > 0 else None, epochs=MAX_EPOCHS if left > 0 else 0,
                                     lr=won.lr, device=spec.device, threads=spec.train_threads,
-                                    warmup_epochs=0.0 if won.state is not None else 1.0)
+                                    warmup_epochs=0.0 if won.trained else 1.0)
+        evidence = {"race": won.record, "source": won.source, **({"continued_from": dict(cont)} if cont else {})}
         res = finalize_trial(study, store, won.trial, out, settings, artifact_dir=spec.artifacts_dir, force=True,
-                             raced=Raced(won.state, {"race": won.record, "source": won.source}))
+                             raced=Raced(won.state, evidence))
     except AutopruneError as e:
         logger.warning("target %s: trial %d could not be finalized: %s", target.label, first, e)
         return Delivered(target, trial=first, reason=f"finalize failed: {e}")
@@ -199,4 +235,4 @@ def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, 
 
     doc = load_policy_file(res.policy)
     return Delivered(target, trial=won.trial.number, out_dir=res.out_dir, finalize=dict(doc.finalize or {}),
-                     params=records.trial(won.trial).metrics.get("params"))
+                     params=records.trial(won.trial).metrics.get("params"), checkpoint=res.checkpoint)

@@ -17,7 +17,7 @@ import copy
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,10 @@ class Entrant:
 
     trial: FrozenTrial
     source: str
+    # its start where it is not the trial's checkpoint: the weights (the trial's architecture) and where they come from
+    # (progressive delivery, :mod:`autoprune.deploy.chain`)
+    state: Mapping[str, Any] | None = None
+    continued_from: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,15 @@ class RaceSettings:
 
 @dataclass
 class RaceOutcome:
-    """The winner, the learning rate it won at, its raced weights (None: it did not train) and the evidence."""
+    """The winner, the learning rate it won at, its start for the final fine-tune (None: the trial's checkpoint), the
+    evidence, and whether that start was trained at ``lr`` in the race."""
 
     trial: FrozenTrial
     source: str
     lr: float
-    state: dict[str, Any] | None
+    state: Mapping[str, Any] | None
     record: dict[str, Any] = field(default_factory=dict)
+    trained: bool = False
 
 
 def plan_rungs(seconds: float, candidates: int, lrs: int, val_s: float) -> tuple[int, int, float]:
@@ -95,7 +101,10 @@ def _load(store: StudyStorage, e: Entrant, artifact_dir: Path | None, tmp: Path,
 
     params = int(records.trial(e.trial).metrics.get("params", 0))
     path = trial_checkpoint(store, e.trial, artifact_dir, tmp / f"trial{e.trial.number}.pt", params)
-    return yolo.load_model(path).to(s.device)
+    model = yolo.load_model(path)
+    if e.state is not None:
+        model.load_state_dict(dict(e.state))
+    return model.to(s.device)
 
 
 def _validate(model: Any, s: RaceSettings) -> float:
@@ -168,6 +177,7 @@ def run_race(study: optuna.Study, store: StudyStorage, entrants: Sequence[Entran
         # the raced weights go on only where the race raised val mAP50-95 (else the final fine-tune starts afresh)
         keep = bool(best.vals) and best.score >= best.start
         record["continues_from"] = "raced weights" if keep else "the candidate's start"
-        return RaceOutcome(source[best.trial].trial, best.source, best.lr,
+        won = source[best.trial]
+        return RaceOutcome(won.trial, best.source, best.lr,
                            {k: v.detach().cpu().clone() for k, v in state[id(best)].state_dict().items()}
-                           if keep else None, record)
+                           if keep else won.state, record, trained=keep)

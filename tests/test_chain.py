@@ -1,0 +1,102 @@
+"""Progressive delivery (autoprune.deploy.chain): the order of the targets, the time split, and a recipe model
+continued from an earlier delivery by real channel removal on the tiny model."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from autoprune.adapters import yolo
+from autoprune.config.sections import TrialSettings
+from autoprune.deploy import chain
+from autoprune.engine.uniform import uniform_prune, unit_channels
+from autoprune.model import records
+from autoprune.model.budget import Target
+
+P50, P70, L50 = Target((("params", 0.5),)), Target((("params", 0.3),)), Target((("latency_ratio", 0.5),))
+
+
+def test_the_chain_runs_from_the_largest_model_to_the_smallest_and_keeps_the_specs_order_on_ties():
+    sizes = {P70: 300.0, P50: 500.0, L50: 300.0}
+    assert chain.chain_order([P70, L50, P50], sizes) == [P50, P70, L50]
+    assert chain.chain_order([L50, P70, P50], sizes) == [P50, L50, P70]
+
+
+@pytest.mark.parametrize(("left", "pending", "chained", "want"), [
+    (120.0, 3, True, 60.0),   # the chain's first: its share of what is left
+    (120.0, 3, False, 40.0),  # a later target, or no chain: equal parts
+    (60.0, 2, False, 30.0),
+    (90.0, 1, True, 90.0),    # the last (or only) target gets all that is left
+])
+def test_the_chains_first_target_gets_its_share_and_the_others_equal_parts(left, pending, chained, want):
+    assert chain.first_seconds(left, pending, 0.5, chained) == pytest.approx(want)
+
+
+def _recipe_trial(model, channels, params, depth=0):
+    """A finished study trial recording a recipe model's channels, parameters and policy (what the run's recipe
+    trial records; the model itself is made by the test)."""
+    study = optuna.create_study()
+    t = study.ask()
+    records.write_result(t, {"channels": channels, "policy": {"criterion": "l2", "depth": depth}},
+                         {"map50_95": 0.1, "params": float(params)})
+    study.tell(t, 0.1)
+    return study.trials[0]
+
+
+@pytest.fixture()
+def settings(tiny_data, tiny_model_pt):
+    return TrialSettings(model=str(tiny_model_pt), data=str(tiny_data), imgsz=64)
+
+
+def test_a_recipe_model_continues_from_a_larger_delivery_with_the_recipes_architecture(tmp_path, settings,
+                                                                                      tiny_model_pt):
+    torch.manual_seed(0)
+    earlier = yolo.load_model(tiny_model_pt)
+    uniform_prune(earlier, settings, 0.25)
+    with torch.no_grad():  # "trained" weights: the continued model must carry them, not the base's
+        for p in earlier.parameters():
+            p.add_(0.01)
+    ckpt = yolo.save_checkpoint(earlier, tmp_path / "delivered.pt")
+    recipe = yolo.load_model(tiny_model_pt)
+    keep = uniform_prune(recipe, settings, 0.5)
+    trial = _recipe_trial(recipe, keep, yolo.count_params(recipe))
+    link = chain.Earlier("params-75", 4, ckpt, unit_channels(earlier), 0)
+
+    got = chain.inherit([link], trial, settings)
+
+    assert got is not None and got.record["target"] == "params-75" and got.record["trial"] == 4
+    assert got.record["params"] == yolo.count_params(recipe) < yolo.count_params(earlier)
+    want = recipe.state_dict()
+    assert set(got.state) == set(want)
+    assert all(got.state[k].shape == want[k].shape for k in want)
+    recipe.load_state_dict(dict(got.state))  # loads into the recipe trial's own model
+    kept = got.state["model.0.conv.weight"]  # the first conv's surviving filters are the earlier delivery's
+    first = earlier.state_dict()["model.0.conv.weight"]
+    assert any(torch.equal(kept[0], first[i]) for i in range(first.shape[0]))
+
+
+def test_no_continuation_from_a_delivery_narrower_than_the_recipe_model_or_with_other_blocks(tmp_path, settings,
+                                                                                            tiny_model_pt):
+    small = yolo.load_model(tiny_model_pt)
+    uniform_prune(small, settings, 0.6)
+    ckpt = yolo.save_checkpoint(small, tmp_path / "delivered.pt")
+    recipe = yolo.load_model(tiny_model_pt)
+    keep = uniform_prune(recipe, settings, 0.3)
+    trial = _recipe_trial(recipe, keep, yolo.count_params(recipe))
+    narrower = chain.Earlier("params-30", 1, ckpt, unit_channels(small), 0)
+    assert chain.inherit([narrower], trial, settings) is None
+    other_blocks = chain.Earlier("params-30", 1, ckpt, unit_channels(small), 1)
+    assert chain.inherit([other_blocks], trial, settings) is None
+
+
+def test_the_latest_fitting_delivery_is_continued_from(tmp_path, settings, tiny_model_pt):
+    links = []
+    for i, ratio in enumerate((0.2, 0.6)):  # the latest is too narrow for the recipe model at 0.4
+        m = yolo.load_model(tiny_model_pt)
+        uniform_prune(m, settings, ratio)
+        links.append(chain.Earlier(f"t{i}", i, yolo.save_checkpoint(m, tmp_path / f"d{i}.pt"), unit_channels(m), 0))
+    recipe = yolo.load_model(tiny_model_pt)
+    keep = uniform_prune(recipe, settings, 0.4)
+    got = chain.inherit(links, _recipe_trial(recipe, keep, yolo.count_params(recipe)), settings)
+    assert got is not None and got.record["target"] == "t0"
