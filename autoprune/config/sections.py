@@ -160,8 +160,9 @@ class Budget:
     race_lrs: int = field(default=1, metadata=bounds(min=1, max=8))
     race_lr_low: float = field(default=0.001, metadata=bounds(gt=0, max=1))
     # progressive delivery (autoprune.deploy.chain): the targets are finalized from the largest model to the smallest,
-    # and the hand recipe's model at a later target continues from an earlier delivery pruned on to its channels (the
-    # recipe's architecture, the earlier targets' training inherited) instead of starting from the base; the chain's
+    # and a later target's candidates (the hand recipe's model; the search's pick where it fits) continue from an
+    # earlier delivery pruned on to their channels (their architecture, the earlier targets' training inherited)
+    # instead of starting from the base; the chain's
     # first target gets chain_first_share of the final phase's time (every later target inherits its training), the
     # others equal parts of the rest (false: every target from its own start, equal parts)
     progressive: bool = True

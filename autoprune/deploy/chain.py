@@ -7,7 +7,9 @@ one's *trained* weights too: prune the earlier delivery on to the recipe's chann
 criterion) and fine-tune that. The result has exactly the recipe's architecture (the same channels, parameters and
 latency as the recipe's trial, checked), and it inherits every second the earlier targets were trained: iterative
 pruning across targets. The first target of such a chain gets ``budget.chain_first_share`` of the final phase's
-time (its training is inherited by every later one); the others share the rest equally.
+time (its training is inherited by every later one); the others share the rest equally. The search's pick at a
+later target continues alike where the earlier delivery has at least its channels in every layer (its own
+allocation, the earlier training inherited); the race then compares the continued candidates.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ __all__ = ["Earlier", "Inherited", "chain_order", "earlier_of", "first_seconds",
 
 @dataclass(frozen=True)
 class Earlier:
-    """A delivery this run made: what a later target's recipe model may continue from."""
+    """A delivery this run made: what a later target's candidate may continue from."""
 
     target: str  # its label
     trial: int
@@ -42,7 +44,7 @@ class Earlier:
 
 @dataclass(frozen=True)
 class Inherited:
-    """A recipe model's start continued from an earlier delivery: its weights and where they come from."""
+    """A candidate's start continued from an earlier delivery: its weights and where they come from."""
 
     state: Mapping[str, Any]
     record: Mapping[str, Any]  # {"target", "trial", "prune_s", "params"}
@@ -77,20 +79,20 @@ def earlier_of(target: Target, trial: Any, checkpoint: Path | None) -> Earlier |
 def _fits(earlier: Earlier, keep: Mapping[str, int], depth: int) -> str | None:
     """Why ``earlier`` cannot be pruned on to ``keep`` (None: it can)."""
     if earlier.depth != depth:
-        return f"it has {earlier.depth} block(s) removed, the recipe's model {depth}"
+        return f"it has {earlier.depth} block(s) removed, the candidate {depth}"
     if set(earlier.channels) != set(keep):
-        return "its prunable layers differ from the recipe's model's"
+        return "its prunable layers differ from the candidate's"
     wider = [n for n, c in keep.items() if earlier.channels[n] < c]
     if wider:
-        return f"layer {wider[0]} keeps {earlier.channels[wider[0]]} channels, the recipe's model {keep[wider[0]]}"
+        return f"layer {wider[0]} keeps {earlier.channels[wider[0]]} channels, the candidate {keep[wider[0]]}"
     return None
 
 
 def inherit(earlier: Sequence[Earlier], trial: Any, settings: TrialSettings) -> Inherited | None:
-    """The recipe model of ``trial`` reached from the latest of ``earlier`` that has at least its channels in every
-    layer: that delivery loaded, pruned on to the trial's channel counts by the trial's criterion, and checked to
-    have the trial's channels and parameter count. None (logged) where no earlier delivery fits or the prune fails:
-    the trial then starts from its own checkpoint, as the recipe's model does."""
+    """The model of ``trial`` (a recipe model, or the search's pick) reached from the latest of ``earlier`` that has
+    at least its channels in every layer: that delivery loaded, pruned on to the trial's channel counts by the
+    trial's criterion, and checked to have the trial's channels and parameter count. None (logged) where no earlier
+    delivery fits or the prune fails: the trial then starts from its own checkpoint."""
     from autoprune.adapters import yolo
     from autoprune.engine.pipeline import prune_once
 
@@ -107,17 +109,17 @@ def inherit(earlier: Sequence[Earlier], trial: Any, settings: TrialSettings) -> 
                 got = prune_once(model, settings, criterion, keep, regularize=False)
                 found = yolo.count_params(model)
                 if got != keep or found != params:
-                    why = (f"pruned on, it has {found:,} parameters, the recipe's model {params:,}" if got == keep
-                           else "pruned on, its channels differ from the recipe's model's")
+                    why = (f"pruned on, it has {found:,} parameters, the candidate {params:,}" if got == keep
+                           else "pruned on, its channels differ from the candidate's")
                 else:
                     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                     record = {"target": e.target, "trial": e.trial, "prune_s": round(time.perf_counter() - t0, 2),
                               "params": found}
-                    logger.info("trial %d (the recipe's model) continues from the %s delivery (trial %d), pruned on "
+                    logger.info("trial %d continues from the %s delivery (trial %d), pruned on "
                                 "to its channels in %.1f s", trial.number, e.target, e.trial, record["prune_s"])
                     return Inherited(state, record)
             except (AutopruneError, RuntimeError, ValueError, OSError) as err:
                 why = f"pruning it on failed ({str(err).strip().splitlines()[0][:200] if str(err).strip() else err!r})"
-        logger.info("trial %d (the recipe's model) cannot continue from the %s delivery: %s", trial.number, e.target,
+        logger.info("trial %d cannot continue from the %s delivery: %s", trial.number, e.target,
                     why)
     return None

@@ -185,13 +185,14 @@ def _race(study: optuna.Study, store: Any, spec: SearchSpec, entrants: list[Entr
 
 def _continued(study: optuna.Study, spec: SearchSpec, entrants: list[Entrant],
                links: list[chain.Earlier]) -> list[Entrant]:
-    """``entrants`` with the recipe's model continued from an earlier delivery where one fits (progressive
-    delivery); a failure to continue leaves it as it was."""
+    """``entrants`` each continued from an earlier delivery where one fits (progressive delivery: the recipe's model,
+    and the search's pick where the earlier delivery has at least its channels); one that cannot continue starts
+    from its own checkpoint."""
     if not links:
         return entrants
     out = []
     for e in entrants:
-        got = chain.inherit(links, e.trial, spec.trial_settings) if e.source == "recipe" else None
+        got = chain.inherit(links, e.trial, spec.trial_settings)
         out.append(Entrant(e.trial, e.source, got.state, got.record) if got is not None else e)
     return out
 
