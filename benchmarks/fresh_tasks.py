@@ -194,6 +194,7 @@ def run_autoprune(task: dict[str, Any], budget_s: float, seed: int, workdir: Pat
                       "val_map": after.get("val", {}).get("map50_95"),
                       "params_kept": d.get("params_ratio"), "epochs": d.get("epochs"), "wall_s": wall / len(TARGETS),
                       "lr": d.get("lr"), "source": d.get("source"), "race": d.get("race"), "reason": d.get("reason"),
+                      "continued_from": d.get("continued_from"),
                       "policy": records.trial(t).policy if t is not None else None, "ledger": res.ledger.to_dict(),
                       "checkpoint": str(Path(d["out_dir"]) / "pruned.pt") if d.get("out_dir") else None}
     return out

@@ -24,6 +24,12 @@ def _arm(a: dict[str, Any]) -> str:
             f"{_num(a.get('epochs'), 'd')} | {_num(a.get('wall_s'), '.0f')} | {_num(load, '.1f')}")
 
 
+def _source(a: dict[str, Any]) -> str:
+    """Where the delivery came from (and, progressive, which delivery it continued from)."""
+    cont = a.get("continued_from") or {}
+    return (a.get("source") or a.get("reason") or "–") + (f", from {cont['target']}" if cont.get("target") else "")
+
+
 def render(result: dict[str, Any]) -> str:
     tasks = result.get("tasks") or []
     done = [t for t in tasks if t.get("done")]
@@ -38,7 +44,7 @@ def render(result: dict[str, Any]) -> str:
             verdict = {True: "**yes**", False: "no", None: "n/a"}[cell.get("dominated")]
             out.append(f"| {t['task_seed']} | {t['regime']} | {_num(t.get('base_test_map'), '.3f')} | "
                        f"{_num(t.get('budget_s'), '.0f')} s | {label} | {_arm(cell['recipe'])} | {_arm(auto)} | "
-                       f"{auto.get('source') or auto.get('reason') or '–'} | {verdict} |")
+                       f"{_source(auto)} | {verdict} |")
     out += ["", "| regime/target | n | autoprune − recipe, test mAP50-95 (95% t-interval) | wins | losses "
             "| dominated | latency autoprune / recipe |", "|---|---|---|---|---|---|---|"]
     for key, c in (result.get("summary") or {}).items():
