@@ -408,7 +408,8 @@ def test_the_fresh_task_table_renders_each_task_and_target_and_the_summary(tmp_p
     arm = {"test_map": 0.8, "latency_ratio": 0.4, "epochs": 12, "wall_s": 100.0, "load": {"mean": 2.3}}
     result = {"draw_seed": 5, "method_commit": "abcdef0123", "tasks": [
         {"task_seed": 11, "regime": "early", "done": True, "base_test_map": 0.7, "budget_s": 100.0,
-         "targets": {"params-50": {"recipe": arm, "autoprune": {**arm, "test_map": 0.79, "source": "recipe"},
+         "targets": {"params-50": {"recipe": arm, "autoprune": {**arm, "test_map": 0.79, "source": "recipe",
+                                                           "continued_from": {"target": "params-30", "trial": 2}},
                                    "dominated": False},
                      "latency-50": {"recipe": arm, "autoprune": {**arm, "test_map": 0.7, "source": "search"},
                                     "dominated": True}}},
@@ -420,7 +421,7 @@ def test_the_fresh_task_table_renders_each_task_and_target_and_the_summary(tmp_p
     assert "Draw 5 on method commit abcdef0: 1 of 2 tasks done." in text
     rows = [line for line in text.splitlines() if line.startswith("| 11 |")]
     assert len(rows) == 2 and rows[1].endswith("| search | **yes** |")
-    assert "| 0.790 | ×0.40 | 12 | 100 | 2.3 |" in rows[0]
+    assert "| 0.790 | ×0.40 | 12 | 100 | 2.3 | recipe, from params-30 | no |" in rows[0]
     assert "| all/params-50 | 2 | -0.010 [-0.050, +0.030] | 0 | 1 | 0 | ×1.00 |" in text
     assert "early/params-70" not in text
     bad = tmp_path / "bad.json"
