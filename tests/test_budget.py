@@ -546,13 +546,14 @@ def test_the_deliveries_table_says_which_target_was_delivered_how():
                       "before": split, "after": split, "kept": "start"},
         "params-70": {"out_dir": "f/params-70", "trial": 5, "params_ratio": 0.3, "epochs": 25,
                       "before": split, "after": {"val": {"map50_95": 0.81}, "test": {"map50_95": 0.72}},
-                      "kept": "fine-tuned"},
+                      "kept": "fine-tuned", "continued_from": {"target": "params-50", "trial": 3}},
         "params-90": {"out_dir": None, "reason": "no trial reached it within the budget"}}
     lines = render_deliveries(deliveries, ["params-90", "params-50", "params-70", "params-95"])
     assert lines[0] == "target params-90: not delivered: no trial reached it within the budget"
     assert lines[1].startswith("target params-50: trial 3 params -50%, 22 final epochs (undone: it lowered val);")
     assert "val mAP50-95 0.8000 -> 0.8000" in lines[1]
     assert "undone" not in lines[2] and "test mAP50-95 0.7000 -> 0.7200" in lines[2] and len(lines) == 3
+    assert "25 final epochs (continued from the params-50 delivery);" in lines[2]
     late = render_deliveries({"params-50": {**deliveries["params-50"], "epochs": 0}}, ["params-50"])
     assert "0 final epochs (no time left for it: delivered as measured)" in late[0]
 

@@ -200,6 +200,9 @@ def render_deliveries(deliveries: Mapping[str, Mapping[str, Any]], labels: Seque
         size = f" params {d['params_ratio'] - 1:+.0%}" if d.get("params_ratio") is not None else ""
         undone = (" (no time left for it: delivered as measured)" if d.get("epochs") == 0
                   else " (undone: it lowered val)" if d.get("kept") == "start" else "")
+        cont = d.get("continued_from") or {}
+        if cont.get("target"):
+            undone += f" (continued from the {cont['target']} delivery)"
         lines.append(f"target {label}: trial {d['trial']}{size}, {d.get('epochs')} final epochs{undone}; "
                      f"{'; '.join(splits)}; {d['out_dir']}")
     return lines
