@@ -189,6 +189,44 @@ def test_each_target_races_the_searchs_own_pick_against_its_own_recipe_model():
     assert target_entrants(study, deeper) == []
 
 
+def test_the_searchs_pick_is_no_slower_than_the_recipes_model_beyond_the_races_margin():
+    """A pick measured more than 10% slower than the recipe's model at the target does not race it (the recipe's
+    model, trained as long, would catch up on mAP and stay faster); with budget.as_fast_as_recipe false it does."""
+    from autoprune.deploy.deliver import target_entrants
+    from autoprune.model import records
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
+    # (mAP, params, latency ratio, recipe?): the best pick is 30% slower; the next is 8% slower; the recipe's model
+    for m, p, lat, recipe in ((0.78, 480.0, 0.87, None), (0.74, 470.0, 0.70, None), (0.30, 490.0, 0.645, True)):
+        if recipe:
+            study.enqueue_trial({}, user_attrs=records.recipe_attrs("params-50", 0.3))
+        t = study.ask()
+        records.write_result(t, {}, {"map50_95": m, "params": p, "latency_ratio": lat})
+        study.tell(t, [m, p])
+    half = Target((("params", 0.5),))
+    assert [(e.trial.number, e.source) for e in target_entrants(study, half)] == [(1, "search"), (2, "recipe")]
+    assert [e.trial.number for e in target_entrants(study, half, as_fast=False)] == [0, 2]
+
+
+def test_a_target_with_its_recipe_model_is_covered_whatever_that_models_map():
+    """The recipe's model is what a target gets at worst, so a target that has one borrows no grace from the final
+    fine-tunes, whatever it measured (below the map floor before its fine-tune, or a latency sized by a short timing
+    and measured a little over the bound: here its parameters, over the bound)."""
+    from autoprune.model import records
+    from autoprune.search.strategy.targets import covered
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0})
+    half, third = Target((("params", 0.5),)), Target((("params", 0.3),))
+    assert not covered(study, [half])
+    study.enqueue_trial({}, user_attrs=records.recipe_attrs("params-50", 0.3))
+    t = study.ask()
+    records.write_result(t, {}, {"map50_95": 0.01, "params": 520.0})
+    study.tell(t, [0.01, 520.0])
+    assert covered(study, [half]) and not covered(study, [half, third])
+
+
 def _write_spec(tmp_path, tiny_data, tiny_model_pt, **extra):
     spec = {"name": "budgeted", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64, "trials": 4,
             "space": {"ratio": {"low": 0.0, "high": 0.6, "step": 0.05}, "iterations": 1, "epochs": 1,

@@ -166,6 +166,11 @@ class Budget:
     # first target gets chain_first_share of the final phase's time (every later target inherits its training), the
     # others equal parts of the rest (false: every target from its own start, equal parts)
     progressive: bool = True
+    # the search's pick at a target is the best val mAP50-95 among the searched trials that meet it and are measured
+    # no more than the race's latency margin (10%) slower than the hand recipe's model there: a user prunes for
+    # speed, and a slower pick leads a short race on its better start while the recipe's model, trained as long,
+    # catches up (false: a pick of any speed races)
+    as_fast_as_recipe: bool = True
     chain_first_share: float = field(default=0.5, metadata=bounds(gt=0, max=0.9))
     # rounds in a row in which no target's winner improved, after which the search hands what is left of its share
     # to the final fine-tunes (0: the search uses its whole share)

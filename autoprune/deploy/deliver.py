@@ -119,7 +119,7 @@ def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, plan: Plan) -> l
     chain's first gets ``budget.chain_first_share`` of it, else equal parts). Returned in the spec's order."""
     study, store = outcome.study, outcome.store
     base_params = records.baseline_metrics(study).get("params")
-    entrants = {t: target_entrants(study, t) for t in spec.targets}
+    entrants = {t: target_entrants(study, t, spec.budget.as_fast_as_recipe) for t in spec.targets}
     pending = chain.chain_order([t for t in spec.targets if entrants[t]], {
         t: float(records.trial(_recipe_or_first(entrants[t]).trial).metrics.get("params", 0.0))
         for t in spec.targets if entrants[t]})
@@ -160,12 +160,18 @@ def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
-def target_entrants(study: optuna.Study, target: Target) -> list[Entrant]:
-    """What the final phase races at ``target``: the search's pick (the best val mAP50-95 that meets it) and the hand
-    recipe's model (:mod:`autoprune.search.strategy.recipe`), where the study has them."""
+def target_entrants(study: optuna.Study, target: Target, as_fast: bool = True) -> list[Entrant]:
+    """What the final phase races at ``target``: the search's pick (the best val mAP50-95 that meets it; with
+    ``as_fast``, among the trials no more than the race's latency margin slower than the recipe's model there) and
+    the hand recipe's model (:mod:`autoprune.search.strategy.recipe`), where the study has them."""
+    from autoprune.model.race import DOMINANCE
     from autoprune.search.strategy.recipe import recipe_trial
+    from autoprune.search.strategy.targets import latency_of
 
-    pick, recipe = trial_for_target(study, target, searched_only=True), recipe_trial(study, target)
+    recipe = recipe_trial(study, target)
+    bar = latency_of(recipe) if recipe is not None and as_fast else None
+    pick = trial_for_target(study, target, searched_only=True,
+                            max_latency=bar / (1 - DOMINANCE.latency_share) if bar else None)
     return [*([Entrant(pick, "search")] if pick is not None else []),
             *([Entrant(recipe, "recipe")] if recipe is not None else [])]
 

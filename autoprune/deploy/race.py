@@ -29,6 +29,7 @@ from autoprune.config.sections import FinetuneSettings
 from autoprune.model import records
 from autoprune.model.race import Arm, survivors, winner
 from autoprune.search.storage.study import StudyStorage
+from autoprune.search.strategy.targets import latency_of
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +130,6 @@ def _train(model: Any, s: RaceSettings, lr: float, seconds: float, workdir: Path
     return time.perf_counter() - t0
 
 
-def _latency(t: FrozenTrial) -> float | None:
-    m = records.trial(t).metrics
-    v = m.get("latency_ratio", m.get("latency_ms"))
-    return float(v) if v is not None else None
-
-
 def run_race(study: optuna.Study, store: StudyStorage, entrants: Sequence[Entrant], s: RaceSettings,
              artifact_dir: Path | None = None, scratch: Path | None = None) -> RaceOutcome:
     """Race ``entrants`` at ``s.lrs`` within ``s.seconds`` (see module doc)."""
@@ -152,7 +147,7 @@ def run_race(study: optuna.Study, store: StudyStorage, entrants: Sequence[Entran
         rungs, n_lrs, each = plan_rungs(left, len(entrants), len(s.lrs), val_s)
         lrs = list(s.lrs[:n_lrs])
         source = {e.trial.number: e for e in entrants}
-        arms = [Arm(e.trial.number, e.source, lr, _latency(e.trial), starts[e.trial.number])
+        arms = [Arm(e.trial.number, e.source, lr, latency_of(e.trial), starts[e.trial.number])
                 for e in entrants for lr in lrs]
         state = {id(a): copy.deepcopy(models[a.trial]) if len(lrs) > 1 else models[a.trial] for a in arms}
         running = arms if rungs else []
