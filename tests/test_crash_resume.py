@@ -1,4 +1,5 @@
-"""kill -9 the search process mid-trial; the same command resumes the study."""
+"""kill -9 the search process mid-trial: nothing it started outlives it for long, and the same command resumes the
+study."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import time
 
 import optuna
+import psutil
 import pytest
 import sqlalchemy
 import yaml
@@ -24,6 +26,23 @@ def _states(url):
     except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # not created yet, or its tables are being created right now
         return []
     return study.get_trials(deepcopy=False)
+
+
+def _descendants(pid):
+    return {(p.pid, p.create_time()) for p in psutil.Process(pid).children(recursive=True)}
+
+
+def _alive(procs):
+    """Of (pid, start time) pairs, the names of those still running (a reused pid is another process)."""
+    out = []
+    for pid, created in procs:
+        try:
+            p = psutil.Process(pid)
+            if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(" ".join(p.cmdline())[:60] or p.name())
+        except psutil.Error:
+            continue
+    return out
 
 
 @pytest.mark.slow
@@ -56,8 +75,14 @@ def test_kill_minus_9_then_resume(tmp_path, tiny_data, tiny_model_pt):
             time.sleep(0.5)
         else:
             pytest.fail("no trial completed in time: " + log.read_text()[-3000:])
+        started = _descendants(proc.pid)  # Ray's processes (raylet, GCS, agents, workers), autoprune's reaper
         os.kill(proc.pid, signal.SIGKILL)  # at once: a tiny trial can end within a second or two
         proc.wait(timeout=30)
+        # nothing the killed search started outlives it for long (Ray's agents alone took a minute)
+        deadline = time.time() + 15
+        while time.time() < deadline and _alive(started):
+            time.sleep(0.5)
+        assert not _alive(started), f"left running 15 s after kill -9 of the search: {_alive(started)}"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever Ray left behind in that session

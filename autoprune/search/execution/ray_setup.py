@@ -46,10 +46,43 @@ def ray_session(address: str | None) -> Iterator[bool]:
                                        if k in os.environ}})
     if main and on_term is not None:
         signal.signal(signal.SIGTERM, on_term)  # ray.init replaces it with sys.exit(15)
+    reaper = _start_reaper() if not address else None
     try:
         yield True
     finally:
         ray.shutdown()
+        if reaper is not None:
+            _stop_reaper(reaper)
+
+
+def _start_reaper() -> Any:
+    """The local Ray's reaper (:mod:`autoprune.search.execution.reaper`): it ends what this driver started if the
+    driver dies without shutting Ray down (Ray's agents linger a minute otherwise). Its own session, so that a
+    signal to the driver's process group leaves it to clean up."""
+    import subprocess
+    import sys
+
+    try:
+        return subprocess.Popen([sys.executable, "-m", "autoprune.search.execution.reaper", str(os.getpid())],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError as e:  # the search runs without it: only a killed driver's cleanup is slower
+        logger.warning("no reaper for the local Ray (%s): a killed search's Ray agents end on their own", e)
+        return None
+
+
+def _stop_reaper(reaper: Any) -> None:
+    """Ray is shut down: tell the reaper so (it exits without ending anything)."""
+    import subprocess
+
+    from autoprune.search.execution.reaper import BYE
+
+    try:
+        reaper.stdin.write(BYE)
+        reaper.stdin.close()
+        reaper.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        reaper.kill()
 
 
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS frame
