@@ -157,7 +157,7 @@ def test_with_no_time_left_the_start_is_delivered_untrained(monkeypatch):
 
     def fake_finalize(study, store, t, out, settings, **kw):
         got["settings"] = settings
-        return SimpleNamespace(policy=None, out_dir=out)
+        return SimpleNamespace(policy=None, out_dir=out, checkpoint=None)
     monkeypatch.setattr(deliver, "finalize_trial", fake_finalize)
     monkeypatch.setattr("autoprune.model.document.load_policy_file", lambda p: SimpleNamespace(finalize={}))
     spec = parse_spec({"name": "b", "model": "m.pt", "data": "d.yaml", "budget": 60, "targets": {"params": 0.5}},
