@@ -33,7 +33,7 @@ def test_the_chains_first_target_gets_its_share_and_the_others_equal_parts(left,
     assert chain.first_seconds(left, pending, 0.5, chained) == pytest.approx(want)
 
 
-def _recipe_trial(model, channels, params, depth=0):
+def _recipe_trial(channels, params, depth=0):
     """A finished study trial recording a recipe model's channels, parameters and policy (what the run's recipe
     trial records; the model itself is made by the test)."""
     study = optuna.create_study()
@@ -60,7 +60,7 @@ def test_a_recipe_model_continues_from_a_larger_delivery_with_the_recipes_archit
     ckpt = yolo.save_checkpoint(earlier, tmp_path / "delivered.pt")
     recipe = yolo.load_model(tiny_model_pt)
     keep = uniform_prune(recipe, settings, 0.5)
-    trial = _recipe_trial(recipe, keep, yolo.count_params(recipe))
+    trial = _recipe_trial(keep, yolo.count_params(recipe))
     link = chain.Earlier("params-75", 4, ckpt, unit_channels(earlier), 0)
 
     got = chain.inherit([link], trial, settings)
@@ -83,7 +83,7 @@ def test_no_continuation_from_a_delivery_narrower_than_the_recipe_model_or_with_
     ckpt = yolo.save_checkpoint(small, tmp_path / "delivered.pt")
     recipe = yolo.load_model(tiny_model_pt)
     keep = uniform_prune(recipe, settings, 0.3)
-    trial = _recipe_trial(recipe, keep, yolo.count_params(recipe))
+    trial = _recipe_trial(keep, yolo.count_params(recipe))
     narrower = chain.Earlier("params-30", 1, ckpt, unit_channels(small), 0)
     assert chain.inherit([narrower], trial, settings) is None
     other_blocks = chain.Earlier("params-30", 1, ckpt, unit_channels(small), 1)
@@ -98,5 +98,5 @@ def test_the_latest_fitting_delivery_is_continued_from(tmp_path, settings, tiny_
         links.append(chain.Earlier(f"t{i}", i, yolo.save_checkpoint(m, tmp_path / f"d{i}.pt"), unit_channels(m), 0))
     recipe = yolo.load_model(tiny_model_pt)
     keep = uniform_prune(recipe, settings, 0.4)
-    got = chain.inherit(links, _recipe_trial(recipe, keep, yolo.count_params(recipe)), settings)
+    got = chain.inherit(links, _recipe_trial(keep, yolo.count_params(recipe)), settings)
     assert got is not None and got.record["target"] == "t0"
