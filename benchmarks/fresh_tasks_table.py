@@ -27,7 +27,9 @@ def _arm(a: dict[str, Any]) -> str:
 def _source(a: dict[str, Any]) -> str:
     """Where the delivery came from (and, progressive, which delivery it continued from)."""
     cont = a.get("continued_from") or {}
-    return (a.get("source") or a.get("reason") or "–") + (f", from {cont['target']}" if cont.get("target") else "")
+    capped = " (capped)" if cont.get("capped_layers") else ""
+    return (a.get("source") or a.get("reason") or "–") + (f", from {cont['target']}{capped}" if cont.get("target")
+                                                          else "")
 
 
 def render(result: dict[str, Any]) -> str:

@@ -412,7 +412,9 @@ def test_the_fresh_task_table_renders_each_task_and_target_and_the_summary(tmp_p
                                                            "continued_from": {"target": "params-30", "trial": 2}},
                                    "dominated": False},
                      "latency-50": {"recipe": arm, "autoprune": {**arm, "test_map": 0.7, "source": "search"},
-                                    "dominated": True}}},
+                                    "dominated": True},
+                     "params-70": {"recipe": arm, "autoprune": {**arm, "source": "recipe", "continued_from": {
+                         "target": "params-50", "trial": 4, "capped_layers": 9}}, "dominated": False}}},
         {"task_seed": 12, "regime": "converged", "done": False}],
         "summary": {"all/params-50": {"n": 2, "mean_test_map_diff": -0.01, "ci95": [-0.05, 0.03], "wins": 0,
                                       "losses": 1, "dominated": 0, "latency_ratio_autoprune_over_recipe": 1.0},
@@ -420,7 +422,8 @@ def test_the_fresh_task_table_renders_each_task_and_target_and_the_summary(tmp_p
     text = fresh_tasks_table.render(result)
     assert "Draw 5 on method commit abcdef0: 1 of 2 tasks done." in text
     rows = [line for line in text.splitlines() if line.startswith("| 11 |")]
-    assert len(rows) == 2 and rows[1].endswith("| search | **yes** |")
+    assert len(rows) == 3 and rows[1].endswith("| search | **yes** |")
+    assert rows[2].endswith("| recipe, from params-50 (capped) | no |")
     assert "| 0.790 | ×0.40 | 12 | 100 | 2.3 | recipe, from params-30 | no |" in rows[0]
     assert "| all/params-50 | 2 | -0.010 [-0.050, +0.030] | 0 | 1 | 0 | ×1.00 |" in text
     assert "early/params-70" not in text

@@ -76,8 +76,8 @@ def test_a_recipe_model_continues_from_a_larger_delivery_with_the_recipes_archit
     assert any(torch.equal(kept[0], first[i]) for i in range(first.shape[0]))
 
 
-def test_no_continuation_from_a_delivery_narrower_than_the_recipe_model_or_with_other_blocks(tmp_path, settings,
-                                                                                            tiny_model_pt):
+def test_no_continuation_from_a_delivery_with_other_blocks_and_none_from_a_narrower_one_uncapped(tmp_path, settings,
+                                                                                                tiny_model_pt):
     small = yolo.load_model(tiny_model_pt)
     uniform_prune(small, settings, 0.6)
     ckpt = yolo.save_checkpoint(small, tmp_path / "delivered.pt")
@@ -85,9 +85,44 @@ def test_no_continuation_from_a_delivery_narrower_than_the_recipe_model_or_with_
     keep = uniform_prune(recipe, settings, 0.3)
     trial = _recipe_trial(keep, yolo.count_params(recipe))
     narrower = chain.Earlier("params-30", 1, ckpt, unit_channels(small), 0)
-    assert chain.inherit([narrower], trial, settings) is None
+    assert chain.inherit([narrower], trial, settings, capped=False) is None
     other_blocks = chain.Earlier("params-30", 1, ckpt, unit_channels(small), 1)
     assert chain.inherit([other_blocks], trial, settings) is None
+
+
+def test_a_narrower_delivery_is_pruned_on_to_the_narrower_of_the_two_in_every_layer(tmp_path, settings,
+                                                                                   tiny_model_pt):
+    """The search's pick delivered first can be narrower than a later target's recipe model in some layers and wider
+    in others: the later target's start is that delivery with no layer wider than either (so no more parameters than
+    the recipe's model), carrying the delivery's trained filters."""
+    torch.manual_seed(0)
+    earlier = yolo.load_model(tiny_model_pt)
+    channels = unit_channels(earlier)
+    names = list(channels)
+    keep_earlier = {n: (max(1, c // 4) if i < len(names) // 2 else c) for i, (n, c) in enumerate(channels.items())}
+    from autoprune.engine.pipeline import prune_once
+
+    prune_once(earlier, settings, "l2", keep_earlier, regularize=False)
+    with torch.no_grad():
+        for p in earlier.parameters():
+            p.add_(0.01)
+    ckpt = yolo.save_checkpoint(earlier, tmp_path / "delivered.pt")
+    recipe = yolo.load_model(tiny_model_pt)
+    keep = uniform_prune(recipe, settings, 0.5)
+    trial = _recipe_trial(keep, yolo.count_params(recipe))
+    link = chain.Earlier("params-50", 3, ckpt, unit_channels(earlier), 0)
+
+    got = chain.inherit([link], trial, settings)
+
+    assert got is not None and got.state is None and got.model is not None
+    want = {n: min(keep[n], keep_earlier[n]) for n in keep}
+    assert dict(got.channels) == want != keep
+    assert unit_channels(got.model) == want
+    assert got.record["capped_layers"] == sum(1 for n in keep if keep_earlier[n] < keep[n]) > 0
+    assert got.record["params"] == yolo.count_params(got.model) < yolo.count_params(recipe)
+    kept = got.model.state_dict()["model.0.conv.weight"]  # the earlier delivery's (trained) filters survive
+    first = earlier.state_dict()["model.0.conv.weight"]
+    assert all(any(torch.equal(kept[j], first[i]) for i in range(first.shape[0])) for j in range(kept.shape[0]))
 
 
 def test_the_latest_fitting_delivery_is_continued_from(tmp_path, settings, tiny_model_pt):
@@ -100,3 +135,51 @@ def test_the_latest_fitting_delivery_is_continued_from(tmp_path, settings, tiny_
     keep = uniform_prune(recipe, settings, 0.4)
     got = chain.inherit(links, _recipe_trial(keep, yolo.count_params(recipe)), settings)
     assert got is not None and got.record["target"] == "t0"
+
+
+def test_a_capped_continuation_becomes_a_measured_trial_that_is_not_the_searchs_pick(tmp_path, tiny_data,
+                                                                                      tiny_model_pt):
+    """continued_trial on a real SQLite study and the tiny model: the capped model is saved, validated, counted and
+    timed against the base, recorded with its own channels and the candidate's policy, and left out of the search's
+    picks (it is neither the search's nor the recipe's)."""
+    from autoprune.config.spec import parse_spec
+    from autoprune.search.storage.study import get_storage, open_study_for
+    from autoprune.search.strategy.plan import searched
+    from autoprune.search.strategy.targets import trial_for_target
+
+    url = f"sqlite:///{tmp_path}/studies/autoprune.db"
+    spec = parse_spec({"name": "capped", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
+                       "storage": url, "latency": {"runs": 6, "rounds": 2, "warmup": 1, "retries": 0}}, "s.yaml",
+                      studies_dir=tmp_path / "studies")
+    study = open_study_for(spec, get_storage(url))
+    base = yolo.load_model(tiny_model_pt)
+    original = unit_channels(base)
+    study.set_user_attr("baseline", {"model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
+                                     "map50_95": 0.5, "params": float(yolo.count_params(base))})
+    study.set_user_attr("layers", [[n, c, "backbone"] for n, c in original.items()])
+    recipe = yolo.load_model(tiny_model_pt)
+    keep = uniform_prune(recipe, spec.trial_settings, 0.3)
+    t = study.ask()
+    records.write_result(t, {"channels": keep, "policy": {"ratios": dict.fromkeys(keep, 0.3), "criterion": "l2"}},
+                         {"map50_95": 0.1, "params": float(yolo.count_params(recipe))})
+    study.tell(t, [0.1, float(yolo.count_params(recipe)), 0.7])
+    candidate = study.trials[0]
+    small = yolo.load_model(tiny_model_pt)
+    uniform_prune(small, spec.trial_settings, 0.6)
+    link = chain.Earlier("params-40", 0, yolo.save_checkpoint(small, tmp_path / "d.pt"), unit_channels(small), 0)
+    got = chain.inherit([link], candidate, spec.trial_settings)
+    assert got is not None and got.model is not None
+
+    made = chain.continued_trial(study, spec, candidate, got)
+
+    rec = records.trial(made)
+    assert made.number == 1 and made.state.name == "COMPLETE" and len(made.values) == 3
+    assert rec.continued == {**got.record, "candidate": 0} and rec.recipe is None
+    assert rec.channels == dict(got.channels) == unit_channels(small)
+    assert rec.metrics["params"] == yolo.count_params(small) == made.values[1]
+    assert 0 <= rec.metrics["map50_95"] <= 1 and rec.metrics["latency_ratio"] > 0
+    assert yolo.count_params(yolo.load_model(rec.checkpoint)) == yolo.count_params(small)
+    assert rec.policy["criterion"] == "l2"
+    assert all(abs(rec.policy["ratios"][n] - (1 - c / original[n])) < 1e-6 for n, c in rec.channels.items())
+    assert searched(study.get_trials()) == [study.trials[0]]  # the candidate (no recipe record here), not the copy
+    assert trial_for_target(study, Target((("params", 0.99),)), searched_only=True).number == 0

@@ -47,3 +47,37 @@ def test_a_pruned_copy_keeps_what_is_counted(yolov8n):
     macs = uniform.pruned_share(yolov8n, s, keep, "macs")
     assert params == pytest.approx(uniform.pruned_params(yolov8n, s, keep) / yolo.count_params(yolov8n))
     assert 0.3 < macs < 0.7 and 0.3 < params < 0.7 and macs != params
+
+
+def test_the_smallest_index_meeting_a_monotone_test_is_found_from_any_guess_in_few_calls():
+    from autoprune.engine.uniform import smallest_meeting
+
+    for answer in range(1, 41):
+        for guess in (None, 1, answer - 1, answer, answer + 1, 20, 39):
+            calls: list[int] = []
+
+            def meets(i, answer=answer, calls=calls):
+                calls.append(i)
+                return i >= answer
+
+            assert smallest_meeting(meets, 0, 40, guess) == answer
+            if guess == answer < 40:  # (a guess at the top is no guess: meets(hi) is taken to hold)
+                assert len(calls) <= 2  # a right guess: two pruned copies (it and the one below), not six
+            elif guess is not None and abs(guess - answer) == 1 and 0 < guess < 40:
+                assert len(calls) <= 4
+            assert len(calls) <= 12
+
+
+def test_the_recipes_params_ratio_is_the_smallest_grid_ratio_that_meets_the_target(yolov8n):
+    """The guessed, galloping search lands where a scan of the grid does, pruning a handful of copies."""
+    from autoprune.adapters import yolo
+    from autoprune.engine import uniform
+    from autoprune.model.budget import Target
+
+    s = TrialSettings(model="yolov8n.yaml", data="d.yaml", imgsz=64)
+    base = yolo.count_params(yolov8n)
+    for frac in (0.5, 0.3):
+        r, cost = uniform.uniform_ratio_for(yolov8n, s, Target((("params", frac),)))
+        assert cost["params"] <= frac * base
+        below = uniform._pruned_cost(yolov8n, s, round(r - 0.01, 2), uniform.RECIPE_ROUND_TO)
+        assert below["params"] > frac * base

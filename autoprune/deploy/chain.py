@@ -1,4 +1,4 @@
-"""Progressive delivery: the targets finalized from the least pruned to the most, each hand-recipe model continued
+"""Progressive delivery: the targets finalized from the least pruned to the most, each later candidate continued
 from an earlier target's delivery instead of from the base.
 
 The hand recipe trains each target's model from the base on its own. Its models at two targets differ only in how
@@ -8,8 +8,14 @@ criterion) and fine-tune that. The result has exactly the recipe's architecture 
 latency as the recipe's trial, checked), and it inherits every second the earlier targets were trained: iterative
 pruning across targets. The first target of such a chain gets ``budget.chain_first_share`` of the final phase's
 time (its training is inherited by every later one); the others share the rest equally. The search's pick at a
-later target continues alike where the earlier delivery has at least its channels in every layer (its own
-allocation, the earlier training inherited); the race then compares the continued candidates.
+later target continues alike where the earlier delivery has at least its channels in every layer.
+
+Where the earlier delivery is narrower than a candidate in some layer (the search's pick delivered first, its
+allocation unlike the recipe's), the delivery is pruned on to the narrower of the two in every layer: fewer
+parameters than the candidate and no layer wider than either, the earlier training inherited. That model is made a
+trial of its own (saved, measured like any trial, recorded as ``continued``) and races beside the candidate, which
+starts from its own checkpoint: the race, on the user's train and val splits, decides between the inherited start
+and the candidate's own architecture.
 """
 
 from __future__ import annotations
@@ -21,14 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import FrozenTrial
+
 from autoprune.config.sections import TrialSettings
+from autoprune.config.spec import SearchSpec
 from autoprune.errors import AutopruneError
 from autoprune.model import records
 from autoprune.model.budget import Target
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Earlier", "Inherited", "chain_order", "earlier_of", "first_seconds", "inherit"]
+__all__ = ["Earlier", "Inherited", "chain_order", "continued_trial", "earlier_of", "first_seconds", "inherit"]
 
 
 @dataclass(frozen=True)
@@ -44,10 +54,15 @@ class Earlier:
 
 @dataclass(frozen=True)
 class Inherited:
-    """A candidate's start continued from an earlier delivery: its weights and where they come from."""
+    """A candidate's start continued from an earlier delivery and where it comes from: the weights of the
+    candidate's own architecture (``state``), or, where the delivery was narrower than the candidate in some layer,
+    the delivery pruned on to the narrower of the two in every layer (``model``, with its ``channels``: another
+    architecture, made a trial of its own by :func:`continued_trial`)."""
 
-    state: Mapping[str, Any]
-    record: Mapping[str, Any]  # {"target", "trial", "prune_s", "params"}
+    state: Mapping[str, Any] | None
+    record: Mapping[str, Any]  # {"target", "trial", "prune_s", "params"} (+ "capped_layers" for a capped one)
+    model: Any = None
+    channels: Mapping[str, int] | None = None
 
 
 def chain_order(targets: Sequence[Target], size: Mapping[Target, float]) -> list[Target]:
@@ -76,50 +91,109 @@ def earlier_of(target: Target, trial: Any, checkpoint: Path | None) -> Earlier |
     return Earlier(target.label, trial.number, checkpoint, dict(rec.channels), _depth(rec.policy))
 
 
-def _fits(earlier: Earlier, keep: Mapping[str, int], depth: int) -> str | None:
-    """Why ``earlier`` cannot be pruned on to ``keep`` (None: it can)."""
+def _blocked(earlier: Earlier, keep: Mapping[str, int], depth: int) -> str | None:
+    """Why ``earlier`` cannot be pruned on to (at most) ``keep`` at all (None: it can)."""
     if earlier.depth != depth:
         return f"it has {earlier.depth} block(s) removed, the candidate {depth}"
     if set(earlier.channels) != set(keep):
         return "its prunable layers differ from the candidate's"
-    wider = [n for n, c in keep.items() if earlier.channels[n] < c]
-    if wider:
-        return f"layer {wider[0]} keeps {earlier.channels[wider[0]]} channels, the candidate {keep[wider[0]]}"
     return None
 
 
-def inherit(earlier: Sequence[Earlier], trial: Any, settings: TrialSettings) -> Inherited | None:
-    """The model of ``trial`` (a recipe model, or the search's pick) reached from the latest of ``earlier`` that has
-    at least its channels in every layer: that delivery loaded, pruned on to the trial's channel counts by the
-    trial's criterion, and checked to have the trial's channels and parameter count. None (logged) where no earlier
-    delivery fits or the prune fails: the trial then starts from its own checkpoint."""
+def _narrower(earlier: Earlier, keep: Mapping[str, int]) -> list[str]:
+    return [n for n, c in keep.items() if earlier.channels[n] < c]
+
+
+def inherit(earlier: Sequence[Earlier], trial: Any, settings: TrialSettings, capped: bool = True) -> Inherited | None:
+    """The model of ``trial`` (a recipe model, or the search's pick) reached from an earlier delivery: the latest of
+    ``earlier`` that has at least its channels in every layer, loaded, pruned on to the trial's channel counts by
+    the trial's criterion, and checked to have the trial's channels and parameter count. Where none has, and
+    ``capped``: the latest delivery with the same blocks and layers, pruned on to the narrower of its own and the
+    trial's channels in every layer (fewer parameters than the trial, and no layer wider than either). None (logged)
+    where no earlier delivery fits or the prune fails: the trial then starts from its own checkpoint."""
+    rec = records.trial(trial)
+    keep, depth = dict(rec.channels), _depth(rec.policy)
+    if not keep:
+        logger.info("trial %d cannot continue from an earlier delivery: it records no channel counts", trial.number)
+        return None
+    exact = [e for e in earlier if _blocked(e, keep, depth) is None and not _narrower(e, keep)]
+    if exact:
+        return _prune_on(exact[-1], trial, settings, keep)
+    for e in reversed(earlier):
+        why = _blocked(e, keep, depth)
+        if why is None:
+            narrower = _narrower(e, keep)
+            if capped:
+                return _prune_on(e, trial, settings, {n: min(c, e.channels[n]) for n, c in keep.items()})
+            why = f"layer {narrower[0]} keeps {e.channels[narrower[0]]} channels, the candidate {keep[narrower[0]]}"
+        logger.info("trial %d cannot continue from the %s delivery: %s", trial.number, e.target, why)
+    return None
+
+
+def _prune_on(e: Earlier, trial: Any, settings: TrialSettings, want: Mapping[str, int]) -> Inherited | None:
+    """``e``'s delivery pruned on to ``want`` (the trial's channels, or fewer where ``e`` is narrower)."""
     from autoprune.adapters import yolo
     from autoprune.engine.pipeline import prune_once
 
     rec = records.trial(trial)
-    keep, depth = dict(rec.channels), _depth(rec.policy)
     criterion = str((rec.policy or {}).get("criterion", "l2"))
     params = int(rec.metrics.get("params", 0))
-    for e in reversed(earlier):
-        why = _fits(e, keep, depth) if keep else "the trial records no channel counts"
-        if why is None:
-            t0 = time.perf_counter()
-            try:
-                model = yolo.load_model(e.checkpoint).to(settings.device)
-                got = prune_once(model, settings, criterion, keep, regularize=False)
-                found = yolo.count_params(model)
-                if got != keep or found != params:
-                    why = (f"pruned on, it has {found:,} parameters, the candidate {params:,}" if got == keep
-                           else "pruned on, its channels differ from the candidate's")
-                else:
-                    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                    record = {"target": e.target, "trial": e.trial, "prune_s": round(time.perf_counter() - t0, 2),
-                              "params": found}
-                    logger.info("trial %d continues from the %s delivery (trial %d), pruned on "
-                                "to its channels in %.1f s", trial.number, e.target, e.trial, record["prune_s"])
-                    return Inherited(state, record)
-            except (AutopruneError, RuntimeError, ValueError, OSError) as err:
-                why = f"pruning it on failed ({str(err).strip().splitlines()[0][:200] if str(err).strip() else err!r})"
-        logger.info("trial %d cannot continue from the %s delivery: %s", trial.number, e.target,
-                    why)
-    return None
+    capped = sum(1 for n, c in want.items() if c < rec.channels[n])
+    t0 = time.perf_counter()
+    try:
+        model = yolo.load_model(e.checkpoint).to(settings.device)
+        got = prune_once(model, settings, criterion, want, regularize=False)
+        found = yolo.count_params(model)
+    except (AutopruneError, RuntimeError, ValueError, OSError) as err:
+        why = f"pruning it on failed ({str(err).strip().splitlines()[0][:200] if str(err).strip() else err!r})"
+        logger.info("trial %d cannot continue from the %s delivery: %s", trial.number, e.target, why)
+        return None
+    if got != dict(want) or (not capped and found != params):
+        why = ("pruned on, its channels differ from the candidate's" if got != dict(want) else
+               f"pruned on, it has {found:,} parameters, the candidate {params:,}")
+        logger.info("trial %d cannot continue from the %s delivery: %s", trial.number, e.target, why)
+        return None
+    record = {"target": e.target, "trial": e.trial, "prune_s": round(time.perf_counter() - t0, 2), "params": found}
+    if capped:
+        logger.info("trial %d continues from the %s delivery (trial %d), which is narrower in %d layer(s): pruned on "
+                    "to the narrower of the two in every layer (%s parameters, the candidate %s) in %.1f s",
+                    trial.number, e.target, e.trial, capped, f"{found:,}", f"{params:,}", record["prune_s"])
+        return Inherited(None, {**record, "capped_layers": capped}, model.cpu(), got)
+    logger.info("trial %d continues from the %s delivery (trial %d), pruned on to its channels in %.1f s",
+                trial.number, e.target, e.trial, record["prune_s"])
+    return Inherited({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, record)
+
+
+def continued_trial(study: optuna.Study, spec: SearchSpec, candidate: Any, got: Inherited) -> FrozenTrial:
+    """A capped continuation (``got.model``) made a completed trial of ``study``: saved, measured like every
+    trial (validated, counted, timed against the base on the spec's runtime, no training), with the candidate's
+    policy at its own channels, and a ``continued`` record (which delivery, which candidate) that keeps it out of
+    the search's picks. Returns the trial."""
+    from autoprune.adapters import yolo
+    from autoprune.engine.measure import measure_model
+
+    rec = records.trial(candidate)
+    t0 = time.perf_counter()
+    folder = spec.study_dir / "trials" / f"continued-{got.record['target']}-{candidate.number}"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = got.model
+    checkpoint = yolo.save_checkpoint(model, folder / "pruned.pt")
+    base = yolo.load_model(str(records.baseline(study).get("model") or spec.model))
+    m = measure_model(model.to(spec.device), spec.trial_settings, reference=base.to(spec.device))
+    original = {layer.name: layer.channels for layer in records.layers(study) or []}
+    channels = dict(got.channels or {})
+    policy = {**(rec.policy or {}), "ratios": {n: round(1 - c / original[n], 6) if original.get(n) else 0.0
+                                               for n, c in channels.items()}}
+    continued = {**got.record, "candidate": candidate.number}
+    metrics = m.metrics()
+    values = [float(metrics[name]) for name in records.study_objectives(study)]
+    study.add_trial(optuna.trial.create_trial(values=values, user_attrs={
+        "policy": policy, "channels": channels, "metrics": metrics, "latency": m.latency,
+        "checkpoint": str(checkpoint), "continued": continued,
+        "wall_seconds": round(time.perf_counter() - t0, 2)}))
+    made = max((t for t in study.get_trials(deepcopy=False) if records.trial(t).continued == continued),
+               key=lambda t: t.number)
+    logger.info("trial %d: trial %d's model continued from the %s delivery: val mAP50-95 %.4f, %s parameters, "
+                "latency x%.2f", made.number, candidate.number, got.record["target"], m.map50_95, f"{m.params:,}",
+                m.latency_ratio if m.latency_ratio is not None else float("nan"))
+    return made

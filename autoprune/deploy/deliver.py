@@ -192,14 +192,28 @@ def _race(study: optuna.Study, store: Any, spec: SearchSpec, entrants: list[Entr
 def _continued(study: optuna.Study, spec: SearchSpec, entrants: list[Entrant],
                links: list[chain.Earlier]) -> list[Entrant]:
     """``entrants`` each continued from an earlier delivery where one fits (progressive delivery: the recipe's model,
-    and the search's pick where the earlier delivery has at least its channels); one that cannot continue starts
-    from its own checkpoint."""
+    and the search's pick where the earlier delivery has at least its channels); where the only delivery to continue
+    from is narrower than a candidate in some layer, that delivery pruned on to the narrower of the two (a trial of
+    its own) races beside the candidate, which starts from its own checkpoint."""
     if not links:
         return entrants
     out = []
     for e in entrants:
         got = chain.inherit(links, e.trial, spec.trial_settings)
-        out.append(Entrant(e.trial, e.source, got.state, got.record) if got is not None else e)
+        if got is None:
+            out.append(e)
+        elif got.model is None:
+            out.append(Entrant(e.trial, e.source, got.state, got.record))
+        else:
+            try:
+                made = chain.continued_trial(study, spec, e.trial, got)
+            except (AutopruneError, RuntimeError, ValueError, OSError) as err:
+                logger.warning("trial %d: its capped continuation could not be measured (%s); it starts from its "
+                               "own checkpoint", e.trial.number, str(err).strip().splitlines()[0][:200]
+                               if str(err).strip() else type(err).__name__)
+                out.append(e)
+                continue
+            out += [Entrant(made, e.source, None, {**got.record, "candidate": e.trial.number}), e]
     return out
 
 
@@ -218,13 +232,15 @@ def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, 
                            spec.budget.final_lr)
             won = RaceOutcome(entrants[0].trial, entrants[0].source, spec.budget.final_lr, entrants[0].state,
                               {"why": why})
-        if won.source == "recipe" and len(entrants) > 1:
-            logger.info("%s: the uniform recipe's model won on this task (trial %d)", target.label, won.trial.number)
-        elif won.source == "recipe":
-            logger.info("%s: the search found no model that meets it; the uniform recipe's model is delivered (trial "
-                        "%d)", target.label, won.trial.number)
         cont = next((e.continued_from for e in entrants if e.trial.number == won.trial.number
                      and e.source == won.source), None)
+        what = "the uniform recipe's model" + (f", continued from the {cont['target']} delivery"
+                                                + (" (capped)" if cont.get("capped_layers") else "") if cont else "")
+        if won.source == "recipe" and any(e.source == "search" for e in entrants):
+            logger.info("%s: %s won on this task (trial %d)", target.label, what, won.trial.number)
+        elif won.source == "recipe":
+            logger.info("%s: the search found no model that meets it; %s is delivered (trial %d)", target.label, what,
+                        won.trial.number)
         left = seconds - (time.perf_counter() - t0)
         if left <= 0:
             logger.warning("target %s: the budget was spent before its final fine-tune: trial %d is delivered as it "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from autoprune.config.spec import TrialSettings
@@ -16,7 +16,7 @@ from autoprune.model.sampling import target_keep
 logger = logging.getLogger(__name__)
 
 __all__ = ["uniform_prune", "uniform_ratio_for", "uniform_ratio_for_latency", "unit_channels", "check_reachable",
-           "pruned_params", "pruned_share", "RECIPE_CRITERION", "RECIPE_ROUND_TO"]
+           "pruned_params", "pruned_share", "smallest_meeting", "RECIPE_CRITERION", "RECIPE_ROUND_TO"]
 
 RECIPE_CRITERION = "l2"  # torch-pruning's GroupMagnitudeImportance(p=2)
 RECIPE_ROUND_TO = 8
@@ -72,10 +72,14 @@ def _timed_ratio(candidate: Any, reference: Any, settings: TrialSettings) -> flo
     return float(il.ratio)
 
 
-def _cost(model: Any, imgsz: int) -> dict[str, float]:
+def _cost(model: Any, imgsz: int, metrics: Sequence[str] = ("params", "macs")) -> dict[str, float]:
+    """``model``'s parameter and MAC counts (``metrics``: which of them; MACs take a traced pass)."""
     from autoprune.adapters import pruning, yolo
 
-    return {"params": float(yolo.count_params(model)), "macs": float(pruning.count_macs(model, imgsz))}
+    out = {"params": float(yolo.count_params(model))}
+    if "macs" in metrics:
+        out["macs"] = float(pruning.count_macs(model, imgsz))
+    return out
 
 
 def pruned_params(model: Any, settings: TrialSettings, keep: Mapping[str, int]) -> int:
@@ -95,10 +99,44 @@ def _pruned_copy(model: Any, settings: TrialSettings, keep: Mapping[str, int]) -
     return m
 
 
-def _pruned_cost(model: Any, settings: TrialSettings, ratio: float, round_to: int) -> dict[str, float]:
+def _pruned_cost(model: Any, settings: TrialSettings, ratio: float, round_to: int,
+                 original: Mapping[str, int] | None = None,
+                 metrics: Sequence[str] = ("params", "macs")) -> dict[str, float]:
+    """The costs of ``model`` pruned uniformly at ``ratio`` (a CPU copy; ``original``: its :func:`unit_channels`,
+    traced once by a caller that sizes many ratios)."""
     m = copy.deepcopy(model).cpu()
-    uniform_prune(m, settings.replace(device="cpu"), ratio, criterion="l1", round_to=round_to)  # sizes only
-    return _cost(m, settings.imgsz)
+    uniform_prune(m, settings.replace(device="cpu"), ratio, criterion="l1", round_to=round_to,  # sizes only
+                  original=original)
+    return _cost(m, settings.imgsz, metrics)
+
+
+def smallest_meeting(meets: Callable[[int], bool], lo: int, hi: int, guess: int | None = None) -> int:
+    """The smallest ``i`` in ``(lo, hi]`` with ``meets(i)``, for a ``meets`` that holds from some index on
+    (``meets(hi)`` is taken to hold, ``meets(lo)`` not to): bisection, its bracket first narrowed by galloping from
+    ``guess`` (a right guess takes 2 calls, one off at most 4, instead of ~log2(hi - lo))."""
+    if guess is not None and lo < guess < hi:
+        width = 1
+        if meets(guess):
+            hi = guess
+            while hi - width > lo:
+                if not meets(hi - width):
+                    lo = hi - width
+                    break
+                hi, width = hi - width, width * 2
+        else:
+            lo = guess
+            while lo + width < hi:
+                if meets(lo + width):
+                    hi = lo + width
+                    break
+                lo, width = lo + width, width * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if meets(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def uniform_ratio_for_latency(model: Any, settings: TrialSettings, bound: float, low: float = 0.0,
@@ -113,13 +151,7 @@ def uniform_ratio_for_latency(model: Any, settings: TrialSettings, bound: float,
         keep = target_keep(original, dict.fromkeys(original, i * step), 1, 1, round_to)
         return pruned_share(model, settings, keep, "latency_ratio") <= bound
 
-    while hi - lo > 1:  # meets(hi) is assumed (the top of the range), meets(lo) is not
-        mid = (lo + hi) // 2
-        if meets(mid):
-            hi = mid
-        else:
-            lo = mid
-    return round(hi * step, 6)
+    return round(smallest_meeting(meets, lo, hi) * step, 6)  # meets(hi) is assumed (the top of the range)
 
 
 def uniform_ratio_for(model: Any, settings: TrialSettings, target: Target, round_to: int = RECIPE_ROUND_TO,
@@ -131,24 +163,32 @@ def uniform_ratio_for(model: Any, settings: TrialSettings, target: Target, round
     limits = {k: v for k, v in target.limits if k in base}
     if not limits:
         raise InputError(f"target {target.text}: a uniform ratio is chosen by params or macs")
+    original, metrics = unit_channels(model), tuple(limits)
 
     def meets(cost: Mapping[str, float]) -> bool:
         return all(cost[k] <= v * base[k] for k, v in limits.items())
 
     lo, hi = 0, int(round(high / step))
-    top = _pruned_cost(model, settings, hi * step, round_to)
+    top = _pruned_cost(model, settings, hi * step, round_to, original, metrics)
     if not meets(top):
         raise InputError(f"targets: {target.text} is out of reach: uniform pruning at {high:g} keeps "
                          f"{top['params'] / base['params']:.0%} of the parameters")
-    found = top
-    while hi - lo > 1:  # meets(hi) holds, meets(lo) does not (lo = 0 never meets a limit below 1)
-        mid = (lo + hi) // 2
-        cost = _pruned_cost(model, settings, mid * step, round_to)
-        if meets(cost):
-            hi, found = mid, cost
-        else:
-            lo = mid
-    return hi * step, found
+    costs = {hi: top}
+
+    def meets_at(i: int) -> bool:
+        if i not in costs:
+            costs[i] = _pruned_cost(model, settings, i * step, round_to, original, metrics)
+        return meets(costs[i])
+
+    # meets(hi) holds, meets(lo) does not (lo = 0 never meets a limit below 1). The guess: parameters and MACs fall
+    # about as the square of the channels kept; one pruned copy at that corrects its scale
+    key, frac = min(limits.items(), key=lambda kv: kv[1])
+    first = min(hi - 1, max(lo + 1, int(round((1 - frac ** 0.5) / step))))
+    meets_at(first)
+    kept = costs[first][key] / base[key]
+    guess = int(round((1 - (1 - first * step) * (frac / kept) ** 0.5) / step)) if kept > 0 else first
+    found = smallest_meeting(meets_at, lo, hi, min(hi - 1, max(lo + 1, guess)))
+    return found * step, costs[found]
 
 
 def check_reachable(model: Any, settings: TrialSettings, targets: Sequence[Target], high: float,

@@ -277,6 +277,9 @@ class TrialRecord:
     trained: dict[str, Any]  # its fine-tune: epochs, batches, optimizer steps, what keep-best kept (``finetuned``:
     # False for a trial that had adaptive BN in place of its fine-tune, ``budget.direct``)
     recipe: dict[str, Any] | None = None  # the hand recipe's model at a target: ``{"target": label, "ratio": r}``
+    # a model the final phase made from an earlier delivery (progressive delivery, capped to a candidate's channels):
+    # ``{"target", "trial", "candidate", "capped_layers", "prune_s"}``; neither the search's nor the recipe's
+    continued: dict[str, Any] | None = None
 
 
 def trial(t: Attrs) -> TrialRecord:
@@ -294,7 +297,8 @@ def trial(t: Attrs) -> TrialRecord:
         latency=dict(a.get("latency") or {}), remeasured=list(a.get("remeasured") or []),
         sparse=dict(a["sparse"]) if isinstance(a.get("sparse"), dict) else None,
         trained=dict(a["finetune"]) if isinstance(a.get("finetune"), dict) else {},
-        recipe=dict(a["recipe"]) if isinstance(a.get("recipe"), dict) else None)
+        recipe=dict(a["recipe"]) if isinstance(a.get("recipe"), dict) else None,
+        continued=dict(a["continued"]) if isinstance(a.get("continued"), dict) else None)
 
 
 def remeasured_attrs(rec: TrialRecord, metrics: Mapping[str, float], latency: Mapping[str, Any],

@@ -84,8 +84,9 @@ class Plan:
 
 
 def searched(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The trials the search made (not the hand recipe's models)."""
-    return [t for t in trials if not records.trial(t).recipe]
+    """The trials the search made (not the hand recipe's models, nor those the final phase continued from a
+    delivery)."""
+    return [t for t in trials if not (records.trial(t).recipe or records.trial(t).continued)]
 
 
 def measurement_s(study: optuna.Study) -> float | None:

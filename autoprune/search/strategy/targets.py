@@ -27,13 +27,14 @@ def trial_for_target(study: optuna.Study, target: Target, tolerance: float = 0.0
     """The completed, feasible trial with the best val mAP50-95 (then the fewest parameters) among those that meet
     ``target`` (None: none do). With ``tolerance`` > 0: of the trials within ``tolerance`` of that best mAP50-95,
     the one with the most parameters (the least pruned that still meets the target). With ``searched_only`` the
-    hand recipe's models (:mod:`autoprune.search.strategy.recipe`) are left out: the search's own pick. With
+    hand recipe's models (:mod:`autoprune.search.strategy.recipe`) and the models the final phase continued from a
+    delivery are left out: the search's own pick. With
     ``max_latency``, trials measured slower than that (:func:`latency_of`) are left out."""
     base = records.baseline_metrics(study)
     fits = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if feasible(t.constraints) and "map50_95" in records.trial(t).metrics
             and target.meets(records.trial(t).metrics, base)
-            and not (searched_only and records.trial(t).recipe is not None)
+            and not (searched_only and (records.trial(t).recipe is not None or records.trial(t).continued))
             and not (max_latency is not None and (latency_of(t) or 0.0) > max_latency)]
 
     def rank(t: FrozenTrial) -> tuple[float, float]:  # best mAP; of equals the smaller (so it is on the front)
