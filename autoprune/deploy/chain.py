@@ -178,8 +178,10 @@ def continued_trial(study: optuna.Study, spec: SearchSpec, candidate: Any, got: 
     folder.mkdir(parents=True, exist_ok=True)
     model = got.model
     checkpoint = yolo.save_checkpoint(model, folder / "pruned.pt")
-    base = yolo.load_model(str(records.baseline(study).get("model") or spec.model))
-    m = measure_model(model.to(spec.device), spec.trial_settings, reference=base.to(spec.device))
+    recorded = records.baseline(study)
+    base = yolo.load_model(str(recorded.get("model") or spec.model))
+    settings = spec.trial_settings.replace(data=str(recorded.get("data") or spec.data))
+    m = measure_model(model.to(spec.device), settings, reference=base.to(spec.device))
     original = {layer.name: layer.channels for layer in records.layers(study) or []}
     channels = dict(got.channels or {})
     policy = {**(rec.policy or {}), "ratios": {n: round(1 - c / original[n], 6) if original.get(n) else 0.0
