@@ -213,7 +213,7 @@ def _continued(study: optuna.Study, spec: SearchSpec, entrants: list[Entrant],
                                if str(err).strip() else type(err).__name__)
                 out.append(e)
                 continue
-            out += [Entrant(made, e.source, None, {**got.record, "candidate": e.trial.number}), e]
+            out += [Entrant(made, e.source, None, records.trial(made).continued), e]
     return out
 
 
