@@ -534,9 +534,19 @@ def test_a_direct_budgeted_search_finalizes_each_targets_screened_pick_untrained
         assert doc["finalize"]["epochs"] >= 1 and d["params_ratio"] <= 1 - int(label.split("-")[1]) / 100 + 1e-9
         assert doc["source"]["finetuned"] is False  # `apply --finetune` repeats the trial: adaptive BN, no training
         race = doc["finalize"]["race"]
-        raced = {a["trial"] for a in race["arms"]}
-        assert recipes[label].number in raced and len(raced) == 2 and d["trial"] in raced
-        assert race["winner"]["trial"] == d["trial"] and doc["finalize"]["lr"] == race["winner"]["lr"]
+        # the pick races only where it is timed no more than the race's margin slower than the recipe's model (a
+        # timing under load can leave it out): the entrants are what the study's measurements say
+        from autoprune.deploy.deliver import target_entrants
+
+        target = next(t for t in _spec(targets=[{"params": 0.8}, {"params": 0.6}]).targets if t.label == label)
+        entrants = {e.trial.number for e in target_entrants(study, target)}
+        assert recipes[label].number in entrants and entrants <= {recipes[label].number} | {t.number for t in trials}
+        if len(entrants) == 2:
+            raced = {a["trial"] for a in race["arms"]}
+            assert raced == entrants and d["trial"] in raced
+            assert race["winner"]["trial"] == d["trial"] and doc["finalize"]["lr"] == race["winner"]["lr"]
+        else:  # the recipe's model alone: nothing to race
+            assert race["why"].startswith("one candidate") and d["trial"] == recipes[label].number
         assert d["source"] == ("recipe" if d["trial"] == recipes[label].number else "search")
         assert d["trial"] in {recipes[label].number} | {t.number for t in trials}  # its own recipe or a search pick
 
