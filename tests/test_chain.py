@@ -23,14 +23,15 @@ def test_the_chain_runs_from_the_largest_model_to_the_smallest_and_keeps_the_spe
     assert chain.chain_order([L50, P70, P50], sizes) == [P50, L50, P70]
 
 
-@pytest.mark.parametrize(("left", "pending", "chained", "want"), [
-    (120.0, 3, True, 60.0),   # the chain's first: its share of what is left
-    (120.0, 3, False, 40.0),  # a later target, or no chain: equal parts
-    (60.0, 2, False, 30.0),
-    (90.0, 1, True, 90.0),    # the last (or only) target gets all that is left
+@pytest.mark.parametrize(("left", "pending", "share", "chained", "want"), [
+    (120.0, 3, None, True, 40.0),  # by default every target an equal part, the chain's first too
+    (120.0, 3, 0.5, True, 60.0),   # with a first share: the chain's first gets that share of what is left
+    (120.0, 3, 0.5, False, 40.0),  # a later target, or no chain: equal parts
+    (60.0, 2, 0.5, False, 30.0),
+    (90.0, 1, 0.5, True, 90.0),    # the last (or only) target gets all that is left
 ])
-def test_the_chains_first_target_gets_its_share_and_the_others_equal_parts(left, pending, chained, want):
-    assert chain.first_seconds(left, pending, 0.5, chained) == pytest.approx(want)
+def test_each_target_gets_an_equal_part_unless_the_chains_first_has_a_share(left, pending, share, chained, want):
+    assert chain.first_seconds(left, pending, share, chained) == pytest.approx(want)
 
 
 def _recipe_trial(channels, params, depth=0):

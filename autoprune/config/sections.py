@@ -81,6 +81,12 @@ class LatencySettings:
     def half(self) -> bool:
         return self.precision == "fp16"
 
+    def short(self) -> LatencySettings:
+        """A short timing of these settings (a few interleaved rounds of a few passes, never timed again): what
+        sizing a uniform prune by speed, or a measurement no decision rests on, takes."""
+        return dataclasses.replace(self, warmup=min(self.warmup, 3), runs=min(self.runs, 20),
+                                   rounds=min(self.rounds, 4), retries=0)
+
     @property
     def int8(self) -> bool:
         return self.precision == "int8"
@@ -162,16 +168,21 @@ class Budget:
     # progressive delivery (autoprune.deploy.chain): the targets are finalized from the largest model to the smallest,
     # and a later target's candidates (the hand recipe's model; the search's pick where it fits) continue from an
     # earlier delivery pruned on to their channels (their architecture, the earlier targets' training inherited)
-    # instead of starting from the base; the chain's
-    # first target gets chain_first_share of the final phase's time (every later target inherits its training), the
-    # others equal parts of the rest (false: every target from its own start, equal parts)
+    # instead of starting from the base; every target gets an equal part of the final phase's time (what the hand
+    # recipe gives each: the training a later target inherits comes on top) unless chain_first_share gives the chain's
+    # first target that share of it (the others equal parts of the rest) (false: every target from its own start)
     progressive: bool = True
     # the search's pick at a target is the best val mAP50-95 among the searched trials that meet it and are measured
     # no more than the race's latency margin (10%) slower than the hand recipe's model there: a user prunes for
     # speed, and a slower pick leads a short race on its better start while the recipe's model, trained as long,
     # catches up (false: a pick of any speed races)
     as_fast_as_recipe: bool = True
-    chain_first_share: float = field(default=0.5, metadata=bounds(gt=0, max=0.9))
+    chain_first_share: float | None = field(default=None, metadata=bounds(gt=0, max=0.9))
+    # before a search, the hand recipe's model at the chain's first target is fine-tuned for as long as the smallest
+    # search would cost (autoprune.search.strategy.recovery); where it is back at the base's val mAP50-95 (or its gap
+    # closes at that rate) within the search's share, no searched start is worth the search's time: no search. The
+    # probed weights start that target's recipe model either way (false: no probe)
+    recovery_probe: bool = True
     # rounds in a row in which no target's winner improved, after which the search hands what is left of its share
     # to the final fine-tunes (0: the search uses its whole share)
     patience: int = field(default=0, metadata=bounds(min=0, max=10_000))

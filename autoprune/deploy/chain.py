@@ -6,9 +6,10 @@ many channels each layer keeps (uniform ratios, rounded alike), so the smaller o
 one's *trained* weights too: prune the earlier delivery on to the recipe's channel counts (by the recipe's own
 criterion) and fine-tune that. The result has exactly the recipe's architecture (the same channels, parameters and
 latency as the recipe's trial, checked), and it inherits every second the earlier targets were trained: iterative
-pruning across targets. The first target of such a chain gets ``budget.chain_first_share`` of the final phase's
-time (its training is inherited by every later one); the others share the rest equally. The search's pick at a
-later target continues alike where the earlier delivery has at least its channels in every layer.
+pruning across targets. Every target gets an equal part of the final phase's time, as the recipe gives each its
+own (what a later target inherits comes on top); ``budget.chain_first_share`` gives the chain's first that share
+instead, the others sharing the rest. The search's pick at a later target continues alike where the earlier
+delivery has at least its channels in every layer.
 
 Where the earlier delivery is narrower than a candidate in some layer (the search's pick delivered first, its
 allocation unlike the recipe's), the delivery is pruned on to the narrower of the two in every layer: fewer
@@ -71,10 +72,10 @@ def chain_order(targets: Sequence[Target], size: Mapping[Target, float]) -> list
     return sorted(targets, key=lambda t: -size.get(t, 0.0))
 
 
-def first_seconds(left: float, pending: int, first_share: float, chained: bool) -> float:
-    """The final seconds of the next target among ``pending``: the chain's first gets ``first_share`` of what is
-    left (when another target follows it), every other target an equal part of what is left."""
-    if chained and pending > 1:
+def first_seconds(left: float, pending: int, first_share: float | None, chained: bool) -> float:
+    """The final seconds of the next target among ``pending``: an equal part of what is left, except that with a
+    ``first_share`` the chain's first gets that share of it (when another target follows it)."""
+    if chained and pending > 1 and first_share is not None:
         return left * first_share
     return left / max(1, pending)
 

@@ -182,11 +182,25 @@ def _race(study: optuna.Study, store: Any, spec: SearchSpec, entrants: list[Entr
     if len(entrants) == 1 and (len(lrs) == 1 or b.race_share <= 0):
         e = entrants[0]
         return RaceOutcome(e.trial, e.source, b.final_lr, e.state,
-                           {"why": "one candidate" + ("" if len(lrs) == 1 else ", no race (budget.race_share 0)")})
+                           {"why": "one candidate" + ("" if len(lrs) == 1 else ", no race (budget.race_share 0)")},
+                           trained=e.probe is not None)  # probed at final_lr: its fine-tune goes on, no warm-up
     data = str(records.baseline(study).get("data") or spec.data)
     settings = RaceSettings(data=data, imgsz=spec.imgsz, seconds=seconds * b.race_share, lrs=lrs, device=spec.device,
                             threads=spec.train_threads, seed=spec.seed, finetune=spec.finetune)
     return run_race(study, store, entrants, settings, artifact_dir=spec.artifacts_dir, scratch=spec.study_dir)
+
+
+def _probed(study: optuna.Study, e: Entrant) -> Entrant:
+    """``e`` starting from its recovery probe's weights (:mod:`autoprune.search.strategy.recovery`), where it had one:
+    that training is not thrown away."""
+    from autoprune.search.strategy.recovery import probed_start
+
+    got = probed_start(study, e.trial) if e.source == "recipe" and e.state is None else None
+    if got is None:
+        return e
+    logger.info("trial %d starts from its recovery probe's weights (%.0f s of fine-tuning)", e.trial.number,
+                float(got[1].get("train_s", 0.0)))
+    return Entrant(e.trial, e.source, got[0], e.continued_from, got[1])
 
 
 def _continued(study: optuna.Study, spec: SearchSpec, entrants: list[Entrant],
@@ -223,7 +237,7 @@ def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, 
     t0 = time.perf_counter()
     out = delivery_dir(spec, target)
     try:
-        entrants = _continued(study, spec, entrants, list(links or []))
+        entrants = _continued(study, spec, [_probed(study, e) for e in entrants], list(links or []))
         try:
             won = _race(study, store, spec, entrants, max(0.0, seconds - (time.perf_counter() - t0)))
         except (AutopruneError, RuntimeError, ValueError, OSError) as e:  # the race only chooses: deliver without it
@@ -232,8 +246,9 @@ def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, 
                            spec.budget.final_lr)
             won = RaceOutcome(entrants[0].trial, entrants[0].source, spec.budget.final_lr, entrants[0].state,
                               {"why": why})
-        cont = next((e.continued_from for e in entrants if e.trial.number == won.trial.number
-                     and e.source == won.source), None)
+        entrant = next((e for e in entrants if e.trial.number == won.trial.number and e.source == won.source), None)
+        cont = entrant.continued_from if entrant is not None else None
+        probe = entrant.probe if entrant is not None and entrant.state is won.state else None
         what = "the uniform recipe's model" + (f", continued from the {cont['target']} delivery"
                                                 + (" (capped)" if cont.get("capped_layers") else "") if cont else "")
         if won.source == "recipe" and any(e.source == "search" for e in entrants):
@@ -248,7 +263,8 @@ def _deliver(study: optuna.Study, store: Any, spec: SearchSpec, target: Target, 
         settings = FinalizeSettings(seconds=left if left > 0 else None, epochs=MAX_EPOCHS if left > 0 else 0,
                                     lr=won.lr, device=spec.device, threads=spec.train_threads,
                                     warmup_epochs=0.0 if won.trained else 1.0)
-        evidence = {"race": won.record, "source": won.source, **({"continued_from": dict(cont)} if cont else {})}
+        evidence = {"race": won.record, "source": won.source, **({"continued_from": dict(cont)} if cont else {}),
+                    **({"recovery_probe": dict(probe)} if probe else {})}
         res = finalize_trial(study, store, won.trial, out, settings, artifact_dir=spec.artifacts_dir, force=True,
                              raced=Raced(won.state, evidence))
     except AutopruneError as e:

@@ -48,6 +48,7 @@ class Entrant:
     # (progressive delivery, :mod:`autoprune.deploy.chain`)
     state: Mapping[str, Any] | None = None
     continued_from: Mapping[str, Any] | None = None
+    probe: Mapping[str, Any] | None = None  # the recovery probe whose weights it starts from, where it does
 
 
 @dataclass(frozen=True)

@@ -58,17 +58,13 @@ def pruned_share(model: Any, settings: TrialSettings, keep: Mapping[str, int], m
 
 
 def _timed_ratio(candidate: Any, reference: Any, settings: TrialSettings) -> float:
-    import dataclasses
-
     from autoprune.adapters import yolo
     from autoprune.engine.latency import measure_interleaved
 
     lat = settings.latency
-    short = dataclasses.replace(lat, warmup=min(lat.warmup, 3), runs=min(lat.runs, 20), rounds=min(lat.rounds, 4),
-                                retries=0)
     dev = settings.device
     il = measure_interleaved(yolo.deploy_copy(candidate).to(dev), yolo.deploy_copy(reference).to(dev),
-                             lat.imgsz or settings.imgsz, dev, short, calibration=settings.data)
+                             lat.imgsz or settings.imgsz, dev, lat.short(), calibration=settings.data)
     return float(il.ratio)
 
 

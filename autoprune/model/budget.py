@@ -94,6 +94,7 @@ class Ledger:
     # how the run sized its scan to the budget: probe ratios per block and allocations screened (empty: full size)
     scan_size: dict[str, int] = field(default_factory=dict)
     search_skipped: str = ""  # why the run made no search (its share could not hold one), else empty
+    recovery: dict[str, object] = field(default_factory=dict)  # the recovery probe's record, where one ran
 
     def charge(self, phase: str, seconds: float) -> None:
         if phase not in PHASES:
@@ -112,7 +113,7 @@ class Ledger:
     def to_dict(self) -> dict[str, object]:
         return {"budget_s": self.budget_s, "charged_s": {k: round(self.charged.get(k, 0.0), 3) for k in PHASES},
                 "total_s": round(self.total, 3), "scan_reused": self.scan_reused, "scan_size": dict(self.scan_size),
-                "search_skipped": self.search_skipped}
+                "search_skipped": self.search_skipped, "recovery": dict(self.recovery)}
 
 
 def fit_count(seconds: float, each_s: float, most: int, least: int = 0) -> int:

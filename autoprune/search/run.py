@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec,
                      before_latency: Callable[[], object] | None = None) -> list[Layer]:
     from autoprune.adapters import pruning, yolo
     from autoprune.engine.identity import architecture, file_sha256, fingerprint
-    from autoprune.engine.measure import measure_model
+    from autoprune.engine.measure import Phases, measure_model
     from autoprune.engine.pipeline import TRACE_IMGSZ
 
     if not records.trial_settings(study):  # what an exported policy needs to repeat a trial's fine-tuning
@@ -61,14 +62,16 @@ def _ensure_baseline(study: optuna.Study, spec: SearchSpec,
     layers = [Layer(p.name, p.channels, yolo.layer_stage(model, p.name))
               for p in pruning.prunable_layers(model, TRACE_IMGSZ)]
     logger.info("measuring the unpruned baseline (%d prunable layers)", len(layers))
-    m = measure_model(model, spec.trial_settings, before_latency=before_latency)
+    phases = Phases()
+    m = measure_model(model, spec.trial_settings, phases, before_latency=before_latency)
     metrics = m.metrics()
     if "latency_ratio" in metrics:
         metrics["latency_ratio"] = 1.0  # by definition; the measured self-ratio stays in "latency"
     records.set_layers(study, layers)
     records.set_identity(study, fingerprint(model), architecture(model), file_sha256(spec.model))
+    # what its validation and timing took (not the wait for the first Ray worker): a floor under every measurement
     records.set_baseline(study, {**metrics, "latency": m.latency, "model": spec.model, "data": spec.data,
-                                 "imgsz": spec.imgsz})
+                                 "imgsz": spec.imgsz, "measure_s": round(sum(phases.seconds.values()), 3)})
     logger.info("baseline: mAP50-95 %.3f, mAP50 %.3f, params %s, MACs %s, latency %.2f ms",
                 m.map50_95, m.map50, f"{m.params:,}", f"{m.macs:,}", m.latency_ms)
     ensure_references(study, spec, metrics)
@@ -246,32 +249,82 @@ def _screened_rounds(ctx: RunContext, run: records.RunTimings, busy: list[tuple[
     return run, started
 
 
-def _recipe_models(ctx: RunContext, job: Job, plan: Plan, phase: Callable[[str], None]) -> None:
+def _recipe_models(ctx: RunContext, job: Job, plan: Plan, phase: Callable[[str], None]) -> bool:
     """The hand recipe's model at each target (:mod:`autoprune.search.strategy.recipe`), before the search: the
-    final phase races the search's picks against them, and delivers them where the search has nothing."""
-    from autoprune.search.strategy.recipe import ensure_recipe_trials
+    final phase races the search's picks against them, and delivers them where the search has nothing. Sized first;
+    where the search cannot fit even before they are measured (:func:`_search_fits`, from the baseline's
+    measurement), they are measured in this process, without Ray. Returns whether a search fits."""
+    from autoprune.search.strategy.recipe import add_recipe_trials, recipe_ratios
 
     t0 = time.perf_counter()
     phase("the hand recipe's models")
+    search = True
     try:
-        ensure_recipe_trials(ctx, job)
+        wanted = recipe_ratios(ctx)
+        search = _search_fits(ctx, plan, pending=len(wanted))
+        add_recipe_trials(ctx, job, wanted, in_process=not search)
     except Exception as e:  # the search's picks are still delivered, only without the recipe's beside them
         logger.warning("the hand recipe's models could not be made: %s", str(e).strip().splitlines()[0][:300]
                        if str(e).strip() else type(e).__name__)
     plan.ledger.charge("recipe", time.perf_counter() - t0)
+    return search and _search_fits(ctx, plan)
 
 
-def _search_fits(ctx: RunContext, plan: Plan) -> bool:
-    """Whether the search's share still holds the smallest search that could change a delivery (from what a
-    measurement took here); if not, the run says so in one line and its final phase gets the whole rest."""
+def _search_fits(ctx: RunContext, plan: Plan, pending: int = 0) -> bool:
+    """Whether the search's share still holds the smallest search that could change a delivery, after ``pending``
+    measurements that come first (from what a measurement took here: the recipe's models, else the baseline's
+    validation and timing, a floor); if not, the run says so in one line and its final phase gets the whole rest."""
     measure_s = measurement_s(ctx.study)
-    if measure_s is None:
+    floor = measure_s is None
+    if floor:
+        measure_s = records.baseline(ctx.study).get("measure_s")
+    if not measure_s:
         return True  # nothing measured to judge by
-    need, left = smallest_search_s(ctx.spec, measure_s), plan.deadline - time.time()
+    need, left = smallest_search_s(ctx.spec, measure_s) + pending * measure_s, plan.deadline - time.time()
     if need <= left:
         return True
+    first = f", the recipe's {pending} model(s) first" if pending else ""
+    what = "a measurement (the baseline's validation and timing)" if floor else "a measurement here"
     plan.ledger.search_skipped = (f"the search's {max(0.0, left):.0f} s hold less than its smallest useful size "
-                                   f"(~{need:.0f} s at {measure_s:.1f} s a measurement here)")
+                                   f"(~{need:.0f} s{first} at {measure_s:.1f} s {what})")
+    logger.warning("budget: %s: no search; the hand recipe's models get the rest of the budget",
+                   plan.ledger.search_skipped)
+    return False
+
+
+def _worth_a_search(ctx: RunContext, plan: Plan, phase: Callable[[str], None]) -> bool:
+    """The recovery probe (:mod:`autoprune.search.strategy.recovery`), for as long as the smallest search costs:
+    whether a searched start can be worth the search's time on this task; if not, the run says so in one line."""
+    from autoprune.search.strategy.recovery import probe_recovery
+
+    measure_s = measurement_s(ctx.study)
+    if measure_s is None:
+        return True
+    seconds = smallest_search_s(ctx.spec, measure_s)
+    t0 = time.perf_counter()
+    phase("recovery probe")
+    try:
+        rec = probe_recovery(ctx.study, ctx.store, ctx.spec, seconds)
+    except Exception as e:  # the probe only informs the choice: the search runs without it
+        logger.warning("the recovery probe failed: %s", str(e).strip().splitlines()[0][:300] if str(e).strip()
+                       else type(e).__name__)
+        rec = None
+    plan.ledger.charge("recipe", time.perf_counter() - t0)
+    if rec is None:
+        return True
+    plan.ledger.recovery = rec.to_dict()
+    share = (plan.ledger.budget_s or 0.0) * (1 - ctx.spec.budget.final_share)
+    took = (f"val mAP50-95 {rec.val_before:.3f} -> {rec.val_after:.3f} in {rec.train_s:.0f} s of fine-tuning, the "
+            f"base {rec.base_val:.3f}")
+    if rec.recovery_s > share:
+        logger.info("recovery probe: the hand recipe's model at %s (%s) needs ~%s s to be back at the base's val: more "
+                    "than the search's share (%.0f s): the search runs", rec.target, took,
+                    f"{rec.recovery_s:.0f}" if math.isfinite(rec.recovery_s) else "inf", share)
+        return True
+    plan.ledger.search_skipped = (
+        f"the hand recipe's model at {rec.target} is back at the base's val mAP50-95 after ~{rec.recovery_s:.0f} s "
+        f"of fine-tuning ({took}{'' if rec.recovered else '; extrapolated at that rate'}), less than the search's "
+        f"share ({share:.0f} s): no searched start is worth the search's time here")
     logger.warning("budget: %s: no search; the hand recipe's models get the rest of the budget",
                    plan.ledger.search_skipped)
     return False
@@ -300,8 +353,9 @@ def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session:
     job = main_job(spec, layers)
     search = True
     if plan.bounded and spec.targets:  # the hand recipe's models first: what each target gets at worst
-        _recipe_models(ctx, job, plan, phase)
-        search = _search_fits(ctx, plan)
+        search = _recipe_models(ctx, job, plan, phase)
+        if search and spec.budget.recovery_probe:
+            search = _worth_a_search(ctx, plan, phase)
         n_new = n_new if search else 0
     if search and spec.screening.factor:
         run, started = _screened_rounds(ctx, run, busy, n_new, on_trial, phase, plan)

@@ -44,7 +44,7 @@ from autoprune.search.storage.study import StudyStorage, masked
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Dispatcher", "TuneSession", "SessionClosed", "run_trials", "WARM_KEY", "JOB_KEY"]
+__all__ = ["Dispatcher", "TuneSession", "SessionClosed", "run_trials", "run_in_process", "WARM_KEY", "JOB_KEY"]
 
 WARM_KEY = "autoprune_warm"  # the config of the warm-up trial
 JOB_KEY = "autoprune_job"  # the Job a trial's config carries
@@ -215,15 +215,7 @@ class TuneSession:
                 raise SessionClosed("the Ray Tune run ended before the batch did")
         finally:
             stop.set()
-        if searcher.kept or searcher.lost:
-            kept = (f"{len(searcher.kept)} trial result(s) kept in {searcher.kept[0].parent} are written on the next "
-                    "run" if searcher.kept else "")
-            lost = f"the result(s) of trial(s) {searcher.lost} are LOST (the journal could not be written either)" \
-                if searcher.lost else ""
-            raise StorageWriteError(f"storage: {masked(store.url)} could not be written; "
-                                    f"{'; '.join(x for x in (kept, lost) if x)}")
-        logger.info("%d trial(s) run; objectives: %s", searcher.asked,
-                    ", ".join(objectives.get(n).label for n in job.objectives))
+        _ended(searcher, store, job)
 
     def drive(self, work: Callable[[], T]) -> T:
         """Run ``work`` (the phases, calling :meth:`run`) in a thread while the Tune run holds the main thread."""
@@ -263,6 +255,40 @@ class TuneSession:
 
 
 PHASES_THREAD = "autoprune-phases"
+
+
+def _ended(searcher: StudySearcher, store: StudyStorage, job: Job) -> None:
+    """After a batch: raise where a result could not be written to the storage, else log the count."""
+    if searcher.kept or searcher.lost:
+        kept = (f"{len(searcher.kept)} trial result(s) kept in {searcher.kept[0].parent} are written on the next "
+                "run" if searcher.kept else "")
+        lost = f"the result(s) of trial(s) {searcher.lost} are LOST (the journal could not be written either)" \
+            if searcher.lost else ""
+        raise StorageWriteError(f"storage: {masked(store.url)} could not be written; "
+                                f"{'; '.join(x for x in (kept, lost) if x)}")
+    logger.info("%d trial(s) run; objectives: %s", searcher.asked,
+                ", ".join(objectives.get(n).label for n in job.objectives))
+
+
+def run_in_process(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int) -> None:
+    """Run ``n_trials`` trials of ``job`` one after another in this process, without Ray: the same searcher (the
+    study's ask, the trial's records, its tell, its failure with a reason) and the same trial code as a Tune run.
+    For a few measurements of seconds each where a Ray trial's own start would be most of their cost (the hand
+    recipe's models of a run that has no time for a search)."""
+    from autoprune.engine.trial import run_trial_safely
+    from autoprune.model.policy import Policy
+
+    if job.kind != "trial":
+        raise ValueError("only trials run in-process")
+    searcher = StudySearcher(study, store, job, n_trials, on_done=lambda t: log_trial(t, job))
+    for i in range(n_trials):
+        config = searcher.suggest(f"in-process-{i}")
+        if not isinstance(config, dict):  # Searcher.FINISHED: the queue (or the count) is done
+            break
+        result = run_trial_safely(job.settings, Policy.from_dict(config["policy"]), job.layers,
+                                  Path(config["workdir"]), job.finetune)
+        searcher.on_trial_complete(f"in-process-{i}", encode(result))
+    _ended(searcher, store, job)
 
 
 def run_trials(study: optuna.Study, store: StudyStorage, job: Job, n_trials: int, ray_address: str | None = None,

@@ -26,7 +26,7 @@ from autoprune.search.strategy.context import RunContext
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["recipe_trial", "recipe_policy_params", "ensure_recipe_trials"]
+__all__ = ["recipe_trial", "recipe_policy_params", "recipe_ratios", "add_recipe_trials", "ensure_recipe_trials"]
 
 
 def recipe_trial(study: optuna.Study, target: Target) -> FrozenTrial | None:
@@ -69,29 +69,51 @@ def _recipe_ratio(ctx: RunContext, target: Target) -> float | None:
     return ratio
 
 
-def ensure_recipe_trials(ctx: RunContext, job: Job) -> list[int]:
-    """Add the recipe's model for each target that has none in the study yet (adaptive BN in place of the
-    fine-tune; measured whatever the clock says: seconds each, and without it a target has nothing to race its
-    search winner against). Returns the new trials' numbers."""
-    study, spec = ctx.study, ctx.spec
+def recipe_ratios(ctx: RunContext) -> list[tuple[Target, float]]:
+    """Each target that has no recipe model in the study yet, with the recipe's uniform ratio for it (sized on
+    what the target bounds: counted parameters or MACs, or pruned copies timed against the base)."""
     wanted: list[tuple[Target, float]] = []
-    for target in spec.targets:
-        if recipe_trial(study, target) is not None:
+    for target in ctx.spec.targets:
+        if recipe_trial(ctx.study, target) is not None:
             continue
         ratio = _recipe_ratio(ctx, target)
         if ratio is not None:
             wanted.append((target, ratio))
+    return wanted
+
+
+def add_recipe_trials(ctx: RunContext, job: Job, wanted: Sequence[tuple[Target, float]],
+                      in_process: bool = False) -> list[int]:
+    """The recipe's model at each of ``wanted`` (target, ratio) made a trial: pruned, adaptive BN in place of the
+    fine-tune, measured whatever the clock says (seconds each; without it a target has nothing to race its search
+    winner against). Under Ray like every trial; ``in_process``: one after another in this process, timed shortly
+    (:meth:`~autoprune.config.sections.LatencySettings.short`), where no search follows and a Ray trial's own
+    start would cost more than the measurement. Returns the new trials' numbers."""
+    from autoprune.search.execution.session import run_in_process
+
+    study, spec = ctx.study, ctx.spec
     if not wanted:
         return []
     before = {t.number for t in study.get_trials(deepcopy=False)}
     for target, ratio in wanted:
         study.enqueue_trial(recipe_policy_params(spec.space, ctx.layers, ratio),
                             user_attrs=records.recipe_attrs(target.label, ratio))
-    logger.info("the hand recipe's model at %s: uniform ratio %s, pruned and measured (adaptive BN, no fine-tune)",
-                ", ".join(t.label for t, _ in wanted), ", ".join(f"{r:.2f}" for _, r in wanted))
+    logger.info("the hand recipe's model at %s: uniform ratio %s, pruned and measured (adaptive BN, no fine-tune%s)",
+                ", ".join(t.label for t, _ in wanted), ", ".join(f"{r:.2f}" for _, r in wanted),
+                ", in this process, timed shortly" if in_process else "")
     # the queue is first in, first out: trials left waiting by the search (picks past its deadline) run first, measured
     # alike (adaptive BN, seconds each), so that the recipe's models are measured too
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    run_trials(study, ctx.store, dataclasses.replace(job, finetune=False, queued_only=True), waiting,
-               ray_address=ctx.ray_address, session=ctx.session)
+    measured = dataclasses.replace(job, finetune=False, queued_only=True)
+    if in_process:
+        settings = measured.settings
+        run_in_process(study, ctx.store, dataclasses.replace(
+            measured, settings=settings.replace(latency=settings.latency.short())), waiting)
+    else:
+        run_trials(study, ctx.store, measured, waiting, ray_address=ctx.ray_address, session=ctx.session)
     return sorted({t.number for t in study.get_trials(deepcopy=False)} - before)
+
+
+def ensure_recipe_trials(ctx: RunContext, job: Job) -> list[int]:
+    """:func:`add_recipe_trials` for every target that has no recipe model yet (under Ray)."""
+    return add_recipe_trials(ctx, job, recipe_ratios(ctx))
