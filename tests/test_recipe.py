@@ -154,7 +154,7 @@ def test_the_recovery_probe_trains_the_largest_recipe_model_and_its_weights_star
     from autoprune.search.storage.study import get_storage, open_study_for
     from autoprune.search.strategy.context import RunContext
     from autoprune.search.strategy.recipe import add_recipe_trials
-    from autoprune.search.strategy.recovery import PROBE_ATTR, probe_recovery
+    from autoprune.search.strategy.recovery import probe_recovery
 
     spec = parse_spec({"name": "probe", "model": str(tiny_model_pt), "data": str(tiny_data), "imgsz": 64,
                        "budget": 60, "finetune": {"batch": 8, "bn_batches": 1},
@@ -166,11 +166,11 @@ def test_the_recovery_probe_trains_the_largest_recipe_model_and_its_weights_star
     ctx = RunContext(study, store, spec, layers=tuple(layers))
     add_recipe_trials(ctx, run_mod.main_job(spec, layers), [(spec.targets[0], 0.3), (spec.targets[1], 0.5)],
                       in_process=True)
-    rec = probe_recovery(study, store, spec, seconds=3.0)
+    rec = probe_recovery(study, spec, seconds=3.0)
     assert rec is not None and rec.target == "params-40" and rec.train_s > 0  # the larger model: 0.3 removed
     assert rec.base_val == records.baseline_metrics(study)["map50_95"] and 0.0 <= rec.val_after <= 1.0
     (trial,) = [t for t in study.get_trials(deepcopy=False) if t.number == rec.trial]
-    assert study.user_attrs[PROBE_ATTR][str(rec.trial)]["checkpoint"] == rec.checkpoint
+    assert records.recovery_probe(study, rec.trial)["checkpoint"] == rec.checkpoint
     entrant = deliver._probed(study, Entrant(trial, "recipe"))
     assert entrant.probe["trial"] == rec.trial and entrant.state is not None
     probed = torch.load(rec.checkpoint, weights_only=False)["model"].float().state_dict()

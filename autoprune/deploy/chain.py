@@ -190,10 +190,9 @@ def continued_trial(study: optuna.Study, spec: SearchSpec, candidate: Any, got: 
     continued = {**got.record, "candidate": candidate.number}
     metrics = m.metrics()
     values = [float(metrics[name]) for name in records.study_objectives(study)]
-    study.add_trial(optuna.trial.create_trial(values=values, user_attrs={
-        "policy": policy, "channels": channels, "metrics": metrics, "latency": m.latency,
-        "checkpoint": str(checkpoint), "continued": continued,
-        "wall_seconds": round(time.perf_counter() - t0, 2)}))
+    study.add_trial(optuna.trial.create_trial(values=values, user_attrs=records.continued_attrs(
+        {"policy": policy, "channels": channels, "metrics": metrics, "latency": m.latency,
+         "checkpoint": str(checkpoint), "wall_seconds": round(time.perf_counter() - t0, 2)}, continued)))
     made = max((t for t in study.get_trials(deepcopy=False) if records.trial(t).continued == continued),
                key=lambda t: t.number)
     logger.info("trial %d: trial %d's model continued from the %s delivery: val mAP50-95 %.4f, %s parameters, "

@@ -19,7 +19,7 @@ from autoprune.model.space import Layer
 __all__ = ["Attrs", "Writer", "study_objectives", "stored_objectives", "baseline", "baseline_metrics", "layers",
            "fingerprint", "architecture", "trial_settings", "warm_started", "screening", "runs", "heartbeats",
            "is_side_study", "side_study_name", "RunTimings", "ScreenScore", "TrialResult", "TrialRecord", "trial",
-           "HEARTBEAT_PREFIX",
+           "HEARTBEAT_PREFIX", "continued_attrs", "set_recovery_probe", "recovery_probe",
            "set_objectives", "set_baseline", "set_references", "references", "role", "set_identity",
            "model_file_sha256", "set_layers",
            "set_trial_settings", "mark_warm_started", "set_screening", "append_run", "set_heartbeat", "set_role",
@@ -362,6 +362,22 @@ def recipe_attrs(label: str, ratio: float) -> dict[str, Any]:
     """User attributes of the hand recipe's model at target ``label``: every layer pruned at ``ratio``."""
     return {"recipe": {"target": label, "ratio": ratio},
             **warm_start_attrs(f"hand recipe at {label}: uniform ratio {ratio:.2f}")}
+
+
+def continued_attrs(result: Mapping[str, Any], continued: Mapping[str, Any]) -> dict[str, Any]:
+    """User attributes of a capped continuation: its measured ``result`` (policy, channels, metrics, latency,
+    checkpoint, wall_seconds) and the ``continued`` record (which delivery, which candidate)."""
+    return {**dict(result), "continued": dict(continued)}
+
+
+def set_recovery_probe(s: Writer, have: Attrs, trial: int, record: Mapping[str, Any]) -> None:
+    """The recovery probe of recipe trial ``trial`` (on the study: its cached trials do not see a later mark)."""
+    s.set_user_attr("recovery", {**(have.user_attrs.get("recovery") or {}), str(trial): dict(record)})
+
+
+def recovery_probe(s: Attrs, trial: int) -> dict[str, Any] | None:
+    found = (s.user_attrs.get("recovery") or {}).get(str(trial))
+    return dict(found) if isinstance(found, dict) else None
 
 
 def screen_source_attrs(score: ScreenScore) -> dict[str, Any]:

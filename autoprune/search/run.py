@@ -304,7 +304,7 @@ def _worth_a_search(ctx: RunContext, plan: Plan, phase: Callable[[str], None]) -
     t0 = time.perf_counter()
     phase("recovery probe")
     try:
-        rec = probe_recovery(ctx.study, ctx.store, ctx.spec, seconds)
+        rec = probe_recovery(ctx.study, ctx.spec, seconds)
     except Exception as e:  # the probe only informs the choice: the search runs without it
         logger.warning("the recovery probe failed: %s", str(e).strip().splitlines()[0][:300] if str(e).strip()
                        else type(e).__name__)

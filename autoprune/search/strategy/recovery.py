@@ -32,13 +32,11 @@ from optuna.trial import FrozenTrial, TrialState
 from autoprune.config.spec import SearchSpec
 from autoprune.model import records
 from autoprune.model.race import DOMINANCE
-from autoprune.search.storage.study import StudyStorage
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Recovery", "probe_recovery", "probed_start", "PROBE_ATTR"]
+__all__ = ["Recovery", "probe_recovery", "probed_start"]
 
-PROBE_ATTR = "recovery"  # the recipe trial's user attribute holding its probe (Recovery.to_dict)
 EPOCH_CAP = 10_000  # the probe trains for its seconds: the epoch count is only ultralytics' cap
 
 
@@ -88,10 +86,10 @@ def _first_recipe(study: optuna.Study) -> FrozenTrial | None:
     return max(done, key=lambda t: float(records.trial(t).metrics.get("params", 0.0)), default=None)
 
 
-def probe_recovery(study: optuna.Study, store: StudyStorage, spec: SearchSpec, seconds: float) -> Recovery | None:
+def probe_recovery(study: optuna.Study, spec: SearchSpec, seconds: float) -> Recovery | None:
     """Fine-tune the chain's first recipe model for ``seconds`` and validate it (see module doc); the weights are
-    saved beside the study's trials and the probe recorded on the trial (:data:`PROBE_ATTR`). None where no recipe
-    model's checkpoint is on this machine."""
+    saved beside the study's trials and the probe recorded on the study (:func:`records.set_recovery_probe`). None
+    where no recipe model's checkpoint is on this machine."""
     from autoprune.adapters import yolo
 
     trial = _first_recipe(study)
@@ -118,9 +116,7 @@ def probe_recovery(study: optuna.Study, store: StudyStorage, spec: SearchSpec, s
     out = Recovery(target, trial.number, round(seconds, 2), round(train_s, 2), lr,
                    float(rec.metrics.get("map50_95", 0.0)), float(after),
                    float(records.baseline_metrics(study).get("map50_95", 0.0)), str(checkpoint))
-    # on the study (its cached trials would not see a mark on a finished trial), and on the trial for the dashboard
-    study.set_user_attr(PROBE_ATTR, {**(study.user_attrs.get(PROBE_ATTR) or {}), str(trial.number): out.to_dict()})
-    store.mark(study, trial.number, {PROBE_ATTR: out.to_dict()})
+    records.set_recovery_probe(study, study, trial.number, out.to_dict())
     logger.info("recovery probe: the hand recipe's model at %s (trial %d), %.0f s of fine-tuning at lr %g: val "
                 "mAP50-95 %.4f -> %.4f (the base %.4f)", target, trial.number, train_s, lr, out.val_before,
                 out.val_after, out.base_val)
@@ -131,8 +127,8 @@ def probed_start(study: optuna.Study, trial: FrozenTrial) -> tuple[dict[str, Any
     """``(weights, record)`` of ``trial``'s recovery probe, where it had one and its checkpoint is here."""
     from autoprune.adapters import yolo
 
-    probe = (study.user_attrs.get(PROBE_ATTR) or {}).get(str(trial.number))
-    if not isinstance(probe, dict) or not Path(str(probe.get("checkpoint"))).exists():
+    probe = records.recovery_probe(study, trial.number)
+    if probe is None or not Path(str(probe.get("checkpoint"))).exists():
         return None
     model = yolo.load_model(str(probe["checkpoint"]))
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, probe
