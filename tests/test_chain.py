@@ -50,18 +50,29 @@ def settings(tiny_data, tiny_model_pt):
     return TrialSettings(model=str(tiny_model_pt), data=str(tiny_data), imgsz=64)
 
 
+def _delivered(model, tmp_path):
+    """``model`` given "trained" weights (the continued model must carry them, not the base's), saved as a
+    delivery's checkpoint."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    return yolo.save_checkpoint(model, tmp_path / "delivered.pt")
+
+
+def _recipe_at(ratio, settings, tiny_model_pt):
+    """The recipe's model at ``ratio``: the model, its channels and its study trial."""
+    recipe = yolo.load_model(tiny_model_pt)
+    keep = uniform_prune(recipe, settings, ratio)
+    return recipe, keep, _recipe_trial(keep, yolo.count_params(recipe))
+
+
 def test_a_recipe_model_continues_from_a_larger_delivery_with_the_recipes_architecture(tmp_path, settings,
                                                                                       tiny_model_pt):
     torch.manual_seed(0)
     earlier = yolo.load_model(tiny_model_pt)
     uniform_prune(earlier, settings, 0.25)
-    with torch.no_grad():  # "trained" weights: the continued model must carry them, not the base's
-        for p in earlier.parameters():
-            p.add_(0.01)
-    ckpt = yolo.save_checkpoint(earlier, tmp_path / "delivered.pt")
-    recipe = yolo.load_model(tiny_model_pt)
-    keep = uniform_prune(recipe, settings, 0.5)
-    trial = _recipe_trial(keep, yolo.count_params(recipe))
+    ckpt = _delivered(earlier, tmp_path)
+    recipe, keep, trial = _recipe_at(0.5, settings, tiny_model_pt)
     link = chain.Earlier("params-75", 4, ckpt, unit_channels(earlier), 0)
 
     got = chain.inherit([link], trial, settings)
@@ -104,13 +115,8 @@ def test_a_narrower_delivery_is_pruned_on_to_the_narrower_of_the_two_in_every_la
     from autoprune.engine.pipeline import prune_once
 
     prune_once(earlier, settings, "l2", keep_earlier, regularize=False)
-    with torch.no_grad():
-        for p in earlier.parameters():
-            p.add_(0.01)
-    ckpt = yolo.save_checkpoint(earlier, tmp_path / "delivered.pt")
-    recipe = yolo.load_model(tiny_model_pt)
-    keep = uniform_prune(recipe, settings, 0.5)
-    trial = _recipe_trial(keep, yolo.count_params(recipe))
+    ckpt = _delivered(earlier, tmp_path)
+    recipe, keep, trial = _recipe_at(0.5, settings, tiny_model_pt)
     link = chain.Earlier("params-50", 3, ckpt, unit_channels(earlier), 0)
 
     got = chain.inherit([link], trial, settings)

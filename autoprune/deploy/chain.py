@@ -123,10 +123,10 @@ def inherit(earlier: Sequence[Earlier], trial: Any, settings: TrialSettings, cap
     for e in reversed(earlier):
         why = _blocked(e, keep, depth)
         if why is None:
-            narrower = _narrower(e, keep)
             if capped:
                 return _prune_on(e, trial, settings, {n: min(c, e.channels[n]) for n, c in keep.items()})
-            why = f"layer {narrower[0]} keeps {e.channels[narrower[0]]} channels, the candidate {keep[narrower[0]]}"
+            first = _narrower(e, keep)[0]
+            why = f"layer {first} keeps {e.channels[first]} channels, the candidate {keep[first]}"
         logger.info("trial %d cannot continue from the %s delivery: %s", trial.number, e.target, why)
     return None
 

@@ -281,6 +281,11 @@ class TrialRecord:
     # ``{"target", "trial", "candidate", "capped_layers", "prune_s"}``; neither the search's nor the recipe's
     continued: dict[str, Any] | None = None
 
+    @property
+    def searched(self) -> bool:
+        """Made by the search: neither the hand recipe's model nor a continuation the final phase made."""
+        return self.recipe is None and not self.continued
+
 
 def trial(t: Attrs) -> TrialRecord:
     a = t.user_attrs

@@ -86,7 +86,7 @@ class Plan:
 def searched(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The trials the search made (not the hand recipe's models, nor those the final phase continued from a
     delivery)."""
-    return [t for t in trials if not (records.trial(t).recipe or records.trial(t).continued)]
+    return [t for t in trials if records.trial(t).searched]
 
 
 def measurement_s(study: optuna.Study) -> float | None:

@@ -34,7 +34,7 @@ def trial_for_target(study: optuna.Study, target: Target, tolerance: float = 0.0
     fits = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if feasible(t.constraints) and "map50_95" in records.trial(t).metrics
             and target.meets(records.trial(t).metrics, base)
-            and not (searched_only and (records.trial(t).recipe is not None or records.trial(t).continued))
+            and not (searched_only and not records.trial(t).searched)
             and not (max_latency is not None and (latency_of(t) or 0.0) > max_latency)]
 
     def rank(t: FrozenTrial) -> tuple[float, float]:  # best mAP; of equals the smaller (so it is on the front)
