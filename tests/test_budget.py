@@ -701,6 +701,42 @@ def test_before_the_recipes_models_are_measured_the_baselines_measurement_judges
     assert run_mod._search_fits(ctx, Plan(deadline=_time.time() + 35, ledger=Ledger(), started=0.0))  # 30 s
 
 
+def test_a_search_fits_only_where_the_recovery_probe_before_it_fits_too():
+    """The probe runs as long as the smallest search (30 s at 5 s a measurement), out of the search's share: with it
+    the two need 60 s; 45 s left hold the search alone, not both, and the skip names the probe."""
+    import time as _time
+
+    from autoprune.model import records
+    from autoprune.search import run as run_mod
+    from autoprune.search.strategy.context import RunContext
+    from autoprune.search.strategy.plan import Plan
+
+    spec = _spec(budget="100s", targets=[{"params": 0.5}])
+    study = optuna.create_study()
+    records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0, "measure_s": 5.0})
+    ctx = RunContext(study, None, spec)
+    assert run_mod._search_fits(ctx, Plan(deadline=_time.time() + 45, ledger=Ledger(), started=0.0))
+    ledger = Ledger(budget_s=100.0)
+    assert not run_mod._search_fits(ctx, Plan(deadline=_time.time() + 45, ledger=ledger, started=0.0), probe=True)
+    assert "(~60 s, the recovery probe's 30 s first at 5.0 s" in ledger.search_skipped
+    assert run_mod._search_fits(ctx, Plan(deadline=_time.time() + 65, ledger=Ledger(), started=0.0), probe=True)
+
+
+def test_where_no_search_ran_the_chains_first_target_is_owed_the_recipes_part_less_the_probes_training():
+    """300 s for 3 targets: the recipe trains each for 100 s; the probe trained the first for 40 s: it is owed 60 s
+    more. Where a search ran, nothing beyond the equal part."""
+    from autoprune.deploy.deliver import _recipe_part
+    from autoprune.search.strategy.plan import Plan
+
+    spec = _spec(budget="300s", targets=[{"params": 0.5}, {"params": 0.3}, {"latency_ratio": 0.5}])
+    ledger = Ledger(budget_s=300.0, search_skipped="no search", recovery={"train_s": 40.0})
+    assert _recipe_part(spec, Plan(deadline=0.0, ledger=ledger, started=0.0)) == pytest.approx(60.0)
+    no_probe = Ledger(budget_s=300.0, search_skipped="no search")
+    assert _recipe_part(spec, Plan(deadline=0.0, ledger=no_probe, started=0.0)) == pytest.approx(100.0)
+    searched = Ledger(budget_s=300.0, recovery={"train_s": 40.0})
+    assert _recipe_part(spec, Plan(deadline=0.0, ledger=searched, started=0.0)) == 0.0
+
+
 @pytest.mark.slow
 def test_a_budget_too_small_for_a_search_delivers_the_recipes_models_and_ends_on_time(tmp_path, tiny_data,
                                                                                          tiny_model_pt):

@@ -34,6 +34,18 @@ def test_each_target_gets_an_equal_part_unless_the_chains_first_has_a_share(left
     assert chain.first_seconds(left, pending, share, chained) == pytest.approx(want)
 
 
+@pytest.mark.parametrize(("left", "pending", "chained", "floor", "want"), [
+    (120.0, 3, True, 55.0, 55.0),   # the chain's first gets its floor (the recipe's part) over its equal part
+    (120.0, 3, True, 30.0, 40.0),   # a floor under the equal part changes nothing
+    (120.0, 3, True, 100.0, 80.0),  # at most what leaves each later target half its equal part (20 of 40 s)
+    (120.0, 3, False, 55.0, 40.0),  # a later target: equal parts whatever the floor
+    (90.0, 1, True, 200.0, 90.0),   # the last target: all that is left
+])
+def test_the_chains_first_gets_at_least_its_floor_where_later_targets_keep_half_their_part(left, pending, chained,
+                                                                                           floor, want):
+    assert chain.first_seconds(left, pending, None, chained, floor=floor) == pytest.approx(want)
+
+
 def _recipe_trial(channels, params, depth=0):
     """A finished study trial recording a recipe model's channels, parameters and policy (what the run's recipe
     trial records; the model itself is made by the test)."""

@@ -170,7 +170,9 @@ class Budget:
     # earlier delivery pruned on to their channels (their architecture, the earlier targets' training inherited)
     # instead of starting from the base; every target gets an equal part of the final phase's time (what the hand
     # recipe gives each: the training a later target inherits comes on top) unless chain_first_share gives the chain's
-    # first target that share of it (the others equal parts of the rest) (false: every target from its own start)
+    # first target that share of it (the others equal parts of the rest); where no search ran, the chain's first
+    # (which inherits nothing) gets at least a target's part of the budget, less what the recovery probe trained it
+    # (false: every target from its own start)
     progressive: bool = True
     # the search's pick at a target is the best val mAP50-95 among the searched trials that meet it and are measured
     # no more than the race's latency margin (10%) slower than the hand recipe's model there: a user prunes for
@@ -181,7 +183,8 @@ class Budget:
     # before a search, the hand recipe's model at the chain's first target is fine-tuned for as long as the smallest
     # search would cost (autoprune.search.strategy.recovery); where it is back at the base's val mAP50-95 (or its gap
     # closes at that rate) within the search's share, no searched start is worth the search's time: no search. The
-    # probed weights start that target's recipe model either way (false: no probe)
+    # probe runs only where the search's share holds it and the smallest search after it. The probed weights start
+    # that target's recipe model either way (false: no probe)
     recovery_probe: bool = True
     # rounds in a row in which no target's winner improved, after which the search hands what is left of its share
     # to the final fine-tunes (0: the search uses its whole share)

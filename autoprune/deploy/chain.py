@@ -8,8 +8,10 @@ criterion) and fine-tune that. The result has exactly the recipe's architecture 
 latency as the recipe's trial, checked), and it inherits every second the earlier targets were trained: iterative
 pruning across targets. Every target gets an equal part of the final phase's time, as the recipe gives each its
 own (what a later target inherits comes on top); ``budget.chain_first_share`` gives the chain's first that share
-instead, the others sharing the rest. The search's pick at a later target continues alike where the earlier
-delivery has at least its channels in every layer.
+instead, the others sharing the rest. Where no search ran, every delivery is the recipe's model and the chain's
+first inherits nothing: it gets at least the time the recipe gives a target (the budget's part, less what the
+recovery probe trained it), the run's start paid by the targets that inherit. The search's pick at a later target
+continues alike where the earlier delivery has at least its channels in every layer.
 
 Where the earlier delivery is narrower than a candidate in some layer (the search's pick delivered first, its
 allocation unlike the recipe's), the delivery is pruned on to the narrower of the two in every layer: fewer
@@ -72,12 +74,14 @@ def chain_order(targets: Sequence[Target], size: Mapping[Target, float]) -> list
     return sorted(targets, key=lambda t: -size.get(t, 0.0))
 
 
-def first_seconds(left: float, pending: int, first_share: float | None, chained: bool) -> float:
-    """The final seconds of the next target among ``pending``: an equal part of what is left, except that with a
-    ``first_share`` the chain's first gets that share of it (when another target follows it)."""
-    if chained and pending > 1 and first_share is not None:
-        return left * first_share
-    return left / max(1, pending)
+def first_seconds(left: float, pending: int, first_share: float | None, chained: bool, floor: float = 0.0) -> float:
+    """The final seconds of the next target among ``pending``: an equal part of what is left, except that the
+    chain's first (when another target follows it) gets ``first_share`` of it, and at least ``floor`` (what the hand
+    recipe would train it: it inherits nothing), as far as that leaves each later target half its equal part."""
+    if not chained or pending <= 1:
+        return left / max(1, pending)
+    share = left * first_share if first_share is not None else left / pending
+    return max(share, min(floor, left * (pending + 1) / (2 * pending)))
 
 
 def _depth(policy: Mapping[str, Any] | None) -> int:

@@ -135,7 +135,7 @@ def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, plan: Plan) -> l
             d = Delivered(target, reason=reason)
         else:
             seconds = chain.first_seconds(plan.seconds_left(), len(pending), spec.budget.chain_first_share,
-                                          progressive and not links)
+                                          progressive and not links, floor=_recipe_part(spec, plan))
             pending.remove(target)
             d = _deliver(study, store, spec, target, entrants[target], seconds, links if progressive else [])
             link = chain.earlier_of(target, _trial(study, d.trial), d.checkpoint) if d.trial is not None else None
@@ -150,6 +150,16 @@ def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, plan: Plan) -> l
             store.mark(study, d.trial, attrs)
         done[target] = d
     return [done[t] for t in spec.targets]
+
+
+def _recipe_part(spec: SearchSpec, plan: Plan) -> float:
+    """Where no search ran: the final seconds the chain's first target gets at least, a target's part of the budget
+    (what the hand recipe trains it) less what the recovery probe trained it; else 0."""
+    budget = plan.ledger.budget_s
+    if not plan.ledger.search_skipped or not budget or not spec.targets:
+        return 0.0
+    probed = plan.ledger.recovery.get("train_s")
+    return max(0.0, budget / len(spec.targets) - (float(probed) if isinstance(probed, int | float) else 0.0))
 
 
 def _recipe_or_first(entrants: list[Entrant]) -> Entrant:

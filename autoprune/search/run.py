@@ -261,29 +261,34 @@ def _recipe_models(ctx: RunContext, job: Job, plan: Plan, phase: Callable[[str],
     search = True
     try:
         wanted = recipe_ratios(ctx)
-        search = _search_fits(ctx, plan, pending=len(wanted))
+        search = _search_fits(ctx, plan, pending=len(wanted), probe=ctx.spec.budget.recovery_probe)
         add_recipe_trials(ctx, job, wanted, in_process=not search)
     except Exception as e:  # the search's picks are still delivered, only without the recipe's beside them
         logger.warning("the hand recipe's models could not be made: %s", str(e).strip().splitlines()[0][:300]
                        if str(e).strip() else type(e).__name__)
     plan.ledger.charge("recipe", time.perf_counter() - t0)
-    return search and _search_fits(ctx, plan)
+    return search and _search_fits(ctx, plan, probe=ctx.spec.budget.recovery_probe)
 
 
-def _search_fits(ctx: RunContext, plan: Plan, pending: int = 0) -> bool:
+def _search_fits(ctx: RunContext, plan: Plan, pending: int = 0, probe: bool = False) -> bool:
     """Whether the search's share still holds the smallest search that could change a delivery, after ``pending``
-    measurements that come first (from what a measurement took here: the recipe's models, else the baseline's
-    validation and timing, a floor); if not, the run says so in one line and its final phase gets the whole rest."""
+    measurements and (``probe``) the recovery probe, which runs as long as that search, that come first (from what a
+    measurement took here: the recipe's models, else the baseline's validation and timing, a floor); if not, the run
+    says so in one line and its final phase gets the whole rest."""
     measure_s = measurement_s(ctx.study)
     floor = measure_s is None
     if floor:
         measure_s = records.baseline(ctx.study).get("measure_s")
     if not measure_s:
         return True  # nothing measured to judge by
-    need, left = smallest_search_s(ctx.spec, measure_s) + pending * measure_s, plan.deadline - time.time()
+    smallest = smallest_search_s(ctx.spec, measure_s)
+    need = smallest * (2 if probe else 1) + pending * measure_s
+    left = plan.deadline - time.time()
     if need <= left:
         return True
-    first = f", the recipe's {pending} model(s) first" if pending else ""
+    first = ", ".join([*([f"the recipe's {pending} model(s)"] if pending else []),
+                       *([f"the recovery probe's {smallest:.0f} s"] if probe else [])])
+    first = f", {first} first" if first else ""
     what = "a measurement (the baseline's validation and timing)" if floor else "a measurement here"
     plan.ledger.search_skipped = (f"the search's {max(0.0, left):.0f} s hold less than its smallest useful size "
                                    f"(~{need:.0f} s{first} at {measure_s:.1f} s {what})")
@@ -354,8 +359,8 @@ def _phases(base: RunContext, n_new: int, done: int, ray_init_s: float, session:
     search = True
     if plan.bounded and spec.targets:  # the hand recipe's models first: what each target gets at worst
         search = _recipe_models(ctx, job, plan, phase)
-        if search and spec.budget.recovery_probe:
-            search = _worth_a_search(ctx, plan, phase)
+        if search and spec.budget.recovery_probe:  # the probe's time is the search's: what is left must still fit
+            search = _worth_a_search(ctx, plan, phase) and _search_fits(ctx, plan)
         n_new = n_new if search else 0
     if search and spec.screening.factor:
         run, started = _screened_rounds(ctx, run, busy, n_new, on_trial, phase, plan)
