@@ -722,17 +722,59 @@ def test_a_search_fits_only_where_the_recovery_probe_before_it_fits_too():
     assert run_mod._search_fits(ctx, Plan(deadline=_time.time() + 65, ledger=Ledger(), started=0.0), probe=True)
 
 
-def test_where_no_search_ran_the_chains_first_target_is_owed_the_recipes_part_less_the_probes_training():
-    """300 s for 3 targets: the recipe trains each for 100 s; the probe trained the first for 40 s: it is owed 60 s
-    more. Where a search ran, nothing beyond the equal part."""
-    from autoprune.deploy.deliver import _recipe_part
+@pytest.mark.parametrize(("left", "calls", "fits"), [
+    (10.0, [(3, True)], False),               # the baseline's floor (1 s a measurement) already rules a search out
+    (60.0, [(1, False), (2, True)], False),   # the floor lets it; the first model (8 s) does not: the rest in-process
+    (200.0, [(1, False), (2, False)], True),  # a search fits even at the measured 8 s: every model under Ray
+])
+def test_the_first_recipe_model_measured_judges_again_whether_the_others_go_to_ray(monkeypatch, left, calls, fits):
+    """Fakes the recipe's sizing (three ratios) and its measurement (each model recorded as a recipe trial measured in
+    8 s, under Ray or in this process as asked): the baseline, measured in 1 s, is a floor under a trial's cost."""
+    import time as _time
+
+    from autoprune.model import records
+    from autoprune.search import run as run_mod
+    from autoprune.search.strategy import recipe
+    from autoprune.search.strategy.context import RunContext
     from autoprune.search.strategy.plan import Plan
 
+    spec = _spec(budget="600s", targets=[{"params": 0.5}, {"params": 0.3}, {"params": 0.2}])
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    records.set_baseline(study, {"map50_95": 0.8, "params": 1000.0, "measure_s": 1.0})
+    made: list[tuple[int, bool]] = []
+
+    def measured(ctx, job, wanted, in_process=False):
+        made.append((len(wanted), in_process))
+        for target, ratio in wanted:
+            study.enqueue_trial({}, user_attrs=records.recipe_attrs(target.label, ratio))
+            t = study.ask()
+            records.write_result(t, {"wall_seconds": 8.0}, {"map50_95": 0.5, "params": 480.0})
+            study.tell(t, [0.5, 480.0])
+        return []
+
+    monkeypatch.setattr(recipe, "recipe_ratios", lambda ctx: [(t, 0.3) for t in spec.targets])
+    monkeypatch.setattr(recipe, "add_recipe_trials", measured)
+    plan = Plan(deadline=_time.time() + left, ledger=Ledger(budget_s=600.0), started=0.0)
+    assert run_mod._recipe_models(RunContext(study, None, spec), None, plan, lambda _: None) is fits
+    assert made == calls and len(study.trials) == 3
+    assert bool(plan.ledger.search_skipped) is not fits
+
+
+def test_where_no_search_ran_the_chains_first_target_is_owed_the_recipes_part_less_the_probes_training():
+    """300 s for 3 targets: the recipe has 100 s for each; the probe trained the first for 40 s: it is owed 60 s
+    more, and the export's reserve, which a finalize keeps from its training and the recipe's part does not hold.
+    Where a search ran, nothing beyond the equal part."""
+    from autoprune.deploy.deliver import _recipe_part
+    from autoprune.deploy.finalize import EXPORT_RESERVE_S
+    from autoprune.search.strategy.plan import Plan
+
+    assert EXPORT_RESERVE_S > 0
     spec = _spec(budget="300s", targets=[{"params": 0.5}, {"params": 0.3}, {"latency_ratio": 0.5}])
     ledger = Ledger(budget_s=300.0, search_skipped="no search", recovery={"train_s": 40.0})
-    assert _recipe_part(spec, Plan(deadline=0.0, ledger=ledger, started=0.0)) == pytest.approx(60.0)
+    assert _recipe_part(spec, Plan(deadline=0.0, ledger=ledger, started=0.0)) == pytest.approx(60.0 + EXPORT_RESERVE_S)
     no_probe = Ledger(budget_s=300.0, search_skipped="no search")
-    assert _recipe_part(spec, Plan(deadline=0.0, ledger=no_probe, started=0.0)) == pytest.approx(100.0)
+    assert _recipe_part(spec, Plan(deadline=0.0, ledger=no_probe, started=0.0)) == pytest.approx(
+        100.0 + EXPORT_RESERVE_S)
     searched = Ledger(budget_s=300.0, recovery={"train_s": 40.0})
     assert _recipe_part(spec, Plan(deadline=0.0, ledger=searched, started=0.0)) == 0.0
 

@@ -171,7 +171,8 @@ class Budget:
     # instead of starting from the base; every target gets an equal part of the final phase's time (what the hand
     # recipe gives each: the training a later target inherits comes on top) unless chain_first_share gives the chain's
     # first target that share of it (the others equal parts of the rest); where no search ran, the chain's first
-    # (which inherits nothing) gets at least a target's part of the budget, less what the recovery probe trained it
+    # (which inherits nothing) gets at least a target's part of the budget, less what the recovery probe trained it,
+    # plus the export's reserve (the recipe's part holds no export)
     # (false: every target from its own start)
     progressive: bool = True
     # the search's pick at a target is the best val mAP50-95 among the searched trials that meet it and are measured

@@ -26,7 +26,7 @@ import optuna
 
 from autoprune.config.spec import SearchSpec
 from autoprune.deploy import chain
-from autoprune.deploy.finalize import MAX_EPOCHS, FinalizeSettings, Raced, finalize_trial
+from autoprune.deploy.finalize import EXPORT_RESERVE_S, MAX_EPOCHS, FinalizeSettings, Raced, finalize_trial
 from autoprune.deploy.race import Entrant, RaceOutcome, RaceSettings, run_race
 from autoprune.errors import AutopruneError
 from autoprune.model import records
@@ -154,12 +154,14 @@ def _finalize_targets(outcome: SearchOutcome, spec: SearchSpec, plan: Plan) -> l
 
 def _recipe_part(spec: SearchSpec, plan: Plan) -> float:
     """Where no search ran: the final seconds the chain's first target gets at least, a target's part of the budget
-    (what the hand recipe trains it) less what the recovery probe trained it; else 0."""
+    (what the hand recipe sizes, prunes, trains and validates it in) less what the recovery probe trained it, plus
+    the export's reserve (a finalize keeps it from its training; the recipe's part holds no export); else 0."""
     budget = plan.ledger.budget_s
     if not plan.ledger.search_skipped or not budget or not spec.targets:
         return 0.0
     probed = plan.ledger.recovery.get("train_s")
-    return max(0.0, budget / len(spec.targets) - (float(probed) if isinstance(probed, int | float) else 0.0))
+    trained = float(probed) if isinstance(probed, int | float) else 0.0
+    return max(0.0, budget / len(spec.targets) - trained + EXPORT_RESERVE_S)
 
 
 def _recipe_or_first(entrants: list[Entrant]) -> Entrant:

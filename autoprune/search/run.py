@@ -253,21 +253,27 @@ def _recipe_models(ctx: RunContext, job: Job, plan: Plan, phase: Callable[[str],
     """The hand recipe's model at each target (:mod:`autoprune.search.strategy.recipe`), before the search: the
     final phase races the search's picks against them, and delivers them where the search has nothing. Sized first;
     where the search cannot fit even before they are measured (:func:`_search_fits`, from the baseline's
-    measurement), they are measured in this process, without Ray. Returns whether a search fits."""
+    measurement, a floor), they are measured in this process, without Ray; else the first under Ray, and what it
+    took judges again whether a search fits after the others (if not, they are, too). Returns whether one fits."""
     from autoprune.search.strategy.recipe import add_recipe_trials, recipe_ratios
 
     t0 = time.perf_counter()
     phase("the hand recipe's models")
     search = True
+    probe = ctx.spec.budget.recovery_probe
     try:
         wanted = recipe_ratios(ctx)
-        search = _search_fits(ctx, plan, pending=len(wanted), probe=ctx.spec.budget.recovery_probe)
+        search = _search_fits(ctx, plan, pending=len(wanted), probe=probe)
+        if search and len(wanted) > 1 and measurement_s(ctx.study) is None:  # judged on the floor
+            add_recipe_trials(ctx, job, wanted[:1])
+            wanted = wanted[1:]
+            search = _search_fits(ctx, plan, pending=len(wanted), probe=probe)
         add_recipe_trials(ctx, job, wanted, in_process=not search)
     except Exception as e:  # the search's picks are still delivered, only without the recipe's beside them
         logger.warning("the hand recipe's models could not be made: %s", str(e).strip().splitlines()[0][:300]
                        if str(e).strip() else type(e).__name__)
     plan.ledger.charge("recipe", time.perf_counter() - t0)
-    return search and _search_fits(ctx, plan, probe=ctx.spec.budget.recovery_probe)
+    return search and _search_fits(ctx, plan, probe=probe)
 
 
 def _search_fits(ctx: RunContext, plan: Plan, pending: int = 0, probe: bool = False) -> bool:
